@@ -1,0 +1,231 @@
+"""TrainConfig: every trainer knob, its default and a one-line doc, validated when built.
+
+This module uses the standard library only, so a search-space file or a CLI flag can be checked
+against it before torch or Ray is imported. A knob keeps its field name everywhere: the YAML key,
+the Optuna parameter, the dict Ray hands ``train_fn``, and the parquet column.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A configuration value breaks a rule. The message names the key, the rule and the value."""
+
+
+def _doc(text: str, **kwargs: Any) -> Any:
+    """A dataclass field whose one-line doc lives in its metadata (shown by ``--help``)."""
+    return field(metadata={"doc": text}, **kwargs)
+
+
+OPTIMIZERS = ("adam", "adamw", "noam")
+TOKENIZERS = ("character", "basic_english")
+LOADERS = ("shuffled", "sequential")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of one training run. Defaults follow labml's NLPAutoRegressionConfigs."""
+
+    # --- data
+    dataset: str = _doc("'tiny_shakespeare' or a path to any UTF-8 text file", default="tiny_shakespeare")
+    tokenizer: str = _doc("'character' or 'basic_english' (torchtext's rules)", default="character")
+    seq_len: int = _doc("tokens per training window (the context length)", default=512)
+    batch_size: int = _doc("windows per batch", default=16)
+    train_loader: str = _doc("'shuffled' windows or 'sequential' streams for training", default="shuffled")
+    valid_loader: str = _doc("'shuffled' (fixed order) or 'sequential'; always a full deterministic pass", default="sequential")
+    dataloader_shuffle_with_replacement: bool = _doc("draw shuffled windows with replacement", default=False)
+    # --- model
+    d_model: int = _doc("transformer width (embedding size)", default=512)
+    n_layers: int = _doc("transformer blocks", default=6)
+    n_heads: int = _doc("attention heads; must divide d_model", default=8)
+    d_ff: Optional[int] = _doc("feed-forward width; none = 4 * d_model", default=None)
+    dropout: float = _doc("dropout probability in [0, 1)", default=0.0)
+    # --- optimisation
+    optimizer: str = _doc("'adam' (origin), 'adamw' or 'noam' (warm-up then step**-0.5, scaled by d_model**-0.5)", default="adam")
+    lr: float = _doc("learning rate (for noam: the multiplier of its schedule)", default=1e-3)
+    weight_decay: float = _doc("weight decay (decoupled for adamw)", default=0.0)
+    warmup: int = _doc("linear warm-up steps (noam: its warm-up, must be > 0)", default=0)
+    grad_norm_clip: float = _doc("clip the global gradient norm to this value", default=1.0)
+    epochs: int = _doc("training epochs (each followed by validation and a sample)", default=10)
+    batches_per_epoch: Optional[int] = _doc("cap on training batches per epoch; none = a full pass", default=None)
+    # --- sampling
+    prompt: str = _doc("prompt for the greedy sample after each epoch", default="It is")
+    prompt_separator: Optional[str] = _doc("joins sampled tokens; none = '' for character, ' ' for basic_english", default=None)
+    sample_tokens: int = _doc("tokens greedily sampled after each epoch", default=25)
+    # --- runtime
+    seed: int = _doc("seeds model init, batch order and dropout", default=0)
+    device: str = _doc("'auto', 'cpu' or 'cuda'", default="auto")
+    precision: str = _doc("'fp32', 'bf16' (autocast) or 'auto' (bf16 where it is measured to help)", default="fp32")
+    compile: bool = _doc("torch.compile the model (pays off only for long runs)", default=False)
+    is_save_models: bool = _doc("write a checkpoint after every epoch", default=True)
+    is_log_model_params_grads: bool = _doc("add per-layer parameter and gradient statistics to the metrics", default=False)
+    is_log_model_activations: bool = _doc("add per-layer activation statistics to the metrics", default=False)
+
+    def __post_init__(self) -> None:
+        errors = validation_errors(self)
+        if errors:
+            raise ConfigError("; ".join(errors))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Build from a flat dict (as Ray hands it over); unknown keys are an error."""
+        unknown = [k for k in values if k not in FIELD_NAMES]
+        if unknown:
+            raise ConfigError("; ".join(unknown_key_message(k) for k in unknown))
+        return cls(**{k: coerce(k, v) for k, v in values.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def ff_width(self) -> int:
+        return self.d_ff if self.d_ff is not None else 4 * self.d_model
+
+    @property
+    def separator(self) -> str:
+        if self.prompt_separator is not None:
+            return self.prompt_separator
+        return " " if self.tokenizer == "basic_english" else ""
+
+
+FIELDS = {f.name: f for f in fields(TrainConfig)}
+FIELD_NAMES = tuple(FIELDS)
+_HINTS = get_type_hints(TrainConfig)
+
+
+def field_type(name: str) -> tuple[type, bool]:
+    """The base type of a field and whether ``None`` is allowed."""
+    hint = _HINTS[name]
+    if get_origin(hint) is Union:
+        args = [a for a in get_args(hint) if a is not type(None)]
+        return args[0], True
+    return hint, False
+
+
+def field_doc(name: str) -> str:
+    return FIELDS[name].metadata.get("doc", "")
+
+
+def unknown_key_message(key: str) -> str:
+    close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown key '{key}'{hint}"
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Convert a value from text, YAML or Ray into the field's type; raise ConfigError if it cannot be."""
+    kind, optional = field_type(name)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and kind is not str):
+        if optional:
+            return None
+        raise ConfigError(f"{name} must be a {kind.__name__}, but got None")
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars from a sampler
+        value = value.item()
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{name} must be true or false, but got {value!r}")
+    if kind is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be an integer, but got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                pass
+            else:
+                if number.is_integer():
+                    return int(number)
+        raise ConfigError(f"{name} must be an integer, but got {value!r}")
+    if kind is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be a number, but got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{name} must be a number, but got {value!r}")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{name} must be text, but got {value!r}")
+    return value
+
+
+def validation_errors(config: TrainConfig) -> list[str]:
+    """Every broken rule of a config, each naming the field, the rule and the value received."""
+    errors: list[str] = []
+
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            errors.append(message)
+
+    for name in FIELD_NAMES:
+        value = getattr(config, name)
+        kind, optional = field_type(name)
+        if value is None and optional:
+            continue
+        ok_type = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            ok_type = True
+        if not ok_type:
+            errors.append(f"{name} must be of type {kind.__name__}, but got {value!r}")
+    if errors:
+        return errors
+
+    def one_of(name: str, allowed: tuple[str, ...]) -> None:
+        value = getattr(config, name)
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), allowed, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            errors.append(f"{name} must be one of {', '.join(allowed)}, but got {value!r}{hint}")
+
+    for name in ("seq_len", "batch_size", "d_model", "n_layers", "n_heads", "epochs"):
+        check(getattr(config, name) > 0, f"{name} > 0 must hold, but got {name}={getattr(config, name)}")
+    for name in ("d_ff", "batches_per_epoch"):
+        value = getattr(config, name)
+        check(value is None or value > 0, f"{name} > 0 must hold (or none), but got {name}={value}")
+    check(config.sample_tokens >= 0, f"sample_tokens >= 0 must hold, but got sample_tokens={config.sample_tokens}")
+    check(config.warmup >= 0, f"warmup >= 0 must hold, but got warmup={config.warmup}")
+    if config.d_model > 0 and config.n_heads > 0:
+        check(
+            config.d_model % config.n_heads == 0,
+            f"n_heads must divide d_model, but got d_model={config.d_model}, n_heads={config.n_heads}",
+        )
+    check(math.isfinite(config.lr) and config.lr > 0, f"lr > 0 must hold (finite), but got lr={config.lr}")
+    check(
+        math.isfinite(config.weight_decay) and config.weight_decay >= 0,
+        f"weight_decay >= 0 must hold, but got weight_decay={config.weight_decay}",
+    )
+    check(
+        math.isfinite(config.grad_norm_clip) and config.grad_norm_clip > 0,
+        f"grad_norm_clip > 0 must hold, but got grad_norm_clip={config.grad_norm_clip}",
+    )
+    check(0.0 <= config.dropout < 1.0, f"0 <= dropout < 1 must hold, but got dropout={config.dropout}")
+    check(bool(config.dataset.strip()), "dataset must name 'tiny_shakespeare' or a text file, but got ''")
+    one_of("optimizer", OPTIMIZERS)
+    one_of("tokenizer", TOKENIZERS)
+    one_of("train_loader", LOADERS)
+    one_of("valid_loader", LOADERS)
+    one_of("device", DEVICES)
+    one_of("precision", PRECISIONS)
+    if config.optimizer == "noam":
+        check(config.warmup > 0, f"optimizer 'noam' needs warmup > 0, but got warmup={config.warmup}")
+    return errors
