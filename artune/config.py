@@ -229,3 +229,24 @@ def validation_errors(config: TrainConfig) -> list[str]:
     if config.optimizer == "noam":
         check(config.warmup > 0, f"optimizer 'noam' needs warmup > 0, but got warmup={config.warmup}")
     return errors
+
+
+def add_config_arguments(parser: Any) -> None:
+    """Add one ``--<field>`` option per TrainConfig field to an argparse parser, docs as help.
+
+    Values stay text here and are converted by ``coerce``, so the CLI and a YAML file share
+    one set of rules and one set of error messages.
+    """
+    group = parser.add_argument_group("training configuration (TrainConfig)")
+    for name in FIELD_NAMES:
+        default = FIELDS[name].default
+        group.add_argument(
+            f"--{name}", default=None, metavar=field_type(name)[0].__name__.upper(),
+            help=f"{field_doc(name)} (default: {default!r})",
+        )
+
+
+def config_from_arguments(args: Any) -> TrainConfig:
+    """The TrainConfig from parsed ``add_config_arguments`` options (unset options keep defaults)."""
+    values = {name: getattr(args, name) for name in FIELD_NAMES if getattr(args, name) is not None}
+    return TrainConfig.from_dict(values)

@@ -1,0 +1,208 @@
+"""Results on disk: ``trials.parquet``, ``epochs.parquet`` and ``manifest.json`` per search.
+
+Writing is atomic (a temporary file then ``os.replace``), so a reader, or a search interrupted
+mid-write, always sees the previous complete table. ``load()`` gives the tables back as pandas
+DataFrames for a notebook. pandas and pyarrow only: no Ray, no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from artune.config import FIELD_NAMES, field_type
+
+TRIALS_FILE = "trials.parquet"
+EPOCHS_FILE = "epochs.parquet"
+MANIFEST_FILE = "manifest.json"
+DEFAULT_RESULTS_DIR = "results"
+
+# Trial statuses, as written in trials.parquet:
+#   completed  ran every epoch          stopped  ended early by the scheduler (ASHA)
+#   diverged   loss went NaN/inf        error    raised, after its retries
+#   running / pending                   the search was interrupted before the trial ended
+STATUSES = ("completed", "stopped", "diverged", "error", "running", "pending")
+
+EPOCH_COLUMNS = {
+    "trial_id": pa.string(), "epoch": pa.int64(), "train_loss": pa.float64(), "train_accuracy": pa.float64(),
+    "valid_loss": pa.float64(), "valid_accuracy": pa.float64(), "tokens_seen": pa.int64(),
+    "tokens_per_sec": pa.float64(), "lr": pa.float64(), "sample": pa.string(), "seconds": pa.float64(),
+}
+TRIAL_SUMMARY_COLUMNS = {
+    "epochs_completed": pa.int64(), "last_valid_loss": pa.float64(), "best_valid_loss": pa.float64(),
+    "last_valid_accuracy": pa.float64(), "best_valid_accuracy": pa.float64(),
+    "tokens_per_sec": pa.float64(), "seconds": pa.float64(), "error": pa.string(),
+}
+_ARROW = {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string()}
+
+
+def knob_type(name: str) -> pa.DataType:
+    return _ARROW[field_type(name)[0]]
+
+
+def trials_schema() -> pa.Schema:
+    columns = [("trial_id", pa.string()), ("status", pa.string())]
+    columns += [(name, knob_type(name)) for name in FIELD_NAMES]
+    columns += list(TRIAL_SUMMARY_COLUMNS.items())
+    return pa.schema(columns)
+
+
+@dataclass
+class TrialRecord:
+    """What the driver knows of one trial: its config, status, error, and reported epochs."""
+
+    trial_id: str
+    config: dict[str, Any]
+    status: str = "pending"
+    error: Optional[str] = None
+    epochs: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def add_epoch(self, metrics: dict[str, Any]) -> None:
+        # keyed by epoch: a trial restarted from a checkpoint re-reports nothing twice
+        self.epochs[int(metrics["epoch"])] = metrics
+        if metrics.get("diverged"):
+            self.status = "diverged"
+            self.error = metrics.get("error")
+        elif self.status == "pending":
+            self.status = "running"
+
+    def summary(self) -> dict[str, Any]:
+        rows = [self.epochs[e] for e in sorted(self.epochs) if not self.epochs[e].get("diverged")]
+        valid_loss = [r["valid_loss"] for r in rows if _finite(r.get("valid_loss"))]
+        valid_acc = [r["valid_accuracy"] for r in rows if _finite(r.get("valid_accuracy"))]
+        speeds = [r["tokens_per_sec"] for r in rows if _finite(r.get("tokens_per_sec"))]
+        return {
+            "epochs_completed": len(rows),
+            "last_valid_loss": rows[-1]["valid_loss"] if rows else None,
+            "best_valid_loss": min(valid_loss) if valid_loss else None,
+            "last_valid_accuracy": rows[-1]["valid_accuracy"] if rows else None,
+            "best_valid_accuracy": max(valid_acc) if valid_acc else None,
+            "tokens_per_sec": sum(speeds) / len(speeds) if speeds else None,
+            "seconds": sum(r.get("seconds", 0.0) for r in rows) if rows else None,
+            "error": self.error,
+        }
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def trials_table(records: Iterable[TrialRecord]) -> pa.Table:
+    rows = []
+    for record in records:
+        row = {"trial_id": record.trial_id, "status": record.status}
+        row.update({name: record.config.get(name) for name in FIELD_NAMES})
+        row.update(record.summary())
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=trials_schema())
+
+
+def epochs_table(records: Iterable[TrialRecord]) -> pa.Table:
+    rows = []
+    for record in records:
+        for epoch in sorted(record.epochs):
+            metrics = record.epochs[epoch]
+            if metrics.get("diverged"):
+                continue  # the trial row says it diverged; epochs.parquet holds completed epochs only
+            row = {"trial_id": record.trial_id}
+            row.update({k: v for k, v in metrics.items() if k != "trial_id"})
+            rows.append(row)
+    columns = dict(EPOCH_COLUMNS)
+    extra = sorted({k for row in rows for k in row} - set(columns))  # e.g. param_norm/... when logged
+    columns.update({k: pa.float64() for k in extra})
+    schema = pa.schema(list(columns.items()))
+    return pa.Table.from_pylist([{k: row.get(k) for k in columns} for row in rows], schema=schema)
+
+
+def write_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(data: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def write_tables(directory: Path, records: Iterable[TrialRecord]) -> None:
+    records = list(records)
+    write_atomic(trials_table(records), directory / TRIALS_FILE)
+    write_atomic(epochs_table(records), directory / EPOCHS_FILE)
+
+
+def read_records(directory: Path) -> dict[str, TrialRecord]:
+    """Trial records back from a previous run's tables (for ``--resume``)."""
+    trials_path, epochs_path = directory / TRIALS_FILE, directory / EPOCHS_FILE
+    if not trials_path.exists():
+        return {}
+    records: dict[str, TrialRecord] = {}
+    for row in pq.read_table(trials_path).to_pylist():
+        config = {name: row[name] for name in FIELD_NAMES}
+        records[row["trial_id"]] = TrialRecord(row["trial_id"], config, row["status"], row["error"])
+    if epochs_path.exists():
+        for row in pq.read_table(epochs_path).to_pylist():
+            record = records.get(row["trial_id"])
+            if record is not None:
+                record.epochs[int(row["epoch"])] = {k: v for k, v in row.items() if k != "trial_id"}
+    return records
+
+
+# --- reading, for notebooks
+
+
+@dataclass
+class SearchResults:
+    """One search's tables: ``trials`` (a row per trial) and ``epochs`` (a row per trial and epoch)."""
+
+    path: Path
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    manifest: dict[str, Any]
+
+    @property
+    def metric(self) -> str:
+        return self.manifest.get("metric", "valid_loss")
+
+    @property
+    def mode(self) -> str:
+        return self.manifest.get("mode", "min")
+
+    def best(self, k: int = 1) -> pd.DataFrame:
+        """The ``k`` best trials by their best value of the search's metric."""
+        column = f"best_{self.metric}" if f"best_{self.metric}" in self.trials else "best_valid_loss"
+        return self.trials.dropna(subset=[column]).sort_values(column, ascending=self.mode == "min").head(k)
+
+    def curves(self, metric: str = "valid_loss") -> pd.DataFrame:
+        """Learning curves: one row per epoch, one column per trial."""
+        return self.epochs.pivot(index="epoch", columns="trial_id", values=metric)
+
+
+def resolve_results_path(path_or_name: str | os.PathLike, results_dir: str | os.PathLike = DEFAULT_RESULTS_DIR) -> Path:
+    path = Path(path_or_name)
+    if (path / TRIALS_FILE).exists():
+        return path
+    candidate = Path(results_dir) / path
+    if (candidate / TRIALS_FILE).exists():
+        return candidate
+    raise FileNotFoundError(f"no {TRIALS_FILE} in {path} or {candidate}: is it a finished or running search?")
+
+
+def load(path_or_name: str | os.PathLike, results_dir: str | os.PathLike = DEFAULT_RESULTS_DIR) -> SearchResults:
+    """Load a search by its directory or its name under ``results_dir``."""
+    path = resolve_results_path(path_or_name, results_dir)
+    manifest_path = path / MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    trials = pq.read_table(path / TRIALS_FILE).to_pandas()
+    epochs_path = path / EPOCHS_FILE
+    epochs = pq.read_table(epochs_path).to_pandas() if epochs_path.exists() else pd.DataFrame(columns=list(EPOCH_COLUMNS))
+    return SearchResults(path, trials, epochs, manifest)

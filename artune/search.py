@@ -1,0 +1,498 @@
+"""``python -m artune.search [SPACE] [options]``: a hyperparameter search on Ray Tune with Optuna.
+
+The pipeline: validate everything (space file, overrides, results directory, corpus, cluster)
+before Ray starts -> encode the corpus once -> Tuner(train_fn, OptunaSearch, ASHA) -> every
+result recorded into ``results/<name>/`` as it arrives -> a summary. A bad input is one line on
+stderr and exit code 2; a search in which no trial succeeded exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import urlparse
+
+from artune import __version__
+from artune.config import ConfigError, FIELD_NAMES, TrainConfig, unknown_key_message
+from artune.results import (
+    DEFAULT_RESULTS_DIR, MANIFEST_FILE, TRIALS_FILE, EPOCHS_FILE, TrialRecord, read_records,
+    write_json_atomic, write_tables,
+)
+from artune.spaces import SearchSpace, SpaceError, load_space
+
+DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
+NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+SPACE_COPY = "space.yaml"
+LOCK_FILE = ".lock"
+TUNE_DIR = "tune"
+CONNECT_TIMEOUT_S = 5.0
+MAX_FAILURES = 2  # retries of a trial that raised, each from its last checkpoint
+
+
+class SearchError(Exception):
+    """A bad input or state found before any trial is spent; printed as one line."""
+
+
+# --- the command line
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m artune.search",
+        description="Run a hyperparameter search over artune's trainer with Ray Tune and Optuna.",
+    )
+    parser.add_argument("space", nargs="?", default=None, help=f"search-space YAML file (default: {DEFAULT_SPACE.name} shipped in search_spaces/)")
+    parser.add_argument("--name", help="search name: results go to RESULTS_DIR/NAME (default: <space>-<date>-<time>)")
+    parser.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR, help="where searches are written (default: results/)")
+    parser.add_argument("--data", help="the corpus: a text file, or the directory holding tiny_shakespeare.txt (default: $ARTUNE_DATA_DIR or the cache)")
+    parser.add_argument("--num-samples", type=int, help="trials to run")
+    parser.add_argument("--max-concurrent", type=int, help="trials running at once (default: the cluster's trial slots)")
+    parser.add_argument("--cpus-per-trial", type=float, help="CPUs reserved per trial")
+    parser.add_argument("--gpus-per-trial", type=float, help="GPUs reserved per trial (fractions share a GPU)")
+    parser.add_argument("--epochs", type=int, help="training epochs per trial (ASHA's max_t)")
+    parser.add_argument("--seed", type=int, help="sampler seed")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fix a trainer knob (repeatable)")
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted search --name")
+    parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; start nothing")
+    return parser.parse_args(argv)
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    values = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SearchError(f"--set {item!r}: expected KEY=VALUE, e.g. --set seq_len=128")
+        if key not in FIELD_NAMES:
+            raise SearchError(f"--set {key}: {unknown_key_message(key)}")
+        values[key] = value.strip()
+    return values
+
+
+# --- the plan: everything validated before Ray starts
+
+
+@dataclass
+class Plan:
+    space: SearchSpace
+    name: str
+    directory: Path
+    data_dir: Optional[str]
+    address: Optional[str]
+    resume: bool
+    command: list[str]
+
+    @property
+    def tune_path(self) -> Path:
+        return self.directory / TUNE_DIR
+
+
+def check_name(name: str) -> str:
+    if not NAME_RULE.match(name) or name in (".", ".."):
+        raise SearchError(
+            f"--name {name!r}: a search name is letters, digits, '_', '-' and '.', starting with a letter "
+            "or digit, with no path in it (results always go under --results-dir)"
+        )
+    return name
+
+
+def check_results_dir(path: Path) -> Path:
+    path = path.expanduser()
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise SearchError(f"--results-dir {path}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise SearchError(f"--results-dir {path}: {probe} is not writable; choose another --results-dir")
+    return path.resolve()
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    space_path = Path(args.space) if args.space else DEFAULT_SPACE
+    results_dir = check_results_dir(Path(args.results_dir))
+    if args.resume and not args.name:
+        raise SearchError("--resume needs --name: the name of the search to continue")
+    name = check_name(args.name or f"{space_path.stem}-{dt.datetime.now():%Y%m%d-%H%M%S}")
+    directory = results_dir / name
+    if args.resume:
+        if not (directory / MANIFEST_FILE).exists():
+            raise SearchError(f"--resume: no search named {name!r} in {results_dir} (no {MANIFEST_FILE})")
+        space = load_space(directory / SPACE_COPY)  # the space the search started with
+        if args.space and Path(args.space).read_bytes() != (directory / SPACE_COPY).read_bytes():
+            raise SearchError(
+                f"--resume: {args.space} differs from the space search {name!r} started with "
+                f"({directory / SPACE_COPY}); resume without the SPACE argument, or start a new --name"
+            )
+    else:
+        if directory.exists() and any(directory.iterdir()):
+            raise SearchError(
+                f"--name {name!r}: {directory} already holds a search; use --resume to continue it "
+                "or choose another --name"
+            )
+        space = load_space(space_path)
+    space = space.with_overrides(
+        num_samples=args.num_samples, max_concurrent=args.max_concurrent, cpu=args.cpus_per_trial,
+        gpu=args.gpus_per_trial, epochs=args.epochs, seed=args.seed,
+    )
+    if args.set:
+        space = space.with_fixed(parse_sets(args.set))
+    space.check_configs()
+    if args.address:
+        check_address(args.address)
+    return Plan(space, name, directory, args.data, args.address, args.resume, [sys.executable, "-m", "artune.search", *sys.argv[1:]])
+
+
+def check_address(address: str) -> None:
+    """Fail in seconds when nothing answers at ``address`` (Ray alone retries for minutes)."""
+    if address == "auto":
+        return
+    if address.startswith("ray://"):
+        try:
+            import ray.util.client  # noqa: F401
+            import grpc  # noqa: F401  (the ray[client] extra)
+        except ImportError:
+            raise SearchError(f"--address {address}: ray:// needs Ray's client extra: pip install 'ray[client]'") from None
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    if not parsed.hostname or not parsed.port:
+        raise SearchError(f"--address {address!r}: expected HOST:PORT (e.g. 10.0.0.5:6379) or ray://HOST:10001")
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise SearchError(
+            f"--address {address}: nothing answers there ({exc.strerror or exc}); "
+            "is the head running (ray start --head) and the port open?"
+        ) from None
+
+
+def load_plan_corpus(plan: Plan) -> Any:
+    from artune.data import CorpusError, check_fits, load_corpus
+
+    fixed = TrainConfig.from_dict({k: v for k, v in plan.space.fixed.items() if k in FIELD_NAMES})
+    try:
+        corpus = load_corpus(fixed.dataset, fixed.tokenizer, plan.data_dir)
+        check_fits(corpus, max_seq_len(plan.space, fixed), fixed.batch_size)
+    except CorpusError as exc:
+        raise SearchError(str(exc)) from None
+    return corpus
+
+
+def max_seq_len(space: SearchSpace, fixed: TrainConfig) -> int:
+    dist = space.params.get("seq_len")
+    if dist is None:
+        return fixed.seq_len
+    return int(max(dist.values) if dist.kind == "choice" else dist.high)
+
+
+# --- running on Ray
+
+
+def init_ray(plan: Plan) -> None:
+    import logging
+
+    import ray
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # artune writes its own tables
+    if plan.address:
+        ray.init(address=plan.address, logging_level=logging.WARNING, log_to_driver=False)
+    else:
+        # A private local instance: loopback only, no dashboard.
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING, log_to_driver=False)
+    resources = ray.cluster_resources()
+    s = plan.space.settings
+    if s.gpu > 0 and resources.get("GPU", 0) < s.gpu:
+        raise SearchError(
+            f"gpu: {s.gpu} per trial, but the cluster has {resources.get('GPU', 0):g} GPUs; "
+            "lower --gpus-per-trial or add GPU nodes"
+        )
+    if resources.get("CPU", 0) < s.cpu:
+        raise SearchError(f"cpu: {s.cpu} per trial, but the cluster has {resources.get('CPU', 0):g} CPUs; lower --cpus-per-trial")
+
+
+def trial_slots(space: SearchSpace, resources: dict[str, float]) -> int:
+    s = space.settings
+    slots = int(resources.get("CPU", 1) // s.cpu)
+    if s.gpu > 0:
+        slots = min(slots, int(resources.get("GPU", 0) // s.gpu))
+    return max(1, slots)
+
+
+def build_tuner(plan: Plan, corpus: Any, recorder: Any):
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from artune.trainable import train_fn
+
+    s = plan.space.settings
+    trainable = tune.with_resources(tune.with_parameters(train_fn, corpus=corpus), {"cpu": s.cpu, "gpu": s.gpu})
+    if plan.resume:
+        return tune.Tuner.restore(str(plan.tune_path), trainable, resume_unfinished=True, resume_errored=True)
+    concurrency = s.max_concurrent or trial_slots(plan.space, ray.cluster_resources())
+    searcher = OptunaSearch(
+        space=plan.space.define_by_run, metric=s.metric, mode=s.mode, sampler=plan.space.make_sampler()
+    )
+    if s.scheduler == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration", max_t=s.epochs, grace_period=s.grace_period,
+            reduction_factor=s.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=s.metric, mode=s.mode, search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
+            scheduler=scheduler, num_samples=s.num_samples,
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR, storage_path=str(plan.directory), verbose=0, callbacks=[recorder],
+            failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+
+
+def make_recorder(directory: Path, epochs: int, metric: str, mode: str):
+    """A Tune callback that records every result into the parquet tables as it arrives."""
+    from ray import tune
+
+    class Recorder(tune.Callback):
+        REFRESH_S = 2.0  # rewrite the tables at most this often while trials run
+
+        def __init__(self) -> None:
+            self.directory, self.epochs, self.metric, self.mode = directory, epochs, metric, mode
+            self.records: dict[str, TrialRecord] = {}
+            self._written = 0.0
+
+        def setup(self, **info: Any) -> None:
+            self.records = read_records(self.directory)  # a resumed search carries on its tables
+
+        def _record(self, trial: Any) -> TrialRecord:
+            if trial.trial_id not in self.records:
+                config = {k: v for k, v in trial.config.items() if k in FIELD_NAMES}
+                full = TrainConfig.from_dict(config).to_dict()
+                self.records[trial.trial_id] = TrialRecord(trial.trial_id, full)
+            return self.records[trial.trial_id]
+
+        def _write(self, force: bool = False) -> None:
+            now = time.monotonic()
+            if force or now - self._written >= self.REFRESH_S:
+                write_tables(self.directory, self.records.values())
+                self._written = now
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            record = self._record(trial)
+            record.status = "running"
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            record = self._record(trial)
+            metrics = {k: result[k] for k in result if k in _EPOCH_KEYS or "/" in k}
+            record.add_epoch(metrics)
+            if metrics.get("diverged"):
+                print(f"[{trial.trial_id}] diverged in epoch {metrics['epoch']}: {metrics.get('error')}", flush=True)
+            else:
+                print(
+                    f"[{trial.trial_id}] epoch {metrics['epoch']}/{self.epochs}  valid_loss {metrics['valid_loss']:.4f}  "
+                    f"valid_acc {metrics['valid_accuracy']:.3f}  {metrics['tokens_per_sec']:,.0f} tok/s",
+                    flush=True,
+                )
+            self._write()
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            record = self._record(trial)
+            if record.status != "diverged":
+                done = len(record.epochs)
+                record.status = "completed" if done >= self.epochs else "stopped"
+            self._write(force=True)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            record = self._record(trial)
+            record.status = "error"
+            record.error = error_line(trial)
+            print(f"[{trial.trial_id}] error: {record.error}", flush=True)
+            self._write(force=True)
+
+        def on_experiment_end(self, trials: list, **info: Any) -> None:
+            self._write(force=True)
+
+    return Recorder()
+
+
+_EPOCH_KEYS = {
+    "epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "tokens_seen",
+    "tokens_per_sec", "lr", "sample", "seconds", "diverged", "error",
+}
+
+
+def error_line(trial: Any) -> str:
+    """The exception's type and message from the trial's error trace (its last line)."""
+    text = trial.get_error() or ""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"
+
+
+# --- manifest and summary
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def versions() -> dict[str, str]:
+    import optuna
+    import ray
+    import torch
+
+    return {"artune": __version__, "ray": ray.__version__, "optuna": optuna.__version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def write_manifest(plan: Plan, corpus: Any, extra: dict[str, Any]) -> None:
+    path = plan.directory / MANIFEST_FILE
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    s = plan.space.settings
+    manifest.update({
+        "name": plan.name, "versions": versions(),
+        "corpus": {"source": corpus.source, "sha256": corpus.sha256, "vocab_size": corpus.vocab_size,
+                   "tokenizer": corpus.tokenizer, "train_tokens": len(corpus.train), "valid_tokens": len(corpus.valid)},
+        "space_file": str(plan.space.path), "space_sha256": plan.space.text_sha256,
+        "metric": s.metric, "mode": s.mode, "num_samples": s.num_samples, "epochs": s.epochs, "seed": s.seed,
+        "resources_per_trial": {"cpu": s.cpu, "gpu": s.gpu}, "fixed": plan.space.fixed,
+        "address": plan.address,
+    })
+    manifest.setdefault("commands", []).append(plan.command)
+    manifest.update(extra)
+    write_json_atomic(manifest, path)
+
+
+def summarise(plan: Plan) -> tuple[str, bool]:
+    from artune.results import load
+
+    results = load(plan.directory)
+    trials = results.trials
+    counts = trials["status"].value_counts().to_dict()
+    ok = bool(counts.get("completed", 0) + counts.get("stopped", 0))
+    lines = [f"search {plan.name}: {len(trials)} trials (" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ")"]
+    best = results.best(1)
+    if len(best):
+        row = best.iloc[0]
+        knobs = ", ".join(f"{k}={_fmt(row[k])}" for k in plan.space.params)
+        metric = plan.space.settings.metric
+        lines.append(f"best trial {row['trial_id']}: best {metric} {row[f'best_{metric}']:.4f} after {int(row['epochs_completed'])} epochs ({knobs})")
+        sample = results.epochs[results.epochs.trial_id == row["trial_id"]].sort_values("epoch")["sample"]
+        if len(sample):
+            lines.append(f"its last sample: {sample.iloc[-1]!r}")
+    lines.append(f"results: {plan.directory / TRIALS_FILE}, {plan.directory / EPOCHS_FILE}, {plan.directory / MANIFEST_FILE}")
+    return "\n".join(lines), ok
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def describe_plan(plan: Plan) -> str:
+    s = plan.space.settings
+    where = plan.address or "a local Ray instance started here (127.0.0.1, dashboard off)"
+    return "\n".join([
+        f"search {plan.name!r}{' (resume)' if plan.resume else ''} on {where}",
+        plan.space.describe(),
+        f"trial resources: {s.cpu:g} CPU, {s.gpu:g} GPU; concurrency: {s.max_concurrent or 'the cluster trial slots'}",
+        f"writes: {plan.directory}/ ({TRIALS_FILE}, {EPOCHS_FILE}, {MANIFEST_FILE}, {SPACE_COPY}, {TUNE_DIR}/)",
+    ])
+
+
+# --- main
+
+
+class _Lock:
+    """One running process per search: an exclusive flock on RESULTS/NAME/.lock."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / LOCK_FILE
+        self.handle = None
+
+    def __enter__(self) -> "_Lock":
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            raise SearchError(f"search {self.path.parent.name!r} is running in another process (lock {self.path})") from None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.handle.close()
+
+
+def run(plan: Plan) -> int:
+    corpus = load_plan_corpus(plan)
+    created = not plan.directory.exists()
+    plan.directory.mkdir(parents=True, exist_ok=True)
+    try:
+        with _Lock(plan.directory):
+            if not plan.resume:
+                shutil.copyfile(plan.space.path, plan.directory / SPACE_COPY)
+            return _run_locked(plan, corpus)
+    except SearchError:
+        if created and not (plan.directory / MANIFEST_FILE).exists():
+            shutil.rmtree(plan.directory, ignore_errors=True)  # nothing was run: leave nothing behind
+        raise
+
+
+def _run_locked(plan: Plan, corpus: Any) -> int:
+    import ray
+
+    s = plan.space.settings
+    print(describe_plan(plan), flush=True)
+    init_ray(plan)
+    try:
+        started = dt.datetime.now().isoformat(timespec="seconds")
+        write_manifest(plan, corpus, {"started": started} if not plan.resume else {"resumed": started})
+        recorder = make_recorder(plan.directory, s.epochs, s.metric, s.mode)
+        tuner = build_tuner(plan, corpus, recorder)
+        tuner.fit()
+        write_manifest(plan, corpus, {"finished": dt.datetime.now().isoformat(timespec="seconds")})
+    finally:
+        ray.shutdown()
+    summary, ok = summarise(plan)
+    print(summary)
+    return 0 if ok else 1
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        plan = make_plan(args)
+        if args.dry_run:
+            print(describe_plan(plan))
+            return 0
+        return run(plan)
+    except (SearchError, SpaceError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the tables hold every result so far; continue with --resume --name", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

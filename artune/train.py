@@ -1,0 +1,397 @@
+"""Trainer: epochs of training, validation and a greedy sample, with exact-resume checkpoints.
+
+This module never imports Ray: ``artune.trainable`` wraps it for Ray Tune, and
+``python -m artune.train`` runs one configuration on its own for debugging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+
+from artune.config import TrainConfig
+from artune.data import Corpus, check_fits, load_corpus, train_batches, valid_batches
+from artune.models import GPT, ModelConfig
+from artune.tokenizers import get_tokenizer
+
+CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+# How often (in steps) the training loop looks for a non-finite loss. Each look is a host sync,
+# so it is not done every step; a diverged run still stops within this many steps.
+DIVERGENCE_CHECK_EVERY = 32
+
+Metrics = dict[str, Any]
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite; no checkpoint of the broken weights is written."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated, corrupt or from another configuration."""
+
+
+def model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
+    """The one explicit mapping from the flat run config to the model's own config."""
+    return ModelConfig(
+        vocab_size=vocab_size,
+        seq_len=config.seq_len,
+        d_model=config.d_model,
+        n_layers=config.n_layers,
+        n_heads=config.n_heads,
+        d_ff=config.ff_width,
+        dropout=config.dropout,
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for, but torch sees no CUDA device")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype; fp32 means no autocast. 'auto' picks bf16 only on CUDA with bf16 support."""
+    if name == "bf16":
+        return torch.bfloat16
+    if name == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
+    """The multiplier of ``lr`` at optimizer step ``step`` (0-based)."""
+    if config.optimizer == "noam":
+        scale, warmup = config.d_model**-0.5, config.warmup
+
+        def noam(step: int) -> float:
+            step += 1
+            return scale * min(step**-0.5, step * warmup**-1.5)
+
+        return noam
+    if config.warmup > 0:
+        warmup = config.warmup
+        return lambda step: min(1.0, (step + 1) / warmup)
+    return lambda step: 1.0
+
+
+def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    # foreach: one kernel per group of tensors instead of one per parameter
+    params = model.parameters()
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+    # 'adam' as in the origin, and 'noam' (Adam with the Noam schedule)
+    betas = (0.9, 0.98) if config.optimizer == "noam" else (0.9, 0.999)
+    return torch.optim.Adam(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay, foreach=True)
+
+
+class Trainer:
+    """Trains one configuration. ``fit()`` returns (and passes to ``callback``) one metrics dict per epoch."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        corpus: Optional[Corpus] = None,
+        *,
+        data_dir: Optional[str | os.PathLike] = None,
+        device: Optional[torch.device] = None,
+    ) -> None:
+        self.config = config
+        self.corpus = corpus if corpus is not None else load_corpus(config.dataset, config.tokenizer, data_dir)
+        check_fits(self.corpus, config.seq_len, config.batch_size)
+        tokenize = get_tokenizer(config.tokenizer)
+        self.prompt_ids = self.corpus.vocabulary.encode(tokenize(config.prompt))  # unknown tokens: an error
+
+        self.device = device if device is not None else resolve_device(config.device)
+        self.autocast_dtype = resolve_precision(config.precision, self.device)
+        torch.manual_seed(config.seed)
+        self.model = GPT(model_config(config, self.corpus.vocab_size)).to(self.device)
+        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.optimizer = make_optimizer(config, self.model)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
+        # The batch order has its own generator, so it is the same whatever else draws random numbers.
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.train_tokens = self.corpus.train.to(self.device)
+        self.valid_tokens = self.corpus.valid.to(self.device)
+        self.epoch = 0
+        self.tokens_seen = 0
+        self._activations: dict[str, torch.Tensor] = {}
+
+    # --- the loop
+
+    def fit(self, callback: Optional[Callable[[Metrics], None]] = None) -> list[Metrics]:
+        history = []
+        while self.epoch < self.config.epochs:
+            metrics = self.run_epoch()
+            history.append(metrics)
+            if callback is not None:
+                callback(metrics)
+        return history
+
+    def run_epoch(self) -> Metrics:
+        start = time.perf_counter()
+        train_loss, train_accuracy, tokens, train_seconds = self.train_epoch()
+        self.epoch += 1
+        valid_loss, valid_accuracy = self.validate()
+        metrics: Metrics = {
+            "epoch": self.epoch,
+            "train_loss": train_loss,
+            "train_accuracy": train_accuracy,
+            "valid_loss": valid_loss,
+            "valid_accuracy": valid_accuracy,
+            "tokens_seen": self.tokens_seen,
+            "tokens_per_sec": tokens / train_seconds if train_seconds > 0 else float("nan"),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "sample": self.sample(),
+        }
+        if self.config.is_log_model_params_grads:
+            metrics.update(self._param_grad_stats())
+        if self.config.is_log_model_activations:
+            metrics.update(self._activation_stats())
+        metrics["seconds"] = time.perf_counter() - start
+        return metrics
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        c = self.config
+        batches = train_batches(
+            self.train_tokens, c.train_loader, c.batch_size, c.seq_len, self.generator,
+            c.dataloader_shuffle_with_replacement,
+        )
+        for i, batch in enumerate(batches):
+            if c.batches_per_epoch is not None and i >= c.batches_per_epoch:
+                return
+            yield batch
+
+    def train_epoch(self) -> tuple[float, float, int, float]:
+        """One pass of training. Returns mean loss, token accuracy, tokens trained and seconds.
+
+        Loss and accuracy are summed on the device and read once at the end: a ``.item()`` per
+        step would make the host wait for every step to finish.
+        """
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        tokens = 0
+        clip = self.config.grad_norm_clip
+        start = time.perf_counter()
+        for step, (x, y) in enumerate(self._batches()):  # x, y: (B, T)
+            with self._autocast():
+                logits = self.forward(x)  # (B, T, V)
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
+            self.optimizer.step()
+            self.scheduler.step()
+            n = y.numel()
+            loss_sum += loss.detach() * n
+            correct += (logits.detach().argmax(dim=-1) == y).sum()
+            tokens += n
+            if (step + 1) % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
+                break
+        self.tokens_seen += tokens
+        mean_loss = loss_sum.item() / max(tokens, 1)
+        seconds = time.perf_counter() - start
+        if not math.isfinite(mean_loss):
+            raise DivergedError(
+                f"training loss became {mean_loss} in epoch {self.epoch + 1} "
+                f"(lr={self.config.lr}); the run is stopped and no checkpoint is written"
+            )
+        return mean_loss, correct.item() / max(tokens, 1), tokens, seconds
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float, float]:
+        """A deterministic full pass over the valid split: mean loss and token accuracy."""
+        self.model.eval()
+        c = self.config
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        tokens = 0
+        hooks = self._activation_hooks() if c.is_log_model_activations else []
+        for x, y in valid_batches(self.valid_tokens, c.valid_loader, c.batch_size, c.seq_len, c.seed):
+            with self._autocast():
+                logits = self.forward(x)
+            loss_sum += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
+            correct += (logits.argmax(dim=-1) == y).sum()
+            tokens += y.numel()
+            for hook in hooks:  # activation statistics from the first batch are enough
+                hook.remove()
+            hooks = []
+        return loss_sum.item() / tokens, correct.item() / tokens
+
+    @torch.no_grad()
+    def sample(self) -> str:
+        """Greedy continuation of the prompt, decoded with the tokenizer's separator."""
+        if self.config.sample_tokens == 0:
+            return self.config.prompt
+        self.model.eval()
+        idx = torch.tensor([self.prompt_ids], dtype=torch.long, device=self.device)
+        with self._autocast():
+            out = self.model.generate(idx, self.config.sample_tokens)
+        new = self.corpus.vocabulary.decode(out[0, len(self.prompt_ids) :].tolist(), self.config.separator)
+        return self.config.prompt + self.config.separator + new
+
+    # --- optional diagnostics (off by default: they cost time)
+
+    def _param_grad_stats(self) -> Metrics:
+        stats: Metrics = {}
+        for name, p in self.model.named_parameters():
+            stats[f"param_norm/{name}"] = p.detach().norm().item()
+            if p.grad is not None:
+                stats[f"grad_norm/{name}"] = p.grad.detach().norm().item()
+        return stats
+
+    def _activation_hooks(self) -> list:
+        self._activations.clear()
+
+        def keep(name: str) -> Callable:
+            def hook(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
+                self._activations[name] = output.detach().float()
+
+            return hook
+
+        return [block.register_forward_hook(keep(f"blocks.{i}")) for i, block in enumerate(self.model.blocks)]
+
+    def _activation_stats(self) -> Metrics:
+        stats: Metrics = {}
+        for name, a in self._activations.items():
+            stats[f"activation_mean/{name}"] = a.mean().item()
+            stats[f"activation_std/{name}"] = a.std().item()
+        return stats
+
+    # --- checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain values only, so it loads with ``torch.load(weights_only=True)``."""
+        rng = {"torch": torch.get_rng_state(), "batches": self.generator.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "vocabulary": list(self.corpus.vocabulary.itos),
+            "corpus_sha256": self.corpus.sha256,
+            "epoch": self.epoch,
+            "tokens_seen": self.tokens_seen,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}")
+        if state["vocabulary"] != list(self.corpus.vocabulary.itos):
+            raise CheckpointError("checkpoint was trained with another vocabulary (a different corpus or tokenizer)")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["batches"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.epoch = int(state["epoch"])
+        self.tokens_seen = int(state["tokens_seen"])
+
+    def save_checkpoint(self, directory: str | os.PathLike) -> Path:
+        """Write ``checkpoint.pt`` atomically: a crash mid-write leaves the previous file intact."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / CHECKPOINT_FILE
+        tmp = directory / f".{CHECKPOINT_FILE}.{os.getpid()}.tmp"
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        if path.is_dir():
+            path = path / CHECKPOINT_FILE
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: checkpoint file not found") from None
+        except Exception as exc:  # truncated zip, unpickling refused, ...
+            raise CheckpointError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc})") from None
+        try:
+            self.load_state_dict(state)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{path}: checkpoint does not fit this configuration ({exc})") from None
+
+
+def format_metrics(metrics: Metrics) -> str:
+    return (
+        f"epoch {metrics['epoch']:>3}  train_loss {metrics['train_loss']:.4f}  "
+        f"train_acc {metrics['train_accuracy']:.3f}  valid_loss {metrics['valid_loss']:.4f}  "
+        f"valid_acc {metrics['valid_accuracy']:.3f}  {metrics['tokens_per_sec']:,.0f} tok/s  "
+        f"lr {metrics['lr']:.2e}  {metrics['seconds']:.1f}s  | {metrics['sample']!r}"
+    )
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m artune.train --d_model 128 --epochs 2 ...``: one configuration, no Ray."""
+    import argparse
+    import sys
+
+    from artune.config import ConfigError, add_config_arguments, config_from_arguments
+    from artune.data import CorpusError
+    from artune.tokenizers import UnknownTokenError
+
+    parser = argparse.ArgumentParser(
+        prog="python -m artune.train", description="Train one configuration without Ray and print each epoch."
+    )
+    parser.add_argument("--data-dir", help="directory of the cached corpus, or a text file (default: $ARTUNE_DATA_DIR)")
+    parser.add_argument("--checkpoint-dir", help="write a checkpoint here after every epoch (if is_save_models)")
+    parser.add_argument("--resume", action="store_true", help="resume from the checkpoint in --checkpoint-dir")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_arguments(args)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        trainer = Trainer(config, data_dir=args.data_dir)
+        if args.resume:
+            if not args.checkpoint_dir:
+                raise ConfigError("--resume needs --checkpoint-dir")
+            trainer.load_checkpoint(args.checkpoint_dir)
+            print(f"resumed from {args.checkpoint_dir} after epoch {trainer.epoch}")
+        print(
+            f"{trainer.model.num_parameters():,} parameters, vocabulary {trainer.corpus.vocab_size}, "
+            f"{len(trainer.corpus.train):,} train / {len(trainer.corpus.valid):,} valid tokens, "
+            f"device {trainer.device}"
+        )
+
+        def report(metrics: Metrics) -> None:
+            print(format_metrics(metrics), flush=True)
+            if args.checkpoint_dir and config.is_save_models:
+                trainer.save_checkpoint(args.checkpoint_dir)
+
+        trainer.fit(report)
+    except (ConfigError, CorpusError, UnknownTokenError, CheckpointError, DivergedError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

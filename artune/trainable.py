@@ -1,0 +1,95 @@
+"""``train_fn(config)``: the Ray Tune function trainable around ``Trainer``.
+
+The flat dict Ray hands over becomes a ``TrainConfig``; the device and thread count come from
+what Ray allocated to the trial; every epoch is reported through ``ray.tune.report`` with a
+checkpoint, and a restarted trial resumes from ``ray.tune.get_checkpoint()``. Called outside
+Tune (in a test or a notebook) it trains the same way and returns the per-epoch metrics.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any, Optional
+
+import ray
+import torch
+from ray import tune
+
+from artune.config import TrainConfig
+from artune.data import Corpus
+from artune.train import DivergedError, Metrics, Trainer, resolve_device
+
+
+class NoCudaError(RuntimeError):
+    """Ray allocated a GPU to the trial but torch cannot see CUDA."""
+
+
+def _in_tune_session() -> bool:
+    from ray.train._internal.session import get_session  # no public test for "inside a trial" exists
+
+    return get_session() is not None
+
+
+def trial_device(config: TrainConfig, in_tune: bool) -> torch.device:
+    """CUDA when Ray gave this trial GPUs (Ray sets CUDA_VISIBLE_DEVICES), CPU otherwise.
+
+    An explicit ``device: cpu`` is honoured. With ``auto``, a GPU that torch cannot see is an
+    error: training on the CPU instead would be quietly many times slower than what was asked for.
+    """
+    gpus = ray.get_gpu_ids() if in_tune and ray.is_initialized() else []
+    if config.device == "cpu":
+        return torch.device("cpu")
+    if gpus:
+        if not torch.cuda.is_available():
+            raise NoCudaError(
+                f"Ray allocated GPU(s) {gpus} to this trial but torch sees no CUDA device "
+                f"(torch {torch.__version__}, cuda build: {torch.version.cuda}); install a CUDA build of "
+                "torch on the workers, or set gpu: 0 in the search space"
+            )
+        return torch.device("cuda", 0)  # the first of the devices Ray made visible
+    if config.device == "cuda":
+        return resolve_device("cuda")
+    return torch.device("cpu") if in_tune else resolve_device(config.device)
+
+
+def _allocated_cpus() -> Optional[int]:
+    resources = tune.get_context().get_trial_resources().required_resources
+    cpus = resources.get("CPU", 0)
+    return max(1, int(cpus)) if cpus else None
+
+
+def train_fn(config: dict[str, Any], corpus: Optional[Corpus] = None) -> list[Metrics]:
+    """Train one trial. ``corpus`` is the corpus the driver encoded once (``tune.with_parameters``)."""
+    train_config = TrainConfig.from_dict(dict(config))
+    in_tune = _in_tune_session()
+    if in_tune:
+        cpus = _allocated_cpus()
+        if cpus:
+            torch.set_num_threads(cpus)  # match the CPUs Ray reserved, not the whole node
+    trainer = Trainer(train_config, corpus, device=trial_device(train_config, in_tune))
+
+    checkpoint = tune.get_checkpoint() if in_tune else None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            trainer.load_checkpoint(directory)
+
+    def report(metrics: Metrics) -> None:
+        if not in_tune:
+            return
+        if train_config.is_save_models:
+            with tempfile.TemporaryDirectory(prefix="artune-ckpt-") as directory:
+                trainer.save_checkpoint(directory)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+        else:
+            tune.report(metrics)
+
+    try:
+        return trainer.fit(report)
+    except DivergedError as exc:
+        # A diverged trial is a result, not a fault: report it once (no checkpoint of the broken
+        # weights) and end normally, so Tune spends no retry on it.
+        metrics = {"epoch": trainer.epoch + 1, "diverged": True, "error": str(exc),
+                   "train_loss": float("nan"), "valid_loss": float("nan")}
+        if in_tune:
+            tune.report(metrics)
+        return [metrics]
