@@ -209,7 +209,8 @@ def init_ray(plan: Plan) -> None:
     import ray
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # artune writes its own tables
+    # artune checkpoints every epoch on purpose (resume loses at most one epoch); Ray's hint about it is noise
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if plan.address:
         ray.init(address=plan.address, logging_level=logging.WARNING, log_to_driver=False)
     else:
@@ -262,7 +263,7 @@ def build_tuner(plan: Plan, corpus: Any, recorder: Any):
         trainable,
         tune_config=tune.TuneConfig(
             metric=s.metric, mode=s.mode, search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
-            scheduler=scheduler, num_samples=s.num_samples,
+            scheduler=scheduler, num_samples=s.num_samples, trial_dirname_creator=lambda trial: trial.trial_id,
         ),
         run_config=tune.RunConfig(
             name=TUNE_DIR, storage_path=str(plan.directory), verbose=0, callbacks=[recorder],

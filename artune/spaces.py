@@ -322,7 +322,7 @@ class SearchSpace:
             except (ConfigError, ValueError, TypeError, OverflowError, ArithmeticError) as error:
                 for message in str(error).split("; "):
                     where, key_name = self._blame(message, sampled)
-                    errors.add(where, key_name, f"every config the space can sample must be valid, but {message}")
+                    errors.add(where, key_name, f"a config this space can sample is invalid: {message}")
         errors.raise_if_any()
 
     def _pairwise(self, names: list[str], corners: dict[str, list]) -> Any:
@@ -415,7 +415,7 @@ def load_space(path: str | Path) -> SearchSpace:
         errors.raise_if_any()
     for key in document:
         if key not in SECTIONS:
-            errors.add(f"{label}:{_key_line(document, key)}", _show(key), f"unknown section{_did_you_mean(key, SECTIONS)}; sections are search, fixed, params")
+            errors.add(f"{label}:{_key_line(document, key)}", _show(key), f"unknown section{_did_you_mean(key, SECTIONS)}, expected one of search, fixed, params")
     sources: dict[str, str] = {}
     raw = _read_search(document.get("search"), label, _key_line(document, "search"), sources, errors)
     fixed = _read_fixed(document.get("fixed"), label, _key_line(document, "fixed"), sources, errors)
@@ -494,27 +494,31 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("
 
 
 def _parse_yaml(text: str, label: str) -> tuple[Any, list]:
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)  # the reader refuses control characters here already
         return loader.get_single_data(), loader.duplicates
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"{label}:{mark.line + 1}:{mark.column + 1}" if mark else f"{label}:1"
         problem = " ".join(str(error.problem or error.context or "invalid YAML").split())
-        tag = re.search(r"tag:yaml\.org,2002:(python/\S*?)'", problem)
+        tag = re.search(r"constructor for the tag '([^']*)'", problem)
         if tag:
-            raise SpaceError(f"{where}: a search-space file holds plain data only, so python tags are refused, but got !!{tag.group(1)}") from None
+            shown = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+            kind = "python tags are" if "python/" in shown else "custom tags are"
+            raise SpaceError(f"{where}: a search-space file holds plain data only, so {kind} refused, but got {shown}") from None
         context = " ".join(str(error.context).split()) if error.context and error.problem else ""
         raise SpaceError(f"{where}: YAML syntax: {problem}" + (f" ({context})" if context else "")) from None
     except yaml.reader.ReaderError as error:
         line = text[: error.position].count("\n") + 1
-        raise SpaceError(f"{label}:{line}: a search-space file must be printable text, but got character {error.character!r}") from None
+        raise SpaceError(f"{label}:{line}: a search-space file must be printable text, but got character U+{error.character:04X}") from None
     except yaml.YAMLError as error:
         raise SpaceError(f"{label}:1: YAML: {' '.join(str(error).split())}") from None
     except RecursionError:
         raise SpaceError(f"{label}:1: YAML: nesting is too deep (or an alias refers to itself)") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _line_of(value: Any, default: int = 1) -> int:
@@ -542,7 +546,12 @@ class _Errors:
 
     def raise_if_any(self) -> None:
         if self.items:
-            raise SpaceError("; ".join(dict.fromkeys(self.items)))
+            # In file order, so the message reads like the file (CLI options, lineless, come first).
+            def line(item: str) -> int:
+                found = re.match(r"[^ ]*?:(\d+)[:\s]", item)
+                return int(found.group(1)) if found else 0
+
+            raise SpaceError("; ".join(sorted(dict.fromkeys(self.items), key=line)))
 
 
 def _read_search(section: Any, label: str, line: int, sources: dict[str, str], errors: _Errors) -> dict[str, Any]:
@@ -559,22 +568,22 @@ def _read_search(section: Any, label: str, line: int, sources: dict[str, str], e
     for key, value in section.items():
         where = f"{label}:{_key_line(section, key)}"
         if key not in SEARCH_KEYS:
-            errors.add(where, f"search.{_show(key)}", f"unknown setting{_did_you_mean(key, SEARCH_KEYS)}; settings are {', '.join(SEARCH_KEYS)}")
+            errors.add(where, f"search.{_show(key)}", f"unknown setting{_did_you_mean(key, SEARCH_KEYS)}, expected one of {', '.join(SEARCH_KEYS)}")
         elif key == "resources":
-            _read_group(value, where, "search.resources", RESOURCE_KEYS, {}, raw, sources, section, errors)
+            _read_group(value, where, "search.resources", RESOURCE_KEYS, {}, raw, sources, errors)
         elif key == "scheduler":
             if isinstance(value, str) or value is None:
                 raw["scheduler"] = "none" if value is None else value
                 sources["search.scheduler"] = where
             else:
-                _read_group(value, where, "search.scheduler", SCHEDULER_KEYS, {"name": "scheduler"}, raw, sources, section, errors)
+                _read_group(value, where, "search.scheduler", SCHEDULER_KEYS, {"name": "scheduler"}, raw, sources, errors)
         else:
             raw[key] = value
             sources[f"search.{key}"] = where
     return raw
 
 
-def _read_group(value: Any, where: str, prefix: str, keys: tuple, rename: dict, raw: dict, sources: dict, parent: Any, errors: _Errors) -> None:
+def _read_group(value: Any, where: str, prefix: str, keys: tuple, rename: dict, raw: dict, sources: dict, errors: _Errors) -> None:
     if not isinstance(value, dict):
         errors.add(where, prefix, f"must be a mapping with keys {', '.join(keys)}, but got {_show(value)}")
         return
@@ -582,7 +591,7 @@ def _read_group(value: Any, where: str, prefix: str, keys: tuple, rename: dict, 
     for key, item in value.items():
         item_where = f"{label}:{_key_line(value, key)}"
         if key not in keys:
-            errors.add(item_where, f"{prefix}.{_show(key)}", f"unknown key{_did_you_mean(key, keys)}; keys are {', '.join(keys)}")
+            errors.add(item_where, f"{prefix}.{_show(key)}", f"unknown key{_did_you_mean(key, keys)}, expected one of {', '.join(keys)}")
             continue
         name = rename.get(key, key)
         raw[name] = item
@@ -645,7 +654,7 @@ _INVALID = object()
 
 def _knob_ok(key: Any, where: str, section: str, errors: _Errors) -> bool:
     if key not in FIELD_NAMES:
-        errors.add(where, f"{section}.{_show(key)}", f"{unknown_key_message(str(key))}; knobs are TrainConfig fields")
+        errors.add(where, f"{section}.{_show(key)}", f"{unknown_key_message(str(key))} (knobs are TrainConfig fields)")
         return False
     if key == "epochs":
         errors.add(where, f"{section}.epochs", "epochs is a search setting (ASHA's max_t), not a knob (fix: write it under search: as epochs: N)")
@@ -659,9 +668,11 @@ def _fixed_value(key: str, value: Any, where: str, name: str, errors: _Errors) -
         return _INVALID
     try:
         return coerce(key, value)
-    except (ConfigError, ValueError, TypeError, OverflowError) as error:
+    except (ConfigError, ValueError, TypeError) as error:
         errors.add(where, name, str(error))
-        return _INVALID
+    except OverflowError:
+        errors.add(where, name, f"{key} must be a finite number, but got {_show(value)}")
+    return _INVALID
 
 
 def _distribution(name: str, spec: dict, where: str, line: int, errors: _Errors) -> Optional[Distribution]:
@@ -675,7 +686,7 @@ def _distribution(name: str, spec: dict, where: str, line: int, errors: _Errors)
     for option in spec:
         if option != kind and option not in OPTIONS[kind]:
             allowed = ", ".join(OPTIONS[kind])
-            errors.add(where, f"{key}.{_show(option)}", f"unknown option for {kind}{_did_you_mean(option, OPTIONS[kind])}; {kind} takes {allowed}")
+            errors.add(where, f"{key}.{_show(option)}", f"unknown option for {kind}{_did_you_mean(option, OPTIONS[kind])}, expected one of {allowed}")
             ok = False
     ftype, _ = field_type(name)
     tname = {int: "an integer", float: "a number", bool: "true/false", str: "text"}.get(ftype, ftype.__name__)

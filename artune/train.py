@@ -107,7 +107,7 @@ class Trainer:
     ) -> None:
         self.config = config
         self.corpus = corpus if corpus is not None else load_corpus(config.dataset, config.tokenizer, data_dir)
-        check_fits(self.corpus, config.seq_len, config.batch_size)
+        check_fits(self.corpus, config.seq_len, config.batch_size, train_loader=config.train_loader, valid_loader=config.valid_loader)
         tokenize = get_tokenizer(config.tokenizer)
         self.prompt_ids = self.corpus.vocabulary.encode(tokenize(config.prompt))  # unknown tokens: an error
 

@@ -58,8 +58,12 @@ def _allocated_cpus() -> Optional[int]:
     return max(1, int(cpus)) if cpus else None
 
 
-def train_fn(config: dict[str, Any], corpus: Optional[Corpus] = None) -> list[Metrics]:
-    """Train one trial. ``corpus`` is the corpus the driver encoded once (``tune.with_parameters``)."""
+def train_fn(config: dict[str, Any], corpus: Optional[Corpus] = None) -> Optional[list[Metrics]]:
+    """Train one trial. ``corpus`` is the corpus the driver encoded once (``tune.with_parameters``).
+
+    Inside Tune the metrics go out through ``tune.report`` and nothing is returned (Tune takes a
+    return value as one more result); outside Tune the per-epoch metrics are returned.
+    """
     train_config = TrainConfig.from_dict(dict(config))
     in_tune = _in_tune_session()
     if in_tune:
@@ -84,7 +88,8 @@ def train_fn(config: dict[str, Any], corpus: Optional[Corpus] = None) -> list[Me
             tune.report(metrics)
 
     try:
-        return trainer.fit(report)
+        history = trainer.fit(report)
+        return None if in_tune else history
     except DivergedError as exc:
         # A diverged trial is a result, not a fault: report it once (no checkpoint of the broken
         # weights) and end normally, so Tune spends no retry on it.
@@ -92,4 +97,5 @@ def train_fn(config: dict[str, Any], corpus: Optional[Corpus] = None) -> list[Me
                    "train_loss": float("nan"), "valid_loss": float("nan")}
         if in_tune:
             tune.report(metrics)
+            return None
         return [metrics]

@@ -1,0 +1,266 @@
+import argparse
+import dataclasses
+import math
+
+import pytest
+
+from artune.config import (
+    FIELD_NAMES,
+    FIELDS,
+    ConfigError,
+    TrainConfig,
+    add_config_arguments,
+    coerce,
+    config_from_arguments,
+    field_doc,
+)
+
+# --- defaults and docs
+
+
+def test_documented_defaults():
+    c = TrainConfig()
+    assert c.batch_size == 16
+    assert c.seq_len == 512
+    assert c.d_model == 512
+    assert c.grad_norm_clip == 1.0
+    assert c.sample_tokens == 25
+    assert c.dataloader_shuffle_with_replacement is False
+    assert c.compile is False
+    assert c.dataset == "tiny_shakespeare"
+    assert c.tokenizer == "character"
+    assert c.optimizer == "adam"
+    assert c.d_ff is None and c.ff_width == 4 * 512
+
+
+def test_every_field_has_a_doc():
+    undocumented = [name for name in FIELD_NAMES if not field_doc(name).strip()]
+    assert undocumented == []
+    assert len(FIELD_NAMES) == len(dataclasses.fields(TrainConfig)) > 20
+
+
+def test_config_is_frozen_and_round_trips_through_its_dict():
+    c = TrainConfig(d_model=64, n_heads=4, lr=3e-3, d_ff=100)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.lr = 1.0  # type: ignore[misc]
+    assert TrainConfig.from_dict(c.to_dict()) == c
+
+
+def test_separator_follows_the_tokenizer_unless_set():
+    assert TrainConfig().separator == ""
+    assert TrainConfig(tokenizer="basic_english").separator == " "
+    assert TrainConfig(tokenizer="basic_english", prompt_separator="_").separator == "_"
+
+
+# --- unknown keys
+
+
+def test_unknown_key_suggests_the_close_field():
+    with pytest.raises(ConfigError, match=r"unknown key 'd_modle'") as info:
+        TrainConfig.from_dict({"d_modle": 64})
+    assert "did you mean 'd_model'?" in str(info.value)
+
+
+def test_every_unknown_key_is_reported():
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_dict({"batchsize": 4, "zzzzzz": 1, "lr": 0.1})
+    message = str(info.value)
+    assert "unknown key 'batchsize' (did you mean 'batch_size'?)" in message
+    assert "unknown key 'zzzzzz'" in message and "zzzzzz' (did you mean" not in message
+
+
+# --- bad values: each message names the field and the value
+
+
+@pytest.mark.parametrize(
+    ("values", "field", "shown"),
+    [
+        ({"lr": -1.0}, "lr", "-1.0"),
+        ({"lr": 0.0}, "lr", "0.0"),
+        ({"lr": math.nan}, "lr", "nan"),
+        ({"lr": math.inf}, "lr", "inf"),
+        ({"grad_norm_clip": 0.0}, "grad_norm_clip", "0.0"),
+        ({"grad_norm_clip": -2.5}, "grad_norm_clip", "-2.5"),
+        ({"grad_norm_clip": math.nan}, "grad_norm_clip", "nan"),
+        ({"batch_size": 0}, "batch_size", "0"),
+        ({"batch_size": -3}, "batch_size", "-3"),
+        ({"seq_len": 0}, "seq_len", "0"),
+        ({"seq_len": -16}, "seq_len", "-16"),
+        ({"d_model": 64, "n_heads": 3}, "n_heads", "n_heads=3"),
+        ({"tokenizer": "bpe"}, "tokenizer", "'bpe'"),
+        ({"optimizer": "sgd"}, "optimizer", "'sgd'"),
+        ({"device": "tpu"}, "device", "'tpu'"),
+        ({"precision": "fp16"}, "precision", "'fp16'"),
+        ({"train_loader": "random"}, "train_loader", "'random'"),
+        ({"valid_loader": "random"}, "valid_loader", "'random'"),
+        ({"dropout": 1.0}, "dropout", "1.0"),
+        ({"dropout": -0.1}, "dropout", "-0.1"),
+        ({"dropout": math.nan}, "dropout", "nan"),
+        ({"optimizer": "noam", "warmup": 0}, "warmup", "warmup=0"),
+        ({"weight_decay": -0.01}, "weight_decay", "-0.01"),
+        ({"d_ff": 0}, "d_ff", "0"),
+        ({"batches_per_epoch": 0}, "batches_per_epoch", "0"),
+        ({"sample_tokens": -1}, "sample_tokens", "-1"),
+        ({"epochs": 0}, "epochs", "0"),
+    ],
+)
+def test_bad_value_names_field_and_value(values, field, shown):
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(**values)
+    message = str(info.value)
+    assert field in message
+    assert shown in message
+    # from_dict gives the same verdict
+    with pytest.raises(ConfigError, match=field):
+        TrainConfig.from_dict(values)
+
+
+def test_noam_message_names_the_optimizer():
+    with pytest.raises(ConfigError, match=r"'noam' needs warmup > 0, but got warmup=0"):
+        TrainConfig(optimizer="noam")
+    assert TrainConfig(optimizer="noam", warmup=10).warmup == 10
+
+
+def test_n_heads_message_names_both_sizes():
+    with pytest.raises(ConfigError, match=r"n_heads must divide d_model, but got d_model=64, n_heads=3"):
+        TrainConfig(d_model=64, n_heads=3)
+
+
+def test_misspelt_choice_suggests_the_close_one():
+    with pytest.raises(ConfigError, match=r"tokenizer must be one of character, basic_english, but got 'charcter' \(did you mean 'character'\?\)"):
+        TrainConfig(tokenizer="charcter")
+    with pytest.raises(ConfigError, match=r"device must be one of auto, cpu, cuda, but got 'cdua' \(did you mean 'cuda'\?\)"):
+        TrainConfig(device="cdua")
+
+
+def test_wrong_type_is_an_error_not_a_crash():
+    with pytest.raises(ConfigError, match=r"lr must be of type float, but got 'fast'"):
+        TrainConfig(lr="fast")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"batch_size must be of type int, but got True"):
+        TrainConfig(batch_size=True)
+    with pytest.raises(ConfigError, match=r"seq_len must be of type int, but got 3.5"):
+        TrainConfig(seq_len=3.5)  # type: ignore[arg-type]
+
+
+def test_several_errors_are_reported_together():
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(lr=-1.0, batch_size=0, tokenizer="bpe", dropout=2.0)
+    message = str(info.value)
+    for part in ("lr=-1.0", "batch_size=0", "'bpe'", "dropout=2.0"):
+        assert part in message
+    assert message.count(";") == 3
+
+
+# --- from_dict coercion (YAML, Ray and CLI values)
+
+
+def test_from_dict_coerces_text():
+    c = TrainConfig.from_dict(
+        {
+            "lr": "1e-3",
+            "d_model": "64",
+            "n_heads": "4",
+            "compile": "true",
+            "dataloader_shuffle_with_replacement": "Yes",
+            "is_save_models": "false",
+            "d_ff": "none",
+            "batches_per_epoch": "NULL",
+            "seq_len": "32.0",
+            "dropout": "0",
+        }
+    )
+    assert c.lr == 1e-3 and isinstance(c.lr, float)
+    assert c.d_model == 64 and isinstance(c.d_model, int)
+    assert c.n_heads == 4
+    assert c.compile is True
+    assert c.dataloader_shuffle_with_replacement is True
+    assert c.is_save_models is False
+    assert c.d_ff is None and c.batches_per_epoch is None
+    assert c.seq_len == 32 and isinstance(c.seq_len, int)
+    assert c.dropout == 0.0 and isinstance(c.dropout, float)
+
+
+def test_from_dict_accepts_numbers_for_floats_and_integral_floats_for_ints():
+    c = TrainConfig.from_dict({"lr": 1, "batch_size": 8.0})
+    assert c.lr == 1.0 and isinstance(c.lr, float)
+    assert c.batch_size == 8 and isinstance(c.batch_size, int)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "pattern"),
+    [
+        ("lr", "fast", r"lr must be a number, but got 'fast'"),
+        ("d_model", "64.5", r"d_model must be an integer, but got '64.5'"),
+        ("d_model", 64.5, r"d_model must be an integer, but got 64.5"),
+        ("batch_size", True, r"batch_size must be an integer, but got True"),
+        ("compile", "maybe", r"compile must be true or false, but got 'maybe'"),
+        ("seq_len", "none", r"seq_len must be a int, but got None"),
+        ("tokenizer", 3, r"tokenizer must be text, but got 3"),
+    ],
+)
+def test_from_dict_refuses_what_it_cannot_coerce(key, value, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        TrainConfig.from_dict({key: value})
+
+
+def test_coerce_unwraps_numpy_like_scalars():
+    class Scalar:  # what a sampler hands over: a number behind .item()
+        def __init__(self, v):
+            self.v = v
+
+        def item(self):
+            return self.v
+
+    assert coerce("d_model", Scalar(128)) == 128
+    assert coerce("lr", Scalar(0.5)) == 0.5
+
+
+# --- argparse
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="t")
+    add_config_arguments(parser)
+    return parser
+
+
+def test_no_arguments_give_the_defaults():
+    assert config_from_arguments(_parser().parse_args([])) == TrainConfig()
+
+
+def test_arguments_are_coerced():
+    args = _parser().parse_args(
+        ["--lr", "3e-3", "--d_model", "64", "--n_heads", "4", "--compile", "true", "--d_ff", "none",
+         "--prompt", "To be"]
+    )
+    assert config_from_arguments(args) == TrainConfig(lr=3e-3, d_model=64, n_heads=4, compile=True, prompt="To be")
+
+
+def test_config_round_trips_through_argparse():
+    original = TrainConfig(
+        dataset="some/file.txt", tokenizer="basic_english", seq_len=32, batch_size=4, d_model=48, n_heads=6,
+        n_layers=1, d_ff=96, dropout=0.25, optimizer="noam", lr=0.7, warmup=40, grad_norm_clip=0.5,
+        batches_per_epoch=7, prompt="to be or", prompt_separator="|", sample_tokens=3, seed=9, device="cpu",
+        precision="bf16", compile=True, is_save_models=False, is_log_model_params_grads=True,
+        dataloader_shuffle_with_replacement=True, train_loader="sequential", valid_loader="shuffled",
+    )
+    argv = []
+    for name, value in original.to_dict().items():
+        if value is not None:
+            argv += [f"--{name}", str(value)]
+    assert config_from_arguments(_parser().parse_args(argv)) == original
+
+
+def test_bad_argument_raises_config_error_naming_it():
+    with pytest.raises(ConfigError, match=r"lr > 0 must hold \(finite\), but got lr=-1.0"):
+        config_from_arguments(_parser().parse_args(["--lr", "-1"]))
+    with pytest.raises(ConfigError, match=r"d_model must be an integer, but got 'big'"):
+        config_from_arguments(_parser().parse_args(["--d_model", "big"]))
+
+
+def test_help_lists_every_field_with_its_doc_and_default():
+    text = "".join(_parser().format_help().split())  # argparse wraps lines (also at hyphens)
+    for name in FIELD_NAMES:
+        assert f"--{name}" in text
+        assert "".join(field_doc(name).split()) in text
+    assert f"(default:{FIELDS['batch_size'].default!r})" in text

@@ -1,0 +1,437 @@
+import dataclasses
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from artune.config import ConfigError, TrainConfig
+from artune.tokenizers import UnknownTokenError
+from artune.train import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    DivergedError,
+    Trainer,
+    lr_lambda,
+    main,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+METRIC_KEYS = {
+    "epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy",
+    "tokens_seen", "tokens_per_sec", "lr", "sample", "seconds",
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # The test machine is small and shared; one thread is faster than two fighting for it.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def small_text(shakespeare_path, tmp_path_factory) -> Path:
+    """The first 20,000 characters of Tiny Shakespeare: real text, small enough for fast epochs."""
+    path = tmp_path_factory.mktemp("corpus") / "small.txt"
+    path.write_text(shakespeare_path.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    return path
+
+
+def tiny(path: Path, **overrides) -> TrainConfig:
+    values = dict(
+        dataset=str(path), d_model=32, n_layers=1, n_heads=2, seq_len=16, batch_size=8, lr=3e-3,
+        epochs=1, batches_per_epoch=6, sample_tokens=4, device="cpu",
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+# --- learning on the real corpus
+
+
+def test_learns_tiny_shakespeare_below_its_unigram_entropy(shakespeare_path):
+    config = TrainConfig(
+        dataset="tiny_shakespeare", d_model=64, n_layers=2, n_heads=4, seq_len=32, batch_size=16, lr=3e-3,
+        epochs=1, batches_per_epoch=200, sample_tokens=10, device="cpu",
+    )
+    trainer = Trainer(config, data_dir=shakespeare_path.parent)
+    counts = torch.bincount(torch.cat([trainer.corpus.train, trainer.corpus.valid]).long()).double()
+    p = counts[counts > 0] / counts.sum()
+    entropy = float(-(p * p.log()).sum())  # nats per character of a model that knows only the frequencies
+    assert 3.2 < entropy < 3.4
+    before, _ = trainer.validate()
+    assert before == pytest.approx(math.log(trainer.corpus.vocab_size), abs=0.1)  # small init: near uniform
+    (metrics,) = trainer.fit()
+    assert metrics["valid_loss"] < entropy - 0.5, (metrics["valid_loss"], entropy)
+    assert metrics["train_loss"] < entropy - 0.3
+    assert metrics["valid_accuracy"] > float(p.max()) + 0.05  # beats always guessing the commonest character
+    assert metrics["sample"].startswith("It is") and len(metrics["sample"]) == len("It is") + 10
+
+
+# --- metrics and the loop
+
+
+def test_metrics_have_exactly_the_documented_keys_and_count_tokens(small_text):
+    config = tiny(small_text, epochs=2, batches_per_epoch=5)
+    seen = []
+    history = Trainer(config).fit(callback=seen.append)
+    assert seen == history and len(history) == 2  # the callback gets each epoch's dict, once
+    per_epoch = 5 * config.batch_size * config.seq_len
+    for epoch, metrics in enumerate(history, start=1):
+        assert set(metrics) == METRIC_KEYS
+        assert metrics["epoch"] == epoch
+        assert metrics["tokens_seen"] == epoch * per_epoch
+        assert metrics["tokens_per_sec"] > 0 and metrics["seconds"] > 0
+        assert 0 <= metrics["train_accuracy"] <= 1 and 0 <= metrics["valid_accuracy"] <= 1
+        assert metrics["lr"] == config.lr
+        assert isinstance(metrics["sample"], str) and metrics["sample"].startswith(config.prompt)
+
+
+def test_a_full_sequential_epoch_counts_every_target_token(small_text):
+    config = tiny(small_text, train_loader="sequential", batches_per_epoch=None, seq_len=32)
+    trainer = Trainer(config)
+    (metrics,) = trainer.fit()
+    streams = len(trainer.corpus.train) // config.batch_size  # tokens per stream; its last has no target
+    assert metrics["tokens_seen"] == config.batch_size * (streams - 1)
+
+
+def test_callback_is_called_once_per_epoch_in_order(small_text):
+    epochs = []
+    Trainer(tiny(small_text, epochs=3, batches_per_epoch=2)).fit(callback=lambda m: epochs.append(m["epoch"]))
+    assert epochs == [1, 2, 3]
+
+
+def test_fit_after_the_last_epoch_does_nothing(small_text):
+    trainer = Trainer(tiny(small_text, epochs=1, batches_per_epoch=2))
+    assert len(trainer.fit()) == 1
+    assert trainer.fit() == [] and trainer.epoch == 1
+
+
+# --- exact resume
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(train_loader="shuffled", dataloader_shuffle_with_replacement=False, dropout=0.2),
+        dict(train_loader="shuffled", dataloader_shuffle_with_replacement=True, dropout=0.2),
+        dict(train_loader="sequential", dropout=0.2, optimizer="noam", lr=0.5, warmup=5),
+    ],
+    ids=["shuffled", "with-replacement", "sequential-noam"],
+)
+def test_resume_is_exact(small_text, tmp_path, overrides):
+    config = tiny(small_text, epochs=3, batches_per_epoch=6, **overrides)
+    straight = Trainer(config).fit()
+
+    first = Trainer(dataclasses.replace(config, epochs=2))
+    first.fit()
+    path = first.save_checkpoint(tmp_path)
+    torch.manual_seed(12345)  # whatever happens in between must not matter
+    resumed = Trainer(config)
+    resumed.load_checkpoint(path)
+    assert resumed.epoch == 2 and resumed.tokens_seen == straight[1]["tokens_seen"]
+    (third,) = resumed.fit()
+
+    expected = straight[2]
+    assert third["epoch"] == 3
+    for key in ("train_loss", "valid_loss", "train_accuracy", "valid_accuracy", "lr"):
+        assert third[key] == pytest.approx(expected[key], abs=1e-6, rel=0), key
+    assert third["tokens_seen"] == expected["tokens_seen"]
+    assert third["sample"] == expected["sample"]
+
+
+def test_resume_depends_on_both_restored_random_states(small_text, tmp_path):
+    # The resume test above can fail: with either random state not restored, epoch 2 comes out different.
+    config = tiny(small_text, epochs=2, dropout=0.2)
+    expected = Trainer(config).fit()[1]["train_loss"]
+    first = Trainer(dataclasses.replace(config, epochs=1))
+    first.fit()
+    path = first.save_checkpoint(tmp_path)
+    for spoil in (lambda t: torch.manual_seed(99), lambda t: t.generator.manual_seed(99)):
+        resumed = Trainer(config)
+        resumed.load_checkpoint(path)
+        spoil(resumed)
+        assert resumed.fit()[0]["train_loss"] != pytest.approx(expected, abs=1e-6)
+
+
+# --- checkpoints
+
+
+def test_checkpoint_loads_with_weights_only_and_save_is_atomic(small_text, tmp_path):
+    trainer = Trainer(tiny(small_text, epochs=2, batches_per_epoch=2))
+    trainer.fit()
+    path = trainer.save_checkpoint(tmp_path / "run")
+    assert path == tmp_path / "run" / CHECKPOINT_FILE
+    assert sorted(os.listdir(path.parent)) == [CHECKPOINT_FILE]  # no temporary file left over
+    state = torch.load(path, weights_only=True)
+    assert state["format"] == CHECKPOINT_FORMAT
+    assert state["epoch"] == 2 and state["tokens_seen"] == trainer.tokens_seen
+    assert state["vocabulary"] == trainer.corpus.vocabulary.itos
+    assert state["config"] == trainer.config.to_dict()
+    assert state["corpus_sha256"] == trainer.corpus.sha256
+    assert set(state["model"]) == set(trainer.model.state_dict())
+    # a second save replaces the first, again leaving only the checkpoint
+    trainer.save_checkpoint(tmp_path / "run")
+    assert sorted(os.listdir(path.parent)) == [CHECKPOINT_FILE]
+    # loading restores the weights (into a trainer that starts from other ones)
+    other = Trainer(tiny(small_text, seed=1))
+    other.load_checkpoint(path.parent)  # a directory means its checkpoint.pt
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(other.model.state_dict()[name], value), name
+
+
+def test_truncated_checkpoint_raises_naming_the_file(small_text, tmp_path):
+    trainer = Trainer(tiny(small_text, batches_per_epoch=1))
+    data = trainer.save_checkpoint(tmp_path / "good").read_bytes()
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="^" + re.escape(f"{broken}: cannot load checkpoint")):
+        trainer.load_checkpoint(broken)
+
+
+def test_missing_checkpoint_raises_naming_the_file(small_text, tmp_path):
+    trainer = Trainer(tiny(small_text, batches_per_epoch=1))
+    with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / CHECKPOINT_FILE}: checkpoint file not found")):
+        trainer.load_checkpoint(tmp_path)
+
+
+def test_checkpoint_from_another_vocabulary_is_refused(small_text, tmp_path):
+    other_text = tmp_path / "other.txt"
+    other_text.write_text("It is a cat, it sat.\n" * 200, encoding="utf-8")
+    path = Trainer(tiny(other_text, batches_per_epoch=1)).save_checkpoint(tmp_path / "other")
+    trainer = Trainer(tiny(small_text, batches_per_epoch=1))
+    weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=re.escape(f"{path}: checkpoint was trained with another vocabulary")):
+        trainer.load_checkpoint(path)
+    assert all(torch.equal(trainer.model.state_dict()[k], v) for k, v in weights.items())  # untouched
+
+
+def test_checkpoint_of_another_model_shape_is_refused(small_text, tmp_path):
+    path = Trainer(tiny(small_text, d_model=16)).save_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match=re.escape(f"{path}: checkpoint does not fit this configuration")):
+        Trainer(tiny(small_text, d_model=32)).load_checkpoint(path)
+
+
+# --- optimizers and schedules
+
+
+def test_noam_rises_during_warmup_then_decays(small_text):
+    warmup, d_model, lr, steps = 4, 32, 2.0, 12
+    trainer = Trainer(tiny(small_text, optimizer="noam", lr=lr, warmup=warmup, batches_per_epoch=steps))
+    used = []  # the learning rate of each real optimizer step
+    trainer.optimizer.register_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+    trainer.fit()
+    assert len(used) == steps
+    peak = lr * d_model**-0.5 * warmup**-0.5
+    assert max(used) == pytest.approx(peak)
+    assert used.index(max(used)) == warmup - 1  # the warmup-th step
+    assert all(a < b for a, b in zip(used[:warmup], used[1:warmup]))
+    assert all(a > b for a, b in zip(used[warmup - 1 :], used[warmup:]))
+    for step, value in enumerate(used, start=1):  # linear up to the peak, then step**-0.5
+        expected = lr * d_model**-0.5 * (step * warmup**-1.5 if step <= warmup else step**-0.5)
+        assert value == pytest.approx(expected), step
+    assert trainer.optimizer.param_groups[0]["betas"] == (0.9, 0.98)
+
+
+def test_linear_warmup_for_adam():
+    f = lr_lambda(TrainConfig(warmup=4))
+    assert [f(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert lr_lambda(TrainConfig())(0) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "lr", "kind"),
+    [("adam", 1e-2, torch.optim.Adam), ("adamw", 1e-2, torch.optim.AdamW), ("noam", 2.0, torch.optim.Adam)],
+)
+def test_every_optimizer_trains(small_text, optimizer, lr, kind):
+    config = tiny(small_text, optimizer=optimizer, lr=lr, warmup=5, batches_per_epoch=30, weight_decay=0.01)
+    trainer = Trainer(config)
+    assert type(trainer.optimizer) is kind
+    before, _ = trainer.validate()
+    (metrics,) = trainer.fit()
+    assert metrics["valid_loss"] < before - 0.5, (before, metrics["valid_loss"])
+
+
+# --- divergence
+
+
+def test_divergence_raises_and_calls_back_nothing(small_text):
+    config = tiny(small_text, lr=1e6, grad_norm_clip=1e9, batches_per_epoch=40)
+    trainer = Trainer(config)
+    seen = []
+    with pytest.raises(DivergedError, match=r"training loss became nan in epoch 1 \(lr=1000000.0\)"):
+        trainer.fit(callback=seen.append)
+    assert seen == [] and trainer.epoch == 0
+
+
+# --- validation and seeds
+
+
+def test_validation_is_deterministic_and_ignores_the_train_loader(small_text):
+    shuffled = Trainer(tiny(small_text, train_loader="shuffled", dropout=0.3))
+    shuffled.fit()
+    first = shuffled.validate()
+    assert shuffled.validate() == first
+    sequential = Trainer(tiny(small_text, train_loader="sequential", dropout=0.3))
+    sequential.model.load_state_dict(shuffled.model.state_dict())
+    assert sequential.validate() == first
+    # ...and it does depend on the weights
+    sequential.fit()
+    assert sequential.validate() != first
+
+
+def test_same_seed_same_run_different_seed_different_run(small_text):
+    keys = ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "sample")
+    config = tiny(small_text, dropout=0.1, seed=3)
+    a = Trainer(config).fit()[0]
+    b = Trainer(config).fit()[0]
+    c = Trainer(dataclasses.replace(config, seed=4)).fit()[0]
+    assert [a[k] for k in keys] == [b[k] for k in keys]
+    assert a["train_loss"] != c["train_loss"] and a["valid_loss"] != c["valid_loss"]
+
+
+# --- optional diagnostics
+
+
+def test_log_flags_add_their_statistics(small_text):
+    config = tiny(small_text, n_layers=2, is_log_model_params_grads=True, is_log_model_activations=True)
+    trainer = Trainer(config)
+    (metrics,) = trainer.fit()
+    names = [n for n, _ in trainer.model.named_parameters()]
+    expected = (
+        {f"param_norm/{n}" for n in names}
+        | {f"grad_norm/{n}" for n in names}
+        | {f"activation_{s}/blocks.{i}" for s in ("mean", "std") for i in range(2)}
+    )
+    assert set(metrics) == METRIC_KEYS | expected
+    assert all(math.isfinite(metrics[k]) for k in expected)
+    assert metrics["grad_norm/tok_emb.weight"] > 0
+    # the flags off: none of these keys
+    (plain,) = Trainer(tiny(small_text)).fit()
+    assert set(plain) == METRIC_KEYS
+
+
+def test_activation_hooks_are_removed_after_validation(small_text):
+    trainer = Trainer(tiny(small_text, is_log_model_activations=True))
+    trainer.fit()
+    assert all(not block._forward_hooks for block in trainer.model.blocks)
+
+
+# --- prompt
+
+
+def test_prompt_with_an_unknown_token_is_refused_naming_it(small_text):
+    with pytest.raises(UnknownTokenError, match=r"1 token\(s\) not in the vocabulary .*: '€'"):
+        Trainer(tiny(small_text, prompt="It is €"))
+
+
+def test_basic_english_sample_joins_words_with_spaces(small_text):
+    config = tiny(small_text, tokenizer="basic_english", prompt="it is", sample_tokens=3)
+    (metrics,) = Trainer(config).fit()
+    words = metrics["sample"].split(" ")
+    assert words[:2] == ["it", "is"] and len(words) == 5
+
+
+@pytest.mark.xfail(
+    reason="BUG: a prompt with no tokens passes validation, then sample() crashes with IndexError "
+    "after the first epoch has trained (models.GPT.generate reads logits[:, -1] of an empty sequence)",
+    strict=True,
+)
+def test_prompt_without_tokens_is_refused_before_training(small_text):
+    with pytest.raises(ValueError, match="prompt"):
+        Trainer(tiny(small_text, prompt=""))
+
+
+@pytest.mark.xfail(
+    reason="BUG: load_checkpoint lets AttributeError escape for a readable torch file that is not a dict "
+    "(train.py load_state_dict calls state.get); it should be a CheckpointError naming the file",
+    raises=AttributeError,
+    strict=True,
+)
+def test_a_torch_file_that_is_not_a_checkpoint_raises_checkpoint_error(small_text, tmp_path):
+    path = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), path)
+    with pytest.raises(CheckpointError, match=re.escape(str(path))):
+        Trainer(tiny(small_text, batches_per_epoch=1)).load_checkpoint(path)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.xfail(
+    reason="BUG (by reading, unconfirmed on a GPU): load_checkpoint uses map_location=self.device, which moves "
+    "the CPU RNG ByteTensors to CUDA; torch.set_rng_state / Generator.set_state then raise "
+    "'RNG state must be a torch.ByteTensor', so no CUDA run can resume",
+    strict=True,
+)
+def test_resume_on_cuda(small_text, tmp_path):
+    config = tiny(small_text, epochs=2, device="cuda")
+    first = Trainer(dataclasses.replace(config, epochs=1))
+    first.fit()
+    resumed = Trainer(config)
+    resumed.load_checkpoint(first.save_checkpoint(tmp_path))
+    assert resumed.epoch == 1 and len(resumed.fit()) == 1
+
+
+# --- the command line, as a real subprocess
+
+
+def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "artune.train", "--threads", "1", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_cli_trains_and_prints_each_epoch(shakespeare_path, tmp_path):
+    result = _cli(
+        "--d_model", "32", "--n_layers", "1", "--n_heads", "2", "--seq_len", "16", "--batch_size", "4",
+        "--epochs", "1", "--batches_per_epoch", "5", "--sample_tokens", "5", "--device", "cpu",
+        "--data-dir", str(shakespeare_path.parent), "--checkpoint-dir", str(tmp_path / "ckpt"),
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("epoch   1  train_loss ") and "valid_loss" in line for line in lines), result.stdout
+    assert "vocabulary 65" in result.stdout
+    state = torch.load(tmp_path / "ckpt" / CHECKPOINT_FILE, weights_only=True)
+    assert state["epoch"] == 1
+
+
+def test_cli_bad_value_is_one_error_line_and_exit_2():
+    result = _cli("--lr", "-1")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and "lr=-1.0" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_corpus_too_small_for_seq_len_exits_2(tmp_path):
+    small = tmp_path / "small.txt"
+    small.write_text("abcdefghij" * 10, encoding="utf-8")  # 90 train, 10 valid characters
+    result = _cli("--dataset", str(small), "--seq_len", "32", "--batch_size", "2", "--d_model", "32", "--n_heads", "2")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("error: the valid split of ") and "seq_len + 1 = 33" in lines[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.xfail(
+    reason="BUG: --device cuda without CUDA prints a traceback and exits 1: resolve_device raises RuntimeError "
+    "(train.py:56), which main() does not catch",
+    raises=RuntimeError,
+    strict=True,
+)
+def test_cli_device_cuda_without_cuda_is_one_error_line(small_text, capsys):
+    code = main(["--dataset", str(small_text), "--device", "cuda", "--d_model", "32", "--n_heads", "2", "--seq_len", "16"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "cuda" in err[0]

@@ -1,0 +1,138 @@
+"""train_fn on a real local Ray instance: per-epoch reports, checkpoints, resume, GPU requests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+ray = pytest.importorskip("ray")
+from ray import tune  # noqa: E402
+
+from artune.data import load_corpus  # noqa: E402
+from artune.trainable import train_fn  # noqa: E402
+
+TINY = dict(
+    dataset="tiny_shakespeare", tokenizer="character", seq_len=16, batch_size=8, batches_per_epoch=25,
+    d_model=32, n_layers=1, n_heads=2, optimizer="adamw", lr=3e-3, sample_tokens=4, device="cpu", seed=3,
+)
+
+
+@pytest.fixture(scope="module")
+def corpus(shakespeare_path):
+    return load_corpus(str(shakespeare_path), "character")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    # One logical GPU: Ray schedules on it as on a real one; torch here sees no CUDA.
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def run_tuner(tmp_path, corpus, param_space, *, resources=None, callbacks=(), max_failures=0, name="t"):
+    trainable = tune.with_parameters(train_fn, corpus=corpus)
+    if resources:
+        trainable = tune.with_resources(trainable, resources)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(num_samples=1),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(tmp_path), verbose=0, callbacks=list(callbacks),
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+        ),
+    )
+    return tuner.fit()
+
+
+def test_train_fn_outside_tune_returns_one_metrics_dict_per_epoch(corpus):
+    history = train_fn({**TINY, "epochs": 2}, corpus=corpus)
+    assert [m["epoch"] for m in history] == [1, 2]
+    assert history[1]["valid_loss"] < history[0]["valid_loss"] + 0.5
+
+
+def test_train_fn_unknown_key_names_it(corpus):
+    from artune.config import ConfigError
+
+    with pytest.raises(ConfigError, match="d_modle.*did you mean 'd_model'"):
+        train_fn({**TINY, "d_modle": 64}, corpus=corpus)
+
+
+def test_reports_every_epoch_with_a_checkpoint(ray_local, tmp_path, corpus):
+    grid = run_tuner(tmp_path, corpus, {**TINY, "epochs": 3})
+    result = grid[0]
+    assert result.error is None
+    df = result.metrics_dataframe
+    assert df["epoch"].tolist() == [1, 2, 3]
+    assert df["training_iteration"].tolist() == [1, 2, 3]
+    for key in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "tokens_seen", "tokens_per_sec", "lr", "sample"):
+        assert key in df.columns
+    assert result.checkpoint is not None
+    with result.checkpoint.as_directory() as directory:
+        assert os.path.getsize(os.path.join(directory, "checkpoint.pt")) > 0
+
+
+class KillOnce(tune.Callback):
+    """SIGKILLs the trial's worker once, right after Tune registered epoch ``epoch``'s checkpoint:
+    a real crash, landing while the next epoch trains."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch, self.killed, self.epochs_seen = epoch, False, []
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.epochs_seen.append(result["epoch"])
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        if not self.killed and trial.last_result.get("epoch") == self.epoch:
+            self.killed = True
+            os.kill(trial.last_result["pid"], signal.SIGKILL)
+
+
+def test_killed_trial_resumes_from_its_checkpoint_and_matches_an_unkilled_run(ray_local, tmp_path, corpus):
+    config = {**TINY, "epochs": 4}
+    expected = train_fn(config, corpus=corpus)  # the same seed, never interrupted
+    killer = KillOnce(epoch=2)
+    grid = run_tuner(tmp_path, corpus, config, callbacks=[killer], max_failures=2)
+    result = grid[0]
+    assert killer.killed and result.error is None
+    # Resumed from epoch 2's checkpoint: epochs 1 and 2 are not trained again.
+    assert killer.epochs_seen == [1, 2, 3, 4]
+    assert result.metrics["training_iteration"] == 4
+    assert result.metrics["epoch"] == 4
+    assert result.metrics["valid_loss"] == pytest.approx(expected[-1]["valid_loss"], abs=1e-6)
+    assert result.metrics["train_loss"] == pytest.approx(expected[-1]["train_loss"], abs=1e-6)
+
+
+def test_half_gpu_trials_run_two_at_a_time_per_gpu(ray_local, tmp_path, corpus):
+    """One GPU, 4 trials asking 0.5 GPU (and little CPU): exactly two run at any time."""
+    trainable = tune.with_resources(tune.with_parameters(train_fn, corpus=corpus), {"cpu": 0.25, "gpu": 0.5})
+    tuner = tune.Tuner(
+        trainable,
+        # device: cpu is explicit, so the trials train on the CPU though Ray gave them a GPU
+        param_space={**TINY, "epochs": 2, "batches_per_epoch": 60, "seed": tune.grid_search([1, 2, 3, 4])},
+        tune_config=tune.TuneConfig(num_samples=1),
+        run_config=tune.RunConfig(name="gpu", storage_path=str(tmp_path), verbose=0),
+    )
+    grid = tuner.fit()
+    assert not grid.errors
+    spans = []
+    for result in grid:
+        df = result.metrics_dataframe
+        spans.append((df["timestamp"].min() - df["time_this_iter_s"].iloc[0], df["timestamp"].max()))
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans], key=lambda e: (e[0], e[1]))
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    assert peak == 2, f"expected two trials at a time on one GPU, got {peak}: {spans}"
+
+
+def test_a_gpu_trial_without_cuda_fails_with_a_clear_error(ray_local, tmp_path, corpus):
+    grid = run_tuner(tmp_path, corpus, {**TINY, "device": "auto", "epochs": 1}, resources={"cpu": 1, "gpu": 0.5}, name="nocuda")
+    error = grid[0].error
+    assert error is not None
+    assert "allocated GPU" in str(error) and "torch sees no CUDA device" in str(error)
