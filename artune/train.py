@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 import torch.nn.functional as F
 
-from artune.config import TrainConfig
+from artune.config import ConfigError, TrainConfig
 from artune.data import Corpus, check_fits, load_corpus, train_batches, valid_batches
 from artune.models import GPT, ModelConfig
 from artune.tokenizers import get_tokenizer
@@ -53,7 +53,9 @@ def model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
 
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for, but torch sees no CUDA device")
+        raise ConfigError(
+            f"device 'cuda' needs a CUDA device, but torch {torch.__version__} sees none; use device 'auto' or 'cpu'"
+        )
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -110,6 +112,10 @@ class Trainer:
         check_fits(self.corpus, config.seq_len, config.batch_size, train_loader=config.train_loader, valid_loader=config.valid_loader)
         tokenize = get_tokenizer(config.tokenizer)
         self.prompt_ids = self.corpus.vocabulary.encode(tokenize(config.prompt))  # unknown tokens: an error
+        if config.sample_tokens > 0 and not self.prompt_ids:
+            raise ConfigError(
+                f"prompt must give at least one {config.tokenizer} token when sample_tokens > 0, but got {config.prompt!r}"
+            )
 
         self.device = device if device is not None else resolve_device(config.device)
         self.autocast_dtype = resolve_precision(config.precision, self.device)
@@ -294,6 +300,8 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict):
+            raise CheckpointError(f"not an artune checkpoint (holds a {type(state).__name__})")
         if state.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}")
         if state["vocabulary"] != list(self.corpus.vocabulary.itos):
@@ -301,10 +309,11 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.generator.set_state(state["rng"]["batches"])
+        # RNG states are CPU byte tensors whatever map_location moved them to
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        self.generator.set_state(state["rng"]["batches"].cpu())
         if "cuda" in state["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
         self.epoch = int(state["epoch"])
         self.tokens_seen = int(state["tokens_seen"])
 

@@ -341,22 +341,11 @@ def test_basic_english_sample_joins_words_with_spaces(small_text):
     assert words[:2] == ["it", "is"] and len(words) == 5
 
 
-@pytest.mark.xfail(
-    reason="BUG: a prompt with no tokens passes validation, then sample() crashes with IndexError "
-    "after the first epoch has trained (models.GPT.generate reads logits[:, -1] of an empty sequence)",
-    strict=True,
-)
 def test_prompt_without_tokens_is_refused_before_training(small_text):
     with pytest.raises(ValueError, match="prompt"):
         Trainer(tiny(small_text, prompt=""))
 
 
-@pytest.mark.xfail(
-    reason="BUG: load_checkpoint lets AttributeError escape for a readable torch file that is not a dict "
-    "(train.py load_state_dict calls state.get); it should be a CheckpointError naming the file",
-    raises=AttributeError,
-    strict=True,
-)
 def test_a_torch_file_that_is_not_a_checkpoint_raises_checkpoint_error(small_text, tmp_path):
     path = tmp_path / "tensor.pt"
     torch.save(torch.zeros(3), path)
@@ -365,12 +354,6 @@ def test_a_torch_file_that_is_not_a_checkpoint_raises_checkpoint_error(small_tex
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.xfail(
-    reason="BUG (by reading, unconfirmed on a GPU): load_checkpoint uses map_location=self.device, which moves "
-    "the CPU RNG ByteTensors to CUDA; torch.set_rng_state / Generator.set_state then raise "
-    "'RNG state must be a torch.ByteTensor', so no CUDA run can resume",
-    strict=True,
-)
 def test_resume_on_cuda(small_text, tmp_path):
     config = tiny(small_text, epochs=2, device="cuda")
     first = Trainer(dataclasses.replace(config, epochs=1))
@@ -424,12 +407,6 @@ def test_cli_corpus_too_small_for_seq_len_exits_2(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-@pytest.mark.xfail(
-    reason="BUG: --device cuda without CUDA prints a traceback and exits 1: resolve_device raises RuntimeError "
-    "(train.py:56), which main() does not catch",
-    raises=RuntimeError,
-    strict=True,
-)
 def test_cli_device_cuda_without_cuda_is_one_error_line(small_text, capsys):
     code = main(["--dataset", str(small_text), "--device", "cuda", "--d_model", "32", "--n_heads", "2", "--seq_len", "16"])
     assert code == 2
