@@ -49,7 +49,8 @@ def knob_type(name: str) -> pa.DataType:
 
 
 def trials_schema() -> pa.Schema:
-    columns = [("trial_id", pa.string()), ("status", pa.string())]
+    # config_id groups replicates: runs of one config that differ only in their seed (null: none)
+    columns = [("trial_id", pa.string()), ("status", pa.string()), ("config_id", pa.string())]
     columns += [(name, knob_type(name)) for name in FIELD_NAMES]
     columns += list(TRIAL_SUMMARY_COLUMNS.items())
     return pa.schema(columns)
@@ -64,6 +65,7 @@ class TrialRecord:
     status: str = "pending"
     error: Optional[str] = None
     epochs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    config_id: Optional[str] = None  # shared by the replicates of one config (different seeds)
 
     def add_epoch(self, metrics: dict[str, Any]) -> None:
         # keyed by epoch: a trial restarted from a checkpoint re-reports nothing twice
@@ -98,7 +100,7 @@ def _finite(value: Any) -> bool:
 def trials_table(records: Iterable[TrialRecord]) -> pa.Table:
     rows = []
     for record in records:
-        row = {"trial_id": record.trial_id, "status": record.status}
+        row = {"trial_id": record.trial_id, "status": record.status, "config_id": record.config_id}
         row.update({name: record.config.get(name) for name in FIELD_NAMES})
         row.update(record.summary())
         rows.append(row)
@@ -148,7 +150,9 @@ def read_records(directory: Path) -> dict[str, TrialRecord]:
     records: dict[str, TrialRecord] = {}
     for row in pq.read_table(trials_path).to_pylist():
         config = {name: row[name] for name in FIELD_NAMES}
-        records[row["trial_id"]] = TrialRecord(row["trial_id"], config, row["status"], row["error"])
+        records[row["trial_id"]] = TrialRecord(
+            row["trial_id"], config, row["status"], row["error"], config_id=row.get("config_id"),  # absent in older tables
+        )
     if epochs_path.exists():
         for row in pq.read_table(epochs_path).to_pylist():
             record = records.get(row["trial_id"])
@@ -157,52 +161,3 @@ def read_records(directory: Path) -> dict[str, TrialRecord]:
     return records
 
 
-# --- reading, for notebooks
-
-
-@dataclass
-class SearchResults:
-    """One search's tables: ``trials`` (a row per trial) and ``epochs`` (a row per trial and epoch)."""
-
-    path: Path
-    trials: pd.DataFrame
-    epochs: pd.DataFrame
-    manifest: dict[str, Any]
-
-    @property
-    def metric(self) -> str:
-        return self.manifest.get("metric", "valid_loss")
-
-    @property
-    def mode(self) -> str:
-        return self.manifest.get("mode", "min")
-
-    def best(self, k: int = 1) -> pd.DataFrame:
-        """The ``k`` best trials by their best value of the search's metric."""
-        column = f"best_{self.metric}" if f"best_{self.metric}" in self.trials else "best_valid_loss"
-        return self.trials.dropna(subset=[column]).sort_values(column, ascending=self.mode == "min").head(k)
-
-    def curves(self, metric: str = "valid_loss") -> pd.DataFrame:
-        """Learning curves: one row per epoch, one column per trial."""
-        return self.epochs.pivot(index="epoch", columns="trial_id", values=metric)
-
-
-def resolve_results_path(path_or_name: str | os.PathLike, results_dir: str | os.PathLike = DEFAULT_RESULTS_DIR) -> Path:
-    path = Path(path_or_name)
-    if (path / TRIALS_FILE).exists():
-        return path
-    candidate = Path(results_dir) / path
-    if (candidate / TRIALS_FILE).exists():
-        return candidate
-    raise FileNotFoundError(f"no {TRIALS_FILE} in {path} or {candidate}: is it a finished or running search?")
-
-
-def load(path_or_name: str | os.PathLike, results_dir: str | os.PathLike = DEFAULT_RESULTS_DIR) -> SearchResults:
-    """Load a search by its directory or its name under ``results_dir``."""
-    path = resolve_results_path(path_or_name, results_dir)
-    manifest_path = path / MANIFEST_FILE
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    trials = pq.read_table(path / TRIALS_FILE).to_pandas()
-    epochs_path = path / EPOCHS_FILE
-    epochs = pq.read_table(epochs_path).to_pandas() if epochs_path.exists() else pd.DataFrame(columns=list(EPOCH_COLUMNS))
-    return SearchResults(path, trials, epochs, manifest)

@@ -1,0 +1,152 @@
+"""``python -m artune.search`` end to end, as real subprocesses on real local Ray instances."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from artune.config import FIELD_NAMES
+from artune.results import load
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = REPO / "search_spaces" / "smoke.yaml"
+
+
+def cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "artune.search", *args], cwd=REPO, capture_output=True, text=True,
+        timeout=timeout, env={**os.environ, **(env or {})},
+    )
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, shakespeare_path):
+    results_dir = tmp_path_factory.mktemp("results")
+    result = cli(str(SMOKE), "--results-dir", str(results_dir), "--name", "smoke", "--data", str(shakespeare_path))
+    return result, results_dir / "smoke"
+
+
+@pytest.mark.slow
+def test_smoke_search_runs_trials_and_prints_a_summary(smoke):
+    result, directory = smoke
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "search smoke: 4 trials" in out
+    assert "best trial " in out and "best valid_loss " in out
+    assert str(directory / "trials.parquet") in out
+    assert "epoch 1/3" in out  # progress while it runs
+
+
+@pytest.mark.slow
+def test_smoke_search_writes_one_row_per_trial_and_per_trial_epoch(smoke):
+    _, directory = smoke
+    trials = pq.read_table(directory / "trials.parquet").to_pandas()
+    epochs = pq.read_table(directory / "epochs.parquet").to_pandas()
+    assert len(trials) == 4 and trials["trial_id"].is_unique
+    for column in ("trial_id", "status", "epochs_completed", "last_valid_loss", "best_valid_loss",
+                   "last_valid_accuracy", "best_valid_accuracy", "tokens_per_sec", "seconds", "error", *FIELD_NAMES):
+        assert column in trials.columns, column
+    assert str(trials["d_model"].dtype) == "int64" and str(trials["lr"].dtype) == "float64"
+    assert str(trials["dataloader_shuffle_with_replacement"].dtype) == "bool"
+    assert set(trials["status"]) <= {"completed", "stopped"}
+    assert (trials["status"] == "stopped").any(), "ASHA stopped no trial early"
+    assert (trials["status"] == "completed").any()
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert len(epochs) == trials["epochs_completed"].sum()
+    for column in ("epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "tokens_seen",
+                   "tokens_per_sec", "lr", "sample", "seconds"):
+        assert column in epochs.columns, column
+    stopped = trials[trials.status == "stopped"]
+    assert (stopped["epochs_completed"] < 3).all()
+    best = trials.loc[trials["best_valid_loss"].idxmin()]
+    assert best["best_valid_loss"] == epochs[epochs.trial_id == best.trial_id]["valid_loss"].min()
+
+
+@pytest.mark.slow
+def test_smoke_search_writes_a_manifest_and_loads_for_notebooks(smoke, shakespeare_path):
+    _, directory = smoke
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["corpus"]["sha256"] == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+    assert manifest["corpus"]["vocab_size"] == 65
+    assert set(manifest["versions"]) >= {"artune", "ray", "optuna", "torch"}
+    assert manifest["space_file"].endswith("smoke.yaml") and len(manifest["space_sha256"]) == 64
+    assert manifest["started"] and manifest["finished"] and manifest["commands"]
+    results = load(directory)
+    assert len(results.trials) == 4
+    assert results.best(1).iloc[0]["best_valid_loss"] == results.trials["best_valid_loss"].min()
+    assert results.curves("valid_loss").shape[1] == 4
+
+
+@pytest.mark.slow
+def test_a_second_search_under_the_same_name_is_refused(smoke, shakespeare_path):
+    _, directory = smoke
+    before = (directory / "trials.parquet").read_bytes()
+    result = cli(str(SMOKE), "--results-dir", str(directory.parent), "--name", "smoke", "--data", str(shakespeare_path))
+    assert_one_error_line(result, "already holds a search", "--resume")
+    assert (directory / "trials.parquet").read_bytes() == before
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, shakespeare_path):
+    result = cli(str(SMOKE), "--dry-run", "--results-dir", str(tmp_path / "r"), "--name", "plan",
+                 "--num-samples", "7", "--set", "seq_len=24", "--data", str(shakespeare_path))
+    assert result.returncode == 0, result.stderr
+    assert "7 trials" in result.stdout and "seq_len" in result.stdout and "24" in result.stdout
+    assert str(tmp_path / "r" / "plan") in result.stdout
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["missing.yaml"], ["missing.yaml"]),
+        ([str(SMOKE), "--name", "../x"], ["--name '../x'", "no path"]),
+        ([str(SMOKE), "--name", "/abs"], ["--name '/abs'"]),
+        ([str(SMOKE), "--name", "a/b"], ["--name 'a/b'"]),
+        ([str(SMOKE), "--set", "d_modle=64"], ["d_modle", "did you mean 'd_model'"]),
+        ([str(SMOKE), "--num-samples", "0"], ["--num-samples"]),
+        ([str(SMOKE), "--resume"], ["--resume needs --name"]),
+        ([str(SMOKE), "--resume", "--name", "nothing-here"], ["no search named 'nothing-here'"]),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragments):
+    result = cli(*args, "--results-dir", str(tmp_path / "r"), timeout=60)
+    assert_one_error_line(result, *fragments)
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_a_results_dir_that_is_not_writable_is_refused(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = cli(str(SMOKE), "--results-dir", str(blocker / "r"), timeout=60)
+    assert_one_error_line(result, "--results-dir", "is not a directory")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_address_where_nothing_listens_fails_within_15_seconds(tmp_path):
+    start = time.monotonic()
+    result = cli(str(SMOKE), "--address", f"127.0.0.1:{free_port()}", "--results-dir", str(tmp_path), timeout=60)
+    assert time.monotonic() - start < 15
+    assert_one_error_line(result, "nothing answers there")
