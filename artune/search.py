@@ -32,6 +32,7 @@ from artune.results import (
     write_json_atomic, write_tables,
 )
 from artune.spaces import SearchSpace, SpaceError, load_space
+from artune.study import open_study, storage_url, sync_study, warm_start_storage
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
 NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -66,9 +67,21 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help="sampler seed")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fix a trainer knob (repeatable)")
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
+    parser.add_argument("--storage", help="Optuna storage URL for the study (default: sqlite:///RESULTS_DIR/NAME/optuna.db)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each sampled configuration, with seeds seed, seed+1, ...")
+    parser.add_argument("--time-budget", type=parse_duration, help="end the search after this long, start-up included (e.g. 900, 15m, 1h)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted search --name")
+    parser.add_argument("--extend", action="store_true", help="add --num-samples trials to the finished search --name, the sampler warm-started from its history")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; start nothing")
     return parser.parse_args(argv)
+
+
+def parse_duration(text: str) -> float:
+    """'900', '90s', '15m', '1.5h' -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    if not match or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive duration such as 900, 90s, 15m or 1h, but got {text!r}")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
 def parse_sets(items: list[str]) -> dict[str, str]:
@@ -95,11 +108,17 @@ class Plan:
     data_dir: Optional[str]
     address: Optional[str]
     resume: bool
+    extend: bool
+    storage: str
+    repeats: int
+    time_budget_s: Optional[float]
+    started: float  # time.monotonic() when the command started: the time budget counts from here
     command: list[str]
+    run_name: str = TUNE_DIR  # this run's Ray experiment directory under the search directory
 
     @property
     def tune_path(self) -> Path:
-        return self.directory / TUNE_DIR
+        return self.directory / self.run_name
 
 
 def check_name(name: str) -> str:
@@ -124,26 +143,39 @@ def check_results_dir(path: Path) -> Path:
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
+    started = time.monotonic()
     space_path = Path(args.space) if args.space else DEFAULT_SPACE
     results_dir = check_results_dir(Path(args.results_dir))
-    if args.resume and not args.name:
-        raise SearchError("--resume needs --name: the name of the search to continue")
+    if args.resume and args.extend:
+        raise SearchError("--resume and --extend: choose one (resume continues an interrupted search, extend grows a finished one)")
+    if (args.resume or args.extend) and not args.name:
+        raise SearchError(f"--{'resume' if args.resume else 'extend'} needs --name: the name of the search to continue")
+    if args.repeats < 1:
+        raise SearchError(f"--repeats must be >= 1, but got {args.repeats}")
     name = check_name(args.name or f"{space_path.stem}-{dt.datetime.now():%Y%m%d-%H%M%S}")
     directory = results_dir / name
-    if args.resume:
+    manifest: dict[str, Any] = {}
+    run_name = TUNE_DIR
+    if args.resume or args.extend:
+        flag = "--resume" if args.resume else "--extend"
         if not (directory / MANIFEST_FILE).exists():
-            raise SearchError(f"--resume: no search named {name!r} in {results_dir} (no {MANIFEST_FILE})")
+            raise SearchError(f"{flag}: no search named {name!r} in {results_dir} (no {MANIFEST_FILE})")
+        manifest = json.loads((directory / MANIFEST_FILE).read_text())
         space = load_space(directory / SPACE_COPY)  # the space the search started with
         if args.space and Path(args.space).read_bytes() != (directory / SPACE_COPY).read_bytes():
             raise SearchError(
-                f"--resume: {args.space} differs from the space search {name!r} started with "
-                f"({directory / SPACE_COPY}); resume without the SPACE argument, or start a new --name"
+                f"{flag}: {args.space} differs from the space search {name!r} started with "
+                f"({directory / SPACE_COPY}); run without the SPACE argument, or start a new --name"
             )
+        runs = manifest.get("runs", [TUNE_DIR])
+        run_name = runs[-1] if args.resume else f"{TUNE_DIR}-{len(runs) + 1}"
+        if args.extend and args.num_samples is None:
+            raise SearchError("--extend needs --num-samples: how many trials to add")
     else:
         if directory.exists() and any(directory.iterdir()):
             raise SearchError(
-                f"--name {name!r}: {directory} already holds a search; use --resume to continue it "
-                "or choose another --name"
+                f"--name {name!r}: {directory} already holds a search; use --resume to continue it, "
+                "--extend to grow it, or choose another --name"
             )
         space = load_space(space_path)
     space = space.with_overrides(
@@ -155,7 +187,12 @@ def make_plan(args: argparse.Namespace) -> Plan:
     space.check_configs()
     if args.address:
         check_address(args.address)
-    return Plan(space, name, directory, args.data, args.address, args.resume, [sys.executable, "-m", "artune.search", *sys.argv[1:]])
+    repeats = manifest.get("repeats", args.repeats) if args.resume else args.repeats
+    return Plan(
+        space, name, directory, args.data, args.address, args.resume, args.extend,
+        storage_url(directory, args.storage or manifest.get("storage")), repeats, args.time_budget, started,
+        [sys.executable, "-m", "artune.search", *sys.argv[1:]], run_name,
+    )
 
 
 def check_address(address: str) -> None:
@@ -239,7 +276,7 @@ def build_tuner(plan: Plan, corpus: Any, recorder: Any):
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search import ConcurrencyLimiter, Repeater
     from ray.tune.search.optuna import OptunaSearch
 
     from artune.trainable import train_fn
@@ -249,9 +286,19 @@ def build_tuner(plan: Plan, corpus: Any, recorder: Any):
     if plan.resume:
         return tune.Tuner.restore(str(plan.tune_path), trainable, resume_unfinished=True, resume_errored=True)
     concurrency = s.max_concurrent or trial_slots(plan.space, ray.cluster_resources())
+    # The searcher's own in-memory study; with --extend it starts out holding every earlier trial,
+    # so the sampler is warm-started from the search's whole history.
+    storage, warm = warm_start_storage(recorder.records.values(), plan.space, plan.name)
+    if warm:
+        print(f"sampler warm-started from {warm} earlier trials", flush=True)
     searcher = OptunaSearch(
-        space=plan.space.define_by_run, metric=s.metric, mode=s.mode, sampler=plan.space.make_sampler()
+        space=plan.space.define_by_run, metric=s.metric, mode=s.mode, sampler=plan.space.make_sampler(),
+        storage=storage, study_name=plan.name,
     )
+    search_alg = ConcurrencyLimiter(searcher, max_concurrent=max(concurrency, plan.repeats))
+    if plan.repeats > 1:
+        # each sampled config runs `repeats` times (seeds seed, seed+1, ...); the sampler sees their mean
+        search_alg = Repeater(search_alg, repeat=plan.repeats, set_index=True)
     if s.scheduler == "asha":
         scheduler = ASHAScheduler(
             time_attr="training_iteration", max_t=s.epochs, grace_period=s.grace_period,
@@ -259,51 +306,72 @@ def build_tuner(plan: Plan, corpus: Any, recorder: Any):
         )
     else:
         scheduler = FIFOScheduler()
+    time_budget = None
+    if plan.time_budget_s:
+        time_budget = max(1.0, plan.time_budget_s - (time.monotonic() - plan.started))  # start-up counts too
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric=s.metric, mode=s.mode, search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
-            scheduler=scheduler, num_samples=s.num_samples, trial_dirname_creator=lambda trial: trial.trial_id,
+            metric=s.metric, mode=s.mode, search_alg=search_alg, scheduler=scheduler,
+            num_samples=s.num_samples * plan.repeats, time_budget_s=time_budget,
+            trial_dirname_creator=lambda trial: trial.trial_id,
         ),
         run_config=tune.RunConfig(
-            name=TUNE_DIR, storage_path=str(plan.directory), verbose=0, callbacks=[recorder],
+            name=plan.run_name, storage_path=str(plan.directory), verbose=0, callbacks=[recorder],
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
     )
 
 
-def make_recorder(directory: Path, epochs: int, metric: str, mode: str):
-    """A Tune callback that records every result into the parquet tables as it arrives."""
+def make_recorder(plan: Plan):
+    """A Tune callback that records every result into the parquet tables and the study as it arrives."""
     from ray import tune
+
+    directory, epochs, space, storage, name = plan.directory, plan.space.settings.epochs, plan.space, plan.storage, plan.name
+    metric, mode = space.settings.metric, space.settings.mode
 
     class Recorder(tune.Callback):
         REFRESH_S = 2.0  # rewrite the tables at most this often while trials run
 
         def __init__(self) -> None:
-            self.directory, self.epochs, self.metric, self.mode = directory, epochs, metric, mode
-            self.records: dict[str, TrialRecord] = {}
+            self.records: dict[str, TrialRecord] = read_records(directory)  # a resumed search carries on its tables
             self._written = 0.0
+            self._study = None
+
+        def __getstate__(self) -> dict:
+            # Ray pickles callbacks with the experiment; the study's DB connection stays behind
+            return {**self.__dict__, "_study": None}
 
         def setup(self, **info: Any) -> None:
-            self.records = read_records(self.directory)  # a resumed search carries on its tables
+            self.records = read_records(directory)
+
+        @property
+        def study(self) -> Any:
+            if self._study is None:
+                self._study = open_study(storage, name, mode)
+            return self._study
 
         def _record(self, trial: Any) -> TrialRecord:
             if trial.trial_id not in self.records:
                 config = {k: v for k, v in trial.config.items() if k in FIELD_NAMES}
                 full = TrainConfig.from_dict(config).to_dict()
+                repeat = trial.config.get("__trial_index__")  # Ray's Repeater: which run of a repeated config
+                if repeat is not None:
+                    full["seed"] += int(repeat)
                 self.records[trial.trial_id] = TrialRecord(trial.trial_id, full)
             return self.records[trial.trial_id]
 
-        def _write(self, force: bool = False) -> None:
+        def write(self, force: bool = False) -> None:
             now = time.monotonic()
             if force or now - self._written >= self.REFRESH_S:
-                write_tables(self.directory, self.records.values())
+                write_tables(directory, self.records.values())
                 self._written = now
+            if force:
+                sync_study(self.study, self.records.values(), space, metric)
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            record = self._record(trial)
-            record.status = "running"
+            self._record(trial).status = "running"
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
             record = self._record(trial)
@@ -313,28 +381,27 @@ def make_recorder(directory: Path, epochs: int, metric: str, mode: str):
                 print(f"[{trial.trial_id}] diverged in epoch {metrics['epoch']}: {metrics.get('error')}", flush=True)
             else:
                 print(
-                    f"[{trial.trial_id}] epoch {metrics['epoch']}/{self.epochs}  valid_loss {metrics['valid_loss']:.4f}  "
+                    f"[{trial.trial_id}] epoch {metrics['epoch']}/{epochs}  valid_loss {metrics['valid_loss']:.4f}  "
                     f"valid_acc {metrics['valid_accuracy']:.3f}  {metrics['tokens_per_sec']:,.0f} tok/s",
                     flush=True,
                 )
-            self._write()
+            self.write()
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             record = self._record(trial)
             if record.status != "diverged":
-                done = len(record.epochs)
-                record.status = "completed" if done >= self.epochs else "stopped"
-            self._write(force=True)
+                record.status = "completed" if len(record.epochs) >= epochs else "stopped"
+            self.write(force=True)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             record = self._record(trial)
             record.status = "error"
             record.error = error_line(trial)
             print(f"[{trial.trial_id}] error: {record.error}", flush=True)
-            self._write(force=True)
+            self.write(force=True)
 
         def on_experiment_end(self, trials: list, **info: Any) -> None:
-            self._write(force=True)
+            self.write(force=True)
 
     return Recorder()
 
@@ -375,11 +442,17 @@ def write_manifest(plan: Plan, corpus: Any, extra: dict[str, Any]) -> None:
         "name": plan.name, "versions": versions(),
         "corpus": {"source": corpus.source, "sha256": corpus.sha256, "vocab_size": corpus.vocab_size,
                    "tokenizer": corpus.tokenizer, "train_tokens": len(corpus.train), "valid_tokens": len(corpus.valid)},
-        "space_file": str(plan.space.path), "space_sha256": plan.space.text_sha256,
-        "metric": s.metric, "mode": s.mode, "num_samples": s.num_samples, "epochs": s.epochs, "seed": s.seed,
+        "space_sha256": plan.space.text_sha256,
+        "metric": s.metric, "mode": s.mode, "epochs": s.epochs, "seed": s.seed,
         "resources_per_trial": {"cpu": s.cpu, "gpu": s.gpu}, "fixed": plan.space.fixed,
-        "address": plan.address,
+        "params": list(plan.space.params), "repeats": plan.repeats, "storage": plan.storage,
+        "study_name": plan.name, "address": plan.address,
     })
+    manifest.setdefault("space_file", str(plan.space.path))  # the file the search started from
+    runs = manifest.setdefault("runs", [])
+    if plan.run_name not in runs:
+        runs.append(plan.run_name)
+        manifest["num_samples"] = manifest.get("num_samples", 0) + s.num_samples
     manifest.setdefault("commands", []).append(plan.command)
     manifest.update(extra)
     write_json_atomic(manifest, path)
@@ -417,7 +490,8 @@ def describe_plan(plan: Plan) -> str:
         f"search {plan.name!r}{' (resume)' if plan.resume else ''} on {where}",
         plan.space.describe(),
         f"trial resources: {s.cpu:g} CPU, {s.gpu:g} GPU; concurrency: {s.max_concurrent or 'the cluster trial slots'}",
-        f"writes: {plan.directory}/ ({TRIALS_FILE}, {EPOCHS_FILE}, {MANIFEST_FILE}, {SPACE_COPY}, {TUNE_DIR}/)",
+        f"writes: {plan.directory}/ ({TRIALS_FILE}, {EPOCHS_FILE}, {MANIFEST_FILE}, {SPACE_COPY}, {plan.run_name}/)",
+        f"Optuna study: {plan.name!r} in {plan.storage}",
     ])
 
 
@@ -450,7 +524,7 @@ def run(plan: Plan) -> int:
     plan.directory.mkdir(parents=True, exist_ok=True)
     try:
         with _Lock(plan.directory):
-            if not plan.resume:
+            if not (plan.resume or plan.extend):
                 shutil.copyfile(plan.space.path, plan.directory / SPACE_COPY)
             return _run_locked(plan, corpus)
     except SearchError:
@@ -466,9 +540,10 @@ def _run_locked(plan: Plan, corpus: Any) -> int:
     print(describe_plan(plan), flush=True)
     init_ray(plan)
     try:
-        started = dt.datetime.now().isoformat(timespec="seconds")
-        write_manifest(plan, corpus, {"started": started} if not plan.resume else {"resumed": started})
-        recorder = make_recorder(plan.directory, s.epochs, s.metric, s.mode)
+        now = dt.datetime.now().isoformat(timespec="seconds")
+        write_manifest(plan, corpus, {"resumed" if plan.resume else "extended" if plan.extend else "started": now})
+        recorder = make_recorder(plan)
+        recorder.study  # create the study (and its schema) before any trial ends
         tuner = build_tuner(plan, corpus, recorder)
         tuner.fit()
         write_manifest(plan, corpus, {"finished": dt.datetime.now().isoformat(timespec="seconds")})

@@ -123,6 +123,18 @@ class Distribution:
             )
         return text
 
+    def optuna_distribution(self) -> "optuna.distributions.BaseDistribution":
+        """The Optuna distribution ``define_by_run`` samples this knob from."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.kind == "loguniform":
+            return FloatDistribution(self.low, self.high, log=True)
+        if self.kind == "uniform":
+            return FloatDistribution(self.low, self.high, step=self.step)
+        if self.kind == "int":
+            return IntDistribution(int(self.low), int(self.high), step=int(self.step), log=self.log)
+        return CategoricalDistribution(list(self.values))
+
     def grid_values(self) -> Optional[list]:
         """Every value this knob can take, or None where it is continuous."""
         if self.kind == "choice":
@@ -241,6 +253,10 @@ class SearchSpace:
                 # which Optuna's CategoricalDistribution and its storages accept.
                 sampled[name] = trial.suggest_categorical(name, list(dist.values))
         return {**self.fixed, "epochs": self.settings.epochs}
+
+    def active(self, config: dict[str, Any]) -> list[str]:
+        """The searched knobs that ``define_by_run`` samples for a config (conditionals whose ``when`` holds)."""
+        return [name for name, dist in self.params.items() if not dist.when or self._holds(dist.when, config)]
 
     def _baseline(self, name: str) -> Any:
         """A knob's value when it is not sampled: fixed, the epochs setting, or TrainConfig's default."""

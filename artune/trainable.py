@@ -8,6 +8,7 @@ Tune (in a test or a notebook) it trains the same way and returns the per-epoch 
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from typing import Any, Optional
 
@@ -18,6 +19,9 @@ from ray import tune
 from artune.config import TrainConfig
 from artune.data import Corpus
 from artune.train import DivergedError, Metrics, Trainer, resolve_device
+
+
+TRIAL_INDEX = "__trial_index__"
 
 
 class NoCudaError(RuntimeError):
@@ -64,7 +68,11 @@ def train_fn(config: dict[str, Any], corpus: Optional[Corpus] = None) -> Optiona
     Inside Tune the metrics go out through ``tune.report`` and nothing is returned (Tune takes a
     return value as one more result); outside Tune the per-epoch metrics are returned.
     """
-    train_config = TrainConfig.from_dict(dict(config))
+    config = dict(config)
+    repeat = config.pop(TRIAL_INDEX, None)  # set by Ray's Repeater for --repeats: run `repeat` gets seed + repeat
+    train_config = TrainConfig.from_dict(config)
+    if repeat:
+        train_config = dataclasses.replace(train_config, seed=train_config.seed + int(repeat))
     in_tune = _in_tune_session()
     if in_tune:
         cpus = _allocated_cpus()

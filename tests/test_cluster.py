@@ -1,0 +1,33 @@
+"""A search against a real multi-process Ray cluster on 127.0.0.1 through ``--address``."""
+
+from __future__ import annotations
+
+import pytest
+
+from artune.results import load
+from tests.test_search import SMOKE, cli
+
+cluster_utils = pytest.importorskip("ray.cluster_utils")
+
+
+@pytest.fixture
+def cluster():
+    # A head and a worker node, each its own set of processes (GCS, raylet, workers), one CPU each.
+    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+
+
+@pytest.mark.slow
+def test_search_on_a_two_node_cluster_through_address(cluster, tmp_path, shakespeare_path):
+    result = cli(
+        str(SMOKE), "--address", cluster.address, "--results-dir", str(tmp_path), "--name", "cluster",
+        "--data", str(shakespeare_path), "--num-samples", "2", "--set", "batches_per_epoch=10",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"on {cluster.address}" in result.stdout
+    results = load(tmp_path / "cluster")
+    assert len(results.trials) == 2
+    assert set(results.trials["status"]) <= {"completed", "stopped"}
