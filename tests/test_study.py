@@ -1,0 +1,137 @@
+"""The persistent Optuna study tells the truth, and ``--extend`` grows a finished search."""
+
+from __future__ import annotations
+
+import textwrap
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from artune.results import TrialRecord, load
+from artune.spaces import load_space
+from artune.study import frozen_trial, warm_start_storage
+from tests.test_search import cli
+
+# Four grid points, two at a time, ASHA over three epochs; lr=1e6 without clipping goes NaN.
+SPACE = textwrap.dedent(
+    """
+    search:
+      num_samples: 4
+      max_concurrent: 2
+      resources: {cpu: 1}
+      epochs: 3
+      sampler: grid
+      seed: 0
+      scheduler: {name: asha, grace_period: 1, reduction_factor: 2}
+    fixed:
+      seq_len: 32
+      batch_size: 8
+      batches_per_epoch: 40
+      d_model: 32
+      n_layers: 1
+      n_heads: 2
+      optimizer: adamw
+      grad_norm_clip: 1.0e9
+      sample_tokens: 4
+      device: cpu
+    params:
+      lr: {choice: [0.0003, 0.003, 0.01, 1000000.0]}
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, shakespeare_path):
+    root = tmp_path_factory.mktemp("study")
+    space = root / "nan.yaml"
+    space.write_text(SPACE)
+    first = cli(str(space), "--results-dir", str(root), "--name", "truth", "--data", str(shakespeare_path))
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = load(root / "truth")
+    study_before = optuna.load_study(study_name="truth", storage=f"sqlite:///{root / 'truth' / 'optuna.db'}")
+    trials_before = study_before.get_trials()
+    extended = cli("--results-dir", str(root), "--name", "truth", "--extend", "--num-samples", "2",
+                   "--data", str(shakespeare_path))
+    return root / "truth", before, trials_before, extended
+
+
+@pytest.mark.slow
+def test_the_study_records_pruned_complete_and_failed_trials_truthfully(searched):
+    directory, before, trials, _ = searched
+    by_id = {t.user_attrs["trial_id"]: t for t in trials}
+    assert len(trials) == 4 and set(by_id) == set(before.trials["trial_id"])
+    states = {t.state for t in trials}
+    assert TrialState.RUNNING not in states
+    for _, row in before.trials.iterrows():
+        trial = by_id[row["trial_id"]]
+        assert trial.params == {"lr": row["lr"]}
+        assert trial.user_attrs["status"] == row["status"]
+        assert trial.user_attrs["epochs_completed"] == row["epochs_completed"]
+        epochs = before.epochs[before.epochs.trial_id == row["trial_id"]].sort_values("epoch")
+        assert trial.intermediate_values == dict(zip(epochs["epoch"], epochs["valid_loss"]))
+        if row["status"] == "completed":
+            assert trial.state == TrialState.COMPLETE and trial.value == epochs["valid_loss"].iloc[-1]
+        elif row["status"] == "stopped":
+            assert trial.state == TrialState.PRUNED and len(trial.intermediate_values) == row["epochs_completed"] < 3
+        else:
+            assert row["status"] == "diverged" and trial.state == TrialState.FAIL
+    assert by_id[before.trials.loc[before.trials.lr == 1e6, "trial_id"].item()].state == TrialState.FAIL
+    assert TrialState.PRUNED in states and TrialState.COMPLETE in states
+    importances = optuna.importance.get_param_importances(
+        optuna.load_study(study_name="truth", storage=f"sqlite:///{directory / 'optuna.db'}")
+    )
+    assert set(importances) == {"lr"}
+
+
+@pytest.mark.slow
+def test_the_diverged_trial_is_a_row_not_a_crash(searched):
+    _, before, _, _ = searched
+    diverged = before.trials[before.trials.status == "diverged"]
+    assert len(diverged) == 1
+    row = diverged.iloc[0]
+    assert row["lr"] == 1e6 and "training loss became nan" in row["error"]
+    assert row["epochs_completed"] == 0
+
+
+@pytest.mark.slow
+def test_extend_adds_exactly_k_trials_and_keeps_every_earlier_row(searched):
+    directory, before, trials_before, extended = searched
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert "sampler warm-started from 4 earlier trials" in extended.stdout
+    after = load(directory)
+    assert len(after.trials) == 6
+    old_ids = list(before.trials["trial_id"])
+    assert list(after.trials["trial_id"][:4]) == old_ids
+    pd.testing.assert_frame_equal(after.trials.iloc[:4].reset_index(drop=True), before.trials)
+    old_epochs = after.epochs[after.epochs.trial_id.isin(old_ids)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(old_epochs, before.epochs)
+    study = optuna.load_study(study_name="truth", storage=f"sqlite:///{directory / 'optuna.db'}")
+    assert len(study.trials) == 6
+    assert TrialState.RUNNING not in {t.state for t in study.trials}
+    assert after.manifest["runs"] == ["tune", "tune-2"] and after.manifest["num_samples"] == 6
+
+
+def test_the_warm_started_sampler_receives_the_earlier_trials(tmp_path):
+    space_file = tmp_path / "s.yaml"
+    space_file.write_text(SPACE)
+    space = load_space(space_file)
+    records = []
+    for i, (lr, status) in enumerate([(0.0003, "completed"), (0.003, "stopped"), (1e6, "diverged"), (0.01, "running")]):
+        record = TrialRecord(f"t{i}", {"lr": lr, "seed": 0}, status)
+        if status in ("completed", "stopped"):
+            for epoch in (1, 2, 3)[: 3 if status == "completed" else 1]:
+                record.epochs[epoch] = {"epoch": epoch, "valid_loss": 3.0 - 0.1 * epoch, "valid_accuracy": 0.2,
+                                        "tokens_per_sec": 1000.0, "seconds": 1.0}
+        records.append(record)
+    storage, n = warm_start_storage(records, space, "warm")
+    assert n == 3  # the running trial is not finished, so not history yet
+    study = optuna.load_study(study_name="warm", storage=storage, sampler=space.make_sampler())
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
+    assert study.trials[0].value == pytest.approx(2.7)
+    # The sampler sees them: the grid sampler hands out only the one grid point not yet tried.
+    trial = study.ask()
+    space.define_by_run(trial)
+    assert trial.params == {"lr": 0.01}
+    assert frozen_trial(records[3], space, "valid_loss") is None
