@@ -127,11 +127,19 @@ def test_the_warm_started_sampler_receives_the_earlier_trials(tmp_path):
         records.append(record)
     storage, n = warm_start_storage(records, space, "warm")
     assert n == 3  # the running trial is not finished, so not history yet
-    study = optuna.load_study(study_name="warm", storage=storage, sampler=space.make_sampler())
+    seen = []
+
+    class Spy(optuna.samplers.RandomSampler):
+        """Records the finished trials a sampler is shown when it samples."""
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            seen.append([t.state for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
+            return super().sample_independent(study, trial, param_name, param_distribution)
+
+    study = optuna.load_study(study_name="warm", storage=storage, sampler=Spy(seed=0))
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
     assert study.trials[0].value == pytest.approx(2.7)
-    # The sampler sees them: the grid sampler hands out only the one grid point not yet tried.
-    trial = study.ask()
-    space.define_by_run(trial)
-    assert trial.params == {"lr": 0.01}
+    assert study.trials[0].intermediate_values == {1: 2.9, 2: 2.8, 3: 2.7}
+    space.define_by_run(study.ask())
+    assert seen == [[TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]]
     assert frozen_trial(records[3], space, "valid_loss") is None
