@@ -9,6 +9,7 @@ stderr and exit code 2; a search in which no trial succeeded exits 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import fcntl
 import hashlib
@@ -167,6 +168,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
                 f"{flag}: {args.space} differs from the space search {name!r} started with "
                 f"({directory / SPACE_COPY}); run without the SPACE argument, or start a new --name"
             )
+        if args.resume:
+            check_space_unchanged(manifest, space)
         runs = manifest.get("runs", [TUNE_DIR])
         run_name = runs[-1] if args.resume else f"{TUNE_DIR}-{len(runs) + 1}"
         if args.extend and args.num_samples is None:
@@ -193,6 +196,33 @@ def make_plan(args: argparse.Namespace) -> Plan:
         storage_url(directory, args.storage or manifest.get("storage")), repeats, args.time_budget, started,
         [sys.executable, "-m", "artune.search", *sys.argv[1:]], run_name,
     )
+
+
+def check_space_unchanged(manifest: dict[str, Any], started_with: SearchSpace) -> None:
+    """Refuse to resume a search whose space file was edited since it started, naming the change."""
+    original = Path(manifest.get("space_file", ""))
+    if not original.is_file() or sha256_file(original) == manifest.get("space_sha256"):
+        return
+    try:
+        changes = space_changes(started_with, load_space(original))
+    except SpaceError:
+        changes = []
+    what = "; ".join(changes) if changes else "its text differs"
+    raise SearchError(
+        f"--resume: {original} changed since search {manifest.get('name')!r} started ({what}); "
+        "restore the file, or start a new search under another --name"
+    )
+
+
+def space_changes(old: SearchSpace, new: SearchSpace) -> list[str]:
+    changes = []
+    for section, a, b in (("search", dataclasses.asdict(old.settings), dataclasses.asdict(new.settings)),
+                          ("fixed", old.fixed, new.fixed),
+                          ("params", {k: d.describe() for k, d in old.params.items()}, {k: d.describe() for k, d in new.params.items()})):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key, "<absent>") != b.get(key, "<absent>"):
+                changes.append(f"{section}.{key}: {a.get(key, '<absent>')} -> {b.get(key, '<absent>')}")
+    return changes
 
 
 def check_address(address: str) -> None:
@@ -359,7 +389,7 @@ def make_recorder(plan: Plan):
                 repeat = trial.config.get("__trial_index__")  # Ray's Repeater: which run of a repeated config
                 if repeat is not None:
                     full["seed"] += int(repeat)
-                self.records[trial.trial_id] = TrialRecord(trial.trial_id, full)
+                self.records[trial.trial_id] = TrialRecord(trial.trial_id, full, config_id=config_id(full))
             return self.records[trial.trial_id]
 
         def write(self, force: bool = False) -> None:
@@ -410,6 +440,12 @@ _EPOCH_KEYS = {
     "epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "tokens_seen",
     "tokens_per_sec", "lr", "sample", "seconds", "diverged", "error",
 }
+
+
+def config_id(config: dict[str, Any]) -> str:
+    """Names a configuration whatever its seed, so the replicates of one config share it."""
+    knobs = {k: v for k, v in sorted(config.items()) if k != "seed"}
+    return hashlib.sha256(json.dumps(knobs, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def error_line(trial: Any) -> str:
@@ -470,8 +506,8 @@ def summarise(plan: Plan) -> tuple[str, bool]:
     if len(best):
         row = best.iloc[0]
         knobs = ", ".join(f"{k}={_fmt(row[k])}" for k in plan.space.params)
-        metric = plan.space.settings.metric
-        lines.append(f"best trial {row['trial_id']}: best {metric} {row[f'best_{metric}']:.4f} after {int(row['epochs_completed'])} epochs ({knobs})")
+        column, _ = results.metric_column()
+        lines.append(f"best trial {row['trial_id']}: {column.replace('_', ' ', 1)} {row[column]:.4f} after {int(row['epochs_completed'])} epochs ({knobs})")
         sample = results.epochs[results.epochs.trial_id == row["trial_id"]].sort_values("epoch")["sample"]
         if len(sample):
             lines.append(f"its last sample: {sample.iloc[-1]!r}")

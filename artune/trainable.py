@@ -9,8 +9,10 @@ Tune (in a test or a notebook) it trains the same way and returns the per-epoch 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import tempfile
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import ray
 import torch
@@ -18,7 +20,7 @@ from ray import tune
 
 from artune.config import TrainConfig
 from artune.data import Corpus
-from artune.train import DivergedError, Metrics, Trainer, resolve_device
+from artune.train import CheckpointError, DivergedError, Metrics, Trainer, resolve_device
 
 
 TRIAL_INDEX = "__trial_index__"
@@ -62,6 +64,38 @@ def _allocated_cpus() -> Optional[int]:
     return max(1, int(cpus)) if cpus else None
 
 
+def _warn(message: str) -> None:
+    # a trial's stderr goes to its Ray worker log (and the driver's console when log_to_driver is on)
+    print(f"artune: {message}", file=sys.stderr, flush=True)
+
+
+def resume(trainer: Trainer, checkpoint: "tune.Checkpoint", fresh: Callable[[], Trainer]) -> Trainer:
+    """Load Ray's latest checkpoint; if it is corrupt, the previous one Ray kept; else start over.
+
+    Every fallback is said on stderr with the file and the reason; a trainer that failed to load is
+    discarded (it may be half-loaded) and a fresh one tried, so a resume never pretends.
+    """
+    with checkpoint.as_directory() as directory:
+        latest = Path(directory)
+        try:
+            trainer.load_checkpoint(latest)
+            return trainer
+        except CheckpointError as exc:
+            _warn(f"{exc}; trying the previous checkpoint")
+    # Ray keeps CheckpointConfig.num_to_keep checkpoints as checkpoint_NNNNNN siblings in the trial directory.
+    older = sorted((p for p in Path(checkpoint.path).parent.glob("checkpoint_*") if p.name < Path(checkpoint.path).name), reverse=True)
+    for candidate in older:
+        trainer = fresh()
+        try:
+            trainer.load_checkpoint(candidate)
+            _warn(f"resumed from the previous checkpoint {candidate} (epoch {trainer.epoch})")
+            return trainer
+        except CheckpointError as exc:
+            _warn(f"{exc}")
+    _warn(f"no loadable checkpoint for this trial: it restarts from epoch 1")
+    return fresh()
+
+
 def train_fn(config: dict[str, Any], corpus: Optional[Corpus] = None) -> Optional[list[Metrics]]:
     """Train one trial. ``corpus`` is the corpus the driver encoded once (``tune.with_parameters``).
 
@@ -78,12 +112,12 @@ def train_fn(config: dict[str, Any], corpus: Optional[Corpus] = None) -> Optiona
         cpus = _allocated_cpus()
         if cpus:
             torch.set_num_threads(cpus)  # match the CPUs Ray reserved, not the whole node
-    trainer = Trainer(train_config, corpus, device=trial_device(train_config, in_tune))
+    device = trial_device(train_config, in_tune)
+    trainer = Trainer(train_config, corpus, device=device)
 
     checkpoint = tune.get_checkpoint() if in_tune else None
     if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            trainer.load_checkpoint(directory)
+        trainer = resume(trainer, checkpoint, lambda: Trainer(train_config, corpus, device=device))
 
     def report(metrics: Metrics) -> None:
         if not in_tune:

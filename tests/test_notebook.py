@@ -1,0 +1,56 @@
+"""notebooks/analyse_results.ipynb runs top to bottom (its cells assert on what they show) in a real kernel."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from tests import _results_fixture as fx
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOK = REPO / "notebooks" / "analyse_results.ipynb"
+
+
+@pytest.fixture(scope="module")
+def search_for_notebook(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The search the notebook analyses: the fixture tables plus an Optuna study (swap in a real search here)."""
+    return fx.build_search(tmp_path_factory.mktemp("results") / fx.NAME, optuna_db=True)
+
+
+def execute(directory: Path, monkeypatch: pytest.MonkeyPatch) -> nbformat.NotebookNode:
+    monkeypatch.setenv("ARTUNE_RESULTS", str(directory))  # the kernel inherits this process's environment
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    return notebook
+
+
+def outputs(notebook: nbformat.NotebookNode, mime: str = "text/plain") -> list[str]:
+    found = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and mime == "text/plain":
+                found.append(output["text"])
+            elif mime in output.get("data", {}):
+                found.append(output["data"][mime])
+    return found
+
+
+def test_the_notebook_is_committed_without_outputs() -> None:
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(notebook)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert code and all(cell.outputs == [] and cell.execution_count is None for cell in code)
+
+
+def test_the_notebook_runs_on_a_finished_search(search_for_notebook: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    notebook = execute(search_for_notebook, monkeypatch)  # a failing assert in any cell raises CellExecutionError
+    text = "\n".join(outputs(notebook))
+    assert f"search {fx.NAME!r} in {search_for_notebook}" in text
+    assert "importance" in text and "skipped" not in text  # the Optuna study was found and read
+    assert f"trial {fx.BEST_TRIAL}, epoch 4, best_valid_loss {fx.BEST_LOSS:.4f}, prompt 'It is':\n{fx.sample(fx.BEST_TRIAL, 4)}" in text
+    assert len(outputs(notebook, "image/png")) == 3  # curves, knob effects, parallel coordinates

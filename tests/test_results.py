@@ -1,0 +1,318 @@
+"""artune.results and artune.plots on real parquet tables written by the project's own writer."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from tests import _results_fixture as fx
+from artune import results as results_module
+from artune.config import FIELD_NAMES
+from artune.plots import knob_positions, learning_curves, metric_vs_knobs, parallel_coordinates, write_plots
+from artune.results import (
+    EPOCHS_FILE, MANIFEST_FILE, TRIALS_FILE, ResultsError, compare, load, main, read_records, write_json_atomic,
+    write_tables,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixture search, read only by the tests that take it."""
+    return fx.build_search(tmp_path_factory.mktemp("results") / fx.NAME)
+
+
+def rewrite_manifest(directory: Path, **changes) -> None:
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    manifest.update(changes)
+    manifest = {k: v for k, v in manifest.items() if v is not None}
+    write_json_atomic(manifest, directory / MANIFEST_FILE)
+
+
+# --- load
+
+
+def test_load_types_every_knob_column(search: Path) -> None:
+    trials = load(search).trials
+    assert trials["d_model"].dtype == "int64"
+    assert trials["lr"].dtype == "float64"
+    assert trials["dataloader_shuffle_with_replacement"].dtype == "bool"
+    assert pd.api.types.is_string_dtype(trials["optimizer"])
+    assert trials["d_ff"].dtype == "Int64" and trials["d_ff"].isna().all()  # none stays none, not NaN in a float column
+    assert trials["epochs_completed"].dtype == "int64"
+    assert set(FIELD_NAMES) <= set(trials.columns)
+
+
+def test_load_gives_a_row_per_trial_and_per_trial_epoch(search: Path) -> None:
+    results = load(search)
+    assert sorted(results.trials["trial_id"]) == sorted(fx.TRIALS)
+    expected = {(t, e) for t, spec in fx.TRIALS.items() for e in range(1, len(spec[-1]) + 1)}
+    assert len(results.epochs) == len(expected) == 15  # the diverged epoch of t4 is not a row
+    assert set(zip(results.epochs["trial_id"], results.epochs["epoch"])) == expected
+    row = results.epochs[(results.epochs.trial_id == "t0") & (results.epochs.epoch == 2)].iloc[0]
+    assert row["valid_loss"] == 2.0 and row["sample"] == fx.sample("t0", 2)
+    statuses = results.trials.set_index("trial_id")["status"]
+    assert statuses.to_dict() == {t: spec[6] for t, spec in fx.TRIALS.items()}
+    assert results.trials.set_index("trial_id").loc["t5", "error"] == "RuntimeError: CUDA out of memory"
+
+
+def test_load_by_name_under_results_dir(search: Path) -> None:
+    assert load(fx.NAME, results_dir=search.parent).path == search
+
+
+def test_load_of_a_missing_search_names_both_places(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"no trials\.parquet in nowhere or .*nowhere"):
+        load("nowhere", results_dir=tmp_path)
+
+
+def test_load_of_a_corrupt_table_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / TRIALS_FILE).write_bytes(b"not parquet")
+    with pytest.raises(ResultsError, match=r"trials\.parquet: cannot read the table"):
+        load(tmp_path)
+
+
+# --- best, curves, summary
+
+
+def test_best_ranks_by_the_manifest_metric_and_skips_trials_without_a_value(search: Path) -> None:
+    results = load(search)
+    best = results.best(3)
+    assert best["trial_id"].tolist() == ["t3", "t0", "t1"]
+    assert best["best_valid_loss"].tolist() == [1.5, 1.7, 1.9]
+    assert best.iloc[0]["best_valid_loss"] == results.trials["best_valid_loss"].min()
+    assert len(results.best(100)) == 5  # t5 errored before its first epoch
+
+
+def test_best_honours_the_manifest_mode(tmp_path: Path) -> None:
+    directory = fx.build_search(tmp_path / "s")
+    rewrite_manifest(directory, mode="max")
+    assert load(directory).best(1).iloc[0]["trial_id"] == "t4"  # highest best_valid_loss: 2.9
+
+
+def test_best_by_a_metric_the_trials_table_does_not_summarise(search: Path) -> None:
+    results = load(search)
+    best = results.best(2, metric="train_loss")  # best over each trial's epochs: valid_loss + 0.1
+    assert best["trial_id"].tolist() == ["t3", "t0"]
+    assert best["best_train_loss"].tolist() == pytest.approx([1.6, 1.8])
+    assert results.best(1, metric="valid_accuracy").iloc[0]["trial_id"] == "t3"  # accuracy: the highest wins
+
+
+def test_unknown_metric_lists_the_choices(search: Path) -> None:
+    with pytest.raises(ResultsError, match=r"unknown metric 'valid_perplexity': expected one of train_loss, .*valid_loss, .*best_valid_loss"):
+        load(search).best(1, metric="valid_perplexity")
+
+
+def test_curves_pivot_epochs_per_trial(search: Path) -> None:
+    curves = load(search).curves("valid_loss")
+    assert curves.shape == (4, 5)
+    assert curves["t0"].tolist() == [2.5, 2.0, 1.8, 1.7]
+    assert curves["t2"].isna().tolist() == [False, False, True, True]  # stopped after 2 epochs
+    assert load(search).curves("best_valid_loss").equals(curves)  # the trials-column name reads the same
+
+
+def test_summary_is_compact_and_best_first(search: Path) -> None:
+    summary = load(search).summary()
+    assert summary.columns.tolist() == ["trial_id", "status", "config_id", *fx.PARAMS, "epochs_completed", "best_valid_loss"]
+    assert summary["trial_id"].tolist() == ["t3", "t0", "t1", "t2", "t4", "t5"]
+    assert summary.iloc[-1]["status"] == "error" and math.isnan(summary.iloc[-1]["best_valid_loss"])
+    assert summary.set_index("trial_id").loc["t2", "epochs_completed"] == 2
+
+
+def test_status_counts_in_status_order(search: Path) -> None:
+    assert load(search).status_counts().to_dict() == {"completed": 3, "stopped": 1, "diverged": 1, "error": 1}
+
+
+def test_params_come_from_the_manifest(search: Path) -> None:
+    assert load(search).params == fx.PARAMS
+
+
+def test_params_without_a_manifest_list_are_the_knobs_that_differ_between_configs(tmp_path: Path) -> None:
+    results = load(fx.build_search(tmp_path / "s", params_in_manifest=False))
+    assert sorted(results.params) == sorted(fx.PARAMS)  # seed differs too, but only inside config "a"
+
+
+def test_manifest_params_without_a_column_are_an_error(tmp_path: Path) -> None:
+    directory = fx.build_search(tmp_path / "s")
+    rewrite_manifest(directory, params=["d_model", "n_experts"])
+    with pytest.raises(ResultsError, match=r"params \['n_experts'\]"):
+        load(directory).params
+
+
+# --- replicates
+
+
+def test_aggregate_pools_replicates_by_config_id(search: Path) -> None:
+    pooled = load(search).aggregate("best_valid_loss")
+    assert pooled["config_id"].tolist() == ["c", "a", "b", "d", "e"]  # best mean first, no value last
+    a = pooled.set_index("config_id").loc["a"]
+    assert a["mean"] == pytest.approx(1.8) and a["std"] == pytest.approx(math.sqrt(0.02)) and a["count"] == 2
+    assert a["d_model"] == 64 and a["optimizer"] == "adam"
+    assert pooled.set_index("config_id").loc["e", "count"] == 0  # its one run errored
+
+
+def test_aggregate_without_config_ids_treats_each_trial_as_its_own_config(tmp_path: Path) -> None:
+    directory = tmp_path / "s"
+    directory.mkdir()
+    records = fx.records()
+    for record in records:
+        record.config_id = None
+    write_tables(directory, records)
+    write_json_atomic(fx.manifest(), directory / MANIFEST_FILE)
+    pooled = load(directory).aggregate()
+    assert pooled["config_id"].tolist() == ["t3", "t0", "t1", "t2", "t4", "t5"]
+    assert pooled["count"].tolist() == [1, 1, 1, 1, 1, 0]
+
+
+# --- compare
+
+
+def test_compare_stacks_searches_with_a_search_column(search: Path, tmp_path: Path) -> None:
+    other = fx.build_search(tmp_path / "other")
+    rewrite_manifest(other, name=None)  # named by its directory then
+    both = compare(search, other)
+    assert both.trials["search"].value_counts().to_dict() == {"fixture": 6, "other": 6}
+    assert both.epochs.groupby("search").size().to_dict() == {"fixture": 15, "other": 15}
+    assert both.curves().columns.names == ["search", "trial_id"]
+    summary = both.summary()
+    assert summary.columns[0] == "search" and summary.iloc[0]["trial_id"] == "t3"
+    assert len(both.aggregate()) == 10  # configs are per search
+    assert both.params == fx.PARAMS and both.manifest["searches"] == ["fixture", "other"]
+
+
+def test_compare_of_one_search_twice_is_an_error(search: Path) -> None:
+    with pytest.raises(ResultsError, match="twice"):
+        compare(search, search)
+
+
+# --- atomic writes and resume
+
+
+def test_a_leftover_tmp_file_from_a_crashed_write_is_ignored(tmp_path: Path) -> None:
+    directory = fx.build_search(tmp_path / "s")
+    (directory / f".{TRIALS_FILE}.99999.tmp").write_bytes(b"PAR1 half a table")
+    assert len(load(directory).trials) == 6
+
+
+def test_an_interrupted_write_leaves_the_previous_table_readable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = fx.build_search(tmp_path / "s")
+
+    def crash_midway(table, where, *args, **kwargs) -> None:
+        Path(where).write_bytes(b"PAR1 the first bytes of a table")
+        raise KeyboardInterrupt  # the search is killed mid-write
+
+    monkeypatch.setattr(results_module.pq, "write_table", crash_midway)
+    with pytest.raises(KeyboardInterrupt):
+        write_tables(directory, fx.records()[:2])
+    monkeypatch.undo()
+    assert list(directory.glob(f".{TRIALS_FILE}.*.tmp"))  # the half-written file is still there...
+    assert len(load(directory).trials) == 6  # ...and the reader sees the previous complete table
+
+
+def test_read_records_round_trips_the_tables(tmp_path: Path) -> None:
+    directory = fx.build_search(tmp_path / "s")
+    original = {r.trial_id: r for r in fx.records()}
+    back = read_records(directory)
+    assert back.keys() == original.keys()
+    for trial_id, record in back.items():
+        expected = original[trial_id]
+        assert (record.status, record.error, record.config_id) == (expected.status, expected.error, expected.config_id)
+        assert record.config == expected.config
+        kept = {e: m for e, m in expected.epochs.items() if not m.get("diverged")}
+        assert record.epochs.keys() == kept.keys()
+        for epoch, metrics in kept.items():
+            assert {k: record.epochs[epoch][k] for k in metrics} == metrics
+    again = tmp_path / "again"
+    again.mkdir()
+    write_tables(again, back.values())
+    for name in (TRIALS_FILE, EPOCHS_FILE):
+        assert pq.read_table(again / name).equals(pq.read_table(directory / name))
+
+
+# --- plots
+
+
+def test_knob_positions_choose_categories_and_log_axes(search: Path) -> None:
+    trials = load(search).trials
+    _, labels, log = knob_positions(trials["lr"])
+    assert labels is None and log  # 1e-4 .. 3e-2 spans more than a decade
+    _, labels, log = knob_positions(trials["d_model"])
+    assert labels is None and not log  # 32 .. 128
+    x, labels, _ = knob_positions(trials["optimizer"])
+    assert labels == ["adam", "adamw"] and x.tolist() == [0, 0, 1, 0, 1, 1]
+    _, labels, _ = knob_positions(trials["dataloader_shuffle_with_replacement"])
+    assert labels == ["False", "True"]
+
+
+def test_learning_curves_highlight_the_best_trial(search: Path) -> None:
+    ax = learning_curves(load(search)).axes[0]
+    best = [line for line in ax.get_lines() if line.get_label().startswith("best: t3")]
+    assert len(best) == 1 and best[0].get_ydata().tolist() == [3.0, 2.8, 2.6, 1.5]
+    assert len(ax.get_lines()) == 5
+
+
+def test_metric_vs_knobs_has_a_panel_per_knob(search: Path) -> None:
+    axes = [ax for ax in metric_vs_knobs(load(search)).axes if ax.axison]
+    assert [ax.get_xlabel() for ax in axes] == fx.PARAMS
+    assert axes[1].get_xscale() == "log" and axes[0].get_xscale() == "linear"
+    assert [t.get_text() for t in axes[2].get_xticklabels()] == ["adam", "adamw"]
+
+
+def test_parallel_coordinates_colour_by_the_metric(search: Path) -> None:
+    fig = parallel_coordinates(load(search))
+    ax, colorbar = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["best_valid_loss", *fx.PARAMS]
+    assert colorbar.get_ylabel() == "best_valid_loss"
+    lines = [line.get_ydata() for line in ax.get_lines()]
+    assert len(lines) == 5 and all(0 <= y <= 1 for ys in lines for y in ys)
+
+
+def test_plots_of_compared_searches_need_a_directory(search: Path, tmp_path: Path) -> None:
+    both = compare(search, fx.build_search(tmp_path / "other"))
+    with pytest.raises(ResultsError, match="directory="):
+        write_plots(both)
+    assert all(p.stat().st_size > 5000 for p in write_plots(both, directory=tmp_path))
+
+
+# --- the CLI
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    return subprocess.run([sys.executable, "-m", "artune.results", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+
+
+def test_cli_prints_the_summary_and_writes_three_pngs(tmp_path: Path) -> None:
+    directory = fx.build_search(tmp_path / fx.NAME)
+    result = run_cli(fx.NAME, "--results-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "search fixture: 6 trials (3 completed, 1 stopped, 1 diverged, 1 error), best first by best_valid_loss (min)"
+    assert lines[1].split()[:2] == ["trial_id", "status"]
+    assert lines[2].split()[:2] == ["t3", "completed"] and lines[2].split()[-1] == "1.5"
+    for name in ("learning_curves.png", "metric_vs_knobs.png", "parallel_coordinates.png"):
+        path = directory / name
+        assert f"wrote {path}" in lines
+        assert path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 5000
+
+
+def test_cli_of_a_missing_search_is_one_error_line(tmp_path: Path) -> None:
+    result = run_cli(str(tmp_path / "nowhere"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: no trials.parquet in ") and len(result.stderr.splitlines()) == 1
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_cli_of_an_unknown_metric_is_one_error_line(search: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main([str(search), "--metric", "perplexity"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown metric 'perplexity'") and len(err.splitlines()) == 1
