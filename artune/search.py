@@ -581,13 +581,31 @@ def _run_locked(plan: Plan, corpus: Any) -> int:
         recorder = make_recorder(plan)
         recorder.study  # create the study (and its schema) before any trial ends
         tuner = build_tuner(plan, corpus, recorder)
+        tuning_started = time.monotonic()
         tuner.fit()
-        write_manifest(plan, corpus, {"finished": dt.datetime.now().isoformat(timespec="seconds")})
+        finished = time.monotonic()
+        timings = {"startup_s": round(tuning_started - plan.started, 3), "tuning_s": round(finished - tuning_started, 3)}
+        write_manifest(plan, corpus, {"finished": dt.datetime.now().isoformat(timespec="seconds"), "timings": timings})
     finally:
         ray.shutdown()
     summary, ok = summarise(plan)
     print(summary)
+    if plan.time_budget_s:
+        print(budget_report(plan, finished - plan.started))
     return 0 if ok else 1
+
+
+def budget_report(plan: Plan, elapsed: float) -> str:
+    """How the time budget was spent: start-up, and each trial's share of the training time."""
+    from artune.results import load
+
+    budget = plan.time_budget_s
+    trials = load(plan.directory).trials
+    lines = [f"time budget {budget:.0f} s: used {elapsed:.0f} s ({elapsed / budget:.0%})"]
+    for _, row in trials.sort_values("seconds", ascending=False).iterrows():
+        seconds = row["seconds"] if row["seconds"] == row["seconds"] else 0.0
+        lines.append(f"  {row['trial_id']}  {row['status']:<9} {int(row['epochs_completed'])} epochs  {seconds:7.1f} s  ({seconds / budget:.1%} of the budget)")
+    return "\n".join(lines)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

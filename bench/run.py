@@ -1,16 +1,26 @@
 """artune's benchmarks, each side by side with its baseline in one run (the machine is noisy).
 
-    python -m bench                  # everything
-    python -m bench trainer sampler  # some sections
-    python -m bench --json out.json  # also write the figures as JSON (default: bench/out/bench.json)
+    python -m bench                            # everything
+    python -m bench trainer sampler precision  # some sections (about two minutes on 2 cores)
+    python -m bench --json out.json            # where to write the figures (default: bench/out/bench.json)
+
+Every section interleaves its contenders in rounds, so both see the same machine. Other people's
+jobs come and go in bursts that can stall a process for seconds, so a section reports the best
+round of each contender (the least disturbed one) and the median of the per-round ratios.
 
 Sections:
-  trainer  artune's Trainer against a bare eager PyTorch loop (bench/baseline.py), same model
-           shape (d_model 128, 4 layers, 4 heads, seq_len 64, batch 12), interleaved rounds;
-           tokens/s and model-FLOPs utilisation against a matmul ceiling measured in the same run.
-  sampler  batches/s of artune's shuffled sampler against the origin's per-item Dataset +
-           RandomSampler + collate, at batch 16 x seq_len 512, same sampling semantics.
-  search   wall time of an 8-trial search against the trials' own training time / concurrency.
+  trainer    artune's Trainer (default config, adamw, fp32) against a bare eager PyTorch loop
+             (bench/baseline.py) at the small shape (d_model 128, 4 layers, 4 heads, seq_len 64,
+             batch 12): tokens/s, and model-FLOPs utilisation (MFU) against the fp32 matmul
+             ceiling, the best FLOP/s of square matmuls of a few sizes measured in each round.
+  sampler    time per batch of artune's shuffled sampler against the origin's per-item Dataset +
+             RandomSampler + collate at batch 16 x seq_len 512 (same sampling semantics), one
+             epoch each per round, and that time as a share of a small-shape training step.
+  precision  step time of fp32 against bf16 autocast at the origin model (d_model 512, 6 layers,
+             8 heads, seq_len 512) at a reduced batch (--precision-batch, default 2, instead of
+             16, so that bf16 fits in a minute where the CPU has no native bf16), and the
+             validation loss after those steps, which should agree within 1%.
+  search     wall time of an 8-trial search against the trials' own training time / concurrency.
 """
 
 from __future__ import annotations
@@ -23,21 +33,24 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from artune.config import TrainConfig
-from artune.data import load_corpus, shuffled_batches
+from artune.data import load_corpus, shuffled_batches, valid_batches
 from artune.train import Trainer
 
 SMALL = dict(d_model=128, n_layers=4, n_heads=4, seq_len=64, batch_size=12)
+ORIGIN = dict(d_model=512, n_layers=6, n_heads=8, seq_len=512)  # TrainConfig's defaults; batch 16
+SECTIONS = ["trainer", "sampler", "precision", "search"]
 
 
-def matmul_ceiling(dtype: torch.dtype = torch.float32, n: int = 1024, seconds: float = 1.0) -> float:
-    """Measured FLOP/s of a square matmul on this process's threads."""
+def matmul_rate(n: int, dtype: torch.dtype = torch.float32, seconds: float = 0.2) -> float:
+    """Measured FLOP/s of an ``n x n`` by ``n x n`` matmul on this process's threads."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
+    for _ in range(2):
         a @ b
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -46,17 +59,35 @@ def matmul_ceiling(dtype: torch.dtype = torch.float32, n: int = 1024, seconds: f
     return 2 * n**3 * count / (time.perf_counter() - start)
 
 
+def matmul_ceiling(sizes: tuple[int, ...] = (256, 512, 1024, 2048)) -> tuple[float, int]:
+    """The best fp32 FLOP/s over square matmuls of a few sizes, and the size that gave it.
+
+    The best of several sizes, not the model's own (small, skinny) matmuls: those run well below
+    the machine's matmul speed, and counting their slowness into the ceiling would flatter the MFU.
+    """
+    rates = {n: matmul_rate(n) for n in sizes}
+    best = max(rates, key=rates.__getitem__)
+    return rates[best], best
+
+
 def flops_per_token(config: TrainConfig, vocab_size: int) -> float:
-    """Training FLOPs per token: 6 per weight (forward + backward) plus attention's T-dependent part."""
+    """Training FLOPs per token, as nanoGPT and PaLM count them for MFU.
+
+    6 per weight of a matmul (2 forward, 4 backward): 4 d^2 (qkv and proj) and 2 d d_ff (the MLP)
+    per block, plus the d V of the output layer (tied to the embedding, whose lookup is free);
+    plus attention's scores and weighted sum, 12 L d T, counted over the full T x T square
+    although causal attention needs only its lower half. LayerNorm, softmax and the optimizer
+    are not counted.
+    """
     d, L, T = config.d_model, config.n_layers, config.seq_len
-    weights = L * (4 * d * d + 2 * d * config.ff_width) + vocab_size * d  # blocks + output layer
+    weights = L * (4 * d * d + 2 * d * config.ff_width) + vocab_size * d
     return 6 * weights + 12 * L * d * T
 
 
 def trainer_tokens_per_sec(config: TrainConfig, corpus: Any, steps: int) -> float:
-    trainer = Trainer(config.__class__(**{**config.to_dict(), "batches_per_epoch": 3}), corpus)
+    trainer = Trainer(TrainConfig(**{**config.to_dict(), "batches_per_epoch": 3}), corpus)
     trainer.train_epoch()  # warm-up (allocator, kernels)
-    trainer.config = config.__class__(**{**config.to_dict(), "batches_per_epoch": steps})
+    trainer.config = TrainConfig(**{**config.to_dict(), "batches_per_epoch": steps})
     _, _, tokens, seconds = trainer.train_epoch()
     return tokens / seconds
 
@@ -65,51 +96,101 @@ def bench_trainer(corpus: Any, rounds: int, steps: int) -> dict[str, Any]:
     sys.path.insert(0, str(Path(__file__).parent))
     from baseline import run_baseline
 
-    config = TrainConfig(**SMALL, optimizer="adamw", epochs=1)
-    bare, ours = [], []
-    for _ in range(rounds):  # interleaved, so both see the same machine noise
+    config = TrainConfig(**SMALL, optimizer="adamw", epochs=1, device="cpu")
+    bare, ours, ceilings = [], [], []
+    for _ in range(rounds):  # interleaved, so all three see the same machine noise
         bare.append(run_baseline(corpus.train, corpus.vocab_size, steps=steps, **SMALL))
         ours.append(trainer_tokens_per_sec(config, corpus, steps))
-    ceiling = matmul_ceiling()
+        ceilings.append(matmul_ceiling())
+    ceiling, size = max(ceilings)
     fpt = flops_per_token(config, corpus.vocab_size)
-    b, o = statistics.median(bare), statistics.median(ours)
+    b, o = max(bare), max(ours)
     return {
         "shape": SMALL, "steps_per_round": steps, "rounds": rounds,
-        "bare_tokens_per_sec": b, "artune_tokens_per_sec": o, "ratio": o / b,
-        "matmul_fp32_gflops": ceiling / 1e9, "artune_mfu": o * fpt / ceiling, "bare_mfu": b * fpt / ceiling,
+        "bare_tokens_per_sec": b, "artune_tokens_per_sec": o,
+        "ratio": statistics.median(x / y for x, y in zip(ours, bare)),
+        "bare_tokens_per_sec_rounds": bare, "artune_tokens_per_sec_rounds": ours,
+        "flops_per_token": fpt, "matmul_fp32_gflops": ceiling / 1e9, "matmul_ceiling_size": size,
+        "artune_mfu": o * fpt / ceiling, "bare_mfu": b * fpt / ceiling,
         "step_ms": 1000 * SMALL["batch_size"] * SMALL["seq_len"] / o,
     }
 
 
-def _rate(make: Callable[[], Any], seconds: float) -> float:
-    """Batches per second drawn from fresh epochs of ``make()`` for about ``seconds``."""
+def _epoch_seconds_per_batch(batches: Any) -> float:
     count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for _ in make():
-            count += 1
-            if time.perf_counter() - start >= seconds:
-                break
-    return count / (time.perf_counter() - start)
+    for _ in batches:
+        count += 1
+    return (time.perf_counter() - start) / count
 
 
-def bench_sampler(corpus: Any, seconds: float, step_ms: float | None) -> dict[str, Any]:
+def bench_sampler(corpus: Any, rounds: int, step_ms: float | None) -> dict[str, Any]:
     sys.path.insert(0, str(Path(__file__).parent))
     from origin_data import origin_loader
 
     batch_size, seq_len = 16, 512
     tokens = corpus.train
     generator = torch.Generator().manual_seed(0)
-    results: dict[str, Any] = {"batch_size": batch_size, "seq_len": seq_len}
+    results: dict[str, Any] = {"batch_size": batch_size, "seq_len": seq_len, "rounds": rounds}
     for replacement in (False, True):
-        key = "with_replacement" if replacement else "without_replacement"
-        ours = _rate(lambda: shuffled_batches(tokens, batch_size, seq_len, generator, replacement), seconds)
-        origin = _rate(lambda: origin_loader(tokens, batch_size, seq_len, replacement), seconds)
-        results[key] = {"artune_batches_per_sec": ours, "origin_batches_per_sec": origin, "ratio": ours / origin}
-    ms = 1000 / results["without_replacement"]["artune_batches_per_sec"]
+        ours, origin = [], []
+        for _ in range(rounds):  # one epoch each, alternating
+            ours.append(_epoch_seconds_per_batch(shuffled_batches(tokens, batch_size, seq_len, generator, replacement)))
+            origin.append(_epoch_seconds_per_batch(origin_loader(tokens, batch_size, seq_len, replacement)))
+        results["with_replacement" if replacement else "without_replacement"] = {
+            "artune_batch_ms": 1000 * min(ours), "origin_batch_ms": 1000 * min(origin),
+            "ratio": statistics.median(y / x for x, y in zip(ours, origin)),  # > 1: artune is faster
+        }
+    ms = results["without_replacement"]["artune_batch_ms"]
     results["artune_batch_ms"] = ms
     if step_ms:
         results["share_of_small_training_step"] = ms / step_ms
     return results
+
+
+def cpu_bf16_support() -> dict[str, Any]:
+    """What this CPU offers bf16: oneDNN's bf16 path needs AVX-512 (native: AVX512_BF16 or AMX)."""
+    return {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "mkldnn_bf16_supported": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+    }
+
+
+@torch.no_grad()
+def _valid_loss(trainer: Trainer, n_batches: int) -> float:
+    """Mean loss over the first ``n_batches`` sequential valid batches (a full pass takes minutes here)."""
+    trainer.model.eval()
+    c = trainer.config
+    losses = []
+    for i, (x, y) in enumerate(valid_batches(trainer.valid_tokens, "sequential", c.batch_size, c.seq_len, c.seed)):
+        if i == n_batches:
+            break
+        with trainer._autocast():
+            logits = trainer.model(x)
+        losses.append(F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()).item())
+    return sum(losses) / len(losses)
+
+
+def bench_precision(corpus: Any, batch_size: int, steps: int, valid_batches_n: int = 2) -> dict[str, Any]:
+    trainers = {
+        p: Trainer(TrainConfig(**ORIGIN, batch_size=batch_size, precision=p, epochs=1, batches_per_epoch=1,
+                               device="cpu", seed=0), corpus)
+        for p in ("fp32", "bf16")
+    }
+    seconds: dict[str, list[float]] = {p: [] for p in trainers}
+    for step in range(steps + 1):  # one step of each in turn; the first is a warm-up
+        for p, trainer in trainers.items():
+            _, _, _, s = trainer.train_epoch()  # an epoch of one batch; both draw the same batches
+            if step > 0:
+                seconds[p].append(s)
+    fp32, bf16 = min(seconds["fp32"]), min(seconds["bf16"])
+    loss = {p: _valid_loss(t, valid_batches_n) for p, t in trainers.items()}
+    return {
+        "shape": {**ORIGIN, "batch_size": batch_size}, "timed_steps": steps, **cpu_bf16_support(),
+        "fp32_step_s": fp32, "bf16_step_s": bf16, "bf16_speedup": fp32 / bf16,
+        "fp32_step_s_at_batch_16_estimate": fp32 * 16 / batch_size,
+        "valid_batches": valid_batches_n, "fp32_valid_loss": loss["fp32"], "bf16_valid_loss": loss["bf16"],
+        "valid_loss_rel_diff": abs(loss["bf16"] - loss["fp32"]) / loss["fp32"],
+    }
 
 
 def bench_search(trials: int, concurrency: int) -> dict[str, Any]:
@@ -120,33 +201,45 @@ def bench_search(trials: int, concurrency: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sections", nargs="*", default=["trainer", "sampler", "search"], choices=["trainer", "sampler", "search"])
+    parser.add_argument("sections", nargs="*", default=SECTIONS, choices=SECTIONS)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the trainer section")
+    parser.add_argument("--steps", type=int, default=30, help="timed training steps per round of the trainer section")
+    parser.add_argument("--sampler-rounds", type=int, default=7, help="epochs of each sampler in the sampler section")
+    parser.add_argument("--precision-batch", type=int, default=2, help="batch size of the precision section")
+    parser.add_argument("--precision-steps", type=int, default=2, help="timed steps of each precision")
     parser.add_argument("--json", default=str(Path(__file__).parent / "out" / "bench.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     corpus = load_corpus("tiny_shakespeare", "character", os.environ.get("ARTUNE_DATA_DIR"))
     report: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": args.threads,
-                    "torch": torch.__version__},
+                    "torch": torch.__version__, **cpu_bf16_support()},
     }
     if "trainer" in args.sections:
         r = report["trainer"] = bench_trainer(corpus, args.rounds, args.steps)
-        print(f"trainer  bare loop {r['bare_tokens_per_sec']:,.0f} tok/s  artune {r['artune_tokens_per_sec']:,.0f} tok/s  "
-              f"ratio {r['ratio']:.2f}x  MFU {r['artune_mfu']:.0%} (bare {r['bare_mfu']:.0%}) of {r['matmul_fp32_gflops']:.0f} GFLOP/s fp32")
+        print(f"trainer    bare loop {r['bare_tokens_per_sec']:,.0f} tok/s  artune {r['artune_tokens_per_sec']:,.0f} tok/s  "
+              f"ratio {r['ratio']:.2f}x  MFU {r['artune_mfu']:.0%} (bare {r['bare_mfu']:.0%}) of "
+              f"{r['matmul_fp32_gflops']:.0f} GFLOP/s fp32 ({r['matmul_ceiling_size']}^2 matmul)")
     if "sampler" in args.sections:
         step_ms = report.get("trainer", {}).get("step_ms")
-        r = report["sampler"] = bench_sampler(corpus, 2.0, step_ms)
+        r = report["sampler"] = bench_sampler(corpus, args.sampler_rounds, step_ms)
         for key in ("without_replacement", "with_replacement"):
             s = r[key]
-            print(f"sampler  {key:<20} artune {s['artune_batches_per_sec']:,.0f} batches/s  origin {s['origin_batches_per_sec']:,.0f} batches/s  ratio {s['ratio']:.1f}x")
+            print(f"sampler    {key:<20} artune {s['artune_batch_ms']:.3f} ms/batch  origin {s['origin_batch_ms']:.3f} ms/batch  "
+                  f"artune {s['ratio']:.1f}x faster")
         share = r.get("share_of_small_training_step")
-        print(f"sampler  one batch {r['artune_batch_ms']:.3f} ms" + (f" = {share:.2%} of a small-shape training step" if share else ""))
+        print(f"sampler    one batch {r['artune_batch_ms']:.3f} ms" + (f" = {share:.2%} of a small-shape training step" if share else ""))
+    if "precision" in args.sections:
+        r = report["precision"] = bench_precision(corpus, args.precision_batch, args.precision_steps)
+        print(f"precision  origin shape, batch {args.precision_batch}: fp32 {r['fp32_step_s']:.2f} s/step  "
+              f"bf16 autocast {r['bf16_step_s']:.2f} s/step  bf16 speedup {r['bf16_speedup']:.2f}x  "
+              f"(cpu {r['cpu_capability']}, oneDNN bf16 {r['mkldnn_bf16_supported']})")
+        print(f"precision  valid loss after {args.precision_steps + 1} steps: fp32 {r['fp32_valid_loss']:.4f}  "
+              f"bf16 {r['bf16_valid_loss']:.4f}  rel diff {r['valid_loss_rel_diff']:.2%}")
     if "search" in args.sections:
         r = report["search"] = bench_search(trials=8, concurrency=2)
-        print(f"search   {r['trials']} trials, {r['concurrency']} at a time: wall {r['wall_s']:.1f} s, ideal {r['ideal_s']:.1f} s "
+        print(f"search     {r['trials']} trials, {r['concurrency']} at a time: wall {r['wall_s']:.1f} s, ideal {r['ideal_s']:.1f} s "
               f"(sum of trial training time / concurrency), overhead {r['ratio']:.2f}x")
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)

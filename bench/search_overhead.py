@@ -1,0 +1,80 @@
+"""The search's overhead: the wall time of a real search against the trials' own training time.
+
+A search of ``trials`` short trials (3 epochs each), ``concurrency`` at a time, runs through the
+real CLI (``python -m artune.search``, a subprocess on a local Ray instance it starts itself). The
+ideal wall time is the sum of the trials' own training time (the ``seconds`` of every epoch:
+training, validation and the sample) divided by the concurrency; the ratio is the overhead.
+Two figures: the whole command (Ray's start included) and the tuning alone (Tuner.fit).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def space_text(trials: int, concurrency: int, batches_per_epoch: int) -> str:
+    return textwrap.dedent(
+        f"""
+        search:
+          num_samples: {trials}
+          max_concurrent: {concurrency}
+          resources: {{cpu: 1}}
+          epochs: 3
+          sampler: random
+          seed: 0
+          scheduler: none
+        fixed:
+          seq_len: 64
+          batch_size: 12
+          batches_per_epoch: {batches_per_epoch}
+          d_model: 64
+          n_layers: 2
+          n_heads: 4
+          optimizer: adamw
+          sample_tokens: 10
+          device: cpu
+        params:
+          lr: {{loguniform: [1.0e-3, 3.0e-3]}}
+        """
+    )
+
+
+def measure(trials: int = 8, concurrency: int = 2, batches_per_epoch: int = 150) -> dict:
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory(prefix="artune-bench-") as tmp:
+        space = Path(tmp) / "overhead.yaml"
+        space.write_text(space_text(trials, concurrency, batches_per_epoch))
+        start = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "artune.search", str(space), "--results-dir", tmp, "--name", "overhead"],
+            cwd=REPO, capture_output=True, text=True, env=os.environ.copy(),
+        )
+        wall = time.monotonic() - start
+        if result.returncode != 0:
+            raise RuntimeError(f"the search failed:\n{result.stderr[-2000:]}")
+        directory = Path(tmp) / "overhead"
+        epochs = pq.read_table(directory / "epochs.parquet").to_pandas()
+        manifest = json.loads((directory / "manifest.json").read_text())
+    train_seconds = float(epochs["seconds"].sum())
+    ideal = train_seconds / concurrency
+    tuning = manifest["timings"]["tuning_s"]
+    return {
+        "trials": trials, "concurrency": concurrency, "epochs_per_trial": 3,
+        "mean_epoch_s": float(epochs["seconds"].mean()),
+        "wall_s": wall, "tuning_s": tuning, "startup_s": manifest["timings"]["startup_s"],
+        "ideal_s": ideal, "ratio": wall / ideal, "tuning_ratio": tuning / ideal,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(), indent=2))

@@ -1,0 +1,47 @@
+"""``--repeats`` (replicates of each sampled config) and ``--time-budget``, through the real CLI."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from artune.results import load
+from tests.test_search import SMOKE, cli
+
+
+@pytest.mark.slow
+def test_repeats_run_each_config_with_consecutive_seeds_and_aggregate(tmp_path, shakespeare_path):
+    result = cli(str(SMOKE), "--results-dir", str(tmp_path), "--name", "reps", "--data", str(shakespeare_path),
+                 "--num-samples", "2", "--repeats", "2", "--set", "batches_per_epoch=10", "--set", "seed=7")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = load(tmp_path / "reps")
+    trials = results.trials
+    assert len(trials) == 4
+    groups = trials.groupby("config_id")
+    assert groups.ngroups == 2 and set(groups.size()) == {2}
+    for _, group in groups:
+        assert sorted(group["seed"]) == [7, 8]
+        knobs = group.drop(columns=["trial_id", "seed", "status", *[c for c in group if c.startswith(("best_", "last_"))],
+                                    "epochs_completed", "tokens_per_sec", "seconds", "error"])
+        assert len(knobs.drop_duplicates()) == 1, "the replicates of a config differ in a knob other than the seed"
+    aggregated = results.aggregate()
+    assert len(aggregated) == 2 and set(aggregated["count"]) <= {1, 2}
+    for config, row in aggregated.set_index("config_id").iterrows():
+        values = trials.loc[trials.config_id == config, "best_valid_loss"].dropna()
+        assert row["mean"] == pytest.approx(values.mean())
+
+
+@pytest.mark.slow
+def test_time_budget_ends_the_search_and_reports_the_budget_spent(tmp_path, shakespeare_path):
+    start = time.monotonic()
+    result = cli(str(SMOKE), "--results-dir", str(tmp_path), "--name", "budget", "--data", str(shakespeare_path),
+                 "--num-samples", "50", "--epochs", "20", "--set", "batches_per_epoch=40", "--time-budget", "45s")
+    wall = time.monotonic() - start
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert wall < 45 + 20, f"the search ran {wall:.0f} s on a 45 s budget"
+    assert "time budget 45 s: used " in result.stdout
+    assert "of the budget)" in result.stdout and "best trial " in result.stdout
+    results = load(tmp_path / "budget")
+    assert 0 < len(results.trials) < 50
+    assert results.trials["best_valid_loss"].notna().any()
