@@ -250,3 +250,19 @@ def config_from_arguments(args: Any) -> TrainConfig:
     """The TrainConfig from parsed ``add_config_arguments`` options (unset options keep defaults)."""
     values = {name: getattr(args, name) for name in FIELD_NAMES if getattr(args, name) is not None}
     return TrainConfig.from_dict(values)
+
+
+def reference_table() -> str:
+    """The configuration reference as a Markdown table (the README's copy is checked against it)."""
+    rows = ["| knob | type | default | what it does |", "| --- | --- | --- | --- |"]
+    for name in FIELD_NAMES:
+        kind, optional = field_type(name)
+        type_name = kind.__name__ + (" or none" if optional else "")
+        default = FIELDS[name].default
+        shown = "none" if default is None else repr(default) if isinstance(default, str) else str(default).lower() if isinstance(default, bool) else str(default)
+        rows.append(f"| `{name}` | {type_name} | `{shown}` | {field_doc(name)} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(reference_table())

@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,3 +24,15 @@ def one_torch_thread_in_the_test_process():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def smoke_search(tmp_path_factory, shakespeare_path):
+    """One real smoke search through the CLI, shared by the tests that read a finished search."""
+    results_dir = tmp_path_factory.mktemp("results")
+    result = subprocess.run(
+        [sys.executable, "-m", "artune.search", str(REPO / "search_spaces" / "smoke.yaml"),
+         "--results-dir", str(results_dir), "--name", "smoke", "--data", str(shakespeare_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env=os.environ.copy(),
+    )
+    return result, results_dir / "smoke"

@@ -38,10 +38,8 @@ def assert_one_error_line(result: subprocess.CompletedProcess, *fragments: str) 
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory, shakespeare_path):
-    results_dir = tmp_path_factory.mktemp("results")
-    result = cli(str(SMOKE), "--results-dir", str(results_dir), "--name", "smoke", "--data", str(shakespeare_path))
-    return result, results_dir / "smoke"
+def smoke(smoke_search):
+    return smoke_search
 
 
 @pytest.mark.slow
