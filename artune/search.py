@@ -52,6 +52,10 @@ class SearchError(Exception):
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m artune.search",
         description="Run a hyperparameter search over artune's trainer with Ray Tune and Optuna.",
@@ -74,7 +78,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue the interrupted search --name")
     parser.add_argument("--extend", action="store_true", help="add --num-samples trials to the finished search --name, the sampler warm-started from its history")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; start nothing")
-    return parser.parse_args(argv)
+    return parser
 
 
 def parse_duration(text: str) -> float:
@@ -279,6 +283,12 @@ def init_ray(plan: Plan) -> None:
     # artune checkpoints every epoch on purpose (resume loses at most one epoch); Ray's hint about it is noise
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if plan.address:
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+            print(
+                f"warning: connecting to {plan.address} with Ray's token authentication off (RAY_AUTH_MODE=disabled): "
+                "anyone who reaches the cluster can run code on it; keep it on a private network",
+                file=sys.stderr, flush=True,
+            )
         ray.init(address=plan.address, logging_level=logging.WARNING, log_to_driver=False)
     else:
         # A private local instance: loopback only, no dashboard.
