@@ -120,6 +120,25 @@ def unknown_key_message(key: str) -> str:
     return f"unknown key '{key}'{hint}"
 
 
+def as_int(value: Any) -> int:
+    """An integer from YAML, the CLI or Ray: 3, 3.0 and '3' are 3; True and 3.5 raise ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+        else:
+            if number.is_integer():
+                return int(number)
+    raise ValueError(value)
+
+
 def coerce(name: str, value: Any) -> Any:
     """Convert a value from text, YAML or Ray into the field's type; raise ConfigError if it cannot be."""
     kind, optional = field_type(name)
@@ -136,21 +155,10 @@ def coerce(name: str, value: Any) -> Any:
             return value.lower() in ("true", "yes", "1")
         raise ConfigError(f"{name} must be true or false, but got {value!r}")
     if kind is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{name} must be an integer, but got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-            else:
-                if number.is_integer():
-                    return int(number)
-        raise ConfigError(f"{name} must be an integer, but got {value!r}")
+        try:
+            return as_int(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, but got {value!r}") from None
     if kind is float:
         if isinstance(value, bool):
             raise ConfigError(f"{name} must be a number, but got {value!r}")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import yaml
 
-from artune.config import FIELD_NAMES, FIELDS, ConfigError, TrainConfig, coerce, field_type, unknown_key_message
+from artune.config import FIELD_NAMES, FIELDS, ConfigError, TrainConfig, as_int, coerce, field_type, unknown_key_message
 
 if TYPE_CHECKING:
     import optuna
@@ -740,7 +740,7 @@ def _distribution(name: str, spec: dict, where: str, line: int, errors: _Errors)
     if not isinstance(bounds, list) or len(bounds) != 2:
         errors.add(where, f"{key}.{kind}", f"{kind} needs [low, high], but got {_show(bounds)}")
         return None
-    convert = _as_int if kind == "int" else _as_number
+    convert = as_int if kind == "int" else _as_number
     rule = "integers" if kind == "int" else "finite numbers"
     try:
         low, high = convert(bounds[0]), convert(bounds[1])
@@ -757,7 +757,7 @@ def _distribution(name: str, spec: dict, where: str, line: int, errors: _Errors)
     log = kind == "loguniform"
     if kind == "int":
         try:
-            step = _as_int(spec.get("step", 1))
+            step = as_int(spec.get("step", 1))
         except ValueError:
             errors.add(where, f"{key}.step", f"step must be an integer >= 1, but got {_show(spec.get('step'))}")
             return None
@@ -850,15 +850,15 @@ def _settings(raw: dict[str, Any], sources: dict[str, str], errors: _Errors, ove
             values[name] = value
 
     one_of("metric", tuple(METRICS))
-    number("num_samples", _as_int, lambda v: v >= 1, "num_samples >= 1 must hold (an integer)")
-    number("max_concurrent", _as_int, lambda v: v >= 1, "max_concurrent >= 1 must hold (or null: as many as fit)", allow_none=True)
+    number("num_samples", as_int, lambda v: v >= 1, "num_samples >= 1 must hold (an integer)")
+    number("max_concurrent", as_int, lambda v: v >= 1, "max_concurrent >= 1 must hold (or null: as many as fit)", allow_none=True)
     number("cpu", _as_number, lambda v: v > 0, "cpu > 0 must hold (cpus per trial)")
     number("gpu", _as_number, lambda v: v >= 0 and (v <= 1 or v.is_integer()), "gpu >= 0 must hold, and a value above 1 must be whole (gpus per trial)")
-    number("epochs", _as_int, lambda v: v >= 1, "epochs >= 1 must hold (an integer)")
-    number("seed", _as_int, lambda v: True, "seed must be an integer (or null)", allow_none=True)
+    number("epochs", as_int, lambda v: v >= 1, "epochs >= 1 must hold (an integer)")
+    number("seed", as_int, lambda v: True, "seed must be an integer (or null)", allow_none=True)
     one_of("sampler", SAMPLERS)
     one_of("scheduler", SCHEDULERS)
-    number("grace_period", _as_int, lambda v: v >= 1, "grace_period >= 1 must hold (an integer)")
+    number("grace_period", as_int, lambda v: v >= 1, "grace_period >= 1 must hold (an integer)")
     number("reduction_factor", _as_number, lambda v: v > 1, "reduction_factor > 1 must hold")
 
     if "metric" in values:
@@ -978,25 +978,6 @@ def _sampling_order(params: dict[str, Distribution]) -> dict[str, Distribution]:
 
 
 # --------------------------------------------------------------------------- small helpers
-
-
-def _as_int(value: Any) -> int:
-    """An integer from YAML or the CLI: 3, 3.0 and '3' are 3; True and 3.5 are not."""
-    if isinstance(value, bool):
-        raise ValueError(value)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            pass
-        else:
-            if number.is_integer():
-                return int(number)
-    raise ValueError(value)
 
 
 def _as_number(value: Any) -> float:

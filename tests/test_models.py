@@ -6,15 +6,6 @@ from artune.models import GPT, ModelConfig
 V, T = 11, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The test machine is small and shared; one thread is faster than two fighting for it.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _model(dropout: float = 0.0, seed: int = 0, **overrides) -> GPT:
     torch.manual_seed(seed)
     values = dict(vocab_size=V, seq_len=T, d_model=32, n_layers=2, n_heads=4, d_ff=64, dropout=dropout)

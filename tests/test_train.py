@@ -29,15 +29,6 @@ METRIC_KEYS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The test machine is small and shared; one thread is faster than two fighting for it.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def small_text(shakespeare_path, tmp_path_factory) -> Path:
     """The first 20,000 characters of Tiny Shakespeare: real text, small enough for fast epochs."""
