@@ -1,25 +1,27 @@
 """artune's benchmarks, each side by side with its baseline in one run (the machine is noisy).
 
     python -m bench                            # everything
-    python -m bench trainer sampler precision  # some sections (about two minutes on 2 cores)
+    python -m bench trainer sampler precision  # some sections (about four minutes on 2 busy cores)
     python -m bench --json out.json            # where to write the figures (default: bench/out/bench.json)
 
 Every section interleaves its contenders in rounds, so both see the same machine. Other people's
-jobs come and go in bursts that can stall a process for seconds, so a section reports the best
-round of each contender (the least disturbed one) and the median of the per-round ratios.
+jobs come and go in bursts that can stall a process for seconds, so each contender is represented
+by its best round, the least disturbed one, and ratios are of best rounds; the JSON keeps every
+round (a contender that is slow in every round under load, not just in some, has a real problem).
 
 Sections:
   trainer    artune's Trainer (default config, adamw, fp32) against a bare eager PyTorch loop
              (bench/baseline.py) at the small shape (d_model 128, 4 layers, 4 heads, seq_len 64,
              batch 12): tokens/s, and model-FLOPs utilisation (MFU) against the fp32 matmul
-             ceiling, the best FLOP/s of square matmuls of a few sizes measured in each round.
+             ceiling, the best FLOP/s of square matmuls of a few sizes measured in each round;
+             also the FLOP/s of the model's own weight matmuls alone, the most a step could reach.
   sampler    time per batch of artune's shuffled sampler against the origin's per-item Dataset +
              RandomSampler + collate at batch 16 x seq_len 512 (same sampling semantics), one
              epoch each per round, and that time as a share of a small-shape training step.
   precision  step time of fp32 against bf16 autocast at the origin model (d_model 512, 6 layers,
-             8 heads, seq_len 512) at a reduced batch (--precision-batch, default 2, instead of
-             16, so that bf16 fits in a minute where the CPU has no native bf16), and the
-             validation loss after those steps, which should agree within 1%.
+             8 heads, seq_len 512) at a reduced batch (--precision-batch, default 1, instead of
+             16: on a CPU without bf16 matmuls a bf16 step of batch 1 takes 30-90 s), and the
+             validation loss after those steps on the same valid windows (should agree within 1%).
   search     wall time of an 8-trial search against the trials' own training time / concurrency.
 """
 
@@ -70,6 +72,26 @@ def matmul_ceiling(sizes: tuple[int, ...] = (256, 512, 1024, 2048)) -> tuple[flo
     return rates[best], best
 
 
+def model_matmul_rate(config: TrainConfig, vocab_size: int, seconds: float = 0.5) -> float:
+    """FLOP/s of the model's own weight matmuls at this shape, run back to back and nothing else.
+
+    Per block and for the output layer, with M = batch_size * seq_len rows: the forward
+    ``(M, in) @ (in, out)``, the input gradient ``(M, out) @ (out, in)`` and the weight gradient
+    ``(out, M) @ (M, in)``. What a step would reach if everything but these matmuls were free.
+    """
+    M, d, f = config.batch_size * config.seq_len, config.d_model, config.ff_width
+    layers = [(d, 3 * d), (d, d), (d, f), (f, d)] * config.n_layers + [(d, vocab_size)]
+    shapes = [s for i, o in layers for s in ((M, i, o), (M, o, i), (o, M, i))]
+    pairs = [(torch.randn(m, k), torch.randn(k, n)) for m, k, n in shapes]
+    flops = sum(2 * m * k * n for m, k, n in shapes)
+    count, start = 0, time.perf_counter()
+    while count < 2 or time.perf_counter() - start < seconds:
+        for a, b in pairs:
+            a @ b
+        count += 1
+    return flops * count / (time.perf_counter() - start)
+
+
 def flops_per_token(config: TrainConfig, vocab_size: int) -> float:
     """Training FLOPs per token, as nanoGPT and PaLM count them for MFU.
 
@@ -97,21 +119,26 @@ def bench_trainer(corpus: Any, rounds: int, steps: int) -> dict[str, Any]:
     from baseline import run_baseline
 
     config = TrainConfig(**SMALL, optimizer="adamw", epochs=1, device="cpu")
-    bare, ours, ceilings = [], [], []
-    for _ in range(rounds):  # interleaved, so all three see the same machine noise
+    bare, ours, ceilings, shape_rates = [], [], [], []
+    for _ in range(rounds):  # interleaved, so all of them see the same machine noise
         bare.append(run_baseline(corpus.train, corpus.vocab_size, steps=steps, **SMALL))
         ours.append(trainer_tokens_per_sec(config, corpus, steps))
         ceilings.append(matmul_ceiling())
+        shape_rates.append(model_matmul_rate(config, corpus.vocab_size))
     ceiling, size = max(ceilings)
+    shape_rate = max(shape_rates)
     fpt = flops_per_token(config, corpus.vocab_size)
     b, o = max(bare), max(ours)
     return {
         "shape": SMALL, "steps_per_round": steps, "rounds": rounds,
         "bare_tokens_per_sec": b, "artune_tokens_per_sec": o,
-        "ratio": statistics.median(x / y for x, y in zip(ours, bare)),
+        "ratio": o / b, "ratio_median_of_rounds": statistics.median(x / y for x, y in zip(ours, bare)),
         "bare_tokens_per_sec_rounds": bare, "artune_tokens_per_sec_rounds": ours,
         "flops_per_token": fpt, "matmul_fp32_gflops": ceiling / 1e9, "matmul_ceiling_size": size,
         "artune_mfu": o * fpt / ceiling, "bare_mfu": b * fpt / ceiling,
+        # the same, against what this shape's own weight matmuls reach (attention not counted)
+        "model_matmul_gflops": shape_rate / 1e9,
+        "artune_share_of_model_matmul_rate": o * (fpt - 12 * config.n_layers * config.d_model * config.seq_len) / shape_rate,
         "step_ms": 1000 * SMALL["batch_size"] * SMALL["seq_len"] / o,
     }
 
@@ -138,7 +165,8 @@ def bench_sampler(corpus: Any, rounds: int, step_ms: float | None) -> dict[str, 
             origin.append(_epoch_seconds_per_batch(origin_loader(tokens, batch_size, seq_len, replacement)))
         results["with_replacement" if replacement else "without_replacement"] = {
             "artune_batch_ms": 1000 * min(ours), "origin_batch_ms": 1000 * min(origin),
-            "ratio": statistics.median(y / x for x, y in zip(ours, origin)),  # > 1: artune is faster
+            "ratio": min(origin) / min(ours),  # > 1: artune is faster
+            "artune_batch_ms_rounds": [1000 * x for x in ours], "origin_batch_ms_rounds": [1000 * x for x in origin],
         }
     ms = results["without_replacement"]["artune_batch_ms"]
     results["artune_batch_ms"] = ms
@@ -177,16 +205,15 @@ def bench_precision(corpus: Any, batch_size: int, steps: int, valid_batches_n: i
         for p in ("fp32", "bf16")
     }
     seconds: dict[str, list[float]] = {p: [] for p in trainers}
-    for step in range(steps + 1):  # one step of each in turn; the first is a warm-up
+    for _ in range(steps):  # one step of each in turn; the best step leaves out one-time costs
         for p, trainer in trainers.items():
             _, _, _, s = trainer.train_epoch()  # an epoch of one batch; both draw the same batches
-            if step > 0:
-                seconds[p].append(s)
+            seconds[p].append(s)
     fp32, bf16 = min(seconds["fp32"]), min(seconds["bf16"])
     loss = {p: _valid_loss(t, valid_batches_n) for p, t in trainers.items()}
     return {
         "shape": {**ORIGIN, "batch_size": batch_size}, "timed_steps": steps, **cpu_bf16_support(),
-        "fp32_step_s": fp32, "bf16_step_s": bf16, "bf16_speedup": fp32 / bf16,
+        "fp32_step_s": fp32, "bf16_step_s": bf16, "fp32_step_s_all": seconds["fp32"], "bf16_step_s_all": seconds["bf16"], "bf16_speedup": fp32 / bf16,
         "fp32_step_s_at_batch_16_estimate": fp32 * 16 / batch_size,
         "valid_batches": valid_batches_n, "fp32_valid_loss": loss["fp32"], "bf16_valid_loss": loss["bf16"],
         "valid_loss_rel_diff": abs(loss["bf16"] - loss["fp32"]) / loss["fp32"],
@@ -206,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the trainer section")
     parser.add_argument("--steps", type=int, default=30, help="timed training steps per round of the trainer section")
     parser.add_argument("--sampler-rounds", type=int, default=7, help="epochs of each sampler in the sampler section")
-    parser.add_argument("--precision-batch", type=int, default=2, help="batch size of the precision section")
+    parser.add_argument("--precision-batch", type=int, default=1, help="batch size of the precision section")
     parser.add_argument("--precision-steps", type=int, default=2, help="timed steps of each precision")
     parser.add_argument("--json", default=str(Path(__file__).parent / "out" / "bench.json"))
     args = parser.parse_args(argv)
@@ -221,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trainer    bare loop {r['bare_tokens_per_sec']:,.0f} tok/s  artune {r['artune_tokens_per_sec']:,.0f} tok/s  "
               f"ratio {r['ratio']:.2f}x  MFU {r['artune_mfu']:.0%} (bare {r['bare_mfu']:.0%}) of "
               f"{r['matmul_fp32_gflops']:.0f} GFLOP/s fp32 ({r['matmul_ceiling_size']}^2 matmul)")
+        print(f"trainer    the model's own weight matmuls alone reach {r['model_matmul_gflops']:.0f} GFLOP/s; artune's step "
+              f"runs them at {r['artune_share_of_model_matmul_rate']:.0%} of that")
     if "sampler" in args.sections:
         step_ms = report.get("trainer", {}).get("step_ms")
         r = report["sampler"] = bench_sampler(corpus, args.sampler_rounds, step_ms)
@@ -235,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"precision  origin shape, batch {args.precision_batch}: fp32 {r['fp32_step_s']:.2f} s/step  "
               f"bf16 autocast {r['bf16_step_s']:.2f} s/step  bf16 speedup {r['bf16_speedup']:.2f}x  "
               f"(cpu {r['cpu_capability']}, oneDNN bf16 {r['mkldnn_bf16_supported']})")
-        print(f"precision  valid loss after {args.precision_steps + 1} steps: fp32 {r['fp32_valid_loss']:.4f}  "
+        print(f"precision  valid loss after {args.precision_steps} steps: fp32 {r['fp32_valid_loss']:.4f}  "
               f"bf16 {r['bf16_valid_loss']:.4f}  rel diff {r['valid_loss_rel_diff']:.2%}")
     if "search" in args.sections:
         r = report["search"] = bench_search(trials=8, concurrency=2)
