@@ -98,16 +98,25 @@ def resolve_dataset(
     """The path of the text file that ``dataset`` names, downloading Tiny Shakespeare when absent.
 
     ``'tiny_shakespeare'`` is ``<data_dir>/tiny_shakespeare.txt`` (``data_dir`` defaults to
-    :func:`default_data_dir`, and may itself name the text file). A cached copy is trusted without
-    re-hashing, unless it is empty, when it is fetched again. Any other value is a path to a text
+    :func:`default_data_dir`, and may itself name the text file; an explicit ``data_dir`` must
+    exist). A cached copy is trusted without re-hashing, unless it is empty, when it is fetched again. Any other value is a path to a text
     file, relative to the working directory. ``url`` and ``sha256`` say where Tiny Shakespeare
     comes from.
     """
     if dataset == TINY_SHAKESPEARE:
+        if data_dir is not None and not Path(data_dir).expanduser().exists():
+            # an explicit path that is not there is a typo, not a cache directory to create
+            raise CorpusError(
+                f"data path not found: {Path(data_dir).expanduser().absolute()}; give a text file or the directory "
+                f"holding {TINY_SHAKESPEARE_FILE}"
+            )
         root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-        path = root if root.is_file() else root / TINY_SHAKESPEARE_FILE
-        if not path.is_file() or path.stat().st_size == 0:
-            download(url, path, sha256)
+        if root.is_file():
+            path = root  # the user's own file: read as it is, never downloaded over
+        else:
+            path = root / TINY_SHAKESPEARE_FILE
+            if not path.is_file() or path.stat().st_size == 0:
+                download(url, path, sha256)
     else:
         path = Path(dataset).expanduser()
     path = path.absolute()

@@ -289,10 +289,12 @@ def init_ray(plan: Plan) -> None:
                 "anyone who reaches the cluster can run code on it; keep it on a private network",
                 file=sys.stderr, flush=True,
             )
-        ray.init(address=plan.address, logging_level=logging.WARNING, log_to_driver=False)
+        ray.init(address=plan.address, logging_level=logging.ERROR, log_to_driver=False)
     else:
-        # A private local instance: loopback only, no dashboard.
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING, log_to_driver=False)
+        # A private local instance ("local": never a cluster that `ray start` left running here),
+        # loopback only, no dashboard.
+        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
+                 logging_level=logging.ERROR, log_to_driver=False)
     resources = ray.cluster_resources()
     s = plan.space.settings
     if s.gpu > 0 and resources.get("GPU", 0) < s.gpu:
@@ -369,6 +371,8 @@ def make_recorder(plan: Plan):
     from ray import tune
 
     directory, epochs, space, storage, name = plan.directory, plan.space.settings.epochs, plan.space, plan.storage, plan.name
+    manifest_path = directory / MANIFEST_FILE
+    runs = json.loads(manifest_path.read_text()).get("runs", [plan.run_name]) if manifest_path.exists() else [plan.run_name]
     metric, mode = space.settings.metric, space.settings.mode
 
     class Recorder(tune.Callback):
@@ -378,6 +382,7 @@ def make_recorder(plan: Plan):
             self.records: dict[str, TrialRecord] = read_records(directory)  # a resumed search carries on its tables
             self._written = 0.0
             self._study = None
+            self.unfinished = 0
 
         def __getstate__(self) -> dict:
             # Ray pickles callbacks with the experiment; the study's DB connection stays behind
@@ -385,6 +390,14 @@ def make_recorder(plan: Plan):
 
         def setup(self, **info: Any) -> None:
             self.records = read_records(directory)
+            # The tables are refreshed every REFRESH_S: a driver killed in between may have missed
+            # results that Ray recorded. Ray's own per-trial result files fill those in.
+            for run in runs:
+                merge_ray_results(self.records, directory / run)
+
+        def finish(self) -> int:
+            """After fit: how many trials Ray left unfinished (the search was interrupted)."""
+            return self.unfinished
 
         @property
         def study(self) -> Any:
@@ -441,6 +454,19 @@ def make_recorder(plan: Plan):
             self.write(force=True)
 
         def on_experiment_end(self, trials: list, **info: Any) -> None:
+            # Settle every status from Ray's own view: a trial that ended while the driver was down
+            # (then resumed) gets no on_trial_complete, and an interrupted one none at all.
+            self.unfinished = 0
+            for trial in trials:
+                record = self._record(trial)
+                if trial.status == "TERMINATED":
+                    if record.status in ("running", "pending"):
+                        record.status = "completed" if len(record.epochs) >= epochs else "stopped"
+                elif trial.status == "ERROR":
+                    if record.status != "error":
+                        record.status, record.error = "error", error_line(trial)
+                else:
+                    self.unfinished += 1
             self.write(force=True)
 
     return Recorder()
@@ -450,6 +476,22 @@ _EPOCH_KEYS = {
     "epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "tokens_seen",
     "tokens_per_sec", "lr", "sample", "seconds", "diverged", "error",
 }
+
+
+def merge_ray_results(records: dict[str, TrialRecord], tune_path: Path) -> None:
+    """Add the epochs Ray wrote to each trial's result.json that the tables do not hold yet."""
+    for trial_dir in sorted(tune_path.glob("*/result.json")):
+        trial_id = trial_dir.parent.name
+        record = records.get(trial_id)
+        if record is None:
+            continue  # a trial that never reached the tables is reported again by Ray when it resumes
+        for line in trial_dir.read_text().splitlines():
+            try:
+                result = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the kill
+            if "epoch" in result and int(result["epoch"]) not in record.epochs:
+                record.add_epoch({k: v for k, v in result.items() if k in _EPOCH_KEYS or "/" in k})
 
 
 def config_id(config: dict[str, Any]) -> str:
@@ -480,7 +522,7 @@ def versions() -> dict[str, str]:
     return {"artune": __version__, "ray": ray.__version__, "optuna": optuna.__version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
-def write_manifest(plan: Plan, corpus: Any, extra: dict[str, Any]) -> None:
+def write_manifest(plan: Plan, corpus: Any, extra: dict[str, Any], new_command: bool = False) -> None:
     path = plan.directory / MANIFEST_FILE
     manifest = json.loads(path.read_text()) if path.exists() else {}
     s = plan.space.settings
@@ -499,7 +541,8 @@ def write_manifest(plan: Plan, corpus: Any, extra: dict[str, Any]) -> None:
     if plan.run_name not in runs:
         runs.append(plan.run_name)
         manifest["num_samples"] = manifest.get("num_samples", 0) + s.num_samples
-    manifest.setdefault("commands", []).append(plan.command)
+    if new_command:
+        manifest.setdefault("commands", []).append(plan.command)
     manifest.update(extra)
     write_json_atomic(manifest, path)
 
@@ -587,17 +630,26 @@ def _run_locked(plan: Plan, corpus: Any) -> int:
     init_ray(plan)
     try:
         now = dt.datetime.now().isoformat(timespec="seconds")
-        write_manifest(plan, corpus, {"resumed" if plan.resume else "extended" if plan.extend else "started": now})
+        write_manifest(plan, corpus, {"resumed" if plan.resume else "extended" if plan.extend else "started": now}, new_command=True)
         recorder = make_recorder(plan)
         recorder.study  # create the study (and its schema) before any trial ends
         tuner = build_tuner(plan, corpus, recorder)
         tuning_started = time.monotonic()
-        tuner.fit()
+        tuner.fit()  # Ray Tune catches Ctrl-C itself: fit then returns with trials left unfinished
         finished = time.monotonic()
+        interrupted = recorder.finish()
         timings = {"startup_s": round(tuning_started - plan.started, 3), "tuning_s": round(finished - tuning_started, 3)}
-        write_manifest(plan, corpus, {"finished": dt.datetime.now().isoformat(timespec="seconds"), "timings": timings})
+        if not interrupted:
+            write_manifest(plan, corpus, {"finished": dt.datetime.now().isoformat(timespec="seconds"), "timings": timings})
     finally:
         ray.shutdown()
+    if interrupted:
+        print(
+            f"interrupted: {interrupted} trial(s) unfinished; the tables hold every result so far; "
+            f"continue with: python -m artune.search --resume --name {plan.name} --results-dir {plan.directory.parent}",
+            file=sys.stderr,
+        )
+        return 130
     summary, ok = summarise(plan)
     print(summary)
     if plan.time_budget_s:
