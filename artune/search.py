@@ -195,8 +195,11 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if args.address:
         check_address(args.address)
     repeats = manifest.get("repeats", args.repeats) if args.resume else args.repeats
+    data = args.data
+    if (args.resume or args.extend) and data is None and manifest.get("corpus", {}).get("source"):
+        data = manifest["corpus"]["source"]  # the corpus the search started with
     return Plan(
-        space, name, directory, args.data, args.address, args.resume, args.extend,
+        space, name, directory, data, args.address, args.resume, args.extend,
         storage_url(directory, args.storage or manifest.get("storage")), repeats, args.time_budget, started,
         [sys.executable, "-m", "artune.search", *sys.argv[1:]], run_name,
     )
@@ -261,6 +264,15 @@ def load_plan_corpus(plan: Plan) -> Any:
         check_fits(corpus, max_seq_len(plan.space, fixed), fixed.batch_size)
     except CorpusError as exc:
         raise SearchError(str(exc)) from None
+    manifest_path = plan.directory / MANIFEST_FILE
+    if (plan.resume or plan.extend) and manifest_path.exists():
+        started_with = json.loads(manifest_path.read_text()).get("corpus", {})
+        if started_with.get("sha256") and started_with["sha256"] != corpus.sha256:
+            raise SearchError(
+                f"--{'resume' if plan.resume else 'extend'}: the corpus {corpus.source} (sha256 {corpus.sha256[:12]}) is not the one "
+                f"search {plan.name!r} started with ({started_with.get('source')}, sha256 {started_with['sha256'][:12]}); "
+                "give that corpus with --data"
+            )
     return corpus
 
 
@@ -280,6 +292,10 @@ def init_ray(plan: Plan) -> None:
     import ray
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ctrl-C raises KeyboardInterrupt in the driver instead of Tune's own handler quietly stopping the
+    # trials and returning as if the search had finished; Tune's periodic experiment state, Ray's
+    # result files and the checkpoints are what --resume continues from.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     # artune checkpoints every epoch on purpose (resume loses at most one epoch); Ray's hint about it is noise
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if plan.address:
@@ -483,8 +499,16 @@ def merge_ray_results(records: dict[str, TrialRecord], tune_path: Path) -> None:
     for trial_dir in sorted(tune_path.glob("*/result.json")):
         trial_id = trial_dir.parent.name
         record = records.get(trial_id)
-        if record is None:
-            continue  # a trial that never reached the tables is reported again by Ray when it resumes
+        if record is None:  # started and reported within one table refresh before the driver died
+            params = trial_dir.parent / "params.json"
+            try:
+                config = json.loads(params.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            full = TrainConfig.from_dict({k: v for k, v in config.items() if k in FIELD_NAMES}).to_dict()
+            if config.get("__trial_index__") is not None:
+                full["seed"] += int(config["__trial_index__"])
+            record = records[trial_id] = TrialRecord(trial_id, full, "running", config_id=config_id(full))
         for line in trial_dir.read_text().splitlines():
             try:
                 result = json.loads(line)

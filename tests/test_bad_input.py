@@ -1,0 +1,257 @@
+"""Bad input through the real CLI: one line on stderr, exit code 2, no traceback, nothing written.
+
+tests/test_spaces.py and tests/test_config.py check each rule at the loader; here the point is the
+command's contract for every kind of bad input a user can give it: the space file, ``--set``, the
+corpus, the results directory and name, the cluster. Most cases start no Ray, so they run a few at
+a time (one fixture runs them all; each test then checks its own case).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import socket
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.test_faults import Search, reap, snapshot, wait_for_ray_to_end, write_small_corpus
+from tests.test_search import SMOKE, assert_one_error_line, cli
+
+# A valid space to break one thing at a time: every case below differs from it in one place.
+GOOD = """search:
+  num_samples: 1
+  epochs: 1
+  scheduler: none
+fixed:
+  seq_len: 32
+  batch_size: 8
+  batches_per_epoch: 5
+  n_layers: 1
+  n_heads: 2
+  device: cpu
+params:
+  lr: {loguniform: [1.0e-4, 1.0e-2]}
+"""
+
+SPACES = {
+    # name: (file text, fragments the one error line must hold; {path} is the file)
+    "empty": ("", ["{path}:1", "the file is empty"]),
+    "not_a_mapping": ("- search\n- params\n", ["{path}:1", "top level must be a mapping"]),
+    "yaml_syntax": (GOOD.replace("batch_size: 8", "batch_size: 8: 9"), ["{path}:7:", "YAML syntax"]),
+    "duplicate_key": (GOOD.replace("  batch_size: 8\n", "  batch_size: 8\n  batch_size: 16\n"),
+                      ["{path}:8", "'batch_size'", "keys must be unique", "first at line 7"]),
+    "unknown_param": (GOOD.replace("  lr: {", "  lrr: {"), ["{path}:13", "'lrr'", "did you mean 'lr'"]),
+    "low_above_high": (GOOD.replace("[1.0e-4, 1.0e-2]", "[1.0e-2, 1.0e-4]"), ["{path}:13", "params.lr", "low <= high must hold, but got low=0.01, high=0.0001"]),
+    "loguniform_low_0": (GOOD.replace("[1.0e-4, 1.0e-2]", "[0, 1.0e-2]"), ["{path}:13", "params.lr", "low > 0", "low=0"]),
+    "empty_choice": (GOOD + "  d_model: {choice: []}\n", ["{path}:14", "params.d_model", "non-empty list"]),
+    "int_step_0": (GOOD + "  d_model: {int: [32, 64], step: 0}\n", ["{path}:14", "params.d_model", "step >= 1 must hold, but got step=0"]),
+    "heads_do_not_divide": (GOOD + "  d_model: {choice: [33, 64]}\n", ["{path}:14", "params.d_model", "n_heads must divide d_model", "d_model=33, n_heads=2"]),
+    "wrong_type": (GOOD.replace("batch_size: 8", "batch_size: abc"), ["{path}:7", "fixed.batch_size", "must be an integer, but got 'abc'"]),
+    "python_tag": (GOOD.replace("seq_len: 32", "seq_len: !!python/object/apply:os.system ['touch {marker}']"),
+                   ["{path}:6:", "python tags are refused", "!!python/object/apply:os.system"]),
+}
+
+SETS = {
+    # --set KEY=VALUE: fragments of the one error line
+    "lr=-1": ["--set lr=-1", "lr > 0 must hold", "lr=-1"],
+    "lr=nan": ["--set lr=nan", "lr > 0 must hold", "lr=nan"],
+    "grad_norm_clip=0": ["--set grad_norm_clip=0", "grad_norm_clip > 0 must hold"],
+    "batch_size=0": ["--set batch_size=0", "batch_size > 0 must hold"],
+    "seq_len=0": ["--set seq_len=0", "seq_len > 0 must hold"],
+    # fits the train split (~1M tokens) but not the valid split (~111k): the valid split is checked too
+    "seq_len=150000": ["the valid split", "fewer than seq_len + 1 = 150001", "smaller seq_len"],
+    "tokenizer=bpe": ["--set tokenizer=bpe", "tokenizer must be one of character, basic_english, but got 'bpe'"],
+    "optimizer=sgd": ["--set optimizer=sgd", "optimizer must be one of adam, adamw, noam, but got 'sgd'"],
+    "device=tpu": ["--set device=tpu", "device must be one of auto, cpu, cuda", "did you mean 'cpu'"],
+}
+
+NAMES = {
+    # beyond tests/test_search.py's ../x, /abs and a/b
+    "..": ["--name '..'", "no path"],
+    ".hidden": ["--name '.hidden'", "starting with a letter or digit"],
+    "a b": ["--name 'a b'"],
+    "x" * 101: ["--name 'xxxx"],
+    "a\\b": ["--name 'a\\\\b'"],
+}
+
+# No network: Tiny Shakespeare's download is refused at once by a proxy that is not there.
+NO_NETWORK = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": ""}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_tmpdir():
+    path = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_TMPDIR", path)  # no search here joins another test's cluster
+        yield path
+    reap(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, shakespeare_path) -> Path:
+    return write_small_corpus(shakespeare_path, tmp_path_factory.mktemp("corpus") / "small.txt")
+
+
+@pytest.fixture(scope="module")
+def refused(tmp_path_factory, shakespeare_path):
+    """Every case that starts no Ray, run three at a time: {case: (result, results dir, extra)}."""
+    root = tmp_path_factory.mktemp("bad")
+    data = root / "data"
+    data.mkdir()
+    (data / "empty.txt").write_bytes(b"")
+    (data / "one_char.txt").write_text("a" * 5000)
+    (data / "latin1.txt").write_bytes("to be or not to be, ".encode() * 3 + "caf\u00e9 au lait".encode("latin-1"))
+    (data / "no_corpus_here").mkdir()
+    marker = root / "pwned"
+    cases: dict[str, tuple[list[str], dict]] = {}
+    for name, (text, _) in SPACES.items():
+        path = root / f"{name}.yaml"
+        path.write_text(text.replace("{marker}", str(marker)))
+        cases[f"space:{name}"] = ([str(path), "--data", str(shakespeare_path)], {})
+    for item in SETS:
+        cases[f"set:{item}"] = ([str(SMOKE), "--set", item, "--data", str(shakespeare_path)], {})
+    for name in NAMES:
+        cases[f"name:{name}"] = ([str(SMOKE), "--name", name], {})
+    for name in ("missing.txt", "no_corpus_here", "empty.txt", "one_char.txt", "latin1.txt"):
+        cases[f"data:{name}"] = ([str(SMOKE), "--data", str(data / name)], NO_NETWORK)
+    cases["ray_client"] = ([str(SMOKE), "--address", f"ray://127.0.0.1:{free_port()}"], {})
+
+    def run(case: str):
+        args, env = cases[case]
+        results = root / "results" / case.replace(":", "_").replace("/", "_")
+        start = time.monotonic()
+        result = cli(*args, "--results-dir", str(results), timeout=120, env=env)
+        return case, (result, results, time.monotonic() - start)
+
+    with ThreadPoolExecutor(3) as pool:
+        outcome = dict(pool.map(run, cases))
+    return {"outcome": outcome, "root": root, "data": data, "marker": marker}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check(refused, case: str, *fragments: str) -> str:
+    result, results, _ = refused["outcome"][case]
+    line = assert_one_error_line(result, *fragments)
+    assert line.startswith("error: "), line
+    assert not results.exists() or not any(results.iterdir()), list(results.iterdir())
+    return line
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_a_bad_space_file(refused, name):
+    path = refused["root"] / f"{name}.yaml"
+    check(refused, f"space:{name}", *(f.format(path=path) for f in SPACES[name][1]))
+    assert not refused["marker"].exists()  # the python tag was not run
+
+
+@pytest.mark.parametrize("item", SETS)
+def test_a_bad_set(refused, item):
+    check(refused, f"set:{item}", *SETS[item])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_name_that_is_not_one_directory_under_results_dir(refused, name):
+    check(refused, f"name:{name}", *NAMES[name])
+
+
+def test_a_corpus_directory_without_tiny_shakespeare_and_no_network(refused):
+    directory = refused["data"] / "no_corpus_here"
+    # --data DIR is the data directory: Tiny Shakespeare is fetched into it, and here cannot be
+    check(refused, "data:no_corpus_here", "cannot download", f"place the file at {directory / 'tiny_shakespeare.txt'} by hand")
+    assert list(directory.iterdir()) == []  # no partial download left behind
+
+
+def test_a_missing_corpus_file(refused):
+    missing = refused["data"] / "missing.txt"
+    check(refused, "data:missing.txt", "not found", str(missing))
+    assert not missing.exists()
+
+
+def test_an_empty_corpus_file(refused):
+    check(refused, "data:empty.txt", "empty.txt", "is empty")
+    assert (refused["data"] / "empty.txt").read_bytes() == b""
+
+
+def test_a_corpus_of_one_distinct_character(refused):
+    check(refused, "data:one_char.txt", "one_char.txt", "has 1 distinct character token(s)", "at least 2")
+
+
+def test_a_corpus_that_is_not_utf8_names_the_byte_offset(refused):
+    # "to be or not to be, " * 3 is 60 bytes, "caf" 3 more: the Latin-1 e-acute is byte 63
+    check(refused, "data:latin1.txt", "latin1.txt", "not valid UTF-8", "byte 0xe9 at byte offset 63", "iconv")
+
+
+def test_a_ray_client_address(refused):
+    result, _, seconds = refused["outcome"]["ray_client"]
+    if importlib.util.find_spec("grpc") is None:
+        # this environment: Ray's client extra is not installed, and the fix is named
+        check(refused, "ray_client", "ray://127.0.0.1:", "pip install 'ray[client]'")
+    else:
+        check(refused, "ray_client", "nothing answers there")
+    assert seconds < 15
+
+
+# --- cases that start Ray or a search
+
+
+@pytest.fixture(scope="module")
+def gpu_refusal(tmp_path_factory, corpus, ray_tmpdir):
+    results = tmp_path_factory.mktemp("gpu") / "results"
+    start = time.monotonic()
+    result = cli(str(SMOKE), "--gpus-per-trial", "1", "--results-dir", str(results), "--name", "gpu",
+                 "--data", str(corpus), env={"RAY_ADDRESS": ""}, timeout=120)
+    return result, results, time.monotonic() - start, wait_for_ray_to_end(ray_tmpdir)
+
+
+@pytest.mark.slow
+def test_gpus_per_trial_on_a_cluster_without_gpus_is_refused_before_any_trial(gpu_refusal):
+    result, results, seconds, left = gpu_refusal
+    assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == "error: gpu: 1.0 per trial, but the cluster has 0 GPUs; lower --gpus-per-trial or add GPU nodes", last
+    assert " epoch " not in result.stdout  # no trial ran
+    assert not results.exists() or not any(results.iterdir())
+    assert left == 0, "the local Ray instance outlived the refused command"
+    assert seconds < 90
+
+
+@pytest.mark.slow
+def test_gpus_per_trial_refusal_is_the_only_line_on_stderr(gpu_refusal):
+    assert_one_error_line(gpu_refusal[0], "gpu: 1.0 per trial", "0 GPUs")
+
+
+@pytest.mark.slow
+def test_a_search_already_running_is_not_started_again(tmp_path, corpus):
+    space = tmp_path / "space.yaml"
+    space.write_text(GOOD)
+    results = tmp_path / "results"
+    args = ["--results-dir", str(results), "--name", "busy", "--data", str(corpus)]
+    first = Search(str(space), *args)
+    directory = results / "busy"
+    # the manifest is written under the lock, once Ray is up
+    first.wait_for(lambda: (directory / "manifest.json").exists(), 180, "the first search's manifest")
+    again = cli("--resume", *args, timeout=60)
+    assert_one_error_line(again, "search 'busy' is running in another process", str(directory / ".lock"))
+    fresh = cli(str(space), *args, timeout=60)
+    assert_one_error_line(fresh, f"--name 'busy': {directory} already holds a search", "--resume", "--extend")
+    # neither refusal disturbed the running search
+    assert first.finish(240) == 0, first.stderr[-3000:]
+    assert "search busy: 1 trials (1 completed)" in first.stdout
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert "resumed" not in manifest and not any("--resume" in command for command in manifest["commands"])
+    # and a new search under the finished one's name is refused without touching it
+    before = snapshot(directory)
+    assert_one_error_line(cli(str(space), *args, timeout=60), "already holds a search")
+    assert snapshot(directory) == before
