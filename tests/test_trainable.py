@@ -77,32 +77,39 @@ def test_reports_every_epoch_with_a_checkpoint(ray_local, tmp_path, corpus):
 
 
 class KillOnce(tune.Callback):
-    """SIGKILLs the trial's worker once, right after Tune registered epoch ``epoch``'s checkpoint:
-    a real crash, landing while the next epoch trains."""
+    """SIGKILLs one trial's worker once (the trial with ``seed``), right after Tune registered its
+    epoch ``epoch`` checkpoint: a real crash, landing while the next epoch trains."""
 
-    def __init__(self, epoch: int) -> None:
-        self.epoch, self.killed, self.epochs_seen = epoch, False, []
+    def __init__(self, epoch: int, seed: int) -> None:
+        self.epoch, self.seed, self.killed = epoch, seed, False
+        self.epochs_seen: dict[int, list[int]] = {}
+        self.failures: dict[int, int] = {}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.epochs_seen.append(result["epoch"])
+        self.epochs_seen.setdefault(trial.config["seed"], []).append(result["epoch"])
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        if not self.killed and trial.last_result.get("epoch") == self.epoch:
+        if not self.killed and trial.config["seed"] == self.seed and trial.last_result.get("epoch") == self.epoch:
             self.killed = True
             os.kill(trial.last_result["pid"], signal.SIGKILL)
 
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.failures[trial.config["seed"]] = trial.num_failures
 
-def test_killed_trial_resumes_from_its_checkpoint_and_matches_an_unkilled_run(ray_local, tmp_path, corpus):
+
+def test_a_killed_trial_resumes_from_its_checkpoint_and_matches_an_unkilled_run(ray_local, tmp_path, corpus):
     config = {**TINY, "epochs": 4}
     expected = train_fn(config, corpus=corpus)  # the same seed, never interrupted
-    killer = KillOnce(epoch=2)
-    grid = run_tuner(tmp_path, corpus, config, callbacks=[killer], max_failures=2)
-    result = grid[0]
-    assert killer.killed and result.error is None
-    # Resumed from epoch 2's checkpoint: epochs 1 and 2 are not trained again.
-    assert killer.epochs_seen == [1, 2, 3, 4]
-    assert result.metrics["training_iteration"] == 4
-    assert result.metrics["epoch"] == 4
+    killer = KillOnce(epoch=2, seed=TINY["seed"])
+    grid = run_tuner(tmp_path, corpus, {**config, "seed": tune.grid_search([TINY["seed"], 11])},
+                     callbacks=[killer], max_failures=2)
+    assert killer.killed and not grid.errors
+    # Resumed from epoch 2's checkpoint: epochs 1 and 2 are not trained again; one failure counted.
+    assert killer.epochs_seen[TINY["seed"]] == [1, 2, 3, 4]
+    assert killer.failures == {TINY["seed"]: 1, 11: 0}  # the other trial is untouched
+    assert killer.epochs_seen[11] == [1, 2, 3, 4]
+    result = next(r for r in grid if r.config["seed"] == TINY["seed"])
+    assert result.metrics["training_iteration"] == 4 and result.metrics["epoch"] == 4
     assert result.metrics["valid_loss"] == pytest.approx(expected[-1]["valid_loss"], abs=1e-6)
     assert result.metrics["train_loss"] == pytest.approx(expected[-1]["train_loss"], abs=1e-6)
 
