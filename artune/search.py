@@ -292,10 +292,6 @@ def init_ray(plan: Plan) -> None:
     import ray
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Ctrl-C raises KeyboardInterrupt in the driver instead of Tune's own handler quietly stopping the
-    # trials and returning as if the search had finished; Tune's periodic experiment state, Ray's
-    # result files and the checkpoints are what --resume continues from.
-    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     # artune checkpoints every epoch on purpose (resume loses at most one epoch); Ray's hint about it is noise
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if plan.address:
@@ -399,12 +395,14 @@ def make_recorder(plan: Plan):
             self._written = 0.0
             self._study = None
             self.unfinished = 0
+            self.ended: set[str] = set()  # trials Tune reported ended (complete or error) in this run
 
         def __getstate__(self) -> dict:
             # Ray pickles callbacks with the experiment; the study's DB connection stays behind
             return {**self.__dict__, "_study": None}
 
         def setup(self, **info: Any) -> None:
+            self.ended = set()
             self.records = read_records(directory)
             # The tables are refreshed every REFRESH_S: a driver killed in between may have missed
             # results that Ray recorded. Ray's own per-trial result files fill those in.
@@ -457,12 +455,14 @@ def make_recorder(plan: Plan):
             self.write()
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.ended.add(trial.trial_id)
             record = self._record(trial)
             if record.status != "diverged":
                 record.status = "completed" if len(record.epochs) >= epochs else "stopped"
             self.write(force=True)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.ended.add(trial.trial_id)
             record = self._record(trial)
             record.status = "error"
             record.error = error_line(trial)
@@ -472,10 +472,15 @@ def make_recorder(plan: Plan):
         def on_experiment_end(self, trials: list, **info: Any) -> None:
             # Settle every status from Ray's own view: a trial that ended while the driver was down
             # (then resumed) gets no on_trial_complete, and an interrupted one none at all.
+            # On Ctrl-C, Tune saves its state, then stops the running trials (TERMINATED, but with no
+            # on_trial_complete): those are unfinished, and --resume continues them from that state.
             self.unfinished = 0
             for trial in trials:
                 record = self._record(trial)
-                if trial.status == "TERMINATED":
+                if trial.status == "TERMINATED" and trial.trial_id not in self.ended and record.status in ("running", "pending") \
+                        and len(record.epochs) < epochs:
+                    self.unfinished += 1
+                elif trial.status == "TERMINATED":
                     if record.status in ("running", "pending"):
                         record.status = "completed" if len(record.epochs) >= epochs else "stopped"
                 elif trial.status == "ERROR":
