@@ -394,7 +394,7 @@ def make_recorder(plan: Plan):
             self.records: dict[str, TrialRecord] = read_records(directory)  # a resumed search carries on its tables
             self._written = 0.0
             self._study = None
-            self.unfinished = 0
+            self.unfinished, self.cut_short = 0, []
             self.ended: set[str] = set()  # trials Tune reported ended (complete or error) in this run
 
         def __getstate__(self) -> dict:
@@ -409,9 +409,18 @@ def make_recorder(plan: Plan):
             for run in runs:
                 merge_ray_results(self.records, directory / run)
 
-        def finish(self) -> int:
-            """After fit: how many trials Ray left unfinished (the search was interrupted)."""
-            return self.unfinished
+        def finish(self, budget_spent: bool) -> int:
+            """After fit: how many trials were left unfinished (the search was interrupted).
+
+            Trials Tune stopped without ending them were cut short by the time budget when it was
+            spent (they are 'stopped'), otherwise by Ctrl-C (they stay unfinished for --resume).
+            """
+            if budget_spent:
+                for record in self.cut_short:
+                    record.status = "stopped"
+                self.cut_short = []
+                self.write(force=True)
+            return self.unfinished + len(self.cut_short)
 
         @property
         def study(self) -> Any:
@@ -474,12 +483,12 @@ def make_recorder(plan: Plan):
             # (then resumed) gets no on_trial_complete, and an interrupted one none at all.
             # On Ctrl-C, Tune saves its state, then stops the running trials (TERMINATED, but with no
             # on_trial_complete): those are unfinished, and --resume continues them from that state.
-            self.unfinished = 0
+            self.unfinished, self.cut_short = 0, []
             for trial in trials:
                 record = self._record(trial)
                 if trial.status == "TERMINATED" and trial.trial_id not in self.ended and record.status in ("running", "pending") \
                         and len(record.epochs) < epochs:
-                    self.unfinished += 1
+                    self.cut_short.append(record)  # by Ctrl-C, or by the time budget
                 elif trial.status == "TERMINATED":
                     if record.status in ("running", "pending"):
                         record.status = "completed" if len(record.epochs) >= epochs else "stopped"
@@ -666,7 +675,8 @@ def _run_locked(plan: Plan, corpus: Any) -> int:
         tuning_started = time.monotonic()
         tuner.fit()  # Ray Tune catches Ctrl-C itself: fit then returns with trials left unfinished
         finished = time.monotonic()
-        interrupted = recorder.finish()
+        budget_spent = bool(plan.time_budget_s) and finished - plan.started >= plan.time_budget_s - 1.0
+        interrupted = recorder.finish(budget_spent)
         timings = {"startup_s": round(tuning_started - plan.started, 3), "tuning_s": round(finished - tuning_started, 3)}
         if not interrupted:
             write_manifest(plan, corpus, {"finished": dt.datetime.now().isoformat(timespec="seconds"), "timings": timings})

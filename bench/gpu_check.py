@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from artune.config import TrainConfig  # noqa: E402
 from artune.data import load_corpus  # noqa: E402
 from artune.train import Trainer  # noqa: E402
+from bench.run import flops_per_token  # noqa: E402  (one FLOP count for every MFU figure)
 
 ORIGIN = dict(d_model=512, n_layers=6, n_heads=8, seq_len=512, batch_size=16)  # labml's defaults
 SMALL = dict(d_model=128, n_layers=4, n_heads=4, seq_len=64, batch_size=12)
@@ -47,11 +48,6 @@ def matmul_ceiling(device: torch.device, dtype: torch.dtype, iters: int = 20) ->
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def flops_per_token(config: TrainConfig, vocab_size: int) -> float:
-    d, L, T = config.d_model, config.n_layers, config.seq_len
-    return 6 * (L * (4 * d * d + 2 * d * config.ff_width) + vocab_size * d) + 12 * L * d * T
 
 
 def measure(config: TrainConfig, corpus, device: torch.device, warmup: int, steps: int) -> dict:

@@ -317,7 +317,8 @@ def test_sigint_ends_the_driver_with_130_and_says_how_to_resume(chain):
     assert "--resume" in chain["sigint_stderr"]
     assert "finished" not in chain["sigint_manifest"]
     trials, _ = chain["sigint_tables"]
-    assert set(trials["status"]) == {"running"}, trials[["trial_id", "status"]]  # interrupted, not ended early
+    # interrupted, not ended early (a trial may have run all its epochs before the signal)
+    assert "running" in set(trials["status"]) and set(trials["status"]) <= {"running", "completed"}, trials[["trial_id", "status"]]
 
 
 @pytest.mark.slow
@@ -681,8 +682,9 @@ def test_a_node_lost_mid_search_costs_no_trial(cluster, tmp_path, small_corpus):
     space.write_text(CHAIN_SPACE.replace(f"num_samples: {CHAIN_SAMPLES}", "num_samples: 3").replace("batches_per_epoch: 30", "batches_per_epoch: 150"))
     search = Search(str(space), "--address", cluster.address, "--results-dir", str(tmp_path), "--name", "lost",
                     "--data", str(small_corpus))
-    # two trials run, one on each node; once both have a checkpoint, the worker node goes
-    search.wait_for(lambda: sum(1 in e for e in search.epochs().values()) >= 2, 240, "epoch 1 of two trials")
+    # two trials run, one on each node; once both have a registered checkpoint, the worker node goes
+    # (a progress line comes before Tune registers that epoch's checkpoint; the next one, after it)
+    search.wait_for(lambda: sum(2 in e for e in search.epochs().values()) >= 2, 240, "epoch 2 of two trials")
     cluster.remove_node(worker)
     rc = search.finish(300)
     assert rc == 0, search.stderr[-3000:]
