@@ -149,12 +149,3 @@ def test_an_address_where_nothing_listens_fails_within_15_seconds(tmp_path):
     assert time.monotonic() - start < 15
     assert_one_error_line(result, "nothing answers there")
 
-
-@pytest.mark.slow
-def test_the_local_ray_instance_listens_on_loopback_only(smoke):
-    _, directory = smoke
-    results = sorted((directory / "tune").glob("*/result.json"))
-    assert results
-    for path in results:
-        first = json.loads(path.read_text().splitlines()[0])
-        assert first["node_ip"] == "127.0.0.1"
