@@ -82,7 +82,7 @@ def reap(ray_tmpdir: str) -> int:
     return len(left)
 
 
-def wait_for_ray_to_end(ray_tmpdir: str, timeout: float = 20) -> int:
+def wait_for_ray_to_end(ray_tmpdir: str, timeout: float = 60) -> int:
     """How many processes of the instance(s) under ``ray_tmpdir`` outlive their driver by ``timeout``; those are ended."""
     deadline = time.monotonic() + timeout
     while processes_with_ray_tmpdir(ray_tmpdir) and time.monotonic() < deadline:
@@ -324,7 +324,7 @@ def test_sigint_ends_the_driver_with_130_and_says_how_to_resume(chain):
 @pytest.mark.slow
 def test_an_interrupted_or_killed_driver_leaves_its_tables_and_no_ray_processes(chain):
     trials, epochs = chain["sigint_tables"]
-    assert len(trials) == 2 and len(epochs) >= 3 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert len(trials) >= 2 and len(epochs) >= 3 and not epochs.duplicated(["trial_id", "epoch"]).any()
     assert chain["left_after_sigint"] == 0, "Ray processes outlived the interrupted driver"
     assert chain["left_after_sigkill"] == 0, "Ray processes outlived the killed driver"
 
