@@ -28,6 +28,7 @@ TOKENIZERS = ("character", "basic_english")
 LOADERS = ("shuffled", "sequential")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ class TrainConfig:
     lr: float = _doc("learning rate (for noam: the multiplier of its schedule)", default=1e-3)
     weight_decay: float = _doc("weight decay (decoupled for adamw)", default=0.0)
     warmup: int = _doc("linear warm-up steps (noam: its warm-up, must be > 0)", default=0)
+    lr_schedule: str = _doc("'constant' (origin), or 'cosine'/'linear' decay from lr to lr * lr_min_ratio over the run's planned steps (epochs x batches per epoch)", default="constant")
+    lr_min_ratio: float = _doc("where a decaying lr_schedule ends, as a fraction of lr", default=0.1)
     grad_norm_clip: float = _doc("clip the global gradient norm to this value", default=1.0)
     epochs: int = _doc("training epochs (each followed by validation and a sample)", default=10)
     batches_per_epoch: Optional[int] = _doc("cap on training batches per epoch; none = a full pass", default=None)
@@ -226,6 +229,10 @@ def validation_errors(config: TrainConfig) -> list[str]:
         math.isfinite(config.grad_norm_clip) and config.grad_norm_clip > 0,
         f"grad_norm_clip > 0 must hold, but got grad_norm_clip={config.grad_norm_clip}",
     )
+    check(
+        math.isfinite(config.lr_min_ratio) and 0.0 <= config.lr_min_ratio <= 1.0,
+        f"0 <= lr_min_ratio <= 1 must hold, but got lr_min_ratio={config.lr_min_ratio}",
+    )
     check(0.0 <= config.dropout < 1.0, f"0 <= dropout < 1 must hold, but got dropout={config.dropout}")
     check(bool(config.dataset.strip()), "dataset must name 'tiny_shakespeare' or a text file, but got ''")
     one_of("optimizer", OPTIMIZERS)
@@ -234,8 +241,13 @@ def validation_errors(config: TrainConfig) -> list[str]:
     one_of("valid_loader", LOADERS)
     one_of("device", DEVICES)
     one_of("precision", PRECISIONS)
+    one_of("lr_schedule", LR_SCHEDULES)
     if config.optimizer == "noam":
         check(config.warmup > 0, f"optimizer 'noam' needs warmup > 0, but got warmup={config.warmup}")
+        check(
+            config.lr_schedule == "constant",
+            f"optimizer 'noam' is its own schedule, so lr_schedule must be 'constant', but got {config.lr_schedule!r}",
+        )
     return errors
 
 

@@ -17,7 +17,15 @@ import torch
 import torch.nn.functional as F
 
 from artune.config import ConfigError, TrainConfig
-from artune.data import Corpus, check_fits, load_corpus, train_batches, valid_batches
+from artune.data import (
+    Corpus,
+    check_fits,
+    load_corpus,
+    num_sequential_batches,
+    num_shuffled_batches,
+    train_batches,
+    valid_batches,
+)
 from artune.models import GPT, ModelConfig
 from artune.tokenizers import get_tokenizer
 
@@ -75,8 +83,12 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
-    """The multiplier of ``lr`` at optimizer step ``step`` (0-based)."""
+def lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    """The multiplier of ``lr`` at optimizer step ``step`` (0-based) of a run of ``total_steps``.
+
+    A linear warm-up over ``warmup`` steps, then ``lr_schedule``: constant, or a cosine or linear
+    decay that reaches ``lr_min_ratio`` at the last planned step. Noam is its own schedule.
+    """
     if config.optimizer == "noam":
         scale, warmup = config.d_model**-0.5, config.warmup
 
@@ -85,10 +97,29 @@ def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
             return scale * min(step**-0.5, step * warmup**-1.5)
 
         return noam
-    if config.warmup > 0:
-        warmup = config.warmup
-        return lambda step: min(1.0, (step + 1) / warmup)
-    return lambda step: 1.0
+    warmup, schedule, final = config.warmup, config.lr_schedule, config.lr_min_ratio
+    decay_steps = max(1, total_steps - warmup - 1)
+
+    def multiplier(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / decay_steps)
+        if schedule == "cosine":
+            return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - (1.0 - final) * progress  # linear
+
+    return multiplier
+
+
+def steps_per_epoch(config: TrainConfig, n_train_tokens: int) -> int:
+    """Optimizer steps in one training epoch: the loader's full pass, capped by ``batches_per_epoch``."""
+    if config.train_loader == "sequential":
+        full = num_sequential_batches(n_train_tokens, config.batch_size, config.seq_len)
+    else:
+        full = num_shuffled_batches(n_train_tokens, config.batch_size, config.seq_len)
+    return full if config.batches_per_epoch is None else min(full, config.batches_per_epoch)
 
 
 def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -130,7 +161,8 @@ class Trainer:
         self.model = GPT(model_config(config, self.corpus.vocab_size)).to(self.device)
         self.forward = torch.compile(self.model) if config.compile else self.model
         self.optimizer = make_optimizer(config, self.model)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
+        self.total_steps = config.epochs * steps_per_epoch(config, len(self.corpus.train))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, self.total_steps))
         # The batch order has its own generator, so it is the same whatever else draws random numbers.
         self.generator = torch.Generator().manual_seed(config.seed)
         self.train_tokens = self.corpus.train.to(self.device)

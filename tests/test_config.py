@@ -102,6 +102,9 @@ def test_every_unknown_key_is_reported():
         ({"batches_per_epoch": 0}, "batches_per_epoch", "0"),
         ({"sample_tokens": -1}, "sample_tokens", "-1"),
         ({"epochs": 0}, "epochs", "0"),
+        ({"lr_schedule": "cosin"}, "lr_schedule", "did you mean 'cosine'"),
+        ({"lr_min_ratio": 1.5}, "lr_min_ratio", "1.5"),
+        ({"lr_min_ratio": -0.1}, "lr_min_ratio", "-0.1"),
     ],
 )
 def test_bad_value_names_field_and_value(values, field, shown):

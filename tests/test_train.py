@@ -234,9 +234,40 @@ def test_noam_rises_during_warmup_then_decays(small_text):
 
 
 def test_linear_warmup_for_adam():
-    f = lr_lambda(TrainConfig(warmup=4))
+    f = lr_lambda(TrainConfig(warmup=4), 100)
     assert [f(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    assert lr_lambda(TrainConfig())(0) == 1.0
+    assert lr_lambda(TrainConfig(), 100)(0) == 1.0
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_decaying_schedules_warm_up_then_reach_the_floor_at_the_last_planned_step(schedule):
+    config = TrainConfig(warmup=10, lr_schedule=schedule, lr_min_ratio=0.1)
+    f = lr_lambda(config, 110)
+    assert [f(s) for s in range(3)] == pytest.approx([0.1, 0.2, 0.3])
+    assert f(9) == 1.0 and f(10) == 1.0
+    values = [f(s) for s in range(10, 110)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert f(109) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)  # holds the floor beyond the plan
+    middle = f(10 + 99 // 2)
+    assert middle == pytest.approx(0.55, abs=0.01)  # both pass the midpoint half-way
+
+
+def test_the_trainer_plans_the_decay_over_epochs_times_batches(shakespeare_path):
+    config = TrainConfig(
+        dataset=str(shakespeare_path), d_model=16, n_layers=1, n_heads=2, seq_len=16, batch_size=4,
+        epochs=2, batches_per_epoch=5, lr=1e-2, lr_schedule="linear", lr_min_ratio=0.0, sample_tokens=0,
+        device="cpu", is_save_models=False,
+    )
+    trainer = Trainer(config)
+    assert trainer.total_steps == 10
+    history = trainer.fit()
+    assert history[0]["lr"] == pytest.approx(1e-2 * (1 - 5 / 9))
+    assert history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_noam_refuses_a_second_schedule():
+    with pytest.raises(ConfigError, match="lr_schedule must be 'constant'"):
+        TrainConfig(optimizer="noam", warmup=10, lr_schedule="cosine")
 
 
 @pytest.mark.parametrize(
