@@ -286,27 +286,52 @@ def max_seq_len(space: SearchSpace, fixed: TrainConfig) -> int:
 # --- running on Ray
 
 
+def token_auth_enabled() -> bool:
+    """Whether Ray will authenticate to the cluster with a token (``RAY_AUTH_MODE=token``; off by default)."""
+    try:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+    except ImportError:  # Ray moved it: read the setting it comes from
+        return os.environ.get("RAY_AUTH_MODE", "disabled").lower() == "token"
+    return is_token_auth_enabled()
+
+
+def keep_ray_on_loopback() -> None:
+    """Make the Ray instance this process starts listen on 127.0.0.1 only.
+
+    ``ray.init(_node_ip_address="127.0.0.1")`` is not enough: Ray swaps a loopback address for the
+    host's routable one, and its servers then listen on every interface. Ray's single-machine mode
+    (the setting it uses on macOS and Windows) keeps the node address, and so every server, on
+    loopback. Ray reads the setting when it is imported (and its worker processes inherit it).
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if "ray" in sys.modules:  # imported already (artune used as a library): set what the import read
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def init_ray(plan: Plan) -> None:
     import logging
 
+    if not plan.address:
+        keep_ray_on_loopback()
     import ray
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # artune checkpoints every epoch on purpose (resume loses at most one epoch); Ray's hint about it is noise
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if plan.address:
-        if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        ray.init(address=plan.address, logging_level=logging.ERROR, log_to_driver=False)
+        if not token_auth_enabled():
             print(
-                f"warning: connecting to {plan.address} with Ray's token authentication off (RAY_AUTH_MODE=disabled): "
-                "anyone who reaches the cluster can run code on it; keep it on a private network",
+                f"warning: connected to {plan.address} with Ray's token authentication off (RAY_AUTH_MODE is not "
+                "'token'): anyone who reaches the cluster can run code on it; keep it on a private network",
                 file=sys.stderr, flush=True,
             )
-        ray.init(address=plan.address, logging_level=logging.ERROR, log_to_driver=False)
     else:
         # A private local instance ("local": never a cluster that `ray start` left running here),
-        # loopback only, no dashboard.
-        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
-                 logging_level=logging.ERROR, log_to_driver=False)
+        # on loopback only (see keep_ray_on_loopback), no dashboard.
+        ray.init(address="local", include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     resources = ray.cluster_resources()
     s = plan.space.settings
     if s.gpu > 0 and resources.get("GPU", 0) < s.gpu:

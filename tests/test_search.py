@@ -130,11 +130,42 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragments):
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
 
 
-def test_a_results_dir_that_is_not_writable_is_refused(tmp_path):
+def test_a_results_dir_that_is_not_a_directory_is_refused(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     result = cli(str(SMOKE), "--results-dir", str(blocker / "r"), timeout=60)
     assert_one_error_line(result, "--results-dir", "is not a directory")
+
+
+def _without_root_file_powers() -> None:
+    """In the child, before exec: drop the capabilities that let root write anywhere.
+
+    Root ignores permission bits through CAP_DAC_OVERRIDE (and CAP_DAC_READ_SEARCH, CAP_FOWNER).
+    Dropping them from the bounding set makes the exec'd process obey a read-only directory's bits.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_capbset_drop, cap_dac_override, cap_dac_read_search, cap_fowner = 24, 1, 2, 3
+    for cap in (cap_dac_override, cap_dac_read_search, cap_fowner):
+        if libc.prctl(pr_capbset_drop, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def test_a_results_dir_that_is_not_writable_is_refused(tmp_path):
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "artune.search", str(SMOKE), "--results-dir", str(read_only / "r")],
+            cwd=REPO, capture_output=True, text=True, timeout=60,
+            preexec_fn=_without_root_file_powers if os.geteuid() == 0 else None,
+        )
+        assert_one_error_line(result, "--results-dir", str(read_only), "is not writable", "choose another --results-dir")
+        assert list(read_only.iterdir()) == []
+    finally:
+        read_only.chmod(0o755)
 
 
 def free_port() -> int:
