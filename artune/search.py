@@ -394,6 +394,9 @@ def build_tuner(plan: Plan, corpus: Any, recorder: Any):
             metric=s.metric, mode=s.mode, search_alg=search_alg, scheduler=scheduler,
             num_samples=s.num_samples * plan.repeats, time_budget_s=time_budget,
             trial_dirname_creator=lambda trial: trial.trial_id,
+            # A finished trial's worker process takes the next trial of the same resources: no new
+            # process, no re-import of torch, no second fetch of the corpus (bench search).
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=plan.run_name, storage_path=str(plan.directory), verbose=0, callbacks=[recorder],
