@@ -689,11 +689,11 @@ def run(plan: Plan) -> int:
 
 
 def _run_locked(plan: Plan, corpus: Any) -> int:
-    import ray
-
     s = plan.space.settings
     print(describe_plan(plan), flush=True)
     init_ray(plan)
+    import ray
+
     try:
         now = dt.datetime.now().isoformat(timespec="seconds")
         write_manifest(plan, corpus, {"resumed" if plan.resume else "extended" if plan.extend else "started": now}, new_command=True)

@@ -7,6 +7,7 @@ This module never imports Ray: ``artune.trainable`` wraps it for Ray Tune, and
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import time
@@ -69,18 +70,59 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(name: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype; fp32 means no autocast. 'auto' picks bf16 only on CUDA with bf16 support.
+def resolve_precision(name: str, device: torch.device, d_model: int = 512) -> torch.dtype:
+    """The autocast dtype; fp32 means no autocast.
 
-    Not on CPU: on an AVX2 CPU (no bf16 matmul in oneDNN) a bf16-autocast step of the origin model
-    is ~40x slower than fp32 (``python -m bench precision``), and it is unmeasured on CPUs with
-    AVX512_BF16 or AMX.
+    'auto' picks bf16 on CUDA GPUs that support it, and on a CPU only where it is measured to help:
+    the CPU must have native bf16 matmuls (AVX512_BF16 or AMX; without them oneDNN falls back to a
+    path ~30x slower than fp32, ``python -m bench precision``) and a bf16 matmul of the model's
+    width must beat fp32 in a quick side-by-side probe (:func:`cpu_bf16_speedup`).
     """
     if name == "bf16":
         return torch.bfloat16
-    if name == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if name != "auto":
+        return torch.float32
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == "cpu" and cpu_has_native_bf16() and cpu_bf16_speedup(d_model) >= BF16_MIN_SPEEDUP:
         return torch.bfloat16
     return torch.float32
+
+
+# bf16 autocast also casts activations and keeps fp32 master weights: its matmuls must be clearly
+# faster than fp32's to make the whole step faster.
+BF16_MIN_SPEEDUP = 1.3
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512_BF16 or AMX tiles)."""
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, check, lambda: False)()) for check in checks)
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_speedup(d_model: int, tokens: int = 1024, seconds: float = 0.05) -> float:
+    """bf16 matmul throughput over fp32 on this process's threads, for a ``(tokens, d) x (d, 4d)`` product.
+
+    Measured once per width and process (about 0.1 s), interleaved, best of three rounds.
+    """
+
+    def rate(dtype: torch.dtype) -> float:
+        a = torch.randn(tokens, d_model, dtype=dtype)
+        b = torch.randn(d_model, 4 * d_model, dtype=dtype)
+        a @ b
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            a @ b
+            count += 1
+        return count / (time.perf_counter() - start)
+
+    best = {torch.float32: 0.0, torch.bfloat16: 0.0}
+    for _ in range(3):
+        for dtype in best:
+            best[dtype] = max(best[dtype], rate(dtype))
+    return best[torch.bfloat16] / best[torch.float32]
 
 
 def lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
@@ -156,7 +198,7 @@ class Trainer:
             )
 
         self.device = device if device is not None else resolve_device(config.device)
-        self.autocast_dtype = resolve_precision(config.precision, self.device)
+        self.autocast_dtype = resolve_precision(config.precision, self.device, config.d_model)
         torch.manual_seed(config.seed)
         self.model = GPT(model_config(config, self.corpus.vocab_size)).to(self.device)
         self.forward = torch.compile(self.model) if config.compile else self.model

@@ -17,8 +17,11 @@ from artune.train import (
     CheckpointError,
     DivergedError,
     Trainer,
+    cpu_bf16_speedup,
+    cpu_has_native_bf16,
     lr_lambda,
     main,
+    resolve_precision,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -434,3 +437,35 @@ def test_cli_device_cuda_without_cuda_is_one_error_line(small_text, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "cuda" in err[0]
+
+
+# --- precision
+
+
+def test_explicit_precisions_are_kept_on_every_device():
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == torch.float32
+    assert resolve_precision("bf16", cpu) == torch.bfloat16
+
+
+def test_auto_precision_on_this_cpu_follows_its_bf16_hardware_and_the_probe():
+    speedup = cpu_bf16_speedup(128)
+    assert math.isfinite(speedup) and speedup > 0
+    chosen = resolve_precision("auto", torch.device("cpu"), 128)
+    if not cpu_has_native_bf16():  # e.g. an AVX2-only CPU: bf16 matmuls take oneDNN's slow path
+        assert chosen == torch.float32
+    else:
+        assert chosen == (torch.bfloat16 if speedup >= 1.3 else torch.float32)
+
+
+@pytest.mark.parametrize(("native", "speedup", "expected"), [
+    (True, 2.3, torch.bfloat16),  # a Zen 4 with AVX512_BF16: bf16 matmuls ~2.3x fp32
+    (True, 1.1, torch.float32),   # native, but not faster enough to pay for the casts
+    (False, 2.3, torch.float32),  # never without native bf16
+])
+def test_auto_precision_picks_bf16_on_a_cpu_only_where_it_is_measured_faster(monkeypatch, native, speedup, expected):
+    import artune.train as train
+
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(train, "cpu_bf16_speedup", lambda d_model: speedup)
+    assert resolve_precision("auto", torch.device("cpu"), 256) == expected
