@@ -269,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     if "search" in args.sections:
         r = report["search"] = bench_search(trials=8, concurrency=2)
         print(f"search     {r['trials']} trials, {r['concurrency']} at a time: wall {r['wall_s']:.1f} s, ideal {r['ideal_s']:.1f} s "
-              f"(sum of trial training time / concurrency), overhead {r['ratio']:.2f}x")
+              f"(sum of trial training time / concurrency), overhead {r['ratio']:.2f}x; "
+              f"Tuner.fit alone {r['tuning_s']:.1f} s, {r['tuning_ratio']:.2f}x; Ray's start-up {r['startup_s']:.1f} s")
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
