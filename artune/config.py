@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 
 class ConfigError(ValueError):

@@ -689,7 +689,6 @@ def run(plan: Plan) -> int:
 
 
 def _run_locked(plan: Plan, corpus: Any) -> int:
-    s = plan.space.settings
     print(describe_plan(plan), flush=True)
     init_ray(plan)
     import ray

@@ -707,7 +707,7 @@ def _distribution(name: str, spec: dict, where: str, line: int, errors: _Errors)
     ftype, _ = field_type(name)
     tname = {int: "an integer", float: "a number", bool: "true/false", str: "text"}.get(ftype, ftype.__name__)
     if kind in ("loguniform", "uniform") and ftype is not float:
-        fix = f"{{int: [low, high]}} or {{choice: [...]}}" if ftype is int else "{choice: [...]}"
+        fix = "{int: [low, high]} or {choice: [...]}" if ftype is int else "{choice: [...]}"
         errors.add(where, key, f"{kind} draws real numbers, but {name} is {tname} (fix: use {fix})")
         return None
     if kind == "int" and ftype not in (int, float):

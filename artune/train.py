@@ -101,27 +101,28 @@ def cpu_has_native_bf16() -> bool:
     return any(bool(getattr(cpu, check, lambda: False)()) for check in checks)
 
 
+def matmul_rate(m: int, k: int, n: int, dtype: torch.dtype = torch.float32, seconds: float = 0.2) -> float:
+    """Measured FLOP/s of an ``(m, k) @ (k, n)`` matmul on this process's CPU threads."""
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * m * k * n * count / (time.perf_counter() - start)
+
+
 @functools.lru_cache(maxsize=None)
 def cpu_bf16_speedup(d_model: int, tokens: int = 1024, seconds: float = 0.05) -> float:
     """bf16 matmul throughput over fp32 on this process's threads, for a ``(tokens, d) x (d, 4d)`` product.
 
-    Measured once per width and process (about 0.1 s), interleaved, best of three rounds.
+    Measured once per width and process (about 0.3 s), interleaved, best of three rounds.
     """
-
-    def rate(dtype: torch.dtype) -> float:
-        a = torch.randn(tokens, d_model, dtype=dtype)
-        b = torch.randn(d_model, 4 * d_model, dtype=dtype)
-        a @ b
-        count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            a @ b
-            count += 1
-        return count / (time.perf_counter() - start)
-
     best = {torch.float32: 0.0, torch.bfloat16: 0.0}
     for _ in range(3):
         for dtype in best:
-            best[dtype] = max(best[dtype], rate(dtype))
+            best[dtype] = max(best[dtype], matmul_rate(tokens, d_model, 4 * d_model, dtype, seconds))
     return best[torch.bfloat16] / best[torch.float32]
 
 

@@ -91,8 +91,8 @@ def resume(trainer: Trainer, checkpoint: "tune.Checkpoint", fresh: Callable[[], 
             _warn(f"resumed from the previous checkpoint {candidate} (epoch {trainer.epoch})")
             return trainer
         except CheckpointError as exc:
-            _warn(f"{exc}")
-    _warn(f"no loadable checkpoint for this trial: it restarts from epoch 1")
+            _warn(str(exc))
+    _warn("no loadable checkpoint for this trial: it restarts from epoch 1")
     return fresh()
 
 

@@ -6,7 +6,6 @@ write by hand: SDPA attention, torch AdamW, fp32, random windows, gradient clipp
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch

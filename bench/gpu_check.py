@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -26,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from artune.config import TrainConfig  # noqa: E402
 from artune.data import load_corpus  # noqa: E402
 from artune.train import Trainer  # noqa: E402
-from bench.run import flops_per_token  # noqa: E402  (one FLOP count for every MFU figure)
+from bench.run import flops_per_token, write_report  # noqa: E402  (one FLOP count for every MFU figure)
 
 ORIGIN = dict(d_model=512, n_layers=6, n_heads=8, seq_len=512, batch_size=16)  # labml's defaults
 SMALL = dict(d_model=128, n_layers=4, n_heads=4, seq_len=64, batch_size=12)
@@ -116,10 +115,7 @@ def main() -> int:
         report["cpu_agreement"] = {"gpu": gpu, "cpu": cpu, "max_relative_difference": worst, "ok": worst < 1e-2}
         print(f"first {args.compare_steps} step losses, GPU {['%.4f' % x for x in gpu]} vs CPU {['%.4f' % x for x in cpu]}: "
               f"max relative difference {worst:.2e} ({'ok' if worst < 1e-2 else 'MISMATCH'})")
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_report(report, Path(args.json))
     return 0
 
 

@@ -42,23 +42,11 @@ import torch.nn.functional as F
 
 from artune.config import TrainConfig
 from artune.data import load_corpus, shuffled_batches, valid_batches
-from artune.train import Trainer
+from artune.train import Trainer, matmul_rate
 
 SMALL = dict(d_model=128, n_layers=4, n_heads=4, seq_len=64, batch_size=12)
 ORIGIN = dict(d_model=512, n_layers=6, n_heads=8, seq_len=512)  # TrainConfig's defaults; batch 16
 SECTIONS = ["trainer", "sampler", "precision", "search"]
-
-
-def matmul_rate(n: int, dtype: torch.dtype = torch.float32, seconds: float = 0.2) -> float:
-    """Measured FLOP/s of an ``n x n`` by ``n x n`` matmul on this process's threads."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        count += 1
-    return 2 * n**3 * count / (time.perf_counter() - start)
 
 
 def matmul_ceiling(sizes: tuple[int, ...] = (256, 512, 1024, 2048)) -> tuple[float, int]:
@@ -67,7 +55,7 @@ def matmul_ceiling(sizes: tuple[int, ...] = (256, 512, 1024, 2048)) -> tuple[flo
     The best of several sizes, not the model's own (small, skinny) matmuls: those run well below
     the machine's matmul speed, and counting their slowness into the ceiling would flatter the MFU.
     """
-    rates = {n: matmul_rate(n) for n in sizes}
+    rates = {n: matmul_rate(n, n, n) for n in sizes}
     best = max(rates, key=rates.__getitem__)
     return rates[best], best
 
@@ -271,8 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"search     {r['trials']} trials, {r['concurrency']} at a time: wall {r['wall_s']:.1f} s, ideal {r['ideal_s']:.1f} s "
               f"(sum of trial training time / concurrency), overhead {r['ratio']:.2f}x; "
               f"Tuner.fit alone {r['tuning_s']:.1f} s, {r['tuning_ratio']:.2f}x; Ray's start-up {r['startup_s']:.1f} s")
-    path = Path(args.json)
+    write_report(report, Path(args.json))
+    return 0
+
+
+def write_report(report: dict[str, Any], path: Path) -> None:
+    """The figures as JSON (every round kept), for later comparison."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {path}")
-    return 0

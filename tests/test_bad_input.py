@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 import socket
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
-from tests.test_faults import Search, reap, snapshot, wait_for_ray_to_end, write_small_corpus
+from tests.test_faults import Search, ray_tmpdir, small_corpus, snapshot, wait_for_ray_to_end  # noqa: F401  (fixtures)
 from tests.test_search import SMOKE, assert_one_error_line, cli
 
 # A valid space to break one thing at a time: every case below differs from it in one place.
@@ -81,21 +78,6 @@ NAMES = {
 
 # No network: Tiny Shakespeare's download is refused at once by a proxy that is not there.
 NO_NETWORK = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": ""}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_tmpdir():
-    path = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAY_TMPDIR", path)  # no search here joins another test's cluster
-        yield path
-    reap(path)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, shakespeare_path) -> Path:
-    return write_small_corpus(shakespeare_path, tmp_path_factory.mktemp("corpus") / "small.txt")
 
 
 @pytest.fixture(scope="module")
@@ -206,11 +188,11 @@ def test_a_ray_client_address(refused):
 
 
 @pytest.fixture(scope="module")
-def gpu_refusal(tmp_path_factory, corpus, ray_tmpdir):
+def gpu_refusal(tmp_path_factory, small_corpus, ray_tmpdir):
     results = tmp_path_factory.mktemp("gpu") / "results"
     start = time.monotonic()
     result = cli(str(SMOKE), "--gpus-per-trial", "1", "--results-dir", str(results), "--name", "gpu",
-                 "--data", str(corpus), env={"RAY_ADDRESS": ""}, timeout=120)
+                 "--data", str(small_corpus), env={"RAY_ADDRESS": ""}, timeout=120)
     return result, results, time.monotonic() - start, wait_for_ray_to_end(ray_tmpdir)
 
 
@@ -233,11 +215,11 @@ def test_gpus_per_trial_refusal_is_the_only_line_on_stderr(gpu_refusal):
 
 
 @pytest.mark.slow
-def test_a_search_already_running_is_not_started_again(tmp_path, corpus):
+def test_a_search_already_running_is_not_started_again(tmp_path, small_corpus):
     space = tmp_path / "space.yaml"
     space.write_text(GOOD)
     results = tmp_path / "results"
-    args = ["--results-dir", str(results), "--name", "busy", "--data", str(corpus)]
+    args = ["--results-dir", str(results), "--name", "busy", "--data", str(small_corpus)]
     first = Search(str(space), *args)
     directory = results / "busy"
     # the manifest is written under the lock, once Ray is up

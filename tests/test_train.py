@@ -12,6 +12,7 @@ import torch
 from artune.config import ConfigError, TrainConfig
 from artune.tokenizers import UnknownTokenError
 from artune.train import (
+    BF16_MIN_SPEEDUP,
     CHECKPOINT_FILE,
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -455,7 +456,7 @@ def test_auto_precision_on_this_cpu_follows_its_bf16_hardware_and_the_probe():
     if not cpu_has_native_bf16():  # e.g. an AVX2-only CPU: bf16 matmuls take oneDNN's slow path
         assert chosen == torch.float32
     else:
-        assert chosen == (torch.bfloat16 if speedup >= 1.3 else torch.float32)
+        assert chosen == (torch.bfloat16 if speedup >= BF16_MIN_SPEEDUP else torch.float32)
 
 
 @pytest.mark.parametrize(("native", "speedup", "expected"), [
