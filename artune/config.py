@@ -67,7 +67,7 @@ class TrainConfig:
     seed: int = _doc("seeds model init, batch order and dropout", default=0)
     device: str = _doc("'auto', 'cpu' or 'cuda'", default="auto")
     precision: str = _doc("'fp32', 'bf16' (autocast) or 'auto' (bf16 on CUDA GPUs that support it, and on CPUs with native bf16 matmuls where a quick probe measures them faster; fp32 otherwise)", default="fp32")
-    compile: bool = _doc("torch.compile the model (pays off only for long runs)", default=False)
+    compile: bool = _doc("torch.compile the model for training (pays off only for long runs; an epoch's partial last batch is skipped, as a new shape would recompile)", default=False)
     is_save_models: bool = _doc("write a checkpoint after every epoch", default=True)
     is_log_model_params_grads: bool = _doc("add per-layer parameter and gradient statistics to the metrics", default=False)
     is_log_model_activations: bool = _doc("add per-layer activation statistics to the metrics", default=False)

@@ -242,6 +242,7 @@ def _windows(tokens: torch.Tensor, offset: int, order: torch.Tensor, batch_size:
     # windows[rows]: advanced indexing of this overlapping view is 3x slower, and it enters a
     # parallel region that stalls for a scheduler time slice (~8 ms) whenever the cores are busy.
     windows = tokens[offset:].unfold(0, seq_len + 1, seq_len)
+    order = order.to(tokens.device)  # one copy per epoch; index_select wants its index beside the data (CUDA)
     for i in range(0, len(order), batch_size):
         chunk = windows.index_select(0, order[i : i + batch_size]).long()  # (B, T + 1)
         yield chunk[:, :-1], chunk[:, 1:]

@@ -262,6 +262,8 @@ class Trainer:
         for i, batch in enumerate(batches):
             if c.batches_per_epoch is not None and i >= c.batches_per_epoch:
                 return
+            if c.compile and batch[0].shape[0] != c.batch_size:
+                return  # the epoch's partial last batch: a new shape would cost a whole recompile
             yield batch
 
     def train_epoch(self) -> tuple[float, float, int, float]:
@@ -312,7 +314,7 @@ class Trainer:
         hooks = self._activation_hooks() if c.is_log_model_activations else []
         for x, y in valid_batches(self.valid_tokens, c.valid_loader, c.batch_size, c.seq_len, c.seed):
             with self._autocast():
-                logits = self.forward(x)
+                logits = self.model(x)  # eager: a compiled eval graph costs more than the one pass it speeds up
             loss_sum += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
             correct += (logits.argmax(dim=-1) == y).sum()
             tokens += y.numel()

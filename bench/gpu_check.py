@@ -49,13 +49,21 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(config: TrainConfig, corpus, device: torch.device, warmup: int, steps: int) -> dict:
+def measure(config: TrainConfig, corpus, device: torch.device, warmup: int, steps: int, mode: str | None = None) -> dict:
+    """Training tokens/s over ``steps`` timed steps, after ``warmup`` untimed ones (epochs as needed).
+
+    ``mode`` is a torch.compile mode to try beyond the trainer's own (plain) compile."""
     trainer = Trainer(dataclasses.replace(config, batches_per_epoch=warmup), corpus, device=device)
+    if mode is not None:
+        trainer.forward = torch.compile(trainer.model, mode=mode)
     trainer.train_epoch()  # warm-up: allocator, kernels, and the compile when there is one
     trainer.config = dataclasses.replace(config, batches_per_epoch=steps)
     synchronize(device)
-    loss, _, tokens, seconds = trainer.train_epoch()  # ends with a host read, so the GPU has finished
-    return {"tokens_per_sec": tokens / seconds, "loss": loss}
+    tokens = seconds = 0.0
+    while tokens < steps * config.batch_size * config.seq_len:  # a big batch can make an epoch shorter than steps
+        loss, _, n, s = trainer.train_epoch()  # ends with a host read, so the GPU has finished
+        tokens, seconds = tokens + n, seconds + s
+    return {"tokens_per_sec": tokens / seconds, "loss": loss, "steps": round(tokens / (config.batch_size * config.seq_len))}
 
 
 def first_losses(config: TrainConfig, corpus, device: torch.device, steps: int) -> list[float]:
@@ -68,11 +76,35 @@ def first_losses(config: TrainConfig, corpus, device: torch.device, steps: int) 
     return losses
 
 
+def set_tf32(enabled: bool) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def agreement(base: TrainConfig, corpus, device: torch.device, steps: int, report: dict) -> None:
+    """The first steps' losses on the GPU against the CPU's: strict fp32 (TF32 off) and bf16 autocast."""
+    cpu = first_losses(dataclasses.replace(base, device="cpu", precision="fp32"), corpus, torch.device("cpu"), steps)
+    checks = {"fp32 (tf32 off)": ("fp32", False, 1e-3), "bf16 autocast": ("bf16", True, 2e-2)}
+    report["cpu_agreement"] = {"cpu_fp32": cpu}
+    for label, (precision, tf32, tolerance) in checks.items():
+        set_tf32(tf32)
+        gpu = first_losses(dataclasses.replace(base, precision=precision), corpus, device, steps)
+        worst = max(abs(g - c) / abs(c) for g, c in zip(gpu, cpu))
+        ok = worst <= tolerance
+        report["cpu_agreement"][label] = {"gpu": gpu, "max_relative_difference": worst, "tolerance": tolerance, "ok": ok}
+        print(f"first {steps} step losses, GPU {label} {['%.4f' % x for x in gpu]} vs CPU fp32 {['%.4f' % x for x in cpu]}: "
+              f"max relative difference {worst:.1e}, tolerance {tolerance:.0e}: {'ok' if ok else 'MISMATCH'}", flush=True)
+    set_tf32(True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--small", action="store_true", help="the small shape instead of the origin's")
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch-sizes", default=None,
+                        help="comma-separated batch sizes to measure (default: the shape's own, and 4x it on CUDA)")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (the compile happens here)")
     parser.add_argument("--compare-steps", type=int, default=3, help="steps compared against the CPU")
     parser.add_argument("--json", default=str(Path(__file__).parent / "out" / "gpu_check.json"))
     args = parser.parse_args()
@@ -81,42 +113,85 @@ def main() -> int:
         if not torch.cuda.is_available():
             print("error: no CUDA device visible to torch", file=sys.stderr)
             return 2
-        torch.backends.cuda.matmul.allow_tf32 = True  # 'fp32' on a GPU means TF32 matmuls here
-        torch.backends.cudnn.allow_tf32 = True
+        set_tf32(True)  # 'fp32' on a GPU means TF32 matmuls here
     corpus = load_corpus("tiny_shakespeare", "character", os.environ.get("ARTUNE_DATA_DIR"))
     shape = SMALL if args.small else ORIGIN
+    if args.batch_sizes:
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    else:
+        batch_sizes = [shape["batch_size"], 4 * shape["batch_size"]] if device.type == "cuda" else [shape["batch_size"]]
     base = TrainConfig(**shape, optimizer="adamw", lr=3e-4, epochs=1, device=device.type, sample_tokens=0)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    report = {"device": name, "torch": torch.__version__, "shape": shape, "variants": {}}
+    report = {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda, "shape": shape,
+              "steps": args.steps, "variants": {}}
+    json_path = Path(args.json)
     ceilings = {
         "fp32": matmul_ceiling(device, torch.float32),
         "bf16": matmul_ceiling(device, torch.bfloat16 if device.type == "cuda" else torch.float32),
     }
     report["matmul_ceiling_tflops"] = {k: v / 1e12 for k, v in ceilings.items()}
     fpt = flops_per_token(base, corpus.vocab_size)
-    variants = {
-        "fp32 (tf32)": (dataclasses.replace(base, precision="fp32"), "fp32"),
-        "bf16 autocast": (dataclasses.replace(base, precision="bf16"), "bf16"),
-        "bf16 + compile": (dataclasses.replace(base, precision="bf16", compile=True), "bf16"),
-    }
-    print(f"{name}: matmul ceiling fp32/tf32 {ceilings['fp32'] / 1e12:.1f} TFLOP/s, bf16 {ceilings['bf16'] / 1e12:.1f} TFLOP/s")
-    for label, (config, ceiling) in variants.items():
-        start = time.perf_counter()
-        r = measure(config, corpus, device, warmup=3, steps=args.steps)
-        r["mfu"] = r["tokens_per_sec"] * fpt / ceilings[ceiling]
-        r["wall_s"] = time.perf_counter() - start
-        report["variants"][label] = r
-        print(f"{label:<16} {r['tokens_per_sec']:>12,.0f} tok/s   MFU {r['mfu']:6.1%} of {ceiling}   ({r['wall_s']:.0f} s with warm-up)")
-    if device.type == "cuda":
-        cpu_config = dataclasses.replace(base, device="cpu")
-        gpu = first_losses(dataclasses.replace(base, precision="fp32"), corpus, device, args.compare_steps)
-        cpu = first_losses(cpu_config, corpus, torch.device("cpu"), args.compare_steps)
-        worst = max(abs(g - c) / abs(c) for g, c in zip(gpu, cpu))
-        report["cpu_agreement"] = {"gpu": gpu, "cpu": cpu, "max_relative_difference": worst, "ok": worst < 1e-2}
-        print(f"first {args.compare_steps} step losses, GPU {['%.4f' % x for x in gpu]} vs CPU {['%.4f' % x for x in cpu]}: "
-              f"max relative difference {worst:.2e} ({'ok' if worst < 1e-2 else 'MISMATCH'})")
-    write_report(report, Path(args.json))
+    report["flops_per_token"] = fpt
+    print(f"{name}, torch {torch.__version__}: matmul ceiling fp32/tf32 {ceilings['fp32'] / 1e12:.1f} TFLOP/s, "
+          f"bf16 {ceilings['bf16'] / 1e12:.1f} TFLOP/s; {fpt / 1e6:.0f} MFLOP per token", flush=True)
+    if device.type == "cuda":  # the correctness check first: it must not be lost to a later failure
+        try:
+            agreement(base, corpus, device, args.compare_steps, report)
+        except Exception as exc:  # noqa: BLE001 - a check script reports and goes on
+            report["cpu_agreement"] = {"error": f"{type(exc).__name__}: {exc}"}
+            print(f"agreement check failed: {type(exc).__name__}: {exc}", flush=True)
+        write_report(report, json_path)
+    for batch_size in batch_sizes:
+        variants = {
+            "fp32 (tf32)": (dataclasses.replace(base, batch_size=batch_size, precision="fp32"), "fp32"),
+            "bf16 autocast": (dataclasses.replace(base, batch_size=batch_size, precision="bf16"), "bf16"),
+            "bf16 + compile": (dataclasses.replace(base, batch_size=batch_size, precision="bf16", compile=True), "bf16"),
+        }
+        if device.type == "cuda":  # CUDA graphs: for a step too short to hide its kernel launches
+            variants["bf16 + compile, CUDA graphs"] = variants["bf16 + compile"]
+        for label, (config, ceiling) in variants.items():
+            key = f"{label}, batch {batch_size}"
+            start = time.perf_counter()
+            try:
+                if config.compile:
+                    torch._dynamo.reset()  # a fresh compile for this shape, not a dynamic-shape recompile
+                mode = "reduce-overhead" if "CUDA graphs" in label else None
+                r = measure(config, corpus, device, warmup=args.warmup, steps=args.steps, mode=mode)
+            except Exception as exc:  # noqa: BLE001 - one variant failing must not hide the others
+                report["variants"][key] = {"error": f"{type(exc).__name__}: {exc}"}
+                print(f"{key:<26} failed: {type(exc).__name__}: {exc}", flush=True)
+                continue
+            finally:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            r.update(batch_size=batch_size, precision=ceiling, compile=config.compile,
+                     mfu=r["tokens_per_sec"] * fpt / ceilings[ceiling], wall_s=time.perf_counter() - start)
+            if device.type == "cuda":
+                r["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                torch.cuda.reset_peak_memory_stats(device)
+            report["variants"][key] = r
+            write_report(report, json_path)
+            print(f"{key:<26} {r['tokens_per_sec']:>12,.0f} tok/s   MFU {r['mfu']:6.1%} of {ceiling}   "
+                  f"({r['wall_s']:.0f} s with warm-up)", flush=True)
+    write_report(report, json_path)
+    print_table(report)
     return 0
+
+
+def print_table(report: dict) -> None:
+    """The README's table, in markdown."""
+    print(f"\n{report['device']}, torch {report['torch']}; matmul ceiling "
+          f"tf32 {report['matmul_ceiling_tflops']['fp32']:.0f} / bf16 {report['matmul_ceiling_tflops']['bf16']:.0f} TFLOP/s\n")
+    print("| variant | batch | tokens/s | ms/step | MFU |")
+    print("| --- | --- | --- | --- | --- |")
+    seq_len = report["shape"]["seq_len"]
+    for key, r in report["variants"].items():
+        if "error" in r:
+            print(f"| {key} | | failed: {r['error'][:60]} | | |")
+            continue
+        label = key.rsplit(", batch", 1)[0]
+        ms = 1000 * r["batch_size"] * seq_len / r["tokens_per_sec"]
+        print(f"| {label} | {r['batch_size']} | {r['tokens_per_sec']:,.0f} | {ms:.1f} | {r['mfu']:.1%} of {r['precision']} |")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def shakespeare_path() -> Path:
-    """The shared, checksummed copy of Tiny Shakespeare (so no test needs the network)."""
-    return (REPO / ".." / "shared" / "data" / "tiny_shakespeare.txt").resolve()
+    """The shared, checksummed copy of Tiny Shakespeare (so no test needs the network), or the one in
+    ``ARTUNE_DATA_DIR`` where the checkout has no ``../shared`` beside it (a GPU machine, say)."""
+    shared = (REPO / ".." / "shared" / "data" / "tiny_shakespeare.txt").resolve()
+    if not shared.exists() and os.environ.get("ARTUNE_DATA_DIR"):
+        return Path(os.environ["ARTUNE_DATA_DIR"]).resolve() / "tiny_shakespeare.txt"
+    return shared
 
 
 @pytest.fixture(scope="session", autouse=True)

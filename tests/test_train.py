@@ -72,6 +72,24 @@ def test_learns_tiny_shakespeare_below_its_unigram_entropy(shakespeare_path):
     assert metrics["sample"].startswith("It is") and len(metrics["sample"]) == len("It is") + 10
 
 
+def test_compiled_training_sees_one_batch_shape_and_matches_eager(small_text):
+    """With compile, the epoch's partial last batch is skipped (a new shape would recompile the model);
+    the compiled model's losses are the eager model's."""
+    config = tiny(small_text, batch_size=24, seq_len=16, batches_per_epoch=None, sample_tokens=0)
+    eager, compiled = Trainer(config), Trainer(dataclasses.replace(config, compile=True))
+    sizes = [x.shape[0] for x, _ in Trainer(config)._batches()]
+    assert sizes[-1] < 24, "the test needs an epoch that ends in a partial batch"
+    seen = []
+    compiled_forward = compiled.forward
+    compiled.forward = lambda x: (seen.append(x.shape), compiled_forward(x))[1]
+    loss, _, tokens, _ = compiled.train_epoch()
+    assert set(seen) == {torch.Size([24, 16])} and tokens == len(sizes[:-1]) * 24 * 16
+    eager.config = dataclasses.replace(config, batches_per_epoch=len(sizes) - 1)
+    eager_loss, _, eager_tokens, _ = eager.train_epoch()
+    assert eager_tokens == tokens and loss == pytest.approx(eager_loss, rel=1e-3)
+    assert compiled.validate() == pytest.approx(eager.validate(), rel=1e-3)
+
+
 # --- metrics and the loop
 
 
