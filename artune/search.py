@@ -14,6 +14,7 @@ import datetime as dt
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import platform
 import re
@@ -311,8 +312,6 @@ def keep_ray_on_loopback() -> None:
 
 
 def init_ray(plan: Plan) -> None:
-    import logging
-
     if not plan.address:
         keep_ray_on_loopback()
     import ray
@@ -752,5 +751,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 130
 
 
+def cli() -> None:
+    """The console entry point: ``main``, then a quick exit.
+
+    Once the results are written and the summary printed, nothing is left to do; the interpreter's
+    own teardown of torch, Ray's core worker and gRPC would take about 1.7 s more on a 2-core machine.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli()
