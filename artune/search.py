@@ -9,7 +9,6 @@ stderr and exit code 2; a search in which no trial succeeded exits 1.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime as dt
 import fcntl
@@ -22,7 +21,6 @@ import re
 import shutil
 import socket
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -689,20 +687,10 @@ def run(plan: Plan) -> int:
         raise
 
 
-def create_study_quietly(plan: Plan) -> None:
-    with contextlib.suppress(Exception):
-        open_study(plan.storage, plan.name, plan.space.settings.mode)
-
-
 def _run_locked(plan: Plan, corpus: Any) -> int:
     print(describe_plan(plan), flush=True)
-    # Creating the study's tables takes about 1.5 s; ray.init mostly waits for Ray's processes to start.
-    # A failure there is left for the main thread's own open of the study to raise.
-    study_created = threading.Thread(target=create_study_quietly, args=(plan,), name="artune-create-study", daemon=True)
-    study_created.start()
     try:
         init_ray(plan)  # inside the try: a refusal after ray.init (no GPUs, say) still shuts Ray down
-        study_created.join()
         now = dt.datetime.now().isoformat(timespec="seconds")
         write_manifest(plan, corpus, {"resumed" if plan.resume else "extended" if plan.extend else "started": now}, new_command=True)
         recorder = make_recorder(plan)
@@ -717,7 +705,6 @@ def _run_locked(plan: Plan, corpus: Any) -> int:
         if not interrupted:
             write_manifest(plan, corpus, {"finished": dt.datetime.now().isoformat(timespec="seconds"), "timings": timings})
     finally:
-        study_created.join()  # before anything may remove the directory it writes in
         if "ray" in sys.modules:
             sys.modules["ray"].shutdown()  # a no-op where ray.init never ran or failed
     if interrupted:
