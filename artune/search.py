@@ -33,6 +33,7 @@ from artune.results import (
     DEFAULT_RESULTS_DIR, MANIFEST_FILE, TRIALS_FILE, EPOCHS_FILE, TrialRecord, read_records,
     write_json_atomic, write_tables,
 )
+from artune import spaces
 from artune.spaces import SearchSpace, SpaceError, load_space
 from artune.study import open_study, storage_url, sync_study, warm_start_storage
 
@@ -83,11 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_duration(text: str) -> float:
-    """'900', '90s', '15m', '1.5h' -> seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
-    if not match or float(match.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive duration such as 900, 90s, 15m or 1h, but got {text!r}")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    """'900', '90s', '15m', '1.5h' -> seconds (the search setting time_budget reads the same)."""
+    try:
+        return spaces.parse_duration(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive duration such as 900, 90s, 15m or 1h, but got {text!r}") from None
 
 
 def parse_sets(items: list[str]) -> dict[str, str]:
@@ -188,7 +189,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         space = load_space(space_path)
     space = space.with_overrides(
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, cpu=args.cpus_per_trial,
-        gpu=args.gpus_per_trial, epochs=args.epochs, seed=args.seed,
+        gpu=args.gpus_per_trial, epochs=args.epochs, seed=args.seed, time_budget=args.time_budget,
     )
     if args.set:
         space = space.with_fixed(parse_sets(args.set))
@@ -201,7 +202,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         data = manifest["corpus"]["source"]  # the corpus the search started with
     return Plan(
         space, name, directory, data, args.address, args.resume, args.extend,
-        storage_url(directory, args.storage or manifest.get("storage")), repeats, args.time_budget, started,
+        storage_url(directory, args.storage or manifest.get("storage")), repeats, space.settings.time_budget, started,
         [sys.executable, "-m", "artune.search", *sys.argv[1:]], run_name,
     )
 

@@ -46,7 +46,7 @@ METRICS = {
 SAMPLERS = ("tpe", "random", "grid", "qmc", "cmaes")
 SAMPLER_PACKAGES = {"qmc": "scipy", "cmaes": "cmaes"}  # optional imports of Optuna's samplers
 SCHEDULERS = ("asha", "none")
-SEARCH_KEYS = ("metric", "mode", "num_samples", "max_concurrent", "resources", "epochs", "sampler", "seed", "scheduler")
+SEARCH_KEYS = ("metric", "mode", "num_samples", "max_concurrent", "resources", "epochs", "sampler", "seed", "scheduler", "time_budget")
 RESOURCE_KEYS = ("cpu", "gpu")
 SCHEDULER_KEYS = ("name", "grace_period", "reduction_factor")
 MAX_CORNERS = 256  # beyond this many corner configs, check_configs checks every pair of params instead
@@ -77,6 +77,7 @@ class SearchSettings:
     scheduler: str = "asha"
     grace_period: int = 1
     reduction_factor: float = 2.0
+    time_budget: Optional[float] = None  # seconds for the whole search, start-up included; None: no limit
 
 
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(SearchSettings))
@@ -381,6 +382,8 @@ class SearchSpace:
             f"  {s.num_samples} trials, {slots}; {_num(s.cpu)} cpu + {_num(s.gpu)} gpu per trial; {s.epochs} epochs each",
             f"  metric {s.metric} ({s.mode}); sampler {s.sampler} (seed {s.seed}); scheduler {scheduler}",
         ]
+        if s.time_budget:
+            lines.append(f"  time budget {_duration(s.time_budget)}, start-up included: the search ends then with the best model so far")
         if s.sampler == "grid":
             size = math.prod(d.grid_size() or 1 for d in self.params.values())
             lines.append(f"  grid of {size} points" + ("" if size == s.num_samples else f" ({s.num_samples} trials requested)"))
@@ -860,6 +863,8 @@ def _settings(raw: dict[str, Any], sources: dict[str, str], errors: _Errors, ove
     one_of("scheduler", SCHEDULERS)
     number("grace_period", as_int, lambda v: v >= 1, "grace_period >= 1 must hold (an integer)")
     number("reduction_factor", _as_number, lambda v: v > 1, "reduction_factor > 1 must hold")
+    number("time_budget", parse_duration, lambda v: True,
+           "time_budget must be a positive duration such as 900, 90s, 15m or 1.5h (or null: no limit)", allow_none=True)
 
     if "metric" in values:
         expected = METRICS[values["metric"]]
@@ -978,6 +983,26 @@ def _sampling_order(params: dict[str, Distribution]) -> dict[str, Distribution]:
 
 
 # --------------------------------------------------------------------------- small helpers
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from 900, '900', '90s', '15m' or '1.5h'; ValueError unless positive and finite."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(value))
+        if not match:
+            raise ValueError(value)
+        seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(value)
+    return seconds
 
 
 def _as_number(value: Any) -> float:

@@ -111,6 +111,15 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, shakespeare_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_the_default_search_is_bounded_by_its_time_budget(tmp_path, shakespeare_path):
+    """The no-argument search ends at the space file's 15 minutes; --time-budget overrides it."""
+    result = cli("--dry-run", "--results-dir", str(tmp_path), "--data", str(shakespeare_path))
+    assert result.returncode == 0, result.stderr
+    assert "search_spaces/default.yaml" in result.stdout and "time budget 15 min, start-up included" in result.stdout
+    result = cli("--dry-run", "--results-dir", str(tmp_path), "--data", str(shakespeare_path), "--time-budget", "90s")
+    assert "time budget 1.5 min, start-up included" in result.stdout
+
+
 @pytest.mark.parametrize(
     "args, fragments",
     [

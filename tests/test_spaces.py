@@ -320,6 +320,20 @@ def test_overrides_apply_and_revalidate(tmp_path: Path) -> None:
         space.with_overrides(num_sample=3)
 
 
+@pytest.mark.parametrize("written, seconds", [("900", 900.0), ("'90s'", 90.0), ("15m", 900.0), ("1.5h", 5400.0), ("null", None)])
+def test_time_budget_reads_a_duration(tmp_path: Path, written: str, seconds) -> None:
+    space = load_space(write(tmp_path, f"search:\n  num_samples: 2\n  time_budget: {written}\n"))
+    assert space.settings.time_budget == seconds
+    assert space.with_overrides(time_budget=60.0).settings.time_budget == 60.0  # --time-budget wins
+    assert ("time budget" in space.describe()) == (seconds is not None)
+
+
+@pytest.mark.parametrize("written", ["0", "-5m", "15 min", "soon", "true", "[15]"])
+def test_a_bad_time_budget_names_file_line_and_rule(tmp_path: Path, written: str) -> None:
+    message = refused(tmp_path, f"search:\n  num_samples: 2\n  time_budget: {written}\n")
+    assert re.search(r"space\.yaml:3: search\.time_budget: time_budget must be a positive duration such as 900, 90s, 15m", message), message
+
+
 def test_with_fixed_coerces_and_moves_searched_knobs(tmp_path: Path) -> None:
     space = load_space(write(tmp_path, GOOD))
     changed = space.with_fixed({"d_model": "128", "lr": "3e-4", "dataloader_shuffle_with_replacement": "false", "d_ff": "none"})
