@@ -28,6 +28,7 @@ TOKENIZERS = ("character", "basic_english")
 LOADERS = ("shuffled", "sequential")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
@@ -68,6 +69,7 @@ class TrainConfig:
     device: str = _doc("'auto', 'cpu' or 'cuda'", default="auto")
     precision: str = _doc("'fp32', 'bf16' (autocast) or 'auto' (bf16 on CUDA GPUs that support it, and on CPUs with native bf16 matmuls where a quick probe measures them faster; fp32 otherwise)", default="fp32")
     compile: bool = _doc("torch.compile the model for training (pays off only for long runs; an epoch's partial last batch is skipped, as a new shape would recompile)", default=False)
+    compile_mode: str = _doc("torch.compile's mode, with compile: 'default', 'reduce-overhead' (CUDA graphs: for GPU steps too short to hide their kernel launches, 2x at the origin's shape on an H100), 'max-autotune' or 'max-autotune-no-cudagraphs'", default="default")
     is_save_models: bool = _doc("write a checkpoint after every epoch", default=True)
     is_log_model_params_grads: bool = _doc("add per-layer parameter and gradient statistics to the metrics", default=False)
     is_log_model_activations: bool = _doc("add per-layer activation statistics to the metrics", default=False)
@@ -242,6 +244,11 @@ def validation_errors(config: TrainConfig) -> list[str]:
     one_of("device", DEVICES)
     one_of("precision", PRECISIONS)
     one_of("lr_schedule", LR_SCHEDULES)
+    one_of("compile_mode", COMPILE_MODES)
+    check(
+        config.compile or config.compile_mode == "default",
+        f"compile_mode {config.compile_mode!r} needs compile: true, but got compile={config.compile}",
+    )
     if config.optimizer == "noam":
         check(config.warmup > 0, f"optimizer 'noam' needs warmup > 0, but got warmup={config.warmup}")
         check(

@@ -202,7 +202,7 @@ class Trainer:
         self.autocast_dtype = resolve_precision(config.precision, self.device, config.d_model)
         torch.manual_seed(config.seed)
         self.model = GPT(model_config(config, self.corpus.vocab_size)).to(self.device)
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.forward = torch.compile(self.model, mode=config.compile_mode) if config.compile else self.model
         self.optimizer = make_optimizer(config, self.model)
         self.total_steps = config.epochs * steps_per_epoch(config, len(self.corpus.train))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, self.total_steps))

@@ -129,6 +129,14 @@ def test_n_heads_message_names_both_sizes():
         TrainConfig(d_model=64, n_heads=3)
 
 
+def test_compile_mode_is_torch_compiles_and_needs_compile():
+    assert TrainConfig(compile=True, compile_mode="reduce-overhead").compile_mode == "reduce-overhead"
+    with pytest.raises(ConfigError, match=r"compile_mode 'reduce-overhead' needs compile: true, but got compile=False"):
+        TrainConfig(compile_mode="reduce-overhead")
+    with pytest.raises(ConfigError, match=r"compile_mode must be one of default, reduce-overhead, .*did you mean 'reduce-overhead'"):
+        TrainConfig(compile=True, compile_mode="reduce_overhead")
+
+
 def test_misspelt_choice_suggests_the_close_one():
     with pytest.raises(ConfigError, match=r"tokenizer must be one of character, basic_english, but got 'charcter' \(did you mean 'character'\?\)"):
         TrainConfig(tokenizer="charcter")
