@@ -269,10 +269,11 @@ def chain(tmp_path_factory, small_corpus, ray_tmpdir):
     # A: Ctrl-C, as `kill -INT` to the driver alone
     search = Search(str(space), *common)
     def sigint_moment() -> bool:
-        # three epochs reported, one of them by a trial still halfway (checkpointed, not finished):
-        # one trial alone may report all its epochs before the other's first when a worker starts slowly
+        # three epochs reported, and a trial halfway: two epochs in (so Tune holds at least its epoch-1
+        # checkpoint; right after a first report it may not yet) and not finished. One trial alone may
+        # report all its epochs before the other's first when a worker starts slowly.
         epochs = search.epochs().values()
-        return sum(map(len, epochs)) >= 3 and any(1 <= len(seen) < CHAIN_EPOCHS for seen in epochs)
+        return sum(map(len, epochs)) >= 3 and any(2 <= len(seen) < CHAIN_EPOCHS for seen in epochs)
 
     search.wait_for(sigint_moment, 180, "three epoch lines, one of a trial halfway")
     search.proc.send_signal(signal.SIGINT)
