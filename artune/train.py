@@ -262,8 +262,8 @@ class Trainer:
         for i, batch in enumerate(batches):
             if c.batches_per_epoch is not None and i >= c.batches_per_epoch:
                 return
-            if c.compile and batch[0].shape[0] != c.batch_size:
-                return  # the epoch's partial last batch: a new shape would cost a whole recompile
+            if c.compile and batch[0].shape != (c.batch_size, c.seq_len):
+                return  # the epoch's partial last batch (fewer rows, or shorter for sequential): a new shape would recompile
             yield batch
 
     def train_epoch(self) -> tuple[float, float, int, float]:
