@@ -567,10 +567,29 @@ def config_id(config: dict[str, Any]) -> str:
 
 
 def error_line(trial: Any) -> str:
-    """The exception's type and message from the trial's error trace (its last line)."""
-    text = trial.get_error() or ""
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    return lines[-1] if lines else "unknown error"
+    """One line on the trial's latest failure (see ``summarize_error``).
+
+    Tune writes the trace to the trial's local directory first and to storage later, so the local
+    file is read first.
+    """
+    text = ""
+    if trial.error_file and Path(trial.error_file).is_file():
+        text = Path(trial.error_file).read_text(errors="replace")
+    return summarize_error(text or str(trial.get_error() or ""))
+
+
+def summarize_error(text: str) -> str:
+    """The latest failure in a Tune error file, in one line: the exception's type and message (its
+    trace's last line), or for a lost actor (its node or process died) the reason Ray gives."""
+    latest = re.split(r"^Failure # \d+ .*$", text, flags=re.MULTILINE)[-1]  # the file holds every failure
+    lines = [line.strip() for line in latest.splitlines() if line.strip()]
+    if not lines:
+        return "unknown error"
+    reason = next((line for line in lines if line.startswith("The actor died because")), None)
+    if reason is not None:
+        reason = reason.split(" Node Id")[0].rstrip(".")
+        return reason if reason in lines[-1] else f"{reason} ({lines[-1]})"
+    return lines[-1]
 
 
 # --- manifest and summary
