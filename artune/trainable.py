@@ -9,6 +9,8 @@ Tune (in a test or a notebook) it trains the same way and returns the per-epoch 
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -69,6 +71,41 @@ def _warn(message: str) -> None:
     print(f"artune: {message}", file=sys.stderr, flush=True)
 
 
+STAGING_PREFIX = "artune-ckpt-"  # + "<pid>-": each epoch's checkpoint is staged here for tune.report
+
+
+def _staging_prefix() -> str:
+    return f"{STAGING_PREFIX}{os.getpid()}-"
+
+
+def remove_stale_staging(directory: Optional[str] = None) -> list[Path]:
+    """Remove the checkpoint staging directories of trial processes that no longer run.
+
+    A worker killed while it hands a checkpoint to Tune (a lost node, a preempted or OOM-killed
+    process) cannot clean up its staging copy, which is the size of the model and its optimizer
+    state. Each trial that starts removes those its dead predecessors on this machine left.
+    """
+    removed = []
+    for path in Path(directory or tempfile.gettempdir()).glob(f"{STAGING_PREFIX}*-*"):
+        pid = path.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 def resume(trainer: Trainer, checkpoint: "tune.Checkpoint", fresh: Callable[[], Trainer]) -> Trainer:
     """Load Ray's latest checkpoint; if it is corrupt, the previous one Ray kept; else start over.
 
@@ -109,6 +146,7 @@ def train_fn(config: dict[str, Any], corpus: Optional[Corpus] = None) -> Optiona
         train_config = dataclasses.replace(train_config, seed=train_config.seed + int(repeat))
     in_tune = _in_tune_session()
     if in_tune:
+        remove_stale_staging()
         cpus = _allocated_cpus()
         if cpus:
             torch.set_num_threads(cpus)  # match the CPUs Ray reserved, not the whole node
@@ -123,7 +161,7 @@ def train_fn(config: dict[str, Any], corpus: Optional[Corpus] = None) -> Optiona
         if not in_tune:
             return
         if train_config.is_save_models:
-            with tempfile.TemporaryDirectory(prefix="artune-ckpt-") as directory:
+            with tempfile.TemporaryDirectory(prefix=_staging_prefix()) as directory:
                 trainer.save_checkpoint(directory)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
         else:

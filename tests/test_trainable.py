@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +15,7 @@ ray = pytest.importorskip("ray")
 from ray import tune  # noqa: E402
 
 from artune.data import load_corpus  # noqa: E402
-from artune.trainable import train_fn  # noqa: E402
+from artune.trainable import STAGING_PREFIX, remove_stale_staging, train_fn  # noqa: E402
 
 TINY = dict(
     dataset="tiny_shakespeare", tokenizer="character", seq_len=16, batch_size=8, batches_per_epoch=25,
@@ -73,6 +77,24 @@ def test_reports_every_epoch_with_a_checkpoint(ray_local, tmp_path, corpus):
     assert result.checkpoint is not None
     with result.checkpoint.as_directory() as directory:
         assert os.path.getsize(os.path.join(directory, "checkpoint.pt")) > 0
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    return int(proc.stdout)
+
+
+def test_a_starting_trial_removes_the_checkpoint_staging_of_dead_trial_processes(ray_local, tmp_path, corpus):
+    # what a worker killed inside tune.report leaves behind: its staged copy of the checkpoint
+    stale = Path(tempfile.gettempdir()) / f"{STAGING_PREFIX}{dead_pid()}-abc123"
+    (stale / "checkpoint.pt").parent.mkdir()
+    (stale / "checkpoint.pt").write_bytes(b"x" * 1000)
+    live = tmp_path / f"{STAGING_PREFIX}{os.getpid()}-def456"
+    live.mkdir()
+    assert run_tuner(tmp_path, corpus, {**TINY, "epochs": 1})[0].error is None
+    assert not stale.exists()
+    assert remove_stale_staging(str(tmp_path)) == [] and live.exists()  # a running process's staging stays
 
 
 class KillOnce(tune.Callback):
