@@ -15,6 +15,9 @@ Sections:
              batch 12): tokens/s, and model-FLOPs utilisation (MFU) against the fp32 matmul
              ceiling, the best FLOP/s of square matmuls of a few sizes measured in each round;
              also the FLOP/s of the model's own weight matmuls alone, the most a step could reach.
+  compile    the Trainer eager against compile: true at the small shape, rounds interleaved:
+             tokens/s and MFU; and a new trial's first step, which holds the compilation, with an
+             empty inductor cache and with a filled one; the training time that pays it back.
   sampler    time per batch of artune's shuffled sampler against the origin's per-item Dataset +
              RandomSampler + collate at batch 16 x seq_len 512 (same sampling semantics), one
              epoch each per round, and that time as a share of a small-shape training step.
@@ -46,7 +49,7 @@ from artune.train import Trainer, matmul_rate
 
 SMALL = dict(d_model=128, n_layers=4, n_heads=4, seq_len=64, batch_size=12)
 ORIGIN = dict(d_model=512, n_layers=6, n_heads=8, seq_len=512)  # TrainConfig's defaults; batch 16
-SECTIONS = ["trainer", "sampler", "precision", "search"]
+SECTIONS = ["trainer", "compile", "sampler", "precision", "search"]
 
 
 def matmul_ceiling(sizes: tuple[int, ...] = (256, 512, 1024, 2048)) -> tuple[float, int]:
@@ -128,6 +131,88 @@ def bench_trainer(corpus: Any, rounds: int, steps: int) -> dict[str, Any]:
         "model_matmul_gflops": shape_rate / 1e9,
         "artune_share_of_model_matmul_rate": o * (fpt - 12 * config.n_layers * config.d_model * config.seq_len) / shape_rate,
         "step_ms": 1000 * SMALL["batch_size"] * SMALL["seq_len"] / o,
+    }
+
+
+def _first_step_seconds(config: TrainConfig, corpus: Any) -> tuple[float, Trainer]:
+    """A new Trainer's construction and first training step (with ``compile``: the compilation)."""
+    start = time.perf_counter()
+    trainer = Trainer(TrainConfig(**{**config.to_dict(), "batches_per_epoch": 1}), corpus)
+    trainer.train_epoch()
+    seconds = time.perf_counter() - start
+    trainer.config = config
+    return seconds, trainer
+
+
+_FIRST_STEP_IN_NEW_PROCESS = """
+import json, os, sys, torch
+torch.set_num_threads(int(sys.argv[2]))
+import torch._dynamo  # what the first optimizer of any process imports: not the compile's cost
+from artune.config import TrainConfig
+from artune.data import load_corpus
+from bench.run import _first_step_seconds
+corpus = load_corpus("tiny_shakespeare", "character", os.environ.get("ARTUNE_DATA_DIR"))
+print(json.dumps(_first_step_seconds(TrainConfig(**json.loads(sys.argv[1])), corpus)[0]))
+"""
+
+
+def bench_compile(corpus: Any, rounds: int, steps: int) -> dict[str, Any]:
+    """Eager against ``compile: true`` at the small shape, and what the compilation costs a trial.
+
+    A new trial's first step (which holds the compilation) is timed three ways: with an empty
+    inductor cache (the machine's first compile of this shape); in a new process with the cache
+    the first one filled (a new worker); and in the same process (the next trial of a reused
+    worker). The break-even is the training time after which compiled steps have won back the
+    extra first-step time.
+    """
+    import subprocess
+    import tempfile
+
+    import torch._dynamo  # noqa: F401  (the first optimizer of a process imports it, compiled or not)
+
+    config = TrainConfig(**SMALL, optimizer="adamw", epochs=1, device="cpu", batches_per_epoch=steps)
+    compiled_config = TrainConfig(**{**config.to_dict(), "compile": True})
+    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="artune-inductor-") as cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+        try:
+            eager_first, eager = _first_step_seconds(config, corpus)
+            cold, _ = _first_step_seconds(compiled_config, corpus)
+            same_process, compiled = _first_step_seconds(compiled_config, corpus)
+            new_process = float(subprocess.run(
+                [sys.executable, "-c", _FIRST_STEP_IN_NEW_PROCESS, json.dumps(compiled_config.to_dict()), str(torch.get_num_threads())],
+                cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, check=True,
+            ).stdout.split()[-1])
+            eager_rates, compiled_rates, ceilings = [], [], []
+            for _ in range(rounds):  # interleaved
+                for trainer, rates in ((eager, eager_rates), (compiled, compiled_rates)):
+                    _, _, tokens, seconds = trainer.train_epoch()
+                    rates.append(tokens / seconds)
+                ceilings.append(matmul_ceiling())
+        finally:
+            if previous is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
+    ceiling, size = max(ceilings)
+    fpt = flops_per_token(config, corpus.vocab_size)
+    e, c = max(eager_rates), max(compiled_rates)
+    saved_per_second = 1 - e / c  # of eager training time, once compiled
+
+    def break_even(first_step: float) -> float:
+        return max(0.0, first_step - eager_first) / saved_per_second if saved_per_second > 0 else float("inf")
+
+    return {
+        "shape": SMALL, "steps_per_round": steps, "rounds": rounds,
+        "eager_tokens_per_sec": e, "compiled_tokens_per_sec": c, "ratio": c / e,
+        "ratio_median_of_rounds": statistics.median(x / y for x, y in zip(compiled_rates, eager_rates)),
+        "eager_tokens_per_sec_rounds": eager_rates, "compiled_tokens_per_sec_rounds": compiled_rates,
+        "matmul_fp32_gflops": ceiling / 1e9, "matmul_ceiling_size": size,
+        "eager_mfu": e * fpt / ceiling, "compiled_mfu": c * fpt / ceiling,
+        "eager_first_step_s": eager_first, "compiled_first_step_s": {
+            "empty_cache": cold, "new_process_cached": new_process, "same_process": same_process},
+        "break_even_s": {"empty_cache": break_even(cold), "new_process_cached": break_even(new_process),
+                         "same_process": break_even(same_process)},
     }
 
 
@@ -238,6 +323,16 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['matmul_fp32_gflops']:.0f} GFLOP/s fp32 ({r['matmul_ceiling_size']}^2 matmul)")
         print(f"trainer    the model's own weight matmuls alone reach {r['model_matmul_gflops']:.0f} GFLOP/s; artune's step "
               f"runs them at {r['artune_share_of_model_matmul_rate']:.0%} of that")
+    if "compile" in args.sections:
+        r = report["compile"] = bench_compile(corpus, args.rounds, args.steps)
+        print(f"compile    small shape: eager {r['eager_tokens_per_sec']:,.0f} tok/s  compiled {r['compiled_tokens_per_sec']:,.0f} tok/s  "
+              f"ratio {r['ratio']:.2f}x (median of rounds {r['ratio_median_of_rounds']:.2f}x)  MFU {r['eager_mfu']:.0%} -> {r['compiled_mfu']:.0%}")
+        first, even = r["compiled_first_step_s"], r["break_even_s"]
+        print(f"compile    a new trial's first step: eager {r['eager_first_step_s']:.1f} s; compiled {first['empty_cache']:.1f} s "
+              f"(empty inductor cache), {first['new_process_cached']:.1f} s (new worker, cache filled), "
+              f"{first['same_process']:.1f} s (reused worker)")
+        print(f"compile    it pays back after {even['empty_cache']:.0f} s / {even['new_process_cached']:.0f} s / "
+              f"{even['same_process']:.0f} s of training")
     if "sampler" in args.sections:
         step_ms = report.get("trainer", {}).get("step_ms")
         r = report["sampler"] = bench_sampler(corpus, args.sampler_rounds, step_ms)
