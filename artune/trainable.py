@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -71,11 +72,11 @@ def _warn(message: str) -> None:
     print(f"artune: {message}", file=sys.stderr, flush=True)
 
 
-STAGING_PREFIX = "artune-ckpt-"  # + "<pid>-": each epoch's checkpoint is staged here for tune.report
+STAGING_PREFIX = "artune-ckpt-"  # + "<pid>@<host>-": each epoch's checkpoint is staged here for tune.report
 
 
 def _staging_prefix() -> str:
-    return f"{STAGING_PREFIX}{os.getpid()}-"
+    return f"{STAGING_PREFIX}{os.getpid()}@{socket.gethostname()}-"
 
 
 def remove_stale_staging(directory: Optional[str] = None) -> list[Path]:
@@ -83,12 +84,14 @@ def remove_stale_staging(directory: Optional[str] = None) -> list[Path]:
 
     A worker killed while it hands a checkpoint to Tune (a lost node, a preempted or OOM-killed
     process) cannot clean up its staging copy, which is the size of the model and its optimizer
-    state. Each trial that starts removes those its dead predecessors on this machine left.
+    state. Each trial that starts removes those its dead predecessors on this host left (the host
+    is in the name: containers that share a temp directory do not share their pids).
     """
     removed = []
-    for path in Path(directory or tempfile.gettempdir()).glob(f"{STAGING_PREFIX}*-*"):
-        pid = path.name[len(STAGING_PREFIX):].split("-", 1)[0]
-        if not pid.isdigit() or _alive(int(pid)):
+    for path in Path(directory or tempfile.gettempdir()).glob(f"{STAGING_PREFIX}*@*-*"):
+        pid, _, rest = path.name[len(STAGING_PREFIX):].partition("@")
+        host = rest.rsplit("-", 1)[0]  # tempfile's random suffix has no "-"
+        if host != socket.gethostname() or not pid.isdigit() or _alive(int(pid)):
             continue
         shutil.rmtree(path, ignore_errors=True)
         if not path.exists():

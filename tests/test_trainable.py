@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -87,14 +88,17 @@ def dead_pid() -> int:
 
 def test_a_starting_trial_removes_the_checkpoint_staging_of_dead_trial_processes(ray_local, tmp_path, corpus):
     # what a worker killed inside tune.report leaves behind: its staged copy of the checkpoint
-    stale = Path(tempfile.gettempdir()) / f"{STAGING_PREFIX}{dead_pid()}-abc123"
+    host = socket.gethostname()
+    stale = Path(tempfile.gettempdir()) / f"{STAGING_PREFIX}{dead_pid()}@{host}-abc123"
     (stale / "checkpoint.pt").parent.mkdir()
     (stale / "checkpoint.pt").write_bytes(b"x" * 1000)
-    live = tmp_path / f"{STAGING_PREFIX}{os.getpid()}-def456"
-    live.mkdir()
     assert run_tuner(tmp_path, corpus, {**TINY, "epochs": 1})[0].error is None
     assert not stale.exists()
-    assert remove_stale_staging(str(tmp_path)) == [] and live.exists()  # a running process's staging stays
+    # what stays: a running process's staging, and another host's (its pids are not this host's)
+    live = tmp_path / f"{STAGING_PREFIX}{os.getpid()}@{host}-def456"
+    elsewhere = tmp_path / f"{STAGING_PREFIX}{dead_pid()}@other-host-ghi789"
+    live.mkdir(), elsewhere.mkdir()
+    assert remove_stale_staging(str(tmp_path)) == [] and live.exists() and elsewhere.exists()
 
 
 class KillOnce(tune.Callback):
