@@ -68,7 +68,7 @@ class TrainConfig:
     seed: int = _doc("seeds model init, batch order and dropout", default=0)
     device: str = _doc("'auto', 'cpu' or 'cuda'", default="auto")
     precision: str = _doc("'fp32', 'bf16' (autocast) or 'auto' (bf16 on CUDA GPUs that support it, and on CPUs with native bf16 matmuls where a quick probe measures them faster; fp32 otherwise)", default="fp32")
-    compile: bool = _doc("torch.compile the model for training (pays off only for long runs; an epoch's partial last batch is skipped, as a new shape would recompile)", default=False)
+    compile: bool = _doc("torch.compile the model for training (pays off only for long runs; an epoch's partial last batch is skipped, as a new shape would recompile; a process that compiles a new model shape starts torch.compile's caches afresh)", default=False)
     compile_mode: str = _doc("torch.compile's mode, with compile: 'default', 'reduce-overhead' (CUDA graphs: for GPU steps too short to hide their kernel launches, 2x at the origin's shape on an H100), 'max-autotune' or 'max-autotune-no-cudagraphs'", default="default")
     is_save_models: bool = _doc("write a checkpoint after every epoch", default=True)
     is_log_model_params_grads: bool = _doc("add per-layer parameter and gradient statistics to the metrics", default=False)

@@ -177,6 +177,25 @@ def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.O
     return torch.optim.Adam(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay, fused=True)
 
 
+_compiled_shape: Optional[tuple] = None  # what the last compiled Trainer of this process compiled
+
+
+def _compile_afresh_for_a_new_shape(shape: tuple) -> None:
+    """Clear torch.compile's caches when this process compiles a different model shape than before.
+
+    Dynamo keeps one compiled entry per shape of the model's ``forward`` and, past its recompile
+    limit (8), silently runs it eagerly: a Ray worker reused across a search over ``d_model`` would
+    train its 9th shape uncompiled. Same-shaped trials (the usual reuse) keep the compiled code;
+    a new shape compiles anew (from the inductor cache on disk where it holds the shape).
+    """
+    global _compiled_shape
+    if _compiled_shape is not None and shape != _compiled_shape:
+        import torch._dynamo
+
+        torch._dynamo.reset()
+    _compiled_shape = shape
+
+
 class Trainer:
     """Trains one configuration. ``fit()`` returns (and passes to ``callback``) one metrics dict per epoch."""
 
@@ -202,7 +221,11 @@ class Trainer:
         self.autocast_dtype = resolve_precision(config.precision, self.device, config.d_model)
         torch.manual_seed(config.seed)
         self.model = GPT(model_config(config, self.corpus.vocab_size)).to(self.device)
-        self.forward = torch.compile(self.model, mode=config.compile_mode) if config.compile else self.model
+        self.forward = self.model
+        if config.compile:
+            _compile_afresh_for_a_new_shape((model_config(config, self.corpus.vocab_size), config.batch_size, config.seq_len,
+                                             config.compile_mode, self.device, self.autocast_dtype))
+            self.forward = torch.compile(self.model, mode=config.compile_mode)
         self.optimizer = make_optimizer(config, self.model)
         self.total_steps = config.epochs * steps_per_epoch(config, len(self.corpus.train))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, self.total_steps))

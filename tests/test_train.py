@@ -90,6 +90,24 @@ def test_compiled_training_sees_one_batch_shape_and_matches_eager(small_text):
     assert compiled.validate() == pytest.approx(eager.validate(), rel=1e-3)
 
 
+def test_a_process_compiling_shape_after_shape_never_falls_back_to_eager(small_text):
+    """A Ray worker reused across a search over d_model compiles every trial's shape: past dynamo's
+    recompile limit (8, lowered here to 1) the model would otherwise run eagerly, with a warning in
+    a worker log only. A same-shaped model reuses the compiled code."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    def compiled_frames(d_model: int) -> int:
+        before = counters["frames"]["ok"]
+        trainer = Trainer(tiny(small_text, d_model=d_model, batch_size=4, seq_len=16, batches_per_epoch=1, compile=True))
+        trainer.train_epoch()
+        return counters["frames"]["ok"] - before
+
+    with torch._dynamo.config.patch(recompile_limit=1):
+        assert [compiled_frames(d) for d in (16, 24, 32)] == [1, 1, 1]
+        assert compiled_frames(32) == 0  # the same shape again: nothing to compile
+
+
 # --- metrics and the loop
 
 
