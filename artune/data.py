@@ -278,9 +278,11 @@ def shuffled_batches(
     return _windows(tokens, offset, order, batch_size, seq_len)
 
 
-def num_shuffled_batches(n_tokens: int, batch_size: int, seq_len: int) -> int:
-    """An upper bound on the batches of one :func:`shuffled_batches` epoch (exact at offset 0)."""
-    return math.ceil(_num_windows(n_tokens, seq_len) / batch_size)
+def num_shuffled_batches(n_tokens: int, batch_size: int, seq_len: int, whole_only: bool = False) -> int:
+    """An upper bound on the batches of one :func:`shuffled_batches` epoch (exact at offset 0);
+    ``whole_only``: on its batches of all ``batch_size`` rows."""
+    windows = _num_windows(n_tokens, seq_len)
+    return windows // batch_size if whole_only else math.ceil(windows / batch_size)
 
 
 def sequential_batches(tokens: torch.Tensor, batch_size: int, seq_len: int) -> Iterator[Batch]:
@@ -297,9 +299,11 @@ def sequential_batches(tokens: torch.Tensor, batch_size: int, seq_len: int) -> I
         yield streams[:, i : i + t].long(), streams[:, i + 1 : i + 1 + t].long()
 
 
-def num_sequential_batches(n_tokens: int, batch_size: int, seq_len: int) -> int:
-    """The exact number of batches :func:`sequential_batches` yields."""
-    return math.ceil(max(0, n_tokens // batch_size - 1) / seq_len)
+def num_sequential_batches(n_tokens: int, batch_size: int, seq_len: int, whole_only: bool = False) -> int:
+    """The exact number of batches :func:`sequential_batches` yields; ``whole_only``: of those a
+    full ``seq_len`` long (all but a shorter last chunk)."""
+    targets = max(0, n_tokens // batch_size - 1)
+    return targets // seq_len if whole_only else math.ceil(targets / seq_len)
 
 
 def valid_batches(tokens: torch.Tensor, loader: str, batch_size: int, seq_len: int, seed: int) -> Iterator[Batch]:

@@ -157,11 +157,15 @@ def lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
 
 
 def steps_per_epoch(config: TrainConfig, n_train_tokens: int) -> int:
-    """Optimizer steps in one training epoch: the loader's full pass, capped by ``batches_per_epoch``."""
+    """Optimizer steps in one training epoch: the loader's full pass, capped by ``batches_per_epoch``.
+
+    With ``compile`` the epoch's partial last batch is skipped (see ``Trainer._batches``), so the
+    lr schedule plans without it.
+    """
     if config.train_loader == "sequential":
-        full = num_sequential_batches(n_train_tokens, config.batch_size, config.seq_len)
+        full = num_sequential_batches(n_train_tokens, config.batch_size, config.seq_len, whole_only=config.compile)
     else:
-        full = num_shuffled_batches(n_train_tokens, config.batch_size, config.seq_len)
+        full = num_shuffled_batches(n_train_tokens, config.batch_size, config.seq_len, whole_only=config.compile)
     return full if config.batches_per_epoch is None else min(full, config.batches_per_epoch)
 
 

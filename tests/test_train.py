@@ -23,6 +23,7 @@ from artune.train import (
     lr_lambda,
     main,
     resolve_precision,
+    steps_per_epoch,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,6 +89,23 @@ def test_compiled_training_sees_one_batch_shape_and_matches_eager(small_text):
     eager_loss, _, eager_tokens, _ = eager.train_epoch()
     assert eager_tokens == tokens and loss == pytest.approx(eager_loss, rel=1e-3)
     assert compiled.validate() == pytest.approx(eager.validate(), rel=1e-3)
+
+
+@pytest.mark.parametrize("loader", ["sequential", "shuffled"])
+def test_the_lr_schedule_plans_the_steps_an_epoch_takes_with_and_without_compile(small_text, loader):
+    """With compile the partial last batch is skipped: the schedule plans without it, so a decaying
+    lr reaches lr * lr_min_ratio on the run's last step, not one step short of it."""
+    for compile in (False, True):
+        config = tiny(small_text, batch_size=24, seq_len=16, batches_per_epoch=None, train_loader=loader, compile=compile)
+        trainer = Trainer(config)  # nothing compiles before the model's first call
+        taken = [len(list(trainer._batches())) for _ in range(3)]
+        planned = steps_per_epoch(config, len(trainer.corpus.train))
+        if loader == "sequential":
+            assert taken == [planned] * 3
+        else:  # the random offset may leave one window fewer than the plan's offset 0
+            assert all(planned - 1 <= n <= planned for n in taken) and planned in taken
+        sizes = [x.shape for x, _ in Trainer(dataclasses.replace(config, compile=False))._batches()]
+        assert compile or sizes[-1] != sizes[0], "the test needs an epoch that ends in a partial batch"
 
 
 def test_a_process_compiling_shape_after_shape_never_falls_back_to_eager(small_text):
