@@ -44,6 +44,8 @@ LOCK_FILE = ".lock"
 TUNE_DIR = "tune"
 CONNECT_TIMEOUT_S = 5.0
 MAX_FAILURES = 2  # retries of a trial that raised, each from its last checkpoint
+BUDGET_END_S = 2.0  # of a time budget, kept for the end: Tune's, the final tables, Ray's shutdown
+DEADLINE_LAG_S = 0.5  # running trials end this long after Tune's budget has stopped the search
 
 
 class SearchError(Exception):
@@ -361,7 +363,14 @@ def build_tuner(plan: Plan, corpus: Any, recorder: Any):
     from artune.trainable import train_fn
 
     s = plan.space.settings
-    trainable = tune.with_resources(tune.with_parameters(train_fn, corpus=corpus), {"cpu": s.cpu, "gpu": s.gpu})
+    time_budget = deadline = None
+    if plan.time_budget_s:
+        # Start-up counts too, and so does the end (Tune's, the tables, Ray's shutdown). Tune's
+        # budget stops the search (no new trial) a moment before the running trials' deadline
+        # ends them: Tune's own stop of a running trial waits for its next report.
+        time_budget = max(1.0, plan.time_budget_s - (time.monotonic() - plan.started) - BUDGET_END_S)
+        deadline = time.time() + time_budget + DEADLINE_LAG_S
+    trainable = tune.with_resources(tune.with_parameters(train_fn, corpus=corpus, deadline=deadline), {"cpu": s.cpu, "gpu": s.gpu})
     if plan.resume:
         return tune.Tuner.restore(str(plan.tune_path), trainable, resume_unfinished=True, resume_errored=True)
     concurrency = s.max_concurrent or trial_slots(plan.space, ray.cluster_resources())
@@ -385,9 +394,6 @@ def build_tuner(plan: Plan, corpus: Any, recorder: Any):
         )
     else:
         scheduler = FIFOScheduler()
-    time_budget = None
-    if plan.time_budget_s:
-        time_budget = max(1.0, plan.time_budget_s - (time.monotonic() - plan.started))  # start-up counts too
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -719,7 +725,7 @@ def _run_locked(plan: Plan, corpus: Any) -> int:
         tuning_started = time.monotonic()
         tuner.fit()  # Ray Tune catches Ctrl-C itself: fit then returns with trials left unfinished
         finished = time.monotonic()
-        budget_spent = bool(plan.time_budget_s) and finished - plan.started >= plan.time_budget_s - 1.0
+        budget_spent = bool(plan.time_budget_s) and finished - plan.started >= plan.time_budget_s - BUDGET_END_S - 1.0
         interrupted = recorder.finish(budget_spent)
         timings = {"startup_s": round(tuning_started - plan.started, 3), "tuning_s": round(finished - tuning_started, 3)}
         if not interrupted:

@@ -43,6 +43,10 @@ class DivergedError(RuntimeError):
     """The training loss became NaN or infinite; no checkpoint of the broken weights is written."""
 
 
+class DeadlineReached(RuntimeError):
+    """Training stopped mid-epoch at its deadline (a search's time budget); the epoch is discarded."""
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated, corrupt or from another configuration."""
 
@@ -243,18 +247,20 @@ class Trainer:
 
     # --- the loop
 
-    def fit(self, callback: Optional[Callable[[Metrics], None]] = None) -> list[Metrics]:
+    def fit(self, callback: Optional[Callable[[Metrics], None]] = None, deadline: Optional[float] = None) -> list[Metrics]:
+        """Train the remaining epochs. ``deadline`` (a ``time.time()``): stop mid-epoch once it has
+        passed, raising ``DeadlineReached``; the epochs already reported stand."""
         history = []
         while self.epoch < self.config.epochs:
-            metrics = self.run_epoch()
+            metrics = self.run_epoch(deadline)
             history.append(metrics)
             if callback is not None:
                 callback(metrics)
         return history
 
-    def run_epoch(self) -> Metrics:
+    def run_epoch(self, deadline: Optional[float] = None) -> Metrics:
         start = time.perf_counter()
-        train_loss, train_accuracy, tokens, train_seconds = self.train_epoch()
+        train_loss, train_accuracy, tokens, train_seconds = self.train_epoch(deadline)
         self.epoch += 1
         valid_loss, valid_accuracy = self.validate()
         metrics: Metrics = {
@@ -293,11 +299,12 @@ class Trainer:
                 return  # the epoch's partial last batch (fewer rows, or shorter for sequential): a new shape would recompile
             yield batch
 
-    def train_epoch(self) -> tuple[float, float, int, float]:
+    def train_epoch(self, deadline: Optional[float] = None) -> tuple[float, float, int, float]:
         """One pass of training. Returns mean loss, token accuracy, tokens trained and seconds.
 
         Loss and accuracy are summed on the device and read once at the end: a ``.item()`` per
-        step would make the host wait for every step to finish.
+        step would make the host wait for every step to finish. Past ``deadline`` (a
+        ``time.time()``) the epoch stops with ``DeadlineReached``; its partial work is not counted.
         """
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
@@ -306,6 +313,8 @@ class Trainer:
         clip = self.config.grad_norm_clip
         start = time.perf_counter()
         for step, (x, y) in enumerate(self._batches()):  # x, y: (B, T)
+            if deadline is not None and time.time() >= deadline:
+                raise DeadlineReached(f"the deadline passed in epoch {self.epoch + 1}, after {step} of its steps")
             with self._autocast():
                 logits = self.forward(x)  # (B, T, V)
                 loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())

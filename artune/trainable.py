@@ -23,7 +23,7 @@ from ray import tune
 
 from artune.config import TrainConfig
 from artune.data import Corpus
-from artune.train import CheckpointError, DivergedError, Metrics, Trainer, resolve_device
+from artune.train import CheckpointError, DeadlineReached, DivergedError, Metrics, Trainer, resolve_device
 
 
 TRIAL_INDEX = "__trial_index__"
@@ -136,8 +136,12 @@ def resume(trainer: Trainer, checkpoint: "tune.Checkpoint", fresh: Callable[[], 
     return fresh()
 
 
-def train_fn(config: dict[str, Any], corpus: Optional[Corpus] = None) -> Optional[list[Metrics]]:
+def train_fn(config: dict[str, Any], corpus: Optional[Corpus] = None, deadline: Optional[float] = None) -> Optional[list[Metrics]]:
     """Train one trial. ``corpus`` is the corpus the driver encoded once (``tune.with_parameters``).
+
+    ``deadline`` (a ``time.time()``; the search's time budget): the trial ends there, mid-epoch,
+    keeping what it reported. Tune stops a trial by a call that waits behind the trial's pending
+    report, up to a whole epoch (and kills it 15 s later); a trial that ends itself leaves at once.
 
     Inside Tune the metrics go out through ``tune.report`` and nothing is returned (Tune takes a
     return value as one more result); outside Tune the per-epoch metrics are returned.
@@ -160,7 +164,10 @@ def train_fn(config: dict[str, Any], corpus: Optional[Corpus] = None) -> Optiona
     if checkpoint is not None:
         trainer = resume(trainer, checkpoint, lambda: Trainer(train_config, corpus, device=device))
 
+    history: list[Metrics] = []
+
     def report(metrics: Metrics) -> None:
+        history.append(metrics)
         if not in_tune:
             return
         if train_config.is_save_models:
@@ -171,8 +178,9 @@ def train_fn(config: dict[str, Any], corpus: Optional[Corpus] = None) -> Optiona
             tune.report(metrics)
 
     try:
-        history = trainer.fit(report)
-        return None if in_tune else history
+        trainer.fit(report, deadline)
+    except DeadlineReached:
+        pass  # the epochs reported stand; the cut one is not reported (nor checkpointed)
     except DivergedError as exc:
         # A diverged trial is a result, not a fault: report it once (no checkpoint of the broken
         # weights) and end normally, so Tune spends no retry on it.
@@ -182,3 +190,4 @@ def train_fn(config: dict[str, Any], corpus: Optional[Corpus] = None) -> Optiona
             tune.report(metrics)
             return None
         return [metrics]
+    return None if in_tune else history

@@ -59,6 +59,14 @@ def test_train_fn_outside_tune_returns_one_metrics_dict_per_epoch(corpus):
     assert history[1]["valid_loss"] < history[0]["valid_loss"] + 0.5
 
 
+def test_train_fn_ends_at_its_deadline_keeping_the_epochs_it_reported(corpus):
+    import time
+
+    history = train_fn({**TINY, "epochs": 50, "batches_per_epoch": 200}, corpus=corpus, deadline=time.time() + 3)
+    assert 0 < len(history) < 50 and [m["epoch"] for m in history] == list(range(1, len(history) + 1))
+    assert train_fn({**TINY, "epochs": 2}, corpus=corpus, deadline=time.time()) == []  # past: nothing trains
+
+
 def test_train_fn_unknown_key_names_it(corpus):
     from artune.config import ConfigError
 
