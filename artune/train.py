@@ -228,11 +228,11 @@ class Trainer:
         self.device = device if device is not None else resolve_device(config.device)
         self.autocast_dtype = resolve_precision(config.precision, self.device, config.d_model)
         torch.manual_seed(config.seed)
-        self.model = GPT(model_config(config, self.corpus.vocab_size)).to(self.device)
+        shape = model_config(config, self.corpus.vocab_size)
+        self.model = GPT(shape).to(self.device)
         self.forward = self.model
         if config.compile:
-            _compile_afresh_for_a_new_shape((model_config(config, self.corpus.vocab_size), config.batch_size, config.seq_len,
-                                             config.compile_mode, self.device, self.autocast_dtype))
+            _compile_afresh_for_a_new_shape((shape, config.batch_size, config.seq_len, config.compile_mode, self.device, self.autocast_dtype))
             self.forward = torch.compile(self.model, mode=config.compile_mode)
         self.optimizer = make_optimizer(config, self.model)
         self.total_steps = config.epochs * steps_per_epoch(config, len(self.corpus.train))
@@ -249,10 +249,13 @@ class Trainer:
 
     def fit(self, callback: Optional[Callable[[Metrics], None]] = None, deadline: Optional[float] = None) -> list[Metrics]:
         """Train the remaining epochs. ``deadline`` (a ``time.time()``): stop mid-epoch once it has
-        passed, raising ``DeadlineReached``; the epochs already reported stand."""
+        passed; the epochs finished (and passed to ``callback``) before it are returned."""
         history = []
         while self.epoch < self.config.epochs:
-            metrics = self.run_epoch(deadline)
+            try:
+                metrics = self.run_epoch(deadline)
+            except DeadlineReached:
+                break  # the cut epoch is neither reported nor checkpointed
             history.append(metrics)
             if callback is not None:
                 callback(metrics)

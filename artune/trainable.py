@@ -23,7 +23,7 @@ from ray import tune
 
 from artune.config import TrainConfig
 from artune.data import Corpus
-from artune.train import CheckpointError, DeadlineReached, DivergedError, Metrics, Trainer, resolve_device
+from artune.train import CheckpointError, DivergedError, Metrics, Trainer, resolve_device
 
 
 TRIAL_INDEX = "__trial_index__"
@@ -164,10 +164,7 @@ def train_fn(config: dict[str, Any], corpus: Optional[Corpus] = None, deadline: 
     if checkpoint is not None:
         trainer = resume(trainer, checkpoint, lambda: Trainer(train_config, corpus, device=device))
 
-    history: list[Metrics] = []
-
     def report(metrics: Metrics) -> None:
-        history.append(metrics)
         if not in_tune:
             return
         if train_config.is_save_models:
@@ -178,9 +175,7 @@ def train_fn(config: dict[str, Any], corpus: Optional[Corpus] = None, deadline: 
             tune.report(metrics)
 
     try:
-        trainer.fit(report, deadline)
-    except DeadlineReached:
-        pass  # the epochs reported stand; the cut one is not reported (nor checkpointed)
+        history = trainer.fit(report, deadline)
     except DivergedError as exc:
         # A diverged trial is a result, not a fault: report it once (no checkpoint of the broken
         # weights) and end normally, so Tune spends no retry on it.

@@ -149,9 +149,7 @@ def main() -> int:
         for label, (config, ceiling) in variants.items():
             key = f"{label}, batch {batch_size}"
             start = time.perf_counter()
-            try:
-                if config.compile:
-                    torch._dynamo.reset()  # a fresh compile for this shape, not a dynamic-shape recompile
+            try:  # a compiled variant of a new shape compiles afresh (the Trainer resets dynamo)
                 r = measure(config, corpus, device, warmup=args.warmup, steps=args.steps)
             except Exception as exc:  # noqa: BLE001 - one variant failing must not hide the others
                 report["variants"][key] = {"error": f"{type(exc).__name__}: {exc}"}

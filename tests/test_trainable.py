@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -60,8 +61,6 @@ def test_train_fn_outside_tune_returns_one_metrics_dict_per_epoch(corpus):
 
 
 def test_train_fn_ends_at_its_deadline_keeping_the_epochs_it_reported(corpus):
-    import time
-
     history = train_fn({**TINY, "epochs": 50, "batches_per_epoch": 200}, corpus=corpus, deadline=time.time() + 3)
     assert 0 < len(history) < 50 and [m["epoch"] for m in history] == list(range(1, len(history) + 1))
     assert train_fn({**TINY, "epochs": 2}, corpus=corpus, deadline=time.time()) == []  # past: nothing trains
