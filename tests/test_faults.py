@@ -285,13 +285,19 @@ def chain(tmp_path_factory, small_corpus, ray_tmpdir):
     facts["left_after_sigint"] = wait_for_ray_to_end(ray_tmpdir)
 
     # B: --resume, then SIGKILL of the driver mid-search
+    interrupted = [tid for tid, t in facts["sigint_state"].items() if t["status"] != "TERMINATED" and 1 <= t["epoch"] < CHAIN_EPOCHS]
     search = Search("--resume", *common)
 
     first_ready = None
 
     def kill_moment() -> bool:
         nonlocal first_ready
-        # Ray's saved state holds a finished trial and one halfway, with a checkpoint ...
+        # The resumed driver has continued every interrupted trial (the interrupted run's saved state
+        # may already hold all that follows: a kill then would land before the resumed driver did anything) ...
+        seen = search.epochs()
+        if not all(tid in seen for tid in interrupted):
+            return False
+        # ... and Ray's saved state holds a finished trial and one halfway, with a checkpoint ...
         state = tune_state(directory)
         if not (any(t["status"] == "TERMINATED" for t in state.values())
                 and any(t["status"] == "RUNNING" and 1 <= t["epoch"] < CHAIN_EPOCHS for t in state.values())):
