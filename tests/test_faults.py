@@ -688,12 +688,18 @@ def test_without_address_a_search_starts_its_own_instance_even_beside_a_cluster(
     assert "the cluster has 0 GPUs" in result.stderr
 
 
+LOST_EPOCHS = 10
+
+
 @pytest.mark.slow
 def test_a_node_lost_mid_search_costs_no_trial(cluster, tmp_path, small_corpus):
     cluster, worker = cluster
     space = tmp_path / "space.yaml"
-    # epochs of 150 batches: a trial is still training when its node goes
-    space.write_text(CHAIN_SPACE.replace(f"num_samples: {CHAIN_SAMPLES}", "num_samples: 3").replace("batches_per_epoch: 30", "batches_per_epoch: 150"))
+    # 10 epochs of 150 batches: the two first trials overlap for several epochs even when one starts
+    # late (with 4 epochs, a CI run saw one trial finish before the other had reported its second)
+    space.write_text(CHAIN_SPACE.replace(f"num_samples: {CHAIN_SAMPLES}", "num_samples: 3")
+                     .replace(f"epochs: {CHAIN_EPOCHS}\n", f"epochs: {LOST_EPOCHS}\n")
+                     .replace("batches_per_epoch: 30", "batches_per_epoch: 150"))
     search = Search(str(space), "--address", cluster.address, "--results-dir", str(tmp_path), "--name", "lost",
                     "--data", str(small_corpus))
     # Two trials run, one on each node; once both are mid-training with a registered checkpoint, the
@@ -701,13 +707,13 @@ def test_a_node_lost_mid_search_costs_no_trial(cluster, tmp_path, small_corpus):
     # one, after it). Not while a trial is starting there: Ray Tune counts the death of an actor in its
     # creation twice, and the second count finds the trial requeued and errors it (see the README).
     def two_trials_mid_training() -> bool:
-        return sum(2 <= max(e) < CHAIN_EPOCHS for e in search.epochs().values()) >= 2
+        return sum(2 <= max(e) <= LOST_EPOCHS - 3 for e in search.epochs().values()) >= 2
 
-    search.wait_for(two_trials_mid_training, 240, "two trials between epoch 2 and their last")
+    search.wait_for(two_trials_mid_training, 240, f"two trials between epoch 2 and {LOST_EPOCHS - 3}")
     cluster.remove_node(worker)
     rc = search.finish(300)
     assert rc == 0, search.stderr[-3000:]
-    assert_every_trial_completed_once(tmp_path / "lost", 3, CHAIN_EPOCHS)
+    assert_every_trial_completed_once(tmp_path / "lost", 3, LOST_EPOCHS)
     state = tune_state(tmp_path / "lost")
     assert sum(t["num_failures"] for t in state.values()) >= 1, state  # the lost trial was retried ...
     for trial_id, seen in search.epochs().items():
