@@ -109,6 +109,20 @@ def parse_sets(items: list[str]) -> dict[str, str]:
 # --- the plan: everything validated before Ray starts
 
 
+class Stopwatch:
+    """The seconds of each start-up phase, each counted from the end of the one before (manifest timings)."""
+
+    def __init__(self, started: float) -> None:
+        self.started = self.last = started
+        self.phases: dict[str, float] = {}
+
+    def lap(self, phase: str) -> float:
+        now = time.monotonic()
+        self.phases[f"{phase}_s"] = round(now - self.last, 3)
+        self.last = now
+        return now
+
+
 @dataclass
 class Plan:
     space: SearchSpace
@@ -124,6 +138,10 @@ class Plan:
     started: float  # time.monotonic() when the command started: the time budget counts from here
     command: list[str]
     run_name: str = TUNE_DIR  # this run's Ray experiment directory under the search directory
+    stopwatch: Stopwatch = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stopwatch = Stopwatch(self.started)
 
     @property
     def tune_path(self) -> Path:
@@ -699,7 +717,9 @@ class _Lock:
 
 
 def run(plan: Plan) -> int:
+    plan.stopwatch.lap("plan")  # Python's imports, the arguments and the space validated
     corpus = load_plan_corpus(plan)
+    plan.stopwatch.lap("corpus")
     created = not plan.directory.exists()
     plan.directory.mkdir(parents=True, exist_ok=True)
     try:
@@ -717,17 +737,20 @@ def _run_locked(plan: Plan, corpus: Any) -> int:
     print(describe_plan(plan), flush=True)
     try:
         init_ray(plan)  # inside the try: a refusal after ray.init (no GPUs, say) still shuts Ray down
+        plan.stopwatch.lap("ray_init")
         now = dt.datetime.now().isoformat(timespec="seconds")
         write_manifest(plan, corpus, {"resumed" if plan.resume else "extended" if plan.extend else "started": now}, new_command=True)
         recorder = make_recorder(plan)
         recorder.study  # create the study (and its schema) before any trial ends
+        plan.stopwatch.lap("study")  # importing Ray Tune, opening the Optuna study
         tuner = build_tuner(plan, corpus, recorder)
-        tuning_started = time.monotonic()
+        tuning_started = plan.stopwatch.lap("tuner")  # the searcher, the corpus into Ray's object store
         tuner.fit()  # Ray Tune catches Ctrl-C itself: fit then returns with trials left unfinished
         finished = time.monotonic()
         budget_spent = bool(plan.time_budget_s) and finished - plan.started >= plan.time_budget_s - BUDGET_END_S - 1.0
         interrupted = recorder.finish(budget_spent)
-        timings = {"startup_s": round(tuning_started - plan.started, 3), "tuning_s": round(finished - tuning_started, 3)}
+        timings = {**plan.stopwatch.phases, "startup_s": round(tuning_started - plan.started, 3),
+                   "tuning_s": round(finished - tuning_started, 3)}
         if not interrupted:
             write_manifest(plan, corpus, {"finished": dt.datetime.now().isoformat(timespec="seconds"), "timings": timings})
     finally:

@@ -353,7 +353,11 @@ def main(argv: list[str] | None = None) -> int:
         r = report["search"] = bench_search(trials=8, concurrency=2)
         print(f"search     {r['trials']} trials, {r['concurrency']} at a time: wall {r['wall_s']:.1f} s, ideal {r['ideal_s']:.1f} s "
               f"(sum of trial training time / concurrency), overhead {r['ratio']:.2f}x; "
-              f"Tuner.fit alone {r['tuning_s']:.1f} s, {r['tuning_ratio']:.2f}x; Ray's start-up {r['startup_s']:.1f} s")
+              f"Tuner.fit alone {r['tuning_s']:.1f} s, {r['tuning_ratio']:.2f}x")
+        phases = ", ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in r["startup_phases_s"].items())
+        print(f"search     before Tuner.fit {r['startup_s']:.1f} s ({phases}); after it {r['end_s']:.1f} s; a trial's set-up "
+              f"before its first epoch: {r['trial_setup_new_worker_s']:.1f} s in a new worker, "
+              f"{r['trial_setup_reused_worker_s']:.1f} s in a reused one")
     write_report(report, Path(args.json))
     return 0
 

@@ -4,7 +4,10 @@ A search of ``trials`` short trials (3 epochs each), ``concurrency`` at a time, 
 real CLI (``python -m artune.search``, a subprocess on a local Ray instance it starts itself). The
 ideal wall time is the sum of the trials' own training time (the ``seconds`` of every epoch:
 training, validation and the sample) divided by the concurrency; the ratio is the overhead.
-Two figures: the whole command (Ray's start included) and the tuning alone (Tuner.fit).
+Two figures: the whole command (Ray's start included) and the tuning alone (Tuner.fit). Where the
+rest goes: the command's start-up phases (its manifest's timings), its end (Ray's shutdown, the
+summary), and each trial's own set-up before its first epoch, in a new worker process and in a reused
+one (from Ray's per-trial result files: the first iteration's time less the epoch's own seconds).
 """
 
 from __future__ import annotations
@@ -65,15 +68,34 @@ def measure(trials: int = 8, concurrency: int = 2, batches_per_epoch: int = 150)
         directory = Path(tmp) / "overhead"
         epochs = pq.read_table(directory / "epochs.parquet").to_pandas()
         manifest = json.loads((directory / "manifest.json").read_text())
+        setup = trial_setup_seconds(directory / "tune")
     train_seconds = float(epochs["seconds"].sum())
     ideal = train_seconds / concurrency
-    tuning = manifest["timings"]["tuning_s"]
+    timings = manifest["timings"]
+    tuning, startup = timings["tuning_s"], timings["startup_s"]
     return {
         "trials": trials, "concurrency": concurrency, "epochs_per_trial": 3,
         "mean_epoch_s": float(epochs["seconds"].mean()),
-        "wall_s": wall, "tuning_s": tuning, "startup_s": manifest["timings"]["startup_s"],
+        "wall_s": wall, "tuning_s": tuning, "startup_s": startup,
+        "startup_phases_s": {k: v for k, v in timings.items() if k not in ("startup_s", "tuning_s")},
+        "end_s": wall - startup - tuning,  # Ray's shutdown, the summary (and the interpreter's own start)
+        **setup,
         "ideal_s": ideal, "ratio": wall / ideal, "tuning_ratio": tuning / ideal,
     }
+
+
+def trial_setup_seconds(tune_dir: Path) -> dict:
+    """A trial's set-up inside its worker before its first epoch: in a new worker process, in a reused one."""
+    firsts = []
+    for path in sorted(tune_dir.glob("*/result.json")):
+        first = json.loads(path.read_text().splitlines()[0])
+        firsts.append((first["timestamp"], first["pid"], first["time_this_iter_s"] - first["seconds"]))
+    seen, new, reused = set(), [], []
+    for _, pid, setup in sorted(firsts):
+        (reused if pid in seen else new).append(setup)
+        seen.add(pid)
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    return {"trial_setup_new_worker_s": mean(new), "trial_setup_reused_worker_s": mean(reused)}
 
 
 if __name__ == "__main__":

@@ -87,6 +87,11 @@ def test_smoke_search_writes_a_manifest_and_loads_for_notebooks(smoke, shakespea
     assert set(manifest["versions"]) >= {"artune", "ray", "optuna", "torch"}
     assert manifest["space_file"].endswith("smoke.yaml") and len(manifest["space_sha256"]) == 64
     assert manifest["started"] and manifest["finished"] and manifest["commands"]
+    timings = manifest["timings"]  # where the start-up went, phase by phase (bench search prints them)
+    phases = ["plan_s", "corpus_s", "ray_init_s", "study_s", "tuner_s"]
+    assert list(timings) == [*phases, "startup_s", "tuning_s"] and all(timings[p] >= 0 for p in phases)
+    assert sum(timings[p] for p in phases) == pytest.approx(timings["startup_s"], abs=0.01)
+    assert timings["ray_init_s"] > 0.5 and timings["tuning_s"] > 1
     results = load(directory)
     assert len(results.trials) == 4
     assert results.best(1).iloc[0]["best_valid_loss"] == results.trials["best_valid_loss"].min()
