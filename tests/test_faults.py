@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -121,10 +121,10 @@ def tune_state(directory: Path) -> dict[str, dict]:
 class Search:
     """``python -m artune.search`` as a child process in its own session, its output read as it comes."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: Optional[dict[str, str]] = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "artune.search", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, start_new_session=True, env=dict(os.environ),
+            text=True, start_new_session=True, env={**os.environ, **(env or {})},
         )
         self.out: list[str] = []
         self.err: list[str] = []
@@ -235,6 +235,10 @@ def small_corpus(tmp_path_factory, shakespeare_path) -> Path:
 
 
 CHAIN_SAMPLES, CHAIN_EPOCHS = 4, 4
+# Ray Tune writes its experiment state at most every 10 s by default, and the chain's kill moment
+# reads that state: the whole resumed run can be shorter than that (a loop here saw it end first).
+# Written at every step, the saved state is the current one.
+CHAIN_ENV = {"TUNE_GLOBAL_CHECKPOINT_S": "0"}
 CHAIN_SPACE = f"""
 search:
   num_samples: {CHAIN_SAMPLES}
@@ -244,7 +248,7 @@ search:
   sampler: random
   seed: 0
   scheduler: none            # every trial runs every epoch
-{TINY_FIXED}
+{TINY_FIXED.replace("batches_per_epoch: 30", "batches_per_epoch: 100")}
   d_model: 32
 params:
   lr: {{loguniform: [1.0e-3, 1.0e-2]}}
@@ -267,7 +271,7 @@ def chain(tmp_path_factory, small_corpus, ray_tmpdir):
     facts: dict = {"directory": directory}
 
     # A: Ctrl-C, as `kill -INT` to the driver alone
-    search = Search(str(space), *common)
+    search = Search(str(space), *common, env=CHAIN_ENV)
     def sigint_moment() -> bool:
         # three epochs reported, and a trial halfway: two epochs in (so Tune holds at least its epoch-1
         # checkpoint; right after a first report it may not yet) and not finished. One trial alone may
@@ -286,7 +290,7 @@ def chain(tmp_path_factory, small_corpus, ray_tmpdir):
 
     # B: --resume, then SIGKILL of the driver mid-search
     interrupted = [tid for tid, t in facts["sigint_state"].items() if t["status"] != "TERMINATED" and 1 <= t["epoch"] < CHAIN_EPOCHS]
-    search = Search("--resume", *common)
+    search = Search("--resume", *common, env=CHAIN_ENV)
 
     first_ready = None
 
@@ -316,7 +320,7 @@ def chain(tmp_path_factory, small_corpus, ray_tmpdir):
     facts["left_after_sigkill"] = wait_for_ray_to_end(ray_tmpdir)
 
     # C: --resume to the end
-    search = Search("--resume", *common)
+    search = Search("--resume", *common, env=CHAIN_ENV)
     facts["final_rc"] = search.finish(300)
     facts["final_stdout"], facts["final_stderr"] = search.stdout, search.stderr
     facts["resume2_epochs"] = search.epochs()
@@ -699,7 +703,7 @@ def test_a_node_lost_mid_search_costs_no_trial(cluster, tmp_path, small_corpus):
     # late (with 4 epochs, a CI run saw one trial finish before the other had reported its second)
     space.write_text(CHAIN_SPACE.replace(f"num_samples: {CHAIN_SAMPLES}", "num_samples: 3")
                      .replace(f"epochs: {CHAIN_EPOCHS}\n", f"epochs: {LOST_EPOCHS}\n")
-                     .replace("batches_per_epoch: 30", "batches_per_epoch: 150"))
+                     .replace("batches_per_epoch: 100", "batches_per_epoch: 150"))
     search = Search(str(space), "--address", cluster.address, "--results-dir", str(tmp_path), "--name", "lost",
                     "--data", str(small_corpus))
     # Two trials run, one on each node; once both are mid-training with a registered checkpoint, the
