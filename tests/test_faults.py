@@ -350,11 +350,15 @@ def test_an_interrupted_driver_leaves_its_tables_and_no_ray_processes(chain):
 @pytest.mark.slow
 def test_resume_after_sigint_continues_trials_from_their_checkpoints(chain):
     interrupted = {tid: t["epoch"] for tid, t in chain["sigint_state"].items() if t["status"] != "TERMINATED" and 1 <= t["epoch"] < CHAIN_EPOCHS}
-    assert interrupted, chain["sigint_state"]
+    assert any(last >= 2 for last in interrupted.values()), chain["sigint_state"]  # the Ctrl-C came at such a trial
     for trial_id, last in interrupted.items():
         seen = chain["resume1_epochs"].get(trial_id, [])
-        # its first epoch after the resume follows a checkpoint: not epoch 1 again, and none skipped
-        assert seen and 2 <= seen[0] <= last + 1, (trial_id, last, seen)
+        # Its first epoch after the resume follows a checkpoint, and none is skipped. Tune records a
+        # function trainable's checkpoint by a save task after it has processed the epoch's result:
+        # a Ctrl-C in between leaves the state holding that result but the checkpoint before it, so
+        # the trial redoes that one epoch (from epoch 1 if it was its first; see the README).
+        earliest = 2 if last >= 2 else 1
+        assert seen and earliest <= seen[0] <= last + 1, (trial_id, last, seen)
 
 
 @pytest.mark.slow
