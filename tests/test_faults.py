@@ -301,10 +301,11 @@ def chain(tmp_path_factory, small_corpus, ray_tmpdir):
         seen = search.epochs()
         if not all(tid in seen for tid in interrupted):
             return False
-        # ... and Ray's saved state holds a finished trial and one halfway, with a checkpoint ...
+        # ... and Ray's saved state holds a finished trial and one halfway, two epochs in (so with a
+        # checkpoint: the latest epoch's may not be recorded yet) ...
         state = tune_state(directory)
         if not (any(t["status"] == "TERMINATED" for t in state.values())
-                and any(t["status"] == "RUNNING" and 1 <= t["epoch"] < CHAIN_EPOCHS for t in state.values())):
+                and any(t["status"] == "RUNNING" and 2 <= t["epoch"] < CHAIN_EPOCHS for t in state.values())):
             return False
         first_ready = first_ready or time.monotonic()
         # ... and, for up to 5 s more, wait for epochs.parquet to lag that state (it is rewritten at most
@@ -350,13 +351,21 @@ def test_an_interrupted_driver_leaves_its_tables_and_no_ray_processes(chain):
 @pytest.mark.slow
 def test_resume_after_sigint_continues_trials_from_their_checkpoints(chain):
     interrupted = {tid: t["epoch"] for tid, t in chain["sigint_state"].items() if t["status"] != "TERMINATED" and 1 <= t["epoch"] < CHAIN_EPOCHS}
-    assert any(last >= 2 for last in interrupted.values()), chain["sigint_state"]  # the Ctrl-C came at such a trial
+    assert_continued_from_checkpoints(interrupted, chain["resume1_epochs"])
+
+
+def assert_continued_from_checkpoints(interrupted: dict[str, int], resumed: dict[str, list[int]]) -> None:
+    """Each interrupted trial ({id: its last epoch in the saved state}) went on from a checkpoint.
+
+    Its first epoch after the resume follows a checkpoint, and none is skipped. Tune records a function
+    trainable's checkpoint by a save task after it has processed the epoch's result: a stop in between
+    leaves the saved state holding that result but the checkpoint before it, so the trial redoes that
+    one epoch (from epoch 1 if it was its first; see the README). The stop came at a trial at least two
+    epochs in, which must not restart.
+    """
+    assert any(last >= 2 for last in interrupted.values()), interrupted
     for trial_id, last in interrupted.items():
-        seen = chain["resume1_epochs"].get(trial_id, [])
-        # Its first epoch after the resume follows a checkpoint, and none is skipped. Tune records a
-        # function trainable's checkpoint by a save task after it has processed the epoch's result:
-        # a Ctrl-C in between leaves the state holding that result but the checkpoint before it, so
-        # the trial redoes that one epoch (from epoch 1 if it was its first; see the README).
+        seen = resumed.get(trial_id, [])
         earliest = 2 if last >= 2 else 1
         assert seen and earliest <= seen[0] <= last + 1, (trial_id, last, seen)
 
@@ -408,10 +417,7 @@ def test_trials_finished_before_the_kill_are_not_rerun(chain):
 @pytest.mark.slow
 def test_trials_running_at_the_kill_continue_from_their_checkpoints(chain):
     running = {tid: t["epoch"] for tid, t in chain["kill_state"].items() if t["status"] == "RUNNING" and 1 <= t["epoch"] < CHAIN_EPOCHS}
-    assert running
-    for trial_id, last in running.items():
-        seen = chain["resume2_epochs"].get(trial_id, [])
-        assert seen and 2 <= seen[0] <= last + 1, (trial_id, last, seen)
+    assert_continued_from_checkpoints(running, chain["resume2_epochs"])
     # and in all, the last resume trained fewer epochs than the unfinished trials had left from scratch
     unfinished = [tid for tid, t in chain["kill_state"].items() if t["status"] != "TERMINATED"]
     total = sum(len(v) for v in chain["resume2_epochs"].values())
