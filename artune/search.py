@@ -113,7 +113,7 @@ class Stopwatch:
     """The seconds of each start-up phase, each counted from the end of the one before (manifest timings)."""
 
     def __init__(self, started: float) -> None:
-        self.started = self.last = started
+        self.last = started
         self.phases: dict[str, float] = {}
 
     def lap(self, phase: str) -> float:
