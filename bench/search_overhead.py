@@ -13,6 +13,7 @@ one (from Ray's per-trial result files: the first iteration's time less the epoc
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from statistics import fmean
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -94,8 +96,8 @@ def trial_setup_seconds(tune_dir: Path) -> dict:
     for _, pid, setup in sorted(firsts):
         (reused if pid in seen else new).append(setup)
         seen.add(pid)
-    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
-    return {"trial_setup_new_worker_s": mean(new), "trial_setup_reused_worker_s": mean(reused)}
+    return {"trial_setup_new_worker_s": fmean(new) if new else math.nan,
+            "trial_setup_reused_worker_s": fmean(reused) if reused else math.nan}
 
 
 if __name__ == "__main__":

@@ -289,7 +289,10 @@ def chain(tmp_path_factory, small_corpus, ray_tmpdir):
     facts["left_after_sigint"] = wait_for_ray_to_end(ray_tmpdir)
 
     # B: --resume, then SIGKILL of the driver mid-search
-    interrupted = [tid for tid, t in facts["sigint_state"].items() if t["status"] != "TERMINATED" and 1 <= t["epoch"] < CHAIN_EPOCHS]
+    # {trial: its last epoch in the saved state} of the trials the Ctrl-C interrupted
+    interrupted = facts["interrupted"] = {
+        tid: t["epoch"] for tid, t in facts["sigint_state"].items() if t["status"] != "TERMINATED" and 1 <= t["epoch"] < CHAIN_EPOCHS
+    }
     search = Search("--resume", *common, env=CHAIN_ENV)
 
     first_ready = None
@@ -350,8 +353,7 @@ def test_an_interrupted_driver_leaves_its_tables_and_no_ray_processes(chain):
 
 @pytest.mark.slow
 def test_resume_after_sigint_continues_trials_from_their_checkpoints(chain):
-    interrupted = {tid: t["epoch"] for tid, t in chain["sigint_state"].items() if t["status"] != "TERMINATED" and 1 <= t["epoch"] < CHAIN_EPOCHS}
-    assert_continued_from_checkpoints(interrupted, chain["resume1_epochs"])
+    assert_continued_from_checkpoints(chain["interrupted"], chain["resume1_epochs"])
 
 
 def assert_continued_from_checkpoints(interrupted: dict[str, int], resumed: dict[str, list[int]]) -> None:
