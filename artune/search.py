@@ -340,6 +340,10 @@ def init_ray(plan: Plan) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # artune checkpoints every epoch on purpose (resume loses at most one epoch); Ray's hint about it is noise
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's automatic loggers include TensorBoard's, whose tensorboardX imports torch into the driver
+    # (1.6 s, on the path of every search); build_tuner adds the JSON and CSV loggers itself.
+    # TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 brings the TensorBoard files back.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     if plan.address:
         ray.init(address=plan.address, logging_level=logging.ERROR, log_to_driver=False)
         if not token_auth_enabled():
@@ -374,6 +378,7 @@ def trial_slots(space: SearchSpace, resources: dict[str, float]) -> int:
 def build_tuner(plan: Plan, corpus: Any, recorder: Any):
     import ray
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter, Repeater
     from ray.tune.search.optuna import OptunaSearch
@@ -423,7 +428,8 @@ def build_tuner(plan: Plan, corpus: Any, recorder: Any):
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=plan.run_name, storage_path=str(plan.directory), verbose=0, callbacks=[recorder],
+            name=plan.run_name, storage_path=str(plan.directory), verbose=0,
+            callbacks=[recorder, JsonLoggerCallback(), CSVLoggerCallback()],  # each trial's result.json, progress.csv
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
@@ -624,11 +630,14 @@ def sha256_file(path: Path) -> str:
 
 
 def versions() -> dict[str, str]:
+    import importlib.metadata
+
     import optuna
     import ray
-    import torch
 
-    return {"artune": __version__, "ray": ray.__version__, "optuna": optuna.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    # torch's from its package metadata (the same string as torch.__version__): the driver never imports torch
+    return {"artune": __version__, "ray": ray.__version__, "optuna": optuna.__version__,
+            "torch": importlib.metadata.version("torch"), "python": platform.python_version()}
 
 
 def write_manifest(plan: Plan, corpus: Any, extra: dict[str, Any], new_command: bool = False) -> None:

@@ -18,15 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from artune.config import ConfigError, TrainConfig
-from artune.data import (
-    Corpus,
-    check_fits,
-    load_corpus,
-    num_sequential_batches,
-    num_shuffled_batches,
-    train_batches,
-    valid_batches,
-)
+from artune.batches import num_sequential_batches, num_shuffled_batches, train_batches, valid_batches
+from artune.data import Corpus, check_fits, load_corpus
 from artune.models import GPT, ModelConfig
 from artune.tokenizers import get_tokenizer
 
@@ -239,8 +232,10 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, self.total_steps))
         # The batch order has its own generator, so it is the same whatever else draws random numbers.
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.train_tokens = self.corpus.train.to(self.device)
-        self.valid_tokens = self.corpus.valid.to(self.device)
+        # The corpus's numpy arrays (read-only when Ray hands them over) become tensors here: a copy of
+        # each split, in its compact dtype, on the trial's device.
+        self.train_tokens = torch.tensor(self.corpus.train, device=self.device)
+        self.valid_tokens = torch.tensor(self.corpus.valid, device=self.device)
         self.epoch = 0
         self.tokens_seen = 0
         self._activations: dict[str, torch.Tensor] = {}

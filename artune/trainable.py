@@ -15,15 +15,22 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import ray
-import torch
 from ray import tune
 
 from artune.config import TrainConfig
 from artune.data import Corpus
-from artune.train import CheckpointError, DivergedError, Metrics, Trainer, resolve_device
+
+if TYPE_CHECKING:
+    import torch
+
+    from artune.train import Metrics, Trainer
+
+# torch and the trainer are imported inside the functions that run in the trial, not here: the
+# search driver imports this module only to hand train_fn to Tune, and never needs torch (whose
+# import would delay the search's start; bench search).
 
 
 TRIAL_INDEX = "__trial_index__"
@@ -45,6 +52,10 @@ def trial_device(config: TrainConfig, in_tune: bool) -> torch.device:
     An explicit ``device: cpu`` is honoured. With ``auto``, a GPU that torch cannot see is an
     error: training on the CPU instead would be quietly many times slower than what was asked for.
     """
+    import torch
+
+    from artune.train import resolve_device
+
     gpus = ray.get_gpu_ids() if in_tune and ray.is_initialized() else []
     if config.device == "cpu":
         return torch.device("cpu")
@@ -115,6 +126,8 @@ def resume(trainer: Trainer, checkpoint: "tune.Checkpoint", fresh: Callable[[], 
     Every fallback is said on stderr with the file and the reason; a trainer that failed to load is
     discarded (it may be half-loaded) and a fresh one tried, so a resume never pretends.
     """
+    from artune.train import CheckpointError
+
     with checkpoint.as_directory() as directory:
         latest = Path(directory)
         try:
@@ -146,6 +159,10 @@ def train_fn(config: dict[str, Any], corpus: Optional[Corpus] = None, deadline: 
     Inside Tune the metrics go out through ``tune.report`` and nothing is returned (Tune takes a
     return value as one more result); outside Tune the per-epoch metrics are returned.
     """
+    import torch
+
+    from artune.train import DivergedError, Trainer
+
     config = dict(config)
     repeat = config.pop(TRIAL_INDEX, None)  # set by Ray's Repeater for --repeats: run `repeat` gets seed + repeat
     train_config = TrainConfig.from_dict(config)

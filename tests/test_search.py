@@ -107,6 +107,35 @@ def test_a_second_search_under_the_same_name_is_refused(smoke, shakespeare_path)
     assert (directory / "trials.parquet").read_bytes() == before
 
 
+# The CLI with every import of torch refused in its own process (the trials' worker processes import it).
+DRIVER_WITHOUT_TORCH = """
+import runpy, sys
+
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError(f"the search driver imported {name}")
+
+sys.meta_path.insert(0, NoTorch())
+sys.argv[0] = "artune.search"
+runpy.run_module("artune.search", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.slow
+def test_the_search_driver_never_imports_torch(tmp_path, shakespeare_path):
+    """torch is the trials' business: its import would delay every search's start (bench search)."""
+    result = subprocess.run(
+        [sys.executable, "-c", DRIVER_WITHOUT_TORCH, str(SMOKE), "--results-dir", str(tmp_path), "--name", "notorch",
+         "--data", str(shakespeare_path), "--num-samples", "1", "--epochs", "1", "--set", "batches_per_epoch=5"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=os.environ.copy(),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = load(tmp_path / "notorch").trials
+    assert list(trials["status"]) == ["completed"] and list(trials["epochs_completed"]) == [1]
+    assert json.loads((tmp_path / "notorch" / "manifest.json").read_text())["versions"]["torch"]
+
+
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, shakespeare_path):
     result = cli(str(SMOKE), "--dry-run", "--results-dir", str(tmp_path / "r"), "--name", "plan",
                  "--num-samples", "7", "--set", "seq_len=24", "--data", str(shakespeare_path))

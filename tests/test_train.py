@@ -60,7 +60,7 @@ def test_learns_tiny_shakespeare_below_its_unigram_entropy(shakespeare_path):
         epochs=1, batches_per_epoch=200, sample_tokens=10, device="cpu",
     )
     trainer = Trainer(config, data_dir=shakespeare_path.parent)
-    counts = torch.bincount(torch.cat([trainer.corpus.train, trainer.corpus.valid]).long()).double()
+    counts = torch.bincount(torch.cat([trainer.train_tokens, trainer.valid_tokens]).long()).double()
     p = counts[counts > 0] / counts.sum()
     entropy = float(-(p * p.log()).sum())  # nats per character of a model that knows only the frequencies
     assert 3.2 < entropy < 3.4
