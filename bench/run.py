@@ -25,7 +25,8 @@ Sections:
              8 heads, seq_len 512) at a reduced batch (--precision-batch, default 1, instead of
              16: on a CPU without bf16 matmuls a bf16 step of batch 1 takes 30-90 s), and the
              validation loss after those steps on the same valid windows (should agree within 1%).
-  search     wall time of an 8-trial search against the trials' own training time / concurrency.
+  search     wall time of an 8-trial search (3 epochs of about 5 s each, 2 at a time) against the
+             trials' own training time / concurrency.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ import torch
 import torch.nn.functional as F
 
 from artune.config import TrainConfig
-from artune.data import load_corpus, shuffled_batches, valid_batches
+from artune.batches import shuffled_batches, valid_batches
+from artune.data import load_corpus
 from artune.train import Trainer, matmul_rate
 
 SMALL = dict(d_model=128, n_layers=4, n_heads=4, seq_len=64, batch_size=12)
@@ -112,7 +114,7 @@ def bench_trainer(corpus: Any, rounds: int, steps: int) -> dict[str, Any]:
     config = TrainConfig(**SMALL, optimizer="adamw", epochs=1, device="cpu")
     bare, ours, ceilings, shape_rates = [], [], [], []
     for _ in range(rounds):  # interleaved, so all of them see the same machine noise
-        bare.append(run_baseline(corpus.train, corpus.vocab_size, steps=steps, **SMALL))
+        bare.append(run_baseline(torch.tensor(corpus.train), corpus.vocab_size, steps=steps, **SMALL))
         ours.append(trainer_tokens_per_sec(config, corpus, steps))
         ceilings.append(matmul_ceiling())
         shape_rates.append(model_matmul_rate(config, corpus.vocab_size))
@@ -228,7 +230,7 @@ def bench_sampler(corpus: Any, rounds: int, step_ms: float | None) -> dict[str, 
     from origin_data import origin_loader
 
     batch_size, seq_len = 16, 512
-    tokens = corpus.train
+    tokens = torch.tensor(corpus.train)
     generator = torch.Generator().manual_seed(0)
     results: dict[str, Any] = {"batch_size": batch_size, "seq_len": seq_len, "rounds": rounds}
     for replacement in (False, True):
@@ -351,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
               f"bf16 {r['bf16_valid_loss']:.4f}  rel diff {r['valid_loss_rel_diff']:.2%}")
     if "search" in args.sections:
         r = report["search"] = bench_search(trials=8, concurrency=2)
-        print(f"search     {r['trials']} trials, {r['concurrency']} at a time: wall {r['wall_s']:.1f} s, ideal {r['ideal_s']:.1f} s "
+        print(f"search     {r['trials']} trials x 3 epochs of {r['mean_epoch_s']:.1f} s ({r['batches_per_epoch']} batches), "
+              f"{r['concurrency']} at a time: wall {r['wall_s']:.1f} s, ideal {r['ideal_s']:.1f} s "
               f"(sum of trial training time / concurrency), overhead {r['ratio']:.2f}x; "
               f"Tuner.fit alone {r['tuning_s']:.1f} s, {r['tuning_ratio']:.2f}x")
         phases = ", ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in r["startup_phases_s"].items())
