@@ -24,7 +24,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 from statistics import fmean
@@ -37,21 +36,14 @@ FIXED = dict(seq_len=64, batch_size=12, d_model=64, n_layers=2, n_heads=4, optim
 
 
 def space_text(trials: int, concurrency: int, batches_per_epoch: int) -> str:
-    fixed = "\n".join(f"  {key}: {value}" for key, value in {**FIXED, "batches_per_epoch": batches_per_epoch}.items())
-    return textwrap.dedent(
-        f"""\
-        search:
-          num_samples: {trials}
-          max_concurrent: {concurrency}
-          resources: {{cpu: 1}}
-          epochs: 3
-          sampler: random
-          seed: 0
-          scheduler: none
-        params:
-          lr: {{loguniform: [1.0e-3, 3.0e-3]}}
-        """
-    ) + "fixed:\n" + fixed + "\n"
+    import yaml
+
+    return yaml.safe_dump({
+        "search": {"num_samples": trials, "max_concurrent": concurrency, "resources": {"cpu": 1}, "epochs": 3,
+                   "sampler": "random", "seed": 0, "scheduler": "none"},
+        "fixed": {**FIXED, "batches_per_epoch": batches_per_epoch},
+        "params": {"lr": {"loguniform": [1.0e-3, 3.0e-3]}},
+    }, sort_keys=False)
 
 
 def calibrate(epoch_s: float, short: int = 20, long: int = 80) -> int:

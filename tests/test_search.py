@@ -107,13 +107,17 @@ def test_a_second_search_under_the_same_name_is_refused(smoke, shakespeare_path)
     assert (directory / "trials.parquet").read_bytes() == before
 
 
-# The CLI with every import of torch refused in its own process (the trials' worker processes import it).
+# The CLI with every import of torch refused in its own process (the trials' worker processes import
+# it). Each attempt is also written down: code that tries torch and carries on without it (as Tune's
+# TensorBoard logger does) would otherwise hide the attempt.
 DRIVER_WITHOUT_TORCH = """
-import runpy, sys
+import os, runpy, sys
 
 class NoTorch:
     def find_spec(self, name, path=None, target=None):
         if name == "torch" or name.startswith("torch."):
+            with open(os.environ["ARTUNE_TEST_TORCH_IMPORTS"], "a") as log:
+                log.write(name + "\\n")
             raise ImportError(f"the search driver imported {name}")
 
 sys.meta_path.insert(0, NoTorch())
@@ -125,12 +129,15 @@ runpy.run_module("artune.search", run_name="__main__", alter_sys=True)
 @pytest.mark.slow
 def test_the_search_driver_never_imports_torch(tmp_path, shakespeare_path):
     """torch is the trials' business: its import would delay every search's start (bench search)."""
+    attempts = tmp_path / "torch-imports.txt"
     result = subprocess.run(
         [sys.executable, "-c", DRIVER_WITHOUT_TORCH, str(SMOKE), "--results-dir", str(tmp_path), "--name", "notorch",
          "--data", str(shakespeare_path), "--num-samples", "1", "--epochs", "1", "--set", "batches_per_epoch=5"],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env=os.environ.copy(),
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "ARTUNE_TEST_TORCH_IMPORTS": str(attempts)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not attempts.exists(), f"the driver tried to import: {attempts.read_text().split()}"
     trials = load(tmp_path / "notorch").trials
     assert list(trials["status"]) == ["completed"] and list(trials["epochs_completed"]) == [1]
     assert json.loads((tmp_path / "notorch" / "manifest.json").read_text())["versions"]["torch"]
