@@ -15,11 +15,13 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:  # pandas is imported where a DataFrame is built: writing the tables needs only pyarrow
+    import pandas as pd
 
 from artune.config import FIELD_NAMES, field_type
 
@@ -324,6 +326,8 @@ class SearchResults:
 
 
 def _numeric_columns(frame: pd.DataFrame) -> list[str]:
+    import pandas as pd
+
     return [
         name for name in frame.columns
         if name not in _NOT_METRICS and pd.api.types.is_numeric_dtype(frame[name]) and not pd.api.types.is_bool_dtype(frame[name])
@@ -386,6 +390,8 @@ def compare(*searches: str | os.PathLike | SearchResults, results_dir: str | os.
         names.append(results.name if results.name not in names else str(results.path))  # two searches of one name
 
     def stack(frames: list[pd.DataFrame]) -> pd.DataFrame:
+        import pandas as pd
+
         tagged = [frame.assign(search=name)[["search", *frame.columns.drop("search", errors="ignore")]] for frame, name in zip(frames, names)]
         return pd.concat([t for t in tagged if len(t)] or tagged[:1], ignore_index=True)
 

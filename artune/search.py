@@ -13,6 +13,7 @@ import dataclasses
 import datetime as dt
 import fcntl
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import re
 import shutil
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,12 @@ CONNECT_TIMEOUT_S = 5.0
 MAX_FAILURES = 2  # retries of a trial that raised, each from its last checkpoint
 BUDGET_END_S = 2.0  # of a time budget, kept for the end: Tune's, the final tables, Ray's shutdown
 DEADLINE_LAG_S = 0.5  # running trials end this long after Tune's budget has stopped the search
+# What the driver imports once Ray is up (Ray Tune with its pandas, Optuna's SQL storage); imported
+# while ray.init waits for Ray's processes, which leave part of the CPU idle (bench/search_overhead.py).
+IMPORTED_DURING_RAY_INIT = (
+    "ray.tune", "ray.tune.search.optuna", "sqlalchemy.orm", "alembic.command", "alembic.config", "alembic.migration",
+    "alembic.script",
+)
 
 
 class SearchError(Exception):
@@ -332,6 +340,21 @@ def keep_ray_on_loopback() -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def import_in_background(names: tuple[str, ...]) -> threading.Thread:
+    """Import ``names`` in a thread; one that fails is left for its real import to raise where it is used."""
+
+    def run() -> None:
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except Exception:
+                return
+
+    thread = threading.Thread(target=run, name="artune-imports", daemon=True)
+    thread.start()
+    return thread
+
+
 def init_ray(plan: Plan) -> None:
     if not plan.address:
         keep_ray_on_loopback()
@@ -344,6 +367,7 @@ def init_ray(plan: Plan) -> None:
     # (1.6 s, on the path of every search); build_tuner adds the JSON and CSV loggers itself.
     # TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 brings the TensorBoard files back.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    imports = import_in_background(IMPORTED_DURING_RAY_INIT)  # after the settings above: Ray Tune may read them on import
     if plan.address:
         ray.init(address=plan.address, logging_level=logging.ERROR, log_to_driver=False)
         if not token_auth_enabled():
@@ -354,8 +378,12 @@ def init_ray(plan: Plan) -> None:
             )
     else:
         # A private local instance ("local": never a cluster that `ray start` left running here),
-        # on loopback only (see keep_ray_on_loopback), no dashboard.
+        # on loopback only (see keep_ray_on_loopback), no dashboard. Its raylet would start one idle
+        # worker per CPU for the first driver; no trial uses them (Tune starts its trial actors in workers of their own), and
+        # starting them costs ray.init about 1 s of a 2-core machine.
+        os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
         ray.init(address="local", include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    imports.join()
     resources = ray.cluster_resources()
     s = plan.space.settings
     if s.gpu > 0 and resources.get("GPU", 0) < s.gpu:
