@@ -152,6 +152,18 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, shakespeare_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_validating_a_search_loads_neither_ray_nor_torch_nor_pandas(tmp_path, shakespeare_path):
+    """The plan is checked before anything heavy is imported: --dry-run, and a bad input's error, come at once."""
+    code = ("import sys; from artune.search import main; main(sys.argv[1:]); "
+            "print(sorted(m for m in ('ray', 'torch', 'pandas') if m in sys.modules))")
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(SMOKE), "--dry-run", "--results-dir", str(tmp_path), "--data", str(shakespeare_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
 def test_the_default_search_is_bounded_by_its_time_budget(tmp_path, shakespeare_path):
     """The no-argument search ends at the space file's 15 minutes; --time-budget overrides it."""
     result = cli("--dry-run", "--results-dir", str(tmp_path), "--data", str(shakespeare_path))
