@@ -22,8 +22,8 @@ import re
 import shutil
 import socket
 import sys
-import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -48,9 +48,9 @@ CONNECT_TIMEOUT_S = 5.0
 MAX_FAILURES = 2  # retries of a trial that raised, each from its last checkpoint
 BUDGET_END_S = 2.0  # of a time budget, kept for the end: Tune's, the final tables, Ray's shutdown
 DEADLINE_LAG_S = 0.5  # running trials end this long after Tune's budget has stopped the search
-# What the driver imports once Ray is up (Ray Tune with its pandas, Optuna's SQL storage); imported
-# while ray.init waits for Ray's processes, which leave part of the CPU idle (bench/search_overhead.py).
-IMPORTED_DURING_RAY_INIT = (
+# What the driver needs once Ray is up (Ray Tune with its pandas, Optuna's SQL storage): imported while
+# ray.init waits for Ray's processes, which leave part of the CPU idle (see open_study_while_ray_starts).
+NEEDED_AFTER_RAY_INIT = (
     "ray.tune", "ray.tune.search.optuna", "sqlalchemy.orm", "alembic.command", "alembic.config", "alembic.migration",
     "alembic.script",
 )
@@ -340,26 +340,14 @@ def keep_ray_on_loopback() -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False
 
 
-def import_in_background(names: tuple[str, ...]) -> threading.Thread:
-    """Import ``names`` in a thread; one that fails is left for its real import to raise where it is used."""
-
-    def run() -> None:
-        for name in names:
-            try:
-                importlib.import_module(name)
-            except Exception:
-                return
-
-    thread = threading.Thread(target=run, name="artune-imports", daemon=True)
-    thread.start()
-    return thread
-
-
-def init_ray(plan: Plan) -> None:
+def set_ray_environment(plan: Plan) -> None:
+    """The settings Ray and Ray Tune read from the environment: before anything imports them."""
     if not plan.address:
         keep_ray_on_loopback()
-    import ray
-
+        # The local raylet would start one idle worker per CPU for the first driver. No trial can use
+        # them: Tune starts each trial actor with a runtime env of its own (env_vars), and a prestarted
+        # worker serves only tasks without one. Starting them cost ray.init about 1 s of a 2-core machine.
+        os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # artune checkpoints every epoch on purpose (resume loses at most one epoch); Ray's hint about it is noise
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -367,7 +355,31 @@ def init_ray(plan: Plan) -> None:
     # (1.6 s, on the path of every search); build_tuner adds the JSON and CSV loggers itself.
     # TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 brings the TensorBoard files back.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    imports = import_in_background(IMPORTED_DURING_RAY_INIT)  # after the settings above: Ray Tune may read them on import
+
+
+def open_study_while_ray_starts(plan: Plan) -> Future:
+    """Import what the driver needs after ray.init, and open the Optuna study, in a thread.
+
+    ray.init spends seconds waiting for Ray's processes to start, and they leave part of the CPU idle;
+    the thread uses it (bench/search_overhead.py measures the start-up). Where it fails (two threads
+    importing one package can meet a circular import), the driver opens the study itself afterwards,
+    and a real error is raised there.
+    """
+
+    def run() -> Any:
+        for name in NEEDED_AFTER_RAY_INIT:
+            importlib.import_module(name)
+        return open_study(plan.storage, plan.name, plan.space.settings.mode)
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="artune-study")
+    study = pool.submit(run)
+    pool.shutdown(wait=False)
+    return study
+
+
+def init_ray(plan: Plan) -> None:
+    import ray
+
     if plan.address:
         ray.init(address=plan.address, logging_level=logging.ERROR, log_to_driver=False)
         if not token_auth_enabled():
@@ -378,12 +390,8 @@ def init_ray(plan: Plan) -> None:
             )
     else:
         # A private local instance ("local": never a cluster that `ray start` left running here),
-        # on loopback only (see keep_ray_on_loopback), no dashboard. Its raylet would start one idle
-        # worker per CPU for the first driver; no trial uses them (Tune starts its trial actors in workers of their own), and
-        # starting them costs ray.init about 1 s of a 2-core machine.
-        os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+        # on loopback only (see keep_ray_on_loopback), no dashboard.
         ray.init(address="local", include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-    imports.join()
     resources = ray.cluster_resources()
     s = plan.space.settings
     if s.gpu > 0 and resources.get("GPU", 0) < s.gpu:
@@ -464,7 +472,7 @@ def build_tuner(plan: Plan, corpus: Any, recorder: Any):
     )
 
 
-def make_recorder(plan: Plan):
+def make_recorder(plan: Plan, study: Any = None):
     """A Tune callback that records every result into the parquet tables and the study as it arrives."""
     from ray import tune
 
@@ -479,7 +487,7 @@ def make_recorder(plan: Plan):
         def __init__(self) -> None:
             self.records: dict[str, TrialRecord] = read_records(directory)  # a resumed search carries on its tables
             self._written = 0.0
-            self._study = None
+            self._study = study
             self.unfinished, self.cut_short = 0, []
             self.ended: set[str] = set()  # trials Tune reported ended (complete or error) in this run
 
@@ -772,14 +780,17 @@ def run(plan: Plan) -> int:
 
 def _run_locked(plan: Plan, corpus: Any) -> int:
     print(describe_plan(plan), flush=True)
+    study = None
     try:
+        set_ray_environment(plan)
+        study = open_study_while_ray_starts(plan)
         init_ray(plan)  # inside the try: a refusal after ray.init (no GPUs, say) still shuts Ray down
         plan.stopwatch.lap("ray_init")
         now = dt.datetime.now().isoformat(timespec="seconds")
         write_manifest(plan, corpus, {"resumed" if plan.resume else "extended" if plan.extend else "started": now}, new_command=True)
-        recorder = make_recorder(plan)
-        recorder.study  # create the study (and its schema) before any trial ends
-        plan.stopwatch.lap("study")  # importing Ray Tune, opening the Optuna study
+        recorder = make_recorder(plan, None if study.exception() else study.result())
+        recorder.study  # the study (and its schema) exists before any trial ends
+        plan.stopwatch.lap("study")  # what of importing Ray Tune and opening the study ray.init did not cover
         tuner = build_tuner(plan, corpus, recorder)
         tuning_started = plan.stopwatch.lap("tuner")  # the searcher, the corpus into Ray's object store
         tuner.fit()  # Ray Tune catches Ctrl-C itself: fit then returns with trials left unfinished
@@ -791,6 +802,8 @@ def _run_locked(plan: Plan, corpus: Any) -> int:
         if not interrupted:
             write_manifest(plan, corpus, {"finished": dt.datetime.now().isoformat(timespec="seconds"), "timings": timings})
     finally:
+        if study is not None:
+            wait([study])  # where ray.init failed, the study's thread ends before the caller cleans up
         if "ray" in sys.modules:
             sys.modules["ray"].shutdown()  # a no-op where ray.init never ran or failed
     if interrupted:
