@@ -224,6 +224,9 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
     space.check_configs()
     if args.address:
         check_address(args.address)
+    if args.storage and ":memory:" in args.storage:
+        raise SearchError(f"--storage {args.storage!r}: an in-memory database keeps nothing once the search ends; "
+                          "give a file (sqlite:///path.db) or a database server's URL")
     repeats = manifest.get("repeats", args.repeats) if args.resume else args.repeats
     data = args.data
     if (args.resume or args.extend) and data is None and manifest.get("corpus", {}).get("source"):
@@ -361,15 +364,18 @@ def open_study_while_ray_starts(plan: Plan) -> Future:
     """Import what the driver needs after ray.init, and open the Optuna study, in a thread.
 
     ray.init spends seconds waiting for Ray's processes to start, and they leave part of the CPU idle;
-    the thread uses it (bench/search_overhead.py measures the start-up). Where it fails (two threads
-    importing one package can meet a circular import), the driver opens the study itself afterwards,
-    and a real error is raised there.
+    the thread uses it (bench/search_overhead.py measures the start-up). Ray itself is imported whole
+    before, in the calling thread, so that only ray.init's few lazy imports meet the thread's (where
+    two threads meet in a circular import, Python raises rather than hangs). Where the thread fails,
+    the driver opens the study itself afterwards, and a real error is raised there.
     """
 
     def run() -> Any:
         for name in NEEDED_AFTER_RAY_INIT:
             importlib.import_module(name)
         return open_study(plan.storage, plan.name, plan.space.settings.mode)
+
+    import ray  # noqa: F401  (see above)
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="artune-study")
     study = pool.submit(run)
@@ -788,6 +794,8 @@ def _run_locked(plan: Plan, corpus: Any) -> int:
         plan.stopwatch.lap("ray_init")
         now = dt.datetime.now().isoformat(timespec="seconds")
         write_manifest(plan, corpus, {"resumed" if plan.resume else "extended" if plan.extend else "started": now}, new_command=True)
+        if study.exception():
+            logging.getLogger(__name__).debug("the study's thread failed; opening it here", exc_info=study.exception())
         recorder = make_recorder(plan, None if study.exception() else study.result())
         recorder.study  # the study (and its schema) exists before any trial ends
         plan.stopwatch.lap("study")  # what of importing Ray Tune and opening the study ray.init did not cover

@@ -153,7 +153,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, shakespeare_path):
 
 
 def test_validating_a_search_loads_neither_ray_nor_torch_nor_pandas(tmp_path, shakespeare_path):
-    """The plan is checked before anything heavy is imported: --dry-run, and a bad input's error, come at once."""
+    """The plan is checked before anything heavy is imported, so --dry-run (and a bad input's error) come at once."""
     code = ("import sys; from artune.search import main; main(sys.argv[1:]); "
             "print(sorted(m for m in ('ray', 'torch', 'pandas') if m in sys.modules))")
     result = subprocess.run(
@@ -184,6 +184,7 @@ def test_the_default_search_is_bounded_by_its_time_budget(tmp_path, shakespeare_
         ([str(SMOKE), "--num-samples", "0"], ["--num-samples"]),
         ([str(SMOKE), "--resume"], ["--resume needs --name"]),
         ([str(SMOKE), "--resume", "--name", "nothing-here"], ["no search named 'nothing-here'"]),
+        ([str(SMOKE), "--storage", "sqlite:///:memory:"], ["--storage 'sqlite:///:memory:'", "in-memory"]),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragments):
