@@ -206,6 +206,8 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
             check_space_unchanged(manifest, space)
         runs = manifest.get("runs", [TUNE_DIR])
         run_name = runs[-1] if args.resume else f"{TUNE_DIR}-{len(runs) + 1}"
+        if args.resume:
+            check_saved_state(directory / run_name)
         if args.extend and args.num_samples is None:
             raise SearchError("--extend needs --num-samples: how many trials to add")
     else:
@@ -252,6 +254,28 @@ def check_space_unchanged(manifest: dict[str, Any], started_with: SearchSpace) -
         f"--resume: {original} changed since search {manifest.get('name')!r} started ({what}); "
         "restore the file, or start a new search under another --name"
     )
+
+
+def check_saved_state(tune_path: Path) -> None:
+    """Refuse to resume from a Ray Tune state that a killed driver left half-written.
+
+    Tune copies its state into the run directory without an atomic rename: a driver killed during
+    the copy leaves the newest ``experiment_state-*.json`` empty or cut short, and Tune would resume
+    from it without a word, losing the trials it listed. (Tune reads the newest by name, as here.)
+    """
+    states = sorted(tune_path.glob("experiment_state-*.json"))
+    if not states:
+        return
+    newest = states[-1]
+    try:
+        json.loads(newest.read_text())
+    except (OSError, ValueError) as error:
+        what = "empty" if newest.stat().st_size == 0 else f"unreadable ({error})"
+        raise SearchError(
+            f"--resume: Ray Tune's saved state {newest} is {what}: the driver was stopped while Tune wrote it, "
+            "and the trials it listed cannot be continued from it; the tables keep every result so far, "
+            "so start the search again under another --name"
+        ) from None
 
 
 def space_changes(old: SearchSpace, new: SearchSpace) -> list[str]:

@@ -118,6 +118,26 @@ def tune_state(directory: Path) -> dict[str, dict]:
     return trials
 
 
+def torn_state(directory: Path) -> bool:
+    """Whether the newest saved state is empty or cut short: a kill inside Tune's copy of it."""
+    files = sorted((directory / "tune").glob("experiment_state-*.json"))
+    if not files:
+        return False
+    try:
+        json.loads(files[-1].read_text())
+    except (json.JSONDecodeError, OSError):
+        return True
+    return False
+
+
+def skip_if_the_kill_tore_the_saved_state(chain: dict) -> None:
+    """Tune copies its state without an atomic rename: a kill inside the copy leaves it empty (seen once
+    in CI). Then --resume must refuse it with one line, and there is no resumed run to check."""
+    if chain["torn_state"]:
+        assert chain["final_rc"] == 2 and "saved state" in chain["final_stderr"], chain["final_stderr"][-2000:]
+        pytest.skip("the kill landed inside Ray Tune's copy of its state; --resume refused it, as it must")
+
+
 class Search:
     """``python -m artune.search`` as a child process in its own session, its output read as it comes."""
 
@@ -321,6 +341,7 @@ def chain(tmp_path_factory, small_corpus, ray_tmpdir):
     facts["resume1_epochs"] = search.epochs()
     facts["kill_state"] = tune_state(directory)
     facts["kill_tables"] = tables(directory)
+    facts["torn_state"] = torn_state(directory)
     facts["left_after_sigkill"] = wait_for_ray_to_end(ray_tmpdir)
 
     # C: --resume to the end
@@ -374,6 +395,7 @@ def assert_continued_from_checkpoints(interrupted: dict[str, int], resumed: dict
 
 @pytest.mark.slow
 def test_resume_after_sigkill_trains_every_trial_to_the_end(chain):
+    skip_if_the_kill_tore_the_saved_state(chain)
     directory = chain["directory"]
     assert chain["final_rc"] == 0, chain["final_stderr"][-3000:]
     trials, rows = tables(directory)
@@ -389,6 +411,7 @@ def test_resume_after_sigkill_trains_every_trial_to_the_end(chain):
 
 @pytest.mark.slow
 def test_resume_after_sigkill_loses_no_epoch_from_the_tables(chain):
+    skip_if_the_kill_tore_the_saved_state(chain)
     _, before = chain["kill_tables"]
     if not lagging_trials(chain["kill_state"], before):
         pytest.skip("the kill did not land while epochs.parquet lagged Ray's saved state")
@@ -398,12 +421,14 @@ def test_resume_after_sigkill_loses_no_epoch_from_the_tables(chain):
 
 @pytest.mark.slow
 def test_the_manifest_lists_each_command_that_ran_the_search_once(chain):
+    skip_if_the_kill_tore_the_saved_state(chain)
     commands = json.loads((chain["directory"] / MANIFEST_FILE).read_text())["commands"]
     assert ["--resume" in command for command in commands] == [False, True, True], commands
 
 
 @pytest.mark.slow
 def test_trials_finished_before_the_kill_are_not_rerun(chain):
+    skip_if_the_kill_tore_the_saved_state(chain)
     finished = [tid for tid, t in chain["kill_state"].items() if t["status"] == "TERMINATED"]
     assert finished
     _, before = chain["kill_tables"]
@@ -418,6 +443,7 @@ def test_trials_finished_before_the_kill_are_not_rerun(chain):
 
 @pytest.mark.slow
 def test_trials_running_at_the_kill_continue_from_their_checkpoints(chain):
+    skip_if_the_kill_tore_the_saved_state(chain)
     running = {tid: t["epoch"] for tid, t in chain["kill_state"].items() if t["status"] == "RUNNING" and 1 <= t["epoch"] < CHAIN_EPOCHS}
     assert_continued_from_checkpoints(running, chain["resume2_epochs"])
     # and in all, the last resume trained fewer epochs than the unfinished trials had left from scratch

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -191,6 +192,18 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragments):
     result = cli(*args, "--results-dir", str(tmp_path / "r"), timeout=60)
     assert_one_error_line(result, *fragments)
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_resume_refuses_a_saved_state_that_a_killed_driver_left_empty(tmp_path):
+    """Tune copies its state without an atomic rename; from an empty one it would resume silently, losing trials."""
+    directory = tmp_path / "r" / "torn"
+    (directory / "tune").mkdir(parents=True)
+    shutil.copyfile(SMOKE, directory / "space.yaml")
+    (directory / "manifest.json").write_text(json.dumps({"name": "torn", "runs": ["tune"]}))
+    (directory / "tune" / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": []}')
+    (directory / "tune" / "experiment_state-2026-01-01_00-01-00.json").write_text("")
+    result = cli("--resume", "--name", "torn", "--results-dir", str(tmp_path / "r"), "--dry-run", timeout=60)
+    assert_one_error_line(result, "experiment_state-2026-01-01_00-01-00.json is empty", "another --name")
 
 
 def test_a_results_dir_that_is_not_a_directory_is_refused(tmp_path):
