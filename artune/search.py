@@ -48,12 +48,10 @@ CONNECT_TIMEOUT_S = 5.0
 MAX_FAILURES = 2  # retries of a trial that raised, each from its last checkpoint
 BUDGET_END_S = 2.0  # of a time budget, kept for the end: Tune's, the final tables, Ray's shutdown
 DEADLINE_LAG_S = 0.5  # running trials end this long after Tune's budget has stopped the search
-# What the driver needs once Ray is up (Ray Tune with its pandas, Optuna's SQL storage): imported while
-# ray.init waits for Ray's processes, which leave part of the CPU idle (see open_study_while_ray_starts).
-NEEDED_AFTER_RAY_INIT = (
-    "ray.tune", "ray.tune.search.optuna", "sqlalchemy.orm", "alembic.command", "alembic.config", "alembic.migration",
-    "alembic.script",
-)
+# What the driver needs once Ray is up (Ray Tune with its pandas): imported while ray.init waits for
+# Ray's processes, which leave part of the CPU idle (see open_study_while_ray_starts; opening the study
+# there imports Optuna's SQL storage).
+NEEDED_AFTER_RAY_INIT = ("ray.tune", "ray.tune.search.optuna")
 
 
 class SearchError(Exception):
@@ -818,9 +816,10 @@ def _run_locked(plan: Plan, corpus: Any) -> int:
         plan.stopwatch.lap("ray_init")
         now = dt.datetime.now().isoformat(timespec="seconds")
         write_manifest(plan, corpus, {"resumed" if plan.resume else "extended" if plan.extend else "started": now}, new_command=True)
-        if study.exception():
-            logging.getLogger(__name__).debug("the study's thread failed; opening it here", exc_info=study.exception())
-        recorder = make_recorder(plan, None if study.exception() else study.result())
+        failed = study.exception()
+        if failed:
+            logging.getLogger(__name__).debug("the study's thread failed; opening it here", exc_info=failed)
+        recorder = make_recorder(plan, None if failed else study.result())
         recorder.study  # the study (and its schema) exists before any trial ends
         plan.stopwatch.lap("study")  # what of importing Ray Tune and opening the study ray.init did not cover
         tuner = build_tuner(plan, corpus, recorder)

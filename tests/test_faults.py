@@ -101,12 +101,8 @@ def tune_state(directory: Path) -> dict[str, dict]:
     ``{trial_id: {"status": "RUNNING"|"TERMINATED"|..., "epoch": last reported epoch or 0, "num_failures": n}}``;
     ``{}`` while no state was written (or while it is being copied into place).
     """
-    files = sorted((directory / "tune").glob("experiment_state-*.json"))  # named by start time: the last is the newest
-    if not files:
-        return {}
-    try:
-        data = json.loads(files[-1].read_text())
-    except (json.JSONDecodeError, OSError):
+    data = newest_state(directory)
+    if not data:
         return {}
     trials = {}
     for trial_json, runtime_json in data["trial_data"]:
@@ -118,16 +114,20 @@ def tune_state(directory: Path) -> dict[str, dict]:
     return trials
 
 
+def newest_state(directory: Path) -> Optional[dict]:
+    """The search's newest experiment_state-*.json: {} while there is none, None where it does not parse."""
+    files = sorted((directory / "tune").glob("experiment_state-*.json"))  # named by start time: the last is the newest
+    if not files:
+        return {}
+    try:
+        return json.loads(files[-1].read_text())
+    except (json.JSONDecodeError, OSError):
+        return None
+
+
 def torn_state(directory: Path) -> bool:
     """Whether the newest saved state is empty or cut short: a kill inside Tune's copy of it."""
-    files = sorted((directory / "tune").glob("experiment_state-*.json"))
-    if not files:
-        return False
-    try:
-        json.loads(files[-1].read_text())
-    except (json.JSONDecodeError, OSError):
-        return True
-    return False
+    return newest_state(directory) is None
 
 
 def skip_if_the_kill_tore_the_saved_state(chain: dict) -> None:
