@@ -144,6 +144,7 @@ class Plan:
     started: float  # time.monotonic() when the command started: the time budget counts from here
     command: list[str]
     run_name: str = TUNE_DIR  # this run's Ray experiment directory under the search directory
+    restore_state_from: Optional[Path] = None  # Tune's staging copy of a saved state a killed driver cut short
     stopwatch: Stopwatch = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
@@ -189,6 +190,7 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
     directory = results_dir / name
     manifest: dict[str, Any] = {}
     run_name = TUNE_DIR
+    restore_state_from = None
     if args.resume or args.extend:
         flag = "--resume" if args.resume else "--extend"
         if not (directory / MANIFEST_FILE).exists():
@@ -205,7 +207,7 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
         runs = manifest.get("runs", [TUNE_DIR])
         run_name = runs[-1] if args.resume else f"{TUNE_DIR}-{len(runs) + 1}"
         if args.resume:
-            check_saved_state(directory / run_name)
+            restore_state_from = check_saved_state(directory / run_name)
         if args.extend and args.num_samples is None:
             raise SearchError("--extend needs --num-samples: how many trials to add")
     else:
@@ -234,7 +236,7 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
     return Plan(
         space, name, directory, data, args.address, args.resume, args.extend,
         storage_url(directory, args.storage or manifest.get("storage")), repeats, space.settings.time_budget, started,
-        [sys.executable, "-m", "artune.search", *sys.argv[1:]], run_name,
+        [sys.executable, "-m", "artune.search", *sys.argv[1:]], run_name, restore_state_from,
     )
 
 
@@ -254,26 +256,77 @@ def check_space_unchanged(manifest: dict[str, Any], started_with: SearchSpace) -
     )
 
 
-def check_saved_state(tune_path: Path) -> None:
-    """Refuse to resume from a Ray Tune state that a killed driver left half-written.
+def check_saved_state(tune_path: Path) -> Optional[Path]:
+    """Check the Ray Tune state --resume continues from; where a killed driver cut it short, find its whole copy.
 
-    Tune copies its state into the run directory without an atomic rename: a driver killed during
-    the copy leaves the newest ``experiment_state-*.json`` empty or cut short, and Tune would resume
-    from it without a word, losing the trials it listed. (Tune reads the newest by name, as here.)
+    Tune writes its state into Ray's session directory, then copies it into the run directory without
+    an atomic rename: a driver killed during the copy leaves the newest ``experiment_state-*.json``
+    empty or cut short, and Tune would resume from it without a word, losing the trials it listed.
+    (Tune reads the newest by name, as here.) The staging copy outlives the driver: Ray never deletes
+    a session directory. Returns the staging directory to restore the state from, or None where the
+    saved state is whole; refuses where neither is.
     """
     states = sorted(tune_path.glob("experiment_state-*.json"))
     if not states:
-        return
+        return None
     newest = states[-1]
     try:
         json.loads(newest.read_text())
+        return None
     except (OSError, ValueError) as error:
         what = "empty" if newest.stat().st_size == 0 else f"unreadable ({error})"
+    staged = staged_state(newest)
+    if staged is None:
         raise SearchError(
             f"--resume: Ray Tune's saved state {newest} is {what}: the driver was stopped while Tune wrote it, "
-            "and the trials it listed cannot be continued from it; the tables keep every result so far, "
-            "so start the search again under another --name"
-        ) from None
+            f"and Tune's own copy of it is no longer under {ray_temp_dir()}, so the trials it listed cannot be "
+            "continued; the tables keep every result so far, so start the search again under another --name"
+        )
+    return staged.parent
+
+
+def ray_temp_dir() -> Path:
+    """Where a Ray instance started on this machine keeps its sessions (Ray's own rule)."""
+    base = os.environ.get("RAY_TMPDIR") or (os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None)
+    return Path(base or "/tmp") / "ray"
+
+
+def staged_state(state: Path) -> Optional[Path]:
+    """Ray Tune's staging copy of the saved state ``state``, where one is whole; the newest of several.
+
+    Tune stages a run's files in ``<session>/artifacts/<start>/<run>/driver_artifacts/``; the state's
+    name holds the run's start to the second, and the copy must list a trial of this run.
+    """
+    tune_path = state.parent
+    pattern = f"session_*/artifacts/*/{tune_path.name}/driver_artifacts/{state.name}"
+    candidates = sorted(ray_temp_dir().glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+    for candidate in candidates:
+        try:
+            trials = [json.loads(trial)["trial_id"] for trial, _ in json.loads(candidate.read_text())["trial_data"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if any((tune_path / trial_id).is_dir() for trial_id in trials):
+            return candidate
+    return None
+
+
+def restore_saved_state(plan: Plan) -> None:
+    """Put Tune's staging copy of the run's saved state in place of the one a killed driver cut short.
+
+    Every file of the staging directory (the state, the searcher's state, the Tuner), each written
+    whole and renamed into place: the set Tune meant to copy, from one moment.
+    """
+    staging = plan.restore_state_from
+    for source in sorted(p for p in staging.iterdir() if p.is_file()):
+        target = plan.tune_path / source.name
+        partial = target.with_name(f".{source.name}.restoring")
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+    print(
+        f"warning: Ray Tune's saved state in {plan.tune_path} was cut short (its driver was killed while Tune "
+        f"copied it); restored it from Tune's own staging copy in {staging}",
+        file=sys.stderr, flush=True,
+    )
 
 
 def space_changes(old: SearchSpace, new: SearchSpace) -> list[str]:
@@ -763,6 +816,8 @@ def describe_plan(plan: Plan) -> str:
         f"trial resources: {s.cpu:g} CPU, {s.gpu:g} GPU; concurrency: {s.max_concurrent or 'the cluster trial slots'}",
         f"writes: {plan.directory}/ ({TRIALS_FILE}, {EPOCHS_FILE}, {MANIFEST_FILE}, {SPACE_COPY}, {plan.run_name}/)",
         f"Optuna study: {plan.name!r} in {plan.storage}",
+        *([f"restores Ray Tune's saved state (cut short by a killed driver) from {plan.restore_state_from}"]
+          if plan.restore_state_from else []),
     ])
 
 
@@ -799,6 +854,8 @@ def run(plan: Plan) -> int:
         with _Lock(plan.directory):
             if not (plan.resume or plan.extend):
                 shutil.copyfile(plan.space.path, plan.directory / SPACE_COPY)
+            if plan.restore_state_from:
+                restore_saved_state(plan)
             return _run_locked(plan, corpus)
     except SearchError:
         if created and not (plan.directory / MANIFEST_FILE).exists():

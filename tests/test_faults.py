@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from artune.results import EPOCHS_FILE, MANIFEST_FILE, TRIALS_FILE
-from artune.search import MAX_FAILURES
+from artune.search import MAX_FAILURES, SearchError, check_saved_state
 from tests.test_search import REPO, assert_one_error_line, cli
 
 psutil = pytest.importorskip("psutil")
@@ -101,7 +101,11 @@ def tune_state(directory: Path) -> dict[str, dict]:
     ``{trial_id: {"status": "RUNNING"|"TERMINATED"|..., "epoch": last reported epoch or 0, "num_failures": n}}``;
     ``{}`` while no state was written (or while it is being copied into place).
     """
-    data = newest_state(directory)
+    return state_trials(newest_state(directory))
+
+
+def state_trials(data: Optional[dict]) -> dict[str, dict]:
+    """A saved state's trials, as tune_state gives them."""
     if not data:
         return {}
     trials = {}
@@ -114,13 +118,18 @@ def tune_state(directory: Path) -> dict[str, dict]:
     return trials
 
 
+def newest_state_file(directory: Path) -> Optional[Path]:
+    files = sorted((directory / "tune").glob("experiment_state-*.json"))  # named by start time: the last is the newest
+    return files[-1] if files else None
+
+
 def newest_state(directory: Path) -> Optional[dict]:
     """The search's newest experiment_state-*.json: {} while there is none, None where it does not parse."""
-    files = sorted((directory / "tune").glob("experiment_state-*.json"))  # named by start time: the last is the newest
-    if not files:
+    newest = newest_state_file(directory)
+    if newest is None:
         return {}
     try:
-        return json.loads(files[-1].read_text())
+        return json.loads(newest.read_text())
     except (json.JSONDecodeError, OSError):
         return None
 
@@ -130,12 +139,15 @@ def torn_state(directory: Path) -> bool:
     return newest_state(directory) is None
 
 
-def skip_if_the_kill_tore_the_saved_state(chain: dict) -> None:
+def check_a_torn_state_was_restored(chain: dict) -> None:
     """Tune copies its state without an atomic rename: a kill inside the copy leaves it empty (seen once
-    in CI). Then --resume must refuse it with one line, and there is no resumed run to check."""
-    if chain["torn_state"]:
-        assert chain["final_rc"] == 2 and "saved state" in chain["final_stderr"], chain["final_stderr"][-2000:]
-        pytest.skip("the kill landed inside Ray Tune's copy of its state; --resume refused it, as it must")
+    in CI). Then --resume restores Tune's staging copy (chain["kill_state"] is that copy's), or, where
+    that is unreadable too, refuses with one line and there is no resumed run to check."""
+    if not chain["torn_state"]:
+        return
+    if chain["final_rc"] == 2 and "saved state" in chain["final_stderr"]:
+        pytest.skip("the kill cut short both Ray Tune's state and its staging copy; --resume refused it, as it must")
+    assert "restored it from Tune's own staging copy" in chain["final_stderr"], chain["final_stderr"][-2000:]
 
 
 class Search:
@@ -342,6 +354,12 @@ def chain(tmp_path_factory, small_corpus, ray_tmpdir):
     facts["kill_state"] = tune_state(directory)
     facts["kill_tables"] = tables(directory)
     facts["torn_state"] = torn_state(directory)
+    if facts["torn_state"]:  # the resume restores Tune's staging copy: the state it continues from
+        try:
+            staging = check_saved_state(directory / "tune")
+            facts["kill_state"] = state_trials(json.loads((staging / newest_state_file(directory).name).read_text()))
+        except SearchError:
+            pass  # no whole copy either: the resume refuses (check_a_torn_state_was_restored)
     facts["left_after_sigkill"] = wait_for_ray_to_end(ray_tmpdir)
 
     # C: --resume to the end
@@ -395,7 +413,7 @@ def assert_continued_from_checkpoints(interrupted: dict[str, int], resumed: dict
 
 @pytest.mark.slow
 def test_resume_after_sigkill_trains_every_trial_to_the_end(chain):
-    skip_if_the_kill_tore_the_saved_state(chain)
+    check_a_torn_state_was_restored(chain)
     directory = chain["directory"]
     assert chain["final_rc"] == 0, chain["final_stderr"][-3000:]
     trials, rows = tables(directory)
@@ -411,7 +429,7 @@ def test_resume_after_sigkill_trains_every_trial_to_the_end(chain):
 
 @pytest.mark.slow
 def test_resume_after_sigkill_loses_no_epoch_from_the_tables(chain):
-    skip_if_the_kill_tore_the_saved_state(chain)
+    check_a_torn_state_was_restored(chain)
     _, before = chain["kill_tables"]
     if not lagging_trials(chain["kill_state"], before):
         pytest.skip("the kill did not land while epochs.parquet lagged Ray's saved state")
@@ -421,14 +439,14 @@ def test_resume_after_sigkill_loses_no_epoch_from_the_tables(chain):
 
 @pytest.mark.slow
 def test_the_manifest_lists_each_command_that_ran_the_search_once(chain):
-    skip_if_the_kill_tore_the_saved_state(chain)
+    check_a_torn_state_was_restored(chain)
     commands = json.loads((chain["directory"] / MANIFEST_FILE).read_text())["commands"]
     assert ["--resume" in command for command in commands] == [False, True, True], commands
 
 
 @pytest.mark.slow
 def test_trials_finished_before_the_kill_are_not_rerun(chain):
-    skip_if_the_kill_tore_the_saved_state(chain)
+    check_a_torn_state_was_restored(chain)
     finished = [tid for tid, t in chain["kill_state"].items() if t["status"] == "TERMINATED"]
     assert finished
     _, before = chain["kill_tables"]
@@ -443,7 +461,7 @@ def test_trials_finished_before_the_kill_are_not_rerun(chain):
 
 @pytest.mark.slow
 def test_trials_running_at_the_kill_continue_from_their_checkpoints(chain):
-    skip_if_the_kill_tore_the_saved_state(chain)
+    check_a_torn_state_was_restored(chain)
     running = {tid: t["epoch"] for tid, t in chain["kill_state"].items() if t["status"] == "RUNNING" and 1 <= t["epoch"] < CHAIN_EPOCHS}
     assert_continued_from_checkpoints(running, chain["resume2_epochs"])
     # and in all, the last resume trained fewer epochs than the unfinished trials had left from scratch

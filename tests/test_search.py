@@ -194,16 +194,66 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragments):
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
 
 
-def test_resume_refuses_a_saved_state_that_a_killed_driver_left_empty(tmp_path):
-    """Tune copies its state without an atomic rename; from an empty one it would resume silently, losing trials."""
-    directory = tmp_path / "r" / "torn"
-    (directory / "tune").mkdir(parents=True)
+def torn_search(root: Path, staged_trial: str | None) -> Path:
+    """A search whose newest saved state a killed driver left empty, with (or without) Tune's staging copy of it
+    under ``root / "ray"``, as RAY_TMPDIR: ``session_*/artifacts/<start>/tune/driver_artifacts/``."""
+    directory = root / "r" / "torn"
+    (directory / "tune" / "a1b2c3d4").mkdir(parents=True)  # a trial's directory
     shutil.copyfile(SMOKE, directory / "space.yaml")
     (directory / "manifest.json").write_text(json.dumps({"name": "torn", "runs": ["tune"]}))
     (directory / "tune" / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": []}')
     (directory / "tune" / "experiment_state-2026-01-01_00-01-00.json").write_text("")
-    result = cli("--resume", "--name", "torn", "--results-dir", str(tmp_path / "r"), "--dry-run", timeout=60)
+    (root / "ray").mkdir()
+    if staged_trial:
+        staging = root / "ray" / "session_2026-01-01_00-00-59_1_1" / "artifacts" / "2026-01-01_00-01-00" / "tune" / "driver_artifacts"
+        staging.mkdir(parents=True)
+        trial = json.dumps({"trial_id": staged_trial, "status": "RUNNING"})
+        (staging / "experiment_state-2026-01-01_00-01-00.json").write_text(json.dumps({"trial_data": [[trial, "{}"]]}))
+    return directory
+
+
+def test_resume_refuses_a_saved_state_that_a_killed_driver_left_empty(tmp_path):
+    """Tune copies its state without an atomic rename; from an empty one it would resume silently, losing trials."""
+    torn_search(tmp_path, staged_trial=None)
+    result = cli("--resume", "--name", "torn", "--results-dir", str(tmp_path / "r"), "--dry-run", timeout=60,
+                 env={"RAY_TMPDIR": str(tmp_path)})
     assert_one_error_line(result, "experiment_state-2026-01-01_00-01-00.json is empty", "another --name")
+
+
+def test_resume_plans_to_restore_an_empty_saved_state_from_tunes_staging_copy(tmp_path):
+    directory = torn_search(tmp_path, staged_trial="a1b2c3d4")
+    result = cli("--resume", "--name", "torn", "--results-dir", str(tmp_path / "r"), "--dry-run", timeout=60,
+                 env={"RAY_TMPDIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert "restores Ray Tune's saved state" in result.stdout and "driver_artifacts" in result.stdout
+    assert (directory / "tune" / "experiment_state-2026-01-01_00-01-00.json").read_text() == ""  # a dry run writes nothing
+
+
+def test_resume_ignores_a_staging_copy_of_another_search(tmp_path):
+    """A state of the same name and second, staged by a search none of whose trials are this one's."""
+    torn_search(tmp_path, staged_trial="ffffffff")
+    result = cli("--resume", "--name", "torn", "--results-dir", str(tmp_path / "r"), "--dry-run", timeout=60,
+                 env={"RAY_TMPDIR": str(tmp_path)})
+    assert_one_error_line(result, "is empty", "another --name")
+
+
+@pytest.mark.slow
+def test_resume_restores_a_saved_state_cut_short_from_tunes_staging_copy(smoke, tmp_path):
+    """A real search's state emptied as a kill inside Tune's copy leaves it: --resume puts Tune's staging copy back."""
+    result, original = smoke
+    assert result.returncode == 0, result.stderr[-2000:]
+    directory = tmp_path / "r" / "smoke"
+    shutil.copytree(original, directory)
+    state = sorted((directory / "tune").glob("experiment_state-*.json"))[-1]
+    whole = state.read_bytes()
+    state.write_bytes(b"")
+    resumed = cli("--resume", "--name", "smoke", "--results-dir", str(tmp_path / "r"), timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "restored it from Tune's own staging copy" in resumed.stderr, resumed.stderr[-3000:]
+    assert json.loads(state.read_text())["trial_data"]  # whole again, and the trials it lists kept
+    assert len(json.loads(state.read_text())["trial_data"]) == len(json.loads(whole)["trial_data"])
+    assert "search smoke: 4 trials" in resumed.stdout, resumed.stdout[-2000:]
+    assert len(load(directory).trials) == 4
 
 
 def test_a_results_dir_that_is_not_a_directory_is_refused(tmp_path):
