@@ -260,8 +260,9 @@ def check_saved_state(tune_path: Path) -> Optional[Path]:
     """Check the Ray Tune state --resume continues from; where a killed driver cut it short, find its whole copy.
 
     Tune writes its state into Ray's session directory, then copies it into the run directory without
-    an atomic rename: a driver killed during the copy leaves the newest ``experiment_state-*.json``
-    empty or cut short, and Tune would resume from it without a word, losing the trials it listed.
+    an atomic rename: a driver killed during the copy leaves the newest ``experiment_state-*.json`` (or
+    its searcher's state beside it) empty or cut short, and Tune would resume from it without a word,
+    losing the trials it listed, or fail on it.
     (Tune reads the newest by name, as here.) The staging copy outlives the driver: Ray never deletes
     a session directory. Returns the staging directory to restore the state from, or None where the
     saved state is whole; refuses where neither is.
@@ -270,19 +271,33 @@ def check_saved_state(tune_path: Path) -> Optional[Path]:
     if not states:
         return None
     newest = states[-1]
-    try:
-        json.loads(newest.read_text())
+    problem = torn_file(newest)
+    if problem is None:
         return None
-    except (OSError, ValueError) as error:
-        what = "empty" if newest.stat().st_size == 0 else f"unreadable ({error})"
+    torn, what = problem
     staged = staged_state(newest)
     if staged is None:
         raise SearchError(
-            f"--resume: Ray Tune's saved state {newest} is {what}: the driver was stopped while Tune wrote it, "
+            f"--resume: Ray Tune's saved state {torn} is {what}: the driver was stopped while Tune wrote it, "
             f"and Tune's own copy of it is no longer under {ray_temp_dir()}, so the trials it listed cannot be "
             "continued; the tables keep every result so far, so start the search again under another --name"
         )
     return staged.parent
+
+
+def torn_file(state: Path) -> Optional[tuple[Path, str]]:
+    """The first file of a saved state (``*-<start>.json``/``.pkl``: Tune's, its searcher's) that is empty or,
+    JSON, does not parse, with what is wrong with it; None where all are whole."""
+    stamp = state.stem.removeprefix("experiment_state-")
+    for path in [state, *sorted(p for p in state.parent.glob(f"*-{stamp}.*") if p != state)]:
+        try:
+            if path.stat().st_size == 0:
+                return path, "empty"
+            if path.suffix == ".json":
+                json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            return path, f"unreadable ({error})"
+    return None
 
 
 def ray_temp_dir() -> Path:
@@ -301,6 +316,8 @@ def staged_state(state: Path) -> Optional[Path]:
     pattern = f"session_*/artifacts/*/{tune_path.name}/driver_artifacts/{state.name}"
     candidates = sorted(ray_temp_dir().glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
     for candidate in candidates:
+        if torn_file(candidate) is not None:
+            continue
         try:
             trials = [json.loads(trial)["trial_id"] for trial, _ in json.loads(candidate.read_text())["trial_data"]]
         except (OSError, ValueError, KeyError, TypeError):

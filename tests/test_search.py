@@ -220,6 +220,15 @@ def test_resume_refuses_a_saved_state_that_a_killed_driver_left_empty(tmp_path):
     assert_one_error_line(result, "experiment_state-2026-01-01_00-01-00.json is empty", "another --name")
 
 
+def test_resume_refuses_an_empty_searcher_state_beside_a_whole_experiment_state(tmp_path):
+    directory = torn_search(tmp_path, staged_trial=None)
+    (directory / "tune" / "experiment_state-2026-01-01_00-01-00.json").write_text('{"trial_data": []}')
+    (directory / "tune" / "searcher-state-2026-01-01_00-01-00.pkl").write_bytes(b"")
+    result = cli("--resume", "--name", "torn", "--results-dir", str(tmp_path / "r"), "--dry-run", timeout=60,
+                 env={"RAY_TMPDIR": str(tmp_path)})
+    assert_one_error_line(result, "searcher-state-2026-01-01_00-01-00.pkl is empty", "another --name")
+
+
 def test_resume_plans_to_restore_an_empty_saved_state_from_tunes_staging_copy(tmp_path):
     directory = torn_search(tmp_path, staged_trial="a1b2c3d4")
     result = cli("--resume", "--name", "torn", "--results-dir", str(tmp_path / "r"), "--dry-run", timeout=60,
