@@ -279,21 +279,22 @@ def check_saved_state(tune_path: Path) -> Optional[Path]:
     if staged is None:
         raise SearchError(
             f"--resume: Ray Tune's saved state {torn} is {what}: the driver was stopped while Tune wrote it, "
-            f"and Tune's own copy of it is no longer under {ray_temp_dir()}, so the trials it listed cannot be "
+            f"and no whole copy of it is left in Tune's staging directories under {ray_temp_dir()}, so the trials it listed cannot be "
             "continued; the tables keep every result so far, so start the search again under another --name"
         )
     return staged.parent
 
 
 def torn_file(state: Path) -> Optional[tuple[Path, str]]:
-    """The first file of a saved state (``*-<start>.json``/``.pkl``: Tune's, its searcher's) that is empty or,
-    JSON, does not parse, with what is wrong with it; None where all are whole."""
+    """The first file of a saved state that is empty, or (the state itself, JSON) does not parse, with what is
+    wrong with it; None where all are whole. Beside the state, named by the same start: the searcher's
+    pickles (``searcher-state-*.pkl``, and ``search_gen_state-*.json``, a pickle despite its name)."""
     stamp = state.stem.removeprefix("experiment_state-")
     for path in [state, *sorted(p for p in state.parent.glob(f"*-{stamp}.*") if p != state)]:
         try:
             if path.stat().st_size == 0:
                 return path, "empty"
-            if path.suffix == ".json":
+            if path == state:
                 json.loads(path.read_text())
         except (OSError, ValueError) as error:
             return path, f"unreadable ({error})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import socket
 import subprocess
@@ -203,13 +204,21 @@ def torn_search(root: Path, staged_trial: str | None) -> Path:
     (directory / "manifest.json").write_text(json.dumps({"name": "torn", "runs": ["tune"]}))
     (directory / "tune" / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": []}')
     (directory / "tune" / "experiment_state-2026-01-01_00-01-00.json").write_text("")
+    searcher_files(directory / "tune")
     (root / "ray").mkdir()
     if staged_trial:
         staging = root / "ray" / "session_2026-01-01_00-00-59_1_1" / "artifacts" / "2026-01-01_00-01-00" / "tune" / "driver_artifacts"
         staging.mkdir(parents=True)
         trial = json.dumps({"trial_id": staged_trial, "status": "RUNNING"})
         (staging / "experiment_state-2026-01-01_00-01-00.json").write_text(json.dumps({"trial_data": [[trial, "{}"]]}))
+        searcher_files(staging)
     return directory
+
+
+def searcher_files(directory: Path) -> None:
+    """The searcher's state beside Tune's, as Tune writes it: pickles, one of them named .json."""
+    for name in ("searcher-state-2026-01-01_00-01-00.pkl", "search_gen_state-2026-01-01_00-01-00.json"):
+        (directory / name).write_bytes(pickle.dumps({"searcher": name}))
 
 
 def test_resume_refuses_a_saved_state_that_a_killed_driver_left_empty(tmp_path):
