@@ -529,8 +529,17 @@ def build_tuner(plan: Plan, corpus: Any, recorder: Any):
         time_budget = max(1.0, plan.time_budget_s - (time.monotonic() - plan.started) - BUDGET_END_S)
         deadline = time.time() + time_budget + DEADLINE_LAG_S
     trainable = tune.with_resources(tune.with_parameters(train_fn, corpus=corpus, deadline=deadline), {"cpu": s.cpu, "gpu": s.gpu})
+    callbacks = [recorder, JsonLoggerCallback(), CSVLoggerCallback()]  # each trial's result.json, progress.csv
     if plan.resume:
-        return tune.Tuner.restore(str(plan.tune_path), trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(str(plan.tune_path), trainable, resume_unfinished=True, resume_errored=True)
+        # Tune restores its run and tune configs from the first run's tuner.pkl: its callbacks would be
+        # that run's recorder, unpickled (this driver's would see no result: a Ctrl-C would pass for the
+        # end, and the budget's end would write the tables as they were before the resume), and its time
+        # budget that run's. Ray has no public way to give them anew (ray-project/ray#41364).
+        restored = tuner._local_tuner
+        restored.get_run_config().callbacks = callbacks
+        restored._tune_config.time_budget_s = time_budget
+        return tuner
     concurrency = s.max_concurrent or trial_slots(plan.space, ray.cluster_resources())
     # The searcher's own in-memory study; with --extend it starts out holding every earlier trial,
     # so the sampler is warm-started from the search's whole history.
@@ -564,7 +573,7 @@ def build_tuner(plan: Plan, corpus: Any, recorder: Any):
         ),
         run_config=tune.RunConfig(
             name=plan.run_name, storage_path=str(plan.directory), verbose=0,
-            callbacks=[recorder, JsonLoggerCallback(), CSVLoggerCallback()],  # each trial's result.json, progress.csv
+            callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),

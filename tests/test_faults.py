@@ -470,6 +470,42 @@ def test_trials_running_at_the_kill_continue_from_their_checkpoints(chain):
     assert total < (CHAIN_SAMPLES - len(chain["kill_state"]) + len(unfinished)) * CHAIN_EPOCHS
 
 
+LONG_SPACE = CHAIN_SPACE.replace(f"num_samples: {CHAIN_SAMPLES}", "num_samples: 2").replace(
+    f"epochs: {CHAIN_EPOCHS}", "epochs: 60")  # longer than the test: only Ctrl-C and the budget end it
+
+
+@pytest.mark.slow
+def test_a_resumed_driver_records_its_results_its_ctrl_c_and_its_time_budget(tmp_path, small_corpus, ray_tmpdir):
+    """Tune restores a run's callbacks and time budget from the first run's tuner.pkl: the resumed driver's own
+    recorder and budget must be the ones in force (with the first run's, a Ctrl-C passed for the end, and the
+    budget's end wrote the tables as they were before the resume)."""
+    space = tmp_path / "long.yaml"
+    space.write_text(LONG_SPACE)
+    results, name = tmp_path / "results", "long"
+    directory = results / name
+    common = ["--results-dir", str(results), "--name", name, "--data", str(small_corpus)]
+
+    def interrupt_after_two_epochs(search: Search, what: str) -> None:
+        search.wait_for(lambda: sum(map(len, search.epochs().values())) >= 2, 180, what)
+        search.proc.send_signal(signal.SIGINT)
+        assert search.finish(120) == 130, search.stderr[-2000:]
+        wait_for_ray_to_end(ray_tmpdir)
+
+    interrupt_after_two_epochs(Search(str(space), *common, env=CHAIN_ENV), "two epochs")
+    interrupt_after_two_epochs(Search("--resume", *common, env=CHAIN_ENV), "two epochs after the resume")
+    assert "finished" not in json.loads((directory / MANIFEST_FILE).read_text())
+
+    started = time.monotonic()
+    search = Search("--resume", "--time-budget", "30s", *common, env=CHAIN_ENV)
+    assert search.finish(120) == 0, search.stderr[-2000:]
+    assert time.monotonic() - started < 30 + 20
+    trials, rows = tables(directory)
+    assert len(trials) == 2 and set(trials["status"]) == {"stopped"}, trials[["trial_id", "status"]]
+    for trial_id in trials["trial_id"]:
+        assert sorted(rows.loc[rows.trial_id == trial_id, "epoch"]) == sorted(set(ray_epochs(directory, trial_id))), trial_id
+    assert search.epochs(), "the budgeted resume trained nothing"
+
+
 # --- 2. a trial that raises a real error (out of memory)
 
 
