@@ -387,7 +387,11 @@ def load_plan_corpus(plan: Plan) -> Any:
     fixed = TrainConfig.from_dict({k: v for k, v in plan.space.fixed.items() if k in FIELD_NAMES})
     try:
         corpus = load_corpus(fixed.dataset, fixed.tokenizer, plan.data_dir)
-        check_fits(corpus, max_seq_len(plan.space, fixed), fixed.batch_size)
+        # The loaders' needs grow with seq_len and with batch_size, each alone: the largest of each is the test.
+        seq_len, batch_size = (int(max(possible_values(plan.space, fixed, key))) for key in ("seq_len", "batch_size"))
+        for train_loader in sorted(set(possible_values(plan.space, fixed, "train_loader"))):
+            for valid_loader in sorted(set(possible_values(plan.space, fixed, "valid_loader"))):
+                check_fits(corpus, seq_len, batch_size, train_loader=train_loader, valid_loader=valid_loader)
     except CorpusError as exc:
         raise SearchError(str(exc)) from None
     manifest_path = plan.directory / MANIFEST_FILE
@@ -402,11 +406,12 @@ def load_plan_corpus(plan: Plan) -> Any:
     return corpus
 
 
-def max_seq_len(space: SearchSpace, fixed: TrainConfig) -> int:
-    dist = space.params.get("seq_len")
+def possible_values(space: SearchSpace, fixed: TrainConfig, key: str) -> list[Any]:
+    """The values a knob can take in a search: its choices, its bounds, or its fixed value."""
+    dist = space.params.get(key)
     if dist is None:
-        return fixed.seq_len
-    return int(max(dist.values) if dist.kind == "choice" else dist.high)
+        return [getattr(fixed, key)]
+    return list(dist.values) if dist.kind == "choice" else [dist.low, dist.high]
 
 
 # --- running on Ray

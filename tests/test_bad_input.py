@@ -49,6 +49,9 @@ SPACES = {
     "int_step_0": (GOOD + "  d_model: {int: [32, 64], step: 0}\n", ["{path}:14", "params.d_model", "step >= 1 must hold, but got step=0"]),
     "heads_do_not_divide": (GOOD + "  d_model: {choice: [33, 64]}\n", ["{path}:14", "params.d_model", "n_heads must divide d_model", "d_model=33, n_heads=2"]),
     "wrong_type": (GOOD.replace("batch_size: 8", "batch_size: abc"), ["{path}:7", "fixed.batch_size", "must be an integer, but got 'abc'"]),
+    # the largest batch_size searched is checked against the corpus (~111k valid tokens, read as 60000 streams)
+    "batch_size_too_big_for_the_corpus": (GOOD.replace("  batch_size: 8\n", "") + "  batch_size: {choice: [8, 60000]}\n",
+                                          ["the valid split", "too few for 60000 sequential streams"]),
     "python_tag": (GOOD.replace("seq_len: 32", "seq_len: !!python/object/apply:os.system ['touch {marker}']"),
                    ["{path}:6:", "python tags are refused", "!!python/object/apply:os.system"]),
 }

@@ -91,6 +91,17 @@ def test_compiled_training_sees_one_batch_shape_and_matches_eager(small_text):
     assert compiled.validate() == pytest.approx(eager.validate(), rel=1e-3)
 
 
+def test_compile_on_a_split_without_one_whole_batch_is_refused_not_trained_on_nothing(small_text):
+    """compile skips the partial last batch: where that is the only batch an epoch would train on
+    nothing and report a train loss of 0.0; eager training takes the partial batch."""
+    from artune.data import CorpusError
+
+    config = tiny(small_text, batch_size=512, seq_len=64, batches_per_epoch=None, train_loader="shuffled")
+    assert steps_per_epoch(config, len(Trainer(config).corpus.train)) == 1
+    with pytest.raises(CorpusError, match="compile: true trains on whole batches only.*no whole batch of batch_size 512"):
+        Trainer(dataclasses.replace(config, compile=True))
+
+
 @pytest.mark.parametrize("loader", ["sequential", "shuffled"])
 def test_the_lr_schedule_plans_the_steps_an_epoch_takes_with_and_without_compile(small_text, loader):
     """With compile the partial last batch is skipped: the schedule plans without it, so a decaying
