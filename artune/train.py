@@ -25,6 +25,14 @@ from artune.tokenizers import get_tokenizer
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
+# What a resumed run must share with the checkpoint: what its model, data order and optimizer are.
+# How long it trains (epochs, batches_per_epoch), where and how fast (device, precision, compile),
+# its sample and its logging may change.
+RESUME_MUST_MATCH = (
+    "tokenizer", "seq_len", "batch_size", "train_loader", "dataloader_shuffle_with_replacement", "d_model", "n_layers",
+    "n_heads", "d_ff", "dropout", "optimizer", "lr", "weight_decay", "warmup", "lr_schedule", "lr_min_ratio",
+    "grad_norm_clip", "seed",
+)
 # How often (in steps) the training loop looks for a non-finite loss. Each look is a host sync,
 # so it is not done every step; a diverged run still stops within this many steps.
 DIVERGENCE_CHECK_EVERY = 32
@@ -431,6 +439,19 @@ class Trainer:
             raise CheckpointError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}")
         if state["vocabulary"] != list(self.corpus.vocabulary.itos):
             raise CheckpointError("checkpoint was trained with another vocabulary (a different corpus or tokenizer)")
+        if state.get("corpus_sha256", self.corpus.sha256) != self.corpus.sha256:
+            raise CheckpointError(
+                f"checkpoint was trained on another corpus (sha256 {state['corpus_sha256'][:12]}, "
+                f"not {self.corpus.source}'s {self.corpus.sha256[:12]})"
+            )
+        saved, now = state.get("config", {}), self.config.to_dict()
+        differ = [key for key in RESUME_MUST_MATCH if key in saved and saved[key] != now[key]]
+        if differ:
+            raise CheckpointError(
+                "checkpoint was trained with " + ", ".join(f"{k}={saved[k]!r}" for k in differ)
+                + " (this run: " + ", ".join(f"{k}={now[k]!r}" for k in differ) + "); a resumed run continues the "
+                "same training: give the same settings, or start afresh"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

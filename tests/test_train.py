@@ -243,7 +243,10 @@ def test_checkpoint_loads_with_weights_only_and_save_is_atomic(small_text, tmp_p
     trainer.save_checkpoint(tmp_path / "run")
     assert sorted(os.listdir(path.parent)) == [CHECKPOINT_FILE]
     # loading restores the weights (into a trainer that starts from other ones)
-    other = Trainer(tiny(small_text, seed=1))
+    other = Trainer(tiny(small_text))
+    with torch.no_grad():
+        for p in other.model.parameters():
+            p.zero_()
     other.load_checkpoint(path.parent)  # a directory means its checkpoint.pt
     for name, value in trainer.model.state_dict().items():
         assert torch.equal(other.model.state_dict()[name], value), name
@@ -277,8 +280,26 @@ def test_checkpoint_from_another_vocabulary_is_refused(small_text, tmp_path):
 
 def test_checkpoint_of_another_model_shape_is_refused(small_text, tmp_path):
     path = Trainer(tiny(small_text, d_model=16)).save_checkpoint(tmp_path)
-    with pytest.raises(CheckpointError, match=re.escape(f"{path}: checkpoint does not fit this configuration")):
+    with pytest.raises(CheckpointError, match=re.escape(f"{path}: checkpoint was trained with d_model=16 (this run: d_model=32)")):
         Trainer(tiny(small_text, d_model=32)).load_checkpoint(path)
+
+
+def test_a_checkpoint_resumed_with_other_training_settings_is_refused_naming_them(small_text, tmp_path):
+    """The optimizer's state would silently put back the checkpoint's lr and weight_decay."""
+    path = Trainer(tiny(small_text, lr=3e-3)).save_checkpoint(tmp_path)
+    trainer = Trainer(tiny(small_text, lr=1e-2, weight_decay=0.5))
+    with pytest.raises(CheckpointError, match=re.escape("trained with lr=0.003, weight_decay=0.0 (this run: lr=0.01, weight_decay=0.5)")):
+        trainer.load_checkpoint(path)
+    # how long, where and how it trains may change
+    Trainer(tiny(small_text, lr=3e-3, epochs=5, batches_per_epoch=3, sample_tokens=0, precision="fp32")).load_checkpoint(path)
+
+
+def test_a_checkpoint_of_another_corpus_with_the_same_vocabulary_is_refused(small_text, tmp_path):
+    other = tmp_path / "other.txt"
+    other.write_text(small_text.read_text(encoding="utf-8")[::-1], encoding="utf-8")  # the same characters
+    path = Trainer(tiny(other)).save_checkpoint(tmp_path / "ckpt")
+    with pytest.raises(CheckpointError, match="checkpoint was trained on another corpus"):
+        Trainer(tiny(small_text)).load_checkpoint(path)
 
 
 # --- optimizers and schedules
