@@ -47,6 +47,7 @@ TUNE_DIR = "tune"
 CONNECT_TIMEOUT_S = 5.0
 MAX_FAILURES = 2  # retries of a trial that raised, each from its last checkpoint
 BUDGET_END_S = 2.0  # of a time budget, kept for the end: Tune's, the final tables, Ray's shutdown
+ENDED = ("completed", "stopped", "diverged")  # table statuses of trials that a resumed search does not train again
 DEADLINE_LAG_S = 0.5  # running trials end this long after Tune's budget has stopped the search
 # What the driver needs once Ray is up (Ray Tune with its pandas): imported while ray.init waits for
 # Ray's processes, which leave part of the CPU idle (see open_study_while_ray_starts; opening the study
@@ -533,7 +534,11 @@ def build_tuner(plan: Plan, corpus: Any, recorder: Any):
         # ends them: Tune's own stop of a running trial waits for its next report.
         time_budget = max(1.0, plan.time_budget_s - (time.monotonic() - plan.started) - BUDGET_END_S)
         deadline = time.time() + time_budget + DEADLINE_LAG_S
-    trainable = tune.with_resources(tune.with_parameters(train_fn, corpus=corpus, deadline=deadline), {"cpu": s.cpu, "gpu": s.gpu})
+    # A trial Tune's saved state would continue, though the tables saw it end after Tune last saved it
+    # (a killed driver): it is not trained again.
+    ended = frozenset(tid for tid, record in recorder.records.items() if record.status in ENDED) if plan.resume else frozenset()
+    trainable = tune.with_resources(
+        tune.with_parameters(train_fn, corpus=corpus, deadline=deadline, ended=ended), {"cpu": s.cpu, "gpu": s.gpu})
     callbacks = [recorder, JsonLoggerCallback(), CSVLoggerCallback()]  # each trial's result.json, progress.csv
     if plan.resume:
         tuner = tune.Tuner.restore(str(plan.tune_path), trainable, resume_unfinished=True, resume_errored=True)

@@ -149,12 +149,19 @@ def resume(trainer: Trainer, checkpoint: "tune.Checkpoint", fresh: Callable[[], 
     return fresh()
 
 
-def train_fn(config: dict[str, Any], corpus: Optional[Corpus] = None, deadline: Optional[float] = None) -> Optional[list[Metrics]]:
+def train_fn(
+    config: dict[str, Any], corpus: Optional[Corpus] = None, deadline: Optional[float] = None,
+    ended: frozenset[str] = frozenset(),
+) -> Optional[list[Metrics]]:
     """Train one trial. ``corpus`` is the corpus the driver encoded once (``tune.with_parameters``).
 
     ``deadline`` (a ``time.time()``; the search's time budget): the trial ends there, mid-epoch,
     keeping what it reported. Tune stops a trial by a call that waits behind the trial's pending
     report, up to a whole epoch (and kills it 15 s later); a trial that ends itself leaves at once.
+
+    ``ended``: the ids of trials that a resumed search's tables record as ended (finished, stopped by
+    the scheduler, diverged) after Tune last saved its state (every few seconds), so that Tune's
+    state would continue them: such a trial ends at once, without training.
 
     Inside Tune the metrics go out through ``tune.report`` and nothing is returned (Tune takes a
     return value as one more result); outside Tune the per-epoch metrics are returned.
@@ -163,12 +170,14 @@ def train_fn(config: dict[str, Any], corpus: Optional[Corpus] = None, deadline: 
 
     from artune.train import DivergedError, Trainer
 
+    in_tune = _in_tune_session()
+    if in_tune and tune.get_context().get_trial_id() in ended:
+        return None
     config = dict(config)
     repeat = config.pop(TRIAL_INDEX, None)  # set by Ray's Repeater for --repeats: run `repeat` gets seed + repeat
     train_config = TrainConfig.from_dict(config)
     if repeat:
         train_config = dataclasses.replace(train_config, seed=train_config.seed + int(repeat))
-    in_tune = _in_tune_session()
     if in_tune:
         remove_stale_staging()
         cpus = _allocated_cpus()

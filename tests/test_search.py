@@ -274,6 +274,34 @@ def test_resume_restores_a_saved_state_cut_short_from_tunes_staging_copy(smoke, 
     assert len(load(directory).trials) == 4
 
 
+@pytest.mark.slow
+def test_resume_does_not_continue_trials_the_tables_saw_end_after_tune_last_saved_its_state(smoke, tmp_path):
+    """Tune saves its state every few seconds: a driver killed just after ASHA stopped a trial leaves a state
+    that would continue it. Simulated here on a finished search, its stopped trials set back to running."""
+    result, original = smoke
+    assert result.returncode == 0, result.stderr[-2000:]
+    directory = tmp_path / "r" / "smoke"
+    shutil.copytree(original, directory)
+    before = load(directory)
+    stopped = set(before.trials.loc[before.trials.status == "stopped", "trial_id"])
+    assert stopped
+    state = sorted((directory / "tune").glob("experiment_state-*.json"))[-1]
+    data = json.loads(state.read_text())
+    for entry in data["trial_data"]:
+        trial = json.loads(entry[0])
+        if trial["trial_id"] in stopped:
+            trial["status"] = "RUNNING"
+            entry[0] = json.dumps(trial)
+    state.write_text(json.dumps(data))
+    resumed = cli("--resume", "--name", "smoke", "--results-dir", str(tmp_path / "r"), timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not any(f"[{trial_id}] epoch" in resumed.stdout for trial_id in stopped), resumed.stdout[-3000:]
+    after = load(directory)
+    assert after.epochs.sort_values(["trial_id", "epoch"]).reset_index(drop=True).equals(
+        before.epochs.sort_values(["trial_id", "epoch"]).reset_index(drop=True))
+    assert set(after.trials.loc[after.trials.status == "stopped", "trial_id"]) == stopped
+
+
 def test_a_results_dir_that_is_not_a_directory_is_refused(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
