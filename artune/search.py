@@ -47,6 +47,8 @@ TUNE_DIR = "tune"
 CONNECT_TIMEOUT_S = 5.0
 MAX_FAILURES = 2  # retries of a trial that raised, each from its last checkpoint
 BUDGET_END_S = 2.0  # of a time budget, kept for the end: Tune's, the final tables, Ray's shutdown
+OVERRIDE_FLAGS = {"num_samples": "--num-samples", "max_concurrent": "--max-concurrent", "cpu": "--cpus-per-trial",
+                  "gpu": "--gpus-per-trial", "epochs": "--epochs", "seed": "--seed", "time_budget": "--time-budget"}
 ENDED = ("completed", "stopped", "diverged")  # table statuses of trials that a resumed search does not train again
 DEADLINE_LAG_S = 0.5  # running trials end this long after Tune's budget has stopped the search
 # What the driver needs once Ray is up (Ray Tune with its pandas): imported while ray.init waits for
@@ -146,6 +148,7 @@ class Plan:
     command: list[str]
     run_name: str = TUNE_DIR  # this run's Ray experiment directory under the search directory
     restore_state_from: Optional[Path] = None  # Tune's staging copy of a saved state a killed driver cut short
+    overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # {"settings": ..., "set": ...} from the command line
     stopwatch: Stopwatch = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
@@ -218,12 +221,25 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
                 "--extend to grow it, or choose another --name"
             )
         space = load_space(space_path)
-    space = space.with_overrides(
+    given = {key: value for key, value in dict(
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, cpu=args.cpus_per_trial,
         gpu=args.gpus_per_trial, epochs=args.epochs, seed=args.seed, time_budget=args.time_budget,
-    )
-    if args.set:
-        space = space.with_fixed(parse_sets(args.set))
+    ).items() if value is not None}
+    sets = parse_sets(args.set) if args.set else {}
+    if args.resume:
+        changed = [OVERRIDE_FLAGS[key] for key in given if key != "time_budget"] + ["--set"] * bool(sets) \
+            + ["--repeats"] * (args.repeats != 1)
+        if changed:
+            raise SearchError(
+                f"--resume continues search {name!r} as it started, so {', '.join(changed)} cannot change (only "
+                "--time-budget can); add trials with --extend, or start a new search under another --name"
+            )
+    # A resumed or extended search keeps the command-line settings its last run started with.
+    started_with = manifest.get("overrides", {}).get(run_name if args.resume else manifest.get("runs", [TUNE_DIR])[-1], {})
+    overrides = {"settings": {**started_with.get("settings", {}), **given}, "set": {**started_with.get("set", {}), **sets}}
+    space = space.with_overrides(**overrides["settings"])
+    if overrides["set"]:
+        space = space.with_fixed(overrides["set"])
     space.check_configs()
     if args.address:
         check_address(args.address)
@@ -237,7 +253,7 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
     return Plan(
         space, name, directory, data, args.address, args.resume, args.extend,
         storage_url(directory, args.storage or manifest.get("storage")), repeats, space.settings.time_budget, started,
-        [sys.executable, "-m", "artune.search", *sys.argv[1:]], run_name, restore_state_from,
+        [sys.executable, "-m", "artune.search", *sys.argv[1:]], run_name, restore_state_from, overrides,
     )
 
 
@@ -815,6 +831,7 @@ def write_manifest(plan: Plan, corpus: Any, extra: dict[str, Any], new_command: 
         manifest["num_samples"] = manifest.get("num_samples", 0) + s.num_samples
     if new_command:
         manifest.setdefault("commands", []).append(plan.command)
+    manifest.setdefault("overrides", {})[plan.run_name] = plan.overrides
     manifest.update(extra)
     write_json_atomic(manifest, path)
 

@@ -302,6 +302,25 @@ def test_resume_does_not_continue_trials_the_tables_saw_end_after_tune_last_save
     assert set(after.trials.loc[after.trials.status == "stopped", "trial_id"]) == stopped
 
 
+def test_resume_keeps_the_settings_the_search_started_with_and_refuses_new_ones(smoke, tmp_path):
+    result, original = smoke
+    assert result.returncode == 0, result.stderr[-2000:]
+    directory = tmp_path / "r" / "smoke"
+    shutil.copytree(original, directory)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["overrides"] == {"tune": {"settings": {}, "set": {}}}
+    # as a search started with `--num-samples 6 --set dropout=0.1` records it
+    manifest["overrides"]["tune"] = {"settings": {"num_samples": 6}, "set": {"dropout": "0.1"}}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    common = ["--resume", "--name", "smoke", "--results-dir", str(tmp_path / "r"), "--dry-run"]
+    planned = cli(*common, "--time-budget", "5m", timeout=60)
+    assert planned.returncode == 0, planned.stderr
+    assert "6 trials" in planned.stdout and "dropout" in planned.stdout and "0.1" in planned.stdout, planned.stdout
+    for flags in (["--num-samples", "10"], ["--epochs", "9", "--seed", "1"], ["--set", "lr=0.01"]):
+        refused = cli(*common, *flags, timeout=60)
+        assert_one_error_line(refused, "--resume continues search 'smoke' as it started", flags[0], "--extend")
+
+
 def test_a_results_dir_that_is_not_a_directory_is_refused(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
