@@ -147,7 +147,9 @@ def as_int(value: Any) -> int:
 def coerce(name: str, value: Any) -> Any:
     """Convert a value from text, YAML or Ray into the field's type; raise ConfigError if it cannot be."""
     kind, optional = field_type(name)
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and kind is not str):
+    # 'none'/'null' means None for every optional field, text ones included (--prompt_separator none);
+    # only a text field that cannot be None (a prompt) keeps it as text.
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and (optional or kind is not str)):
         if optional:
             return None
         raise ConfigError(f"{name} must be a {kind.__name__}, but got None")

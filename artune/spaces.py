@@ -22,6 +22,7 @@ import math
 import re
 import warnings
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -44,7 +45,7 @@ METRICS = {
     "tokens_per_sec": "max",
 }
 SAMPLERS = ("tpe", "random", "grid", "qmc", "cmaes")
-SAMPLER_PACKAGES = {"qmc": "scipy", "cmaes": "cmaes"}  # optional imports of Optuna's samplers
+SAMPLER_PACKAGES = {"qmc": "scipy", "cmaes": "cmaes"}  # imported lazily by Optuna's samplers; artune depends on both
 SCHEDULERS = ("asha", "none")
 SEARCH_KEYS = ("metric", "mode", "num_samples", "max_concurrent", "resources", "epochs", "sampler", "seed", "scheduler", "time_budget")
 RESOURCE_KEYS = ("cpu", "gpu")
@@ -143,8 +144,10 @@ class Distribution:
         if self.kind == "int":
             return list(range(int(self.low), int(self.high) + 1, int(self.step)))
         if self.kind == "uniform" and self.step is not None:
-            count = int(round((self.high - self.low) / self.step)) + 1
-            return [self.low + i * self.step for i in range(count)]
+            # In decimal, from the numbers as written (as Optuna adjusts a step's high), so 0.1 + 2 * 0.1
+            # is 0.3, not 0.30000000000000004: past high, which the grid sampler warns about and uses anyway.
+            low, step = Decimal(repr(self.low)), Decimal(repr(self.step))
+            return [min(float(low + i * step), self.high) for i in range(self.grid_size())]
         return None
 
     def grid_size(self) -> Optional[int]:
@@ -440,9 +443,12 @@ def load_space(path: str | Path) -> SearchSpace:
     fixed = _read_fixed(document.get("fixed"), label, _key_line(document, "fixed"), sources, errors)
     params = _read_params(document.get("params"), label, _key_line(document, "params"), fixed, sources, errors)
     settings = _settings(raw, sources, errors, overridden=False)
-    errors.raise_if_any()
-    space = SearchSpace(path=path, text_sha256=sha, fixed=fixed, params=params, settings=settings, sources=sources, raw_settings=raw)
-    _check_space(space, errors)
+    # The rules across sections run even when something above was refused, so that every problem is reported
+    # at once. A condition that reads a refused knob (or epochs, with the settings refused) is not judged:
+    # it would be judged against a default the file does not mean. Refused settings leave the grid unchecked.
+    unknown = frozenset(_refused_knobs(document, fixed, params) | ({"epochs"} if settings is None else set()))
+    space = SearchSpace(path=path, text_sha256=sha, fixed=fixed, params=params, settings=settings or SearchSettings(), sources=sources, raw_settings=raw)
+    _check_space(space, errors, unknown)
     errors.raise_if_any()
     return dataclasses.replace(space, params=_sampling_order(space.params))
 
@@ -882,7 +888,7 @@ def _settings(raw: dict[str, Any], sources: dict[str, str], errors: _Errors, ove
     sampler = values.get("sampler")
     if sampler in SAMPLER_PACKAGES and importlib.util.find_spec(SAMPLER_PACKAGES[sampler]) is None:
         package = SAMPLER_PACKAGES[sampler]
-        fail("sampler", f"sampler '{sampler}' needs the {package} package, but it is not installed (fix: pip install {package})")
+        fail("sampler", f"sampler '{sampler}' needs {package}, which artune depends on, but it is not installed, so this install of artune is broken (fix: reinstall it, pip install -e . in its clone)")
         values.pop("sampler")
     if values.get("scheduler") == "asha" and "grace_period" in values and "epochs" in values:
         if values["grace_period"] > values["epochs"]:
@@ -893,11 +899,22 @@ def _settings(raw: dict[str, Any], sources: dict[str, str], errors: _Errors, ove
     return SearchSettings(**values)
 
 
-def _check_space(space: SearchSpace, errors: _Errors) -> None:
-    """Rules that span params, fixed and settings: conditions that can hold, no cycles, a finite grid."""
+def _refused_knobs(document: dict, fixed: dict, params: dict) -> set:
+    """The knobs the file writes under fixed: or params: with no settled value: refused, or both fixed and searched."""
+    written = [set(section) if isinstance(section, dict) else set() for section in (document.get("fixed"), document.get("params"))]
+    return {k for k in written[0] | written[1] if k not in fixed and k not in params} | (written[0] & written[1])
+
+
+def _check_space(space: SearchSpace, errors: _Errors, unknown: frozenset = frozenset()) -> None:
+    """Rules that span params, fixed and settings: conditions that can hold, no cycles, a finite grid.
+
+    A condition that reads a knob in ``unknown`` (refused by an earlier check) is not judged.
+    """
     for name, dist in space.params.items():
         where = f"{space.path}:{dist.line}"
         for knob, allowed in (dist.when or {}).items():
+            if knob in unknown:
+                continue
             if knob in space.params:
                 other = space.params[knob]
                 possible = any(_can_take(other, v) for v in allowed) or (other.when is not None and space._baseline(knob) in allowed)

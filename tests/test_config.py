@@ -191,6 +191,15 @@ def test_from_dict_coerces_text():
     assert c.dropout == 0.0 and isinstance(c.dropout, float)
 
 
+@pytest.mark.parametrize("text", ["none", "None", "NULL", "null"])
+def test_none_is_none_for_every_optional_field(text):
+    # Whatever the base type: d_ff is an int or none, prompt_separator text or none.
+    assert coerce("d_ff", text) is None and coerce("batches_per_epoch", text) is None and coerce("prompt_separator", text) is None
+    config = config_from_arguments(_parser().parse_args(["--prompt_separator", text, "--tokenizer", "basic_english"]))
+    assert config.prompt_separator is None and config.separator == " "
+    assert coerce("prompt", text) == text  # a text field that cannot be None keeps the word
+
+
 def test_from_dict_accepts_numbers_for_floats_and_integral_floats_for_ints():
     c = TrainConfig.from_dict({"lr": 1, "batch_size": 8.0})
     assert c.lr == 1.0 and isinstance(c.lr, float)

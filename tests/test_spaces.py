@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import warnings
 from pathlib import Path
 
 import optuna
@@ -188,8 +189,17 @@ def test_bad_file_is_refused_naming_file_and_line(tmp_path: Path, text: str, lin
 
 
 def test_all_errors_are_reported_together(tmp_path: Path) -> None:
-    message = refused(tmp_path, "search:\n  num_samples: 0\nparams:\n  d_modle: {choice: [32]}\n  lr: {uniform: [2, 1]}\n")
-    assert line_of(message) == [2, 4, 5] and message.count("; ") == 2
+    text = "search:\n  num_samples: 0\nparams:\n  d_modle: {choice: [32]}\n  lr: {uniform: [2, 1]}\n  warmup: {int: [1, 10], when: {optimizer: nadam}}\n"
+    message = refused(tmp_path, text)
+    assert line_of(message) == [2, 4, 5, 6] and message.count("; ") == 3
+    assert "space.yaml:6: params.warmup.when.optimizer: the condition can never hold" in message
+
+
+def test_a_condition_on_a_refused_knob_waits_for_it(tmp_path: Path) -> None:
+    # Judged against the default instead, the condition would be reported too, as if it were the mistake.
+    text = "search:\n  epochs: 0\nparams:\n  optimizer: {choice: [adam, noam], stepp: 1}\n  warmup: {int: [1, 9], when: {optimizer: noam}}\n  lr: {uniform: [0.1, 0.2], when: {epochs: 3}}\n"
+    message = refused(tmp_path, text)
+    assert line_of(message) == [2, 4] and "can never hold" not in message
 
 
 def test_numbers_yaml_11_reads_as_text_are_numbers(tmp_path: Path) -> None:
@@ -252,10 +262,6 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> optuna.storages.RDBStor
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_define_by_run_samples_valid_configs(tmp_path: Path, sampler: str, storage: optuna.storages.RDBStorage) -> None:
-    if sampler == "qmc" and importlib.util.find_spec("scipy") is None:
-        with pytest.raises(SpaceError, match="pip install scipy"):
-            load_space(write(tmp_path, CONTINUOUS)).with_overrides(sampler="qmc")
-        pytest.skip("QMCSampler needs scipy")
     text = DISCRETE if sampler == "grid" else CONTINUOUS
     space = load_space(write(tmp_path, text)).with_overrides(sampler=sampler)
     space.check_configs()
@@ -271,6 +277,33 @@ def test_define_by_run_samples_valid_configs(tmp_path: Path, sampler: str, stora
         assert isinstance(config, TrainConfig) and config.epochs == 2
         study.tell(trial, float(i))
     assert len(study.trials) == 6
+
+
+def test_a_missing_sampler_package_is_a_broken_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "scipy" else find_spec(name, *args))
+    with pytest.raises(SpaceError, match=r"^--sampler: sampler 'qmc' needs scipy, which artune depends on, .* install of artune is broken"):
+        load_space(write(tmp_path, CONTINUOUS)).with_overrides(sampler="qmc")
+
+
+@pytest.mark.parametrize(
+    "bounds, step, values",
+    [("[0.1, 0.3]", "0.1", [0.1, 0.2, 0.3]), ("[0, 0.9]", "0.3", [0.0, 0.3, 0.6, 0.9]), ("[1e-5, 5e-5]", "1e-5", [1e-5, 2e-5, 3e-5, 4e-5, 5e-5])],
+)
+def test_a_uniform_step_grid_is_the_values_as_written(tmp_path: Path, bounds: str, step: str, values: list) -> None:
+    # Adding the step in floats gives 0.30000000000000004 past high=0.3, which the grid sampler warns about and trains.
+    space = load_space(write(tmp_path, f"search: {{sampler: grid, num_samples: {len(values)}}}\nparams:\n  dropout: {{uniform: {bounds}, step: {step}}}\n"))
+    assert space.grid() == {"dropout": values} and space.params["dropout"].corners() == values
+
+    def objective(trial: optuna.Trial) -> float:
+        space.define_by_run(trial)
+        return 0.0
+
+    study = optuna.create_study(sampler=space.make_sampler())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Optuna's "out of range of the parameter" warning fails the trial
+        study.optimize(objective, n_trials=len(values))
+    assert sorted(t.params["dropout"] for t in study.trials) == values
 
 
 def test_grid_is_the_product_of_discrete_values(tmp_path: Path) -> None:
@@ -336,8 +369,9 @@ def test_a_bad_time_budget_names_file_line_and_rule(tmp_path: Path, written: str
 
 def test_with_fixed_coerces_and_moves_searched_knobs(tmp_path: Path) -> None:
     space = load_space(write(tmp_path, GOOD))
-    changed = space.with_fixed({"d_model": "128", "lr": "3e-4", "dataloader_shuffle_with_replacement": "false", "d_ff": "none"})
+    changed = space.with_fixed({"d_model": "128", "lr": "3e-4", "dataloader_shuffle_with_replacement": "false", "d_ff": "none", "prompt_separator": "None"})
     assert changed.fixed["d_model"] == 128 and changed.fixed["lr"] == 3e-4 and changed.fixed["d_ff"] is None
+    assert changed.fixed["prompt_separator"] is None  # optional text too: none is None, not the text 'none'
     assert changed.fixed["dataloader_shuffle_with_replacement"] is False
     assert "d_model" not in changed.params and "lr" not in changed.params and "d_model" in space.params
     trial = optuna.create_study().ask()
