@@ -168,6 +168,21 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_storage(url: str) -> None:
+    """A --storage URL must name a database SQLAlchemy can open here, before Ray starts and a search directory exists."""
+    if ":memory:" in url:
+        raise SearchError(f"--storage {url!r}: an in-memory database keeps nothing once the search ends; "
+                          "give a file (sqlite:///path.db) or a database server's URL")
+    from sqlalchemy.engine import make_url  # Optuna's storage layer
+
+    try:
+        make_url(url).get_dialect().import_dbapi()
+    except ImportError as exc:
+        raise SearchError(f"--storage {url!r}: its database driver is not installed ({exc}); install it, or use sqlite:///path.db") from None
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's URL and plugin errors share no base but Exception
+        raise SearchError(f"--storage {url!r}: not a database URL ({exc}); e.g. sqlite:///path.db or postgresql://user@host/db") from None
+
+
 def check_results_dir(path: Path) -> Path:
     path = path.expanduser()
     probe = path
@@ -199,8 +214,14 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
         flag = "--resume" if args.resume else "--extend"
         if not (directory / MANIFEST_FILE).exists():
             raise SearchError(f"{flag}: no search named {name!r} in {results_dir} (no {MANIFEST_FILE})")
-        manifest = json.loads((directory / MANIFEST_FILE).read_text())
+        try:
+            manifest = json.loads((directory / MANIFEST_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise SearchError(f"{flag}: {directory / MANIFEST_FILE} cannot be read ({exc}); it is the search's record, "
+                              "so it cannot be continued: start a new search under another --name") from None
         space = load_space(directory / SPACE_COPY)  # the space the search started with
+        if args.space and not Path(args.space).is_file():
+            raise SearchError(f"{flag}: space file not found: {args.space} (or leave it out: the search keeps its own copy)")
         if args.space and Path(args.space).read_bytes() != (directory / SPACE_COPY).read_bytes():
             raise SearchError(
                 f"{flag}: {args.space} differs from the space search {name!r} started with "
@@ -243,9 +264,8 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
     space.check_configs()
     if args.address:
         check_address(args.address)
-    if args.storage and ":memory:" in args.storage:
-        raise SearchError(f"--storage {args.storage!r}: an in-memory database keeps nothing once the search ends; "
-                          "give a file (sqlite:///path.db) or a database server's URL")
+    if args.storage:
+        check_storage(args.storage)
     repeats = manifest.get("repeats", args.repeats) if args.resume else args.repeats
     data = args.data
     if (args.resume or args.extend) and data is None and manifest.get("corpus", {}).get("source"):
@@ -903,7 +923,10 @@ def run(plan: Plan) -> int:
     corpus = load_plan_corpus(plan)
     plan.stopwatch.lap("corpus")
     created = not plan.directory.exists()
-    plan.directory.mkdir(parents=True, exist_ok=True)
+    try:
+        plan.directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SearchError(f"--results-dir {plan.directory.parent}: cannot create {plan.directory} ({exc.strerror or exc})") from None
     try:
         with _Lock(plan.directory):
             if not (plan.resume or plan.extend):

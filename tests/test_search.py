@@ -187,12 +187,29 @@ def test_the_default_search_is_bounded_by_its_time_budget(tmp_path, shakespeare_
         ([str(SMOKE), "--resume"], ["--resume needs --name"]),
         ([str(SMOKE), "--resume", "--name", "nothing-here"], ["no search named 'nothing-here'"]),
         ([str(SMOKE), "--storage", "sqlite:///:memory:"], ["--storage 'sqlite:///:memory:'", "in-memory"]),
+        ([str(SMOKE), "--storage", "foo://bar"], ["--storage 'foo://bar'", "not a database URL"]),
+        ([str(SMOKE), "--storage", "not a url"], ["--storage 'not a url'", "not a database URL"]),
+        ([str(SMOKE), "--storage", "mysql://u@127.0.0.1/db"], ["--storage 'mysql://u@127.0.0.1/db'", "driver is not installed"]),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragments):
     result = cli(*args, "--results-dir", str(tmp_path / "r"), timeout=60)
     assert_one_error_line(result, *fragments)
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_a_results_dir_that_cannot_be_created_is_one_line(tmp_path):
+    result = cli(str(SMOKE), "--results-dir", "/proc/artune-results", "--name", "x", timeout=60)
+    assert_one_error_line(result, "--results-dir /proc/artune-results", "cannot create /proc/artune-results/x")
+
+
+def test_resume_with_a_corrupt_manifest_or_a_missing_space_file_is_one_line(tmp_path):
+    directory = torn_search(tmp_path, staged_trial=None)
+    (directory / "tune" / "experiment_state-2026-01-01_00-01-00.json").write_text('{"trial_data": []}')
+    common = ["--resume", "--name", "torn", "--results-dir", str(tmp_path / "r"), "--dry-run"]
+    assert_one_error_line(cli(str(tmp_path / "nope.yaml"), *common, timeout=60), "space file not found", "nope.yaml")
+    (directory / "manifest.json").write_text('{"name": "torn", "runs": [')
+    assert_one_error_line(cli(*common, timeout=60), "manifest.json cannot be read", "another --name")
 
 
 def torn_search(root: Path, staged_trial: str | None) -> Path:
