@@ -34,6 +34,14 @@ class CorpusError(ValueError):
     """A corpus cannot be found, fetched, read or used. The message names the file, rule and value."""
 
 
+class NotFetched(CorpusError):
+    """Tiny Shakespeare is not cached yet, and fetching was not allowed (a dry run)."""
+
+    def __init__(self, url: str, path: Path) -> None:
+        super().__init__(f"{path} is not here yet: it is downloaded from {url}")
+        self.url, self.path = url, path
+
+
 # --- finding the file
 
 
@@ -90,6 +98,7 @@ def resolve_dataset(
     *,
     url: str = TINY_SHAKESPEARE_URL,
     sha256: str = TINY_SHAKESPEARE_SHA256,
+    fetch: bool = True,
 ) -> Path:
     """The path of the text file that ``dataset`` names, downloading Tiny Shakespeare when absent.
 
@@ -97,7 +106,7 @@ def resolve_dataset(
     :func:`default_data_dir`, and may itself name the text file; an explicit ``data_dir`` must
     exist). A cached copy is trusted without re-hashing, unless it is empty, when it is fetched again. Any other value is a path to a text
     file, relative to the working directory. ``url`` and ``sha256`` say where Tiny Shakespeare
-    comes from.
+    comes from; ``fetch=False`` raises :class:`NotFetched` instead of downloading.
     """
     if dataset == TINY_SHAKESPEARE:
         if data_dir is not None and not Path(data_dir).expanduser().exists():
@@ -112,6 +121,8 @@ def resolve_dataset(
         else:
             path = root / TINY_SHAKESPEARE_FILE
             if not path.is_file() or path.stat().st_size == 0:
+                if not fetch:
+                    raise NotFetched(url, path)
                 download(url, path, sha256)
     else:
         path = Path(dataset).expanduser()
@@ -176,9 +187,9 @@ class Corpus:
         return len(self.vocabulary)
 
 
-def load_corpus(dataset: str, tokenizer: str, data_dir: Union[str, Path, None] = None) -> Corpus:
-    """Resolve, read, split (by characters, as the origin) and encode a corpus once."""
-    path = resolve_dataset(dataset, data_dir)
+def load_corpus(dataset: str, tokenizer: str, data_dir: Union[str, Path, None] = None, *, fetch: bool = True) -> Corpus:
+    """Resolve, read, split (by characters, as the origin) and encode a corpus once (``fetch``: see resolve_dataset)."""
+    path = resolve_dataset(dataset, data_dir, fetch=fetch)
     data, text = _read(path)
     tokenize = get_tokenizer(tokenizer)
     cut = int(len(text) * TRAIN_FRACTION)

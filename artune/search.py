@@ -418,19 +418,30 @@ def check_address(address: str) -> None:
         ) from None
 
 
-def load_plan_corpus(plan: Plan) -> Any:
+def load_plan_corpus(plan: Plan, fetch: bool = True) -> Any:
+    """The corpus every trial trains on, encoded once, and checked against every setting the space can give:
+    the windows and batches fit, the prompt's tokens are in its vocabulary. (``fetch``: see load_corpus.)"""
     from artune.data import CorpusError, check_fits, load_corpus
+    from artune.tokenizers import UnknownTokenError, get_tokenizer
 
     fixed = TrainConfig.from_dict({k: v for k, v in plan.space.fixed.items() if k in FIELD_NAMES})
     try:
-        corpus = load_corpus(fixed.dataset, fixed.tokenizer, plan.data_dir)
+        corpus = load_corpus(fixed.dataset, fixed.tokenizer, plan.data_dir, fetch=fetch)
         # The loaders' needs grow with seq_len and with batch_size, each alone: the largest of each is the test.
         seq_len, batch_size = (int(max(possible_values(plan.space, fixed, key))) for key in ("seq_len", "batch_size"))
         for train_loader in sorted(set(possible_values(plan.space, fixed, "train_loader"))):
             for valid_loader in sorted(set(possible_values(plan.space, fixed, "valid_loader"))):
                 check_fits(corpus, seq_len, batch_size, train_loader=train_loader, valid_loader=valid_loader)
     except CorpusError as exc:
+        if not fetch:
+            raise
         raise SearchError(str(exc)) from None
+    for prompt in possible_values(plan.space, fixed, "prompt"):
+        try:
+            corpus.vocabulary.encode(get_tokenizer(fixed.tokenizer)(prompt))
+        except UnknownTokenError as exc:
+            raise SearchError(f"prompt {prompt!r} (the greedy sample's start): {exc}; give one this corpus can "
+                              f"encode, e.g. --set prompt=...") from None
     manifest_path = plan.directory / MANIFEST_FILE
     if (plan.resume or plan.extend) and manifest_path.exists():
         started_with = json.loads(manifest_path.read_text()).get("corpus", {})
@@ -895,6 +906,20 @@ def describe_plan(plan: Plan) -> str:
     ])
 
 
+def describe_corpus(plan: Plan) -> str:
+    """The dry run's corpus line: the corpus checked as the search will check it, without downloading it."""
+    from artune.data import CorpusError, NotFetched
+
+    try:
+        corpus = load_plan_corpus(plan, fetch=False)
+    except NotFetched as exc:
+        return f"corpus: {exc.path} is not here yet; the search downloads it from {exc.url}"
+    except CorpusError as exc:
+        raise SearchError(str(exc)) from None
+    return (f"corpus: {corpus.source} ({len(corpus.train):,} train / {len(corpus.valid):,} valid {corpus.tokenizer} tokens, "
+            f"vocabulary {corpus.vocab_size}, sha256 {corpus.sha256[:12]}), checked against the space")
+
+
 # --- main
 
 
@@ -1004,7 +1029,9 @@ def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> i
     try:
         plan = make_plan(args, started)
         if args.dry_run:
+            corpus = describe_corpus(plan)  # a bad corpus is an error line, not a plan
             print(describe_plan(plan))
+            print(corpus)
             return 0
         return run(plan)
     except (SearchError, SpaceError, ConfigError) as exc:

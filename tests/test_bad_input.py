@@ -92,6 +92,7 @@ def refused(tmp_path_factory, shakespeare_path):
     (data / "empty.txt").write_bytes(b"")
     (data / "one_char.txt").write_text("a" * 5000)
     (data / "latin1.txt").write_bytes("to be or not to be, ".encode() * 3 + "caf\u00e9 au lait".encode("latin-1"))
+    (data / "upper.txt").write_text("TO BE, OR NOT TO BE: THAT IS THE QUESTION.\n" * 300)  # cannot encode the prompt 'It is'
     (data / "no_corpus_here").mkdir()
     marker = root / "pwned"
     cases: dict[str, tuple[list[str], dict]] = {}
@@ -103,8 +104,10 @@ def refused(tmp_path_factory, shakespeare_path):
         cases[f"set:{item}"] = ([str(SMOKE), "--set", item, "--data", str(shakespeare_path)], {})
     for name in NAMES:
         cases[f"name:{name}"] = ([str(SMOKE), "--name", name], {})
-    for name in ("missing.txt", "no_corpus_here", "empty.txt", "one_char.txt", "latin1.txt"):
+    for name in ("missing.txt", "no_corpus_here", "empty.txt", "one_char.txt", "latin1.txt", "upper.txt"):
         cases[f"data:{name}"] = ([str(SMOKE), "--data", str(data / name)], NO_NETWORK)
+    for name in ("missing.txt", "upper.txt"):  # a dry run checks the corpus as the search will
+        cases[f"dry-run:{name}"] = ([str(SMOKE), "--data", str(data / name), "--dry-run"], NO_NETWORK)
     cases["ray_client"] = ([str(SMOKE), "--address", f"ray://127.0.0.1:{free_port()}"], {})
 
     def run(case: str):
@@ -175,6 +178,15 @@ def test_a_corpus_of_one_distinct_character(refused):
 def test_a_corpus_that_is_not_utf8_names_the_byte_offset(refused):
     # "to be or not to be, " * 3 is 60 bytes, "caf" 3 more: the Latin-1 e-acute is byte 63
     check(refused, "data:latin1.txt", "latin1.txt", "not valid UTF-8", "byte 0xe9 at byte offset 63", "iconv")
+
+
+def test_a_prompt_the_corpus_cannot_encode_is_refused_before_any_trial(refused):
+    check(refused, "data:upper.txt", "prompt 'It is'", "not in the vocabulary", "'t', 'i', 's'", "--set prompt=")
+
+
+def test_a_dry_run_checks_the_corpus(refused):
+    check(refused, "dry-run:missing.txt", "not found", str(refused["data"] / "missing.txt"))
+    check(refused, "dry-run:upper.txt", "prompt 'It is'", "not in the vocabulary")
 
 
 def test_a_ray_client_address(refused):
