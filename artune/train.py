@@ -512,20 +512,41 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m artune.train", description="Train one configuration without Ray and print each epoch."
     )
-    parser.add_argument("--data-dir", help="directory of the cached corpus, or a text file (default: $ARTUNE_DATA_DIR)")
+    # --data as in `python -m artune.search`; --data-dir is its older name
+    parser.add_argument(
+        "--data", "--data-dir", dest="data_dir", metavar="PATH",
+        help="the corpus: a text file, or the directory holding tiny_shakespeare.txt (default: $ARTUNE_DATA_DIR or the cache)",
+    )
     parser.add_argument("--checkpoint-dir", help="write a checkpoint here after every epoch (if is_save_models)")
     parser.add_argument("--resume", action="store_true", help="resume from the checkpoint in --checkpoint-dir")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads, at least 1 (default: torch's choice)")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     try:
         config = config_from_arguments(args)
-        if args.threads:
+        # Checked before the corpus is read or an epoch trained: a bad directory would otherwise
+        # fail (or overwrite a checkpoint) only when the first epoch's checkpoint is written.
+        if args.threads is not None and args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, but got {args.threads}")
+        if args.resume and not args.checkpoint_dir:
+            raise ConfigError("--resume needs --checkpoint-dir")
+        if args.checkpoint_dir and config.is_save_models:
+            directory = Path(args.checkpoint_dir)
+            existing = next(p for p in (directory, *directory.absolute().parents) if p.exists())
+            if not existing.is_dir():
+                raise ConfigError(
+                    f"--checkpoint-dir {directory}: {existing} is a file, not a directory; "
+                    "choose another --checkpoint-dir"
+                )
+            if not args.resume and (directory / CHECKPOINT_FILE).exists():
+                raise ConfigError(
+                    f"--checkpoint-dir {directory} holds a checkpoint ({CHECKPOINT_FILE}); use --resume to "
+                    "continue it, or choose another --checkpoint-dir"
+                )
+        if args.threads is not None:
             torch.set_num_threads(args.threads)
         trainer = Trainer(config, data_dir=args.data_dir)
         if args.resume:
-            if not args.checkpoint_dir:
-                raise ConfigError("--resume needs --checkpoint-dir")
             trainer.load_checkpoint(args.checkpoint_dir)
             print(f"resumed from {args.checkpoint_dir} after epoch {trainer.epoch}")
         print(

@@ -489,7 +489,7 @@ def test_cli_trains_and_prints_each_epoch(shakespeare_path, tmp_path):
     result = _cli(
         "--d_model", "32", "--n_layers", "1", "--n_heads", "2", "--seq_len", "16", "--batch_size", "4",
         "--epochs", "1", "--batches_per_epoch", "5", "--sample_tokens", "5", "--device", "cpu",
-        "--data-dir", str(shakespeare_path.parent), "--checkpoint-dir", str(tmp_path / "ckpt"),
+        "--data", str(shakespeare_path.parent), "--checkpoint-dir", str(tmp_path / "ckpt"),
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -516,6 +516,62 @@ def test_cli_corpus_too_small_for_seq_len_exits_2(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert lines[0].startswith("error: the valid split of ") and "seq_len + 1 = 33" in lines[0]
+
+
+@pytest.mark.parametrize("threads", ["0", "-1"])
+def test_cli_threads_below_1_is_one_error_line_and_exit_2(threads):
+    result = _cli("--threads", threads)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"error: --threads must be >= 1, but got {threads}"], result.stderr
+
+
+TINY_CLI = ["--d_model", "32", "--n_layers", "1", "--n_heads", "2", "--seq_len", "16", "--batch_size", "4",
+            "--epochs", "1", "--batches_per_epoch", "2", "--sample_tokens", "0", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("where", ["file", "below-a-file"])
+def test_cli_checkpoint_dir_that_is_a_file_is_refused_before_training(small_text, tmp_path, capsys, where):
+    """Found only when the first epoch's checkpoint was written: the epoch's training was lost."""
+    file = tmp_path / "notes.txt"
+    file.write_text("keep me", encoding="utf-8")
+    checkpoint_dir = file if where == "file" else file / "ckpt"
+    code = main(["--dataset", str(small_text), "--checkpoint-dir", str(checkpoint_dir), *TINY_CLI])
+    assert code == 2
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines() == [
+        f"error: --checkpoint-dir {checkpoint_dir}: {file} is a file, not a directory; choose another --checkpoint-dir"
+    ]
+    assert "epoch" not in out and file.read_text(encoding="utf-8") == "keep me"
+
+
+def test_cli_refuses_to_overwrite_a_checkpoint_without_resume_and_continues_it_with_resume(small_text, tmp_path, capsys):
+    args = ["--dataset", str(small_text), "--checkpoint-dir", str(tmp_path), *TINY_CLI]
+    assert main(args) == 0
+    first = (tmp_path / CHECKPOINT_FILE).read_bytes()
+    capsys.readouterr()
+
+    assert main(args) == 2
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines() == [
+        f"error: --checkpoint-dir {tmp_path} holds a checkpoint ({CHECKPOINT_FILE}); use --resume to continue it, "
+        "or choose another --checkpoint-dir"
+    ]
+    assert "epoch" not in out and (tmp_path / CHECKPOINT_FILE).read_bytes() == first
+
+    assert main([*args, "--resume", "--epochs", "2"]) == 0
+    out, _ = capsys.readouterr()
+    assert f"resumed from {tmp_path} after epoch 1" in out and "epoch   2  train_loss" in out
+    assert torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)["epoch"] == 2
+
+
+@pytest.mark.parametrize("option", ["--data", "--data-dir"])
+def test_cli_data_names_the_corpus_as_in_the_search_command(small_text, capsys, option):
+    """--data is the search command's option; --data-dir, the trainer's older name, still works."""
+    assert main([option, str(small_text), *TINY_CLI]) == 0
+    out = capsys.readouterr().out
+    assert "epoch   1  train_loss" in out
+    assert "18,000 train / 2,000 valid tokens" in out  # small_text, not the default corpus's 1,003,854 train tokens
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
