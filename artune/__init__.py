@@ -7,3 +7,15 @@ __version__ = "0.1.0"
 # When this process loaded artune, before the imports of whatever runs next: the clock the CLI's
 # time budget counts from, so that a budget's "start-up included" includes those imports too.
 LOADED_AT = time.monotonic()
+
+
+def stdout_closed() -> int:
+    """The CLIs' answer to a BrokenPipeError (their output piped into ``head``, say): leave quietly, as a
+    Unix tool does, with the status of a process that SIGPIPE ended. Standard output goes to
+    /dev/null first, so that the interpreter's own flush at exit fails no more."""
+    import os
+    import signal
+    import sys
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + signal.SIGPIPE

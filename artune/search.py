@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
 
-from artune import LOADED_AT, __version__
+from artune import LOADED_AT, __version__, stdout_closed
 from artune.config import ConfigError, FIELD_NAMES, TrainConfig, unknown_key_message
 from artune.results import (
     DEFAULT_RESULTS_DIR, MANIFEST_FILE, TRIALS_FILE, EPOCHS_FILE, TrialRecord, read_records,
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fix a trainer knob (repeatable)")
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
     parser.add_argument("--storage", help="Optuna storage URL for the study (default: sqlite:///RESULTS_DIR/NAME/optuna.db)")
-    parser.add_argument("--repeats", type=int, default=1, help="runs of each sampled configuration, with seeds seed, seed+1, ...")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each sampled configuration, with the trainer's seed, seed + 1, ... (the sampler sees their mean)")
     parser.add_argument("--time-budget", type=parse_duration, help="end the search after this long, start-up included (e.g. 900, 15m, 1h)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted search --name")
     parser.add_argument("--extend", action="store_true", help="add --num-samples trials to the finished search --name, the sampler warm-started from its history")
@@ -258,7 +258,7 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
     # A resumed or extended search keeps the command-line settings its last run started with.
     started_with = manifest.get("overrides", {}).get(run_name if args.resume else manifest.get("runs", [TUNE_DIR])[-1], {})
     overrides = {"settings": {**started_with.get("settings", {}), **given}, "set": {**started_with.get("set", {}), **sets}}
-    space = space.with_overrides(**overrides["settings"])
+    space = space.with_overrides(OVERRIDE_FLAGS, **overrides["settings"])
     if overrides["set"]:
         space = space.with_fixed(overrides["set"])
     space.check_configs()
@@ -899,6 +899,8 @@ def describe_plan(plan: Plan) -> str:
         f"search {plan.name!r}{' (resume)' if plan.resume else ''} on {where}",
         plan.space.describe(),
         f"trial resources: {s.cpu:g} CPU, {s.gpu:g} GPU; concurrency: {s.max_concurrent or 'the cluster trial slots'}",
+        *([f"repeats: each sampled configuration runs {plan.repeats} times (the trainer's seed, seed + 1, ...): "
+           f"{s.num_samples * plan.repeats} trials in all; the sampler sees their mean"] if plan.repeats > 1 else []),
         f"writes: {plan.directory}/ ({TRIALS_FILE}, {EPOCHS_FILE}, {MANIFEST_FILE}, {SPACE_COPY}, {plan.run_name}/)",
         f"Optuna study: {plan.name!r} in {plan.storage}",
         *([f"restores Ray Tune's saved state (cut short by a killed driver) from {plan.restore_state_from}"]
@@ -1040,6 +1042,8 @@ def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> i
     except KeyboardInterrupt:
         print("interrupted: the tables hold every result so far; continue with --resume --name", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return stdout_closed()
 
 
 def cli() -> None:
@@ -1051,7 +1055,10 @@ def cli() -> None:
     code = main(started=LOADED_AT)  # the imports of this process count against a time budget too
     if "ray" in sys.modules:  # whatever path main left by, the local Ray instance goes with it (no-op if none)
         sys.modules["ray"].shutdown()
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the last lines' reader went away
+        code = stdout_closed()
     sys.stderr.flush()
     logging.shutdown()
     os._exit(code)

@@ -186,8 +186,9 @@ class SearchSpace:
 
     # ---------------------------------------------------------------- overrides
 
-    def with_overrides(self, **overrides: Any) -> "SearchSpace":
-        """The space with CLI settings applied (None: keep the file's), revalidated."""
+    def with_overrides(self, flags: Optional[dict[str, str]] = None, **overrides: Any) -> "SearchSpace":
+        """The space with CLI settings applied (None: keep the file's), revalidated; ``flags`` names each
+        setting's command-line option in errors (default ``--<setting>``)."""
         errors = _Errors()
         raw = dict(self.raw_settings)
         sources = dict(self.sources)
@@ -198,7 +199,7 @@ class SearchSpace:
                 errors.add(f"--{name.replace('_', '-')}", None, f"unknown search setting{_did_you_mean(name, SETTING_NAMES)}")
                 continue
             raw[name] = value
-            sources[f"search.{name}"] = f"--{name.replace('_', '-')}"
+            sources[f"search.{name}"] = (flags or {}).get(name, f"--{name.replace('_', '-')}")
         errors.raise_if_any()
         settings = _settings(raw, sources, errors, overridden=True)
         errors.raise_if_any()
@@ -382,7 +383,8 @@ class SearchSpace:
         )
         lines = [
             f"search space {self.path} (sha256 {self.text_sha256[:12]})",
-            f"  {s.num_samples} trials, {slots}; {_num(s.cpu)} cpu + {_num(s.gpu)} gpu per trial; {s.epochs} epochs each",
+            f"  {_count(s.num_samples, 'trial')}, {slots}; {_num(s.cpu)} cpu + {_num(s.gpu)} gpu per trial; "
+            f"{_count(s.epochs, 'epoch')} each",
             f"  metric {s.metric} ({s.mode}); sampler {s.sampler} (seed {s.seed}); scheduler {scheduler}",
         ]
         if s.time_budget:
@@ -1048,6 +1050,10 @@ def _show(value: Any, limit: int = 60) -> str:
         value = list(value)
     text = repr(value) if not isinstance(value, float) else _num(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _num(value: Any) -> str:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 import torch.nn.functional as F
 
+from artune import stdout_closed
 from artune.config import ConfigError, TrainConfig
 from artune.batches import num_sequential_batches, num_shuffled_batches, train_batches, valid_batches
 from artune.data import Corpus, CorpusError, check_fits, load_corpus
@@ -566,6 +567,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return stdout_closed()
     return 0
 
 

@@ -166,6 +166,18 @@ def test_validating_a_search_loads_neither_ray_nor_torch_nor_pandas(tmp_path, sh
     assert result.stdout.splitlines()[-1] == "[]"
 
 
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path, shakespeare_path):
+    """`artune --dry-run | head -1`: the reader leaves; the command ends as a Unix tool does, without a traceback."""
+    for module in ("artune.search", "artune.train"):
+        args = ["--dry-run", "--results-dir", str(tmp_path), "--data", str(shakespeare_path)] if module == "artune.search" \
+            else ["--data", str(shakespeare_path), "--epochs", "2", "--batches_per_epoch", "2", "--d_model", "16",
+                  "--n_layers", "1", "--n_heads", "2"]
+        proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc.stdout.close()  # before the command has printed anything
+        stderr = proc.stderr.read().decode()
+        assert proc.wait(120) == 141 and "Traceback" not in stderr, (module, stderr)
+
+
 def test_the_default_search_is_bounded_by_its_time_budget(tmp_path, shakespeare_path):
     """The no-argument search ends at the space file's 15 minutes; --time-budget overrides it."""
     result = cli("--dry-run", "--results-dir", str(tmp_path), "--data", str(shakespeare_path))
