@@ -270,6 +270,9 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
     data = args.data
     if (args.resume or args.extend) and data is None and manifest.get("corpus", {}).get("source"):
         data = manifest["corpus"]["source"]  # the corpus the search started with
+    if data is not None and Path(data).expanduser().is_file() and space.fixed.get("dataset", "tiny_shakespeare") == "tiny_shakespeare":
+        # --data FILE is the corpus: the trials' configs, and so the tables, name it, as --set dataset=FILE would
+        space = space.with_fixed({"dataset": str(Path(data).expanduser().absolute())})
     return Plan(
         space, name, directory, data, args.address, args.resume, args.extend,
         storage_url(directory, args.storage or manifest.get("storage")), repeats, space.settings.time_budget, started,

@@ -331,6 +331,13 @@ def test_resume_does_not_continue_trials_the_tables_saw_end_after_tune_last_save
     assert set(after.trials.loc[after.trials.status == "stopped", "trial_id"]) == stopped
 
 
+@pytest.mark.slow
+def test_trials_name_the_corpus_file_given_with_data(smoke, shakespeare_path):
+    """--data FILE is the corpus the trials train on: their configs say so, as --set dataset=FILE would."""
+    result, directory = smoke
+    assert set(load(directory).trials["dataset"]) == {str(shakespeare_path.absolute())}
+
+
 def test_resume_keeps_the_settings_the_search_started_with_and_refuses_new_ones(smoke, tmp_path):
     result, original = smoke
     assert result.returncode == 0, result.stderr[-2000:]
