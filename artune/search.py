@@ -23,6 +23,7 @@ import shutil
 import socket
 import sys
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -615,6 +616,9 @@ def build_tuner(plan: Plan, corpus: Any, recorder: Any):
         # each sampled config runs `repeats` times (seeds seed, seed+1, ...); the sampler sees their mean
         search_alg = Repeater(search_alg, repeat=plan.repeats, set_index=True)
     if s.scheduler == "asha":
+        # ASHA takes a percentile of each rung's results, NaNs left out: a rung that holds only a diverged
+        # trial's NaN makes numpy warn on the driver's stderr, though nothing is wrong (that trial has ended).
+        warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=RuntimeWarning)
         scheduler = ASHAScheduler(
             time_attr="training_iteration", max_t=s.epochs, grace_period=s.grace_period,
             reduction_factor=s.reduction_factor,
