@@ -7,10 +7,11 @@ token tensor keeps the corpus's compact dtype; a batch is cast to int64 only whe
 
 from __future__ import annotations
 
-import math
 from typing import Iterator
 
 import torch
+
+from artune.data import num_windows  # with the batch counts, torch-free: the driver checks a corpus before Ray starts
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -26,11 +27,6 @@ def _windows(tokens: torch.Tensor, offset: int, order: torch.Tensor, batch_size:
     for i in range(0, len(order), batch_size):
         chunk = windows.index_select(0, order[i : i + batch_size]).long()  # (B, T + 1)
         yield chunk[:, :-1], chunk[:, 1:]
-
-
-def _num_windows(n_tokens: int, seq_len: int, offset: int = 0) -> int:
-    # Each window needs one token beyond its end for the target.
-    return max(0, (n_tokens - 1 - offset) // seq_len)
 
 
 def shuffled_batches(
@@ -50,19 +46,12 @@ def shuffled_batches(
     n_tokens = len(tokens)
     high = max(1, min(seq_len, n_tokens - seq_len))  # == seq_len whenever n_tokens >= 2 * seq_len
     offset = int(torch.randint(high, (1,), generator=generator))
-    n = _num_windows(n_tokens, seq_len, offset)
+    n = num_windows(n_tokens, seq_len, offset)
     if with_replacement:
         order = torch.randint(n, (n,), generator=generator) if n else torch.empty(0, dtype=torch.long)
     else:
         order = torch.randperm(n, generator=generator)
     return _windows(tokens, offset, order, batch_size, seq_len)
-
-
-def num_shuffled_batches(n_tokens: int, batch_size: int, seq_len: int, whole_only: bool = False) -> int:
-    """An upper bound on the batches of one :func:`shuffled_batches` epoch (exact at offset 0);
-    ``whole_only``: on its batches of all ``batch_size`` rows."""
-    windows = _num_windows(n_tokens, seq_len)
-    return windows // batch_size if whole_only else math.ceil(windows / batch_size)
 
 
 def sequential_batches(tokens: torch.Tensor, batch_size: int, seq_len: int) -> Iterator[Batch]:
@@ -79,20 +68,13 @@ def sequential_batches(tokens: torch.Tensor, batch_size: int, seq_len: int) -> I
         yield streams[:, i : i + t].long(), streams[:, i + 1 : i + 1 + t].long()
 
 
-def num_sequential_batches(n_tokens: int, batch_size: int, seq_len: int, whole_only: bool = False) -> int:
-    """The exact number of batches :func:`sequential_batches` yields; ``whole_only``: of those a
-    full ``seq_len`` long (all but a shorter last chunk)."""
-    targets = max(0, n_tokens // batch_size - 1)
-    return targets // seq_len if whole_only else math.ceil(targets / seq_len)
-
-
 def valid_batches(tokens: torch.Tensor, loader: str, batch_size: int, seq_len: int, seed: int) -> Iterator[Batch]:
     """A deterministic full pass: the same batches on every call, so validation losses compare."""
     if loader == "sequential":
         return sequential_batches(tokens, batch_size, seq_len)
     if loader == "shuffled":
         generator = torch.Generator().manual_seed(seed)
-        order = torch.randperm(_num_windows(len(tokens), seq_len), generator=generator)
+        order = torch.randperm(num_windows(len(tokens), seq_len), generator=generator)
         return _windows(tokens, 0, order, batch_size, seq_len)
     raise ValueError(f"valid_loader must be one of shuffled, sequential, but got {loader!r}")
 

@@ -10,6 +10,7 @@ turns the arrays into tensors; batches are cut in :mod:`artune.batches`.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import tempfile
 import urllib.error
@@ -211,6 +212,28 @@ def load_corpus(dataset: str, tokenizer: str, data_dir: Union[str, Path, None] =
     )
 
 
+# --- counting windows and batches (the loaders are in artune.batches)
+
+
+def num_windows(n_tokens: int, seq_len: int, offset: int = 0) -> int:
+    # Each window needs one token beyond its end for the target.
+    return max(0, (n_tokens - 1 - offset) // seq_len)
+
+
+def num_shuffled_batches(n_tokens: int, batch_size: int, seq_len: int, whole_only: bool = False) -> int:
+    """An upper bound on the batches of one :func:`artune.batches.shuffled_batches` epoch (exact at offset 0);
+    ``whole_only``: on its batches of all ``batch_size`` rows."""
+    windows = num_windows(n_tokens, seq_len)
+    return windows // batch_size if whole_only else math.ceil(windows / batch_size)
+
+
+def num_sequential_batches(n_tokens: int, batch_size: int, seq_len: int, whole_only: bool = False) -> int:
+    """The exact number of batches :func:`artune.batches.sequential_batches` yields; ``whole_only``: of those a
+    full ``seq_len`` long (all but a shorter last chunk)."""
+    targets = max(0, n_tokens // batch_size - 1)
+    return targets // seq_len if whole_only else math.ceil(targets / seq_len)
+
+
 def check_fits(
     corpus: Corpus,
     seq_len: int,
@@ -218,11 +241,14 @@ def check_fits(
     *,
     train_loader: str = "shuffled",
     valid_loader: str = "sequential",
+    whole_batches: bool = False,
 ) -> None:
     """Raise CorpusError unless each split yields at least one batch under its loader.
 
     Every loader needs ``seq_len + 1`` tokens (a window and its shifted target); the sequential
-    loader also needs each of its ``batch_size`` streams to hold at least two tokens.
+    loader also needs each of its ``batch_size`` streams to hold at least two tokens. With
+    ``whole_batches`` (``compile``, which skips a partial last batch) the train split must hold a
+    whole batch.
     """
     for split, tokens, loader in (("train", corpus.train, train_loader), ("valid", corpus.valid, valid_loader)):
         n = len(tokens)
@@ -237,3 +263,11 @@ def check_fits(
                 f"{batch_size} sequential streams (needs at least 2 * batch_size = {2 * batch_size}); "
                 "use a smaller batch_size or a bigger corpus"
             )
+    count = num_sequential_batches if train_loader == "sequential" else num_shuffled_batches
+    if whole_batches and count(len(corpus.train), batch_size, seq_len, whole_only=True) == 0:
+        raise CorpusError(
+            f"compile: true trains on whole batches only, and the train split of {corpus.source} "
+            f"({len(corpus.train)} {corpus.tokenizer} tokens) holds no whole batch of batch_size "
+            f"{batch_size} x seq_len {seq_len} under the {train_loader} loader; "
+            "use a smaller batch_size or seq_len, or compile: false"
+        )

@@ -31,7 +31,7 @@ from typing import Any, Optional
 from urllib.parse import urlparse
 
 from artune import LOADED_AT, __version__, stdout_closed
-from artune.config import ConfigError, FIELD_NAMES, TrainConfig, unknown_key_message
+from artune.config import ConfigError, FIELD_NAMES, TrainConfig, coerce, unknown_key_message
 from artune.results import (
     DEFAULT_RESULTS_DIR, MANIFEST_FILE, TRIALS_FILE, EPOCHS_FILE, TrialRecord, read_records,
     write_json_atomic, write_tables,
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fix a trainer knob (repeatable)")
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
     parser.add_argument("--storage", help="Optuna storage URL for the study (default: sqlite:///RESULTS_DIR/NAME/optuna.db)")
-    parser.add_argument("--repeats", type=int, default=1, help="runs of each sampled configuration, with the trainer's seed, seed + 1, ... (the sampler sees their mean)")
+    parser.add_argument("--repeats", type=int, help="runs of each sampled configuration, with the trainer's seed, seed + 1, ... (the sampler sees their mean; default 1)")
     parser.add_argument("--time-budget", type=parse_duration, help="end the search after this long, start-up included (e.g. 900, 15m, 1h)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted search --name")
     parser.add_argument("--extend", action="store_true", help="add --num-samples trials to the finished search --name, the sampler warm-started from its history")
@@ -177,7 +177,8 @@ def check_storage(url: str) -> None:
     from sqlalchemy.engine import make_url  # Optuna's storage layer
 
     try:
-        make_url(url).get_dialect().import_dbapi()
+        dialect = make_url(url).get_dialect()
+        (dialect.import_dbapi if hasattr(dialect, "import_dbapi") else dialect.dbapi)()  # SQLAlchemy 2 / 1.4
     except ImportError as exc:
         raise SearchError(f"--storage {url!r}: its database driver is not installed ({exc}); install it, or use sqlite:///path.db") from None
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy's URL and plugin errors share no base but Exception
@@ -204,7 +205,7 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
         raise SearchError("--resume and --extend: choose one (resume continues an interrupted search, extend grows a finished one)")
     if (args.resume or args.extend) and not args.name:
         raise SearchError(f"--{'resume' if args.resume else 'extend'} needs --name: the name of the search to continue")
-    if args.repeats < 1:
+    if args.repeats is not None and args.repeats < 1:
         raise SearchError(f"--repeats must be >= 1, but got {args.repeats}")
     name = check_name(args.name or f"{space_path.stem}-{dt.datetime.now():%Y%m%d-%H%M%S}")
     directory = results_dir / name
@@ -245,21 +246,33 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
         space = load_space(space_path)
     given = {key: value for key, value in dict(
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, cpu=args.cpus_per_trial,
-        gpu=args.gpus_per_trial, epochs=args.epochs, seed=args.seed, time_budget=args.time_budget,
+        gpu=args.gpus_per_trial, epochs=args.epochs, seed=args.seed,
     ).items() if value is not None}
     sets = parse_sets(args.set) if args.set else {}
+    # A resumed or extended search keeps the command-line settings its last run started with. (A time
+    # budget is the command's own: the one given now, else the space file's.)
+    started_with = recorded_overrides(manifest, run_name if args.resume else manifest.get("runs", [TUNE_DIR])[-1])
+    space = space.with_overrides(OVERRIDE_FLAGS, **started_with["settings"])
+    if started_with["set"]:
+        space = space.with_fixed(started_with["set"])
+    repeats = manifest.get("repeats", 1) if (args.resume or args.extend) else 1
     if args.resume:
-        changed = [OVERRIDE_FLAGS[key] for key in given if key != "time_budget"] + ["--set"] * bool(sets) \
-            + ["--repeats"] * (args.repeats != 1)
+        changed = [OVERRIDE_FLAGS[key] for key, value in given.items() if value != getattr(space.settings, key)]
+        changed += [f"--set {key}" for key, value in sets.items() if key not in FIELD_NAMES or coerce(key, value) != space.fixed.get(key)]
+        changed += ["--repeats"] * (args.repeats is not None and args.repeats != repeats)
         if changed:
             raise SearchError(
                 f"--resume continues search {name!r} as it started, so {', '.join(changed)} cannot change (only "
                 "--time-budget can); add trials with --extend, or start a new search under another --name"
             )
-    # A resumed or extended search keeps the command-line settings its last run started with.
-    started_with = manifest.get("overrides", {}).get(run_name if args.resume else manifest.get("runs", [TUNE_DIR])[-1], {})
-    overrides = {"settings": {**started_with.get("settings", {}), **given}, "set": {**started_with.get("set", {}), **sets}}
-    space = space.with_overrides(OVERRIDE_FLAGS, **overrides["settings"])
+    repeats = args.repeats or repeats
+    data = args.data
+    if data is not None and not (args.resume or args.extend) and Path(data).expanduser().is_file() \
+            and space.fixed.get("dataset", "tiny_shakespeare") == "tiny_shakespeare":
+        # --data FILE is the corpus: the trials' configs, and so the tables, name it, as --set dataset=FILE would
+        sets = {"dataset": str(Path(data).expanduser().absolute()), **sets}
+    overrides = {"settings": {**started_with["settings"], **given}, "set": {**started_with["set"], **sets}}
+    space = space.with_overrides(OVERRIDE_FLAGS, **overrides["settings"], time_budget=args.time_budget)
     if overrides["set"]:
         space = space.with_fixed(overrides["set"])
     space.check_configs()
@@ -267,18 +280,27 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
         check_address(args.address)
     if args.storage:
         check_storage(args.storage)
-    repeats = manifest.get("repeats", args.repeats) if args.resume else args.repeats
-    data = args.data
     if (args.resume or args.extend) and data is None and manifest.get("corpus", {}).get("source"):
         data = manifest["corpus"]["source"]  # the corpus the search started with
-    if data is not None and Path(data).expanduser().is_file() and space.fixed.get("dataset", "tiny_shakespeare") == "tiny_shakespeare":
-        # --data FILE is the corpus: the trials' configs, and so the tables, name it, as --set dataset=FILE would
-        space = space.with_fixed({"dataset": str(Path(data).expanduser().absolute())})
     return Plan(
         space, name, directory, data, args.address, args.resume, args.extend,
         storage_url(directory, args.storage or manifest.get("storage")), repeats, space.settings.time_budget, started,
         [sys.executable, "-m", "artune.search", *sys.argv[1:]], run_name, restore_state_from, overrides,
     )
+
+
+def recorded_overrides(manifest: dict[str, Any], run_name: str) -> dict[str, dict[str, Any]]:
+    """The command-line settings (``settings``) and ``--set`` knobs (``set``) a search's run started with."""
+    if "overrides" in manifest:
+        return {"settings": {}, "set": {}, **manifest["overrides"].get(run_name, {})}
+    if not manifest:
+        return {"settings": {}, "set": {}}
+    # A manifest from before artune recorded them: what it recorded of the settings in force
+    resources = manifest.get("resources_per_trial", {})
+    settings = {"epochs": manifest.get("epochs"), "seed": manifest.get("seed"), "cpu": resources.get("cpu"), "gpu": resources.get("gpu")}
+    if len(manifest.get("runs", [])) == 1:
+        settings["num_samples"] = manifest.get("num_samples")
+    return {"settings": {k: v for k, v in settings.items() if v is not None}, "set": dict(manifest.get("fixed", {}))}
 
 
 def check_space_unchanged(manifest: dict[str, Any], started_with: SearchSpace) -> None:
@@ -320,7 +342,8 @@ def check_saved_state(tune_path: Path) -> Optional[Path]:
     if staged is None:
         raise SearchError(
             f"--resume: Ray Tune's saved state {torn} is {what}: the driver was stopped while Tune wrote it, "
-            f"and no whole copy of it is left in Tune's staging directories under {ray_temp_dir()}, so the trials it listed cannot be "
+            f"and no whole copy of it is left in Tune's staging directories under {ray_temp_dir()} (a cluster started "
+            "with ray start --temp-dir keeps them there: give it as RAY_TMPDIR), so the trials it listed cannot be "
             "continued; the tables keep every result so far, so start the search again under another --name"
         )
     return staged.parent
@@ -376,11 +399,15 @@ def restore_saved_state(plan: Plan) -> None:
     whole and renamed into place: the set Tune meant to copy, from one moment.
     """
     staging = plan.restore_state_from
-    for source in sorted(p for p in staging.iterdir() if p.is_file()):
-        target = plan.tune_path / source.name
-        partial = target.with_name(f".{source.name}.restoring")
-        shutil.copyfile(source, partial)
-        os.replace(partial, target)
+    try:
+        for source in sorted(p for p in staging.iterdir() if p.is_file()):
+            target = plan.tune_path / source.name
+            partial = target.with_name(f".{source.name}.restoring")
+            shutil.copyfile(source, partial)
+            os.replace(partial, target)
+    except OSError as exc:
+        raise SearchError(f"--resume: cannot restore Ray Tune's saved state from {staging} ({exc}); "
+                          "start the search again under another --name") from None
     print(
         f"warning: Ray Tune's saved state in {plan.tune_path} was cut short (its driver was killed while Tune "
         f"copied it); restored it from Tune's own staging copy in {staging}",
@@ -433,9 +460,11 @@ def load_plan_corpus(plan: Plan, fetch: bool = True) -> Any:
         corpus = load_corpus(fixed.dataset, fixed.tokenizer, plan.data_dir, fetch=fetch)
         # The loaders' needs grow with seq_len and with batch_size, each alone: the largest of each is the test.
         seq_len, batch_size = (int(max(possible_values(plan.space, fixed, key))) for key in ("seq_len", "batch_size"))
+        whole_batches = any(possible_values(plan.space, fixed, "compile"))
         for train_loader in sorted(set(possible_values(plan.space, fixed, "train_loader"))):
             for valid_loader in sorted(set(possible_values(plan.space, fixed, "valid_loader"))):
-                check_fits(corpus, seq_len, batch_size, train_loader=train_loader, valid_loader=valid_loader)
+                check_fits(corpus, seq_len, batch_size, train_loader=train_loader, valid_loader=valid_loader,
+                           whole_batches=whole_batches)
     except CorpusError as exc:
         if not fetch:
             raise
@@ -459,11 +488,13 @@ def load_plan_corpus(plan: Plan, fetch: bool = True) -> Any:
 
 
 def possible_values(space: SearchSpace, fixed: TrainConfig, key: str) -> list[Any]:
-    """The values a knob can take in a search: its choices, its bounds, or its fixed value."""
+    """The values a knob can take in a search: its choices or its bounds (and, searched under a condition, its
+    default), or its fixed value."""
     dist = space.params.get(key)
     if dist is None:
         return [getattr(fixed, key)]
-    return list(dist.values) if dist.kind == "choice" else [dist.low, dist.high]
+    values = list(dist.values) if dist.kind == "choice" else [dist.low, dist.high]
+    return values + [getattr(fixed, key)] * bool(dist.when)  # where its condition is off, the knob keeps its default
 
 
 # --- running on Ray
@@ -591,15 +622,19 @@ def build_tuner(plan: Plan, corpus: Any, recorder: Any):
     trainable = tune.with_resources(
         tune.with_parameters(train_fn, corpus=corpus, deadline=deadline, ended=ended), {"cpu": s.cpu, "gpu": s.gpu})
     callbacks = [recorder, JsonLoggerCallback(), CSVLoggerCallback()]  # each trial's result.json, progress.csv
+    # ASHA takes a percentile of each rung's results, NaNs left out: a rung that holds only a diverged
+    # trial's NaN makes numpy warn on the driver's stderr, though nothing is wrong (that trial has ended).
+    warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=RuntimeWarning)
     if plan.resume:
         tuner = tune.Tuner.restore(str(plan.tune_path), trainable, resume_unfinished=True, resume_errored=True)
         # Tune restores its run and tune configs from the first run's tuner.pkl: its callbacks would be
         # that run's recorder, unpickled (this driver's would see no result: a Ctrl-C would pass for the
         # end, and the budget's end would write the tables as they were before the resume), and its time
         # budget that run's. Ray has no public way to give them anew (ray-project/ray#41364).
-        restored = tuner._local_tuner
-        restored.get_run_config().callbacks = callbacks
-        restored._tune_config.time_budget_s = time_budget
+        restored = getattr(tuner, "_local_tuner", None)  # None through Ray's client (ray://): Tune runs on the cluster
+        if restored is not None:
+            restored.get_run_config().callbacks = callbacks
+            restored._tune_config.time_budget_s = time_budget
         return tuner
     concurrency = s.max_concurrent or trial_slots(plan.space, ray.cluster_resources())
     # The searcher's own in-memory study; with --extend it starts out holding every earlier trial,
@@ -616,9 +651,6 @@ def build_tuner(plan: Plan, corpus: Any, recorder: Any):
         # each sampled config runs `repeats` times (seeds seed, seed+1, ...); the sampler sees their mean
         search_alg = Repeater(search_alg, repeat=plan.repeats, set_index=True)
     if s.scheduler == "asha":
-        # ASHA takes a percentile of each rung's results, NaNs left out: a rung that holds only a diverged
-        # trial's NaN makes numpy warn on the driver's stderr, though nothing is wrong (that trial has ended).
-        warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=RuntimeWarning)
         scheduler = ASHAScheduler(
             time_attr="training_iteration", max_t=s.epochs, grace_period=s.grace_period,
             reduction_factor=s.reduction_factor,

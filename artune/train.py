@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from artune import stdout_closed
 from artune.config import ConfigError, TrainConfig
-from artune.batches import num_sequential_batches, num_shuffled_batches, train_batches, valid_batches
-from artune.data import Corpus, CorpusError, check_fits, load_corpus
+from artune.batches import train_batches, valid_batches
+from artune.data import Corpus, check_fits, load_corpus, num_sequential_batches, num_shuffled_batches
 from artune.models import GPT, ModelConfig
 from artune.tokenizers import get_tokenizer
 
@@ -219,14 +219,8 @@ class Trainer:
     ) -> None:
         self.config = config
         self.corpus = corpus if corpus is not None else load_corpus(config.dataset, config.tokenizer, data_dir)
-        check_fits(self.corpus, config.seq_len, config.batch_size, train_loader=config.train_loader, valid_loader=config.valid_loader)
-        if config.compile and steps_per_epoch(config, len(self.corpus.train)) == 0:
-            raise CorpusError(
-                f"compile: true trains on whole batches only, and the train split of {self.corpus.source} "
-                f"({len(self.corpus.train)} {self.corpus.tokenizer} tokens) holds no whole batch of batch_size "
-                f"{config.batch_size} x seq_len {config.seq_len} under the {config.train_loader} loader; "
-                "use a smaller batch_size or seq_len, or compile: false"
-            )
+        check_fits(self.corpus, config.seq_len, config.batch_size, train_loader=config.train_loader,
+                   valid_loader=config.valid_loader, whole_batches=config.compile)
         tokenize = get_tokenizer(config.tokenizer)
         self.prompt_ids = self.corpus.vocabulary.encode(tokenize(config.prompt))  # unknown tokens: an error
         if config.sample_tokens > 0 and not self.prompt_ids:

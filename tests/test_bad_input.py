@@ -52,6 +52,9 @@ SPACES = {
     # the largest batch_size searched is checked against the corpus (~111k valid tokens, read as 60000 streams)
     "batch_size_too_big_for_the_corpus": (GOOD.replace("  batch_size: 8\n", "") + "  batch_size: {choice: [8, 60000]}\n",
                                           ["the valid split", "too few for 60000 sequential streams"]),
+    # compile skips a partial last batch: a train split (~1M tokens, 31k windows of 32) without one whole batch
+    "compile_without_a_whole_batch": (GOOD.replace("  batch_size: 8\n", "  batch_size: 40000\n  compile: true\n  valid_loader: shuffled\n"),
+                                      ["compile: true trains on whole batches only", "batch_size 40000"]),
     "python_tag": (GOOD.replace("seq_len: 32", "seq_len: !!python/object/apply:os.system ['touch {marker}']"),
                    ["{path}:6:", "python tags are refused", "!!python/object/apply:os.system"]),
 }

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from artune.batches import num_sequential_batches, num_shuffled_batches, sequential_batches, shuffled_batches, train_batches, valid_batches
+from artune.batches import sequential_batches, shuffled_batches, train_batches, valid_batches
 from artune.data import (
     TINY_SHAKESPEARE_FILE,
     TINY_SHAKESPEARE_SHA256,
@@ -19,6 +19,8 @@ from artune.data import (
     default_data_dir,
     download,
     load_corpus,
+    num_sequential_batches,
+    num_shuffled_batches,
     read_text,
     resolve_dataset,
 )

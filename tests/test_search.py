@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from artune.config import FIELD_NAMES
+from artune.config import FIELD_NAMES, TrainConfig
 from artune.results import load
 
 REPO = Path(__file__).resolve().parent.parent
@@ -338,13 +338,15 @@ def test_trials_name_the_corpus_file_given_with_data(smoke, shakespeare_path):
     assert set(load(directory).trials["dataset"]) == {str(shakespeare_path.absolute())}
 
 
-def test_resume_keeps_the_settings_the_search_started_with_and_refuses_new_ones(smoke, tmp_path):
+@pytest.mark.slow
+def test_resume_keeps_the_settings_the_search_started_with_and_refuses_new_ones(smoke, tmp_path, shakespeare_path):
     result, original = smoke
     assert result.returncode == 0, result.stderr[-2000:]
     directory = tmp_path / "r" / "smoke"
     shutil.copytree(original, directory)
     manifest = json.loads((directory / "manifest.json").read_text())
-    assert manifest["overrides"] == {"tune": {"settings": {}, "set": {}}}
+    # --data FILE is recorded as the trials' dataset, and nothing else was given
+    assert manifest["overrides"] == {"tune": {"settings": {}, "set": {"dataset": str(shakespeare_path.absolute())}}}
     # as a search started with `--num-samples 6 --set dropout=0.1` records it
     manifest["overrides"]["tune"] = {"settings": {"num_samples": 6}, "set": {"dropout": "0.1"}}
     (directory / "manifest.json").write_text(json.dumps(manifest))
@@ -352,9 +354,29 @@ def test_resume_keeps_the_settings_the_search_started_with_and_refuses_new_ones(
     planned = cli(*common, "--time-budget", "5m", timeout=60)
     assert planned.returncode == 0, planned.stderr
     assert "6 trials" in planned.stdout and "dropout" in planned.stdout and "0.1" in planned.stdout, planned.stdout
-    for flags in (["--num-samples", "10"], ["--epochs", "9", "--seed", "1"], ["--set", "lr=0.01"]):
+    assert cli(*common, "--num-samples", "6", "--set", "dropout=0.1", timeout=60).returncode == 0  # the same: no change
+    for flags in (["--num-samples", "10"], ["--epochs", "9", "--seed", "1"], ["--set", "lr=0.01"], ["--repeats", "2"]):
         refused = cli(*common, *flags, timeout=60)
         assert_one_error_line(refused, "--resume continues search 'smoke' as it started", flags[0], "--extend")
+    # a manifest from before each run's settings were recorded: what it recorded of them is kept
+    del manifest["overrides"]
+    manifest["epochs"] = 5
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    planned = cli(*common, timeout=60)
+    assert planned.returncode == 0 and "5 epochs each" in planned.stdout, (planned.stdout, planned.stderr)
+
+
+def test_a_knob_searched_under_a_condition_can_also_keep_its_default(tmp_path):
+    """Where its condition is off, a conditional knob keeps TrainConfig's default: the corpus check covers that too."""
+    from artune.search import possible_values
+    from artune.spaces import load_space
+
+    path = tmp_path / "space.yaml"
+    path.write_text("search: {num_samples: 2, epochs: 1}\nfixed: {n_heads: 2}\nparams:\n"
+                    "  optimizer: {choice: [adam, noam]}\n  seq_len: {choice: [32, 64], when: {optimizer: noam}}\n")
+    space = load_space(path)
+    fixed = TrainConfig.from_dict(space.fixed)
+    assert sorted(possible_values(space, fixed, "seq_len")) == [32, 64, TrainConfig().seq_len]
 
 
 def test_a_results_dir_that_is_not_a_directory_is_refused(tmp_path):
