@@ -446,12 +446,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(describe(results, args.metric, args.top), flush=True)
         from artune.plots import write_plots
 
-        paths = write_plots(results, args.metric)
+        for path in write_plots(results, args.metric):
+            print(f"wrote {path}", flush=True)
+    except BrokenPipeError:  # the output piped into `head`, say
+        from artune import stdout_closed
+
+        return stdout_closed()
     except (OSError, ResultsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    for path in paths:
-        print(f"wrote {path}")
     return 0
 
 

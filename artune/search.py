@@ -22,6 +22,7 @@ import re
 import shutil
 import socket
 import sys
+import tempfile
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -177,12 +178,17 @@ def check_storage(url: str) -> None:
     from sqlalchemy.engine import make_url  # Optuna's storage layer
 
     try:
-        dialect = make_url(url).get_dialect()
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()
         (dialect.import_dbapi if hasattr(dialect, "import_dbapi") else dialect.dbapi)()  # SQLAlchemy 2 / 1.4
     except ImportError as exc:
         raise SearchError(f"--storage {url!r}: its database driver is not installed ({exc}); install it, or use sqlite:///path.db") from None
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy's URL and plugin errors share no base but Exception
         raise SearchError(f"--storage {url!r}: not a database URL ({exc}); e.g. sqlite:///path.db or postgresql://user@host/db") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        folder = Path(parsed.database).expanduser().absolute().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise SearchError(f"--storage {url!r}: the database file's directory {folder} is not a writable directory")
 
 
 def check_results_dir(path: Path) -> Path:
@@ -194,6 +200,11 @@ def check_results_dir(path: Path) -> Path:
         raise SearchError(f"--results-dir {path}: {probe} is not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise SearchError(f"--results-dir {path}: {probe} is not writable; choose another --results-dir")
+    try:  # what permission bits do not tell (a read-only mount, /proc): a directory made and removed at once
+        os.rmdir(tempfile.mkdtemp(prefix=".artune-", dir=probe))
+    except OSError as exc:
+        raise SearchError(f"--results-dir {path}: cannot create a directory in {probe} ({exc.strerror or exc}); "
+                          "choose another --results-dir") from None
     return path.resolve()
 
 
@@ -237,6 +248,9 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
             restore_state_from = check_saved_state(directory / run_name)
         if args.extend and args.num_samples is None:
             raise SearchError("--extend needs --num-samples: how many trials to add")
+        if args.extend and manifest.get("finished", "") < max(manifest.get(k, "") for k in ("started", "resumed", "extended")):
+            raise SearchError(f"--extend: search {name!r} is unfinished (its last run was interrupted); "
+                              f"continue it with --resume first, then extend it")
     else:
         if directory.exists() and any(directory.iterdir()):
             raise SearchError(
@@ -260,6 +274,7 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
         changed = [OVERRIDE_FLAGS[key] for key, value in given.items() if value != getattr(space.settings, key)]
         changed += [f"--set {key}" for key, value in sets.items() if key not in FIELD_NAMES or coerce(key, value) != space.fixed.get(key)]
         changed += ["--repeats"] * (args.repeats is not None and args.repeats != repeats)
+        changed += ["--storage"] * (args.storage is not None and args.storage != manifest.get("storage", args.storage))
         if changed:
             raise SearchError(
                 f"--resume continues search {name!r} as it started, so {', '.join(changed)} cannot change (only "
@@ -267,10 +282,12 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
             )
     repeats = args.repeats or repeats
     data = args.data
-    if data is not None and not (args.resume or args.extend) and Path(data).expanduser().is_file() \
-            and space.fixed.get("dataset", "tiny_shakespeare") == "tiny_shakespeare":
+    names_the_file = started_with["set"].get("dataset") if (args.resume or args.extend) \
+        else space.fixed.get("dataset", "tiny_shakespeare") == "tiny_shakespeare"
+    if data is not None and names_the_file and Path(data).expanduser().is_file():
         # --data FILE is the corpus: the trials' configs, and so the tables, name it, as --set dataset=FILE would
-        sets = {"dataset": str(Path(data).expanduser().absolute()), **sets}
+        # (given again to a resume or extend, it is read and checked against the corpus the search started with)
+        sets = {**sets, "dataset": str(Path(data).expanduser().absolute())}
     overrides = {"settings": {**started_with["settings"], **given}, "set": {**started_with["set"], **sets}}
     space = space.with_overrides(OVERRIDE_FLAGS, **overrides["settings"], time_budget=args.time_budget)
     if overrides["set"]:
@@ -688,7 +705,8 @@ def make_recorder(plan: Plan, study: Any = None):
 
     directory, epochs, space, storage, name = plan.directory, plan.space.settings.epochs, plan.space, plan.storage, plan.name
     manifest_path = directory / MANIFEST_FILE
-    runs = json.loads(manifest_path.read_text()).get("runs", [plan.run_name]) if manifest_path.exists() else [plan.run_name]
+    runs = json.loads(manifest_path.read_text()).get("runs", []) if manifest_path.exists() else []
+    runs = runs if plan.run_name in runs else [*runs, plan.run_name]  # an extend's new run is not in the manifest yet
     metric, mode = space.settings.metric, space.settings.mode
 
     class Recorder(tune.Callback):
@@ -1023,12 +1041,16 @@ def _run_locked(plan: Plan, corpus: Any) -> int:
         init_ray(plan)  # inside the try: a refusal after ray.init (no GPUs, say) still shuts Ray down
         plan.stopwatch.lap("ray_init")
         now = dt.datetime.now().isoformat(timespec="seconds")
-        write_manifest(plan, corpus, {"resumed" if plan.resume else "extended" if plan.extend else "started": now}, new_command=True)
         failed = study.exception()
         if failed:
             logging.getLogger(__name__).debug("the study's thread failed; opening it here", exc_info=failed)
         recorder = make_recorder(plan, None if failed else study.result())
-        recorder.study  # the study (and its schema) exists before any trial ends
+        try:
+            recorder.study  # the study (and its schema) exists before any trial ends
+        except Exception as exc:  # noqa: BLE001 - whatever the database says, before the search has written anything
+            raise SearchError(f"--storage {plan.storage}: the Optuna study cannot be opened there ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0]})") from None
+        write_manifest(plan, corpus, {"resumed" if plan.resume else "extended" if plan.extend else "started": now}, new_command=True)
         plan.stopwatch.lap("study")  # what of importing Ray Tune and opening the study ray.init did not cover
         tuner = build_tuner(plan, corpus, recorder)
         tuning_started = plan.stopwatch.lap("tuner")  # the searcher, the corpus into Ray's object store

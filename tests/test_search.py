@@ -17,6 +17,7 @@ import pytest
 
 from artune.config import FIELD_NAMES, TrainConfig
 from artune.results import load
+from tests._results_fixture import build_search
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "search_spaces" / "smoke.yaml"
@@ -168,10 +169,13 @@ def test_validating_a_search_loads_neither_ray_nor_torch_nor_pandas(tmp_path, sh
 
 def test_output_into_a_closed_pipe_ends_quietly(tmp_path, shakespeare_path):
     """`artune --dry-run | head -1`: the reader leaves; the command ends as a Unix tool does, without a traceback."""
-    for module in ("artune.search", "artune.train"):
-        args = ["--dry-run", "--results-dir", str(tmp_path), "--data", str(shakespeare_path)] if module == "artune.search" \
-            else ["--data", str(shakespeare_path), "--epochs", "2", "--batches_per_epoch", "2", "--d_model", "16",
-                  "--n_layers", "1", "--n_heads", "2"]
+    runs = {
+        "artune.search": ["--dry-run", "--results-dir", str(tmp_path), "--data", str(shakespeare_path)],
+        "artune.train": ["--data", str(shakespeare_path), "--epochs", "2", "--batches_per_epoch", "2", "--d_model", "16",
+                         "--n_layers", "1", "--n_heads", "2"],
+        "artune.results": [str(build_search(tmp_path / "results" / "s"))],  # tables written as the driver writes them
+    }
+    for module, args in runs.items():
         proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         proc.stdout.close()  # before the command has printed anything
         stderr = proc.stderr.read().decode()
@@ -211,8 +215,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragments):
 
 
 def test_a_results_dir_that_cannot_be_created_is_one_line(tmp_path):
-    result = cli(str(SMOKE), "--results-dir", "/proc/artune-results", "--name", "x", timeout=60)
-    assert_one_error_line(result, "--results-dir /proc/artune-results", "cannot create /proc/artune-results/x")
+    for dry_run in ([], ["--dry-run"]):
+        result = cli(str(SMOKE), "--results-dir", "/proc/artune-results", "--name", "x", *dry_run, timeout=60)
+        assert_one_error_line(result, "--results-dir /proc/artune-results", "cannot create a directory in /proc")
 
 
 def test_resume_with_a_corrupt_manifest_or_a_missing_space_file_is_one_line(tmp_path):
@@ -222,6 +227,30 @@ def test_resume_with_a_corrupt_manifest_or_a_missing_space_file_is_one_line(tmp_
     assert_one_error_line(cli(str(tmp_path / "nope.yaml"), *common, timeout=60), "space file not found", "nope.yaml")
     (directory / "manifest.json").write_text('{"name": "torn", "runs": [')
     assert_one_error_line(cli(*common, timeout=60), "manifest.json cannot be read", "another --name")
+
+
+@pytest.mark.slow
+def test_a_storage_that_cannot_hold_the_study_is_one_line_and_leaves_no_search(tmp_path, shakespeare_path):
+    """A database Optuna cannot open is found once Ray runs: one line, exit 2, and the name stays free."""
+    not_a_database = tmp_path / "notes.db"
+    not_a_database.write_text("not a database\n" * 100)
+    results = tmp_path / "r"
+    result = cli(str(SMOKE), "--name", "x", "--results-dir", str(results), "--data", str(shakespeare_path),
+                 "--storage", f"sqlite:///{not_a_database}", timeout=300)
+    assert_one_error_line(result, f"--storage sqlite:///{not_a_database}", "the Optuna study cannot be opened there")
+    assert not (results / "x").exists()
+
+
+def test_extend_refuses_an_unfinished_search_and_resume_a_new_storage(tmp_path):
+    directory = torn_search(tmp_path, staged_trial=None)
+    (directory / "tune" / "experiment_state-2026-01-01_00-01-00.json").write_text('{"trial_data": []}')
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest.update(started="2026-01-01T00:00:00", storage=f"sqlite:///{directory}/optuna.db")  # and never finished
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    common = ["--name", "torn", "--results-dir", str(tmp_path / "r"), "--dry-run"]
+    assert_one_error_line(cli("--extend", "--num-samples", "1", *common, timeout=60), "is unfinished", "--resume first")
+    other = f"sqlite:///{tmp_path}/other.db"
+    assert_one_error_line(cli("--resume", "--storage", other, *common, timeout=60), "--storage cannot change")
 
 
 def torn_search(root: Path, staged_trial: str | None) -> Path:
