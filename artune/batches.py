@@ -11,7 +11,7 @@ from typing import Iterator
 
 import torch
 
-from artune.data import num_windows  # with the batch counts, torch-free: the driver checks a corpus before Ray starts
+from artune.data import num_offsets, num_windows  # with the batch counts, torch-free: the driver checks a corpus before Ray starts
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -44,8 +44,7 @@ def shuffled_batches(
     call, not lazily on iteration. The offset is capped so that at least one window fits.
     """
     n_tokens = len(tokens)
-    high = max(1, min(seq_len, n_tokens - seq_len))  # == seq_len whenever n_tokens >= 2 * seq_len
-    offset = int(torch.randint(high, (1,), generator=generator))
+    offset = int(torch.randint(num_offsets(n_tokens, seq_len), (1,), generator=generator))  # seq_len where 2 windows fit
     n = num_windows(n_tokens, seq_len, offset)
     if with_replacement:
         order = torch.randint(n, (n,), generator=generator) if n else torch.empty(0, dtype=torch.long)

@@ -220,6 +220,11 @@ def num_windows(n_tokens: int, seq_len: int, offset: int = 0) -> int:
     return max(0, (n_tokens - 1 - offset) // seq_len)
 
 
+def num_offsets(n_tokens: int, seq_len: int) -> int:
+    """How many first-window offsets the shuffled loader draws from: ``seq_len``, fewer where at most one window fits."""
+    return max(1, min(seq_len, n_tokens - seq_len))
+
+
 def num_shuffled_batches(n_tokens: int, batch_size: int, seq_len: int, whole_only: bool = False) -> int:
     """An upper bound on the batches of one :func:`artune.batches.shuffled_batches` epoch (exact at offset 0);
     ``whole_only``: on its batches of all ``batch_size`` rows."""
@@ -263,8 +268,12 @@ def check_fits(
                 f"{batch_size} sequential streams (needs at least 2 * batch_size = {2 * batch_size}); "
                 "use a smaller batch_size or a bigger corpus"
             )
-    count = num_sequential_batches if train_loader == "sequential" else num_shuffled_batches
-    if whole_batches and count(len(corpus.train), batch_size, seq_len, whole_only=True) == 0:
+    n = len(corpus.train)
+    if train_loader == "sequential":
+        whole = num_sequential_batches(n, batch_size, seq_len, whole_only=True)
+    else:  # at the largest offset the loader can draw, the fewest windows
+        whole = num_windows(n, seq_len, offset=num_offsets(n, seq_len) - 1) // batch_size
+    if whole_batches and whole == 0:
         raise CorpusError(
             f"compile: true trains on whole batches only, and the train split of {corpus.source} "
             f"({len(corpus.train)} {corpus.tokenizer} tokens) holds no whole batch of batch_size "

@@ -9,6 +9,7 @@ stderr and exit code 2; a search in which no trial succeeded exits 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import fcntl
@@ -170,6 +171,12 @@ def check_name(name: str) -> str:
     return name
 
 
+def new_sqlite_file(url: str) -> bool:
+    """Whether ``url`` is a SQLite database whose file does not exist yet."""
+    database = url.split(":///", 1)[1] if url.startswith("sqlite:///") else None
+    return database is not None and not Path(database).exists()
+
+
 def check_storage(url: str) -> None:
     """A --storage URL must name a database SQLAlchemy can open here, before Ray starts and a search directory exists."""
     if ":memory:" in url:
@@ -180,13 +187,19 @@ def check_storage(url: str) -> None:
     try:
         parsed = make_url(url)
         dialect = parsed.get_dialect()
-        (dialect.import_dbapi if hasattr(dialect, "import_dbapi") else dialect.dbapi)()  # SQLAlchemy 2 / 1.4
+        try:
+            dialect.import_dbapi()  # SQLAlchemy 2
+        except (AttributeError, NotImplementedError):
+            dialect.dbapi()  # SQLAlchemy 1.4, or a dialect that keeps the older name
     except ImportError as exc:
         raise SearchError(f"--storage {url!r}: its database driver is not installed ({exc}); install it, or use sqlite:///path.db") from None
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy's URL and plugin errors share no base but Exception
         raise SearchError(f"--storage {url!r}: not a database URL ({exc}); e.g. sqlite:///path.db or postgresql://user@host/db") from None
-    if parsed.get_backend_name() == "sqlite" and parsed.database:
-        folder = Path(parsed.database).expanduser().absolute().parent
+    if parsed.get_backend_name() == "sqlite" and not parsed.database:
+        raise SearchError(f"--storage {url!r}: an in-memory database keeps nothing once the search ends; "
+                          "give a file (sqlite:///path.db)")
+    if parsed.get_backend_name() == "sqlite":
+        folder = Path(parsed.database).absolute().parent
         if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
             raise SearchError(f"--storage {url!r}: the database file's directory {folder} is not a writable directory")
 
@@ -201,10 +214,12 @@ def check_results_dir(path: Path) -> Path:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise SearchError(f"--results-dir {path}: {probe} is not writable; choose another --results-dir")
     try:  # what permission bits do not tell (a read-only mount, /proc): a directory made and removed at once
-        os.rmdir(tempfile.mkdtemp(prefix=".artune-", dir=probe))
+        made = tempfile.mkdtemp(prefix=".artune-probe-", dir=probe)
     except OSError as exc:
         raise SearchError(f"--results-dir {path}: cannot create a directory in {probe} ({exc.strerror or exc}); "
                           "choose another --results-dir") from None
+    with contextlib.suppress(OSError):
+        os.rmdir(made)
     return path.resolve()
 
 
@@ -244,11 +259,16 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
             check_space_unchanged(manifest, space)
         runs = manifest.get("runs", [TUNE_DIR])
         run_name = runs[-1] if args.resume else f"{TUNE_DIR}-{len(runs) + 1}"
+        # A run that was stopped before Ray Tune began it (before tuner.pkl) has nothing to resume
+        tune_began = (directory / runs[-1] / "tuner.pkl").exists()
         if args.resume:
+            if not tune_began:
+                raise SearchError(f"--resume: the last run of search {name!r} ({directory / runs[-1]}) was stopped before "
+                                  "Ray Tune began it, so there is nothing to continue; --extend it, or start a new --name")
             restore_state_from = check_saved_state(directory / run_name)
         if args.extend and args.num_samples is None:
             raise SearchError("--extend needs --num-samples: how many trials to add")
-        if args.extend and manifest.get("finished", "") < max(manifest.get(k, "") for k in ("started", "resumed", "extended")):
+        if args.extend and tune_began and not last_run_finished(manifest):
             raise SearchError(f"--extend: search {name!r} is unfinished (its last run was interrupted); "
                               f"continue it with --resume first, then extend it")
     else:
@@ -274,7 +294,9 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
         changed = [OVERRIDE_FLAGS[key] for key, value in given.items() if value != getattr(space.settings, key)]
         changed += [f"--set {key}" for key, value in sets.items() if key not in FIELD_NAMES or coerce(key, value) != space.fixed.get(key)]
         changed += ["--repeats"] * (args.repeats is not None and args.repeats != repeats)
-        changed += ["--storage"] * (args.storage is not None and args.storage != manifest.get("storage", args.storage))
+        if args.storage is not None and args.storage != manifest.get("storage", args.storage) and new_sqlite_file(args.storage):
+            # the way to point a moved search at its study, but a database that is not there would be a new, empty study
+            changed.append(f"--storage (no database at {args.storage}; the study is in {manifest.get('storage')})")
         if changed:
             raise SearchError(
                 f"--resume continues search {name!r} as it started, so {', '.join(changed)} cannot change (only "
@@ -284,6 +306,11 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
     data = args.data
     names_the_file = started_with["set"].get("dataset") if (args.resume or args.extend) \
         else space.fixed.get("dataset", "tiny_shakespeare") == "tiny_shakespeare"
+    if data is not None and (args.resume or args.extend) and started_with["set"].get("dataset") and not Path(data).expanduser().is_file():
+        raise SearchError(f"--data {data}: search {name!r} trained on the file {started_with['set']['dataset']}; "
+                          "give that file (or a copy of it) with --data, or leave --data out")
+    if data is not None and "dataset" in sets and Path(data).expanduser().is_file():
+        raise SearchError(f"--data {data} and --set dataset={sets['dataset']} both name the corpus: give one")
     if data is not None and names_the_file and Path(data).expanduser().is_file():
         # --data FILE is the corpus: the trials' configs, and so the tables, name it, as --set dataset=FILE would
         # (given again to a resume or extend, it is read and checked against the corpus the search started with)
@@ -306,10 +333,21 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
     )
 
 
+def last_run_finished(manifest: dict[str, Any]) -> bool:
+    """Whether the search's last run ended (rather than being interrupted): the manifest names its finished runs
+    (a manifest from before that: its last 'finished' time is not earlier than its last start)."""
+    runs = manifest.get("runs", [TUNE_DIR])
+    if "finished_runs" in manifest:
+        return runs[-1] in manifest["finished_runs"]
+    return manifest.get("finished", "") >= max(manifest.get(k, "") for k in ("started", "resumed", "extended"))
+
+
 def recorded_overrides(manifest: dict[str, Any], run_name: str) -> dict[str, dict[str, Any]]:
     """The command-line settings (``settings``) and ``--set`` knobs (``set``) a search's run started with."""
     if "overrides" in manifest:
-        return {"settings": {}, "set": {}, **manifest["overrides"].get(run_name, {})}
+        recorded = {"settings": {}, "set": {}, **manifest["overrides"].get(run_name, {})}
+        # a time budget is the command's own, never replayed (an early version of this record held it)
+        return {**recorded, "settings": {k: v for k, v in recorded["settings"].items() if k in OVERRIDE_FLAGS and k != "time_budget"}}
     if not manifest:
         return {"settings": {}, "set": {}}
     # A manifest from before artune recorded them: what it recorded of the settings in force
@@ -1049,7 +1087,7 @@ def _run_locked(plan: Plan, corpus: Any) -> int:
             recorder.study  # the study (and its schema) exists before any trial ends
         except Exception as exc:  # noqa: BLE001 - whatever the database says, before the search has written anything
             raise SearchError(f"--storage {plan.storage}: the Optuna study cannot be opened there ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0]})") from None
+                              f"{(str(exc).splitlines() or [''])[0]})") from None
         write_manifest(plan, corpus, {"resumed" if plan.resume else "extended" if plan.extend else "started": now}, new_command=True)
         plan.stopwatch.lap("study")  # what of importing Ray Tune and opening the study ray.init did not cover
         tuner = build_tuner(plan, corpus, recorder)
@@ -1061,7 +1099,9 @@ def _run_locked(plan: Plan, corpus: Any) -> int:
         timings = {**plan.stopwatch.phases, "startup_s": round(tuning_started - plan.started, 3),
                    "tuning_s": round(finished - tuning_started, 3)}
         if not interrupted:
-            write_manifest(plan, corpus, {"finished": dt.datetime.now().isoformat(timespec="seconds"), "timings": timings})
+            finished_runs = json.loads((plan.directory / MANIFEST_FILE).read_text()).get("finished_runs", [])
+            write_manifest(plan, corpus, {"finished": dt.datetime.now().isoformat(timespec="seconds"), "timings": timings,
+                                          "finished_runs": sorted({*finished_runs, plan.run_name})})
     finally:
         if study is not None:
             wait([study])  # where ray.init failed, the study's thread ends before the caller cleans up

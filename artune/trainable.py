@@ -205,8 +205,10 @@ def train_fn(
     except DivergedError as exc:
         # A diverged trial is a result, not a fault: report it once (no checkpoint of the broken
         # weights) and end normally, so Tune spends no retry on it.
-        metrics = {"epoch": trainer.epoch + 1, "diverged": True, "error": str(exc),
-                   "train_loss": float("nan"), "valid_loss": float("nan")}
+        # Every metric a search can rank by is there, NaN: the searcher reads the search's metric from each result.
+        nan = float("nan")
+        metrics = {"epoch": trainer.epoch + 1, "diverged": True, "error": str(exc), "train_loss": nan, "valid_loss": nan,
+                   "train_accuracy": nan, "valid_accuracy": nan, "tokens_per_sec": nan}
         if in_tune:
             tune.report(metrics)
             return None

@@ -232,6 +232,25 @@ def test_corpus_too_small_for_seq_len(tmp_path):
     check_fits(corpus, seq_len=2, batch_size=6, valid_loader="shuffled")
 
 
+def test_compile_needs_a_whole_batch_at_every_offset_the_shuffled_loader_draws(tmp_path):
+    """153 train tokens in windows of 16: 9 windows at offset 0, 8 at offset 15. Batches of 9 are whole at
+    the first offsets only, so compiled training (whole batches only) would train nothing in some epochs."""
+    import torch
+
+    from artune.batches import shuffled_batches
+
+    (tmp_path / "c.txt").write_text("abcdefghij" * 17)  # 170 characters: 153 train, 17 valid
+    corpus = load_corpus(str(tmp_path / "c.txt"), "character")
+    tokens = torch.tensor(corpus.train)
+    sizes = {len(x) for seed in range(20) for x, _ in shuffled_batches(tokens, 9, 16, torch.Generator().manual_seed(seed), False)}
+    assert len(corpus.train) == 153 and sizes == {8, 9}  # some epochs hold no whole batch of 9
+    check_fits(corpus, seq_len=16, batch_size=8, valid_loader="shuffled", whole_batches=True)
+    with pytest.raises(CorpusError, match="compile: true trains on whole batches only"):
+        check_fits(corpus, seq_len=16, batch_size=9, valid_loader="shuffled", whole_batches=True)
+    check_fits(corpus, seq_len=16, batch_size=9, valid_loader="shuffled")  # eager training takes the partial batch
+
+
+# --- batches
 # --- batches
 
 
