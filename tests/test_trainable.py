@@ -66,6 +66,16 @@ def test_train_fn_ends_at_its_deadline_keeping_the_epochs_it_reported(corpus):
     assert train_fn({**TINY, "epochs": 2}, corpus=corpus, deadline=time.time()) == []  # past: nothing trains
 
 
+def test_a_diverged_trial_reports_every_metric_a_search_can_rank_by(corpus):
+    """The searcher reads the search's metric from each result: a diverged trial's must hold it too (as NaN)."""
+    import math
+
+    from artune.spaces import METRICS
+
+    (metrics,) = train_fn({**TINY, "lr": 1e6, "grad_norm_clip": 1e9, "optimizer": "adamw"}, corpus=corpus)
+    assert metrics["diverged"] and all(math.isnan(metrics[name]) for name in METRICS), metrics
+
+
 def test_train_fn_unknown_key_names_it(corpus):
     from artune.config import ConfigError
 
