@@ -268,12 +268,14 @@ def check_fits(
                 f"{batch_size} sequential streams (needs at least 2 * batch_size = {2 * batch_size}); "
                 "use a smaller batch_size or a bigger corpus"
             )
+    if not whole_batches:
+        return
     n = len(corpus.train)
     if train_loader == "sequential":
         whole = num_sequential_batches(n, batch_size, seq_len, whole_only=True)
     else:  # at the largest offset the loader can draw, the fewest windows
         whole = num_windows(n, seq_len, offset=num_offsets(n, seq_len) - 1) // batch_size
-    if whole_batches and whole == 0:
+    if whole == 0:
         raise CorpusError(
             f"compile: true trains on whole batches only, and the train split of {corpus.source} "
             f"({len(corpus.train)} {corpus.tokenizer} tokens) holds no whole batch of batch_size "

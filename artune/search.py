@@ -171,22 +171,20 @@ def check_name(name: str) -> str:
     return name
 
 
-def new_sqlite_file(url: str) -> bool:
-    """Whether ``url`` is a SQLite database whose file does not exist yet."""
-    database = url.split(":///", 1)[1] if url.startswith("sqlite:///") else None
-    return database is not None and not Path(database).exists()
+def sqlite_file(url: str) -> Optional[Path]:
+    """The database file of a SQLite URL (None for another database; the URL is checked by check_storage)."""
+    from sqlalchemy.engine import make_url  # Optuna's storage layer
+
+    parsed = make_url(url)
+    return Path(parsed.database or ":memory:") if parsed.get_backend_name() == "sqlite" else None
 
 
 def check_storage(url: str) -> None:
     """A --storage URL must name a database SQLAlchemy can open here, before Ray starts and a search directory exists."""
-    if ":memory:" in url:
-        raise SearchError(f"--storage {url!r}: an in-memory database keeps nothing once the search ends; "
-                          "give a file (sqlite:///path.db) or a database server's URL")
-    from sqlalchemy.engine import make_url  # Optuna's storage layer
+    from sqlalchemy.engine import make_url
 
     try:
-        parsed = make_url(url)
-        dialect = parsed.get_dialect()
+        dialect = make_url(url).get_dialect()
         try:
             dialect.import_dbapi()  # SQLAlchemy 2
         except (AttributeError, NotImplementedError):
@@ -195,11 +193,12 @@ def check_storage(url: str) -> None:
         raise SearchError(f"--storage {url!r}: its database driver is not installed ({exc}); install it, or use sqlite:///path.db") from None
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy's URL and plugin errors share no base but Exception
         raise SearchError(f"--storage {url!r}: not a database URL ({exc}); e.g. sqlite:///path.db or postgresql://user@host/db") from None
-    if parsed.get_backend_name() == "sqlite" and not parsed.database:
+    database = sqlite_file(url)
+    if database == Path(":memory:"):
         raise SearchError(f"--storage {url!r}: an in-memory database keeps nothing once the search ends; "
-                          "give a file (sqlite:///path.db)")
-    if parsed.get_backend_name() == "sqlite":
-        folder = Path(parsed.database).absolute().parent
+                          "give a file (sqlite:///path.db) or a database server's URL")
+    if database is not None:
+        folder = database.absolute().parent
         if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
             raise SearchError(f"--storage {url!r}: the database file's directory {folder} is not a writable directory")
 
@@ -233,6 +232,8 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
         raise SearchError(f"--{'resume' if args.resume else 'extend'} needs --name: the name of the search to continue")
     if args.repeats is not None and args.repeats < 1:
         raise SearchError(f"--repeats must be >= 1, but got {args.repeats}")
+    if args.storage:
+        check_storage(args.storage)
     name = check_name(args.name or f"{space_path.stem}-{dt.datetime.now():%Y%m%d-%H%M%S}")
     directory = results_dir / name
     manifest: dict[str, Any] = {}
@@ -294,27 +295,28 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
         changed = [OVERRIDE_FLAGS[key] for key, value in given.items() if value != getattr(space.settings, key)]
         changed += [f"--set {key}" for key, value in sets.items() if key not in FIELD_NAMES or coerce(key, value) != space.fixed.get(key)]
         changed += ["--repeats"] * (args.repeats is not None and args.repeats != repeats)
-        if args.storage is not None and args.storage != manifest.get("storage", args.storage) and new_sqlite_file(args.storage):
+        database = sqlite_file(args.storage) if args.storage is not None and args.storage != manifest.get("storage", args.storage) else None
+        if database is not None and not database.exists():
             # the way to point a moved search at its study, but a database that is not there would be a new, empty study
             changed.append(f"--storage (no database at {args.storage}; the study is in {manifest.get('storage')})")
         if changed:
             raise SearchError(
-                f"--resume continues search {name!r} as it started, so {', '.join(changed)} cannot change (only "
-                "--time-budget can); add trials with --extend, or start a new search under another --name"
+                f"--resume continues search {name!r} as it started, so {', '.join(changed)} cannot change; "
+                "add trials with --extend, or start a new search under another --name"
             )
     repeats = args.repeats or repeats
     data = args.data
-    names_the_file = started_with["set"].get("dataset") if (args.resume or args.extend) \
-        else space.fixed.get("dataset", "tiny_shakespeare") == "tiny_shakespeare"
-    if data is not None and (args.resume or args.extend) and started_with["set"].get("dataset") and not Path(data).expanduser().is_file():
+    data_file = Path(data).expanduser() if data is not None and Path(data).expanduser().is_file() else None
+    started_on_file = (args.resume or args.extend) and started_with["set"].get("dataset")
+    if data is not None and started_on_file and data_file is None:
         raise SearchError(f"--data {data}: search {name!r} trained on the file {started_with['set']['dataset']}; "
                           "give that file (or a copy of it) with --data, or leave --data out")
-    if data is not None and "dataset" in sets and Path(data).expanduser().is_file():
+    if data_file and "dataset" in sets:
         raise SearchError(f"--data {data} and --set dataset={sets['dataset']} both name the corpus: give one")
-    if data is not None and names_the_file and Path(data).expanduser().is_file():
+    if data_file and (started_on_file if (args.resume or args.extend) else space.fixed.get("dataset", "tiny_shakespeare") == "tiny_shakespeare"):
         # --data FILE is the corpus: the trials' configs, and so the tables, name it, as --set dataset=FILE would
         # (given again to a resume or extend, it is read and checked against the corpus the search started with)
-        sets = {**sets, "dataset": str(Path(data).expanduser().absolute())}
+        sets = {**sets, "dataset": str(data_file.absolute())}
     overrides = {"settings": {**started_with["settings"], **given}, "set": {**started_with["set"], **sets}}
     space = space.with_overrides(OVERRIDE_FLAGS, **overrides["settings"], time_budget=args.time_budget)
     if overrides["set"]:
@@ -322,8 +324,6 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
     space.check_configs()
     if args.address:
         check_address(args.address)
-    if args.storage:
-        check_storage(args.storage)
     if (args.resume or args.extend) and data is None and manifest.get("corpus", {}).get("source"):
         data = manifest["corpus"]["source"]  # the corpus the search started with
     return Plan(
@@ -966,6 +966,8 @@ def write_manifest(plan: Plan, corpus: Any, extra: dict[str, Any], new_command: 
     if new_command:
         manifest.setdefault("commands", []).append(plan.command)
     manifest.setdefault("overrides", {})[plan.run_name] = plan.overrides
+    if "finished" in extra:
+        manifest["finished_runs"] = sorted({*manifest.get("finished_runs", []), plan.run_name})
     manifest.update(extra)
     write_json_atomic(manifest, path)
 
@@ -1099,9 +1101,7 @@ def _run_locked(plan: Plan, corpus: Any) -> int:
         timings = {**plan.stopwatch.phases, "startup_s": round(tuning_started - plan.started, 3),
                    "tuning_s": round(finished - tuning_started, 3)}
         if not interrupted:
-            finished_runs = json.loads((plan.directory / MANIFEST_FILE).read_text()).get("finished_runs", [])
-            write_manifest(plan, corpus, {"finished": dt.datetime.now().isoformat(timespec="seconds"), "timings": timings,
-                                          "finished_runs": sorted({*finished_runs, plan.run_name})})
+            write_manifest(plan, corpus, {"finished": dt.datetime.now().isoformat(timespec="seconds"), "timings": timings})
     finally:
         if study is not None:
             wait([study])  # where ray.init failed, the study's thread ends before the caller cleans up
