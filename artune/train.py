@@ -22,6 +22,7 @@ from artune.config import ConfigError, TrainConfig
 from artune.batches import train_batches, valid_batches
 from artune.data import Corpus, check_fits, load_corpus, num_sequential_batches, num_shuffled_batches
 from artune.models import GPT, ModelConfig
+from artune.optim import make_optimizer
 from artune.tokenizers import get_tokenizer
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -132,36 +133,6 @@ def cpu_bf16_speedup(d_model: int, tokens: int = 1024, seconds: float = 0.05) ->
     return best[torch.bfloat16] / best[torch.float32]
 
 
-def lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
-    """The multiplier of ``lr`` at optimizer step ``step`` (0-based) of a run of ``total_steps``.
-
-    A linear warm-up over ``warmup`` steps, then ``lr_schedule``: constant, or a cosine or linear
-    decay that reaches ``lr_min_ratio`` at the last planned step. Noam is its own schedule.
-    """
-    if config.optimizer == "noam":
-        scale, warmup = config.d_model**-0.5, config.warmup
-
-        def noam(step: int) -> float:
-            step += 1
-            return scale * min(step**-0.5, step * warmup**-1.5)
-
-        return noam
-    warmup, schedule, final = config.warmup, config.lr_schedule, config.lr_min_ratio
-    decay_steps = max(1, total_steps - warmup - 1)
-
-    def multiplier(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / decay_steps)
-        if schedule == "cosine":
-            return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0 - (1.0 - final) * progress  # linear
-
-    return multiplier
-
-
 def steps_per_epoch(config: TrainConfig, n_train_tokens: int) -> int:
     """Optimizer steps in one training epoch: the loader's full pass, capped by ``batches_per_epoch``.
 
@@ -173,18 +144,6 @@ def steps_per_epoch(config: TrainConfig, n_train_tokens: int) -> int:
     else:
         full = num_shuffled_batches(n_train_tokens, config.batch_size, config.seq_len, whole_only=config.compile)
     return full if config.batches_per_epoch is None else min(full, config.batches_per_epoch)
-
-
-def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    # fused: one kernel updates every parameter, on CPU as on CUDA. On CPU the foreach
-    # implementation loops over the parameters, op by op, with a host-side bias correction each;
-    # fused is 1.04-1.06x faster per small-shape training step (bench trainer).
-    params = model.parameters()
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
-    # 'adam' as in the origin, and 'noam' (Adam with the Noam schedule)
-    betas = (0.9, 0.98) if config.optimizer == "noam" else (0.9, 0.999)
-    return torch.optim.Adam(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay, fused=True)
 
 
 _compiled_shape: Optional[tuple] = None  # what the last compiled Trainer of this process compiled
@@ -237,9 +196,8 @@ class Trainer:
         if config.compile:
             _compile_afresh_for_a_new_shape((shape, config.batch_size, config.seq_len, config.compile_mode, self.device, self.autocast_dtype))
             self.forward = torch.compile(self.model, mode=config.compile_mode)
-        self.optimizer = make_optimizer(config, self.model)
         self.total_steps = config.epochs * steps_per_epoch(config, len(self.corpus.train))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, self.total_steps))
+        self.optimizer = make_optimizer(config, self.model.parameters(), self.total_steps)
         # The batch order has its own generator, so it is the same whatever else draws random numbers.
         self.generator = torch.Generator().manual_seed(config.seed)
         # The corpus's numpy arrays (read-only when Ray hands them over) become tensors here: a copy of
@@ -279,7 +237,7 @@ class Trainer:
             "valid_accuracy": valid_accuracy,
             "tokens_seen": self.tokens_seen,
             "tokens_per_sec": tokens / train_seconds if train_seconds > 0 else float("nan"),
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self.optimizer.lr,
             "sample": self.sample(),
         }
         if self.config.is_log_model_params_grads:
@@ -326,11 +284,10 @@ class Trainer:
             with self._autocast():
                 logits = self.forward(x)  # (B, T, V)
                 loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
-            self.optimizer.step()
-            self.scheduler.step()
+            self.optimizer.step()  # and the lr schedule's
             n = y.numel()
             loss_sum += loss.detach() * n
             correct += (logits.detach().argmax(dim=-1) == y).sum()
@@ -423,7 +380,6 @@ class Trainer:
             "tokens_seen": self.tokens_seen,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "rng": rng,
         }
 
@@ -448,8 +404,10 @@ class Trainer:
                 "same training: give the same settings, or start afresh"
             )
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        optimizer = state["optimizer"]
+        if "steps_taken" not in optimizer:  # written through torch.optim, with a LambdaLR counting the steps
+            optimizer = {**optimizer, "steps_taken": state["scheduler"]["last_epoch"]}
+        self.optimizer.load_state_dict(optimizer)
         # RNG states are CPU byte tensors whatever map_location moved them to
         torch.set_rng_state(state["rng"]["torch"].cpu())
         self.generator.set_state(state["rng"]["batches"].cpu())

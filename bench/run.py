@@ -149,7 +149,6 @@ def _first_step_seconds(config: TrainConfig, corpus: Any) -> tuple[float, Traine
 _FIRST_STEP_IN_NEW_PROCESS = """
 import json, os, sys, torch
 torch.set_num_threads(int(sys.argv[2]))
-import torch._dynamo  # what the first optimizer of any process imports: not the compile's cost
 from artune.config import TrainConfig
 from artune.data import load_corpus
 from bench.run import _first_step_seconds
@@ -161,7 +160,8 @@ print(json.dumps(_first_step_seconds(TrainConfig(**json.loads(sys.argv[1])), cor
 def bench_compile(corpus: Any, rounds: int, steps: int) -> dict[str, Any]:
     """Eager against ``compile: true`` at the small shape, and what the compilation costs a trial.
 
-    A new trial's first step (which holds the compilation) is timed three ways: with an empty
+    A new trial's first step (which holds the compilation, and the import of ``torch._dynamo``, which
+    only compiling needs) is timed three ways: with an empty
     inductor cache (the machine's first compile of this shape); in a new process with the cache
     the first one filled (a new worker); and in the same process (the next trial of a reused
     worker). The break-even is the training time after which compiled steps have won back the
@@ -169,8 +169,6 @@ def bench_compile(corpus: Any, rounds: int, steps: int) -> dict[str, Any]:
     """
     import subprocess
     import tempfile
-
-    import torch._dynamo  # noqa: F401  (the first optimizer of a process imports it, compiled or not)
 
     config = TrainConfig(**SMALL, optimizer="adamw", epochs=1, device="cpu", batches_per_epoch=steps)
     compiled_config = TrainConfig(**{**config.to_dict(), "compile": True})
