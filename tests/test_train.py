@@ -209,6 +209,26 @@ def test_resume_is_exact(small_text, tmp_path, overrides):
     assert third["sample"] == expected["sample"]
 
 
+def test_a_checkpoint_written_through_torch_optim_resumes_exactly(small_text, tmp_path):
+    """Checkpoints of artune before artune/optim.py hold torch.optim's state and a LambdaLR's."""
+    config = tiny(small_text, epochs=2, optimizer="adamw", weight_decay=0.1, warmup=3, lr_schedule="cosine")
+    first = Trainer(config)
+    first.train_epoch()
+    first.epoch = 1
+    path = first.save_checkpoint(tmp_path / "now")
+    state = torch.load(path, weights_only=True)
+    steps = state["optimizer"].pop("steps_taken")
+    state["scheduler"] = {"last_epoch": steps, "_step_count": steps + 1, "base_lrs": [config.lr]}
+    torch.save(state, tmp_path / "before.pt")
+    second_epochs = []
+    for checkpoint in (path, tmp_path / "before.pt"):
+        resumed = Trainer(config)
+        resumed.load_checkpoint(checkpoint)
+        second_epochs.append(resumed.fit()[0])
+    for key in ("train_loss", "valid_loss", "lr", "sample"):
+        assert second_epochs[0][key] == second_epochs[1][key], key
+
+
 def test_resume_depends_on_both_restored_random_states(small_text, tmp_path):
     # The resume test above can fail: with either random state not restored, epoch 2 comes out different.
     config = tiny(small_text, epochs=2, dropout=0.2)
