@@ -1,9 +1,9 @@
-"""The optimizer stage: Adam and AdamW as one fused kernel over every parameter, and the lr schedule.
+"""The optimizer stage: Adam and AdamW as one fused kernel step (per device and dtype), and the lr schedule.
 
 ``Adam`` runs the same fused kernels ``torch.optim.Adam(fused=True)`` and ``torch.optim.AdamW(fused=True)``
 run (``torch._fused_adam_``, ``torch._fused_adamw_``), on CPU as on CUDA, and gives the same
 parameters step for step (a test holds it to that). It exists because ``torch.optim`` imports
-``torch._dynamo`` the first time any optimizer is built, whether or not anything is compiled: 1.7-2.6 s
+``torch._dynamo`` the first time any optimizer is built, whether or not anything is compiled: 1.9-2.6 s
 of CPU in every new process, which in a search is every new trial worker, on the two cores the first
 trials need. This class imports nothing beyond torch.
 
@@ -69,7 +69,9 @@ class Adam:
         decoupled_weight_decay: bool = False,
         schedule: Schedule = lambda step: 1.0,
     ) -> None:
-        self.params = [p for p in params if p.requires_grad]
+        # Every parameter, frozen ones too, so that indices match torch.optim's state_dict; a
+        # parameter without a gradient in a step (a frozen one, or one the step did not reach) is not stepped.
+        self.params = list(params)
         self.base_lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
         self.kernel = torch._fused_adamw_ if decoupled_weight_decay else torch._fused_adam_
         self.schedule = schedule
@@ -77,13 +79,13 @@ class Adam:
         self.lr = lr * schedule(0)
         self.exp_avgs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
         self.exp_avg_sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
-        # Per parameter, as torch.optim keeps them: a parameter without a gradient in a step is not stepped.
+        # Per parameter, as torch.optim keeps them.
         self.state_steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
         # The fused kernels take one device and dtype per call.
-        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        by_device_dtype: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for i, p in enumerate(self.params):
-            groups.setdefault((p.device, p.dtype), []).append(i)
-        self.groups = list(groups.values())
+            by_device_dtype.setdefault((p.device, p.dtype), []).append(i)
+        self.by_device_dtype = list(by_device_dtype.values())
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -92,8 +94,8 @@ class Adam:
     @torch.no_grad()
     def step(self) -> None:
         beta1, beta2 = self.betas
-        for group in self.groups:
-            live = [i for i in group if self.params[i].grad is not None]
+        for indices in self.by_device_dtype:
+            live = [i for i in indices if self.params[i].grad is not None]
             if not live:
                 continue
             steps = [self.state_steps[i] for i in live]

@@ -8,7 +8,7 @@ import torch
 
 from artune.config import TrainConfig
 from artune.models import GPT, ModelConfig
-from artune.optim import lr_lambda, make_optimizer
+from artune.optim import Adam, lr_lambda, make_optimizer
 
 CONFIGS = {
     "adam": TrainConfig(optimizer="adam", lr=3e-3, weight_decay=0.1, warmup=3, lr_schedule="cosine", lr_min_ratio=0.1),
@@ -28,23 +28,27 @@ def torch_optimizer(config: TrainConfig, model: torch.nn.Module, total_steps: in
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(config, total_steps))
 
 
-def model() -> GPT:
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))]
+
+
+def model(device: str = "cpu") -> GPT:
     torch.manual_seed(0)
-    return GPT(ModelConfig(vocab_size=20, seq_len=8, d_model=16, n_layers=1, n_heads=2, d_ff=32, dropout=0.0))
+    return GPT(ModelConfig(vocab_size=20, seq_len=8, d_model=16, n_layers=1, n_heads=2, d_ff=32, dropout=0.0)).to(device)
 
 
 def train(net: GPT, step, steps: range) -> None:
     for i in steps:
-        x = torch.randint(0, 20, (4, 8), generator=torch.Generator().manual_seed(i))
+        x = torch.randint(0, 20, (4, 8), generator=torch.Generator().manual_seed(i)).to(next(net.parameters()).device)
         loss = torch.nn.functional.cross_entropy(net(x).flatten(0, 1), x.roll(-1, 1).flatten())
         loss.backward()
         step()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", CONFIGS)
-def test_the_same_parameters_and_lr_as_torch_optim_step_for_step(name):
+def test_the_same_parameters_and_lr_as_torch_optim_step_for_step(name, device):
     config = CONFIGS[name]
-    ours, theirs = model(), model()
+    ours, theirs = model(device), model(device)
     opt = make_optimizer(config, ours.parameters(), STEPS)
     ref, sched = torch_optimizer(config, theirs, STEPS)
 
@@ -89,6 +93,50 @@ def test_a_state_saved_by_torch_optim_or_by_itself_resumes_the_same_run(name):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("decoupled", [False, True], ids=["adam", "adamw"])
+def test_frozen_parameters_gradients_now_and_then_and_two_dtypes_as_torch_optim(decoupled):
+    """A frozen parameter, one with a gradient every other step, one never reached, and a float64
+    one (its own fused call), against torch.optim; then each state loaded into the other's next step."""
+
+    def parameters():
+        torch.manual_seed(1)
+        return [torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(5, dtype=torch.float64)),
+                torch.nn.Parameter(torch.randn(2), requires_grad=False), torch.nn.Parameter(torch.randn(4)),
+                torch.nn.Parameter(torch.randn(3))]
+
+    def give_gradients(params, step):
+        matrix, vector, _, sometimes, _never = params
+        loss = (matrix**2).sum() * (step + 1) + (vector**3).sum()
+        if step % 2 == 0:
+            loss = loss + (sometimes * matrix[0]).sum()
+        loss.backward()
+
+    kind = torch.optim.AdamW if decoupled else torch.optim.Adam
+    ours, theirs = parameters(), parameters()
+    opt = Adam(ours, lr=0.01, weight_decay=0.1, decoupled_weight_decay=decoupled)
+    ref = kind(theirs, lr=0.01, weight_decay=0.1, fused=True)
+    for step in range(5):
+        for params, optimizer in ((ours, opt), (theirs, ref)):
+            give_gradients(params, step)
+            optimizer.step()
+            optimizer.zero_grad()
+        assert all(torch.equal(a, b) for a, b in zip(ours, theirs)), step
+    assert 4 not in ref.state_dict()["state"]  # torch.optim keeps no state for the parameter never reached
+
+    # torch.optim's state (no entry for that parameter) into ours, and ours into torch.optim
+    again = Adam(ours, lr=0.01, weight_decay=0.1, decoupled_weight_decay=decoupled)
+    again.load_state_dict({**ref.state_dict(), "steps_taken": 5})
+    back = kind(theirs, lr=0.01, weight_decay=0.1, fused=True)
+    back.load_state_dict({"state": {i: v for i, v in opt.state_dict()["state"].items() if i != 4},
+                          "param_groups": ref.state_dict()["param_groups"]})
+    for step in range(5, 8):
+        for params, optimizer in ((ours, again), (theirs, back)):
+            give_gradients(params, step)
+            optimizer.step()
+            optimizer.zero_grad()
+        assert all(torch.equal(a, b) for a, b in zip(ours, theirs)), step
+
+
 def test_a_state_of_another_model_is_refused():
     net = model()
     n = len(list(net.parameters()))
@@ -96,6 +144,10 @@ def test_a_state_of_another_model_is_refused():
     state = opt.state_dict()
     state["param_groups"][0]["params"].pop()
     with pytest.raises(ValueError, match=f"holds {n - 1} parameters, the model has {n}"):
+        opt.load_state_dict(state)
+    state = opt.state_dict()
+    state["state"][0] = {**state["state"][0], "exp_avg": torch.zeros(3)}
+    with pytest.raises(ValueError, match=r"the optimizer state of parameter 0 has shape \(3,\), the model's is \(20, 16\)"):
         opt.load_state_dict(state)
 
 
