@@ -1,5 +1,6 @@
 """artune: hyperparameter search for autoregressive language models on Ray Tune and Optuna."""
 
+import argparse
 import time
 
 __version__ = "0.1.0"
@@ -19,3 +20,11 @@ def stdout_closed() -> int:
 
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 128 + signal.SIGPIPE
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a bad option as one line on stderr (exit 2), as every other bad input is, instead
+    of the usage block followed by the error."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")

@@ -217,6 +217,7 @@ def validation_errors(config: TrainConfig) -> list[str]:
     for name in ("d_ff", "batches_per_epoch"):
         value = getattr(config, name)
         check(value is None or value > 0, f"{name} > 0 must hold (or none), but got {name}={value}")
+    check(0 <= config.seed < 2**63, f"0 <= seed < 2**63 must hold, but got seed={config.seed}")
     check(config.sample_tokens >= 0, f"sample_tokens >= 0 must hold, but got sample_tokens={config.sample_tokens}")
     check(config.warmup >= 0, f"warmup >= 0 must hold, but got warmup={config.warmup}")
     if config.d_model > 0 and config.n_heads > 0:

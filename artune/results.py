@@ -422,10 +422,11 @@ def describe(results: SearchResults, metric: Optional[str] = None, top: int = 20
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    import argparse
     import sys
 
-    parser = argparse.ArgumentParser(
+    from artune import ArgumentParser
+
+    parser = ArgumentParser(
         prog="python -m artune.results",
         description="Summarise a search and write learning_curves.png, metric_vs_knobs.png and "
         "parallel_coordinates.png beside its parquet tables.",

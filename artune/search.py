@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
 
-from artune import LOADED_AT, __version__, stdout_closed
+from artune import LOADED_AT, ArgumentParser, __version__, stdout_closed
 from artune.config import ConfigError, FIELD_NAMES, TrainConfig, coerce, unknown_key_message
 from artune.results import (
     DEFAULT_RESULTS_DIR, MANIFEST_FILE, TRIALS_FILE, EPOCHS_FILE, TrialRecord, read_records,
@@ -71,8 +71,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="python -m artune.search",
         description="Run a hyperparameter search over artune's trainer with Ray Tune and Optuna.",
     )
@@ -524,12 +524,16 @@ def load_plan_corpus(plan: Plan, fetch: bool = True) -> Any:
         if not fetch:
             raise
         raise SearchError(str(exc)) from None
+    samples = max(possible_values(plan.space, fixed, "sample_tokens")) > 0
     for prompt in possible_values(plan.space, fixed, "prompt"):
         try:
-            corpus.vocabulary.encode(get_tokenizer(fixed.tokenizer)(prompt))
+            tokens = corpus.vocabulary.encode(get_tokenizer(fixed.tokenizer)(prompt))
         except UnknownTokenError as exc:
             raise SearchError(f"prompt {prompt!r} (the greedy sample's start): {exc}; give one this corpus can "
                               f"encode, e.g. --set prompt=...") from None
+        if samples and not tokens:
+            raise SearchError(f"prompt must give at least one {fixed.tokenizer} token when sample_tokens > 0 (the greedy "
+                              f"sample continues it), but got {prompt!r}; give one, e.g. --set prompt=..., or --set sample_tokens=0")
     manifest_path = plan.directory / MANIFEST_FILE
     if (plan.resume or plan.extend) and manifest_path.exists():
         started_with = json.loads(manifest_path.read_text()).get("corpus", {})

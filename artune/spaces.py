@@ -866,7 +866,7 @@ def _settings(raw: dict[str, Any], sources: dict[str, str], errors: _Errors, ove
     number("cpu", _as_number, lambda v: v > 0, "cpu > 0 must hold (cpus per trial)")
     number("gpu", _as_number, lambda v: v >= 0 and (v <= 1 or v.is_integer()), "gpu >= 0 must hold, and a value above 1 must be whole (gpus per trial)")
     number("epochs", as_int, lambda v: v >= 1, "epochs >= 1 must hold (an integer)")
-    number("seed", as_int, lambda v: True, "seed must be an integer (or null)", allow_none=True)
+    number("seed", as_int, lambda v: 0 <= v < 2**32, "seed must be an integer from 0 to 2**32 - 1 (or null)", allow_none=True)
     one_of("sampler", SAMPLERS)
     one_of("scheduler", SCHEDULERS)
     number("grace_period", as_int, lambda v: v >= 1, "grace_period >= 1 must hold (an integer)")

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 import torch.nn.functional as F
 
-from artune import stdout_closed
+from artune import ArgumentParser, stdout_closed
 from artune.config import ConfigError, TrainConfig
 from artune.batches import train_batches, valid_batches
 from artune.data import Corpus, check_fits, load_corpus, num_sequential_batches, num_shuffled_batches
@@ -455,14 +455,13 @@ def format_metrics(metrics: Metrics) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """``python -m artune.train --d_model 128 --epochs 2 ...``: one configuration, no Ray."""
-    import argparse
     import sys
 
     from artune.config import ConfigError, add_config_arguments, config_from_arguments
     from artune.data import CorpusError
     from artune.tokenizers import UnknownTokenError
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m artune.train", description="Train one configuration without Ray and print each epoch."
     )
     # --data as in `python -m artune.search`; --data-dir is its older name

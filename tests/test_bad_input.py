@@ -71,6 +71,18 @@ SETS = {
     "tokenizer=bpe": ["--set tokenizer=bpe", "tokenizer must be one of character, basic_english, but got 'bpe'"],
     "optimizer=sgd": ["--set optimizer=sgd", "optimizer must be one of adam, adamw, noam, but got 'sgd'"],
     "device=tpu": ["--set device=tpu", "device must be one of auto, cpu, cuda", "did you mean 'cpu'"],
+    "seed=-3": ["--set seed=-3", "0 <= seed < 2**63 must hold, but got seed=-3"],
+    # no token to continue: every trial's sample would fail
+    "prompt=": ["prompt must give at least one character token when sample_tokens > 0", "but got ''", "sample_tokens=0"],
+}
+
+OPTIONS = {
+    # command-line options, argparse's own refusals included: one line each too
+    "--seed -1": ["--seed: seed must be an integer from 0 to 2**32 - 1", "but got -1"],
+    "--seed 4294967296": ["--seed: seed must be an integer from 0 to 2**32 - 1", "but got 4294967296"],
+    "--time-budget 0": ["argument --time-budget: expected a positive duration", "'0'", "--help"],
+    "--num-samples abc": ["argument --num-samples: invalid int value: 'abc'", "--help"],
+    "--bogus": ["unrecognized arguments: --bogus", "(see python -m artune.search --help)"],
 }
 
 NAMES = {
@@ -107,6 +119,8 @@ def refused(tmp_path_factory, shakespeare_path):
         cases[f"set:{item}"] = ([str(SMOKE), "--set", item, "--data", str(shakespeare_path)], {})
     for name in NAMES:
         cases[f"name:{name}"] = ([str(SMOKE), "--name", name], {})
+    for option in OPTIONS:
+        cases[f"option:{option}"] = ([str(SMOKE), *option.split(), "--data", str(shakespeare_path)], {})
     for name in ("missing.txt", "no_corpus_here", "empty.txt", "one_char.txt", "latin1.txt", "upper.txt"):
         cases[f"data:{name}"] = ([str(SMOKE), "--data", str(data / name)], NO_NETWORK)
     for name in ("missing.txt", "upper.txt"):  # a dry run checks the corpus as the search will
@@ -149,6 +163,11 @@ def test_a_bad_space_file(refused, name):
 @pytest.mark.parametrize("item", SETS)
 def test_a_bad_set(refused, item):
     check(refused, f"set:{item}", *SETS[item])
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_a_bad_option(refused, option):
+    check(refused, f"option:{option}", *OPTIONS[option])
 
 
 @pytest.mark.parametrize("name", NAMES)
