@@ -51,7 +51,7 @@ SEARCH_KEYS = ("metric", "mode", "num_samples", "max_concurrent", "resources", "
 RESOURCE_KEYS = ("cpu", "gpu")
 SCHEDULER_KEYS = ("name", "grace_period", "reduction_factor")
 MAX_CORNERS = 256  # beyond this many corner configs, check_configs checks every pair of params instead
-ENUMERATE_INT = 16  # int ranges up to this many values are checked value by value, wider ones at their ends
+ENUMERATE_INT = 32  # int ranges up to this many values are checked value by value, wider ones at their ends
 GRID_LIMIT = 100_000  # most grid points the grid sampler is allowed to enumerate
 
 
@@ -317,8 +317,9 @@ class SearchSpace:
         """Build a TrainConfig for every corner of the space; raise SpaceError naming the lines at fault.
 
         Corners are every choice, every value of a narrow int range and the ends of wider ranges.
-        Where their product exceeds MAX_CORNERS, every pair of knobs is crossed instead (the others at
-        their first corner), which still catches the usual two-knob rules such as n_heads | d_model.
+        Where their product exceeds MAX_CORNERS, every pair of knobs is crossed instead, with every
+        corner of the knobs their conditions read (the others at their first corner), which still
+        catches the usual two-knob rules such as n_heads | d_model, conditional knobs included.
         """
         names = list(self.params)
         corners = {name: self.params[name].corners() for name in names}
@@ -327,7 +328,7 @@ class SearchSpace:
             combos: Any = itertools.product(*(corners[n] for n in names))
         else:
             combos = self._pairwise(names, corners)
-        errors = _Errors()
+        found: dict[tuple[str, str], list[str]] = {}  # (line, knob): the rule each invalid config broke there
         seen: set[tuple] = set()
         for combo in combos:
             sampled: dict[str, Any] = {}
@@ -342,19 +343,38 @@ class SearchSpace:
                 self.config_for(sampled)
             except (ConfigError, ValueError, TypeError, OverflowError, ArithmeticError) as error:
                 for message in str(error).split("; "):
-                    where, key_name = self._blame(message, sampled)
-                    errors.add(where, key_name, f"a config this space can sample is invalid: {message}")
+                    found.setdefault(self._blame(message, sampled), []).append(message)
+        errors = _Errors()
+        for (where, key_name), messages in found.items():
+            more = f" (and {len(messages) - 1} more such configs)" if len(messages) > 1 else ""
+            errors.add(where, key_name, f"a config this space can sample is invalid: {messages[0]}{more}")
         errors.raise_if_any()
 
     def _pairwise(self, names: list[str], corners: dict[str, list]) -> Any:
         base = [corners[n][0] for n in names]
         yield tuple(base)
+        index = {name: k for k, name in enumerate(names)}
         for i, j in itertools.combinations(range(len(names)), 2):
-            for a in corners[names[i]]:
-                for b in corners[names[j]]:
-                    combo = list(base)
-                    combo[i], combo[j] = a, b
-                    yield tuple(combo)
+            # the pair, and what switches either of them on: a pair whose condition is false at the
+            # others' first corner would otherwise never be built
+            varied = [i, j] + sorted(index[p] for p in self._condition_knobs(names[i], names[j]) if index[p] not in (i, j))
+            for values in itertools.product(*(corners[names[k]] for k in varied)):
+                combo = list(base)
+                for k, value in zip(varied, values):
+                    combo[k] = value
+                yield tuple(combo)
+
+    def _condition_knobs(self, *names: str) -> set[str]:
+        """The searched knobs that the conditions of ``names`` read, and those of their conditions in turn."""
+        found: set[str] = set()
+        todo = list(names)
+        while todo:
+            when = self.params[todo.pop()].when or {}
+            for knob in when:
+                if knob in self.params and knob not in found:
+                    found.add(knob)
+                    todo.append(knob)
+        return found
 
     def _blame(self, message: str, sampled: dict[str, Any]) -> tuple[str, str]:
         """The file line of the first knob a TrainConfig error mentions: a searched one, else a fixed one."""

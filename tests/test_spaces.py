@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 import warnings
 from pathlib import Path
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from artune.config import FIELD_NAMES, TrainConfig
-from artune.spaces import SpaceError, load_space
+from artune.spaces import MAX_CORNERS, SpaceError, load_space
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((REPO / "search_spaces").glob("*.yaml"))
@@ -233,6 +234,27 @@ def test_check_configs_many_corners_checks_pairs(tmp_path: Path) -> None:
     space = load_space(write(tmp_path, text))
     with pytest.raises(SpaceError, match="d_model=99, n_heads=2"):
         space.check_configs()
+
+
+def test_check_configs_pairs_vary_what_switches_a_knob_on(tmp_path: Path) -> None:
+    """Past MAX_CORNERS, a pair whose knob is conditional is crossed with the values of its condition:
+    at the others' first corner (optimizer adam) n_heads is never sampled."""
+    text = ("params:\n  d_model: {choice: [96, 64]}\n  optimizer: {choice: [adam, adamw]}\n"
+            "  n_heads: {choice: [4, 3], when: {optimizer: adamw}}\n  n_layers: {int: [1, 16]}\n"
+            "  weight_decay: {choice: [0.0, 0.1]}\n  dropout: {choice: [0.0, 0.1]}\n  warmup: {int: [0, 20]}\n")
+    space = load_space(write(tmp_path, text))
+    assert math.prod(len(d.corners()) for d in space.params.values()) > MAX_CORNERS
+    with pytest.raises(SpaceError, match=r"d_model=64, n_heads=3"):
+        space.check_configs()
+
+
+def test_check_configs_every_value_of_an_int_range_of_up_to_32_and_one_line_per_knob(tmp_path: Path) -> None:
+    text = "params:\n  d_model: {int: [96, 672], step: 32}\n  n_heads: {choice: [3, 6]}\n"  # 19 values
+    with pytest.raises(SpaceError) as info:
+        load_space(write(tmp_path, text)).check_configs()
+    message = str(info.value)
+    assert message.count("params.d_model") == 1, message
+    assert message.endswith("n_heads must divide d_model, but got d_model=128, n_heads=3 (and 23 more such configs)"), message
 
 
 # --------------------------------------------------------------------------- sampling on a real Optuna storage
