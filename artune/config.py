@@ -119,8 +119,19 @@ def field_doc(name: str) -> str:
     return FIELDS[name].metadata.get("doc", "")
 
 
+# What other trainers (nanoGPT, Hugging Face, labml) call a knob, for the did-you-mean of an unknown key.
+KNOWN_AS = {
+    "learning_rate": "lr", "n_embd": "d_model", "hidden_size": "d_model", "n_embed": "d_model",
+    "n_layer": "n_layers", "num_layers": "n_layers", "num_hidden_layers": "n_layers",
+    "n_head": "n_heads", "num_heads": "n_heads", "num_attention_heads": "n_heads",
+    "block_size": "seq_len", "context_length": "seq_len", "max_seq_len": "seq_len",
+    "grad_clip": "grad_norm_clip", "max_grad_norm": "grad_norm_clip", "clip_grad_norm": "grad_norm_clip",
+    "intermediate_size": "d_ff", "warmup_steps": "warmup", "warmup_iters": "warmup",
+}
+
+
 def unknown_key_message(key: str) -> str:
-    close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
+    close = [KNOWN_AS[key]] if key in KNOWN_AS else difflib.get_close_matches(key, FIELD_NAMES, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return f"unknown key '{key}'{hint}"
 
@@ -152,7 +163,7 @@ def coerce(name: str, value: Any) -> Any:
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and (optional or kind is not str)):
         if optional:
             return None
-        raise ConfigError(f"{name} must be a {kind.__name__}, but got None")
+        raise ConfigError(f"{name} must be {'an' if kind.__name__[0] in 'aeiou' else 'a'} {kind.__name__}, but got None")
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars from a sampler
         value = value.item()
     if kind is bool:

@@ -377,12 +377,13 @@ class SearchSpace:
         return found
 
     def _blame(self, message: str, sampled: dict[str, Any]) -> tuple[str, str]:
-        """The file line of the first knob a TrainConfig error mentions: a searched one, else a fixed one."""
+        """The file line of the first knob a TrainConfig error mentions: a searched one, else a fixed one
+        (one given on the command line first: what the user just typed)."""
         mentioned = lambda name: re.search(rf"\b{re.escape(name)}\b", message) is not None  # noqa: E731
         for name in self.params:
             if name in sampled and mentioned(name):
                 return f"{self.path}:{self.params[name].line}", f"params.{name}"
-        for name in self.fixed:
+        for name in sorted(self.fixed, key=lambda name: not self.sources.get(f"fixed.{name}", "").startswith("--")):
             if mentioned(name):
                 return self.sources.get(f"fixed.{name}", f"{self.path}:1"), f"fixed.{name}"
         if mentioned("epochs"):

@@ -72,6 +72,8 @@ SETS = {
     "optimizer=sgd": ["--set optimizer=sgd", "optimizer must be one of adam, adamw, noam, but got 'sgd'"],
     "device=tpu": ["--set device=tpu", "device must be one of auto, cpu, cuda", "did you mean 'cpu'"],
     "seed=-3": ["--set seed=-3", "0 <= seed < 2**63 must hold, but got seed=-3"],
+    # a rule between a --set knob and the file's: the --set is named, not the file's line
+    "d_model=65": ["error: --set d_model=65: fixed.d_model:", "n_heads must divide d_model, but got d_model=65"],
     # no token to continue: every trial's sample would fail
     "prompt=": ["prompt must give at least one character token when sample_tokens > 0", "but got ''", "sample_tokens=0"],
 }

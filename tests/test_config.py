@@ -1,6 +1,7 @@
 import argparse
 import dataclasses
 import math
+import re
 
 import pytest
 
@@ -59,6 +60,13 @@ def test_unknown_key_suggests_the_close_field():
     with pytest.raises(ConfigError, match=r"unknown key 'd_modle'") as info:
         TrainConfig.from_dict({"d_modle": 64})
     assert "did you mean 'd_model'?" in str(info.value)
+
+
+@pytest.mark.parametrize(("other", "ours"), [("learning_rate", "lr"), ("n_embd", "d_model"), ("block_size", "seq_len"),
+                                             ("n_layer", "n_layers"), ("grad_clip", "grad_norm_clip")])
+def test_an_unknown_key_that_another_trainer_uses_suggests_artunes_name(other, ours):
+    with pytest.raises(ConfigError, match=re.escape(f"unknown key '{other}' (did you mean '{ours}'?)")):
+        TrainConfig.from_dict({other: 1})
 
 
 def test_every_unknown_key_is_reported():
@@ -214,7 +222,7 @@ def test_from_dict_accepts_numbers_for_floats_and_integral_floats_for_ints():
         ("d_model", 64.5, r"d_model must be an integer, but got 64.5"),
         ("batch_size", True, r"batch_size must be an integer, but got True"),
         ("compile", "maybe", r"compile must be true or false, but got 'maybe'"),
-        ("seq_len", "none", r"seq_len must be a int, but got None"),
+        ("seq_len", "none", r"seq_len must be an int, but got None"),
         ("tokenizer", 3, r"tokenizer must be text, but got 3"),
     ],
 )
