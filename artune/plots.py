@@ -33,6 +33,8 @@ def learning_curves(results: SearchResults, metric: Optional[str] = None) -> Fig
     name, _ = results.metric_column(metric)  # what best() ranks by: best_valid_loss for valid_loss
     best = results.best(1, metric)
     best_key = _trial_key(best.iloc[0]) if len(best) else None
+    if best_key not in curves.columns:  # no epoch rows for it (a trial with none, or a table mid-rewrite)
+        best_key = None
     searches = list(dict.fromkeys(results.epochs["search"])) if "search" in results.epochs else []
 
     fig = Figure(figsize=(7, 4.5), layout="constrained")

@@ -143,8 +143,9 @@ def write_json_atomic(data: dict[str, Any], path: Path) -> None:
 
 def write_tables(directory: Path, records: Iterable[TrialRecord]) -> None:
     records = list(records)
-    write_atomic(trials_table(records), directory / TRIALS_FILE)
+    # epochs first: a reader between the two writes sees no trial summary newer than its epochs
     write_atomic(epochs_table(records), directory / EPOCHS_FILE)
+    write_atomic(trials_table(records), directory / TRIALS_FILE)
 
 
 def read_records(directory: Path) -> dict[str, TrialRecord]:
@@ -282,15 +283,19 @@ class SearchResults:
         return table.sort_values(name, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
 
     def aggregate(self, metric: Optional[str] = None) -> pd.DataFrame:
-        """Replicates pooled: per config_id its knobs and the ``mean``, ``std`` and ``count`` of the metric.
+        """Replicates pooled: per config_id its knobs and the ``mean``, ``std`` and ``count`` of the metric,
+        and the fewest and most epochs its runs completed (``min_epochs``, ``max_epochs``).
 
-        ``count`` counts the runs that have a value (an errored run has none). Without a ``config_id``
-        column (or where it is empty) each trial is its own config, named by its trial_id. Best mean first.
+        ``count`` counts the runs that have a value (an errored run has none). ASHA stops each run on its
+        own, so the replicates of a config may have trained for different lengths: where ``min_epochs``
+        and ``max_epochs`` differ, the mean pools unlike runs. Without a ``config_id`` column (or where it
+        is empty) each trial is its own config, named by its trial_id. Best mean first.
         """
         name, values = self.metric_column(metric)
         table = self.trials.assign(config_id=self._config_ids(), **{name: values})
         grouped = table.groupby(self._config_keys(), sort=False)
-        stats = grouped[name].agg(["mean", "std", "count"])
+        stats = grouped[name].agg(["mean", "std", "count"]).join(
+            grouped["epochs_completed"].agg(min_epochs="min", max_epochs="max"))
         pooled = grouped[self.params].first().join(stats).reset_index()
         ascending = self.direction(name) == "min"
         return pooled.sort_values("mean", ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
@@ -341,7 +346,8 @@ def resolve_results_path(path_or_name: str | os.PathLike, results_dir: str | os.
     candidate = Path(results_dir) / path
     if (candidate / TRIALS_FILE).exists():
         return candidate
-    raise FileNotFoundError(f"no {TRIALS_FILE} in {path} or {candidate}: is it a finished or running search?")
+    where = f"{path}" if candidate == path else f"{path} or {candidate}"
+    raise FileNotFoundError(f"no {TRIALS_FILE} in {where}: is it a finished or running search?")
 
 
 def load(path_or_name: str | os.PathLike, results_dir: str | os.PathLike = DEFAULT_RESULTS_DIR) -> SearchResults:

@@ -55,6 +55,19 @@ def test_the_notebook_runs_on_a_finished_search(search_for_notebook: Path, monke
     assert len(outputs(notebook, "image/png")) == 3  # curves, knob effects, parallel coordinates
 
 
+def test_the_notebook_runs_on_a_search_where_no_trial_has_a_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = tmp_path / fx.NAME
+    directory.mkdir()
+    failed = [r for r in fx.records() if r.status in ("diverged", "error")]
+    for record in failed:  # diverged in its first epoch: no value at all
+        record.epochs = {epoch: m for epoch, m in record.epochs.items() if m.get("diverged")}
+    fx.write_tables(directory, failed)
+    fx.write_json_atomic(fx.manifest(), directory / fx.MANIFEST_FILE)
+    text = "\n".join(outputs(execute(directory, monkeypatch)))
+    assert "no trial has a best_valid_loss yet: {'diverged': 1, 'error': 1}" in text
+    assert "no best trial: no trial has a value" in text
+
+
 @pytest.mark.slow
 def test_the_notebook_runs_on_a_real_search(smoke_search, monkeypatch: pytest.MonkeyPatch) -> None:
     result, directory = smoke_search

@@ -158,6 +158,21 @@ def test_aggregate_pools_replicates_by_config_id(search: Path) -> None:
     assert a["mean"] == pytest.approx(1.8) and a["std"] == pytest.approx(math.sqrt(0.02)) and a["count"] == 2
     assert a["d_model"] == 64 and a["optimizer"] == "adam"
     assert pooled.set_index("config_id").loc["e", "count"] == 0  # its one run errored
+    assert (a["min_epochs"], a["max_epochs"]) == (4, 4)
+
+
+def test_aggregate_shows_replicates_that_trained_for_different_lengths(tmp_path: Path) -> None:
+    """ASHA stops each replicate on its own: the pooled row says so."""
+    directory = tmp_path / "s"
+    directory.mkdir()
+    records = fx.records()
+    stopped = next(r for r in records if r.trial_id == "t1")
+    stopped.epochs = {k: v for k, v in stopped.epochs.items() if k <= 2}
+    stopped.status = "stopped"
+    write_tables(directory, records)
+    write_json_atomic(fx.manifest(), directory / MANIFEST_FILE)
+    a = load(directory).aggregate().set_index("config_id").loc["a"]
+    assert (a["count"], a["min_epochs"], a["max_epochs"]) == (2, 2, 4)
 
 
 def test_aggregate_without_config_ids_treats_each_trial_as_its_own_config(tmp_path: Path) -> None:
@@ -214,8 +229,9 @@ def test_an_interrupted_write_leaves_the_previous_table_readable(tmp_path: Path,
     with pytest.raises(KeyboardInterrupt):
         write_tables(directory, fx.records()[:2])
     monkeypatch.undo()
-    assert list(directory.glob(f".{TRIALS_FILE}.*.tmp"))  # the half-written file is still there...
-    assert len(load(directory).trials) == 6  # ...and the reader sees the previous complete table
+    assert list(directory.glob(f".{EPOCHS_FILE}.*.tmp"))  # the half-written file (epochs go first) is still there...
+    back = load(directory)  # ...and the reader sees the previous complete tables
+    assert len(back.trials) == 6 and back.epochs["trial_id"].nunique() == 5
 
 
 def test_read_records_round_trips_the_tables(tmp_path: Path) -> None:
@@ -258,6 +274,16 @@ def test_learning_curves_highlight_the_best_trial(search: Path) -> None:
     best = [line for line in ax.get_lines() if line.get_label().startswith("best: t3")]
     assert len(best) == 1 and best[0].get_ydata().tolist() == [3.0, 2.8, 2.6, 1.5]
     assert len(ax.get_lines()) == 5
+
+
+def test_learning_curves_of_a_best_trial_without_epoch_rows(tmp_path: Path) -> None:
+    """Its summary can be newer than the epochs (a table read mid-rewrite), or its epochs missing."""
+    directory = fx.build_search(tmp_path / "s")
+    epochs = pq.read_table(directory / EPOCHS_FILE).to_pandas()
+    epochs[epochs["trial_id"] != fx.BEST_TRIAL].to_parquet(directory / EPOCHS_FILE)
+    ax = learning_curves(load(directory)).axes[0]
+    assert len(ax.get_lines()) == 4 and not any(line.get_label().startswith("best") for line in ax.get_lines())
+    assert main([str(directory)]) == 0
 
 
 def test_metric_vs_knobs_has_a_panel_per_knob(search: Path) -> None:
