@@ -77,11 +77,16 @@ def metric_vs_knobs(results: SearchResults, metric: Optional[str] = None) -> Fig
     fig = Figure(figsize=(3.6 * columns, 3.2 * rows), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
     for i, (ax, knob) in enumerate(zip(axes, knobs)):
-        x, labels, log = knob_positions(results.trials[knob])
+        on = results.active(knob).to_numpy()  # a conditional knob: only the trials that sampled it
+        x_on, labels, log = knob_positions(results.trials[knob][on])
+        x = np.full(len(on), np.nan)
+        x[on] = x_on
         y = values.to_numpy(dtype=float, na_value=np.nan)
-        ax.scatter(x[has_value], y[has_value], s=22, alpha=0.7, color="tab:blue")
-        if best is not None:
+        ax.scatter(x[has_value & on], y[has_value & on], s=22, alpha=0.7, color="tab:blue")
+        if best is not None and on[best]:
             ax.scatter(x[best], y[best], s=140, marker="*", color=BEST_COLOR, zorder=3, label="best")
+        if not on.all():
+            ax.set_title(f"{int((~on).sum())} trials did not sample it", fontsize=8)
         if labels is not None:  # a categorical knob: one tick per category
             ax.set_xticks(range(len(labels)), labels)
             ax.set_xlim(-0.5, len(labels) - 0.5)
@@ -113,7 +118,8 @@ def parallel_coordinates(results: SearchResults, metric: Optional[str] = None) -
     keep = values.notna()
     trials, values = results.trials[keep], values[keep]  # a trial without a value has no colour
     axes_names = [name, *knobs]
-    scaled, ticks = zip(*(_scaled(values), *(_scaled(trials[k]) for k in knobs)))
+    # a conditional knob a trial did not sample: its line has a gap on that axis
+    scaled, ticks = zip(*(_scaled(values), *(_scaled_where(trials[k], results.active(k)[keep].to_numpy()) for k in knobs)))
     y = np.column_stack(scaled)  # (trials with a value, axes)
     v = values.to_numpy(dtype=float)
 
@@ -206,6 +212,14 @@ def _scaled(values: pd.Series) -> tuple[np.ndarray, list[tuple[float, str]]]:
     shown = unique if len(unique) <= 6 else np.array([unique.min(), unique.max()])
     ticks = [(((np.log10(u) if log else u) - low) / (high - low), _fmt(u)) for u in shown]
     return (t - low) / (high - low), ticks
+
+
+def _scaled_where(values: pd.Series, on: np.ndarray) -> tuple[np.ndarray, list[tuple[float, str]]]:
+    """``_scaled`` over the trials where ``on``; NaN (a gap in the line) for the others."""
+    scaled_on, ticks = _scaled(values[on])
+    scaled = np.full(len(values), np.nan)
+    scaled[on] = scaled_on
+    return scaled, ticks
 
 
 def _fmt(value: float) -> str:

@@ -206,6 +206,18 @@ class SearchResults:
     def mode(self) -> str:
         return self.manifest.get("mode", "min")
 
+    def active(self, knob: str) -> pd.Series:
+        """Per trial, whether ``knob`` was sampled: False where its ``when`` (manifest.json's
+        ``conditions``) did not hold. Such a trial's column holds the value it trained with (the
+        fixed one or TrainConfig's default), which the search did not choose; plots leave it out."""
+        import pandas as pd
+
+        on = pd.Series(True, index=self.trials.index)
+        for parent, allowed in self.manifest.get("conditions", {}).get(knob, {}).items():
+            if parent in self.trials:
+                on &= self.trials[parent].isin(allowed)
+        return on
+
     @property
     def params(self) -> list[str]:
         """The searched knobs: manifest.json's ``params``, else the knobs that differ between configs."""
@@ -406,6 +418,9 @@ def compare(*searches: str | os.PathLike | SearchResults, results_dir: str | os.
         "name": " vs ".join(names), "searches": names, "metric": first.metric, "mode": first.mode,
         "params": list(dict.fromkeys(p for results in loaded for p in results.params)),
     }
+    conditions = [results.manifest.get("conditions", {}) for results in loaded]
+    if all(c == conditions[0] for c in conditions):  # else each search's own: none applied to the stack
+        manifest["conditions"] = conditions[0]
     return SearchResults(None, stack([r.trials for r in loaded]), stack([r.epochs for r in loaded]), manifest)
 
 

@@ -959,7 +959,10 @@ def write_manifest(plan: Plan, corpus: Any, extra: dict[str, Any], new_command: 
         "space_sha256": plan.space.text_sha256,
         "metric": s.metric, "mode": s.mode, "epochs": s.epochs, "seed": s.seed,
         "resources_per_trial": {"cpu": s.cpu, "gpu": s.gpu}, "fixed": plan.space.fixed,
-        "params": list(plan.space.params), "repeats": plan.repeats, "storage": plan.storage,
+        "params": list(plan.space.params),
+        "conditions": {name: {knob: list(values) for knob, values in dist.when.items()}
+                       for name, dist in plan.space.params.items() if dist.when},
+        "repeats": plan.repeats, "storage": plan.storage,
         "study_name": plan.name, "address": plan.address,
     })
     manifest.setdefault("space_file", str(plan.space.path))  # the file the search started from

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -284,6 +285,28 @@ def test_learning_curves_of_a_best_trial_without_epoch_rows(tmp_path: Path) -> N
     ax = learning_curves(load(directory)).axes[0]
     assert len(ax.get_lines()) == 4 and not any(line.get_label().startswith("best") for line in ax.get_lines())
     assert main([str(directory)]) == 0
+
+
+def test_plots_leave_out_the_trials_that_did_not_sample_a_conditional_knob(tmp_path: Path) -> None:
+    """Where its condition was off, a trial's column holds TrainConfig's default, which no one chose."""
+    directory = fx.build_search(tmp_path / "s")
+    rewrite_manifest(directory, conditions={"dataloader_shuffle_with_replacement": {"optimizer": ["adamw"]}})
+    results = load(directory)
+    active = results.active("dataloader_shuffle_with_replacement")
+    assert results.trials.loc[active, "trial_id"].tolist() == ["t2", "t4", "t5"]  # the adamw trials
+    assert results.active("d_model").all()
+
+    panels = [ax for ax in metric_vs_knobs(results).axes if ax.axison]
+    replace = panels[fx.PARAMS.index("dataloader_shuffle_with_replacement")]
+    assert replace.get_title() == "3 trials did not sample it"
+    (points,) = replace.collections  # t2 and t4 have a value; the best trial (t3, adam) is not starred here
+    assert len(points.get_offsets()) == 2
+    assert len(panels[0].collections) == 2  # d_model: every trial, and the star
+
+    ax = parallel_coordinates(results).axes[0]
+    axis = 1 + fx.PARAMS.index("dataloader_shuffle_with_replacement")
+    at_axis = [line.get_ydata()[axis] for line in ax.get_lines()]
+    assert sum(np.isnan(at_axis)) == 3  # t0, t1, t3: a gap in their lines
 
 
 def test_metric_vs_knobs_has_a_panel_per_knob(search: Path) -> None:

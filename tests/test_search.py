@@ -434,6 +434,21 @@ def test_a_knob_searched_under_a_condition_can_also_keep_its_default(tmp_path):
     assert sorted(possible_values(space, fixed, "seq_len")) == [32, 64, TrainConfig().seq_len]
 
 
+def test_the_manifest_records_the_condition_of_each_conditional_knob(tmp_path, shakespeare_path):
+    """What results.active() reads, so that plots leave out the trials that did not sample a knob."""
+    from artune.search import load_plan_corpus, make_plan, parse_args, write_manifest
+
+    path = tmp_path / "space.yaml"
+    path.write_text("search: {num_samples: 2, epochs: 1}\nfixed: {n_heads: 2, warmup: 10}\nparams:\n"
+                    "  optimizer: {choice: [adam, noam]}\n  seq_len: {choice: [32, 64], when: {optimizer: noam}}\n")
+    plan = make_plan(parse_args([str(path), "--results-dir", str(tmp_path / "r"), "--name", "c", "--data", str(shakespeare_path)]))
+    plan.directory.mkdir(parents=True)
+    write_manifest(plan, load_plan_corpus(plan), {})
+    manifest = json.loads((plan.directory / "manifest.json").read_text())
+    assert manifest["params"] == ["optimizer", "seq_len"]
+    assert manifest["conditions"] == {"seq_len": {"optimizer": ["noam"]}}
+
+
 def test_a_results_dir_that_is_not_a_directory_is_refused(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
