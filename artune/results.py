@@ -176,7 +176,7 @@ class ResultsError(ValueError):
 
 # The metrics that get better as they rise; every other (losses, seconds) gets better as it falls.
 # Used only for a metric other than the search's own, whose direction manifest.json records.
-_RISING = ("accuracy", "tokens_per_sec")
+_RISING = ("accuracy", "tokens_per_sec", "epochs_completed", "tokens_seen")
 _NOT_METRICS = {"trial_id", "epoch", "config_id", "search", *FIELD_NAMES}
 
 
@@ -267,6 +267,8 @@ class SearchResults:
 
     def best(self, k: int = 1, metric: Optional[str] = None) -> pd.DataFrame:
         """The ``k`` best trials, best first, by the search's metric and mode (trials without a value left out)."""
+        if k < 1:
+            raise ValueError(f"best(k) needs k >= 1, but got k={k}")
         name, values = self.metric_column(metric)
         ranked = self.trials.assign(**{name: values}).dropna(subset=[name])
         ascending = self.direction(name) == "min"

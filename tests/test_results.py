@@ -92,6 +92,8 @@ def test_best_ranks_by_the_manifest_metric_and_skips_trials_without_a_value(sear
     assert best["best_valid_loss"].tolist() == [1.5, 1.7, 1.9]
     assert best.iloc[0]["best_valid_loss"] == results.trials["best_valid_loss"].min()
     assert len(results.best(100)) == 5  # t5 errored before its first epoch
+    with pytest.raises(ValueError, match="best\\(k\\) needs k >= 1, but got k=0"):
+        results.best(0)
 
 
 def test_best_honours_the_manifest_mode(tmp_path: Path) -> None:
@@ -106,6 +108,7 @@ def test_best_by_a_metric_the_trials_table_does_not_summarise(search: Path) -> N
     assert best["trial_id"].tolist() == ["t3", "t0"]
     assert best["best_train_loss"].tolist() == pytest.approx([1.6, 1.8])
     assert results.best(1, metric="valid_accuracy").iloc[0]["trial_id"] == "t3"  # accuracy: the highest wins
+    assert results.best(2, metric="epochs_completed")["epochs_completed"].tolist() == [4, 4]  # the most wins
 
 
 def test_unknown_metric_lists_the_choices(search: Path) -> None:
