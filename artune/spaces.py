@@ -1030,13 +1030,13 @@ def _duration(seconds: float) -> str:
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from 900, '900', '90s', '15m' or '1.5h'; ValueError unless positive and finite."""
+    """Seconds from 900, '900', '1e3', '90s', '15m' or '1.5h'; ValueError unless positive and finite."""
     if isinstance(value, bool):
         raise ValueError(value)
     if isinstance(value, (int, float)):
         seconds = float(value)
     else:
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(value))
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)\s*([smh]?)\s*", str(value))
         if not match:
             raise ValueError(value)
         seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]

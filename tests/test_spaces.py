@@ -375,7 +375,8 @@ def test_overrides_apply_and_revalidate(tmp_path: Path) -> None:
         space.with_overrides(num_sample=3)
 
 
-@pytest.mark.parametrize("written, seconds", [("900", 900.0), ("'90s'", 90.0), ("15m", 900.0), ("1.5h", 5400.0), ("null", None)])
+@pytest.mark.parametrize("written, seconds", [("900", 900.0), ("'90s'", 90.0), ("15m", 900.0), ("1.5h", 5400.0), ("null", None),
+                                              ("1e3", 1000.0), ("'1e3'", 1000.0), ("1.5e1m", 900.0)])
 def test_time_budget_reads_a_duration(tmp_path: Path, written: str, seconds) -> None:
     space = load_space(write(tmp_path, f"search:\n  num_samples: 2\n  time_budget: {written}\n"))
     assert space.settings.time_budget == seconds
