@@ -53,16 +53,24 @@ def shuffled_batches(
     return _windows(tokens, offset, order, batch_size, seq_len)
 
 
-def sequential_batches(tokens: torch.Tensor, batch_size: int, seq_len: int) -> Iterator[Batch]:
+def sequential_batches(
+    tokens: torch.Tensor, batch_size: int, seq_len: int, start: int = 0, whole_only: bool = False,
+) -> Iterator[Batch]:
     """The origin's SequentialDataLoader, batch-first: ``batch_size`` contiguous streams read in step.
 
     Row ``b`` of consecutive batches continues where it left off, so ``x[b]`` of one batch follows
     ``x[b]`` of the previous one in the text. The tail that does not fill the streams is dropped;
-    the last chunk may be shorter than ``seq_len``.
+    the last chunk may be shorter than ``seq_len`` (``whole_only``: it is left out).
+
+    ``start``: the batch the pass begins at; it wraps around to the batches before it, so a pass
+    visits every batch once whatever its start. An epoch capped by ``batches_per_epoch`` starts where
+    the previous one stopped, instead of training on the same first batches every epoch.
     """
     length = len(tokens) // batch_size
     streams = tokens[: length * batch_size].reshape(batch_size, length)  # (B, L)
-    for i in range(0, length - 1, seq_len):
+    begins = range(0, (length - 1) // seq_len * seq_len if whole_only else length - 1, seq_len)
+    start = start % len(begins) if len(begins) else 0
+    for i in [*begins[start:], *begins[:start]]:
         t = min(seq_len, length - 1 - i)
         yield streams[:, i : i + t].long(), streams[:, i + 1 : i + 1 + t].long()
 
@@ -85,10 +93,12 @@ def train_batches(
     seq_len: int,
     generator: torch.Generator,
     with_replacement: bool,
+    start: int = 0,
+    whole_only: bool = False,
 ) -> Iterator[Batch]:
-    """One training epoch under the named loader."""
+    """One training epoch under the named loader (``start``, ``whole_only``: see sequential_batches)."""
     if loader == "shuffled":
         return shuffled_batches(tokens, batch_size, seq_len, generator, with_replacement)
     if loader == "sequential":
-        return sequential_batches(tokens, batch_size, seq_len)
+        return sequential_batches(tokens, batch_size, seq_len, start, whole_only)
     raise ValueError(f"train_loader must be one of shuffled, sequential, but got {loader!r}")

@@ -59,7 +59,7 @@ class TrainConfig:
     lr_min_ratio: float = _doc("where a decaying lr_schedule ends, as a fraction of lr", default=0.1)
     grad_norm_clip: float = _doc("clip the global gradient norm to this value", default=1.0)
     epochs: int = _doc("training epochs (each followed by validation and a sample)", default=10)
-    batches_per_epoch: Optional[int] = _doc("cap on training batches per epoch; none = a full pass", default=None)
+    batches_per_epoch: Optional[int] = _doc("cap on training batches per epoch; none = a full pass (a capped sequential epoch goes on where the last one stopped)", default=None)
     # --- sampling
     prompt: str = _doc("prompt for the greedy sample after each epoch", default="It is")
     prompt_separator: Optional[str] = _doc("joins sampled tokens; none = '' for character, ' ' for basic_english", default=None)

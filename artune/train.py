@@ -254,9 +254,13 @@ class Trainer:
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         c = self.config
+        start = 0
+        if c.train_loader == "sequential" and c.batches_per_epoch is not None:
+            # a capped epoch starts where the one before it stopped: over the epochs, every batch of the split
+            start = self.epoch * c.batches_per_epoch
         batches = train_batches(
             self.train_tokens, c.train_loader, c.batch_size, c.seq_len, self.generator,
-            c.dataloader_shuffle_with_replacement,
+            c.dataloader_shuffle_with_replacement, start=start, whole_only=c.compile,
         )
         for i, batch in enumerate(batches):
             if c.batches_per_epoch is not None and i >= c.batches_per_epoch:

@@ -342,6 +342,17 @@ def test_sequential_last_chunk_may_be_shorter():
     assert all(torch.equal(x[:, 1:], y[:, :-1]) for x, y in batches)
 
 
+@pytest.mark.parametrize("whole_only", [False, True])
+def test_a_sequential_pass_from_any_start_wraps_around_and_visits_every_batch_once(whole_only):
+    tokens = torch.arange(40, dtype=torch.int16)  # streams of 20: chunks of 8, 8 and a shorter 3
+    full = list(sequential_batches(tokens, 2, 8, whole_only=whole_only))
+    assert len(full) == num_sequential_batches(40, 2, 8, whole_only=whole_only) == (2 if whole_only else 3)
+    for start in range(7):
+        batches = list(sequential_batches(tokens, 2, 8, start=start, whole_only=whole_only))
+        expected = full[start % len(full):] + full[: start % len(full)]
+        assert len(batches) == len(full) and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, expected))
+
+
 @pytest.mark.parametrize("loader", ["sequential", "shuffled"])
 def test_valid_batches_are_identical_across_calls_and_cover_the_split(loader):
     tokens, seq_len = torch.arange(500, dtype=torch.int16), 9

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from artune.batches import sequential_batches
 from artune.config import ConfigError, TrainConfig
 from artune.optim import lr_lambda
 from artune.tokenizers import UnknownTokenError
@@ -243,6 +244,22 @@ def test_a_checkpoint_written_through_torch_optim_resumes_exactly(small_text, tm
     (second,) = resumed.fit()
     for key in ("train_loss", "valid_loss", "train_accuracy", "valid_accuracy", "lr", "sample", "tokens_seen"):
         assert second[key] == expected[key], key
+
+
+def test_capped_sequential_epochs_go_on_where_the_last_one_stopped(small_text):
+    """Each capped epoch used to restart at the split's first batch: half of Tiny Shakespeare went unseen."""
+    config = tiny(small_text, train_loader="sequential", batch_size=4, seq_len=16, batches_per_epoch=100, epochs=4)
+    trainer = Trainer(config)
+    one_pass = {x.numpy().tobytes(): i for i, (x, _) in enumerate(sequential_batches(trainer.train_tokens, 4, 16))}
+    full = len(one_pass)
+    seen = []
+    for _ in range(config.epochs):
+        seen.append([one_pass[x.numpy().tobytes()] for x, _ in trainer._batches()])
+        trainer.epoch += 1
+    assert 100 < full < 400 and all(len(epoch) == 100 for epoch in seen)
+    flat = [index for epoch in seen for index in epoch]
+    assert flat == [i % full for i in range(len(flat))]  # each epoch goes on where the last stopped, wrapping at the end
+    assert len(set(flat)) == full  # every batch of the split trained on
 
 
 def test_resume_depends_on_both_restored_random_states(small_text, tmp_path):
