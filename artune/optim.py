@@ -87,6 +87,11 @@ class Adam:
             by_device_dtype.setdefault((p.device, p.dtype), []).append(i)
         self.by_device_dtype = list(by_device_dtype.values())
 
+    @property
+    def last_lr(self) -> float:
+        """The lr of the last step taken (of the first step, before any)."""
+        return self.base_lr * self.schedule(max(self.steps_taken - 1, 0))
+
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None

@@ -237,7 +237,7 @@ class Trainer:
             "valid_accuracy": valid_accuracy,
             "tokens_seen": self.tokens_seen,
             "tokens_per_sec": tokens / train_seconds if train_seconds > 0 else float("nan"),
-            "lr": self.optimizer.lr,
+            "lr": self.optimizer.last_lr,  # of the epoch's last step
             "sample": self.sample(),
         }
         if self.config.is_log_model_params_grads:

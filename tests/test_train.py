@@ -369,8 +369,9 @@ def test_noam_rises_during_warmup_then_decays(small_text):
         step()
 
     trainer.optimizer.step = recording_step
-    trainer.fit()
+    (metrics,) = trainer.fit()
     assert len(used) == steps
+    assert metrics["lr"] == used[-1]  # the metric is the lr the epoch's last step used
     peak = lr * d_model**-0.5 * warmup**-0.5
     assert max(used) == pytest.approx(peak)
     assert used.index(max(used)) == warmup - 1  # the warmup-th step
@@ -410,7 +411,8 @@ def test_the_trainer_plans_the_decay_over_epochs_times_batches(shakespeare_path)
     trainer = Trainer(config)
     assert trainer.total_steps == 10
     history = trainer.fit()
-    assert history[0]["lr"] == pytest.approx(1e-2 * (1 - 5 / 9))
+    # an epoch's lr is its last step's: steps 4 and 9 (0-based) of a decay over steps 0..9
+    assert history[0]["lr"] == pytest.approx(1e-2 * (1 - 4 / 9))
     assert history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
