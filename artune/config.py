@@ -71,7 +71,7 @@ class TrainConfig:
     compile: bool = _doc("torch.compile the model for training (pays off only for long runs; an epoch's partial last batch is skipped, as a new shape would recompile; a process that compiles a new model shape starts torch.compile's caches afresh)", default=False)
     compile_mode: str = _doc("torch.compile's mode, with compile: 'default', 'reduce-overhead' (CUDA graphs: for GPU steps too short to hide their kernel launches, 2x at the origin's shape on an H100), 'max-autotune' or 'max-autotune-no-cudagraphs'", default="default")
     is_save_models: bool = _doc("write a checkpoint after every epoch", default=True)
-    is_log_model_params_grads: bool = _doc("add per-layer parameter and gradient statistics to the metrics", default=False)
+    is_log_model_params_grads: bool = _doc("add per-layer parameter and gradient statistics to the metrics (the epoch's last gradients, before clipping; grad_norm/total is what clipping compared)", default=False)
     is_log_model_activations: bool = _doc("add per-layer activation statistics to the metrics", default=False)
 
     def __post_init__(self) -> None:

@@ -207,6 +207,7 @@ class Trainer:
         self.epoch = 0
         self.tokens_seen = 0
         self._activations: dict[str, torch.Tensor] = {}
+        self._grad_norm: Optional[torch.Tensor] = None  # the last step's gradient norm, before clipping
 
     # --- the loop
 
@@ -290,7 +291,7 @@ class Trainer:
                 loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
             self.optimizer.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
+            self._grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)  # before clipping
             self.optimizer.step()  # and the lr schedule's
             n = y.numel()
             loss_sum += loss.detach() * n
@@ -343,11 +344,17 @@ class Trainer:
     # --- optional diagnostics (off by default: they cost time)
 
     def _param_grad_stats(self) -> Metrics:
+        """Each parameter's norm, and the epoch's last gradients before clipping: ``grad_norm/total``
+        (what clipping compared with grad_norm_clip) and each parameter's share of it."""
         stats: Metrics = {}
+        total = self._grad_norm.item() if self._grad_norm is not None else None
+        unclip = 1.0 if total is None else max(1.0, (total + 1e-6) / self.config.grad_norm_clip)  # clip_grad_norm_'s own scale
+        if total is not None:
+            stats["grad_norm/total"] = total
         for name, p in self.model.named_parameters():
             stats[f"param_norm/{name}"] = p.detach().norm().item()
             if p.grad is not None:
-                stats[f"grad_norm/{name}"] = p.grad.detach().norm().item()
+                stats[f"grad_norm/{name}"] = p.grad.detach().norm().item() * unclip
         return stats
 
     def _activation_hooks(self) -> list:

@@ -482,12 +482,20 @@ def test_log_flags_add_their_statistics(small_text):
     names = [n for n, _ in trainer.model.named_parameters()]
     expected = (
         {f"param_norm/{n}" for n in names}
-        | {f"grad_norm/{n}" for n in names}
+        | {f"grad_norm/{n}" for n in names} | {"grad_norm/total"}
         | {f"activation_{s}/blocks.{i}" for s in ("mean", "std") for i in range(2)}
     )
     assert set(metrics) == METRIC_KEYS | expected
     assert all(math.isfinite(metrics[k]) for k in expected)
     assert metrics["grad_norm/tok_emb.weight"] > 0
+
+
+def test_gradient_statistics_are_taken_before_clipping(small_text):
+    """What clipping compared with grad_norm_clip; after it, no norm could ever exceed the clip."""
+    (metrics,) = Trainer(tiny(small_text, grad_norm_clip=1e-3, is_log_model_params_grads=True)).fit()
+    per_parameter = [v for k, v in metrics.items() if k.startswith("grad_norm/") and k != "grad_norm/total"]
+    assert metrics["grad_norm/total"] > 100 * 1e-3
+    assert math.sqrt(sum(v * v for v in per_parameter)) == pytest.approx(metrics["grad_norm/total"], rel=1e-4)
     # the flags off: none of these keys
     (plain,) = Trainer(tiny(small_text)).fit()
     assert set(plain) == METRIC_KEYS
