@@ -398,7 +398,7 @@ def check_saved_state(tune_path: Path) -> Optional[Path]:
         raise SearchError(
             f"--resume: Ray Tune's saved state {torn} is {what}: the driver was stopped while Tune wrote it, "
             f"and no whole copy of it is left in Tune's staging directories under {ray_temp_dir()} (a cluster started "
-            "with ray start --temp-dir keeps them there: give it as RAY_TMPDIR), so the trials it listed cannot be "
+            "with ray start --temp-dir DIR keeps them in DIR: give RAY_TMPDIR=DIR), so the trials it listed cannot be "
             "continued; the tables keep every result so far, so start the search again under another --name"
         )
     return staged.parent
@@ -434,7 +434,9 @@ def staged_state(state: Path) -> Optional[Path]:
     """
     tune_path = state.parent
     pattern = f"session_*/artifacts/*/{tune_path.name}/driver_artifacts/{state.name}"
-    candidates = sorted(ray_temp_dir().glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+    # RAY_TMPDIR may also name a cluster's `ray start --temp-dir`, which holds its sessions itself (no ray/ below)
+    roots = {ray_temp_dir(), *([Path(os.environ["RAY_TMPDIR"])] if os.environ.get("RAY_TMPDIR") else [])}
+    candidates = sorted((p for root in roots for p in root.glob(pattern)), key=lambda p: p.stat().st_mtime, reverse=True)
     for candidate in candidates:
         if torn_file(candidate) is not None:
             continue
@@ -491,6 +493,9 @@ def check_address(address: str) -> None:
             import grpc  # noqa: F401  (the ray[client] extra)
         except ImportError:
             raise SearchError(f"--address {address}: ray:// needs Ray's client extra: pip install 'ray[client]'") from None
+    if address.startswith(("http://", "https://")):
+        raise SearchError(f"--address {address}: that is the dashboard's address (what ray job submit takes); give the "
+                          "cluster's: HOST:6379, or ray://HOST:10001")
     parsed = urlparse(address if "://" in address else f"tcp://{address}")
     if not parsed.hostname or not parsed.port:
         raise SearchError(f"--address {address!r}: expected HOST:PORT (e.g. 10.0.0.5:6379) or ray://HOST:10001")
@@ -633,7 +638,16 @@ def init_ray(plan: Plan) -> None:
     import ray
 
     if plan.address:
-        ray.init(address=plan.address, logging_level=logging.ERROR, log_to_driver=False)
+        try:
+            ray.init(address=plan.address, logging_level=logging.ERROR, log_to_driver=False)
+        except Exception as exc:  # noqa: BLE001 - whatever Ray raises, the user gets one line and nothing is left
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            hint = ("; a driver must run on a node of the cluster (or go through ray://HOST:10001 or ray job submit)"
+                    if "node info" in str(exc).lower() else
+                    "" if token_auth_enabled() else
+                    "; if the head uses Ray's token authentication, set RAY_AUTH_MODE=token (with the head's "
+                    "token in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
+            raise SearchError(f"--address {plan.address}: Ray could not connect ({type(exc).__name__}: {first}){hint}") from None
         if not token_auth_enabled():
             print(
                 f"warning: connected to {plan.address} with Ray's token authentication off (RAY_AUTH_MODE is not "
@@ -653,6 +667,12 @@ def init_ray(plan: Plan) -> None:
         )
     if resources.get("CPU", 0) < s.cpu:
         raise SearchError(f"cpu: {s.cpu} per trial, but the cluster has {resources.get('CPU', 0):g} CPUs; lower --cpus-per-trial")
+    # A trial runs on one node: the cluster's totals can hold it while no node does (two 1-GPU nodes, 2 GPUs a trial).
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if nodes and not any(n.get("CPU", 0) >= s.cpu and n.get("GPU", 0) >= s.gpu for n in nodes):
+        largest = ", ".join(sorted({f"{n.get('CPU', 0):g} CPUs and {n.get('GPU', 0):g} GPUs" for n in nodes}))
+        raise SearchError(f"resources: {s.cpu:g} CPUs and {s.gpu:g} GPUs per trial, but no node has that much (nodes: "
+                          f"{largest}); a trial runs on one node: lower --cpus-per-trial or --gpus-per-trial")
 
 
 def trial_slots(space: SearchSpace, resources: dict[str, float]) -> int:

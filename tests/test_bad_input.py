@@ -85,6 +85,8 @@ OPTIONS = {
     "--time-budget 0": ["argument --time-budget: expected a positive duration", "'0'", "--help"],
     "--num-samples abc": ["argument --num-samples: invalid int value: 'abc'", "--help"],
     "--bogus": ["unrecognized arguments: --bogus", "(see python -m artune.search --help)"],
+    # what RAY_ADDRESS holds for the jobs CLI: Ray failed on it after seconds, with a traceback
+    "--address http://127.0.0.1:8265": ["--address http://127.0.0.1:8265: that is the dashboard's address", "HOST:6379"],
 }
 
 NAMES = {

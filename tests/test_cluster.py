@@ -33,3 +33,17 @@ def test_search_on_a_two_node_cluster_through_address(cluster, tmp_path, shakesp
     results = load(tmp_path / "cluster")
     assert len(results.trials) == 2
     assert set(results.trials["status"]) <= {"completed", "stopped"}
+
+
+@pytest.mark.slow
+def test_a_trial_larger_than_every_node_is_refused_though_the_cluster_totals_hold_it(cluster, tmp_path, shakespeare_path):
+    """Two 1-CPU nodes hold 2 CPUs, but a 2-CPU trial would wait for ever: it runs on one node."""
+    result = cli(
+        str(SMOKE), "--address", cluster.address, "--results-dir", str(tmp_path), "--name", "big",
+        "--data", str(shakespeare_path), "--cpus-per-trial", "2",
+    )
+    assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: resources: 2 CPUs and 0 GPUs per trial, but no node has that much (nodes: 1 CPUs and 0 GPUs)"), last
+    assert not (tmp_path / "big").exists()

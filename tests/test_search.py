@@ -326,6 +326,15 @@ def test_resume_plans_to_restore_an_empty_saved_state_from_tunes_staging_copy(tm
     assert (directory / "tune" / "experiment_state-2026-01-01_00-01-00.json").read_text() == ""  # a dry run writes nothing
 
 
+def test_resume_finds_the_staging_copy_of_a_cluster_started_with_its_own_temp_dir(tmp_path):
+    """`ray start --temp-dir DIR` keeps its sessions in DIR itself; RAY_TMPDIR=DIR (no ray/ below) names it."""
+    torn_search(tmp_path, staged_trial="a1b2c3d4")
+    result = cli("--resume", "--name", "torn", "--results-dir", str(tmp_path / "r"), "--dry-run", timeout=60,
+                 env={"RAY_TMPDIR": str(tmp_path / "ray")})
+    assert result.returncode == 0, result.stderr
+    assert "restores Ray Tune's saved state" in result.stdout
+
+
 def test_resume_ignores_a_staging_copy_of_another_search(tmp_path):
     """A state of the same name and second, staged by a search none of whose trials are this one's."""
     torn_search(tmp_path, staged_trial="ffffffff")
