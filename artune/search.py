@@ -670,9 +670,9 @@ def init_ray(plan: Plan) -> None:
     # A trial runs on one node: the cluster's totals can hold it while no node does (two 1-GPU nodes, 2 GPUs a trial).
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     if nodes and not any(n.get("CPU", 0) >= s.cpu and n.get("GPU", 0) >= s.gpu for n in nodes):
-        largest = ", ".join(sorted({f"{n.get('CPU', 0):g} CPUs and {n.get('GPU', 0):g} GPUs" for n in nodes}))
+        shapes = ", ".join(sorted({f"{n.get('CPU', 0):g} CPUs and {n.get('GPU', 0):g} GPUs" for n in nodes}))
         raise SearchError(f"resources: {s.cpu:g} CPUs and {s.gpu:g} GPUs per trial, but no node has that much (nodes: "
-                          f"{largest}); a trial runs on one node: lower --cpus-per-trial or --gpus-per-trial")
+                          f"{shapes}); a trial runs on one node: lower --cpus-per-trial or --gpus-per-trial")
 
 
 def trial_slots(space: SearchSpace, resources: dict[str, float]) -> int:
