@@ -76,7 +76,6 @@ class Adam:
         self.kernel = torch._fused_adamw_ if decoupled_weight_decay else torch._fused_adam_
         self.schedule = schedule
         self.steps_taken = 0
-        self.lr = lr * schedule(0)
         self.exp_avgs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
         self.exp_avg_sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
         # Per parameter, as torch.optim keeps them.
@@ -86,6 +85,11 @@ class Adam:
         for i, p in enumerate(self.params):
             by_device_dtype.setdefault((p.device, p.dtype), []).append(i)
         self.by_device_dtype = list(by_device_dtype.values())
+
+    @property
+    def lr(self) -> float:
+        """The lr of the next step."""
+        return self.base_lr * self.schedule(self.steps_taken)
 
     @property
     def last_lr(self) -> float:
@@ -112,7 +116,6 @@ class Adam:
                 eps=self.eps, maximize=False, grad_scale=None, found_inf=None,
             )
         self.steps_taken += 1
-        self.lr = self.base_lr * self.schedule(self.steps_taken)
 
     # --- checkpoints
 
@@ -146,7 +149,6 @@ class Adam:
             self.exp_avgs[i].copy_(saved["exp_avg"])
             self.exp_avg_sqs[i].copy_(saved["exp_avg_sq"])
         self.steps_taken = int(state_dict["steps_taken"])
-        self.lr = self.base_lr * self.schedule(self.steps_taken)
 
 
 def make_optimizer(config: TrainConfig, params: Iterable[torch.nn.Parameter], total_steps: int) -> Adam:

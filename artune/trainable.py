@@ -22,6 +22,7 @@ from ray import tune
 
 from artune.config import TrainConfig
 from artune.data import Corpus
+from artune.spaces import METRICS
 
 if TYPE_CHECKING:
     import torch
@@ -206,9 +207,7 @@ def train_fn(
         # A diverged trial is a result, not a fault: report it once (no checkpoint of the broken
         # weights) and end normally, so Tune spends no retry on it.
         # Every metric a search can rank by is there, NaN: the searcher reads the search's metric from each result.
-        nan = float("nan")
-        metrics = {"epoch": trainer.epoch + 1, "diverged": True, "error": str(exc), "train_loss": nan, "valid_loss": nan,
-                   "train_accuracy": nan, "valid_accuracy": nan, "tokens_per_sec": nan}
+        metrics = {"epoch": trainer.epoch + 1, "diverged": True, "error": str(exc), **dict.fromkeys(METRICS, float("nan"))}
         if in_tune:
             tune.report(metrics)
             return None
