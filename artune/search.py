@@ -29,7 +29,7 @@ import warnings
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 from urllib.parse import urlparse
 
 from artune import LOADED_AT, ArgumentParser, __version__, stdout_closed
@@ -48,6 +48,7 @@ SPACE_COPY = "space.yaml"
 LOCK_FILE = ".lock"
 TUNE_DIR = "tune"
 CONNECT_TIMEOUT_S = 5.0
+NODE_LOOKUP_S = 10.0  # a local raylet not in the GCS by then: Ray's own lookup takes over (30 s more, then its error)
 MAX_FAILURES = 2  # retries of a trial that raised, each from its last checkpoint
 BUDGET_END_S = 2.0  # of a time budget, kept for the end: Tune's, the final tables, Ray's shutdown
 OVERRIDE_FLAGS = {"num_samples": "--num-samples", "max_concurrent": "--max-concurrent", "cpu": "--cpus-per-trial",
@@ -657,7 +658,8 @@ def init_ray(plan: Plan) -> None:
     else:
         # A private local instance ("local": never a cluster that `ray start` left running here),
         # on loopback only (see keep_ray_on_loopback), no dashboard.
-        ray.init(address="local", include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+        with quick_node_lookup():
+            ray.init(address="local", include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     resources = ray.cluster_resources()
     s = plan.space.settings
     if s.gpu > 0 and resources.get("GPU", 0) < s.gpu:
@@ -673,6 +675,69 @@ def init_ray(plan: Plan) -> None:
         shapes = ", ".join(sorted({f"{n.get('CPU', 0):g} CPUs and {n.get('GPU', 0):g} GPUs" for n in nodes}))
         raise SearchError(f"resources: {s.cpu:g} CPUs and {s.gpu:g} GPUs per trial, but no node has that much (nodes: "
                           f"{shapes}); a trial runs on one node: lower --cpus-per-trial or --gpus-per-trial")
+
+
+@contextlib.contextmanager
+def quick_node_lookup() -> Iterator[None]:
+    """``ray.init`` of a local instance, up to a second sooner: the new node is looked up every 20 ms.
+
+    Once it has started the raylet, ``ray.init`` looks the new node up in the GCS (0.1 s later), and
+    Ray's lookup (``GlobalStateAccessor::GetNode``) sleeps a whole second between tries: a raylet
+    that registers 0.7 s in is found 1.1 s in, one that registers at 1.2 s, 2.1 s in. Here the node
+    table is read every 20 ms first, so Ray's own lookup, run after it as before, finds the node at
+    its first try. Anything unexpected in Ray's private modules leaves the lookup to Ray alone.
+    """
+    try:
+        from ray._private import services, state
+
+        lookup, client_options = services.get_node, services._get_gcs_client_options
+    except (ImportError, AttributeError):
+        yield
+        return
+
+    def get_node(*args: Any, **kwargs: Any) -> Any:
+        try:
+            gcs_address, node_id = args[:2]
+            table = state.GlobalState()
+            table._initialize_global_state(client_options(gcs_address))
+            try:
+                give_up = time.monotonic() + NODE_LOOKUP_S
+                while not any(n.get("NodeID") == node_id and n.get("Alive") for n in table.node_table()):
+                    if time.monotonic() > give_up:
+                        break
+                    time.sleep(0.02)
+            finally:
+                table.disconnect()
+        except Exception:  # noqa: BLE001 - Ray's own lookup below still runs, and reports what is wrong
+            pass
+        return lookup(*args, **kwargs)
+
+    services.get_node = get_node
+    try:
+        yield
+    finally:
+        services.get_node = lookup
+
+
+def stop_ray() -> None:
+    """``ray.shutdown()``, a second sooner; a no-op where Ray was never imported or started.
+
+    Ray's shutdown stops the GCS before the autoscaler monitor of a local instance, and the monitor's
+    SIGTERM handler then waits on that GCS until Ray kills it after a 1-s grace. The monitor has
+    nothing to save for a local instance, so it goes first, killed (``Node.kill_monitor``, the
+    call Ray's own tests use). A driver connected to a cluster started no processes: nothing to
+    kill there. Anything unexpected in Ray's private node object leaves Ray's own shutdown to it.
+    """
+    ray = sys.modules.get("ray")
+    if ray is None:
+        return
+    try:
+        node = ray._private.worker._global_node
+        if node is not None and node.head:
+            node.kill_monitor(check_alive=False)
+    except Exception:  # noqa: BLE001 - only a second is at stake; ray.shutdown below does the rest
+        pass
+    ray.shutdown()
 
 
 def trial_slots(space: SearchSpace, resources: dict[str, float]) -> int:
@@ -1132,8 +1197,7 @@ def _run_locked(plan: Plan, corpus: Any) -> int:
     finally:
         if study is not None:
             wait([study])  # where ray.init failed, the study's thread ends before the caller cleans up
-        if "ray" in sys.modules:
-            sys.modules["ray"].shutdown()  # a no-op where ray.init never ran or failed
+        stop_ray()  # a no-op where ray.init never ran or failed
     if interrupted:
         print(
             f"interrupted: {interrupted} trial(s) unfinished; the tables hold every result so far; "
@@ -1189,8 +1253,7 @@ def cli() -> None:
     own teardown of torch, Ray's core worker and gRPC would take about 1.7 s more on a 2-core machine.
     """
     code = main(started=LOADED_AT)  # the imports of this process count against a time budget too
-    if "ray" in sys.modules:  # whatever path main left by, the local Ray instance goes with it (no-op if none)
-        sys.modules["ray"].shutdown()
+    stop_ray()  # whatever path main left by, the local Ray instance goes with it (no-op if none)
     try:
         sys.stdout.flush()
     except BrokenPipeError:  # the last lines' reader went away
