@@ -55,7 +55,7 @@ class TrainConfig:
     lr: float = _doc("learning rate (for noam: the multiplier of its schedule)", default=1e-3)
     weight_decay: float = _doc("weight decay (decoupled for adamw)", default=0.0)
     warmup: int = _doc("linear warm-up steps (noam: its warm-up, must be > 0)", default=0)
-    lr_schedule: str = _doc("'constant' (origin), or 'cosine'/'linear' decay from lr to lr * lr_min_ratio over the run's planned steps (epochs x batches per epoch)", default="constant")
+    lr_schedule: str = _doc("'constant' (origin), or 'cosine'/'linear' decay from lr to lr * lr_min_ratio over the run's planned steps (epochs x batches per epoch; under a search's time budget, the whole epochs that fit in it, if fewer)", default="constant")
     lr_min_ratio: float = _doc("where a decaying lr_schedule ends, as a fraction of lr", default=0.1)
     grad_norm_clip: float = _doc("clip the global gradient norm to this value", default=1.0)
     epochs: int = _doc("training epochs (each followed by validation and a sample)", default=10)

@@ -22,7 +22,7 @@ from artune.config import ConfigError, TrainConfig
 from artune.batches import train_batches, valid_batches
 from artune.data import Corpus, check_fits, load_corpus, num_sequential_batches, num_shuffled_batches
 from artune.models import GPT, ModelConfig
-from artune.optim import make_optimizer
+from artune.optim import lr_lambda, make_optimizer
 from artune.tokenizers import get_tokenizer
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -206,6 +206,7 @@ class Trainer:
         self.valid_tokens = torch.tensor(self.corpus.valid, device=self.device)
         self.epoch = 0
         self.tokens_seen = 0
+        self.epoch_seconds: Optional[float] = None  # the last epoch's, for the pace under a deadline (checkpointed)
         self._activations: dict[str, torch.Tensor] = {}
         self._grad_norm: Optional[torch.Tensor] = None  # the last step's gradient norm, before clipping
 
@@ -216,6 +217,8 @@ class Trainer:
         passed; the epochs finished (and passed to ``callback``) before it are returned."""
         history = []
         while self.epoch < self.config.epochs:
+            if deadline is not None and self.epoch_seconds is not None:
+                self.fit_schedule_to(deadline, self.epoch_seconds)
             try:
                 metrics = self.run_epoch(deadline)
             except DeadlineReached:
@@ -224,6 +227,27 @@ class Trainer:
             if callback is not None:
                 callback(metrics)
         return history
+
+    def fit_schedule_to(self, deadline: float, epoch_seconds: float) -> None:
+        """End a decaying lr schedule that would outlast ``deadline`` with the last epoch before it.
+
+        Under a search's time budget a trial planned for more epochs than the budget leaves it
+        would be cut with its lr still high, and a decay that never finished is most of what a
+        decay gives. Before each epoch, the whole epochs that fit (at the last epoch's pace, which
+        a checkpoint keeps, so a trial resumed in a new process fits its first epoch too), at most
+        ``epochs``, set the schedule's end: it is planned again over that many epochs, from the
+        steps already taken. The pace is measured anew each epoch, so the plan follows it (a first
+        epoch slower than the rest planned one or two epochs short). A constant schedule and Noam
+        have no end to move.
+        """
+        c = self.config
+        if c.optimizer == "noam" or c.lr_schedule == "constant" or epoch_seconds <= 0:
+            return
+        fit = self.epoch + max(1, int((deadline - time.time()) // epoch_seconds))
+        total = min(c.epochs, fit) * steps_per_epoch(c, len(self.corpus.train))
+        if total != self.total_steps:
+            self.total_steps = total
+            self.optimizer.schedule = lr_lambda(c, total)
 
     def run_epoch(self, deadline: Optional[float] = None) -> Metrics:
         start = time.perf_counter()
@@ -245,7 +269,7 @@ class Trainer:
             metrics.update(self._param_grad_stats())
         if self.config.is_log_model_activations:
             metrics.update(self._activation_stats())
-        metrics["seconds"] = time.perf_counter() - start
+        metrics["seconds"] = self.epoch_seconds = time.perf_counter() - start
         return metrics
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -389,6 +413,7 @@ class Trainer:
             "corpus_sha256": self.corpus.sha256,
             "epoch": self.epoch,
             "tokens_seen": self.tokens_seen,
+            "epoch_seconds": self.epoch_seconds,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": rng,
@@ -426,6 +451,7 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
         self.epoch = int(state["epoch"])
         self.tokens_seen = int(state["tokens_seen"])
+        self.epoch_seconds = state.get("epoch_seconds")
 
     def save_checkpoint(self, directory: str | os.PathLike) -> Path:
         """Write ``checkpoint.pt`` atomically: a crash mid-write leaves the previous file intact."""

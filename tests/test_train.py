@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -414,6 +415,44 @@ def test_the_trainer_plans_the_decay_over_epochs_times_batches(shakespeare_path)
     # an epoch's lr is its last step's: steps 4 and 9 (0-based) of a decay over steps 0..9
     assert history[0]["lr"] == pytest.approx(1e-2 * (1 - 4 / 9))
     assert history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_decay_that_would_outlast_the_deadline_is_planned_to_end_there(small_text):
+    trainer = Trainer(tiny(small_text, epochs=10, lr_schedule="linear", lr_min_ratio=0.0))
+    assert trainer.total_steps == 60
+    trainer.fit_schedule_to(time.time() + 3.5, epoch_seconds=1.0)  # 3 whole epochs fit
+    assert trainer.total_steps == 18 and trainer.optimizer.schedule(17) == 0.0
+    trainer.fit_schedule_to(time.time() + 5.5, epoch_seconds=1.0)  # the pace was faster: 5 fit after all
+    assert trainer.total_steps == 30
+    trainer.fit_schedule_to(time.time() + 100, epoch_seconds=1.0)  # never past the planned epochs
+    assert trainer.total_steps == 60
+    trainer.fit_schedule_to(time.time() - 5, epoch_seconds=1.0)  # past: the epoch about to run is the last
+    assert trainer.total_steps == 6
+    constant = Trainer(tiny(small_text, epochs=10, lr_schedule="constant"))  # no end to move
+    constant.fit_schedule_to(time.time() + 3.5, epoch_seconds=1.0)
+    assert constant.total_steps == 60
+
+
+def test_a_trial_cut_by_its_deadline_ends_with_its_lr_decayed(small_text):
+    """Planned for 1,000 epochs with 3 s to train: the cosine decay still reaches (nearly) its floor."""
+    trainer = Trainer(tiny(small_text, epochs=1000, lr_schedule="cosine", lr_min_ratio=0.1, sample_tokens=0))
+    history = trainer.fit(deadline=time.time() + 3)
+    lrs = [m["lr"] for m in history]
+    assert len(history) >= 5 and lrs[0] > 0.9 * 3e-3
+    assert lrs[-1] < 0.35 * 3e-3  # without the deadline's plan: still 0.99 of lr
+
+
+def test_a_resumed_trial_fits_its_first_epoch_to_the_deadline_at_the_pace_its_checkpoint_kept(small_text, tmp_path):
+    config = tiny(small_text, epochs=10, lr_schedule="linear", lr_min_ratio=0.0, sample_tokens=0)
+    first = Trainer(config)
+    first.run_epoch()
+    path = first.save_checkpoint(tmp_path)
+    resumed = Trainer(config)
+    resumed.load_checkpoint(path)
+    assert resumed.epoch_seconds == first.epoch_seconds > 0
+    plans = []  # the schedule's planned steps as each epoch ends: 10 epochs of 6 steps unless fitted
+    resumed.fit(lambda metrics: plans.append(resumed.total_steps), deadline=time.time() + 3.5 * resumed.epoch_seconds)
+    assert plans and plans[0] in (18, 24)  # fitted before its first epoch: 3 more epochs fit, 2 if that one ran slow
 
 
 def test_noam_refuses_a_second_schedule():
