@@ -196,7 +196,8 @@ class Trainer:
         if config.compile:
             _compile_afresh_for_a_new_shape((shape, config.batch_size, config.seq_len, config.compile_mode, self.device, self.autocast_dtype))
             self.forward = torch.compile(self.model, mode=config.compile_mode)
-        self.total_steps = config.epochs * steps_per_epoch(config, len(self.corpus.train))
+        self.epoch_steps = steps_per_epoch(config, len(self.corpus.train))
+        self.total_steps = config.epochs * self.epoch_steps
         self.optimizer = make_optimizer(config, self.model.parameters(), self.total_steps)
         # The batch order has its own generator, so it is the same whatever else draws random numbers.
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -244,7 +245,7 @@ class Trainer:
         if c.optimizer == "noam" or c.lr_schedule == "constant" or epoch_seconds <= 0:
             return
         fit = self.epoch + max(1, int((deadline - time.time()) // epoch_seconds))
-        total = min(c.epochs, fit) * steps_per_epoch(c, len(self.corpus.train))
+        total = min(c.epochs, fit) * self.epoch_steps
         if total != self.total_steps:
             self.total_steps = total
             self.optimizer.schedule = lr_lambda(c, total)
