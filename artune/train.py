@@ -38,6 +38,10 @@ RESUME_MUST_MATCH = (
 # How often (in steps) the training loop looks for a non-finite loss. Each look is a host sync,
 # so it is not done every step; a diverged run still stops within this many steps.
 DIVERGENCE_CHECK_EVERY = 32
+# Under a deadline, a decay's plan is lengthened only when the longer plan fits with this much of an
+# epoch to spare: where the deadline falls near the end of an epoch, the pace's jitter would otherwise
+# move the plan's end back and forth between two epochs, its lr up and down with it.
+LENGTHEN_MARGIN = 0.25
 
 Metrics = dict[str, Any]
 
@@ -238,13 +242,18 @@ class Trainer:
         a checkpoint keeps, so a trial resumed in a new process fits its first epoch too), at most
         ``epochs``, set the schedule's end: it is planned again over that many epochs, from the
         steps already taken. The pace is measured anew each epoch, so the plan follows it (a first
-        epoch slower than the rest planned one or two epochs short). A constant schedule and Noam
-        have no end to move.
+        epoch slower than the rest planned one or two epochs short): it is shortened as soon as it
+        no longer fits, and lengthened only when the longer plan fits with ``LENGTHEN_MARGIN`` of
+        an epoch to spare. A constant schedule and Noam have no end to move.
         """
         c = self.config
         if c.optimizer == "noam" or c.lr_schedule == "constant" or epoch_seconds <= 0:
             return
-        fit = self.epoch + max(1, int((deadline - time.time()) // epoch_seconds))
+        room = max(0.0, (deadline - time.time()) / epoch_seconds)  # the epochs' worth of time left
+        fit = self.epoch + max(1, int(room))
+        planned = self.total_steps // self.epoch_steps
+        if fit > planned:
+            fit = max(planned, self.epoch + max(1, int(room - LENGTHEN_MARGIN)))
         total = min(c.epochs, fit) * self.epoch_steps
         if total != self.total_steps:
             self.total_steps = total

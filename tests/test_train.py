@@ -433,6 +433,22 @@ def test_a_decay_that_would_outlast_the_deadline_is_planned_to_end_there(small_t
     assert constant.total_steps == 60
 
 
+def test_a_deadline_near_an_epochs_end_does_not_move_the_plan_back_and_forth(small_text):
+    """Each epoch the pace jitters: where the deadline falls near the end of an epoch, the plan is
+    shortened when the last epoch would not fit, and lengthened again only with a margin."""
+    trainer = Trainer(tiny(small_text, epochs=10, lr_schedule="linear", lr_min_ratio=0.0))
+    trainer.fit_schedule_to(time.time() + 3.95, epoch_seconds=1.0)  # 3 epochs fit, not 4
+    assert trainer.total_steps == 18
+    trainer.fit_schedule_to(time.time() + 4.1, epoch_seconds=1.0)  # 4 would fit, barely: kept at 3
+    assert trainer.total_steps == 18
+    trainer.fit_schedule_to(time.time() + 3.9, epoch_seconds=1.0)
+    assert trainer.total_steps == 18
+    trainer.fit_schedule_to(time.time() + 4.5, epoch_seconds=1.0)  # 4 fit with a quarter epoch to spare
+    assert trainer.total_steps == 24
+    trainer.fit_schedule_to(time.time() + 3.99, epoch_seconds=1.0)  # the fourth no longer fits: shortened at once
+    assert trainer.total_steps == 18
+
+
 def test_a_trial_cut_by_its_deadline_ends_with_its_lr_decayed(small_text):
     """Planned for 1,000 epochs with 3 s to train: the cosine decay still reaches (nearly) its floor."""
     trainer = Trainer(tiny(small_text, epochs=1000, lr_schedule="cosine", lr_min_ratio=0.1, sample_tokens=0))
