@@ -23,26 +23,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from artune.config import ConfigError
+from artune.search import SearchError, parse_sets
+from artune.spaces import SpaceError, load_space
+
 REPO = Path(__file__).resolve().parent.parent
 
 
-def pairs(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"error: {item!r} is not key=value")
-        out[key] = value
-    return out
-
-
 def config_of(space_path: str, updates: dict[str, str]) -> dict[str, Any]:
-    from artune.spaces import load_space
-
+    """The trial's knobs: the space file's fixed ones and epochs, with ``updates`` (``--set``'s) applied."""
     space = load_space(space_path).with_fixed(updates)
     missing = sorted(set(space.params) - set(updates))
     if missing:
-        raise SystemExit(f"error: the trial needs a value for each searched knob: --set {' --set '.join(k + '=...' for k in missing)}")
+        raise SpaceError(f"the trial needs a value for each searched knob: --set {' --set '.join(k + '=...' for k in missing)}")
     return {**space.fixed, "epochs": space.settings.epochs, "is_save_models": False}
 
 
@@ -75,8 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         train(json.loads(args.child[0]), float(args.child[1]), args.child[2])
         return 0
-    common = pairs(args.set)
-    sides = {"a": config_of(args.space, {**common, **pairs(args.a)}), "b": config_of(args.space, {**common, **pairs(args.b)})}
+    try:  # a bad knob or value is one line, as in the CLIs, before either side starts
+        common, own = parse_sets(args.set), {"a": parse_sets(args.a), "b": parse_sets(args.b)}
+        sides = {name: config_of(args.space, {**common, **own[name]}) for name in own}
+    except (SearchError, SpaceError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     deadline = time.time() + args.seconds
     procs = {
         name: subprocess.Popen(
@@ -96,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}  epoch {m['epoch']:>3}  train_loss {m['train_loss']:.4f}  valid_loss {m['valid_loss']:.4f}  "
                   f"{m['tokens_per_sec']:,.0f} tok/s  lr {m['lr']:.2e}")
     for name in sides:
-        changed = {**common, **pairs(getattr(args, name))}
+        changed = {**common, **own[name]}
         best = min((m["valid_loss"] for m in epochs[name]), default=float("nan"))
         print(f"side {name} ({' '.join(f'{k}={v}' for k, v in changed.items())}): best valid_loss {best:.4f} "
               f"after {len(epochs[name])} epochs")

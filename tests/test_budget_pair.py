@@ -45,4 +45,9 @@ def test_two_sides_train_to_one_deadline_with_their_decay_fitted_to_it(tmp_path,
 
 def test_a_searched_knob_left_open_is_one_line(tmp_path, shakespeare_path):
     result = run(["--seconds", "1", "--set", "d_model=16"], tmp_path, shakespeare_path)
-    assert result.returncode == 1 and result.stderr.strip() == "error: the trial needs a value for each searched knob: --set lr=..."
+    assert result.returncode == 2 and result.stderr.strip() == "error: the trial needs a value for each searched knob: --set lr=..."
+
+
+def test_an_unknown_knob_is_one_line(tmp_path, shakespeare_path):
+    result = run(["--seconds", "1", "--set", "d_model=16", "--set", "lr=3e-3", "--a", "d_modle=32"], tmp_path, shakespeare_path)
+    assert result.returncode == 2 and result.stderr.startswith("error: --set d_modle: ") and "\n" not in result.stderr.strip()
