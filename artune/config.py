@@ -54,6 +54,7 @@ class TrainConfig:
     optimizer: str = _doc("'adam' (origin), 'adamw' or 'noam' (warm-up then step**-0.5, scaled by d_model**-0.5)", default="adam")
     lr: float = _doc("learning rate (for noam: the multiplier of its schedule)", default=1e-3)
     weight_decay: float = _doc("weight decay (decoupled for adamw)", default=0.0)
+    adam_beta2: Optional[float] = _doc("Adam's second-moment decay (beta2); none = 0.999 (0.98 for noam)", default=None)
     warmup: int = _doc("linear warm-up steps (noam: its warm-up, must be > 0)", default=0)
     lr_schedule: str = _doc("'constant' (origin), or 'cosine'/'linear' decay from lr to lr * lr_min_ratio over the run's planned steps (epochs x batches per epoch; under a search's time budget, the whole epochs that fit in it, if fewer)", default="constant")
     lr_min_ratio: float = _doc("where a decaying lr_schedule ends, as a fraction of lr", default=0.1)
@@ -127,6 +128,7 @@ KNOWN_AS = {
     "block_size": "seq_len", "context_length": "seq_len", "max_seq_len": "seq_len",
     "grad_clip": "grad_norm_clip", "max_grad_norm": "grad_norm_clip", "clip_grad_norm": "grad_norm_clip",
     "intermediate_size": "d_ff", "warmup_steps": "warmup", "warmup_iters": "warmup",
+    "beta2": "adam_beta2", "adam_beta_2": "adam_beta2",
 }
 
 
@@ -248,6 +250,10 @@ def validation_errors(config: TrainConfig) -> list[str]:
     check(
         math.isfinite(config.lr_min_ratio) and 0.0 <= config.lr_min_ratio <= 1.0,
         f"0 <= lr_min_ratio <= 1 must hold, but got lr_min_ratio={config.lr_min_ratio}",
+    )
+    check(
+        config.adam_beta2 is None or (math.isfinite(config.adam_beta2) and 0.0 <= config.adam_beta2 < 1.0),
+        f"0 <= adam_beta2 < 1 must hold (or none), but got adam_beta2={config.adam_beta2}",
     )
     check(0.0 <= config.dropout < 1.0, f"0 <= dropout < 1 must hold, but got dropout={config.dropout}")
     check(bool(config.dataset.strip()), "dataset must name 'tiny_shakespeare' or a text file, but got ''")

@@ -159,8 +159,9 @@ def make_optimizer(config: TrainConfig, params: Iterable[torch.nn.Parameter], to
     is 1.04-1.06x faster per small-shape training step (bench trainer).
     """
     schedule = lr_lambda(config, total_steps)
+    beta2 = config.adam_beta2 if config.adam_beta2 is not None else 0.98 if config.optimizer == "noam" else 0.999
+    betas = (0.9, beta2)
     if config.optimizer == "adamw":
-        return Adam(params, lr=config.lr, weight_decay=config.weight_decay, decoupled_weight_decay=True, schedule=schedule)
+        return Adam(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay, decoupled_weight_decay=True, schedule=schedule)
     # 'adam' as in the origin, and 'noam' (Adam with the Noam schedule)
-    betas = (0.9, 0.98) if config.optimizer == "noam" else (0.9, 0.999)
     return Adam(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay, schedule=schedule)

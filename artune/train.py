@@ -32,8 +32,8 @@ CHECKPOINT_FORMAT = 1
 # its sample and its logging may change.
 RESUME_MUST_MATCH = (
     "tokenizer", "seq_len", "batch_size", "train_loader", "dataloader_shuffle_with_replacement", "d_model", "n_layers",
-    "n_heads", "d_ff", "dropout", "optimizer", "lr", "weight_decay", "warmup", "lr_schedule", "lr_min_ratio",
-    "grad_norm_clip", "seed",
+    "n_heads", "d_ff", "dropout", "optimizer", "lr", "weight_decay", "adam_beta2", "warmup", "lr_schedule",
+    "lr_min_ratio", "grad_norm_clip", "seed",
 )
 # How often (in steps) the training loop looks for a non-finite loss. Each look is a host sync,
 # so it is not done every step; a diverged run still stops within this many steps.

@@ -63,7 +63,8 @@ def test_unknown_key_suggests_the_close_field():
 
 
 @pytest.mark.parametrize(("other", "ours"), [("learning_rate", "lr"), ("n_embd", "d_model"), ("block_size", "seq_len"),
-                                             ("n_layer", "n_layers"), ("grad_clip", "grad_norm_clip")])
+                                             ("n_layer", "n_layers"), ("grad_clip", "grad_norm_clip"),
+                                             ("beta2", "adam_beta2")])
 def test_an_unknown_key_that_another_trainer_uses_suggests_artunes_name(other, ours):
     with pytest.raises(ConfigError, match=re.escape(f"unknown key '{other}' (did you mean '{ours}'?)")):
         TrainConfig.from_dict({other: 1})
@@ -113,6 +114,9 @@ def test_every_unknown_key_is_reported():
         ({"lr_schedule": "cosin"}, "lr_schedule", "did you mean 'cosine'"),
         ({"lr_min_ratio": 1.5}, "lr_min_ratio", "1.5"),
         ({"lr_min_ratio": -0.1}, "lr_min_ratio", "-0.1"),
+        ({"adam_beta2": 1.0}, "adam_beta2", "1.0"),
+        ({"adam_beta2": -0.5}, "adam_beta2", "-0.5"),
+        ({"adam_beta2": math.nan}, "adam_beta2", "nan"),
     ],
 )
 def test_bad_value_names_field_and_value(values, field, shown):

@@ -14,17 +14,19 @@ CONFIGS = {
     "adam": TrainConfig(optimizer="adam", lr=3e-3, weight_decay=0.1, warmup=3, lr_schedule="cosine", lr_min_ratio=0.1),
     "adamw": TrainConfig(optimizer="adamw", lr=3e-3, weight_decay=0.1, warmup=3, lr_schedule="linear"),
     "noam": TrainConfig(optimizer="noam", lr=1.0, warmup=4),
+    "adamw-beta2": TrainConfig(optimizer="adamw", lr=3e-3, weight_decay=0.1, adam_beta2=0.95, warmup=3, lr_schedule="cosine"),
+    "noam-beta2": TrainConfig(optimizer="noam", lr=1.0, adam_beta2=0.99, warmup=4),
 }
 STEPS = 12
 
 
 def torch_optimizer(config: TrainConfig, model: torch.nn.Module, total_steps: int):
     """What artune's trainer used before: torch.optim's fused Adam/AdamW with a LambdaLR."""
+    beta2 = config.adam_beta2 if config.adam_beta2 is not None else 0.98 if config.optimizer == "noam" else 0.999
     if config.optimizer == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
+        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, beta2), weight_decay=config.weight_decay, fused=True)
     else:
-        betas = (0.9, 0.98) if config.optimizer == "noam" else (0.9, 0.999)
-        opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=betas, weight_decay=config.weight_decay, fused=True)
+        opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, beta2), weight_decay=config.weight_decay, fused=True)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(config, total_steps))
 
 
