@@ -39,7 +39,7 @@ from artune.results import (
     write_json_atomic, write_tables,
 )
 from artune import spaces
-from artune.spaces import SearchSpace, SpaceError, load_space
+from artune.spaces import SearchSpace, SpaceError, load_space, plural
 from artune.study import open_study, storage_url, sync_study, warm_start_storage
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
@@ -1077,7 +1077,7 @@ def summarise(plan: Plan) -> tuple[str, bool]:
         row = best.iloc[0]
         knobs = ", ".join(f"{k}={_fmt(row[k])}" for k in plan.space.params)
         column, _ = results.metric_column()
-        lines.append(f"best trial {row['trial_id']}: {column.replace('_', ' ', 1)} {row[column]:.4f} after {int(row['epochs_completed'])} epochs ({knobs})")
+        lines.append(f"best trial {row['trial_id']}: {column.replace('_', ' ', 1)} {row[column]:.4f} after {plural(int(row['epochs_completed']), 'epoch')} ({knobs})")
         sample = results.epochs[results.epochs.trial_id == row["trial_id"]].sort_values("epoch")["sample"]
         if len(sample):
             lines.append(f"its last sample: {sample.iloc[-1]!r}")
@@ -1221,7 +1221,8 @@ def budget_report(plan: Plan, elapsed: float) -> str:
     lines = [f"time budget {budget:.0f} s: used {elapsed:.0f} s ({elapsed / budget:.0%})"]
     for _, row in trials.sort_values("seconds", ascending=False).iterrows():
         seconds = row["seconds"] if row["seconds"] == row["seconds"] else 0.0
-        lines.append(f"  {row['trial_id']}  {row['status']:<9} {int(row['epochs_completed'])} epochs  {seconds:7.1f} s  ({seconds / budget:.1%} of the budget)")
+        epochs = plural(int(row["epochs_completed"]), "epoch")
+        lines.append(f"  {row['trial_id']}  {row['status']:<9} {epochs:>10}  {seconds:7.1f} s  ({seconds / budget:.1%} of the budget)")
     return "\n".join(lines)
 
 

@@ -404,8 +404,8 @@ class SearchSpace:
         )
         lines = [
             f"search space {self.path} (sha256 {self.text_sha256[:12]})",
-            f"  {_count(s.num_samples, 'trial')}, {slots}; {_num(s.cpu)} cpu + {_num(s.gpu)} gpu per trial; "
-            f"{_count(s.epochs, 'epoch')} each",
+            f"  {plural(s.num_samples, 'trial')}, {slots}; {_num(s.cpu)} cpu + {_num(s.gpu)} gpu per trial; "
+            f"{plural(s.epochs, 'epoch')} each",
             f"  metric {s.metric} ({s.mode}); sampler {s.sampler} (seed {s.seed}); scheduler {scheduler}",
         ]
         if s.time_budget:
@@ -1073,7 +1073,7 @@ def _show(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _count(n: int, noun: str) -> str:
+def plural(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 

@@ -47,4 +47,6 @@ def test_time_budget_ends_the_search_and_reports_the_budget_spent(tmp_path, shak
     assert "of the budget)" in result.stdout and "best trial " in result.stdout
     results = load(tmp_path / "budget")
     assert 0 < len(results.trials) < 50
+    for trial, epochs in zip(results.trials["trial_id"], results.trials["epochs_completed"]):
+        assert f" {trial}  " in result.stdout and f" {int(epochs)} epoch{'' if epochs == 1 else 's'}  " in result.stdout
     assert results.trials["best_valid_loss"].notna().any()
