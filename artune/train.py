@@ -7,6 +7,7 @@ This module never imports Ray: ``artune.trainable`` wraps it for Ray Tune, and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import os
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from artune import ArgumentParser, stdout_closed
-from artune.config import ConfigError, TrainConfig
+from artune.config import FIELDS, ConfigError, TrainConfig
 from artune.batches import train_batches, valid_batches
 from artune.data import Corpus, check_fits, load_corpus, num_sequential_batches, num_shuffled_batches
 from artune.models import GPT, ModelConfig
@@ -201,7 +202,10 @@ class Trainer:
             _compile_afresh_for_a_new_shape((shape, config.batch_size, config.seq_len, config.compile_mode, self.device, self.autocast_dtype))
             self.forward = torch.compile(self.model, mode=config.compile_mode)
         self.epoch_steps = steps_per_epoch(config, len(self.corpus.train))
-        self.total_steps = config.epochs * self.epoch_steps
+        # The lr schedule's plan: epoch E of this run ends at step plan_base[1] + (E - plan_base[0]) * epoch_steps.
+        # (0, 0) but in a run resumed with another epoch size: the epoch and step it resumed at.
+        self.plan_base = (0, 0)
+        self.total_steps = self.steps_at(config.epochs)
         self.optimizer = make_optimizer(config, self.model.parameters(), self.total_steps)
         # The batch order has its own generator, so it is the same whatever else draws random numbers.
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -251,13 +255,20 @@ class Trainer:
             return
         room = max(0.0, (deadline - time.time()) / epoch_seconds)  # the epochs' worth of time left
         fit = self.epoch + max(1, int(room))
-        planned = self.total_steps // self.epoch_steps
+        planned = self.plan_base[0] + (self.total_steps - self.plan_base[1]) // self.epoch_steps
         if fit > planned:
             fit = max(planned, self.epoch + max(1, int(room - LENGTHEN_MARGIN)))
-        total = min(c.epochs, fit) * self.epoch_steps
+        self._plan(self.steps_at(min(c.epochs, fit)))
+
+    def steps_at(self, epoch: int) -> int:
+        """The optimizer steps the schedule plans up to the end of ``epoch``."""
+        base_epoch, base_steps = self.plan_base
+        return base_steps + (epoch - base_epoch) * self.epoch_steps
+
+    def _plan(self, total: int) -> None:
         if total != self.total_steps:
             self.total_steps = total
-            self.optimizer.schedule = lr_lambda(c, total)
+            self.optimizer.schedule = lr_lambda(self.config, total)
 
     def run_epoch(self, deadline: Optional[float] = None) -> Metrics:
         start = time.perf_counter()
@@ -424,6 +435,8 @@ class Trainer:
             "epoch": self.epoch,
             "tokens_seen": self.tokens_seen,
             "epoch_seconds": self.epoch_seconds,
+            "epoch_steps": self.epoch_steps,
+            "plan_base": list(self.plan_base),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": rng,
@@ -441,7 +454,9 @@ class Trainer:
                 f"checkpoint was trained on another corpus (sha256 {state['corpus_sha256'][:12]}, "
                 f"not {self.corpus.source}'s {self.corpus.sha256[:12]})"
             )
-        saved, now = state.get("config", {}), self.config.to_dict()
+        # A knob the checkpoint's settings lack was added since: that run had its default.
+        saved = {**{k: FIELDS[k].default for k in RESUME_MUST_MATCH}, **state["config"]} if "config" in state else {}
+        now = self.config.to_dict()
         differ = [key for key in RESUME_MUST_MATCH if key in saved and saved[key] != now[key]]
         if differ:
             raise CheckpointError(
@@ -462,6 +477,23 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.tokens_seen = int(state["tokens_seen"])
         self.epoch_seconds = state.get("epoch_seconds")
+        # The schedule is planned again over this run's epochs, from the step the checkpoint reached. With
+        # the epoch size it was trained at, the plan is the one an uninterrupted run has; with another
+        # (batches_per_epoch or compile changed), the remaining epochs are counted at the new size.
+        if self._saved_epoch_steps(state) == self.epoch_steps:
+            self.plan_base = tuple(int(v) for v in state.get("plan_base", (0, 0)))
+        else:
+            self.plan_base = (self.epoch, self.optimizer.steps_taken)
+        self._plan(self.steps_at(self.config.epochs))
+
+    def _saved_epoch_steps(self, state: dict[str, Any]) -> int:
+        if "epoch_steps" in state:
+            return int(state["epoch_steps"])
+        # a checkpoint from before epoch_steps was kept: its size from the settings it recorded
+        saved = state.get("config", {})
+        then = dataclasses.replace(self.config, compile_mode="default",
+                                   **{k: saved[k] for k in ("batches_per_epoch", "compile") if k in saved})
+        return steps_per_epoch(then, len(self.corpus.train))
 
     def save_checkpoint(self, directory: str | os.PathLike) -> Path:
         """Write ``checkpoint.pt`` atomically: a crash mid-write leaves the previous file intact."""

@@ -348,6 +348,39 @@ def test_a_checkpoint_resumed_with_other_training_settings_is_refused_naming_the
     Trainer(tiny(small_text, lr=3e-3, epochs=5, batches_per_epoch=3, sample_tokens=0, precision="fp32")).load_checkpoint(path)
 
 
+def test_a_checkpoint_without_a_knob_added_since_resumes_only_with_its_default(small_text, tmp_path):
+    """A run saved before ``adam_beta2`` existed trained with the default; another value is refused."""
+    trainer = Trainer(tiny(small_text, optimizer="adamw"))
+    state = trainer.state_dict()
+    del state["config"]["adam_beta2"]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=re.escape("trained with adam_beta2=None (this run: adam_beta2=0.95)")):
+        Trainer(tiny(small_text, optimizer="adamw", adam_beta2=0.95)).load_checkpoint(tmp_path)
+    Trainer(tiny(small_text, optimizer="adamw")).load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("then, now", [(4, 2), (2, 4)])
+def test_a_run_resumed_with_another_epoch_size_plans_its_decay_from_the_step_it_reached(small_text, tmp_path, then, now):
+    """2 epochs of ``then`` batches, resumed for 2 more of ``now``: the decay ends at the last step of
+    epoch 4 (here at 0), not where 4 epochs of ``now`` batches would have, and a second resume at the
+    new size keeps that plan."""
+    decay = dict(optimizer="adamw", lr_schedule="linear", lr_min_ratio=0.0, epochs=4, sample_tokens=0)
+    first = Trainer(tiny(small_text, batches_per_epoch=then, **decay))
+    first.run_epoch()
+    first.run_epoch()
+    first.save_checkpoint(tmp_path / "a")
+    resumed = Trainer(tiny(small_text, batches_per_epoch=now, **decay))
+    resumed.load_checkpoint(tmp_path / "a")
+    assert resumed.total_steps == 2 * then + 2 * now
+    third = resumed.run_epoch()
+    resumed.save_checkpoint(tmp_path / "b")
+    again = Trainer(tiny(small_text, batches_per_epoch=now, **decay))
+    again.load_checkpoint(tmp_path / "b")
+    assert again.total_steps == 2 * then + 2 * now
+    (fourth,) = again.fit()
+    assert third["lr"] > 0 and fourth["lr"] == 0.0  # the metric is the lr of the epoch's last step
+
+
 def test_a_checkpoint_of_another_corpus_with_the_same_vocabulary_is_refused(small_text, tmp_path):
     other = tmp_path / "other.txt"
     other.write_text(small_text.read_text(encoding="utf-8")[::-1], encoding="utf-8")  # the same characters
