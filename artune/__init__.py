@@ -10,6 +10,11 @@ __version__ = "0.1.0"
 LOADED_AT = time.monotonic()
 
 
+def plural(n: int, noun: str) -> str:
+    """``1 trial``, ``2 trials``: the CLIs' counts."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def stdout_closed() -> int:
     """The CLIs' answer to a BrokenPipeError (their output piped into ``head``, say): leave quietly, as a
     Unix tool does, with the status of a process that SIGPIPE ended. Standard output goes to

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 if TYPE_CHECKING:  # pandas is imported where a DataFrame is built: writing the tables needs only pyarrow
     import pandas as pd
 
+from artune import plural
 from artune.config import FIELD_NAMES, field_type
 
 TRIALS_FILE = "trials.parquet"
@@ -435,7 +436,7 @@ def describe(results: SearchResults, metric: Optional[str] = None, top: int = 20
     name, _ = results.metric_column(metric)
     table = results.summary(metric)
     lines = [
-        f"search {results.name}: {len(results.trials)} trials ("
+        f"search {results.name}: {plural(len(results.trials), 'trial')} ("
         + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"), best first by {name} ({results.direction(name)})",
         table.head(top).to_string(index=False, float_format=lambda x: f"{x:.4g}"),
     ]

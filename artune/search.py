@@ -32,14 +32,14 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 from urllib.parse import urlparse
 
-from artune import LOADED_AT, ArgumentParser, __version__, stdout_closed
+from artune import LOADED_AT, ArgumentParser, __version__, plural, stdout_closed
 from artune.config import ConfigError, FIELD_NAMES, TrainConfig, coerce, unknown_key_message
 from artune.results import (
     DEFAULT_RESULTS_DIR, MANIFEST_FILE, TRIALS_FILE, EPOCHS_FILE, TrialRecord, read_records,
     write_json_atomic, write_tables,
 )
 from artune import spaces
-from artune.spaces import SearchSpace, SpaceError, load_space, plural
+from artune.spaces import SearchSpace, SpaceError, load_space
 from artune.study import open_study, storage_url, sync_study, warm_start_storage
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
@@ -1071,7 +1071,7 @@ def summarise(plan: Plan) -> tuple[str, bool]:
     trials = results.trials
     counts = trials["status"].value_counts().to_dict()
     ok = bool(counts.get("completed", 0) + counts.get("stopped", 0))
-    lines = [f"search {plan.name}: {len(trials)} trials (" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ")"]
+    lines = [f"search {plan.name}: {plural(len(trials), 'trial')} (" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ")"]
     best = results.best(1)
     if len(best):
         row = best.iloc[0]
@@ -1200,7 +1200,7 @@ def _run_locked(plan: Plan, corpus: Any) -> int:
         stop_ray()  # a no-op where ray.init never ran or failed
     if interrupted:
         print(
-            f"interrupted: {interrupted} trial(s) unfinished; the tables hold every result so far; "
+            f"interrupted: {plural(interrupted, 'trial')} unfinished; the tables hold every result so far; "
             f"continue with: python -m artune.search --resume --name {plan.name} --results-dir {plan.directory.parent}",
             file=sys.stderr,
         )

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import yaml
 
+from artune import plural
 from artune.config import FIELD_NAMES, FIELDS, ConfigError, TrainConfig, as_int, coerce, field_type, unknown_key_message
 
 if TYPE_CHECKING:
@@ -1071,10 +1072,6 @@ def _show(value: Any, limit: int = 60) -> str:
         value = list(value)
     text = repr(value) if not isinstance(value, float) else _num(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def plural(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _num(value: Any) -> str:

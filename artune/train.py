@@ -569,6 +569,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                     f"--checkpoint-dir {directory}: {existing} is a file, not a directory; "
                     "choose another --checkpoint-dir"
                 )
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise ConfigError(f"--checkpoint-dir {directory}: {existing} is not writable; choose another --checkpoint-dir")
             if not args.resume and (directory / CHECKPOINT_FILE).exists():
                 raise ConfigError(
                     f"--checkpoint-dir {directory} holds a checkpoint ({CHECKPOINT_FILE}); use --resume to "
@@ -589,7 +591,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         def report(metrics: Metrics) -> None:
             print(format_metrics(metrics), flush=True)
             if args.checkpoint_dir and config.is_save_models:
-                trainer.save_checkpoint(args.checkpoint_dir)
+                try:
+                    trainer.save_checkpoint(args.checkpoint_dir)
+                except OSError as exc:  # a full disk, a directory that became unwritable: the last good checkpoint stays
+                    raise CheckpointError(f"--checkpoint-dir {args.checkpoint_dir}: cannot write the checkpoint of epoch "
+                                          f"{metrics['epoch']} ({exc.strerror or exc})") from None
 
         trainer.fit(report)
     except (ConfigError, CorpusError, UnknownTokenError, CheckpointError, DivergedError) as exc:

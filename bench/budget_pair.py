@@ -25,6 +25,7 @@ from typing import Any
 
 from artune.config import ConfigError
 from artune.search import SearchError, parse_sets
+from artune import plural
 from artune.spaces import SpaceError, load_space
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         changed = {**common, **own[name]}
         best = min((m["valid_loss"] for m in epochs[name]), default=float("nan"))
         print(f"side {name} ({' '.join(f'{k}={v}' for k, v in changed.items())}): best valid_loss {best:.4f} "
-              f"after {len(epochs[name])} epochs")
+              f"after {plural(len(epochs[name]), 'epoch')}")
     if args.json:
         Path(args.json).write_text(json.dumps({"configs": sides, "epochs": epochs}, indent=1))
     return 0

@@ -271,7 +271,7 @@ def test_a_search_already_running_is_not_started_again(tmp_path, small_corpus):
     assert_one_error_line(fresh, f"--name 'busy': {directory} already holds a search", "--resume", "--extend")
     # neither refusal disturbed the running search
     assert first.finish(240) == 0, first.stderr[-3000:]
-    assert "search busy: 1 trials (1 completed)" in first.stdout
+    assert "search busy: 1 trial (1 completed)" in first.stdout
     manifest = json.loads((directory / "manifest.json").read_text())
     assert "resumed" not in manifest and not any("--resume" in command for command in manifest["commands"])
     # and a new search under the finished one's name is refused without touching it

@@ -591,7 +591,7 @@ def test_a_search_in_which_every_trial_errors_exits_1(errors):
     trials = pq.read_table(errors["results"] / "all" / TRIALS_FILE).to_pandas()
     assert list(trials["status"]) == ["error"]
     assert "RuntimeError" in trials["error"][0]
-    assert "search all: 1 trials (1 error)" in result.stdout
+    assert "search all: 1 trial (1 error)" in result.stdout
 
 
 # --- 4. resuming a search whose space file was edited since it started

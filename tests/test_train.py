@@ -702,6 +702,18 @@ def test_cli_checkpoint_dir_that_is_a_file_is_refused_before_training(small_text
     assert "epoch" not in out and file.read_text(encoding="utf-8") == "keep me"
 
 
+def test_cli_checkpoint_dir_where_nothing_can_be_written_is_one_error_line(small_text, capsys):
+    """/proc: refused before training where permissions say so; as root (who passes every permission
+    check), the first checkpoint's write fails, and that is one line too, not a traceback."""
+    checkpoint_dir = "/proc/artune-checkpoints"
+    code = main(["--dataset", str(small_text), "--checkpoint-dir", checkpoint_dir, *TINY_CLI])
+    assert code == 2
+    _, err = capsys.readouterr()
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"error: --checkpoint-dir {checkpoint_dir}: ") and (
+        "cannot write the checkpoint of epoch 1 (" in line or "/proc is not writable" in line), line
+
+
 def test_cli_refuses_to_overwrite_a_checkpoint_without_resume_and_continues_it_with_resume(small_text, tmp_path, capsys):
     args = ["--dataset", str(small_text), "--checkpoint-dir", str(tmp_path), *TINY_CLI]
     assert main(args) == 0
