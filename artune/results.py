@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pandas is imported where a DataFrame is built: writing the 
     import pandas as pd
 
 from artune import plural
-from artune.config import FIELD_NAMES, field_type
+from artune.config import FIELD_NAMES, FIELDS, field_type
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
@@ -156,7 +156,8 @@ def read_records(directory: Path) -> dict[str, TrialRecord]:
         return {}
     records: dict[str, TrialRecord] = {}
     for row in pq.read_table(trials_path).to_pylist():
-        config = {name: row[name] for name in FIELD_NAMES}
+        # a knob added since the table was written (no column): that trial ran with its default
+        config = {name: row.get(name, FIELDS[name].default) for name in FIELD_NAMES}
         records[row["trial_id"]] = TrialRecord(
             row["trial_id"], config, row["status"], row["error"], config_id=row.get("config_id"),  # absent in older tables
         )

@@ -238,6 +238,18 @@ def test_an_interrupted_write_leaves_the_previous_table_readable(tmp_path: Path,
     assert len(back.trials) == 6 and back.epochs["trial_id"].nunique() == 5
 
 
+def test_read_records_of_tables_written_before_a_knob_existed_gives_it_its_default(tmp_path: Path) -> None:
+    """--resume and --extend of a search an older artune wrote: its table has no column for a newer knob."""
+    directory = fx.build_search(tmp_path / "s")
+    table = pq.read_table(directory / TRIALS_FILE)
+    pq.write_table(table.drop_columns(["adam_beta2"]), directory / TRIALS_FILE)
+    back = read_records(directory)
+    assert back.keys() == {r.trial_id for r in fx.records()}
+    assert all(record.config["adam_beta2"] is None for record in back.values())
+    write_tables(directory, back.values())
+    assert "adam_beta2" in pq.read_table(directory / TRIALS_FILE).column_names
+
+
 def test_read_records_round_trips_the_tables(tmp_path: Path) -> None:
     directory = fx.build_search(tmp_path / "s")
     original = {r.trial_id: r for r in fx.records()}
