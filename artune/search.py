@@ -489,17 +489,18 @@ def check_address(address: str) -> None:
     if address == "auto":
         return
     if address.startswith("ray://"):
-        try:
-            import ray.util.client  # noqa: F401
-            import grpc  # noqa: F401  (the ray[client] extra)
-        except ImportError:
-            raise SearchError(f"--address {address}: ray:// needs Ray's client extra: pip install 'ray[client]'") from None
+        # Through Ray's client, Tune runs on the cluster, and with it the callback that writes the tables and
+        # the study: they would be written on the head (or nowhere), while this driver, seeing no result,
+        # would write its empty tables over the search's at a time budget's end.
+        raise SearchError(f"--address {address}: Ray's client runs the search's Tune loop on the cluster, where "
+                          "artune cannot keep its tables; run the search as a Ray job on the head (ray job submit, "
+                          "see the README) or on a node of the cluster with --address HOST:6379")
     if address.startswith(("http://", "https://")):
         raise SearchError(f"--address {address}: that is the dashboard's address (what ray job submit takes); give the "
-                          "cluster's: HOST:6379, or ray://HOST:10001")
+                          "cluster's: HOST:6379")
     parsed = urlparse(address if "://" in address else f"tcp://{address}")
     if not parsed.hostname or not parsed.port:
-        raise SearchError(f"--address {address!r}: expected HOST:PORT (e.g. 10.0.0.5:6379) or ray://HOST:10001")
+        raise SearchError(f"--address {address!r}: expected HOST:PORT (e.g. 10.0.0.5:6379)")
     try:
         with socket.create_connection((parsed.hostname, parsed.port), timeout=CONNECT_TIMEOUT_S):
             pass
@@ -643,7 +644,7 @@ def init_ray(plan: Plan) -> None:
             ray.init(address=plan.address, logging_level=logging.ERROR, log_to_driver=False)
         except Exception as exc:  # noqa: BLE001 - whatever Ray raises, the user gets one line and nothing is left
             first = (str(exc).strip().splitlines() or [""])[0][:300]
-            hint = ("; a driver must run on a node of the cluster (or go through ray://HOST:10001 or ray job submit)"
+            hint = ("; a driver must run on a node of the cluster (or go through ray job submit)"
                     if "node info" in str(exc).lower() else
                     "" if token_auth_enabled() else
                     "; if the head uses Ray's token authentication, set RAY_AUTH_MODE=token (with the head's "
@@ -781,7 +782,7 @@ def build_tuner(plan: Plan, corpus: Any, recorder: Any):
         # that run's recorder, unpickled (this driver's would see no result: a Ctrl-C would pass for the
         # end, and the budget's end would write the tables as they were before the resume), and its time
         # budget that run's. Ray has no public way to give them anew (ray-project/ray#41364).
-        restored = getattr(tuner, "_local_tuner", None)  # None through Ray's client (ray://): Tune runs on the cluster
+        restored = getattr(tuner, "_local_tuner", None)  # private: a later Ray may not have it
         if restored is not None:
             restored.get_run_config().callbacks = callbacks
             restored._tune_config.time_budget_s = time_budget
