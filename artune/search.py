@@ -741,6 +741,11 @@ def stop_ray() -> None:
     ray.shutdown()
 
 
+def run_number(run_name: str) -> int:
+    """1 for a search's first Ray run (``tune``), k for its (k-1)-th extension (``tune-k``)."""
+    return 1 if run_name == TUNE_DIR else int(run_name.rsplit("-", 1)[1])
+
+
 def trial_slots(space: SearchSpace, resources: dict[str, float]) -> int:
     s = space.settings
     slots = int(resources.get("CPU", 1) // s.cpu)
@@ -794,7 +799,7 @@ def build_tuner(plan: Plan, corpus: Any, recorder: Any):
     if warm:
         print(f"sampler warm-started from {warm} earlier trials", flush=True)
     searcher = OptunaSearch(
-        space=plan.space.define_by_run, metric=s.metric, mode=s.mode, sampler=plan.space.make_sampler(),
+        space=plan.space.define_by_run, metric=s.metric, mode=s.mode, sampler=plan.space.make_sampler(run_number(plan.run_name)),
         storage=storage, study_name=plan.name,
     )
     search_alg = ConcurrencyLimiter(searcher, max_concurrent=max(concurrency, plan.repeats))

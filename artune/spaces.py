@@ -279,11 +279,14 @@ class SearchSpace:
         """The grid sampler's grid: every value of every searched knob."""
         return {name: dist.grid_values() for name, dist in self.params.items()}
 
-    def make_sampler(self) -> "optuna.samplers.BaseSampler":
-        """The Optuna sampler the settings name, seeded with ``settings.seed``."""
+    def make_sampler(self, run: int = 1) -> "optuna.samplers.BaseSampler":
+        """The Optuna sampler the settings name, seeded with ``settings.seed`` for a search's first run and
+        ``seed + run - 1`` for the ``run``-th (``--extend``): a sampler that draws without looking at the
+        history (random, QMC, TPE's first trials) would otherwise repeat the first run's draws."""
         import optuna
 
         s = self.settings
+        seed = None if s.seed is None else s.seed + run - 1
         with warnings.catch_warnings():
             # group=True and QMCSampler are marked experimental; that is not news to a user of a sweep.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -292,21 +295,21 @@ class SearchSpace:
                 # conditional knobs make trials' search spaces differ. constant_liar makes the concurrent
                 # asks of a Ray sweep see running trials as bad, so they spread out instead of repeating.
                 return optuna.samplers.TPESampler(
-                    seed=s.seed,
+                    seed=seed,
                     multivariate=True,
                     group=any(d.when for d in self.params.values()),
                     constant_liar=True,
                     n_startup_trials=max(2, min(10, s.num_samples // 4)),
                 )
             if s.sampler == "random":
-                return optuna.samplers.RandomSampler(seed=s.seed)
+                return optuna.samplers.RandomSampler(seed=seed)
             if s.sampler == "grid":
-                return optuna.samplers.GridSampler(self.grid(), seed=s.seed)
+                return optuna.samplers.GridSampler(self.grid(), seed=seed)
             if s.sampler == "qmc":
                 # Scrambling is what makes the seed matter. Choices are drawn at random, not by QMC.
-                return optuna.samplers.QMCSampler(seed=s.seed, scramble=True, warn_independent_sampling=False)
+                return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
             # CMA-ES optimises the numeric knobs; choices fall back to random sampling.
-            return optuna.samplers.CmaEsSampler(seed=s.seed, warn_independent_sampling=False)
+            return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
 
     # ---------------------------------------------------------------- checks and description
 

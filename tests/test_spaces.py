@@ -447,3 +447,18 @@ def test_any_mapping_loads_or_raises_space_error(tmp_path: Path, document: dict)
 @given(text=st.one_of(st.text(max_size=80), st.text(alphabet=":-[]{}!&*#|>'\"%@` \n\tab1e.", max_size=60)))
 def test_any_text_loads_or_raises_space_error(tmp_path: Path, text: str) -> None:
     loads_or_space_error(text, tmp_path)
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe", "qmc"])
+def test_an_extensions_sampler_does_not_repeat_the_first_runs_draws(tmp_path, sampler):
+    """``--extend``'s k-th run seeds its sampler with seed + k - 1; the first run keeps the seed itself."""
+    space = load_space(write(tmp_path, f"search: {{sampler: {sampler}, seed: 3}}\nparams: {{lr: {{loguniform: [1e-4, 1e-2]}}}}\n"))
+
+    def draws(*run: int) -> list[float]:
+        study = optuna.create_study(sampler=space.make_sampler(*run))
+        study.optimize(lambda trial: (space.define_by_run(trial), 0.0)[1], n_trials=4)
+        return [t.params["lr"] for t in study.trials]
+
+    first = draws()
+    assert draws(1) == first
+    assert first != draws(2) and draws(2) != draws(3)
