@@ -851,13 +851,14 @@ def make_recorder(plan: Plan, study: Any = None):
             self._study = study
             self.unfinished, self.cut_short = 0, []
             self.ended: set[str] = set()  # trials Tune reported ended (complete or error) in this run
+            self.spent: dict[str, list[float]] = {}  # the seconds of each epoch trained in this run, by trial
 
         def __getstate__(self) -> dict:
             # Ray pickles callbacks with the experiment; the study's DB connection stays behind
             return {**self.__dict__, "_study": None}
 
         def setup(self, **info: Any) -> None:
-            self.ended = set()
+            self.ended, self.spent = set(), {}
             self.records = read_records(directory)
             # The tables are refreshed every REFRESH_S: a driver killed in between may have missed
             # results that Ray recorded. Ray's own per-trial result files fill those in.
@@ -903,13 +904,16 @@ def make_recorder(plan: Plan, study: Any = None):
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             record = self._record(trial)
+            self.spent.setdefault(trial.trial_id, [])
             if record.status not in ENDED:  # a resumed trial the tables saw end ends at once (train_fn's `ended`)
-                record.status = "running"
+                record.status, record.error = "running", None  # an errored trial --resume runs again starts clean
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
             record = self._record(trial)
             metrics = {k: result[k] for k in result if k in _EPOCH_KEYS or "/" in k}
             record.add_epoch(metrics)
+            if "seconds" in metrics:
+                self.spent.setdefault(trial.trial_id, []).append(metrics["seconds"])
             if metrics.get("diverged"):
                 print(f"[{trial.trial_id}] diverged in epoch {metrics['epoch']}: {metrics.get('error')}", flush=True)
             else:
@@ -1214,21 +1218,18 @@ def _run_locked(plan: Plan, corpus: Any) -> int:
     summary, ok = summarise(plan)
     print(summary)
     if plan.time_budget_s:
-        print(budget_report(plan, finished - plan.started))
+        print(budget_report(plan, finished - plan.started, recorder.spent, recorder.records))
     return 0 if ok else 1
 
 
-def budget_report(plan: Plan, elapsed: float) -> str:
-    """How the time budget was spent: start-up, and each trial's share of the training time."""
-    from artune.results import load
-
+def budget_report(plan: Plan, elapsed: float, spent: dict[str, list[float]], records: dict[str, TrialRecord]) -> str:
+    """How this command's time budget was spent: each trial that ran in it, with the epochs it trained
+    in it and their seconds (a resumed or extended search's earlier runs had budgets of their own)."""
     budget = plan.time_budget_s
-    trials = load(plan.directory).trials
     lines = [f"time budget {budget:.0f} s: used {elapsed:.0f} s ({elapsed / budget:.0%})"]
-    for _, row in trials.sort_values("seconds", ascending=False).iterrows():
-        seconds = row["seconds"] if row["seconds"] == row["seconds"] else 0.0
-        epochs = plural(int(row["epochs_completed"]), "epoch")
-        lines.append(f"  {row['trial_id']}  {row['status']:<9} {epochs:>10}  {seconds:7.1f} s  ({seconds / budget:.1%} of the budget)")
+    for trial_id, seconds in sorted(spent.items(), key=lambda item: -sum(item[1])):
+        total, epochs = sum(seconds), plural(len(seconds), "epoch")
+        lines.append(f"  {trial_id}  {records[trial_id].status:<9} {epochs:>10}  {total:7.1f} s  ({total / budget:.1%} of the budget)")
     return "\n".join(lines)
 
 

@@ -76,11 +76,16 @@ def frozen_trial(record: TrialRecord, space: SearchSpace, metric: str) -> Option
 
 
 def sync_study(study: optuna.Study, records: Iterable[TrialRecord], space: SearchSpace, metric: str) -> int:
-    """Add every ended trial not yet in the study; return how many were added."""
-    known = {t.user_attrs.get("trial_id") for t in study.get_trials(deepcopy=False)}
+    """Add every ended trial not yet in the study; return how many were added.
+
+    A trial is known by its id and how it ended: an errored trial that ``--resume`` ran again and that
+    then ended otherwise is added once more (Optuna's trials cannot be changed once finished), so the
+    study holds both outcomes, each with its ``status``.
+    """
+    known = {(t.user_attrs.get("trial_id"), t.user_attrs.get("status")) for t in study.get_trials(deepcopy=False)}
     added = 0
     for record in records:
-        if record.trial_id in known:
+        if (record.trial_id, record.status) in known:
             continue
         trial = frozen_trial(record, space, metric)
         if trial is not None:

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from artune.results import TrialRecord, load
 from artune.spaces import load_space
-from artune.study import frozen_trial, warm_start_storage
+from artune.study import frozen_trial, sync_study, warm_start_storage
 from tests.test_search import cli
 
 # Four grid points, two at a time, ASHA over three epochs; lr=1e6 without clipping goes NaN.
@@ -143,3 +143,22 @@ def test_the_warm_started_sampler_receives_the_earlier_trials(tmp_path):
     space.define_by_run(study.ask())
     assert seen == [[TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]]
     assert frozen_trial(records[3], space, "valid_loss") is None
+
+
+def test_an_errored_trial_that_a_resume_ran_again_is_added_again_when_it_ends_otherwise(tmp_path):
+    space_file = tmp_path / "s.yaml"
+    space_file.write_text(SPACE)
+    space = load_space(space_file)
+    study = optuna.create_study(direction="minimize")
+    record = TrialRecord("t0", {"lr": 0.003, "seed": 0}, "error", "RuntimeError: out of memory")
+    assert sync_study(study, [record], space, "valid_loss") == 1
+    assert sync_study(study, [record], space, "valid_loss") == 0
+    record.status, record.error = "completed", None  # --resume ran it again, and it trained every epoch
+    for epoch in (1, 2, 3):
+        record.epochs[epoch] = {"epoch": epoch, "valid_loss": 3.0 - 0.1 * epoch, "valid_accuracy": 0.2,
+                                "tokens_per_sec": 1000.0, "seconds": 1.0}
+    assert sync_study(study, [record], space, "valid_loss") == 1
+    assert sync_study(study, [record], space, "valid_loss") == 0
+    assert [(t.state, t.user_attrs["status"]) for t in study.trials] == [
+        (TrialState.FAIL, "error"), (TrialState.COMPLETE, "completed")]
+    assert study.best_value == pytest.approx(2.7)
