@@ -659,8 +659,13 @@ def init_ray(plan: Plan) -> None:
     else:
         # A private local instance ("local": never a cluster that `ray start` left running here),
         # on loopback only (see keep_ray_on_loopback), no dashboard.
-        with quick_node_lookup():
-            ray.init(address="local", include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+        try:
+            with quick_node_lookup():
+                ray.init(address="local", include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+        except Exception as exc:  # noqa: BLE001 - whatever Ray raises, the user gets one line and nothing is left
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise SearchError(f"Ray could not start a local instance ({type(exc).__name__}: {first}); "
+                              f"its logs are under {ray_temp_dir()}") from None
     resources = ray.cluster_resources()
     s = plan.space.settings
     if s.gpu > 0 and resources.get("GPU", 0) < s.gpu:
@@ -1168,7 +1173,7 @@ def run(plan: Plan) -> int:
             if plan.restore_state_from:
                 restore_saved_state(plan)
             return _run_locked(plan, corpus)
-    except SearchError:
+    except BaseException:  # a refusal, a failure or a Ctrl-C before the search began
         if created and not (plan.directory / MANIFEST_FILE).exists():
             shutil.rmtree(plan.directory, ignore_errors=True)  # nothing was run: leave nothing behind
         raise
@@ -1236,6 +1241,7 @@ def budget_report(plan: Plan, elapsed: float, spent: dict[str, list[float]], rec
 def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> int:
     """The command. ``started``: the ``time.monotonic()`` its time budget counts from (default: now)."""
     args = parse_args(argv)
+    plan = None
     try:
         plan = make_plan(args, started)
         if args.dry_run:
@@ -1248,7 +1254,11 @@ def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> i
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the tables hold every result so far; continue with --resume --name", file=sys.stderr)
+        if plan is not None and (plan.directory / MANIFEST_FILE).exists():
+            print(f"interrupted: the tables hold every result so far; continue with --resume --name {plan.name}",
+                  file=sys.stderr)
+        else:
+            print("interrupted before the search began: nothing was written", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return stdout_closed()

@@ -551,3 +551,26 @@ def test_an_address_where_nothing_listens_fails_within_15_seconds(tmp_path):
     assert time.monotonic() - start < 15
     assert_one_error_line(result, "nothing answers there")
 
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_before_the_search_began_leaves_nothing_and_the_name_free(tmp_path, shakespeare_path):
+    """Ctrl-C while Ray starts: nothing was recorded, so nothing is kept, and the same --name runs again."""
+    import signal
+
+    results = tmp_path / "r"
+    args = [sys.executable, "-m", "artune.search", str(SMOKE), "--results-dir", str(results), "--name", "early",
+            "--data", str(shakespeare_path)]
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    give_up = time.monotonic() + 60
+    while not (results / "early").exists() and process.poll() is None and time.monotonic() < give_up:
+        time.sleep(0.01)
+    time.sleep(0.3)  # into ray.init, which takes seconds; the manifest is written after it
+    assert not (results / "early" / "manifest.json").exists()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "interrupted before the search began: nothing was written" in err, err[-3000:]
+    assert not (results / "early").exists()
+    again = cli(str(SMOKE), "--results-dir", str(results), "--name", "early", "--data", str(shakespeare_path), "--dry-run")
+    assert again.returncode == 0, again.stderr
