@@ -6,8 +6,12 @@ persistent study (SQLite beside the results by default, or any Optuna storage UR
 each trial into it once the trial has ended, from artune's own records:
 
     completed -> COMPLETE (value: the metric at the last epoch)
-    stopped   -> PRUNED   (ended early by the scheduler)
+    stopped   -> PRUNED   (ended early by the scheduler or the time budget)
     diverged  -> FAIL     error -> FAIL
+
+A trial stopped before its first epoch (the time budget ended it while it started, or before it
+started) is left out: it never trained, so it says nothing of its configuration, and a sampler
+warm-started from it would take it for a bad one.
 
 with the per-epoch metric as intermediate values, the searched knobs as params, and artune's own
 fields (status, epochs, tokens/s, error) as user attributes. Trials are only ever added finished,
@@ -48,11 +52,14 @@ def open_study(url: str, name: str, mode: str) -> optuna.Study:
 
 
 def frozen_trial(record: TrialRecord, space: SearchSpace, metric: str) -> Optional[optuna.trial.FrozenTrial]:
-    """The finished Optuna trial for an artune record, or None while the trial has not ended."""
+    """The finished Optuna trial for an artune record, or None while the trial has not ended (or where
+    it was stopped before it trained an epoch)."""
     state = _STATES.get(record.status)
     if state is None:
         return None
     epochs = [record.epochs[e] for e in sorted(record.epochs) if not record.epochs[e].get("diverged")]
+    if state == TrialState.PRUNED and not epochs:
+        return None
     intermediate = {int(m["epoch"]): float(m[metric]) for m in epochs if _finite(m.get(metric))}
     value = None
     if state == TrialState.COMPLETE:

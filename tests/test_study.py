@@ -118,15 +118,16 @@ def test_the_warm_started_sampler_receives_the_earlier_trials(tmp_path):
     space_file.write_text(SPACE)
     space = load_space(space_file)
     records = []
-    for i, (lr, status) in enumerate([(0.0003, "completed"), (0.003, "stopped"), (1e6, "diverged"), (0.01, "running")]):
+    for i, (lr, status) in enumerate([(0.0003, "completed"), (0.003, "stopped"), (1e6, "diverged"), (0.01, "running"),
+                                      (0.005, "stopped")]):
         record = TrialRecord(f"t{i}", {"lr": lr, "seed": 0}, status)
-        if status in ("completed", "stopped"):
+        if status in ("completed", "stopped") and i < 4:  # the last: the budget stopped it before its first epoch
             for epoch in (1, 2, 3)[: 3 if status == "completed" else 1]:
                 record.epochs[epoch] = {"epoch": epoch, "valid_loss": 3.0 - 0.1 * epoch, "valid_accuracy": 0.2,
                                         "tokens_per_sec": 1000.0, "seconds": 1.0}
         records.append(record)
     storage, n = warm_start_storage(records, space, "warm")
-    assert n == 3  # the running trial is not finished, so not history yet
+    assert n == 3  # the running trial is not finished, and the last never trained: neither is history
     seen = []
 
     class Spy(optuna.samplers.RandomSampler):
@@ -143,6 +144,7 @@ def test_the_warm_started_sampler_receives_the_earlier_trials(tmp_path):
     space.define_by_run(study.ask())
     assert seen == [[TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]]
     assert frozen_trial(records[3], space, "valid_loss") is None
+    assert frozen_trial(records[4], space, "valid_loss") is None
 
 
 def test_an_errored_trial_that_a_resume_ran_again_is_added_again_when_it_ends_otherwise(tmp_path):
