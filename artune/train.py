@@ -457,6 +457,9 @@ class Trainer:
         # A knob the checkpoint's settings lack was added since: that run had its default.
         saved = {**{k: FIELDS[k].default for k in RESUME_MUST_MATCH}, **state["config"]} if "config" in state else {}
         now = self.config.to_dict()
+        if saved and (saved.get("d_ff") is None) != (now["d_ff"] is None):  # none is 4 * d_model: that width, given
+            for config in (saved, now):
+                config["d_ff"] = config["d_ff"] if config.get("d_ff") is not None else 4 * config["d_model"]
         differ = [key for key in RESUME_MUST_MATCH if key in saved and saved[key] != now[key]]
         if differ:
             raise CheckpointError(

@@ -381,6 +381,15 @@ def test_a_run_resumed_with_another_epoch_size_plans_its_decay_from_the_step_it_
     assert third["lr"] > 0 and fourth["lr"] == 0.0  # the metric is the lr of the epoch's last step
 
 
+def test_a_checkpoint_resumes_whether_the_feed_forward_width_is_given_or_left_to_its_default(small_text, tmp_path):
+    path = Trainer(tiny(small_text)).save_checkpoint(tmp_path / "default")  # d_ff none: 4 * 32
+    Trainer(tiny(small_text, d_ff=128)).load_checkpoint(path)
+    path = Trainer(tiny(small_text, d_ff=128)).save_checkpoint(tmp_path / "given")
+    Trainer(tiny(small_text)).load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=re.escape("trained with d_ff=128 (this run: d_ff=64)")):
+        Trainer(tiny(small_text, d_ff=64)).load_checkpoint(path)
+
+
 def test_a_checkpoint_of_another_corpus_with_the_same_vocabulary_is_refused(small_text, tmp_path):
     other = tmp_path / "other.txt"
     other.write_text(small_text.read_text(encoding="utf-8")[::-1], encoding="utf-8")  # the same characters
