@@ -435,7 +435,6 @@ class Trainer:
             "epoch": self.epoch,
             "tokens_seen": self.tokens_seen,
             "epoch_seconds": self.epoch_seconds,
-            "epoch_steps": self.epoch_steps,
             "plan_base": list(self.plan_base),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -490,9 +489,8 @@ class Trainer:
         self._plan(self.steps_at(self.config.epochs))
 
     def _saved_epoch_steps(self, state: dict[str, Any]) -> int:
-        if "epoch_steps" in state:
-            return int(state["epoch_steps"])
-        # a checkpoint from before epoch_steps was kept: its size from the settings it recorded
+        """The checkpoint's epoch size: this run's, with the epoch-size settings the checkpoint recorded
+        (its corpus, loader, batch and window are this run's, or it was refused)."""
         saved = state.get("config", {})
         then = dataclasses.replace(self.config, compile_mode="default",
                                    **{k: saved[k] for k in ("batches_per_epoch", "compile") if k in saved})

@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from artune import plural
 from artune.config import ConfigError
 from artune.search import SearchError, parse_sets
-from artune import plural
 from artune.spaces import SpaceError, load_space
 
 REPO = Path(__file__).resolve().parent.parent
