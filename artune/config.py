@@ -30,6 +30,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 LR_SCHEDULES = ("constant", "cosine", "linear")
+POSITION_ENCODINGS = ("learned", "rope")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class TrainConfig:
     n_heads: int = _doc("attention heads; must divide d_model", default=8)
     d_ff: Optional[int] = _doc("feed-forward width; none = 4 * d_model", default=None)
     dropout: float = _doc("dropout probability in [0, 1)", default=0.0)
+    position_encoding: str = _doc("'learned' positions added to the token embedding (GPT-2's), or 'rope' (rotary: each head's queries and keys turned by their position; d_model / n_heads must be even)", default="learned")
     # --- optimisation
     optimizer: str = _doc("'adam' (origin), 'adamw' or 'noam' (warm-up then step**-0.5, scaled by d_model**-0.5)", default="adam")
     lr: float = _doc("learning rate (for noam: the multiplier of its schedule)", default=1e-3)
@@ -129,6 +131,7 @@ KNOWN_AS = {
     "grad_clip": "grad_norm_clip", "max_grad_norm": "grad_norm_clip", "clip_grad_norm": "grad_norm_clip",
     "intermediate_size": "d_ff", "warmup_steps": "warmup", "warmup_iters": "warmup",
     "beta2": "adam_beta2", "adam_beta_2": "adam_beta2",
+    "position_embedding_type": "position_encoding", "positional_encoding": "position_encoding",
 }
 
 
@@ -238,6 +241,11 @@ def validation_errors(config: TrainConfig) -> list[str]:
             config.d_model % config.n_heads == 0,
             f"n_heads must divide d_model, but got d_model={config.d_model}, n_heads={config.n_heads}",
         )
+        check(
+            config.position_encoding != "rope" or config.d_model % config.n_heads or (config.d_model // config.n_heads) % 2 == 0,
+            f"position_encoding 'rope' turns pairs of a head's dimensions, so d_model / n_heads must be even, "
+            f"but got d_model={config.d_model}, n_heads={config.n_heads}",
+        )
     check(math.isfinite(config.lr) and config.lr > 0, f"lr > 0 must hold (finite), but got lr={config.lr}")
     check(
         math.isfinite(config.weight_decay) and config.weight_decay >= 0,
@@ -264,6 +272,7 @@ def validation_errors(config: TrainConfig) -> list[str]:
     one_of("device", DEVICES)
     one_of("precision", PRECISIONS)
     one_of("lr_schedule", LR_SCHEDULES)
+    one_of("position_encoding", POSITION_ENCODINGS)
     one_of("compile_mode", COMPILE_MODES)
     check(
         config.compile or config.compile_mode == "default",

@@ -1,15 +1,18 @@
 """The autoregressive model: a GPT-style decoder-only transformer.
 
 Batch-first throughout: token ids are ``(B, T)``, activations ``(B, T, C)`` with ``C = d_model``.
-Pre-norm blocks, learned positions, causal attention through ``scaled_dot_product_attention``,
-and an output layer tied to the token embedding (fewer parameters, and the better choice on a
-corpus as small as Tiny Shakespeare). The model sees only its own ``ModelConfig``.
+Pre-norm blocks, positions either learned (a table added to the token embedding, GPT-2's) or
+rotary (RoPE: each head's queries and keys rotated by their position, Su et al. 2021), causal
+attention through ``scaled_dot_product_attention``, and an output layer tied to the token
+embedding (fewer parameters, and the better choice on a corpus as small as Tiny Shakespeare).
+The model sees only its own ``ModelConfig``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +28,38 @@ class ModelConfig:
     n_heads: int
     d_ff: int
     dropout: float = 0.0
+    position_encoding: str = "learned"  # or "rope"
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"n_heads must divide d_model, but got d_model={self.d_model}, n_heads={self.n_heads}"
             )
+        if self.position_encoding not in ("learned", "rope"):
+            raise ValueError(f"position_encoding must be 'learned' or 'rope', but got {self.position_encoding!r}")
+        if self.position_encoding == "rope" and (self.d_model // self.n_heads) % 2:
+            raise ValueError(
+                f"rope rotates pairs of a head's dimensions, so d_model / n_heads must be even, "
+                f"but got d_model={self.d_model}, n_heads={self.n_heads}"
+            )
+
+
+ROPE_BASE = 10000.0
+
+
+def rope_rotations(seq_len: int, head_dim: int, base: float = ROPE_BASE) -> torch.Tensor:
+    """The rotations RoPE applies to a ``(B, T, 3, H, head_dim)`` qkv tensor, as complex numbers.
+
+    Position ``t`` turns the pair of dimensions ``(2i, 2i + 1)`` of a query or key by the angle
+    ``t * base ** (-2i / head_dim)``, so a query-key product depends on their distance alone.
+    Shape ``(T, 3, 1, head_dim / 2)``: the value slot is the identity (1 + 0j), so that one complex
+    product rotates q and k in place and passes v through, with no slicing of qkv (whose backward
+    would fill a zero tensor for each slice).
+    """
+    freqs = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), freqs)  # (T, head_dim / 2)
+    turn = torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
+    return torch.stack([turn, turn, torch.ones_like(turn)], dim=1).unsqueeze(2)
 
 
 class CausalSelfAttention(nn.Module):
@@ -41,11 +70,20 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.rope: Optional[torch.Tensor]
+        if cfg.position_encoding == "rope":  # a buffer, so it follows the model's device; not saved: derived
+            self.register_buffer("rope", rope_rotations(cfg.seq_len, cfg.d_model // cfg.n_heads), persistent=False)
+        else:
+            self.rope = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        # (B, T, 3C) -> three (B, H, T, C/H)
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x).view(B, T, 3, self.n_heads, C // self.n_heads)
+        if self.rope is not None:  # complex64 (bf16 has no complex type), back to the activations' dtype
+            pairs = torch.view_as_complex(qkv.float().unflatten(-1, (-1, 2)))
+            qkv = torch.view_as_real(pairs * self.rope[:T]).flatten(-2).type_as(qkv)
+        # (B, T, 3, H, C/H) -> three (B, H, T, C/H)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
         )
@@ -84,7 +122,7 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos_emb = nn.Embedding(cfg.seq_len, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.seq_len, cfg.d_model) if cfg.position_encoding == "learned" else None
         self.dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
@@ -108,7 +146,10 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids ``(B, T)`` -> next-token logits ``(B, T, vocab_size)``."""
         T = idx.shape[1]
-        x = self.dropout(self.tok_emb(idx) + self.pos_emb(self.positions[:T]))  # (B, T, C)
+        x = self.tok_emb(idx)  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(self.positions[:T])
+        x = self.dropout(x)
         for block in self.blocks:
             x = block(x)
         return self.head(self.ln_f(x))

@@ -33,7 +33,7 @@ CHECKPOINT_FORMAT = 1
 # its sample and its logging may change.
 RESUME_MUST_MATCH = (
     "tokenizer", "seq_len", "batch_size", "train_loader", "dataloader_shuffle_with_replacement", "d_model", "n_layers",
-    "n_heads", "d_ff", "dropout", "optimizer", "lr", "weight_decay", "adam_beta2", "warmup", "lr_schedule",
+    "n_heads", "d_ff", "dropout", "position_encoding", "optimizer", "lr", "weight_decay", "adam_beta2", "warmup", "lr_schedule",
     "lr_min_ratio", "grad_norm_clip", "seed",
 )
 # How often (in steps) the training loop looks for a non-finite loss. Each look is a host sync,
@@ -69,6 +69,7 @@ def model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
         n_heads=config.n_heads,
         d_ff=config.ff_width,
         dropout=config.dropout,
+        position_encoding=config.position_encoding,
     )
 
 

@@ -64,7 +64,7 @@ def test_unknown_key_suggests_the_close_field():
 
 @pytest.mark.parametrize(("other", "ours"), [("learning_rate", "lr"), ("n_embd", "d_model"), ("block_size", "seq_len"),
                                              ("n_layer", "n_layers"), ("grad_clip", "grad_norm_clip"),
-                                             ("beta2", "adam_beta2")])
+                                             ("beta2", "adam_beta2"), ("position_embedding_type", "position_encoding")])
 def test_an_unknown_key_that_another_trainer_uses_suggests_artunes_name(other, ours):
     with pytest.raises(ConfigError, match=re.escape(f"unknown key '{other}' (did you mean '{ours}'?)")):
         TrainConfig.from_dict({other: 1})
@@ -117,6 +117,8 @@ def test_every_unknown_key_is_reported():
         ({"adam_beta2": 1.0}, "adam_beta2", "1.0"),
         ({"adam_beta2": -0.5}, "adam_beta2", "-0.5"),
         ({"adam_beta2": math.nan}, "adam_beta2", "nan"),
+        ({"position_encoding": "rotary"}, "position_encoding", "'rotary'"),
+        ({"position_encoding": "rope", "d_model": 12, "n_heads": 4}, "position_encoding", "d_model=12, n_heads=4"),
     ],
 )
 def test_bad_value_names_field_and_value(values, field, shown):

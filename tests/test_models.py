@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from artune.models import GPT, ModelConfig
+from artune.models import GPT, ModelConfig, rope_rotations
 
 V, T = 11, 16
 
@@ -22,9 +22,10 @@ def test_output_shape_is_batch_time_vocab():
     assert model(_ids(3, T)).shape == (3, T, V)
 
 
+@pytest.mark.parametrize("positions", ["learned", "rope"])
 @pytest.mark.parametrize("t", [1, 5, T - 1])
-def test_causal_future_tokens_do_not_change_earlier_logits(t):
-    model = _model(dropout=0.2).eval()  # eval: dropout off, so the comparison is exact up to float noise
+def test_causal_future_tokens_do_not_change_earlier_logits(t, positions):
+    model = _model(dropout=0.2, position_encoding=positions).eval()  # eval: dropout off, so the comparison is exact up to float noise
     x = _ids(2, T)
     changed = x.clone()
     changed[:, t:] = (x[:, t:] + 1 + _ids(2, T - t, seed=7) % (V - 1)) % V  # every later token differs
@@ -87,9 +88,10 @@ def test_generate_beyond_the_context_keeps_the_last_seq_len_tokens():
     assert out[0, -1] == last
 
 
+@pytest.mark.parametrize("positions", ["learned", "rope"])
 @pytest.mark.parametrize("length", [1, 3, T - 1])
-def test_shorter_sequences_than_seq_len(length):
-    model = _model().eval()
+def test_shorter_sequences_than_seq_len(length, positions):
+    model = _model(position_encoding=positions).eval()
     x = _ids(2, T)
     with torch.no_grad():
         short, full = model(x[:, :length]), model(x)
@@ -105,3 +107,63 @@ def test_dropout_is_active_in_training_and_off_in_eval():
         assert not torch.equal(model(x), model(x))
         model.eval()
         assert torch.equal(model(x), model(x))
+
+
+def _rotate(x: torch.Tensor, positions: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Vectors ``(N, head_dim)`` turned as RoPE turns a query at each of ``positions``."""
+    turns = rope_rotations(int(positions.max()) + 1, head_dim)[positions, 0, 0]  # the query slot
+    return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * turns).flatten(-2)
+
+
+def test_rope_makes_a_query_key_product_depend_on_their_distance_alone():
+    hd = 8
+    q, k = torch.randn(1, hd, dtype=torch.float64), torch.randn(1, hd, dtype=torch.float64)
+    products = {}
+    for i, j in [(3, 1), (7, 5), (12, 10), (5, 5), (9, 9)]:
+        qi, kj = _rotate(q.float(), torch.tensor([i]), hd), _rotate(k.float(), torch.tensor([j]), hd)
+        products[(i, j)] = (qi * kj).sum().item()
+    assert products[(3, 1)] == pytest.approx(products[(7, 5)], abs=1e-5)
+    assert products[(3, 1)] == pytest.approx(products[(12, 10)], abs=1e-5)
+    assert products[(5, 5)] == pytest.approx((q * k).sum().item(), abs=1e-5)  # distance 0: no turn at all
+    assert products[(9, 9)] == pytest.approx(products[(5, 5)], abs=1e-5)
+    assert abs(products[(3, 1)] - products[(5, 5)]) > 1e-3  # a distance does change it
+    # A turn keeps the vector's length: the pairs are rotated, not scaled.
+    torch.testing.assert_close(_rotate(q.float(), torch.tensor([11]), hd).norm(), q.float().norm())
+
+
+def test_rope_turns_queries_and_keys_and_passes_values_through():
+    turns = rope_rotations(T, 8)
+    assert turns.shape == (T, 3, 1, 4)
+    assert torch.equal(turns[:, 0], turns[:, 1])  # queries and keys alike
+    assert torch.equal(turns[:, 2], torch.ones_like(turns[:, 2]))  # values untouched
+    assert torch.equal(turns[0], torch.ones_like(turns[0]))  # position 0 is not turned
+
+
+def test_a_rope_model_has_no_position_table_and_knows_positions_anyway():
+    model = _model(position_encoding="rope")
+    names = [n for n, _ in model.named_parameters()]
+    assert not any(n.startswith("pos_emb") for n in names)
+    assert "rope" not in model.state_dict() and not any(k.endswith(".rope") for k in model.state_dict())
+    assert model.num_parameters() == _model().num_parameters() - T * 32
+    # One block's attention without positions is blind to the order of the tokens before the last
+    # (a weighted sum over them as a set); with rope it is not.
+    one_block = _model(position_encoding="rope", n_layers=1).eval()
+    x, swapped = torch.tensor([[1, 2, 3, 4]]), torch.tensor([[2, 1, 3, 4]])
+    with torch.no_grad():
+        assert (one_block(x)[0, -1] - one_block(swapped)[0, -1]).abs().max() > 1e-4
+
+
+def test_a_rope_model_trains_under_bf16_autocast():
+    model = _model(position_encoding="rope")
+    x = _ids(2, T)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+    assert logits.dtype == torch.bfloat16
+    torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), x.flatten()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_rope_needs_an_even_head_width():
+    with pytest.raises(ValueError, match=r"d_model / n_heads must be even, but got d_model=12, n_heads=4"):
+        ModelConfig(vocab_size=V, seq_len=T, d_model=12, n_layers=1, n_heads=4, d_ff=64, position_encoding="rope")
+    ModelConfig(vocab_size=V, seq_len=T, d_model=12, n_layers=1, n_heads=4, d_ff=64)  # learned: any width

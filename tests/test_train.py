@@ -348,6 +348,15 @@ def test_a_checkpoint_resumed_with_other_training_settings_is_refused_naming_the
     Trainer(tiny(small_text, lr=3e-3, epochs=5, batches_per_epoch=3, sample_tokens=0, precision="fp32")).load_checkpoint(path)
 
 
+def test_a_checkpoint_of_the_other_position_encoding_is_refused(small_text, tmp_path):
+    path = Trainer(tiny(small_text, position_encoding="rope")).save_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match=re.escape("trained with position_encoding='rope' (this run: position_encoding='learned')")):
+        Trainer(tiny(small_text)).load_checkpoint(path)
+    resumed = Trainer(tiny(small_text, position_encoding="rope"))
+    resumed.load_checkpoint(path)
+    assert resumed.model.pos_emb is None
+
+
 def test_a_checkpoint_without_a_knob_added_since_resumes_only_with_its_default(small_text, tmp_path):
     """A run saved before ``adam_beta2`` existed trained with the default; another value is refused."""
     trainer = Trainer(tiny(small_text, optimizer="adamw"))
