@@ -111,7 +111,7 @@ def test_dropout_is_active_in_training_and_off_in_eval():
 
 def _rotate(x: torch.Tensor, positions: torch.Tensor, head_dim: int) -> torch.Tensor:
     """Vectors ``(N, head_dim)`` turned as RoPE turns a query at each of ``positions``."""
-    turns = rope_rotations(int(positions.max()) + 1, head_dim)[positions, 0, 0]  # the query slot
+    turns = torch.view_as_complex(rope_rotations(int(positions.max()) + 1, head_dim)[positions, 0, 0])  # the query slot
     return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * turns).flatten(-2)
 
 
@@ -133,10 +133,23 @@ def test_rope_makes_a_query_key_product_depend_on_their_distance_alone():
 
 def test_rope_turns_queries_and_keys_and_passes_values_through():
     turns = rope_rotations(T, 8)
-    assert turns.shape == (T, 3, 1, 4)
+    assert turns.shape == (T, 3, 1, 4, 2)
     assert torch.equal(turns[:, 0], turns[:, 1])  # queries and keys alike
-    assert torch.equal(turns[:, 2], torch.ones_like(turns[:, 2]))  # values untouched
-    assert torch.equal(turns[0], torch.ones_like(turns[0]))  # position 0 is not turned
+    torch.testing.assert_close(turns.square().sum(-1), torch.ones(T, 3, 1, 4))  # unit length: turns, not scalings
+    identity = torch.tensor([1.0, 0.0]).expand(T, 1, 4, 2)
+    assert torch.equal(turns[:, 2], identity)  # values untouched
+    assert torch.equal(turns[0], torch.tensor([1.0, 0.0]).expand(3, 1, 4, 2))  # position 0 is not turned
+
+
+def test_the_compiled_form_of_rope_turns_as_the_eager_one():
+    from artune.models import _turn, _turn_real
+
+    turns = rope_rotations(T, 8)
+    x = torch.randn(2, T, 3, 2, 8)
+    torch.testing.assert_close(_turn_real(x, turns), _turn(x, turns))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = x.bfloat16()
+        assert _turn_real(half, turns).dtype == _turn(half, turns).dtype == torch.bfloat16
 
 
 def test_a_rope_model_has_no_position_table_and_knows_positions_anyway():
@@ -167,3 +180,18 @@ def test_rope_needs_an_even_head_width():
     with pytest.raises(ValueError, match=r"d_model / n_heads must be even, but got d_model=12, n_heads=4"):
         ModelConfig(vocab_size=V, seq_len=T, d_model=12, n_layers=1, n_heads=4, d_ff=64, position_encoding="rope")
     ModelConfig(vocab_size=V, seq_len=T, d_model=12, n_layers=1, n_heads=4, d_ff=64)  # learned: any width
+
+
+def test_rope_gradients_are_the_complex_products_own():
+    """The rotation's hand-written backward against autograd's formula, in float64."""
+    from artune.models import _Rotate
+
+    turns = rope_rotations(5, 4).double()
+    back = turns * torch.tensor([1.0, -1.0], dtype=torch.float64)
+    x = torch.randn(2, 5, 3, 2, 4, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda t: _Rotate.apply(t, turns, back), (x,))
+    grad = torch.randn(2, 3, 2, 5, 4, dtype=torch.float64).permute(0, 3, 1, 2, 4)  # arrives permuted, as in the model
+    mine, = torch.autograd.grad(_Rotate.apply(x, turns, back), x, grad)
+    reference = torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * torch.view_as_complex(turns)).flatten(-2)
+    theirs, = torch.autograd.grad(reference, x, grad)
+    torch.testing.assert_close(mine, theirs)
