@@ -173,7 +173,8 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.head.weight = self.tok_emb.weight  # tied output layer
-        self.register_buffer("positions", torch.arange(cfg.seq_len), persistent=False)
+        if self.pos_emb is not None:  # the table's row indices (rope needs none)
+            self.register_buffer("positions", torch.arange(cfg.seq_len), persistent=False)
         self.apply(self._init_weights)
         # GPT-2: scale the residual projections so the residual stream's variance does not grow with depth
         for name, p in self.named_parameters():

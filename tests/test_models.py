@@ -156,6 +156,7 @@ def test_a_rope_model_has_no_position_table_and_knows_positions_anyway():
     model = _model(position_encoding="rope")
     names = [n for n, _ in model.named_parameters()]
     assert not any(n.startswith("pos_emb") for n in names)
+    assert not hasattr(model, "positions")  # nor the table's indices
     assert "rope" not in model.state_dict() and not any(k.endswith(".rope") for k in model.state_dict())
     assert model.num_parameters() == _model().num_parameters() - T * 32
     # One block's attention without positions is blind to the order of the tokens before the last
