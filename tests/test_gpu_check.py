@@ -19,7 +19,8 @@ def test_gpu_check_dry_run_on_cpu(shakespeare_path, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     variants = json.loads(report.read_text())["variants"]
-    assert set(variants) == {"fp32 (tf32), batch 2", "bf16 autocast, batch 2", "bf16 + compile, batch 2"}
+    assert set(variants) == {f"{label}, {encoding}, batch 2" for label in ("fp32 (tf32)", "bf16 autocast", "bf16 + compile")
+                             for encoding in ("rope", "learned")}
     for r in variants.values():
         assert "error" not in r and r["tokens_per_sec"] > 0 and r["steps"] >= 2
-    assert "| variant | batch | tokens/s | ms/step | MFU |" in result.stdout
+    assert "| variant | positions | batch | tokens/s | ms/step | MFU |" in result.stdout
