@@ -31,6 +31,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 LR_SCHEDULES = ("constant", "cosine", "linear")
 POSITION_ENCODINGS = ("learned", "rope")
+ACTIVATIONS = ("gelu", "swiglu", "relu2")
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ class TrainConfig:
     d_model: int = _doc("transformer width (embedding size)", default=512)
     n_layers: int = _doc("transformer blocks", default=6)
     n_heads: int = _doc("attention heads; must divide d_model", default=8)
-    d_ff: Optional[int] = _doc("feed-forward width; none = 4 * d_model", default=None)
+    d_ff: Optional[int] = _doc("feed-forward width; none = 4 * d_model, or for swiglu 8/3 * d_model rounded up to a multiple of 8 (its three matrices then hold the same weights)", default=None)
+    activation: str = _doc("the feed-forward's nonlinearity: 'gelu' (GPT-2's), 'swiglu' (a gated unit: silu(x W) * (x V), Shazeer 2020) or 'relu2' (squared ReLU, So et al. 2021)", default="gelu")
     dropout: float = _doc("dropout probability in [0, 1)", default=0.0)
     position_encoding: str = _doc("'learned' positions added to the token embedding (GPT-2's), or 'rope' (rotary: each head's queries and keys turned by their position; d_model / n_heads must be even)", default="learned")
     # --- optimisation
@@ -95,13 +97,21 @@ class TrainConfig:
 
     @property
     def ff_width(self) -> int:
-        return self.d_ff if self.d_ff is not None else 4 * self.d_model
+        return ff_width(self.d_model, self.d_ff, self.activation)
 
     @property
     def separator(self) -> str:
         if self.prompt_separator is not None:
             return self.prompt_separator
         return " " if self.tokenizer == "basic_english" else ""
+
+
+def ff_width(d_model: int, d_ff: Optional[int], activation: str) -> int:
+    """The feed-forward width: ``d_ff``, or where it is none 4 * d_model; for swiglu, whose gate
+    is a third matrix, 2/3 of that, rounded up to a multiple of 8, for the same weights."""
+    if d_ff is not None:
+        return d_ff
+    return 8 * -(-(8 * d_model) // 24) if activation == "swiglu" else 4 * d_model
 
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
@@ -132,6 +142,7 @@ KNOWN_AS = {
     "intermediate_size": "d_ff", "warmup_steps": "warmup", "warmup_iters": "warmup",
     "beta2": "adam_beta2", "adam_beta_2": "adam_beta2",
     "position_embedding_type": "position_encoding", "positional_encoding": "position_encoding",
+    "hidden_act": "activation", "activation_function": "activation", "hidden_activation": "activation",
 }
 
 
@@ -273,6 +284,7 @@ def validation_errors(config: TrainConfig) -> list[str]:
     one_of("precision", PRECISIONS)
     one_of("lr_schedule", LR_SCHEDULES)
     one_of("position_encoding", POSITION_ENCODINGS)
+    one_of("activation", ACTIVATIONS)
     one_of("compile_mode", COMPILE_MODES)
     check(
         config.compile or config.compile_mode == "default",

@@ -1,10 +1,10 @@
 """The autoregressive model: a GPT-style decoder-only transformer.
 
 Batch-first throughout: token ids are ``(B, T)``, activations ``(B, T, C)`` with ``C = d_model``.
-Pre-norm blocks, positions either learned (a table added to the token embedding, GPT-2's) or
-rotary (RoPE: each head's queries and keys rotated by their position, Su et al. 2021), causal
-attention through ``scaled_dot_product_attention``, and an output layer tied to the token
-embedding (fewer parameters, and the better choice on a corpus as small as Tiny Shakespeare).
+Pre-norm blocks, a GELU, SwiGLU or squared-ReLU feed-forward, positions either learned (a table
+added to the token embedding, GPT-2's) or rotary (RoPE: each head's queries and keys rotated by
+their position, Su et al. 2021), causal attention through ``scaled_dot_product_attention``, and an
+output layer tied to the token embedding (fewer parameters, and the better choice on a corpus as small as Tiny Shakespeare).
 The model sees only its own ``ModelConfig``.
 """
 
@@ -29,6 +29,7 @@ class ModelConfig:
     d_ff: int
     dropout: float = 0.0
     position_encoding: str = "learned"  # or "rope"
+    activation: str = "gelu"  # or "swiglu", "relu2"
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -37,6 +38,8 @@ class ModelConfig:
             )
         if self.position_encoding not in ("learned", "rope"):
             raise ValueError(f"position_encoding must be 'learned' or 'rope', but got {self.position_encoding!r}")
+        if self.activation not in ("gelu", "swiglu", "relu2"):
+            raise ValueError(f"activation must be 'gelu', 'swiglu' or 'relu2', but got {self.activation!r}")
         if self.position_encoding == "rope" and (self.d_model // self.n_heads) % 2:
             raise ValueError(
                 f"rope rotates pairs of a head's dimensions, so d_model / n_heads must be even, "
@@ -136,15 +139,55 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.proj(y))
 
 
+def _swiglu(h: torch.Tensor) -> torch.Tensor:
+    gate, value = h.chunk(2, dim=-1)
+    return F.silu(gate) * value
+
+
+class _SwiGLU(torch.autograd.Function):
+    """``silu(gate) * value`` of ``h = [gate | value]``, eager. Its backward writes the two halves'
+    gradients into one tensor; autograd's own builds each apart and then concatenates them, one
+    more pass over ``h``'s size, and computes the silu's derivative in several kernels. The unit's
+    forward and backward took 14% less time for it (one core, 1024 tokens of width 344: 1.9 ms
+    against 2.2 ms, three rounds), about 2% of a step of the default search's model."""
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor) -> torch.Tensor:
+        gate, value = h.chunk(2, dim=-1)
+        activated = F.silu(gate)
+        ctx.save_for_backward(gate, value, activated)
+        return activated * value
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        gate, value, activated = ctx.saved_tensors
+        dh = torch.empty((*gate.shape[:-1], 2 * gate.shape[-1]), dtype=gate.dtype, device=gate.device)
+        dgate, dvalue = dh.chunk(2, dim=-1)
+        torch.mul(grad, activated, out=dvalue)
+        torch.ops.aten.silu_backward.grad_input(grad * value, gate, grad_input=dgate)
+        return dh
+
+
 class FeedForward(nn.Module):
+    """``down(act(up(x)))``. For swiglu, ``up`` holds the gate's matrix and the value's side by side
+    (one matmul, ``2 * d_ff`` wide), and the unit is ``silu(gate) * value``."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.activation = cfg.activation
+        self.up = nn.Linear(cfg.d_model, (2 if cfg.activation == "swiglu" else 1) * cfg.d_ff, bias=False)
         self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down(F.gelu(self.up(x))))
+        h = self.up(x)
+        if self.activation == "swiglu":  # Inductor fuses the plain form into one kernel, and derives its backward
+            h = _swiglu(h) if torch.compiler.is_compiling() else _SwiGLU.apply(h)
+        elif self.activation == "relu2":
+            h = F.relu(h).square()
+        else:
+            h = F.gelu(h)
+        return self.dropout(self.down(h))
 
 
 class Block(nn.Module):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from artune import ArgumentParser, stdout_closed
-from artune.config import FIELDS, ConfigError, TrainConfig
+from artune.config import FIELDS, ConfigError, TrainConfig, ff_width
 from artune.batches import train_batches, valid_batches
 from artune.data import Corpus, check_fits, load_corpus, num_sequential_batches, num_shuffled_batches
 from artune.models import GPT, ModelConfig
@@ -33,7 +33,7 @@ CHECKPOINT_FORMAT = 1
 # its sample and its logging may change.
 RESUME_MUST_MATCH = (
     "tokenizer", "seq_len", "batch_size", "train_loader", "dataloader_shuffle_with_replacement", "d_model", "n_layers",
-    "n_heads", "d_ff", "dropout", "position_encoding", "optimizer", "lr", "weight_decay", "adam_beta2", "warmup", "lr_schedule",
+    "n_heads", "d_ff", "activation", "dropout", "position_encoding", "optimizer", "lr", "weight_decay", "adam_beta2", "warmup", "lr_schedule",
     "lr_min_ratio", "grad_norm_clip", "seed",
 )
 # How often (in steps) the training loop looks for a non-finite loss. Each look is a host sync,
@@ -70,6 +70,7 @@ def model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
         d_ff=config.ff_width,
         dropout=config.dropout,
         position_encoding=config.position_encoding,
+        activation=config.activation,
     )
 
 
@@ -457,9 +458,9 @@ class Trainer:
         # A knob the checkpoint's settings lack was added since: that run had its default.
         saved = {**{k: FIELDS[k].default for k in RESUME_MUST_MATCH}, **state["config"]} if "config" in state else {}
         now = self.config.to_dict()
-        if saved and (saved.get("d_ff") is None) != (now["d_ff"] is None):  # none is 4 * d_model: that width, given
+        if saved and (saved.get("d_ff") is None) != (now["d_ff"] is None):  # none is a width of d_model's: that width, given
             for config in (saved, now):
-                config["d_ff"] = config["d_ff"] if config.get("d_ff") is not None else 4 * config["d_model"]
+                config["d_ff"] = ff_width(config["d_model"], config.get("d_ff"), config["activation"])
         differ = [key for key in RESUME_MUST_MATCH if key in saved and saved[key] != now[key]]
         if differ:
             raise CheckpointError(

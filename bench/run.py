@@ -73,7 +73,8 @@ def model_matmul_rate(config: TrainConfig, vocab_size: int, seconds: float = 0.5
     ``(out, M) @ (M, in)``. What a step would reach if everything but these matmuls were free.
     """
     M, d, f = config.batch_size * config.seq_len, config.d_model, config.ff_width
-    layers = [(d, 3 * d), (d, d), (d, f), (f, d)] * config.n_layers + [(d, vocab_size)]
+    up = 2 * f if config.activation == "swiglu" else f  # swiglu's gate and value, one matmul
+    layers = [(d, 3 * d), (d, d), (d, up), (f, d)] * config.n_layers + [(d, vocab_size)]
     shapes = [s for i, o in layers for s in ((M, i, o), (M, o, i), (o, M, i))]
     pairs = [(torch.randn(m, k), torch.randn(k, n)) for m, k, n in shapes]
     flops = sum(2 * m * k * n for m, k, n in shapes)
@@ -88,14 +89,15 @@ def model_matmul_rate(config: TrainConfig, vocab_size: int, seconds: float = 0.5
 def flops_per_token(config: TrainConfig, vocab_size: int) -> float:
     """Training FLOPs per token, as nanoGPT and PaLM count them for MFU.
 
-    6 per weight of a matmul (2 forward, 4 backward): 4 d^2 (qkv and proj) and 2 d d_ff (the MLP)
-    per block, plus the d V of the output layer (tied to the embedding, whose lookup is free);
+    6 per weight of a matmul (2 forward, 4 backward): 4 d^2 (qkv and proj) and 2 d d_ff (the MLP;
+    3 d d_ff for swiglu, with its gate) per block, plus the d V of the output layer (tied to the embedding, whose lookup is free);
     plus attention's scores and weighted sum, 12 L d T, counted over the full T x T square
     although causal attention needs only its lower half. LayerNorm, softmax and the optimizer
     are not counted.
     """
     d, L, T = config.d_model, config.n_layers, config.seq_len
-    weights = L * (4 * d * d + 2 * d * config.ff_width) + vocab_size * d
+    mlp = (3 if config.activation == "swiglu" else 2) * d * config.ff_width
+    weights = L * (4 * d * d + mlp) + vocab_size * d
     return 6 * weights + 12 * L * d * T
 
 

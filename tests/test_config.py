@@ -64,7 +64,8 @@ def test_unknown_key_suggests_the_close_field():
 
 @pytest.mark.parametrize(("other", "ours"), [("learning_rate", "lr"), ("n_embd", "d_model"), ("block_size", "seq_len"),
                                              ("n_layer", "n_layers"), ("grad_clip", "grad_norm_clip"),
-                                             ("beta2", "adam_beta2"), ("position_embedding_type", "position_encoding")])
+                                             ("beta2", "adam_beta2"), ("position_embedding_type", "position_encoding"),
+                                             ("hidden_act", "activation")])
 def test_an_unknown_key_that_another_trainer_uses_suggests_artunes_name(other, ours):
     with pytest.raises(ConfigError, match=re.escape(f"unknown key '{other}' (did you mean '{ours}'?)")):
         TrainConfig.from_dict({other: 1})
@@ -119,6 +120,7 @@ def test_every_unknown_key_is_reported():
         ({"adam_beta2": math.nan}, "adam_beta2", "nan"),
         ({"position_encoding": "rotary"}, "position_encoding", "'rotary'"),
         ({"position_encoding": "rope", "d_model": 12, "n_heads": 4}, "position_encoding", "d_model=12, n_heads=4"),
+        ({"activation": "swiglue"}, "activation", "did you mean 'swiglu'"),
     ],
 )
 def test_bad_value_names_field_and_value(values, field, shown):
@@ -298,3 +300,12 @@ def test_help_lists_every_field_with_its_doc_and_default():
         assert f"--{name}" in text
         assert "".join(field_doc(name).split()) in text
     assert f"(default:{FIELDS['batch_size'].default!r})" in text
+
+
+@pytest.mark.parametrize(("d_model", "d_ff", "activation", "width"), [
+    (128, None, "gelu", 512), (128, None, "relu2", 512), (128, None, "swiglu", 344), (96, None, "swiglu", 256),
+    (128, 300, "swiglu", 300), (128, 300, "gelu", 300),
+])
+def test_the_feed_forward_width_defaults_to_the_same_weights_for_every_activation(d_model, d_ff, activation, width):
+    """none is 4 * d_model; swiglu's third matrix makes it 8/3 * d_model, rounded up to a multiple of 8."""
+    assert TrainConfig(d_model=d_model, n_heads=4, d_ff=d_ff, activation=activation).ff_width == width

@@ -22,10 +22,10 @@ def test_output_shape_is_batch_time_vocab():
     assert model(_ids(3, T)).shape == (3, T, V)
 
 
-@pytest.mark.parametrize("positions", ["learned", "rope"])
+@pytest.mark.parametrize(("positions", "activation"), [("learned", "gelu"), ("rope", "gelu"), ("learned", "swiglu"), ("rope", "relu2")])
 @pytest.mark.parametrize("t", [1, 5, T - 1])
-def test_causal_future_tokens_do_not_change_earlier_logits(t, positions):
-    model = _model(dropout=0.2, position_encoding=positions).eval()  # eval: dropout off, so the comparison is exact up to float noise
+def test_causal_future_tokens_do_not_change_earlier_logits(t, positions, activation):
+    model = _model(dropout=0.2, position_encoding=positions, activation=activation).eval()  # eval: dropout off, so the comparison is exact up to float noise
     x = _ids(2, T)
     changed = x.clone()
     changed[:, t:] = (x[:, t:] + 1 + _ids(2, T - t, seed=7) % (V - 1)) % V  # every later token differs
@@ -195,4 +195,53 @@ def test_rope_gradients_are_the_complex_products_own():
     mine, = torch.autograd.grad(_Rotate.apply(x, turns, back), x, grad)
     reference = torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * torch.view_as_complex(turns)).flatten(-2)
     theirs, = torch.autograd.grad(reference, x, grad)
+    torch.testing.assert_close(mine, theirs)
+
+
+def test_swiglu_is_a_gated_unit_with_the_gate_and_value_in_one_matrix():
+    model = _model(activation="swiglu", d_ff=48)
+    ff = model.blocks[0].ff
+    assert ff.up.weight.shape == (2 * 48, 32) and ff.down.weight.shape == (32, 48)
+    x = torch.randn(2, 3, 32)
+    gate, value = ff.up.weight[:48], ff.up.weight[48:]
+    expected = ff.down(torch.nn.functional.silu(x @ gate.T) * (x @ value.T))
+    torch.testing.assert_close(ff(x), expected)
+
+
+def test_relu2_squares_the_relu():
+    ff = _model(activation="relu2").blocks[0].ff
+    x = torch.randn(2, 3, 32)
+    torch.testing.assert_close(ff(x), ff.down(torch.relu(ff.up(x)) ** 2))
+
+
+@pytest.mark.parametrize("activation", ["swiglu", "relu2"])
+def test_every_activation_trains(activation):
+    model = _model(activation=activation)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = _ids(4, T)
+    losses = []
+    for _ in range(20):
+        loss = torch.nn.functional.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_an_unknown_activation_is_refused():
+    with pytest.raises(ValueError, match=r"activation must be 'gelu', 'swiglu' or 'relu2', but got 'glu'"):
+        ModelConfig(vocab_size=V, seq_len=T, d_model=32, n_layers=1, n_heads=4, d_ff=64, activation="glu")
+
+
+def test_swiglu_gradients_are_autograds_own():
+    """The unit's hand-written backward against autograd's, in float64 (and for a permuted gradient)."""
+    from artune.models import _swiglu, _SwiGLU
+
+    h = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(_SwiGLU.apply, (h,))
+    torch.testing.assert_close(_SwiGLU.apply(h), _swiglu(h))
+    grad = torch.randn(5, 2, 4, dtype=torch.float64).transpose(0, 1)
+    mine, = torch.autograd.grad(_SwiGLU.apply(h), h, grad)
+    theirs, = torch.autograd.grad(_swiglu(h), h, grad)
     torch.testing.assert_close(mine, theirs)

@@ -75,10 +75,12 @@ def test_learns_tiny_shakespeare_below_its_unigram_entropy(shakespeare_path):
     assert metrics["sample"].startswith("It is") and len(metrics["sample"]) == len("It is") + 10
 
 
-def test_compiled_training_sees_one_batch_shape_and_matches_eager(small_text):
+@pytest.mark.parametrize(("positions", "activation"), [("learned", "gelu"), ("rope", "swiglu")])
+def test_compiled_training_sees_one_batch_shape_and_matches_eager(small_text, positions, activation):
     """With compile, the epoch's partial last batch is skipped (a new shape would recompile the model);
-    the compiled model's losses are the eager model's."""
-    config = tiny(small_text, batch_size=24, seq_len=16, batches_per_epoch=None, sample_tokens=0)
+    the compiled model's losses are the eager model's (rope and swiglu compile a form of their own)."""
+    config = tiny(small_text, batch_size=24, seq_len=16, batches_per_epoch=None, sample_tokens=0,
+                  position_encoding=positions, activation=activation)
     eager, compiled = Trainer(config), Trainer(dataclasses.replace(config, compile=True))
     sizes = [x.shape[0] for x, _ in Trainer(config)._batches()]
     assert sizes[-1] < 24, "the test needs an epoch that ends in a partial batch"
@@ -355,6 +357,14 @@ def test_a_checkpoint_of_the_other_position_encoding_is_refused(small_text, tmp_
     resumed = Trainer(tiny(small_text, position_encoding="rope"))
     resumed.load_checkpoint(path)
     assert resumed.model.pos_emb is None
+
+
+def test_a_checkpoint_of_another_activation_is_refused(small_text, tmp_path):
+    path = Trainer(tiny(small_text, activation="swiglu")).save_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match=re.escape("trained with activation='swiglu' (this run: activation='gelu')")):
+        Trainer(tiny(small_text)).load_checkpoint(path)
+    # d_ff none, and given as the width none stood for: the same model
+    Trainer(tiny(small_text, activation="swiglu", d_ff=tiny(small_text, activation="swiglu").ff_width)).load_checkpoint(path)
 
 
 def test_a_checkpoint_without_a_knob_added_since_resumes_only_with_its_default(small_text, tmp_path):
