@@ -107,6 +107,7 @@ def main() -> int:
                         help="comma-separated batch sizes to measure (default: the shape's own, and 4x it on CUDA)")
     parser.add_argument("--position-encodings", default="rope,learned",
                         help="comma-separated position encodings to measure (rope is the default search's)")
+    parser.add_argument("--activation", default="gelu", help="the feed-forward's (gelu is the origin's; swiglu the default search's)")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (the compile happens here)")
     parser.add_argument("--compare-steps", type=int, default=3, help="steps compared against the CPU")
@@ -125,10 +126,10 @@ def main() -> int:
     else:
         batch_sizes = [shape["batch_size"], 4 * shape["batch_size"]] if device.type == "cuda" else [shape["batch_size"]]
     encodings = args.position_encodings.split(",")
-    base = TrainConfig(**shape, optimizer="adamw", lr=3e-4, epochs=1, device=device.type, sample_tokens=0)
+    base = TrainConfig(**shape, activation=args.activation, optimizer="adamw", lr=3e-4, epochs=1, device=device.type, sample_tokens=0)
     bases = {encoding: dataclasses.replace(base, position_encoding=encoding) for encoding in encodings}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    report = {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda, "shape": shape,
+    report = {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda, "shape": shape, "activation": args.activation,
               "steps": args.steps, "variants": {}, "cpu_agreement": {}}
     json_path = Path(args.json)
     ceilings = {
@@ -186,7 +187,7 @@ def main() -> int:
 
 def print_table(report: dict) -> None:
     """The README's table, in markdown."""
-    print(f"\n{report['device']}, torch {report['torch']}; matmul ceiling "
+    print(f"\n{report['device']}, torch {report['torch']}, {report.get('activation', 'gelu')} feed-forward; matmul ceiling "
           f"tf32 {report['matmul_ceiling_tflops']['fp32']:.0f} / bf16 {report['matmul_ceiling_tflops']['bf16']:.0f} TFLOP/s\n")
     print("| variant | positions | batch | tokens/s | ms/step | MFU |")
     print("| --- | --- | --- | --- | --- | --- |")
