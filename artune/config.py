@@ -50,7 +50,7 @@ class TrainConfig:
     d_model: int = _doc("transformer width (embedding size)", default=512)
     n_layers: int = _doc("transformer blocks", default=6)
     n_heads: int = _doc("attention heads; must divide d_model", default=8)
-    d_ff: Optional[int] = _doc("feed-forward width; none = 4 * d_model, or for swiglu 8/3 * d_model rounded up to a multiple of 8 (its three matrices then hold the same weights)", default=None)
+    d_ff: Optional[int] = _doc("feed-forward width; none = 4 * d_model, or for swiglu 8/3 * d_model rounded up to a multiple of 8 (so that its three matrices hold as many weights as the two of 4 * d_model)", default=None)
     activation: str = _doc("the feed-forward's nonlinearity: 'gelu' (GPT-2's), 'swiglu' (a gated unit: silu(x W) * (x V), Shazeer 2020) or 'relu2' (squared ReLU, So et al. 2021)", default="gelu")
     dropout: float = _doc("dropout probability in [0, 1)", default=0.0)
     position_encoding: str = _doc("'learned' positions added to the token embedding (GPT-2's), or 'rope' (rotary: each head's queries and keys turned by their position; d_model / n_heads must be even)", default="learned")

@@ -90,10 +90,10 @@ def flops_per_token(config: TrainConfig, vocab_size: int) -> float:
     """Training FLOPs per token, as nanoGPT and PaLM count them for MFU.
 
     6 per weight of a matmul (2 forward, 4 backward): 4 d^2 (qkv and proj) and 2 d d_ff (the MLP;
-    3 d d_ff for swiglu, with its gate) per block, plus the d V of the output layer (tied to the embedding, whose lookup is free);
-    plus attention's scores and weighted sum, 12 L d T, counted over the full T x T square
-    although causal attention needs only its lower half. LayerNorm, softmax and the optimizer
-    are not counted.
+    3 d d_ff for swiglu, with its gate) per block, plus the d V of the output layer (tied to the
+    embedding, whose lookup is free); plus attention's scores and weighted sum, 12 L d T, counted
+    over the full T x T square although causal attention needs only its lower half. LayerNorm,
+    softmax and the optimizer are not counted.
     """
     d, L, T = config.d_model, config.n_layers, config.seq_len
     mlp = (3 if config.activation == "swiglu" else 2) * d * config.ff_width
