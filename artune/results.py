@@ -74,8 +74,13 @@ class TrialRecord:
     config_id: Optional[str] = None  # shared by the replicates of one config (different seeds)
 
     def add_epoch(self, metrics: dict[str, Any]) -> None:
-        # keyed by epoch: a trial restarted from a checkpoint re-reports nothing twice
-        self.epochs[int(metrics["epoch"])] = metrics
+        # An epoch at or before one already recorded comes from a retry: the trial restarted from its
+        # last checkpoint, or from epoch 1 where it saves none. The retry's epochs replace every later
+        # one of the failed attempt, so that no curve mixes two attempts.
+        epoch = int(metrics["epoch"])
+        for later in [e for e in self.epochs if e >= epoch]:
+            del self.epochs[later]
+        self.epochs[epoch] = metrics
         if metrics.get("diverged"):
             self.status = "diverged"
             self.error = metrics.get("error")

@@ -19,8 +19,8 @@ from artune import results as results_module
 from artune.config import FIELD_NAMES
 from artune.plots import knob_positions, learning_curves, metric_vs_knobs, parallel_coordinates, write_plots
 from artune.results import (
-    EPOCHS_FILE, MANIFEST_FILE, TRIALS_FILE, ResultsError, compare, load, main, read_records, write_json_atomic,
-    write_tables,
+    EPOCHS_FILE, MANIFEST_FILE, TRIALS_FILE, ResultsError, TrialRecord, compare, load, main, read_records,
+    write_json_atomic, write_tables,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,6 +65,25 @@ def test_load_gives_a_row_per_trial_and_per_trial_epoch(search: Path) -> None:
     statuses = results.trials.set_index("trial_id")["status"]
     assert statuses.to_dict() == {t: spec[6] for t, spec in fx.TRIALS.items()}
     assert results.trials.set_index("trial_id").loc["t5", "error"] == "RuntimeError: CUDA out of memory"
+
+
+def test_a_retried_trials_epochs_replace_the_failed_attempts(tmp_path: Path) -> None:
+    # attempt 1 reached epoch 4 and died; attempt 2 restarted from epoch 1 (no checkpoint) and was
+    # stopped after its second: the tables hold attempt 2's two epochs, not 2 of one and 2 of the other
+    record = TrialRecord("t0", {"lr": 0.001, "d_model": 32}, config_id="c0")
+    for attempt, epochs in ((1, 4), (2, 2)):
+        for epoch in range(1, epochs + 1):
+            record.add_epoch({"epoch": epoch, "valid_loss": 10.0 * attempt + epoch, "valid_accuracy": 0.5})
+    record.status = "stopped"
+    write_tables(tmp_path, [record])
+    epochs = load(tmp_path).epochs
+    assert list(epochs["epoch"]) == [1, 2] and list(epochs["valid_loss"]) == [21.0, 22.0]
+    trial = load(tmp_path).trials.iloc[0]
+    assert trial["epochs_completed"] == 2 and trial["last_valid_loss"] == 22.0
+    # a retry from its checkpoint of epoch 3 re-trains epoch 4 only
+    for epoch in (3, 4, 4):
+        record.add_epoch({"epoch": epoch, "valid_loss": 30.0 + epoch, "valid_accuracy": 0.5})
+    assert sorted(record.epochs) == [1, 2, 3, 4] and record.epochs[4]["valid_loss"] == 34.0
 
 
 def test_load_by_name_under_results_dir(search: Path) -> None:
