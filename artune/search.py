@@ -40,7 +40,7 @@ from artune.results import (
 )
 from artune import spaces
 from artune.spaces import SearchSpace, SpaceError, load_space
-from artune.study import open_study, storage_url, sync_study, warm_start_storage
+from artune.study import STUDY_FILE, open_study, storage_url, sync_study, warm_start_storage
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
 NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -180,6 +180,24 @@ def sqlite_file(url: str) -> Optional[Path]:
     return Path(parsed.database or ":memory:") if parsed.get_backend_name() == "sqlite" else None
 
 
+def recorded_storage(manifest: dict[str, Any], directory: Path) -> Optional[str]:
+    """The study's URL that a search's manifest records, following the search where it has moved.
+
+    By default a search keeps its study in its own directory, and the manifest records the file's
+    absolute path. A search moved or copied since has its own study with it: the URL is read as that
+    one, so that a resume or an extend neither fails on the old path nor writes into the original's.
+    """
+    url = manifest.get("storage")
+    try:
+        recorded = sqlite_file(url) if url else None
+    except Exception:  # noqa: BLE001 - not a URL: opening the study names it, in one line
+        return url
+    here = Path(directory) / STUDY_FILE
+    if recorded is not None and recorded.name == STUDY_FILE and here.exists() and recorded.resolve() != here.resolve():
+        return storage_url(directory)
+    return url
+
+
 def check_storage(url: str) -> None:
     """A --storage URL must name a database SQLAlchemy can open here, before Ray starts and a search directory exists."""
     from sqlalchemy.engine import make_url
@@ -296,10 +314,11 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
         changed = [OVERRIDE_FLAGS[key] for key, value in given.items() if value != getattr(space.settings, key)]
         changed += [f"--set {key}" for key, value in sets.items() if key not in FIELD_NAMES or coerce(key, value) != space.fixed.get(key)]
         changed += ["--repeats"] * (args.repeats is not None and args.repeats != repeats)
-        database = sqlite_file(args.storage) if args.storage is not None and args.storage != manifest.get("storage", args.storage) else None
+        recorded = recorded_storage(manifest, directory)
+        database = sqlite_file(args.storage) if args.storage is not None and args.storage != (recorded or args.storage) else None
         if database is not None and not database.exists():
-            # the way to point a moved search at its study, but a database that is not there would be a new, empty study
-            changed.append(f"--storage (no database at {args.storage}; the study is in {manifest.get('storage')})")
+            # the way to point a search at a study kept elsewhere, but a database that is not there would be a new, empty study
+            changed.append(f"--storage (no database at {args.storage}; the study is in {recorded})")
         if changed:
             raise SearchError(
                 f"--resume continues search {name!r} as it started, so {', '.join(changed)} cannot change; "
@@ -329,7 +348,7 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
         data = manifest["corpus"]["source"]  # the corpus the search started with
     return Plan(
         space, name, directory, data, args.address, args.resume, args.extend,
-        storage_url(directory, args.storage or manifest.get("storage")), repeats, space.settings.time_budget, started,
+        storage_url(directory, args.storage or recorded_storage(manifest, directory)), repeats, space.settings.time_budget, started,
         [sys.executable, "-m", "artune.search", *sys.argv[1:]], run_name, restore_state_from, overrides,
     )
 

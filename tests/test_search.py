@@ -473,6 +473,25 @@ def test_resume_keeps_the_settings_the_search_started_with_and_refuses_new_ones(
     assert planned.returncode == 0 and "5 epochs each" in planned.stdout, (planned.stdout, planned.stderr)
 
 
+@pytest.mark.slow
+def test_a_copied_search_extends_its_own_study_and_leaves_the_originals_alone(smoke, tmp_path):
+    """The manifest records the study's absolute path; a search moved or copied since uses the optuna.db it holds."""
+    import optuna
+
+    result, original = smoke
+    assert result.returncode == 0, result.stderr[-2000:]
+    directory = tmp_path / "elsewhere" / "smoke"
+    shutil.copytree(original, directory)
+    trials = lambda folder: len(optuna.load_study(study_name="smoke", storage=f"sqlite:///{folder / 'optuna.db'}").trials)  # noqa: E731
+    before = trials(original)
+    extended = cli("--extend", "--num-samples", "1", "--name", "smoke", "--results-dir", str(tmp_path / "elsewhere"))
+    assert extended.returncode == 0, extended.stderr[-2000:]
+    here = f"sqlite:///{directory.resolve() / 'optuna.db'}"
+    assert f"in {here}" in extended.stdout, extended.stdout
+    assert trials(original) == before and trials(directory) == before + 1
+    assert json.loads((directory / "manifest.json").read_text())["storage"] == here
+
+
 def test_a_knob_searched_under_a_condition_can_also_keep_its_default(tmp_path):
     """Where its condition is off, a conditional knob keeps TrainConfig's default: the corpus check covers that too."""
     from artune.search import possible_values
