@@ -45,6 +45,14 @@ def smoke(smoke_search):
     return smoke_search
 
 
+def copy_of_smoke(smoke, results_dir: Path) -> Path:
+    """The finished smoke search copied under ``results_dir``, for a test that changes or continues it."""
+    result, original = smoke
+    assert result.returncode == 0, result.stderr[-2000:]
+    shutil.copytree(original, results_dir / "smoke")
+    return results_dir / "smoke"
+
+
 @pytest.mark.slow
 def test_smoke_search_runs_trials_and_prints_a_summary(smoke):
     result, directory = smoke
@@ -389,10 +397,7 @@ def test_resume_ignores_a_staging_copy_of_another_search(tmp_path):
 @pytest.mark.slow
 def test_resume_restores_a_saved_state_cut_short_from_tunes_staging_copy(smoke, tmp_path):
     """A real search's state emptied as a kill inside Tune's copy leaves it: --resume puts Tune's staging copy back."""
-    result, original = smoke
-    assert result.returncode == 0, result.stderr[-2000:]
-    directory = tmp_path / "r" / "smoke"
-    shutil.copytree(original, directory)
+    directory = copy_of_smoke(smoke, tmp_path / "r")
     state = sorted((directory / "tune").glob("experiment_state-*.json"))[-1]
     whole = state.read_bytes()
     state.write_bytes(b"")
@@ -447,10 +452,7 @@ def test_trials_name_the_corpus_file_given_with_data(smoke, shakespeare_path):
 
 @pytest.mark.slow
 def test_resume_keeps_the_settings_the_search_started_with_and_refuses_new_ones(smoke, tmp_path, shakespeare_path):
-    result, original = smoke
-    assert result.returncode == 0, result.stderr[-2000:]
-    directory = tmp_path / "r" / "smoke"
-    shutil.copytree(original, directory)
+    directory = copy_of_smoke(smoke, tmp_path / "r")
     manifest = json.loads((directory / "manifest.json").read_text())
     # --data FILE is recorded as the trials' dataset, and nothing else was given
     assert manifest["overrides"] == {"tune": {"settings": {}, "set": {"dataset": str(shakespeare_path.absolute())}}}
@@ -478,17 +480,14 @@ def test_a_copied_search_extends_its_own_study_and_leaves_the_originals_alone(sm
     """The manifest records the study's absolute path; a search moved or copied since uses the optuna.db it holds."""
     import optuna
 
-    result, original = smoke
-    assert result.returncode == 0, result.stderr[-2000:]
-    directory = tmp_path / "elsewhere" / "smoke"
-    shutil.copytree(original, directory)
+    directory = copy_of_smoke(smoke, tmp_path / "elsewhere")
     trials = lambda folder: len(optuna.load_study(study_name="smoke", storage=f"sqlite:///{folder / 'optuna.db'}").trials)  # noqa: E731
-    before = trials(original)
+    before = trials(smoke[1])
     extended = cli("--extend", "--num-samples", "1", "--name", "smoke", "--results-dir", str(tmp_path / "elsewhere"))
     assert extended.returncode == 0, extended.stderr[-2000:]
     here = f"sqlite:///{directory.resolve() / 'optuna.db'}"
     assert f"in {here}" in extended.stdout, extended.stdout
-    assert trials(original) == before and trials(directory) == before + 1
+    assert trials(smoke[1]) == before and trials(directory) == before + 1
     assert json.loads((directory / "manifest.json").read_text())["storage"] == here
 
 
