@@ -10,6 +10,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
+import shutil
+import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
@@ -73,7 +76,7 @@ class TrainConfig:
     seed: int = _doc("seeds model init, batch order and dropout", default=0)
     device: str = _doc("'auto', 'cpu' or 'cuda'", default="auto")
     precision: str = _doc("'fp32', 'bf16' (autocast) or 'auto' (bf16 on CUDA GPUs that support it, and on CPUs with native bf16 matmuls where a quick probe measures them faster; fp32 otherwise)", default="fp32")
-    compile: bool = _doc("torch.compile the model for training (pays off only for long runs; an epoch's partial last batch is skipped, as a new shape would recompile; a process that compiles a new model shape starts torch.compile's caches afresh)", default=False)
+    compile: bool = _doc("torch.compile the model for training (needs a C++ compiler: $CXX, else g++; pays off only for long runs; an epoch's partial last batch is skipped, as a new shape would recompile; a process that compiles a new model shape starts torch.compile's caches afresh)", default=False)
     compile_mode: str = _doc("torch.compile's mode, with compile: 'default', 'reduce-overhead' (CUDA graphs: for GPU steps too short to hide their kernel launches, 2x at the origin's shape on an H100), 'max-autotune' or 'max-autotune-no-cudagraphs'", default="default")
     is_save_models: bool = _doc("write a checkpoint after every epoch", default=True)
     is_log_model_params_grads: bool = _doc("add per-layer parameter and gradient statistics to the metrics (the epoch's last gradients, before clipping; grad_norm/total is what clipping compared)", default=False)
@@ -117,6 +120,22 @@ def ff_width(d_model: int, d_ff: Optional[int], activation: str) -> int:
 FIELDS = {f.name: f for f in fields(TrainConfig)}
 FIELD_NAMES = tuple(FIELDS)
 _HINTS = get_type_hints(TrainConfig)
+
+
+def missing_compiler() -> Optional[str]:
+    """The C++ compiler ``compile: true`` needs, where it is not installed here; None where it is.
+
+    torch.compile's inductor builds its kernels with ``$CXX``, else g++ (clang++ on macOS, cl on
+    Windows), and finds it on PATH as this does: without it every compiled step fails.
+    """
+    default = "cl" if sys.platform == "win32" else "clang++" if sys.platform == "darwin" else "g++"
+    compiler = os.environ.get("CXX") or default
+    return None if shutil.which(compiler) else compiler
+
+
+def compiler_message(compiler: str) -> str:
+    return (f"compile: true needs a C++ compiler for torch.compile, but {compiler!r} (CXX, else its default) is not "
+            "installed here; install one (e.g. g++), point CXX at it, or set compile: false")
 
 
 def field_type(name: str) -> tuple[type, bool]:

@@ -33,7 +33,9 @@ from typing import Any, Iterator, Optional
 from urllib.parse import urlparse
 
 from artune import LOADED_AT, ArgumentParser, __version__, plural, stdout_closed
-from artune.config import ConfigError, FIELD_NAMES, TrainConfig, coerce, unknown_key_message
+from artune.config import (
+    ConfigError, FIELD_NAMES, TrainConfig, coerce, compiler_message, missing_compiler, unknown_key_message,
+)
 from artune.results import (
     DEFAULT_RESULTS_DIR, MANIFEST_FILE, TRIALS_FILE, EPOCHS_FILE, TrialRecord, read_records,
     write_json_atomic, write_tables,
@@ -342,6 +344,9 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
     if overrides["set"]:
         space = space.with_fixed(overrides["set"])
     space.check_configs()
+    compiler = missing_compiler() if not args.address and any(possible_values(space, space_defaults(space), "compile")) else None
+    if compiler:  # (a cluster's nodes have toolchains of their own: a trial there says what its node lacks)
+        raise SearchError(compiler_message(compiler).replace("set compile: false", "--set compile=false"))
     if args.address:
         check_address(args.address)
     if (args.resume or args.extend) and data is None and manifest.get("corpus", {}).get("source"):
@@ -536,7 +541,7 @@ def load_plan_corpus(plan: Plan, fetch: bool = True) -> Any:
     from artune.data import CorpusError, check_fits, load_corpus
     from artune.tokenizers import UnknownTokenError, get_tokenizer
 
-    fixed = TrainConfig.from_dict({k: v for k, v in plan.space.fixed.items() if k in FIELD_NAMES})
+    fixed = space_defaults(plan.space)
     try:
         corpus = load_corpus(fixed.dataset, fixed.tokenizer, plan.data_dir, fetch=fetch)
         # The loaders' needs grow with seq_len and with batch_size, each alone: the largest of each is the test.
@@ -570,6 +575,11 @@ def load_plan_corpus(plan: Plan, fetch: bool = True) -> Any:
                 "give that corpus with --data"
             )
     return corpus
+
+
+def space_defaults(space: SearchSpace) -> TrainConfig:
+    """Every knob the space does not search: its fixed value, else TrainConfig's default."""
+    return TrainConfig.from_dict({k: v for k, v in space.fixed.items() if k in FIELD_NAMES})
 
 
 def possible_values(space: SearchSpace, fixed: TrainConfig, key: str) -> list[Any]:

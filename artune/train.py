@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from artune import ArgumentParser, stdout_closed
-from artune.config import FIELDS, ConfigError, TrainConfig, ff_width
+from artune.config import FIELDS, ConfigError, TrainConfig, compiler_message, ff_width, missing_compiler
 from artune.batches import train_batches, valid_batches
 from artune.data import Corpus, check_fits, load_corpus, num_sequential_batches, num_shuffled_batches
 from artune.models import GPT, ModelConfig
@@ -184,6 +184,8 @@ class Trainer:
         device: Optional[torch.device] = None,
     ) -> None:
         self.config = config
+        if config.compile and (compiler := missing_compiler()):
+            raise ConfigError(compiler_message(compiler))
         self.corpus = corpus if corpus is not None else load_corpus(config.dataset, config.tokenizer, data_dir)
         check_fits(self.corpus, config.seq_len, config.batch_size, train_loader=config.train_loader,
                    valid_loader=config.valid_loader, whole_batches=config.compile)

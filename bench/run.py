@@ -44,7 +44,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from artune.config import TrainConfig
+from artune.config import FIELD_NAMES, ConfigError, TrainConfig, coerce, unknown_key_message
 from artune.batches import shuffled_batches, valid_batches
 from artune.data import load_corpus
 from artune.train import Trainer, matmul_rate
@@ -159,8 +159,8 @@ print(json.dumps(_first_step_seconds(TrainConfig(**json.loads(sys.argv[1])), cor
 """
 
 
-def bench_compile(corpus: Any, rounds: int, steps: int) -> dict[str, Any]:
-    """Eager against ``compile: true`` at the small shape, and what the compilation costs a trial.
+def bench_compile(corpus: Any, rounds: int, steps: int, knobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Eager against ``compile: true`` at the small shape (with ``knobs`` changed), and what the compilation costs a trial.
 
     A new trial's first step (which holds the compilation, and the import of ``torch._dynamo``, which
     only compiling needs) is timed three ways: with an empty
@@ -172,7 +172,7 @@ def bench_compile(corpus: Any, rounds: int, steps: int) -> dict[str, Any]:
     import subprocess
     import tempfile
 
-    config = TrainConfig(**SMALL, optimizer="adamw", epochs=1, device="cpu", batches_per_epoch=steps)
+    config = TrainConfig(**{**SMALL, "optimizer": "adamw", "epochs": 1, "device": "cpu", **(knobs or {}), "batches_per_epoch": steps})
     compiled_config = TrainConfig(**{**config.to_dict(), "compile": True})
     previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     with tempfile.TemporaryDirectory(prefix="artune-inductor-") as cache:
@@ -205,7 +205,7 @@ def bench_compile(corpus: Any, rounds: int, steps: int) -> dict[str, Any]:
         return max(0.0, first_step - eager_first) / saved_per_second if saved_per_second > 0 else float("inf")
 
     return {
-        "shape": SMALL, "steps_per_round": steps, "rounds": rounds,
+        "shape": SMALL, "knobs": knobs or {}, "steps_per_round": steps, "rounds": rounds,
         "eager_tokens_per_sec": e, "compiled_tokens_per_sec": c, "ratio": c / e,
         "ratio_median_of_rounds": statistics.median(x / y for x, y in zip(compiled_rates, eager_rates)),
         "eager_tokens_per_sec_rounds": eager_rates, "compiled_tokens_per_sec_rounds": compiled_rates,
@@ -310,8 +310,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sampler-rounds", type=int, default=7, help="epochs of each sampler in the sampler section")
     parser.add_argument("--precision-batch", type=int, default=1, help="batch size of the precision section")
     parser.add_argument("--precision-steps", type=int, default=2, help="timed steps of each precision")
+    parser.add_argument("--compile-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a knob of the compile section's model and batch, e.g. the default search's trial: "
+                             "--compile-set batch_size=16 --compile-set position_encoding=rope --compile-set activation=swiglu")
     parser.add_argument("--json", default=str(Path(__file__).parent / "out" / "bench.json"))
     args = parser.parse_args(argv)
+    knobs = {}
+    for item in args.compile_set:
+        key, _, value = (part.strip() for part in item.partition("="))
+        if key not in FIELD_NAMES:
+            parser.error(f"--compile-set {key}: {unknown_key_message(key)}")
+        try:
+            knobs[key] = coerce(key, value)
+        except ConfigError as exc:
+            parser.error(f"--compile-set {item}: {exc}")
+    try:
+        TrainConfig(**{**SMALL, **knobs})
+    except ConfigError as exc:
+        parser.error(f"--compile-set: {exc}")
     torch.set_num_threads(args.threads)
     corpus = load_corpus("tiny_shakespeare", "character", os.environ.get("ARTUNE_DATA_DIR"))
     report: dict[str, Any] = {
@@ -326,8 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trainer    the model's own weight matmuls alone reach {r['model_matmul_gflops']:.0f} GFLOP/s; artune's step "
               f"runs them at {r['artune_share_of_model_matmul_rate']:.0%} of that")
     if "compile" in args.sections:
-        r = report["compile"] = bench_compile(corpus, args.rounds, args.steps)
-        print(f"compile    small shape: eager {r['eager_tokens_per_sec']:,.0f} tok/s  compiled {r['compiled_tokens_per_sec']:,.0f} tok/s  "
+        r = report["compile"] = bench_compile(corpus, args.rounds, args.steps, knobs)
+        print(f"compile    small shape{''.join(f', {k} {v}' for k, v in knobs.items())}: eager {r['eager_tokens_per_sec']:,.0f} tok/s  compiled {r['compiled_tokens_per_sec']:,.0f} tok/s  "
               f"ratio {r['ratio']:.2f}x (median of rounds {r['ratio_median_of_rounds']:.2f}x)  MFU {r['eager_mfu']:.0%} -> {r['compiled_mfu']:.0%}")
         first, even = r["compiled_first_step_s"], r["break_even_s"]
         print(f"compile    a new trial's first step: eager {r['eager_first_step_s']:.1f} s; compiled {first['empty_cache']:.1f} s "

@@ -129,6 +129,7 @@ def refused(tmp_path_factory, shakespeare_path):
     for name in ("missing.txt", "upper.txt"):  # a dry run checks the corpus as the search will
         cases[f"dry-run:{name}"] = ([str(SMOKE), "--data", str(data / name), "--dry-run"], NO_NETWORK)
     cases["ray_client"] = ([str(SMOKE), "--address", f"ray://127.0.0.1:{free_port()}"], {})
+    cases["no_compiler"] = ([str(SMOKE), "--set", "compile=true", "--data", str(shakespeare_path)], {"CXX": str(root / "no" / "g++")})
 
     def run(case: str):
         args, env = cases[case]
@@ -212,6 +213,11 @@ def test_a_prompt_the_corpus_cannot_encode_is_refused_before_any_trial(refused):
 def test_a_dry_run_checks_the_corpus(refused):
     check(refused, "dry-run:missing.txt", "not found", str(refused["data"] / "missing.txt"))
     check(refused, "dry-run:upper.txt", "prompt 'It is'", "not in the vocabulary")
+
+
+def test_compile_without_a_cpp_compiler_is_refused_before_any_trial(refused):
+    """torch.compile builds its kernels with $CXX (else g++): without it every trial would fail at its first step."""
+    check(refused, "no_compiler", "compile: true needs a C++ compiler for torch.compile", "no/g++", "--set compile=false")
 
 
 def test_a_ray_client_address_is_refused_naming_the_ways_that_work(refused):

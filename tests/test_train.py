@@ -106,6 +106,13 @@ def test_compile_on_a_split_without_one_whole_batch_is_refused_not_trained_on_no
         Trainer(dataclasses.replace(config, compile=True))
 
 
+def test_compile_without_a_cpp_compiler_is_refused_before_training(small_text, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
+    with pytest.raises(ConfigError, match=r"compile: true needs a C\+\+ compiler.*no-such-g\+\+.*compile: false"):
+        Trainer(tiny(small_text, compile=True))
+    Trainer(tiny(small_text))  # eager needs none
+
+
 @pytest.mark.parametrize("loader", ["sequential", "shuffled"])
 def test_the_lr_schedule_plans_the_steps_an_epoch_takes_with_and_without_compile(small_text, loader):
     """With compile the partial last batch is skipped: the schedule plans without it, so a decaying
