@@ -882,7 +882,7 @@ def make_recorder(plan: Plan, study: Any = None):
         def __init__(self) -> None:
             self.records: dict[str, TrialRecord] = read_records(directory)  # a resumed search carries on its tables
             self._written = 0.0
-            self._study = study
+            self._study = None  # (given after: a closure over it would pickle the DB connection with the class)
             self.unfinished, self.cut_short = 0, []
             self.ended: set[str] = set()  # trials Tune reported ended (complete or error) in this run
             self.spent: dict[str, list[float]] = {}  # the seconds of each epoch trained in this run, by trial
@@ -994,7 +994,9 @@ def make_recorder(plan: Plan, study: Any = None):
                     self.unfinished += 1
             self.write(force=True)
 
-    return Recorder()
+    recorder = Recorder()
+    recorder._study = study
+    return recorder
 
 
 _EPOCH_KEYS = {

@@ -491,6 +491,22 @@ def test_a_copied_search_extends_its_own_study_and_leaves_the_originals_alone(sm
     assert json.loads((directory / "manifest.json").read_text())["storage"] == here
 
 
+def test_the_recorder_pickles_without_the_study_it_was_given(tmp_path, shakespeare_path):
+    """Tune pickles the callbacks into tuner.pkl, and --resume unpickles them: a search moved since must not
+    reach for the study file at its old path (that failed, with a traceback, before Tune began)."""
+    from ray import cloudpickle
+
+    from artune.search import make_plan, make_recorder, parse_args
+    from artune.study import open_study
+
+    plan = make_plan(parse_args([str(SMOKE), "--results-dir", str(tmp_path / "r"), "--name", "p", "--data", str(shakespeare_path)]))
+    plan.directory.mkdir(parents=True)
+    recorder = make_recorder(plan, open_study(plan.storage, plan.name, "min"))
+    pickled = cloudpickle.dumps(recorder)
+    shutil.move(plan.directory, tmp_path / "moved")
+    assert cloudpickle.loads(pickled).records == {}
+
+
 def test_a_knob_searched_under_a_condition_can_also_keep_its_default(tmp_path):
     """Where its condition is off, a conditional knob keeps TrainConfig's default: the corpus check covers that too."""
     from artune.search import possible_values
