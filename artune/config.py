@@ -133,9 +133,9 @@ def missing_compiler() -> Optional[str]:
     return None if shutil.which(compiler) else compiler
 
 
-def compiler_message(compiler: str) -> str:
+def compiler_message(compiler: str, turn_off: str = "set compile: false") -> str:
     return (f"compile: true needs a C++ compiler for torch.compile, but {compiler!r} (CXX, else its default) is not "
-            "installed here; install one (e.g. g++), point CXX at it, or set compile: false")
+            f"installed here; install one (e.g. g++), point CXX at it, or {turn_off}")
 
 
 def field_type(name: str) -> tuple[type, bool]:

@@ -346,7 +346,7 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
     space.check_configs()
     compiler = missing_compiler() if not args.address and any(possible_values(space, space_defaults(space), "compile")) else None
     if compiler:  # (a cluster's nodes have toolchains of their own: a trial there says what its node lacks)
-        raise SearchError(compiler_message(compiler).replace("set compile: false", "--set compile=false"))
+        raise SearchError(compiler_message(compiler, turn_off="--set compile=false"))
     if args.address:
         check_address(args.address)
     if (args.resume or args.extend) and data is None and manifest.get("corpus", {}).get("source"):
@@ -1020,13 +1020,18 @@ def merge_ray_results(records: dict[str, TrialRecord], tune_path: Path) -> None:
             if config.get("__trial_index__") is not None:
                 full["seed"] += int(config["__trial_index__"])
             record = records[trial_id] = TrialRecord(trial_id, full, "running", config_id=config_id(full))
+        # The file holds every attempt of the trial in order: replayed into a record of its own, a retry's
+        # epochs replace the failed attempt's there too, and only what the last attempt left is added.
+        replayed = TrialRecord(trial_id, record.config)
         for line in trial_dir.read_text().splitlines():
             try:
                 result = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by the kill
-            if "epoch" in result and int(result["epoch"]) not in record.epochs:
-                record.add_epoch({k: v for k, v in result.items() if k in _EPOCH_KEYS or "/" in k})
+            if "epoch" in result:
+                replayed.add_epoch({k: v for k, v in result.items() if k in _EPOCH_KEYS or "/" in k})
+        for epoch in sorted(set(replayed.epochs) - set(record.epochs)):
+            record.add_epoch(replayed.epochs[epoch])
 
 
 def config_id(config: dict[str, Any]) -> str:

@@ -107,7 +107,7 @@ def main() -> int:
                         help="comma-separated batch sizes to measure (default: the shape's own, and 4x it on CUDA)")
     parser.add_argument("--position-encodings", default="rope,learned",
                         help="comma-separated position encodings to measure (rope is the default search's)")
-    parser.add_argument("--activation", default="gelu", help="the feed-forward's: gelu (the origin's and the default search's), swiglu or relu2")
+    parser.add_argument("--activation", default="gelu", help="the feed-forward's: gelu (the origin's), swiglu (the default search's) or relu2")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (the compile happens here)")
     parser.add_argument("--compare-steps", type=int, default=3, help="steps compared against the CPU")

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from artune.config import FIELD_NAMES, ConfigError, TrainConfig, coerce, unknown_key_message
+from artune.config import ConfigError, TrainConfig
 from artune.batches import shuffled_batches, valid_batches
 from artune.data import load_corpus
 from artune.train import Trainer, matmul_rate
@@ -315,17 +315,12 @@ def main(argv: list[str] | None = None) -> int:
                              "--compile-set batch_size=16 --compile-set position_encoding=rope --compile-set activation=swiglu")
     parser.add_argument("--json", default=str(Path(__file__).parent / "out" / "bench.json"))
     args = parser.parse_args(argv)
-    knobs = {}
-    for item in args.compile_set:
-        key, _, value = (part.strip() for part in item.partition("="))
-        if key not in FIELD_NAMES:
-            parser.error(f"--compile-set {key}: {unknown_key_message(key)}")
-        try:
-            knobs[key] = coerce(key, value)
-        except ConfigError as exc:
-            parser.error(f"--compile-set {item}: {exc}")
-    try:
-        TrainConfig(**{**SMALL, **knobs})
+    try:  # TrainConfig.from_dict names an unknown key (with a did-you-mean), converts each value and checks the rules
+        bare = [item for item in args.compile_set if "=" not in item]
+        if bare:
+            raise ConfigError(f"expected KEY=VALUE, but got {bare[0]!r}")
+        sets = {key.strip(): value.strip() for key, _, value in (item.partition("=") for item in args.compile_set)}
+        knobs = {key: getattr(TrainConfig.from_dict({**SMALL, **sets}), key) for key in sets}
     except ConfigError as exc:
         parser.error(f"--compile-set: {exc}")
     torch.set_num_threads(args.threads)

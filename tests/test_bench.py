@@ -10,8 +10,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("item, fragment", [
-    ("bogus=1", "--compile-set bogus: unknown key 'bogus'"),
-    ("lr=x", "--compile-set lr=x: lr must be a number, but got 'x'"),
+    ("bogus=1", "--compile-set: unknown key 'bogus'"),
+    ("lr=x", "--compile-set: lr must be a number, but got 'x'"),
+    ("lr", "--compile-set: expected KEY=VALUE, but got 'lr'"),
     ("activation=swiglue", "did you mean 'swiglu'"),
 ])
 def test_a_bad_compile_set_is_refused_before_measuring(item, fragment):

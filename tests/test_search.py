@@ -507,6 +507,24 @@ def test_the_recorder_pickles_without_the_study_it_was_given(tmp_path, shakespea
     assert cloudpickle.loads(pickled).records == {}
 
 
+def test_ray_results_merged_into_the_tables_never_bring_back_a_failed_attempts_epochs(tmp_path):
+    """Ray's result.json holds every attempt of a trial: attempt 1's epochs 1-4, then a retry from epoch 1
+    (no checkpoint) that reached epoch 3. The tables, written before the driver was killed, hold the
+    retry's epochs 1-2; the merge adds its epoch 3, and not attempt 1's epoch 4."""
+    from artune.results import TrialRecord
+    from artune.search import merge_ray_results
+
+    lines = [{"epoch": e, "valid_loss": 10.0 + e} for e in (1, 2, 3, 4)] + [{"epoch": e, "valid_loss": 20.0 + e} for e in (1, 2, 3)]
+    (tmp_path / "t0").mkdir()
+    (tmp_path / "t0" / "result.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    record = TrialRecord("t0", {"lr": 0.001})
+    for e in (1, 2):
+        record.add_epoch({"epoch": e, "valid_loss": 20.0 + e})
+    records = {"t0": record}
+    merge_ray_results(records, tmp_path)
+    assert {e: m["valid_loss"] for e, m in records["t0"].epochs.items()} == {1: 21.0, 2: 22.0, 3: 23.0}
+
+
 def test_a_knob_searched_under_a_condition_can_also_keep_its_default(tmp_path):
     """Where its condition is off, a conditional knob keeps TrainConfig's default: the corpus check covers that too."""
     from artune.search import possible_values
