@@ -76,7 +76,7 @@ class TrainConfig:
     seed: int = _doc("seeds model init, batch order and dropout", default=0)
     device: str = _doc("'auto', 'cpu' or 'cuda'", default="auto")
     precision: str = _doc("'fp32', 'bf16' (autocast) or 'auto' (bf16 on CUDA GPUs that support it, and on CPUs with native bf16 matmuls where a quick probe measures them faster; fp32 otherwise)", default="fp32")
-    compile: bool = _doc("torch.compile the model for training (needs a C++ compiler: $CXX, else g++; pays off only for long runs; an epoch's partial last batch is skipped, as a new shape would recompile; a process that compiles a new model shape starts torch.compile's caches afresh)", default=False)
+    compile: Union[bool, str] = _doc("torch.compile the model for training: true (needs a C++ compiler: $CXX, else g++), false, or 'auto': train eagerly and compile once the trial has trained as long as compiling takes to pay back, with as long again left of its plan (at once in a process that compiled the same shape; never without a compiler). With true or 'auto' an epoch's partial last batch is skipped, as a new shape would recompile; a process that compiles a new model shape starts torch.compile's caches afresh", default=False)
     compile_mode: str = _doc("torch.compile's mode, with compile: 'default', 'reduce-overhead' (CUDA graphs: for GPU steps too short to hide their kernel launches, 2x at the origin's shape on an H100), 'max-autotune' or 'max-autotune-no-cudagraphs'", default="default")
     is_save_models: bool = _doc("write a checkpoint after every epoch", default=True)
     is_log_model_params_grads: bool = _doc("add per-layer parameter and gradient statistics to the metrics (the epoch's last gradients, before clipping; grad_norm/total is what clipping compared)", default=False)
@@ -139,12 +139,16 @@ def compiler_message(compiler: str, turn_off: str = "set compile: false") -> str
 
 
 def field_type(name: str) -> tuple[type, bool]:
-    """The base type of a field and whether ``None`` is allowed."""
+    """The base type of a field and whether ``None`` is allowed (``compile``'s is bool, which also takes 'auto')."""
     hint = _HINTS[name]
     if get_origin(hint) is Union:
-        args = [a for a in get_args(hint) if a is not type(None)]
-        return args[0], True
+        args = get_args(hint)
+        return args[0], type(None) in args
     return hint, False
+
+
+# Knobs that take true, false or 'auto'; their parquet column holds 'true', 'false' or 'auto'.
+AUTO_SWITCHES = ("compile",)
 
 
 def field_doc(name: str) -> str:
@@ -206,6 +210,10 @@ def coerce(name: str, value: Any) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
+        if name in AUTO_SWITCHES:
+            if isinstance(value, str) and value.lower() == "auto":
+                return "auto"
+            raise ConfigError(f"{name} must be true, false or 'auto', but got {value!r}")
         raise ConfigError(f"{name} must be true or false, but got {value!r}")
     if kind is int:
         try:
@@ -244,6 +252,8 @@ def validation_errors(config: TrainConfig) -> list[str]:
         if value is None and optional:
             continue
         ok_type = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if name in AUTO_SWITCHES and value == "auto":
+            ok_type = True
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             ok_type = True
         if not ok_type:
@@ -307,7 +317,7 @@ def validation_errors(config: TrainConfig) -> list[str]:
     one_of("compile_mode", COMPILE_MODES)
     check(
         config.compile or config.compile_mode == "default",
-        f"compile_mode {config.compile_mode!r} needs compile: true, but got compile={config.compile}",
+        f"compile_mode {config.compile_mode!r} needs compile: true or 'auto', but got compile={config.compile}",
     )
     if config.optimizer == "noam":
         check(config.warmup > 0, f"optimizer 'noam' needs warmup > 0, but got warmup={config.warmup}")
@@ -344,7 +354,7 @@ def reference_table() -> str:
     rows = ["| knob | type | default | what it does |", "| --- | --- | --- | --- |"]
     for name in FIELD_NAMES:
         kind, optional = field_type(name)
-        type_name = kind.__name__ + (" or none" if optional else "")
+        type_name = kind.__name__ + (" or none" if optional else "") + (" or 'auto'" if name in AUTO_SWITCHES else "")
         default = FIELDS[name].default
         shown = "none" if default is None else repr(default) if isinstance(default, str) else str(default).lower() if isinstance(default, bool) else str(default)
         rows.append(f"| `{name}` | {type_name} | `{shown}` | {field_doc(name)} |")

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pandas is imported where a DataFrame is built: writing the 
     import pandas as pd
 
 from artune import plural
-from artune.config import FIELD_NAMES, FIELDS, field_type
+from artune.config import AUTO_SWITCHES, FIELD_NAMES, FIELDS, field_type
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
@@ -41,6 +41,7 @@ EPOCH_COLUMNS = {
     "trial_id": pa.string(), "epoch": pa.int64(), "train_loss": pa.float64(), "train_accuracy": pa.float64(),
     "valid_loss": pa.float64(), "valid_accuracy": pa.float64(), "tokens_seen": pa.int64(),
     "tokens_per_sec": pa.float64(), "lr": pa.float64(), "sample": pa.string(), "seconds": pa.float64(),
+    "compiled": pa.bool_(),
 }
 TRIAL_SUMMARY_COLUMNS = {
     "epochs_completed": pa.int64(), "last_valid_loss": pa.float64(), "best_valid_loss": pa.float64(),
@@ -51,7 +52,21 @@ _ARROW = {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string
 
 
 def knob_type(name: str) -> pa.DataType:
-    return _ARROW[field_type(name)[0]]
+    return pa.string() if name in AUTO_SWITCHES else _ARROW[field_type(name)[0]]
+
+
+def knob_cell(name: str, value: Any) -> Any:
+    """A knob's value as its column holds it: a true/false/'auto' switch as 'true', 'false' or 'auto'."""
+    if name in AUTO_SWITCHES and isinstance(value, bool):
+        return "true" if value else "false"
+    return value
+
+
+def knob_value(name: str, cell: Any) -> Any:
+    """A knob's value back from its column (the inverse of :func:`knob_cell`)."""
+    if name in AUTO_SWITCHES and cell in ("true", "false"):
+        return cell == "true"
+    return cell
 
 
 def trials_schema() -> pa.Schema:
@@ -112,7 +127,7 @@ def trials_table(records: Iterable[TrialRecord]) -> pa.Table:
     rows = []
     for record in records:
         row = {"trial_id": record.trial_id, "status": record.status, "config_id": record.config_id}
-        row.update({name: record.config.get(name) for name in FIELD_NAMES})
+        row.update({name: knob_cell(name, record.config.get(name)) for name in FIELD_NAMES})
         row.update(record.summary())
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=trials_schema())
@@ -162,7 +177,7 @@ def read_records(directory: Path) -> dict[str, TrialRecord]:
     records: dict[str, TrialRecord] = {}
     for row in pq.read_table(trials_path).to_pylist():
         # a knob added since the table was written (no column): that trial ran with its default
-        config = {name: row.get(name, FIELDS[name].default) for name in FIELD_NAMES}
+        config = {name: knob_value(name, row.get(name, FIELDS[name].default)) for name in FIELD_NAMES}
         records[row["trial_id"]] = TrialRecord(
             row["trial_id"], config, row["status"], row["error"], config_id=row.get("config_id"),  # absent in older tables
         )
@@ -373,6 +388,8 @@ def resolve_results_path(path_or_name: str | os.PathLike, results_dir: str | os.
 
 def load(path_or_name: str | os.PathLike, results_dir: str | os.PathLike = DEFAULT_RESULTS_DIR) -> SearchResults:
     """Load a search by its directory or its name under ``results_dir``."""
+    import pandas as pd
+
     path = resolve_results_path(path_or_name, results_dir)
     manifest_path = path / MANIFEST_FILE
     try:
@@ -387,6 +404,10 @@ def load(path_or_name: str | os.PathLike, results_dir: str | os.PathLike = DEFAU
         kind, optional = field_type(name)
         if name in trials and kind is int and optional:
             trials[name] = trials[name].astype("Int64")  # d_ff, batches_per_epoch: none stays <NA>, not float NaN
+        if name in trials and name in AUTO_SWITCHES and not pd.api.types.is_bool_dtype(trials[name]):
+            # compile: True and False as the configs hold them (and as tables before 'auto' held them), 'auto' as text
+            values = trials[name].map(lambda cell: knob_value(name, cell))
+            trials[name] = values if values.isna().any() or (values == "auto").any() else values.astype(bool)
     epochs_path = path / EPOCHS_FILE
     epochs = _read_table(epochs_path) if epochs_path.exists() else pa.schema(list(EPOCH_COLUMNS.items())).empty_table().to_pandas()
     return SearchResults(path, trials, epochs, manifest)

@@ -344,7 +344,8 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
     if overrides["set"]:
         space = space.with_fixed(overrides["set"])
     space.check_configs()
-    compiler = missing_compiler() if not args.address and any(possible_values(space, space_defaults(space), "compile")) else None
+    compiles = any(value is True for value in possible_values(space, space_defaults(space), "compile"))  # 'auto' does without
+    compiler = missing_compiler() if not args.address and compiles else None
     if compiler:  # (a cluster's nodes have toolchains of their own: a trial there says what its node lacks)
         raise SearchError(compiler_message(compiler, turn_off="--set compile=false"))
     if args.address:
@@ -546,7 +547,7 @@ def load_plan_corpus(plan: Plan, fetch: bool = True) -> Any:
         corpus = load_corpus(fixed.dataset, fixed.tokenizer, plan.data_dir, fetch=fetch)
         # The loaders' needs grow with seq_len and with batch_size, each alone: the largest of each is the test.
         seq_len, batch_size = (int(max(possible_values(plan.space, fixed, key))) for key in ("seq_len", "batch_size"))
-        whole_batches = any(possible_values(plan.space, fixed, "compile"))
+        whole_batches = any(possible_values(plan.space, fixed, "compile"))  # true or 'auto
         for train_loader in sorted(set(possible_values(plan.space, fixed, "train_loader"))):
             for valid_loader in sorted(set(possible_values(plan.space, fixed, "valid_loader"))):
                 check_fits(corpus, seq_len, batch_size, train_loader=train_loader, valid_loader=valid_loader,

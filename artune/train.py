@@ -43,6 +43,15 @@ DIVERGENCE_CHECK_EVERY = 32
 # epoch to spare: where the deadline falls near the end of an epoch, the pace's jitter would otherwise
 # move the plan's end back and forth between two epochs, its lr up and down with it.
 LENGTHEN_MARGIN = 0.25
+# compile: 'auto' decides as one decides to rent or buy skis. Compiling costs a trial a fixed time
+# up front and then saves a share of every step; how long the trial will live is unknown (ASHA may
+# stop it at its next rung). So it trains eagerly until it has trained as long as compiling takes to
+# pay back (the cost over the share saved), and then compiles if at least as long again is left of
+# its plan: a trial stopped early pays nothing, and a long one pays at most twice what it had to.
+# Measured (README, `python -m bench compile`) at the default search's shape, with an empty inductor
+# cache: one CPU core, 20.5 s for 1.15x (13% of a step saved): 155 s; two threads, 21.5 s for 1.13x:
+# 189 s. On an H100, 3-10 s for 1.6x or more in bf16 (38% saved): under 30 s.
+AUTO_COMPILE_AFTER_S = {"cpu": 180.0, "cuda": 30.0}
 
 Metrics = dict[str, Any]
 
@@ -143,13 +152,13 @@ def cpu_bf16_speedup(d_model: int, tokens: int = 1024, seconds: float = 0.05) ->
 def steps_per_epoch(config: TrainConfig, n_train_tokens: int) -> int:
     """Optimizer steps in one training epoch: the loader's full pass, capped by ``batches_per_epoch``.
 
-    With ``compile`` the epoch's partial last batch is skipped (see ``Trainer._batches``), so the
-    lr schedule plans without it.
+    With ``compile`` (true or 'auto') the epoch's partial last batch is skipped (see
+    ``Trainer._batches``), so the lr schedule plans without it.
     """
     if config.train_loader == "sequential":
-        full = num_sequential_batches(n_train_tokens, config.batch_size, config.seq_len, whole_only=config.compile)
+        full = num_sequential_batches(n_train_tokens, config.batch_size, config.seq_len, whole_only=bool(config.compile))
     else:
-        full = num_shuffled_batches(n_train_tokens, config.batch_size, config.seq_len, whole_only=config.compile)
+        full = num_shuffled_batches(n_train_tokens, config.batch_size, config.seq_len, whole_only=bool(config.compile))
     return full if config.batches_per_epoch is None else min(full, config.batches_per_epoch)
 
 
@@ -184,11 +193,13 @@ class Trainer:
         device: Optional[torch.device] = None,
     ) -> None:
         self.config = config
-        if config.compile and (compiler := missing_compiler()):
-            raise ConfigError(compiler_message(compiler))
+        # what compiling needs: with compile: auto, a missing compiler means training eagerly
+        self.missing_compiler = missing_compiler() if config.compile else None
+        if config.compile is True and self.missing_compiler:
+            raise ConfigError(compiler_message(self.missing_compiler))
         self.corpus = corpus if corpus is not None else load_corpus(config.dataset, config.tokenizer, data_dir)
         check_fits(self.corpus, config.seq_len, config.batch_size, train_loader=config.train_loader,
-                   valid_loader=config.valid_loader, whole_batches=config.compile)
+                   valid_loader=config.valid_loader, whole_batches=bool(config.compile))
         tokenize = get_tokenizer(config.tokenizer)
         self.prompt_ids = self.corpus.vocabulary.encode(tokenize(config.prompt))  # unknown tokens: an error
         if config.sample_tokens > 0 and not self.prompt_ids:
@@ -201,10 +212,10 @@ class Trainer:
         torch.manual_seed(config.seed)
         shape = model_config(config, self.corpus.vocab_size)
         self.model = GPT(shape).to(self.device)
-        self.forward = self.model
-        if config.compile:
-            _compile_afresh_for_a_new_shape((shape, config.batch_size, config.seq_len, config.compile_mode, self.device, self.autocast_dtype))
-            self.forward = torch.compile(self.model, mode=config.compile_mode)
+        self.forward = self.model  # the training step's model: compiled from the start, or later with compile: auto
+        self.compile_key = (shape, config.batch_size, config.seq_len, config.compile_mode, self.device, self.autocast_dtype)
+        if config.compile is True:
+            self.compile()
         self.epoch_steps = steps_per_epoch(config, len(self.corpus.train))
         # The lr schedule's plan: epoch E of this run ends at step plan_base[1] + (E - plan_base[0]) * epoch_steps.
         # (0, 0) but in a run resumed with another epoch size: the epoch and step it resumed at.
@@ -222,6 +233,8 @@ class Trainer:
         self.epoch_seconds: Optional[float] = None  # the last epoch's, for the pace under a deadline (checkpointed)
         self._activations: dict[str, torch.Tensor] = {}
         self._grad_norm: Optional[torch.Tensor] = None  # the last step's gradient norm, before clipping
+        self._compiling = False
+        self._compile_seconds = 0.0  # what the epoch's first step took over the others, where it compiled
 
     # --- the loop
 
@@ -259,10 +272,15 @@ class Trainer:
             return
         room = max(0.0, (deadline - time.time()) / epoch_seconds)  # the epochs' worth of time left
         fit = self.epoch + max(1, int(room))
-        planned = self.plan_base[0] + (self.total_steps - self.plan_base[1]) // self.epoch_steps
+        planned = self.planned_epochs
         if fit > planned:
             fit = max(planned, self.epoch + max(1, int(room - LENGTHEN_MARGIN)))
         self._plan(self.steps_at(min(c.epochs, fit)))
+
+    @property
+    def planned_epochs(self) -> int:
+        """The epoch the lr schedule's plan ends with (``epochs``, or fewer under a deadline)."""
+        return self.plan_base[0] + (self.total_steps - self.plan_base[1]) // self.epoch_steps
 
     def steps_at(self, epoch: int) -> int:
         """The optimizer steps the schedule plans up to the end of ``epoch``."""
@@ -274,7 +292,36 @@ class Trainer:
             self.total_steps = total
             self.optimizer.schedule = lr_lambda(self.config, total)
 
+    # --- compiling
+
+    def compile(self) -> None:
+        """Train through torch.compile from the next step on (validation and sampling stay eager)."""
+        _compile_afresh_for_a_new_shape(self.compile_key)
+        self.forward = torch.compile(self.model, mode=self.config.compile_mode)
+        self._compiling = True  # the next step compiles: the epoch's pace leaves that out
+
+    @property
+    def compiled(self) -> bool:
+        return self.forward is not self.model
+
+    def compile_pays(self) -> bool:
+        """compile: auto's choice before each epoch (see ``AUTO_COMPILE_AFTER_S``): whether to compile now."""
+        if self.missing_compiler or self.device.type not in AUTO_COMPILE_AFTER_S:
+            return False
+        if _compiled_shape == self.compile_key:
+            return True  # this process compiled the same shape: torch.compile's cache holds it, nothing to pay
+        if self.epoch_seconds is None:
+            return False
+        after = AUTO_COMPILE_AFTER_S[self.device.type]
+        trained = self.epoch * self.epoch_seconds  # at the last epoch's pace, so a resumed trial counts its past epochs
+        left = (self.planned_epochs - self.epoch) * self.epoch_seconds
+        return trained >= after and left >= after
+
+    # --- epochs
+
     def run_epoch(self, deadline: Optional[float] = None) -> Metrics:
+        if self.config.compile == "auto" and not self.compiled and self.compile_pays():
+            self.compile()
         start = time.perf_counter()
         train_loss, train_accuracy, tokens, train_seconds = self.train_epoch(deadline)
         self.epoch += 1
@@ -288,13 +335,16 @@ class Trainer:
             "tokens_seen": self.tokens_seen,
             "tokens_per_sec": tokens / train_seconds if train_seconds > 0 else float("nan"),
             "lr": self.optimizer.last_lr,  # of the epoch's last step
+            "compiled": self.compiled,
             "sample": self.sample(),
         }
         if self.config.is_log_model_params_grads:
             metrics.update(self._param_grad_stats())
         if self.config.is_log_model_activations:
             metrics.update(self._activation_stats())
-        metrics["seconds"] = self.epoch_seconds = time.perf_counter() - start
+        metrics["seconds"] = time.perf_counter() - start
+        # the pace a deadline plans by: without the one-off compilation, which would plan the lr's end an epoch short
+        self.epoch_seconds = metrics["seconds"] - self._compile_seconds
         return metrics
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -310,7 +360,7 @@ class Trainer:
             start = self.epoch * c.batches_per_epoch
         batches = train_batches(
             self.train_tokens, c.train_loader, c.batch_size, c.seq_len, self.generator,
-            c.dataloader_shuffle_with_replacement, start=start, whole_only=c.compile,
+            c.dataloader_shuffle_with_replacement, start=start, whole_only=bool(c.compile),
         )
         for i, batch in enumerate(batches):
             if c.batches_per_epoch is not None and i >= c.batches_per_epoch:
@@ -331,7 +381,9 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         tokens = 0
         clip = self.config.grad_norm_clip
+        compiling, self._compiling, self._compile_seconds = self._compiling, False, 0.0
         start = time.perf_counter()
+        first_step = 0.0
         for step, (x, y) in enumerate(self._batches()):  # x, y: (B, T)
             if deadline is not None and time.time() >= deadline:
                 raise DeadlineReached(f"the deadline passed in epoch {self.epoch + 1}, after {step} of its steps")
@@ -348,9 +400,14 @@ class Trainer:
             tokens += n
             if (step + 1) % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
                 break
+            if compiling and step == 0:
+                first_step = time.perf_counter() - start  # torch.compile compiles on the host, in the first call
         self.tokens_seen += tokens
         mean_loss = loss_sum.item() / max(tokens, 1)
         seconds = time.perf_counter() - start
+        steps = tokens // (self.config.batch_size * self.config.seq_len)
+        if compiling and steps > 1:
+            self._compile_seconds = max(0.0, first_step - (seconds - first_step) / (steps - 1))
         if not math.isfinite(mean_loss):
             raise DivergedError(
                 f"training loss became {mean_loss} in epoch {self.epoch + 1} "

@@ -147,7 +147,7 @@ def test_n_heads_message_names_both_sizes():
 
 def test_compile_mode_is_torch_compiles_and_needs_compile():
     assert TrainConfig(compile=True, compile_mode="reduce-overhead").compile_mode == "reduce-overhead"
-    with pytest.raises(ConfigError, match=r"compile_mode 'reduce-overhead' needs compile: true, but got compile=False"):
+    with pytest.raises(ConfigError, match=r"compile_mode 'reduce-overhead' needs compile: true or 'auto', but got compile=False"):
         TrainConfig(compile_mode="reduce-overhead")
     with pytest.raises(ConfigError, match=r"compile_mode must be one of default, reduce-overhead, .*did you mean 'reduce-overhead'"):
         TrainConfig(compile=True, compile_mode="reduce_overhead")
@@ -200,6 +200,7 @@ def test_from_dict_coerces_text():
     assert c.d_model == 64 and isinstance(c.d_model, int)
     assert c.n_heads == 4
     assert c.compile is True
+    assert TrainConfig.from_dict({"compile": "Auto"}).compile == "auto"
     assert c.dataloader_shuffle_with_replacement is True
     assert c.is_save_models is False
     assert c.d_ff is None and c.batches_per_epoch is None
@@ -229,7 +230,8 @@ def test_from_dict_accepts_numbers_for_floats_and_integral_floats_for_ints():
         ("d_model", "64.5", r"d_model must be an integer, but got '64.5'"),
         ("d_model", 64.5, r"d_model must be an integer, but got 64.5"),
         ("batch_size", True, r"batch_size must be an integer, but got True"),
-        ("compile", "maybe", r"compile must be true or false, but got 'maybe'"),
+        ("compile", "maybe", r"compile must be true, false or 'auto', but got 'maybe'"),
+        ("is_save_models", "auto", r"is_save_models must be true or false, but got 'auto'"),
         ("seq_len", "none", r"seq_len must be an int, but got None"),
         ("tokenizer", 3, r"tokenizer must be text, but got 3"),
     ],

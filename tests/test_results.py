@@ -86,6 +86,16 @@ def test_a_retried_trials_epochs_replace_the_failed_attempts(tmp_path: Path) -> 
     assert sorted(record.epochs) == [1, 2, 3, 4] and record.epochs[4]["valid_loss"] == 34.0
 
 
+def test_compile_true_false_and_auto_share_one_column_and_come_back_as_given(tmp_path: Path) -> None:
+    records = [TrialRecord(f"t{i}", {"compile": value}) for i, value in enumerate((True, False, "auto"))]
+    write_tables(tmp_path, records)
+    assert pq.read_table(tmp_path / TRIALS_FILE).column("compile").to_pylist() == ["true", "false", "auto"]
+    assert list(load(tmp_path).trials["compile"]) == [True, False, "auto"]
+    assert [r.config["compile"] for r in read_records(tmp_path).values()] == [True, False, "auto"]  # for --resume
+    write_tables(tmp_path, records[:2])
+    assert load(tmp_path).trials["compile"].dtype == bool  # without 'auto', a bool column as before
+
+
 def test_load_by_name_under_results_dir(search: Path) -> None:
     assert load(fx.NAME, results_dir=search.parent).path == search
 

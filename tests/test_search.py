@@ -242,6 +242,15 @@ def test_the_default_search_is_bounded_by_its_time_budget(tmp_path, shakespeare_
     assert "time budget 1.5 min, start-up included" in result.stdout
 
 
+def test_compile_auto_needs_no_cpp_compiler(tmp_path, shakespeare_path):
+    """compile: auto trains eagerly where no compiler is installed, so a search with it is not refused (true is)."""
+    common = [str(SMOKE), "--dry-run", "--results-dir", str(tmp_path), "--data", str(shakespeare_path)]
+    env = {"CXX": str(tmp_path / "no" / "g++")}
+    result = cli(*common, "--set", "compile=auto", env=env)
+    assert result.returncode == 0, result.stderr
+    assert_one_error_line(cli(*common, "--set", "compile=true", env=env), "compile: true needs a C++ compiler")
+
+
 @pytest.mark.parametrize(
     "args, fragments",
     [

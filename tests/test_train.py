@@ -14,6 +14,7 @@ from artune.batches import sequential_batches
 from artune.config import ConfigError, TrainConfig
 from artune.optim import lr_lambda
 from artune.tokenizers import UnknownTokenError
+from artune import train as train_module
 from artune.train import (
     BF16_MIN_SPEEDUP,
     CHECKPOINT_FILE,
@@ -32,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 METRIC_KEYS = {
     "epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy",
-    "tokens_seen", "tokens_per_sec", "lr", "sample", "seconds",
+    "tokens_seen", "tokens_per_sec", "lr", "sample", "seconds", "compiled",
 }
 
 
@@ -146,6 +147,51 @@ def test_a_process_compiling_shape_after_shape_never_falls_back_to_eager(small_t
     with torch._dynamo.config.patch(recompile_limit=1):
         assert [compiled_frames(d) for d in (16, 24, 32)] == [1, 1, 1]
         assert compiled_frames(32) == 0  # the same shape again: nothing to compile
+
+
+def test_compile_auto_compiles_once_the_trial_has_trained_as_long_as_compiling_pays_back(small_text, monkeypatch):
+    """compile: auto rents before it buys: eager until the trial has trained AUTO_COMPILE_AFTER_S, and
+    then only where as long again is left of its plan."""
+    monkeypatch.setattr(train_module, "_compiled_shape", None)  # as in a new worker
+    monkeypatch.setattr(train_module, "AUTO_COMPILE_AFTER_S", {"cpu": 25.0})
+    trainer = Trainer(tiny(small_text, compile="auto", epochs=6))
+    assert not trainer.compiled and not trainer.compile_pays()  # nothing trained yet
+    trainer.epoch_seconds = 10.0
+    pays = {}
+    for epoch in range(6):
+        trainer.epoch = epoch
+        pays[epoch] = trainer.compile_pays()
+    assert pays == {0: False, 1: False, 2: False, 3: True, 4: False, 5: False}  # trained >= 25 s and >= 25 s left
+    trainer.total_steps = trainer.steps_at(4)  # a deadline planned the run down to 4 epochs: 10 s left after epoch 3
+    trainer.epoch = 3
+    assert not trainer.compile_pays()
+
+
+def test_compile_auto_switches_to_the_compiled_model_between_epochs(small_text, monkeypatch):
+    import torch._dynamo
+
+    torch._dynamo.reset()  # as in a new worker
+    monkeypatch.setattr(train_module, "_compiled_shape", None)
+    monkeypatch.setattr(train_module, "AUTO_COMPILE_AFTER_S", {"cpu": 0.0})
+    config = tiny(small_text, compile="auto", epochs=3, batches_per_epoch=4)
+    trainer = Trainer(config)
+    paces = []
+    history = trainer.fit(lambda metrics: paces.append(trainer.epoch_seconds))
+    assert [m["compiled"] for m in history] == [False, True, True]  # epoch 1 had no pace to judge by
+    # the pace a deadline plans by leaves the compilation (in the epoch's first step) out
+    assert history[1]["seconds"] > 3 * paces[2] > paces[1]
+    eager = Trainer(dataclasses.replace(config, compile=False)).fit()
+    assert [m["train_loss"] for m in history] == pytest.approx([m["train_loss"] for m in eager], rel=1e-3)
+    assert not any(m["compiled"] for m in eager)
+    again = Trainer(config)  # this process compiled the shape: nothing left to pay, it compiles at once
+    assert again.compile_pays() and again.run_epoch()["compiled"]
+
+
+def test_compile_auto_without_a_cpp_compiler_trains_eagerly(small_text, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
+    monkeypatch.setattr(train_module, "AUTO_COMPILE_AFTER_S", {"cpu": 0.0})
+    history = Trainer(tiny(small_text, compile="auto", epochs=2, batches_per_epoch=2)).fit()
+    assert [m["compiled"] for m in history] == [False, False]
 
 
 # --- metrics and the loop
