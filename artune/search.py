@@ -37,7 +37,7 @@ from artune.config import (
     ConfigError, FIELD_NAMES, TrainConfig, coerce, compiler_message, missing_compiler, unknown_key_message,
 )
 from artune.results import (
-    DEFAULT_RESULTS_DIR, MANIFEST_FILE, TRIALS_FILE, EPOCHS_FILE, TrialRecord, read_records,
+    DEFAULT_RESULTS_DIR, EPOCH_COLUMNS, MANIFEST_FILE, TRIALS_FILE, EPOCHS_FILE, TrialRecord, read_records,
     write_json_atomic, write_tables,
 )
 from artune import spaces
@@ -789,6 +789,28 @@ def trial_slots(space: SearchSpace, resources: dict[str, float]) -> int:
     return max(1, slots)
 
 
+def repoint_searcher_state(tune_path: Path) -> None:
+    """Point the experiment in Tune's saved searcher state at ``tune_path``, where the search is now.
+
+    Tune re-points the trials it restores at the directory it resumes from, but creates every new
+    trial from the experiment its searcher saved, whose storage is where the search first ran: the
+    new trials of a moved search failed ("Unable to set up cluster storage" naming the old path, three
+    times each), and those of a copy wrote into the original. The state is rewritten whole, as Tune
+    writes it; where Ray's private layout differs, it is left as it is.
+    """
+    from ray.tune.search.search_generator import SearchGenerator
+    from ray.tune.utils.util import _atomic_save, _load_newest_checkpoint
+
+    pattern = SearchGenerator.CKPT_FILE_TMPL.format("*")
+    state = _load_newest_checkpoint(str(tune_path), pattern)
+    storage = getattr((state or {}).get("experiment"), "storage", None)
+    if storage is None or not hasattr(storage, "storage_fs_path") or Path(storage.experiment_fs_path) == tune_path:
+        return
+    storage.storage_fs_path, storage.experiment_dir_name = tune_path.parent.as_posix(), tune_path.name
+    newest = max(tune_path.glob(pattern))
+    _atomic_save(state, str(tune_path), newest.name, f"tmp-{newest.name}")
+
+
 def build_tuner(plan: Plan, corpus: Any, recorder: Any):
     import ray
     from ray import tune
@@ -817,6 +839,7 @@ def build_tuner(plan: Plan, corpus: Any, recorder: Any):
     # trial's NaN makes numpy warn on the driver's stderr, though nothing is wrong (that trial has ended).
     warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=RuntimeWarning)
     if plan.resume:
+        repoint_searcher_state(plan.tune_path)
         tuner = tune.Tuner.restore(str(plan.tune_path), trainable, resume_unfinished=True, resume_errored=True)
         # Tune restores its run and tune configs from the first run's tuner.pkl: its callbacks would be
         # that run's recorder, unpickled (this driver's would see no result: a Ctrl-C would pass for the
@@ -1000,10 +1023,7 @@ def make_recorder(plan: Plan, study: Any = None):
     return recorder
 
 
-_EPOCH_KEYS = {
-    "epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "tokens_seen",
-    "tokens_per_sec", "lr", "sample", "seconds", "diverged", "error",
-}
+_EPOCH_KEYS = {*EPOCH_COLUMNS, "diverged", "error"} - {"trial_id"}  # what a trial reports of an epoch, not Tune's own keys
 
 
 def merge_ray_results(records: dict[str, TrialRecord], tune_path: Path) -> None:

@@ -290,7 +290,7 @@ params:
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory, small_corpus, ray_tmpdir):
     """One search taken through both faults: SIGINT to the driver once three epochs were reported and
-    a trial is halfway, ``--resume``; SIGKILL to the driver once Ray's saved state holds a
+    a trial is halfway, ``--resume`` in the directory it was moved to; SIGKILL to the driver once Ray's saved state holds a
     finished trial and a running one with a checkpoint (and, if it comes within 5 s, while
     epochs.parquet lags that state), ``--resume`` again to the end.
     """
@@ -320,11 +320,17 @@ def chain(tmp_path_factory, small_corpus, ray_tmpdir):
     facts["sigint_tables"] = tables(directory)
     facts["left_after_sigint"] = wait_for_ray_to_end(ray_tmpdir)
 
-    # B: --resume, then SIGKILL of the driver mid-search
+    # B: the search moved to another directory (as one would to free a disk) and --resume'd there, then
+    # SIGKILL of the driver mid-search. Its new trials are made from what Tune saved where it began.
     # {trial: its last epoch in the saved state} of the trials the Ctrl-C interrupted
     interrupted = facts["interrupted"] = {
         tid: t["epoch"] for tid, t in facts["sigint_state"].items() if t["status"] != "TERMINATED" and 1 <= t["epoch"] < CHAIN_EPOCHS
     }
+    facts["first_results"] = results
+    results = root / "moved"
+    shutil.move(facts["first_results"], results)
+    directory = facts["directory"] = results / name
+    common = ["--results-dir", str(results), "--name", name, "--data", str(small_corpus)]
     search = Search("--resume", *common, env=CHAIN_ENV)
 
     first_ready = None
@@ -425,6 +431,13 @@ def test_resume_after_sigkill_trains_every_trial_to_the_end(chain):
         assert sorted(set(ray_epochs(directory, trial_id))) == list(range(1, CHAIN_EPOCHS + 1)), trial_id
     manifest = json.loads((directory / MANIFEST_FILE).read_text())
     assert manifest["runs"] == ["tune"] and manifest["num_samples"] == CHAIN_SAMPLES and manifest["finished"]
+
+
+@pytest.mark.slow
+def test_a_moved_search_resumes_where_it_is_and_writes_nothing_where_it_was(chain):
+    """Every trial ran to the end (above), the ones made after the move too, and in the new directory."""
+    assert not chain["first_results"].exists()
+    assert len(list((chain["directory"] / "tune").glob("*/result.json"))) == CHAIN_SAMPLES
 
 
 @pytest.mark.slow
