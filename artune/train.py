@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -163,6 +164,7 @@ def steps_per_epoch(config: TrainConfig, n_train_tokens: int) -> int:
 
 
 _compiled_shape: Optional[tuple] = None  # what the last compiled Trainer of this process compiled
+_compile_failed: Optional[str] = None  # why torch.compile failed in this process, under compile: auto (which then stops trying)
 
 
 def _compile_afresh_for_a_new_shape(shape: tuple) -> None:
@@ -306,7 +308,7 @@ class Trainer:
 
     def compile_pays(self) -> bool:
         """compile: auto's choice before each epoch (see ``AUTO_COMPILE_AFTER_S``): whether to compile now."""
-        if self.missing_compiler or self.device.type not in AUTO_COMPILE_AFTER_S:
+        if self.missing_compiler or _compile_failed or self.device.type not in AUTO_COMPILE_AFTER_S:
             return False
         if _compiled_shape == self.compile_key:
             return True  # this process compiled the same shape: torch.compile's cache holds it, nothing to pay
@@ -380,18 +382,21 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         tokens = 0
-        clip = self.config.grad_norm_clip
+        c = self.config
+        clip = c.grad_norm_clip
         compiling, self._compiling, self._compile_seconds = self._compiling, False, 0.0
         start = time.perf_counter()
         first_step = 0.0
         for step, (x, y) in enumerate(self._batches()):  # x, y: (B, T)
             if deadline is not None and time.time() >= deadline:
                 raise DeadlineReached(f"the deadline passed in epoch {self.epoch + 1}, after {step} of its steps")
-            with self._autocast():
-                logits = self.forward(x)  # (B, T, V)
-                loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-            self.optimizer.zero_grad()
-            loss.backward()
+            try:
+                logits, loss = self._forward_backward(x, y)
+            except Exception as exc:  # torch.compile's own (a compiler that does not work, say) where this step compiled
+                if not (compiling and step == 0 and c.compile == "auto"):
+                    raise
+                self._train_eagerly(exc)
+                logits, loss = self._forward_backward(x, y)
             self._grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)  # before clipping
             self.optimizer.step()  # and the lr schedule's
             n = y.numel()
@@ -405,7 +410,7 @@ class Trainer:
         self.tokens_seen += tokens
         mean_loss = loss_sum.item() / max(tokens, 1)
         seconds = time.perf_counter() - start
-        steps = tokens // (self.config.batch_size * self.config.seq_len)
+        steps = tokens // (c.batch_size * c.seq_len)
         if compiling and steps > 1:
             self._compile_seconds = max(0.0, first_step - (seconds - first_step) / (steps - 1))
         if not math.isfinite(mean_loss):
@@ -414,6 +419,22 @@ class Trainer:
                 f"(lr={self.config.lr}); the run is stopped and no checkpoint is written"
             )
         return mean_loss, correct.item() / max(tokens, 1), tokens, seconds
+
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._autocast():
+            logits = self.forward(x)  # (B, T, V)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        self.optimizer.zero_grad()
+        loss.backward()
+        return logits, loss
+
+    def _train_eagerly(self, exc: Exception) -> None:
+        """compile: auto's way out where torch.compile fails: eager training, as without a compiler."""
+        global _compile_failed
+        _compile_failed = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+        print(f"warning: compile: auto: torch.compile failed in epoch {self.epoch + 1} ({_compile_failed}); "
+              "this process trains eagerly from here", file=sys.stderr, flush=True)
+        self.forward = self.model
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
@@ -596,8 +617,6 @@ def format_metrics(metrics: Metrics) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """``python -m artune.train --d_model 128 --epochs 2 ...``: one configuration, no Ray."""
-    import sys
-
     from artune.config import ConfigError, add_config_arguments, config_from_arguments
     from artune.data import CorpusError
     from artune.tokenizers import UnknownTokenError

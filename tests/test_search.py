@@ -83,6 +83,7 @@ def test_smoke_search_writes_one_row_per_trial_and_per_trial_epoch(smoke):
     for column in ("epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "tokens_seen",
                    "tokens_per_sec", "lr", "sample", "seconds"):
         assert column in epochs.columns, column
+    assert epochs["compiled"].dtype == bool and not epochs["compiled"].any()  # reported by each epoch; smoke is eager
     stopped = trials[trials.status == "stopped"]
     assert (stopped["epochs_completed"] < 3).all()
     best = trials.loc[trials["best_valid_loss"].idxmin()]

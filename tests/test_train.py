@@ -187,6 +187,28 @@ def test_compile_auto_switches_to_the_compiled_model_between_epochs(small_text, 
     assert again.compile_pays() and again.run_epoch()["compiled"]
 
 
+def test_compile_auto_trains_on_eagerly_where_torch_compile_fails(small_text, tmp_path, monkeypatch, capsys):
+    """A compiler that is there but does not work (inductor's own check of it fails): the trial goes on
+    eagerly, says why once, and this process does not try again."""
+    import torch._dynamo
+    import torch._inductor.config
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(train_module, "_compiled_shape", None)
+    monkeypatch.setattr(train_module, "_compile_failed", None)
+    monkeypatch.setattr(train_module, "AUTO_COMPILE_AFTER_S", {"cpu": 0.0})
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # nothing compiled before
+    config = tiny(small_text, compile="auto", epochs=3, batches_per_epoch=2)
+    with torch._inductor.config.patch({"cpp.cxx": (None, "/bin/false")}):
+        history = Trainer(config).fit()
+    assert [m["compiled"] for m in history] == [False, False, False]
+    eager = Trainer(dataclasses.replace(config, compile=False)).fit()
+    assert [m["train_loss"] for m in history] == pytest.approx([m["train_loss"] for m in eager], rel=1e-5)
+    warning = capsys.readouterr().err
+    assert warning.count("compile: auto: torch.compile failed in epoch 2") == 1 and "trains eagerly" in warning, warning
+    assert not Trainer(config).compile_pays()
+
+
 def test_compile_auto_without_a_cpp_compiler_trains_eagerly(small_text, tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
     monkeypatch.setattr(train_module, "AUTO_COMPILE_AFTER_S", {"cpu": 0.0})
