@@ -60,7 +60,7 @@ class TrainConfig:
     # --- optimisation
     optimizer: str = _doc("'adam' (origin), 'adamw' or 'noam' (warm-up then step**-0.5, scaled by d_model**-0.5)", default="adam")
     lr: float = _doc("learning rate (for noam: the multiplier of its schedule)", default=1e-3)
-    weight_decay: float = _doc("weight decay (decoupled for adamw) of the weight matrices and embeddings; LayerNorm's gains and biases are not decayed", default=0.0)
+    weight_decay: float = _doc("weight decay (decoupled for adamw)", default=0.0)
     adam_beta2: Optional[float] = _doc("Adam's second-moment decay (beta2); none = 0.999 (0.98 for noam)", default=None)
     warmup: int = _doc("linear warm-up steps (noam: its warm-up, must be > 0)", default=0)
     lr_schedule: str = _doc("'constant' (origin), or 'cosine'/'linear' decay from lr to lr * lr_min_ratio over the run's planned steps (epochs x batches per epoch; under a search's time budget, the whole epochs that fit in it, if fewer)", default="constant")

@@ -277,7 +277,7 @@ def check_fits(
         whole = num_windows(n, seq_len, offset=num_offsets(n, seq_len) - 1) // batch_size
     if whole == 0:
         raise CorpusError(
-            f"compile: true trains on whole batches only, and the train split of {corpus.source} "
+            f"compile (true or 'auto') trains on whole batches only, and the train split of {corpus.source} "
             f"({len(corpus.train)} {corpus.tokenizer} tokens) holds no whole batch of batch_size "
             f"{batch_size} x seq_len {seq_len} under the {train_loader} loader; "
             "use a smaller batch_size or seq_len, or compile: false"

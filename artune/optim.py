@@ -16,7 +16,7 @@ the checkpoint.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -68,9 +68,7 @@ class Adam:
         weight_decay: float = 0.0,
         decoupled_weight_decay: bool = False,
         schedule: Schedule = lambda step: 1.0,
-        decayed: Optional[Sequence[bool]] = None,
     ) -> None:
-        """``decayed``: which parameters ``weight_decay`` applies to (by default every one)."""
         # Every parameter, frozen ones too, so that indices match torch.optim's state_dict; a
         # parameter without a gradient in a step (a frozen one, or one the step did not reach) is not stepped.
         self.params = list(params)
@@ -82,14 +80,11 @@ class Adam:
         self.exp_avg_sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
         # Per parameter, as torch.optim keeps them.
         self.state_steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
-        decayed = [True] * len(self.params) if decayed is None else list(decayed)
-        if len(decayed) != len(self.params):
-            raise ValueError(f"decayed names {len(decayed)} parameters, but got {len(self.params)}")
-        # The fused kernels take one device, dtype and weight decay per call.
-        calls: dict[tuple[torch.device, torch.dtype, bool], list[int]] = {}
+        # The fused kernels take one device and dtype per call.
+        by_device_dtype: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for i, p in enumerate(self.params):
-            calls.setdefault((p.device, p.dtype, decayed[i]), []).append(i)
-        self.calls = [(weight_decay if decays else 0.0, indices) for (_, _, decays), indices in calls.items()]
+            by_device_dtype.setdefault((p.device, p.dtype), []).append(i)
+        self.by_device_dtype = list(by_device_dtype.values())
 
     @property
     def lr(self) -> float:
@@ -108,7 +103,7 @@ class Adam:
     @torch.no_grad()
     def step(self) -> None:
         beta1, beta2 = self.betas
-        for weight_decay, indices in self.calls:
+        for indices in self.by_device_dtype:
             live = [i for i in indices if self.params[i].grad is not None]
             if not live:
                 continue
@@ -117,7 +112,7 @@ class Adam:
             self.kernel(
                 [self.params[i] for i in live], [self.params[i].grad for i in live],
                 [self.exp_avgs[i] for i in live], [self.exp_avg_sqs[i] for i in live], [], steps,
-                amsgrad=False, lr=self.lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay,
+                amsgrad=False, lr=self.lr, beta1=beta1, beta2=beta2, weight_decay=self.weight_decay,
                 eps=self.eps, maximize=False, grad_scale=None, found_inf=None,
             )
         self.steps_taken += 1
@@ -159,21 +154,14 @@ class Adam:
 def make_optimizer(config: TrainConfig, params: Iterable[torch.nn.Parameter], total_steps: int) -> Adam:
     """The run's optimizer, its lr following ``lr_lambda`` over ``total_steps`` planned steps.
 
-    ``weight_decay`` applies to the weight matrices and embeddings, not to LayerNorm's gains and biases
-    (GPT-2's rule, as in nanoGPT and most trainers since: decaying a gain pulls a layer's output
-    scale towards 0, which no regularisation asks for).
-
-    Fused: one kernel updates every decayed parameter, one the rest, on CPU as on CUDA. On CPU torch's foreach
+    Fused: one kernel updates every parameter, on CPU as on CUDA. On CPU torch's foreach
     implementation loops over the parameters, op by op, with a host-side bias correction each; fused
     is 1.04-1.06x faster per small-shape training step (bench trainer).
     """
-    params = list(params)
-    decayed = [p.dim() >= 2 for p in params]
     schedule = lr_lambda(config, total_steps)
     beta2 = config.adam_beta2 if config.adam_beta2 is not None else 0.98 if config.optimizer == "noam" else 0.999
     betas = (0.9, beta2)
     if config.optimizer == "adamw":
-        return Adam(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay, decoupled_weight_decay=True,
-                    schedule=schedule, decayed=decayed)
+        return Adam(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay, decoupled_weight_decay=True, schedule=schedule)
     # 'adam' as in the origin, and 'noam' (Adam with the Noam schedule)
-    return Adam(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay, schedule=schedule, decayed=decayed)
+    return Adam(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay, schedule=schedule)

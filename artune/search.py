@@ -547,7 +547,7 @@ def load_plan_corpus(plan: Plan, fetch: bool = True) -> Any:
         corpus = load_corpus(fixed.dataset, fixed.tokenizer, plan.data_dir, fetch=fetch)
         # The loaders' needs grow with seq_len and with batch_size, each alone: the largest of each is the test.
         seq_len, batch_size = (int(max(possible_values(plan.space, fixed, key))) for key in ("seq_len", "batch_size"))
-        whole_batches = any(possible_values(plan.space, fixed, "compile"))  # true or 'auto
+        whole_batches = any(possible_values(plan.space, fixed, "compile"))  # true or 'auto'
         for train_loader in sorted(set(possible_values(plan.space, fixed, "train_loader"))):
             for valid_loader in sorted(set(possible_values(plan.space, fixed, "valid_loader"))):
                 check_fits(corpus, seq_len, batch_size, train_loader=train_loader, valid_loader=valid_loader,

@@ -53,7 +53,7 @@ SPACES = {
                                           ["the valid split", "too few for 60000 sequential streams"]),
     # compile skips a partial last batch: a train split (~1M tokens, 31k windows of 32) without one whole batch
     "compile_without_a_whole_batch": (GOOD.replace("  batch_size: 8\n", "  batch_size: 40000\n  compile: true\n  valid_loader: shuffled\n"),
-                                      ["compile: true trains on whole batches only", "batch_size 40000"]),
+                                      ["compile (true or 'auto') trains on whole batches only", "batch_size 40000"]),
     "python_tag": (GOOD.replace("seq_len: 32", "seq_len: !!python/object/apply:os.system ['touch {marker}']"),
                    ["{path}:6:", "python tags are refused", "!!python/object/apply:os.system"]),
 }

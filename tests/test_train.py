@@ -103,7 +103,7 @@ def test_compile_on_a_split_without_one_whole_batch_is_refused_not_trained_on_no
 
     config = tiny(small_text, batch_size=512, seq_len=64, batches_per_epoch=None, train_loader="shuffled")
     assert steps_per_epoch(config, len(Trainer(config).corpus.train)) == 1
-    with pytest.raises(CorpusError, match="compile: true trains on whole batches only.*no whole batch of batch_size 512"):
+    with pytest.raises(CorpusError, match=r"compile \(true or 'auto'\) trains on whole batches only.*no whole batch of batch_size 512"):
         Trainer(dataclasses.replace(config, compile=True))
 
 
