@@ -99,6 +99,12 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @property
+    def whole_batches(self) -> bool:
+        """Whether training skips an epoch's partial last batch: where it may compile (true or 'auto'),
+        as a batch of another shape would compile the model again."""
+        return self.compile is not False
+
+    @property
     def ff_width(self) -> int:
         return ff_width(self.d_model, self.d_ff, self.activation)
 

@@ -157,9 +157,9 @@ def steps_per_epoch(config: TrainConfig, n_train_tokens: int) -> int:
     ``Trainer._batches``), so the lr schedule plans without it.
     """
     if config.train_loader == "sequential":
-        full = num_sequential_batches(n_train_tokens, config.batch_size, config.seq_len, whole_only=bool(config.compile))
+        full = num_sequential_batches(n_train_tokens, config.batch_size, config.seq_len, whole_only=config.whole_batches)
     else:
-        full = num_shuffled_batches(n_train_tokens, config.batch_size, config.seq_len, whole_only=bool(config.compile))
+        full = num_shuffled_batches(n_train_tokens, config.batch_size, config.seq_len, whole_only=config.whole_batches)
     return full if config.batches_per_epoch is None else min(full, config.batches_per_epoch)
 
 
@@ -201,7 +201,7 @@ class Trainer:
             raise ConfigError(compiler_message(self.missing_compiler))
         self.corpus = corpus if corpus is not None else load_corpus(config.dataset, config.tokenizer, data_dir)
         check_fits(self.corpus, config.seq_len, config.batch_size, train_loader=config.train_loader,
-                   valid_loader=config.valid_loader, whole_batches=bool(config.compile))
+                   valid_loader=config.valid_loader, whole_batches=config.whole_batches)
         tokenize = get_tokenizer(config.tokenizer)
         self.prompt_ids = self.corpus.vocabulary.encode(tokenize(config.prompt))  # unknown tokens: an error
         if config.sample_tokens > 0 and not self.prompt_ids:
@@ -362,12 +362,12 @@ class Trainer:
             start = self.epoch * c.batches_per_epoch
         batches = train_batches(
             self.train_tokens, c.train_loader, c.batch_size, c.seq_len, self.generator,
-            c.dataloader_shuffle_with_replacement, start=start, whole_only=bool(c.compile),
+            c.dataloader_shuffle_with_replacement, start=start, whole_only=c.whole_batches,
         )
         for i, batch in enumerate(batches):
             if c.batches_per_epoch is not None and i >= c.batches_per_epoch:
                 return
-            if c.compile and batch[0].shape != (c.batch_size, c.seq_len):
+            if c.whole_batches and batch[0].shape != (c.batch_size, c.seq_len):
                 return  # the epoch's partial last batch (fewer rows, or shorter for sequential): a new shape would recompile
             yield batch
 

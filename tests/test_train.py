@@ -211,6 +211,8 @@ def test_compile_auto_trains_on_eagerly_where_torch_compile_fails(small_text, tm
 
 def test_compile_auto_without_a_cpp_compiler_trains_eagerly(small_text, tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
+    monkeypatch.setattr(train_module, "_compiled_shape", None)
+    monkeypatch.setattr(train_module, "_compile_failed", None)  # (each would keep it eager for another reason)
     monkeypatch.setattr(train_module, "AUTO_COMPILE_AFTER_S", {"cpu": 0.0})
     history = Trainer(tiny(small_text, compile="auto", epochs=2, batches_per_epoch=2)).fit()
     assert [m["compiled"] for m in history] == [False, False]
