@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nbformat
@@ -20,7 +21,7 @@ def search_for_notebook(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fx.build_search(tmp_path_factory.mktemp("results") / fx.NAME, optuna_db=True)
 
 
-def execute(directory: Path, monkeypatch: pytest.MonkeyPatch) -> nbformat.NotebookNode:
+def execute(directory: Path | str, monkeypatch: pytest.MonkeyPatch) -> nbformat.NotebookNode:
     monkeypatch.setenv("ARTUNE_RESULTS", str(directory))  # the kernel inherits this process's environment
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
@@ -53,6 +54,14 @@ def test_the_notebook_runs_on_a_finished_search(search_for_notebook: Path, monke
     assert "importance" in text and "skipped" not in text  # the Optuna study was found and read
     assert f"trial {fx.BEST_TRIAL}, epoch 4, best_valid_loss {fx.BEST_LOSS:.4f}, prompt 'It is':\n{fx.sample(fx.BEST_TRIAL, 4)}" in text
     assert len(outputs(notebook, "image/png")) == 3  # curves, knob effects, parallel coordinates
+
+
+def test_the_notebook_takes_a_search_relative_to_the_repository(search_for_notebook: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ARTUNE_RESULTS=results/<name> jupyter lab notebooks/...` from the repository: the kernel runs in notebooks/."""
+    relative = os.path.relpath(search_for_notebook, REPO)
+    assert not (NOTEBOOK.parent / relative).exists()  # not found from the kernel's own directory
+    text = "\n".join(outputs(execute(relative, monkeypatch)))
+    assert f"search {fx.NAME!r} in {REPO / relative}" in text
 
 
 def test_the_notebook_runs_on_a_search_where_no_trial_has_a_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
