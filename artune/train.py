@@ -62,7 +62,11 @@ class DivergedError(RuntimeError):
 
 
 class DeadlineReached(RuntimeError):
-    """Training stopped mid-epoch at its deadline (a search's time budget); the epoch is discarded."""
+    """Training stopped mid-epoch at its deadline (a search's time budget); the epoch is discarded.
+
+    Discarded from the metrics and checkpoints only: the weights, the optimizer and the batch order
+    have moved on by the epoch's partial steps, so the Trainer is spent. Go on from its last checkpoint.
+    """
 
 
 class CheckpointError(RuntimeError):
@@ -358,8 +362,10 @@ class Trainer:
         c = self.config
         start = 0
         if c.train_loader == "sequential" and c.batches_per_epoch is not None:
-            # a capped epoch starts where the one before it stopped: over the epochs, every batch of the split
-            start = self.epoch * c.batches_per_epoch
+            # a capped epoch starts where the one before it stopped (over the epochs, every batch of the
+            # split), at the step the plan counts to it: in a run resumed with another cap, the batches
+            # trained before the resume at their own cap, and this run's after it
+            start = self.steps_at(self.epoch)
         batches = train_batches(
             self.train_tokens, c.train_loader, c.batch_size, c.seq_len, self.generator,
             c.dataloader_shuffle_with_replacement, start=start, whole_only=c.whole_batches,

@@ -342,6 +342,25 @@ def test_capped_sequential_epochs_go_on_where_the_last_one_stopped(small_text):
     assert len(set(flat)) == full  # every batch of the split trained on
 
 
+def test_a_capped_sequential_epoch_goes_on_where_the_last_stopped_after_a_resume_with_another_cap(small_text, tmp_path):
+    """Resumed with another batches_per_epoch, the next epoch started at (its epoch) x (the new cap): 60
+    batches of the split were skipped in this run (here, 120 trained at 60 an epoch, resumed at 40 an
+    epoch: it started at batch 80 of its wrap, not 120)."""
+    config = tiny(small_text, train_loader="sequential", batch_size=4, seq_len=16, batches_per_epoch=60, epochs=2)
+    first = Trainer(config)
+    first.fit()
+    path = first.save_checkpoint(tmp_path)
+    resumed = Trainer(dataclasses.replace(config, batches_per_epoch=40, epochs=4))
+    resumed.load_checkpoint(path)
+    one_pass = {x.numpy().tobytes(): i for i, (x, _) in enumerate(sequential_batches(resumed.train_tokens, 4, 16))}
+    full = len(one_pass)
+    seen = []
+    for _ in range(2):
+        seen += [one_pass[x.numpy().tobytes()] for x, _ in resumed._batches()]
+        resumed.epoch += 1
+    assert full > 200 and seen == [(120 + i) % full for i in range(80)]
+
+
 def test_resume_depends_on_both_restored_random_states(small_text, tmp_path):
     # The resume test above can fail: with either random state not restored, epoch 2 comes out different.
     config = tiny(small_text, epochs=2, dropout=0.2)
