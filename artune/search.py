@@ -182,6 +182,17 @@ def sqlite_file(url: str) -> Optional[Path]:
     return Path(parsed.database or ":memory:") if parsed.get_backend_name() == "sqlite" else None
 
 
+def absolute_storage(url: str) -> str:
+    """A SQLite URL whose file is relative, made absolute: the manifest records the URL, and a later --resume
+    or --extend from another directory would otherwise open (and create) another, empty database there."""
+    from sqlalchemy.engine import make_url
+
+    database = sqlite_file(url)
+    if database is None or database == Path(":memory:") or database.is_absolute():
+        return url
+    return make_url(url).set(database=str(database.absolute())).render_as_string(hide_password=False)
+
+
 def recorded_storage(manifest: dict[str, Any], directory: Path) -> Optional[str]:
     """The study's URL that a search's manifest records, following the search where it has moved.
 
@@ -227,8 +238,12 @@ def check_storage(url: str) -> None:
 def check_results_dir(path: Path) -> Path:
     path = path.expanduser()
     probe = path
-    while not probe.exists():
-        probe = probe.parent
+    try:
+        while not probe.exists():
+            probe = probe.parent
+    except OSError as exc:  # a parent this user may not look into (EACCES)
+        raise SearchError(f"--results-dir {path}: cannot look into {probe.parent} ({exc.strerror or exc}); "
+                          "choose another --results-dir") from None
     if not probe.is_dir():
         raise SearchError(f"--results-dir {path}: {probe} is not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
@@ -255,6 +270,7 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
         raise SearchError(f"--repeats must be >= 1, but got {args.repeats}")
     if args.storage:
         check_storage(args.storage)
+        args.storage = absolute_storage(args.storage)
     name = check_name(args.name or f"{space_path.stem}-{dt.datetime.now():%Y%m%d-%H%M%S}")
     directory = results_dir / name
     manifest: dict[str, Any] = {}
@@ -344,6 +360,9 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
     if overrides["set"]:
         space = space.with_fixed(overrides["set"])
     space.check_configs()
+    if repeats > 1 and "seed" in space.params:
+        raise SearchError(f"--repeats {repeats}: each repeat runs its config with the next seed, but seed is searched "
+                          f"({space.path}: params.seed): fix the seed (--set seed=N) or leave --repeats out")
     compiles = any(value is True for value in possible_values(space, space_defaults(space), "compile"))  # 'auto' does without
     compiler = missing_compiler() if not args.address and compiles else None
     if compiler:  # (a cluster's nodes have toolchains of their own: a trial there says what its node lacks)
@@ -523,11 +542,15 @@ def check_address(address: str) -> None:
     if address.startswith(("http://", "https://")):
         raise SearchError(f"--address {address}: that is the dashboard's address (what ray job submit takes); give the "
                           "cluster's: HOST:6379")
-    parsed = urlparse(address if "://" in address else f"tcp://{address}")
-    if not parsed.hostname or not parsed.port:
+    try:
+        parsed = urlparse(address if "://" in address else f"tcp://{address}")
+        host, port = parsed.hostname, parsed.port  # .port raises on a port that is not a number in 0-65535
+    except ValueError:
+        host = port = None
+    if not host or not port:
         raise SearchError(f"--address {address!r}: expected HOST:PORT (e.g. 10.0.0.5:6379)")
     try:
-        with socket.create_connection((parsed.hostname, parsed.port), timeout=CONNECT_TIMEOUT_S):
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
             pass
     except OSError as exc:
         raise SearchError(

@@ -48,6 +48,8 @@ METRICS = {
 SAMPLERS = ("tpe", "random", "grid", "qmc", "cmaes")
 SAMPLER_PACKAGES = {"qmc": "scipy", "cmaes": "cmaes"}  # imported lazily by Optuna's samplers; artune depends on both
 SCHEDULERS = ("asha", "none")
+# The knobs that make the corpus: the search encodes it once, before Ray starts, and hands it to every trial.
+CORPUS_KNOBS = ("dataset", "tokenizer")
 SEARCH_KEYS = ("metric", "mode", "num_samples", "max_concurrent", "resources", "epochs", "sampler", "seed", "scheduler", "time_budget")
 RESOURCE_KEYS = ("cpu", "gpu")
 SCHEDULER_KEYS = ("name", "grace_period", "reduction_factor")
@@ -286,7 +288,10 @@ class SearchSpace:
         import optuna
 
         s = self.settings
-        seed = None if s.seed is None else s.seed + run - 1
+        # An extension's k-th run draws anew (seed + k - 1), but for the grid: its k-th trial runs the k-th
+        # point of the grid as the seed shuffles it, so the same shuffle makes the warm-started trials (numbered
+        # first) the points already run and an extension's trials the points after them.
+        seed = None if s.seed is None else (s.seed + (0 if s.sampler == "grid" else run - 1)) % 2**32
         with warnings.catch_warnings():
             # group=True and QMCSampler are marked experimental; that is not news to a user of a sweep.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -687,6 +692,10 @@ def _read_params(section: Any, label: str, line: int, fixed: dict, sources: dict
             errors.add(where, f"params.{key}", f"a knob is either fixed or searched, but got it in both (fixed at {sources[f'fixed.{key}']})")
             continue
         if isinstance(value, dict) and any(k in KINDS for k in value):
+            if key in CORPUS_KNOBS:
+                errors.add(where, f"params.{key}", f"{key} is one for the whole search (the corpus is encoded once and every "
+                           f"trial trains on it), but got a distribution (fix: one value under fixed:, or --set {key}=...)")
+                continue
             dist = _distribution(key, value, where, key_line, errors)
             if dist is not None:
                 params[key] = dist

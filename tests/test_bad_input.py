@@ -86,6 +86,10 @@ OPTIONS = {
     "--bogus": ["unrecognized arguments: --bogus", "(see python -m artune.search --help)"],
     # what RAY_ADDRESS holds for the jobs CLI: Ray failed on it after seconds, with a traceback
     "--address http://127.0.0.1:8265": ["--address http://127.0.0.1:8265: that is the dashboard's address", "HOST:6379"],
+    # ports urlparse itself refuses (a ValueError): a traceback before
+    "--address 127.0.0.1:abc": ["--address '127.0.0.1:abc': expected HOST:PORT"],
+    "--address 127.0.0.1:70000": ["--address '127.0.0.1:70000': expected HOST:PORT"],
+    "--address [::1": ["--address '[::1': expected HOST:PORT"],
 }
 
 NAMES = {

@@ -303,6 +303,25 @@ def test_a_storage_that_cannot_hold_the_study_is_one_line_and_leaves_no_search(t
     assert not (results / "x").exists()
 
 
+def test_a_results_dir_that_cannot_be_looked_up_is_one_line(tmp_path, shakespeare_path):
+    """Path.exists() raises where the lookup itself fails (a parent this user may not enter, EACCES; here a name
+    too long, as root enters everything): a traceback before."""
+    long = tmp_path / ("a" * 300) / "r"
+    result = cli(str(SMOKE), "--dry-run", "--results-dir", str(long), "--data", str(shakespeare_path))
+    assert_one_error_line(result, f"--results-dir {long}: cannot look into {long.parent}", "File name too long")
+
+
+def test_a_relative_sqlite_storage_is_kept_as_an_absolute_one(tmp_path, shakespeare_path):
+    """The manifest recorded the URL as given: a --resume from another directory opened a new, empty study there."""
+    result = subprocess.run(
+        [sys.executable, "-m", "artune.search", str(SMOKE), "--dry-run", "--results-dir", "r", "--name", "s",
+         "--storage", "sqlite:///studies.db", "--data", str(shakespeare_path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"Optuna study: 's' in sqlite:///{tmp_path / 'studies.db'}" in result.stdout
+
+
 def test_extend_refuses_an_unfinished_search_and_resume_a_storage_that_is_not_there(tmp_path):
     directory = torn_search(tmp_path, staged_trial=None)
     (directory / "tune" / "experiment_state-2026-01-01_00-01-00.json").write_text('{"trial_data": []}')

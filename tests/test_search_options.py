@@ -7,7 +7,7 @@ import time
 import pytest
 
 from artune.results import load
-from tests.test_search import SMOKE, cli
+from tests.test_search import SMOKE, assert_one_error_line, cli
 
 
 @pytest.mark.slow
@@ -51,3 +51,14 @@ def test_time_budget_ends_the_search_and_reports_the_budget_spent(tmp_path, shak
     for trial, epochs in zip(results.trials["trial_id"], results.trials["epochs_completed"]):
         assert f" {int(epochs)} epoch{'' if epochs == 1 else 's'}  " in budget_lines[trial], budget_lines[trial]
     assert results.trials["best_valid_loss"].notna().any()
+
+
+def test_repeats_are_refused_where_the_seed_is_searched(tmp_path, shakespeare_path):
+    """A repeat runs its config with seed + k: with the seed searched, the study was given seeds it never
+    sampled (or a ValueError inside Tune's callback, failing trials that had trained)."""
+    space = tmp_path / "seeded.yaml"
+    space.write_text("search: {num_samples: 2, epochs: 1}\nfixed: {d_model: 16, n_layers: 1, n_heads: 2}\n"
+                     "params:\n  seed: {choice: [0, 1]}\n")
+    args = [str(space), "--results-dir", str(tmp_path / "r"), "--data", str(shakespeare_path), "--dry-run"]
+    assert_one_error_line(cli(*args, "--repeats", "2"), "--repeats 2: ", f"but seed is searched ({space}: params.seed): fix the seed")
+    assert cli(*args).returncode == 0  # alone, a searched seed is fine

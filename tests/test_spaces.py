@@ -161,6 +161,8 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
         ("params:\n  n_heads: {choice: [2, x]}\n", 2, "n_heads must be an integer, but got 'x'"),
         ("fixed:\n  seq_len: 8\nparams:\n  seq_len: {choice: [8, 16]}\n", 4, "either fixed or searched"),
         ("fixed:\n  epochs: 3\n", 2, "epochs is a search setting"),
+        ("params:\n  tokenizer: {choice: [character, basic_english]}\n", 2, r"params.tokenizer: tokenizer is one for the whole search"),
+        ("params:\n  lr: {uniform: [0.1, 1]}\n  dataset: {choice: [tiny_shakespeare, other.txt]}\n", 3, "corpus is encoded once"),
         ("fixed:\n  lr: {loguniform: [1e-4, 1e-2]}\n", 2, "move it to params"),
         ("search:\n  num_samples: 0\n", 2, r"search.num_samples: num_samples >= 1 must hold.*but got 0"),
         ("search:\n  resources: {cpu: 0}\n", 2, "cpu > 0 must hold"),
@@ -462,3 +464,20 @@ def test_an_extensions_sampler_does_not_repeat_the_first_runs_draws(tmp_path, sa
     first = draws()
     assert draws(1) == first
     assert first != draws(2) and draws(2) != draws(3)
+
+
+def test_an_extension_of_a_grid_runs_the_points_not_run_yet(tmp_path):
+    """Reseeded for the extension, the grid was shuffled anew: 4-6 of its 10 new trials repeated earlier points."""
+    space = load_space(write(tmp_path, "search: {sampler: grid, seed: 3}\nparams: {n_layers: {int: [1, 20]}}\n"))
+    first = optuna.create_study(sampler=space.make_sampler(1))
+    first.optimize(lambda trial: (space.define_by_run(trial), 0.0)[1], n_trials=10)
+    extension = optuna.create_study(sampler=space.make_sampler(2))
+    for trial in first.trials:  # the warm start, as study.warm_start_storage gives it
+        extension.add_trial(optuna.trial.create_trial(params=trial.params, distributions=trial.distributions, value=0.0))
+    extension.optimize(lambda trial: (space.define_by_run(trial), 0.0)[1], n_trials=10)
+    assert sorted(t.params["n_layers"] for t in extension.trials) == list(range(1, 21))
+
+
+def test_an_extension_of_the_largest_seed_wraps_around(tmp_path):
+    space = load_space(write(tmp_path, f"search: {{sampler: random, seed: {2**32 - 1}}}\nparams: {{lr: {{loguniform: [1e-4, 1e-2]}}}}\n"))
+    optuna.create_study(sampler=space.make_sampler(2)).optimize(lambda trial: (space.define_by_run(trial), 0.0)[1], n_trials=1)
