@@ -1139,9 +1139,12 @@ def write_manifest(plan: Plan, corpus: Any, extra: dict[str, Any], new_command: 
         "space_sha256": plan.space.text_sha256,
         "metric": s.metric, "mode": s.mode, "epochs": s.epochs, "seed": s.seed,
         "resources_per_trial": {"cpu": s.cpu, "gpu": s.gpu}, "fixed": plan.space.fixed,
-        "params": list(plan.space.params),
-        "conditions": {name: {knob: list(values) for knob, values in dist.when.items()}
-                       for name, dist in plan.space.params.items() if dist.when},
+        # every run's searched knobs: an --extend that fixes a knob an earlier run searched (--set lr=...)
+        # leaves it searched across the search, its earlier condition with it
+        "params": list(dict.fromkeys([*manifest.get("params", []), *plan.space.params])),
+        "conditions": {**{name: when for name, when in manifest.get("conditions", {}).items() if name not in plan.space.params},
+                       **{name: {knob: list(values) for knob, values in dist.when.items()}
+                          for name, dist in plan.space.params.items() if dist.when}},
         "repeats": plan.repeats, "storage": plan.storage,
         "study_name": plan.name, "address": plan.address,
     })

@@ -311,6 +311,28 @@ def test_a_results_dir_that_cannot_be_looked_up_is_one_line(tmp_path, shakespear
     assert_one_error_line(result, f"--results-dir {long}: cannot look into {long.parent}", "File name too long")
 
 
+def test_the_manifest_keeps_every_runs_searched_knobs(tmp_path, shakespeare_path):
+    """An --extend that fixes a searched knob (--set lr=...) rewrote params as the last run's: lr, searched by the
+    first run's trials, dropped out of the search's params (and so of its plots and summaries)."""
+    from artune.search import SPACE_COPY, load_plan_corpus, make_plan, parse_args, write_manifest
+
+    space = tmp_path / "s.yaml"
+    space.write_text("search: {num_samples: 2, epochs: 1}\nfixed: {d_model: 16, n_layers: 1, n_heads: 2}\n"
+                     "params:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n  warmup: {int: [10, 20], when: {optimizer: noam}}\n"
+                     "  optimizer: {choice: [adam, noam]}\n")
+    common = ["--results-dir", str(tmp_path / "r"), "--name", "m", "--data", str(shakespeare_path)]
+    first = make_plan(parse_args([str(space), *common]))
+    first.directory.mkdir(parents=True)
+    shutil.copy(space, first.directory / SPACE_COPY)
+    corpus = load_plan_corpus(first)
+    write_manifest(first, corpus, {"finished": "then"})
+    extension = make_plan(parse_args([*common, "--extend", "--num-samples", "2", "--set", "lr=0.002", "--set", "warmup=15"]))
+    write_manifest(extension, corpus, {"extended": "now"})
+    manifest = json.loads((first.directory / "manifest.json").read_text())
+    assert manifest["params"] == list(first.space.params) == ["lr", "optimizer", "warmup"] and manifest["fixed"]["lr"] == 0.002
+    assert manifest["conditions"] == {"warmup": {"optimizer": ["noam"]}}
+
+
 def test_a_relative_sqlite_storage_is_kept_as_an_absolute_one(tmp_path, shakespeare_path):
     """The manifest recorded the URL as given: a --resume from another directory opened a new, empty study there."""
     result = subprocess.run(
