@@ -193,6 +193,28 @@ def absolute_storage(url: str) -> str:
     return make_url(url).set(database=str(database.absolute())).render_as_string(hide_password=False)
 
 
+def study_exists(url: str, name: str) -> bool:
+    """Whether the Optuna storage at ``url`` holds a study ``name``, read without creating anything (a database
+    that cannot be read is reported where the search opens its study)."""
+    database = sqlite_file(url)
+    if database is not None and not database.is_file():
+        return False
+    from sqlalchemy import create_engine, inspect, text
+
+    try:
+        engine = create_engine(url)
+        try:
+            with engine.connect() as connection:
+                if not inspect(connection).has_table("studies"):  # Optuna's table of studies
+                    return False
+                found = connection.execute(text("SELECT 1 FROM studies WHERE study_name = :name"), {"name": name})
+                return found.first() is not None
+        finally:
+            engine.dispose()
+    except Exception:  # noqa: BLE001 - SQLAlchemy's errors share no useful base; see above
+        return False
+
+
 def recorded_storage(manifest: dict[str, Any], directory: Path) -> Optional[str]:
     """The study's URL that a search's manifest records, following the search where it has moved.
 
@@ -315,6 +337,9 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
                 f"--name {name!r}: {directory} already holds a search; use --resume to continue it, "
                 "--extend to grow it, or choose another --name"
             )
+        if args.storage and study_exists(args.storage, name):
+            raise SearchError(f"--name {name!r}: the database {args.storage} already holds a study of that name (another "
+                              "search's, made elsewhere); a new search would add its trials to it: choose another --name")
         space = load_space(space_path)
     given = {key: value for key, value in dict(
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, cpu=args.cpus_per_trial,

@@ -333,6 +333,17 @@ def test_the_manifest_keeps_every_runs_searched_knobs(tmp_path, shakespeare_path
     assert manifest["conditions"] == {"warmup": {"optimizer": ["noam"]}}
 
 
+def test_a_new_search_is_refused_a_study_name_its_storage_already_holds(tmp_path, shakespeare_path):
+    """A shared --storage and a --name used before elsewhere: the new trials went into the old study (its direction kept)."""
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    optuna.create_study(storage=url, study_name="base", direction="maximize")
+    args = [str(SMOKE), "--dry-run", "--results-dir", str(tmp_path / "r"), "--storage", url, "--data", str(shakespeare_path)]
+    assert_one_error_line(cli(*args, "--name", "base"), f"--name 'base': the database {url} already holds a study of that name")
+    assert cli(*args, "--name", "other").returncode == 0
+
+
 def test_a_relative_sqlite_storage_is_kept_as_an_absolute_one(tmp_path, shakespeare_path):
     """The manifest recorded the URL as given: a --resume from another directory opened a new, empty study there."""
     result = subprocess.run(
