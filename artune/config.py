@@ -15,10 +15,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
-
-
-class ConfigError(ValueError):
-    """A configuration value breaks a rule. The message names the key, the rule and the value."""
+from artune.errors import ConfigError  # noqa: F401  (re-exported)
 
 
 def _doc(text: str, **kwargs: Any) -> Any:

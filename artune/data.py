@@ -22,6 +22,7 @@ from typing import Union
 import numpy as np
 
 from .tokenizers import Vocabulary, get_tokenizer
+from artune.errors import CorpusError, NotFetched  # noqa: F401  (re-exported)
 
 TINY_SHAKESPEARE = "tiny_shakespeare"
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -29,18 +30,6 @@ TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca
 TINY_SHAKESPEARE_FILE = "tiny_shakespeare.txt"
 
 TRAIN_FRACTION = 0.9  # of the characters, as in the origin
-
-
-class CorpusError(ValueError):
-    """A corpus cannot be found, fetched, read or used. The message names the file, rule and value."""
-
-
-class NotFetched(CorpusError):
-    """Tiny Shakespeare is not cached yet, and fetching was not allowed (a dry run)."""
-
-    def __init__(self, url: str, path: Path) -> None:
-        super().__init__(f"{path} is not here yet: it is downloaded from {url}")
-        self.url, self.path = url, path
 
 
 # --- finding the file

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pandas is imported where a DataFrame is built: writing the 
 
 from artune import plural
 from artune.config import AUTO_SWITCHES, FIELD_NAMES, FIELDS, field_type
+from artune.errors import ResultsError  # noqa: F401  (re-exported)
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
@@ -190,10 +191,6 @@ def read_records(directory: Path) -> dict[str, TrialRecord]:
 
 
 # --- reading, for notebooks
-
-
-class ResultsError(ValueError):
-    """A results directory, table or metric cannot be read. The message names the file or value and the fix."""
 
 
 # The metrics that get better as they rise; every other (losses, seconds) gets better as it falls.

@@ -42,6 +42,7 @@ from artune.results import (
 )
 from artune import spaces
 from artune.spaces import SearchSpace, SpaceError, load_space
+from artune.errors import SearchError
 from artune.study import STUDY_FILE, open_study, storage_url, sync_study, warm_start_storage
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
@@ -61,10 +62,6 @@ DEADLINE_LAG_S = 0.5  # running trials end this long after Tune's budget has sto
 # Ray's processes, which leave part of the CPU idle (see open_study_while_ray_starts; opening the study
 # there imports Optuna's SQL storage).
 NEEDED_AFTER_RAY_INIT = ("ray.tune", "ray.tune.search.optuna")
-
-
-class SearchError(Exception):
-    """A bad input or state found before any trial is spent; printed as one line."""
 
 
 # --- the command line

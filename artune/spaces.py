@@ -30,6 +30,7 @@ import yaml
 
 from artune import plural
 from artune.config import FIELD_NAMES, FIELDS, ConfigError, TrainConfig, as_int, coerce, field_type, unknown_key_message
+from artune.errors import SpaceError  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     import optuna
@@ -56,10 +57,6 @@ SCHEDULER_KEYS = ("name", "grace_period", "reduction_factor")
 MAX_CORNERS = 256  # beyond this many corner configs, check_configs checks every pair of params instead
 ENUMERATE_INT = 32  # int ranges up to this many values are checked value by value, wider ones at their ends
 GRID_LIMIT = 100_000  # most grid points the grid sampler is allowed to enumerate
-
-
-class SpaceError(ValueError):
-    """A search-space file or override breaks a rule. One line: every error, joined by '; '."""
 
 
 # --------------------------------------------------------------------------- settings and params

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import Callable, Iterable, Sequence
+from artune.errors import UnknownTokenError  # noqa: F401  (re-exported)
 
 
 def character(text: str) -> list[str]:
@@ -43,10 +44,6 @@ def get_tokenizer(name: str) -> Callable[[str], list[str]]:
         return TOKENIZERS[name]
     except KeyError:
         raise ValueError(f"tokenizer must be one of {', '.join(TOKENIZERS)}, but got {name!r}") from None
-
-
-class UnknownTokenError(ValueError):
-    """A token to encode is not in the vocabulary."""
 
 
 class Vocabulary:

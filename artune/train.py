@@ -26,6 +26,7 @@ from artune.data import Corpus, check_fits, load_corpus, num_sequential_batches,
 from artune.models import GPT, ModelConfig
 from artune.optim import lr_lambda, make_optimizer
 from artune.tokenizers import get_tokenizer
+from artune.errors import CheckpointError, DeadlineReached, DivergedError  # noqa: F401  (re-exported)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -55,22 +56,6 @@ LENGTHEN_MARGIN = 0.25
 AUTO_COMPILE_AFTER_S = {"cpu": 180.0, "cuda": 30.0}
 
 Metrics = dict[str, Any]
-
-
-class DivergedError(RuntimeError):
-    """The training loss became NaN or infinite; no checkpoint of the broken weights is written."""
-
-
-class DeadlineReached(RuntimeError):
-    """Training stopped mid-epoch at its deadline (a search's time budget); the epoch is discarded.
-
-    Discarded from the metrics and checkpoints only: the weights, the optimizer and the batch order
-    have moved on by the epoch's partial steps, so the Trainer is spent. Go on from its last checkpoint.
-    """
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, truncated, corrupt or from another configuration."""
 
 
 def model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:

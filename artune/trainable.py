@@ -23,6 +23,7 @@ from ray import tune
 from artune.config import TrainConfig
 from artune.data import Corpus
 from artune.spaces import METRICS
+from artune.errors import NoCudaError  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     import torch
@@ -35,10 +36,6 @@ if TYPE_CHECKING:
 
 
 TRIAL_INDEX = "__trial_index__"
-
-
-class NoCudaError(RuntimeError):
-    """Ray allocated a GPU to the trial but torch cannot see CUDA."""
 
 
 def _in_tune_session() -> bool:
