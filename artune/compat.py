@@ -7,7 +7,79 @@ internal has moved, and the test that holds it. Nothing else under ``artune/`` m
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
 # --------------------------------------------------------------------------- torch
 
 
 # --------------------------------------------------------------------------- Ray
+# Each site was checked on Ray 2.60.0. Ray is imported inside the functions: artune's trainer and its
+# tests run without Ray.
+
+
+def keep_local_ray_on_loopback() -> None:
+    """Make the Ray instance this process starts listen on 127.0.0.1 only (a security fix, not speed).
+
+    ``ray.init(_node_ip_address="127.0.0.1")`` is not enough: Ray swaps a loopback address for the
+    host's routable one, and its servers then listen on every interface. Ray's single-machine mode
+    (its setting on macOS and Windows, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``) keeps every server on
+    loopback. Ray reads that setting into ``ray._private.ray_constants`` when it is imported, so where
+    Ray is imported already (artune used as a library) the constant is set too. Fallback where the
+    constant has moved: the environment variable alone, which holds whenever Ray is imported after
+    this call (the CLI's path). Test: tests/test_security.py.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if "ray" not in sys.modules:
+        return
+    try:
+        from ray._private import ray_constants
+    except ImportError:
+        return
+    if hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):
+        ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def give_restored_tuner(tuner: Any, callbacks: list, time_budget_s: Optional[float]) -> bool:
+    """Give a restored Tuner this driver's callbacks and time budget (ray-project/ray#41364).
+
+    ``Tuner.restore`` takes the run and tune configs from the first run's ``tuner.pkl``: its callbacks
+    would be that run's recorder, unpickled, which this driver never sees (a Ctrl-C would pass for the
+    end, and the budget's end would write the tables as they were before the resume), and its time
+    budget that run's. Ray has no public way to give them anew. Returns False where the private
+    ``_local_tuner`` has moved: the resume then runs with the old callbacks, as public Ray does.
+    Test: tests/test_faults.py (a resumed search records its new epochs).
+    """
+    restored = getattr(tuner, "_local_tuner", None)
+    if restored is None or not hasattr(restored, "_tune_config"):
+        return False
+    restored.get_run_config().callbacks = callbacks
+    restored._tune_config.time_budget_s = time_budget_s
+    return True
+
+
+def repoint_searcher_state(tune_path: Path) -> None:
+    """Point the experiment in Tune's saved searcher state at ``tune_path``, where the search is now.
+
+    Tune re-points the trials it restores at the directory it resumes from, but creates every new
+    trial from the experiment its searcher saved, whose storage is where the search first ran: the
+    new trials of a moved search failed ("Unable to set up cluster storage" naming the old path), and
+    those of a copy wrote into the original. The state is rewritten whole, as Tune writes it. Fallback
+    where Tune's private layout differs: the state is left as it is (a search resumed where it ran
+    is unaffected). Test: tests/test_search.py (a moved search resumes).
+    """
+    try:
+        from ray.tune.search.search_generator import SearchGenerator
+        from ray.tune.utils.util import _atomic_save, _load_newest_checkpoint
+    except ImportError:
+        return
+    pattern = SearchGenerator.CKPT_FILE_TMPL.format("*")
+    state = _load_newest_checkpoint(str(tune_path), pattern)
+    storage = getattr((state or {}).get("experiment"), "storage", None)
+    if storage is None or not hasattr(storage, "storage_fs_path") or Path(storage.experiment_fs_path) == tune_path:
+        return
+    storage.storage_fs_path, storage.experiment_dir_name = tune_path.parent.as_posix(), tune_path.name
+    newest = max(tune_path.glob(pattern))
+    _atomic_save(state, str(tune_path), newest.name, f"tmp-{newest.name}")
