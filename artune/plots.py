@@ -1,9 +1,10 @@
 """Figures of a search: learning curves, the metric against each searched knob, parallel coordinates.
 
 Each function takes a ``SearchResults`` (from ``artune.results.load`` or ``compare``) and returns a
-matplotlib ``Figure`` without showing it. Figures are built from ``matplotlib.figure.Figure``, not
-pyplot, so they hold no global state and need no display: ``savefig`` renders them with Agg.
-A metric argument reads as in ``SearchResults``: ``None`` is the search's own metric.
+matplotlib ``Figure`` without showing it: a notebook displays it, ``write_plots`` saves all three.
+Figures are built from ``matplotlib.figure.Figure``, not pyplot, so they hold no global state and need
+no display: ``savefig`` renders them with Agg. A metric argument reads as in ``SearchResults``:
+``None`` is the search's own metric. This module depends on ``artune.results``, never the reverse.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from artune.results import ResultsError, SearchResults
+from artune.errors import ResultsError
+from artune.results import SearchResults
 
 BEST_COLOR = "tab:red"
 PLOT_FILES = ("learning_curves.png", "metric_vs_knobs.png", "parallel_coordinates.png")
@@ -119,7 +121,8 @@ def parallel_coordinates(results: SearchResults, metric: Optional[str] = None) -
     trials, values = results.trials[keep], values[keep]  # a trial without a value has no colour
     axes_names = [name, *knobs]
     # a conditional knob a trial did not sample: its line has a gap on that axis
-    scaled, ticks = zip(*(_scaled(values), *(_scaled_where(trials[k], results.active(k)[keep].to_numpy()) for k in knobs)))
+    knob_axes = (_scaled_where(trials[k], results.active(k)[keep].to_numpy()) for k in knobs)
+    scaled, ticks = zip(_scaled(values), *knob_axes)
     y = np.column_stack(scaled)  # (trials with a value, axes)
     v = values.to_numpy(dtype=float)
 
@@ -160,7 +163,7 @@ def write_plots(results: SearchResults, metric: Optional[str] = None, directory:
     paths = []
     for filename, plot in zip(PLOT_FILES, (learning_curves, metric_vs_knobs, parallel_coordinates)):
         path = Path(directory) / filename
-        tmp = path.with_name(f".{filename}.{os.getpid()}.tmp")  # atomic, like the tables: a viewer never sees half a PNG
+        tmp = path.with_name(f".{filename}.{os.getpid()}.tmp")  # atomic, like the tables: never half a PNG
         plot(results, metric).savefig(tmp, format="png", dpi=dpi)
         os.replace(tmp, path)
         paths.append(path)

@@ -15,13 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests import _results_fixture as fx
-from artune import results as results_module
 from artune.config import FIELD_NAMES
 from artune.plots import knob_positions, learning_curves, metric_vs_knobs, parallel_coordinates, write_plots
 from artune.results import (
-    EPOCHS_FILE, MANIFEST_FILE, TRIALS_FILE, ResultsError, TrialRecord, compare, load, main, read_records,
+    EPOCHS_FILE, MANIFEST_FILE, TRIALS_FILE, ResultsError, TrialRecord, compare, load, read_records,
     write_json_atomic, write_tables,
 )
+from artune.results import tables as tables_module
+from artune.results.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -141,7 +142,8 @@ def test_best_by_a_metric_the_trials_table_does_not_summarise(search: Path) -> N
 
 
 def test_unknown_metric_lists_the_choices(search: Path) -> None:
-    with pytest.raises(ResultsError, match=r"unknown metric 'valid_perplexity': expected one of train_loss, .*valid_loss, .*best_valid_loss"):
+    expected = r"unknown metric 'valid_perplexity': expected one of train_loss, .*valid_loss, .*best_valid_loss"
+    with pytest.raises(ResultsError, match=expected):
         load(search).best(1, metric="valid_perplexity")
 
 
@@ -155,7 +157,8 @@ def test_curves_pivot_epochs_per_trial(search: Path) -> None:
 
 def test_summary_is_compact_and_best_first(search: Path) -> None:
     summary = load(search).summary()
-    assert summary.columns.tolist() == ["trial_id", "status", "config_id", *fx.PARAMS, "epochs_completed", "best_valid_loss"]
+    columns = ["trial_id", "status", "config_id", *fx.PARAMS, "epochs_completed", "best_valid_loss"]
+    assert summary.columns.tolist() == columns
     assert summary["trial_id"].tolist() == ["t3", "t0", "t1", "t2", "t4", "t5"]
     assert summary.iloc[-1]["status"] == "error" and math.isnan(summary.iloc[-1]["best_valid_loss"])
     assert summary.set_index("trial_id").loc["t2", "epochs_completed"] == 2
@@ -251,14 +254,16 @@ def test_a_leftover_tmp_file_from_a_crashed_write_is_ignored(tmp_path: Path) -> 
     assert len(load(directory).trials) == 6
 
 
-def test_an_interrupted_write_leaves_the_previous_table_readable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_interrupted_write_leaves_the_previous_table_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     directory = fx.build_search(tmp_path / "s")
 
     def crash_midway(table, where, *args, **kwargs) -> None:
         Path(where).write_bytes(b"PAR1 the first bytes of a table")
         raise KeyboardInterrupt  # the search is killed mid-write
 
-    monkeypatch.setattr(results_module.pq, "write_table", crash_midway)
+    monkeypatch.setattr(tables_module.pq, "write_table", crash_midway)
     with pytest.raises(KeyboardInterrupt):
         write_tables(directory, fx.records()[:2])
     monkeypatch.undo()
@@ -376,12 +381,31 @@ def test_plots_of_compared_searches_need_a_directory(search: Path, tmp_path: Pat
     assert all(p.stat().st_size > 5000 for p in write_plots(both, directory=tmp_path))
 
 
+# --- the package's imports
+
+
+def test_results_never_import_the_figures_and_the_figures_import_first() -> None:
+    """plots depends on results, never the reverse: the driver writes tables without matplotlib, and
+    either package imports first in a fresh interpreter (a cycle would fail one of the two orders)."""
+    code = (
+        "import sys; import artune.results, artune.results.frames, artune.results.tables; "
+        "print(sorted(m for m in ('artune.plots', 'matplotlib', 'pandas') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+    for first in ("artune.plots", "artune.results.cli"):
+        result = subprocess.run([sys.executable, "-c", f"import {first}, artune.results"], capture_output=True,
+                                text=True, cwd=REPO, timeout=120)
+        assert result.returncode == 0, result.stderr
+
+
 # --- the CLI
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, "-m", "artune.results", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    return subprocess.run([sys.executable, "-m", "artune.results", *args], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=120)
 
 
 def test_cli_prints_the_summary_and_writes_three_pngs(tmp_path: Path) -> None:
@@ -389,7 +413,8 @@ def test_cli_prints_the_summary_and_writes_three_pngs(tmp_path: Path) -> None:
     result = run_cli(fx.NAME, "--results-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == "search fixture: 6 trials (3 completed, 1 stopped, 1 diverged, 1 error), best first by best_valid_loss (min)"
+    assert lines[0] == ("search fixture: 6 trials (3 completed, 1 stopped, 1 diverged, 1 error), "
+                        "best first by best_valid_loss (min)")
     assert lines[1].split()[:2] == ["trial_id", "status"]
     assert lines[2].split()[:2] == ["t3", "completed"] and lines[2].split()[-1] == "1.5"
     for name in ("learning_curves.png", "metric_vs_knobs.png", "parallel_coordinates.png"):

@@ -1,0 +1,69 @@
+"""``python -m artune.results PATH_OR_NAME``: print a search's summary and write its figures beside its tables.
+
+The one module of this package that imports :mod:`artune.plots`: the CLI is the edge that uses both,
+so that the data modules never import the figures that depend on them.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+from artune import ArgumentParser, plural, stdout_closed
+from artune.errors import ResultsError
+from artune.results.frames import SearchResults, load
+from artune.results.tables import DEFAULT_RESULTS_DIR
+
+
+def describe(results: SearchResults, metric: Optional[str] = None, top: int = 20) -> str:
+    """The summary the CLI prints: counts by status, then the trials best first."""
+    counts = results.status_counts()
+    name, _ = results.metric_column(metric)
+    table = results.summary(metric)
+    statuses = ", ".join(f"{n} {s}" for s, n in counts.items())
+    lines = [
+        (f"search {results.name}: {plural(len(results.trials), 'trial')} ({statuses}), "
+         f"best first by {name} ({results.direction(name)})"),
+        table.head(top).to_string(index=False, float_format=lambda x: f"{x:.4g}"),
+    ]
+    if len(table) > top:
+        lines.append(f"... {len(table) - top} more trials (--top {len(table)} shows every one)")
+    return "\n".join(lines)
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="python -m artune.results",
+        description="Summarise a search and write learning_curves.png, metric_vs_knobs.png and "
+        "parallel_coordinates.png beside its parquet tables.",
+    )
+    parser.add_argument("search", metavar="PATH_OR_NAME",
+                        help="a results directory, or a search name under --results-dir")
+    parser.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR,
+                        help=f"where searches live (default: {DEFAULT_RESULTS_DIR})")
+    parser.add_argument(
+        "--metric", default=None,
+        help="rank and plot by this metric, e.g. valid_loss, valid_accuracy, best_valid_loss (default: the search's)",
+    )
+    parser.add_argument("--top", type=int, default=20, help="trials shown in the table (default: 20)")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.top < 1:
+        print(f"error: --top must be >= 1, but got {args.top}", file=sys.stderr)
+        return 2
+    try:
+        results = load(args.search, args.results_dir)
+        print(describe(results, args.metric, args.top), flush=True)
+        from artune.plots import write_plots  # matplotlib only once the summary is out
+
+        for path in write_plots(results, args.metric):
+            print(f"wrote {path}", flush=True)
+    except BrokenPipeError:  # the output piped into `head`, say
+        return stdout_closed()
+    except (OSError, ResultsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

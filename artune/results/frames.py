@@ -1,0 +1,275 @@
+"""A search's tables as pandas DataFrames, for notebooks: :func:`load`, :func:`compare`, :class:`SearchResults`.
+
+pandas is imported where a DataFrame is built, so that the driver, which imports this package to write
+the tables, never pays for it. The figures of a SearchResults live in :mod:`artune.plots`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from artune.config import AUTO_SWITCHES, FIELD_NAMES, field_type
+from artune.errors import ResultsError
+from artune.results.tables import (
+    DEFAULT_RESULTS_DIR, EPOCH_COLUMNS, EPOCHS_FILE, MANIFEST_FILE, STATUSES, TRIALS_FILE, knob_value,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# The metrics that get better as they rise; every other (losses, seconds) gets better as it falls.
+# Used only for a metric other than the search's own, whose direction manifest.json records.
+_RISING = ("accuracy", "tokens_per_sec", "epochs_completed", "tokens_seen")
+_NOT_METRICS = {"trial_id", "epoch", "config_id", "search", *FIELD_NAMES}
+
+
+@dataclass
+class SearchResults:
+    """One search's tables: ``trials`` (a row per trial) and ``epochs`` (a row per trial and epoch).
+
+    A metric argument may name an epoch metric (``valid_loss``: each trial's best value of it) or a
+    trials column (``best_valid_loss``, ``last_valid_loss``, ``tokens_per_sec``); ``None`` means the
+    search's own metric from manifest.json. After ``compare()`` both tables carry a ``search`` column.
+    """
+
+    path: Optional[Path]  # None for compare()'s stack of several searches
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    manifest: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("name") or (self.path.name if self.path is not None else "")
+
+    @property
+    def metric(self) -> str:
+        return self.manifest.get("metric", "valid_loss")
+
+    @property
+    def mode(self) -> str:
+        return self.manifest.get("mode", "min")
+
+    def active(self, knob: str) -> pd.Series:
+        """Per trial, whether ``knob`` was sampled: False where its ``when`` (manifest.json's
+        ``conditions``) did not hold. Such a trial's column holds the value it trained with (the
+        fixed one or TrainConfig's default), which the search did not choose; plots leave it out."""
+        import pandas as pd
+
+        on = pd.Series(True, index=self.trials.index)
+        for parent, allowed in self.manifest.get("conditions", {}).get(knob, {}).items():
+            if parent in self.trials:
+                on &= self.trials[parent].isin(allowed)
+        return on
+
+    @property
+    def params(self) -> list[str]:
+        """The searched knobs: manifest.json's ``params``, else the knobs that differ between configs."""
+        listed = self.manifest.get("params")
+        if listed is not None:
+            missing = [name for name in listed if name not in self.trials]
+            if missing:
+                raise ResultsError(f"manifest.json lists params {missing} that {TRIALS_FILE} has no column for")
+            return list(listed)
+        knobs = [name for name in FIELD_NAMES if name in self.trials]
+        varying = [name for name in knobs if self.trials[name].nunique(dropna=False) > 1]
+        # A knob that differs inside one config (the seed of replicates) was not searched.
+        groups = self.trials.assign(config_id=self._config_ids()).groupby(self._config_keys())
+        return [name for name in varying if groups[name].nunique(dropna=False).max() <= 1]
+
+    def direction(self, metric: Optional[str] = None) -> str:
+        """'min' or 'max': the direction in which ``metric`` gets better."""
+        metric = metric or self.metric
+        base = metric.removeprefix("best_").removeprefix("last_")
+        if base == self.metric:
+            return self.mode
+        return "max" if base.endswith(_RISING) else "min"
+
+    def metric_column(self, metric: Optional[str] = None) -> tuple[str, pd.Series]:
+        """The column name and per-trial values (aligned with ``trials``) that ``metric`` ranks by."""
+        metric = metric or self.metric
+        if f"best_{metric}" in self.trials:
+            return f"best_{metric}", self.trials[f"best_{metric}"]
+        if metric in _numeric_columns(self.trials):
+            return metric, self.trials[metric]
+        if metric in _numeric_columns(self.epochs):
+            # a metric the trials table does not summarise (train_loss): its best over each trial's epochs
+            keys = ["search", "trial_id"] if "search" in self.epochs else ["trial_id"]
+            per_trial = self.epochs.groupby(keys)[metric].agg(self.direction(metric)).rename(f"best_{metric}")
+            values = self.trials[keys].merge(per_trial.reset_index(), on=keys, how="left")[f"best_{metric}"]
+            return f"best_{metric}", values.set_axis(self.trials.index)
+        raise ResultsError(f"unknown metric {metric!r}: expected one of {', '.join(self._metric_choices())}")
+
+    def epoch_metric(self, metric: Optional[str] = None) -> str:
+        """The epochs column behind ``metric``: ``valid_loss`` for valid_loss, best_valid_loss or last_valid_loss."""
+        metric = metric or self.metric
+        columns = _numeric_columns(self.epochs)
+        for candidate in (metric, metric.removeprefix("best_"), metric.removeprefix("last_")):
+            if candidate in columns:
+                return candidate
+        raise ResultsError(f"no per-epoch values of {metric!r}: expected one of {', '.join(columns)}")
+
+    def best(self, k: int = 1, metric: Optional[str] = None) -> pd.DataFrame:
+        """The ``k`` best trials, best first, by the search's metric and mode (trials without a value left out)."""
+        if k < 1:
+            raise ValueError(f"best(k) needs k >= 1, but got k={k}")
+        name, values = self.metric_column(metric)
+        ranked = self.trials.assign(**{name: values}).dropna(subset=[name])
+        ascending = self.direction(name) == "min"
+        return ranked.sort_values(name, ascending=ascending, kind="stable").head(k).reset_index(drop=True)
+
+    def curves(self, metric: Optional[str] = None) -> pd.DataFrame:
+        """Learning curves: one row per epoch, one column per trial (per (search, trial) after compare)."""
+        columns = ["search", "trial_id"] if "search" in self.epochs else "trial_id"
+        return self.epochs.pivot(index="epoch", columns=columns, values=self.epoch_metric(metric))
+
+    def status_counts(self) -> pd.Series:
+        """Trials per status, in the order of ``STATUSES`` (statuses with no trial left out)."""
+        counts = self.trials["status"].value_counts()
+        order = [s for s in STATUSES if s in counts.index] + sorted(set(counts.index) - set(STATUSES))
+        return counts.reindex(order)
+
+    def summary(self, metric: Optional[str] = None) -> pd.DataFrame:
+        """A row per trial: id, status, the searched knobs, epochs completed and its metric; best first."""
+        name, values = self.metric_column(metric)
+        columns = [c for c in ("search", "trial_id", "status") if c in self.trials]
+        if "config_id" in self.trials and self.trials["config_id"].notna().any():
+            columns.append("config_id")
+        columns += [*self.params, "epochs_completed"]
+        table = self.trials[columns].assign(**{name: values})
+        ascending = self.direction(name) == "min"
+        ranked = table.sort_values(name, ascending=ascending, na_position="last", kind="stable")
+        return ranked.reset_index(drop=True)
+
+    def aggregate(self, metric: Optional[str] = None) -> pd.DataFrame:
+        """Replicates pooled: per config_id its knobs and the ``mean``, ``std`` and ``count`` of the metric,
+        and the fewest and most epochs its runs completed (``min_epochs``, ``max_epochs``).
+
+        ``count`` counts the runs that have a value (an errored run has none). ASHA stops each run on its
+        own, so the replicates of a config may have trained for different lengths: where ``min_epochs``
+        and ``max_epochs`` differ, the mean pools unlike runs. Without a ``config_id`` column (or where it
+        is empty) each trial is its own config, named by its trial_id. Best mean first.
+        """
+        name, values = self.metric_column(metric)
+        table = self.trials.assign(config_id=self._config_ids(), **{name: values})
+        grouped = table.groupby(self._config_keys(), sort=False)
+        stats = grouped[name].agg(["mean", "std", "count"]).join(
+            grouped["epochs_completed"].agg(min_epochs="min", max_epochs="max"))
+        pooled = grouped[self.params].first().join(stats).reset_index()
+        ascending = self.direction(name) == "min"
+        ranked = pooled.sort_values("mean", ascending=ascending, na_position="last", kind="stable")
+        return ranked.reset_index(drop=True)
+
+    def _config_ids(self) -> pd.Series:
+        ids = self.trials["trial_id"]
+        if "config_id" in self.trials:
+            ids = self.trials["config_id"].where(self.trials["config_id"].notna(), ids)
+        return ids
+
+    def _config_keys(self) -> list[str]:
+        return ["search", "config_id"] if "search" in self.trials else ["config_id"]
+
+    def _metric_choices(self) -> list[str]:
+        return list(dict.fromkeys([*_numeric_columns(self.epochs), *_numeric_columns(self.trials)]))
+
+
+def _numeric_columns(frame: pd.DataFrame) -> list[str]:
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    return [
+        name for name in frame.columns
+        if name not in _NOT_METRICS and is_numeric_dtype(frame[name]) and not is_bool_dtype(frame[name])
+    ]
+
+
+def resolve_results_path(path_or_name: str | os.PathLike,
+                         results_dir: str | os.PathLike = DEFAULT_RESULTS_DIR) -> Path:
+    """A search's directory: ``path_or_name`` itself, else that name under ``results_dir``."""
+    path = Path(path_or_name)
+    if (path / TRIALS_FILE).exists():
+        return path
+    candidate = Path(results_dir) / path
+    if (candidate / TRIALS_FILE).exists():
+        return candidate
+    where = f"{path}" if candidate == path else f"{path} or {candidate}"
+    raise FileNotFoundError(f"no {TRIALS_FILE} in {where}: is it a finished or running search?")
+
+
+def load(path_or_name: str | os.PathLike, results_dir: str | os.PathLike = DEFAULT_RESULTS_DIR) -> SearchResults:
+    """Load a search by its directory or its name under ``results_dir``."""
+    import pandas as pd
+
+    path = resolve_results_path(path_or_name, results_dir)
+    manifest_path = path / MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    except json.JSONDecodeError as error:
+        raise ResultsError(f"{manifest_path}: not valid JSON ({error})") from None
+    trials = _read_table(path / TRIALS_FILE)
+    missing = [c for c in ("trial_id", "status") if c not in trials]
+    if missing:
+        raise ResultsError(f"{path / TRIALS_FILE}: no column {missing[0]!r}; is it a table artune wrote?")
+    for name in FIELD_NAMES:
+        kind, optional = field_type(name)
+        if name in trials and kind is int and optional:
+            trials[name] = trials[name].astype("Int64")  # d_ff, batches_per_epoch: none stays <NA>, not NaN
+        if name in trials and name in AUTO_SWITCHES and not pd.api.types.is_bool_dtype(trials[name]):
+            # compile: True and False as the configs hold them (and as tables before 'auto' did), 'auto' as text
+            values = trials[name].map(partial(knob_value, name))
+            trials[name] = values if values.isna().any() or (values == "auto").any() else values.astype(bool)
+    epochs_path = path / EPOCHS_FILE
+    if epochs_path.exists():
+        epochs = _read_table(epochs_path)
+    else:
+        epochs = pa.schema(list(EPOCH_COLUMNS.items())).empty_table().to_pandas()
+    return SearchResults(path, trials, epochs, manifest)
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    try:
+        return pq.read_table(path).to_pandas()
+    except (pa.ArrowException, OSError) as error:
+        raise ResultsError(f"{path}: cannot read the table ({error})") from None
+
+
+def compare(*searches: str | os.PathLike | SearchResults,
+            results_dir: str | os.PathLike = DEFAULT_RESULTS_DIR) -> SearchResults:
+    """Several searches stacked into one SearchResults, each row tagged with a ``search`` column.
+
+    The search is named by its manifest (else its directory). Metric and mode come from the first
+    search; ``params`` is the union of every search's searched knobs.
+    """
+    if not searches:
+        raise ResultsError("compare() needs at least one search, but got none")
+    loaded = [s if isinstance(s, SearchResults) else load(s, results_dir) for s in searches]
+    paths = [r.path.resolve() for r in loaded if r.path is not None]
+    twice = [str(p) for p in dict.fromkeys(paths) if paths.count(p) > 1]
+    if twice:
+        raise ResultsError(f"compare() got the search in {twice[0]} twice")
+    names: list[str] = []
+    for results in loaded:
+        names.append(results.name if results.name not in names else str(results.path))  # two searches of one name
+
+    def stack(frames: list[pd.DataFrame]) -> pd.DataFrame:
+        import pandas as pd
+
+        tagged = [frame.assign(search=name)[["search", *frame.columns.drop("search", errors="ignore")]]
+                  for frame, name in zip(frames, names)]
+        return pd.concat([t for t in tagged if len(t)] or tagged[:1], ignore_index=True)
+
+    first = loaded[0]
+    manifest = {
+        "name": " vs ".join(names), "searches": names, "metric": first.metric, "mode": first.mode,
+        "params": list(dict.fromkeys(p for results in loaded for p in results.params)),
+    }
+    conditions = [results.manifest.get("conditions", {}) for results in loaded]
+    if all(c == conditions[0] for c in conditions):  # else each search's own: none applied to the stack
+        manifest["conditions"] = conditions[0]
+    return SearchResults(None, stack([r.trials for r in loaded]), stack([r.epochs for r in loaded]), manifest)

@@ -1,0 +1,184 @@
+"""The on-disk format of a search: ``trials.parquet``, ``epochs.parquet`` and ``manifest.json``.
+
+The driver keeps a :class:`TrialRecord` per trial and rewrites both tables from them; ``--resume``
+reads them back with :func:`read_records`. Writing is atomic (a temporary file, then ``os.replace``),
+so a reader, or a search interrupted mid-write, always sees the previous complete table.
+pyarrow only: the driver writes tables without importing pandas.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from artune.config import AUTO_SWITCHES, FIELD_NAMES, FIELDS, field_type
+
+TRIALS_FILE = "trials.parquet"
+EPOCHS_FILE = "epochs.parquet"
+MANIFEST_FILE = "manifest.json"
+DEFAULT_RESULTS_DIR = "results"
+
+# Trial statuses, as written in trials.parquet:
+#   completed  ran every epoch          stopped  ended early by the scheduler (ASHA)
+#   diverged   loss went NaN/inf        error    raised, after its retries
+#   running / pending                   the search was interrupted before the trial ended
+STATUSES = ("completed", "stopped", "diverged", "error", "running", "pending")
+
+EPOCH_COLUMNS = {
+    "trial_id": pa.string(), "epoch": pa.int64(), "train_loss": pa.float64(), "train_accuracy": pa.float64(),
+    "valid_loss": pa.float64(), "valid_accuracy": pa.float64(), "tokens_seen": pa.int64(),
+    "tokens_per_sec": pa.float64(), "lr": pa.float64(), "sample": pa.string(), "seconds": pa.float64(),
+    "compiled": pa.bool_(),
+}
+TRIAL_SUMMARY_COLUMNS = {
+    "epochs_completed": pa.int64(), "last_valid_loss": pa.float64(), "best_valid_loss": pa.float64(),
+    "last_valid_accuracy": pa.float64(), "best_valid_accuracy": pa.float64(),
+    "tokens_per_sec": pa.float64(), "seconds": pa.float64(), "error": pa.string(),
+}
+_ARROW = {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string()}
+
+
+def knob_type(name: str) -> pa.DataType:
+    return pa.string() if name in AUTO_SWITCHES else _ARROW[field_type(name)[0]]
+
+
+def knob_cell(name: str, value: Any) -> Any:
+    """A knob's value as its column holds it: a true/false/'auto' switch as 'true', 'false' or 'auto'."""
+    if name in AUTO_SWITCHES and isinstance(value, bool):
+        return "true" if value else "false"
+    return value
+
+
+def knob_value(name: str, cell: Any) -> Any:
+    """A knob's value back from its column (the inverse of :func:`knob_cell`)."""
+    if name in AUTO_SWITCHES and cell in ("true", "false"):
+        return cell == "true"
+    return cell
+
+
+def trials_schema() -> pa.Schema:
+    # config_id groups replicates: runs of one config that differ only in their seed (null: none)
+    columns = [("trial_id", pa.string()), ("status", pa.string()), ("config_id", pa.string())]
+    columns += [(name, knob_type(name)) for name in FIELD_NAMES]
+    columns += list(TRIAL_SUMMARY_COLUMNS.items())
+    return pa.schema(columns)
+
+
+@dataclass
+class TrialRecord:
+    """What the driver knows of one trial: its config, status, error, and reported epochs."""
+
+    trial_id: str
+    config: dict[str, Any]
+    status: str = "pending"
+    error: Optional[str] = None
+    epochs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    config_id: Optional[str] = None  # shared by the replicates of one config (different seeds)
+
+    def add_epoch(self, metrics: dict[str, Any]) -> None:
+        # An epoch at or before one already recorded comes from a retry: the trial restarted from its
+        # last checkpoint, or from epoch 1 where it saves none. The retry's epochs replace every later
+        # one of the failed attempt, so that no curve mixes two attempts.
+        epoch = int(metrics["epoch"])
+        for later in [e for e in self.epochs if e >= epoch]:
+            del self.epochs[later]
+        self.epochs[epoch] = metrics
+        if metrics.get("diverged"):
+            self.status = "diverged"
+            self.error = metrics.get("error")
+        elif self.status == "pending":
+            self.status = "running"
+
+    def summary(self) -> dict[str, Any]:
+        rows = [self.epochs[e] for e in sorted(self.epochs) if not self.epochs[e].get("diverged")]
+        valid_loss = [r["valid_loss"] for r in rows if _finite(r.get("valid_loss"))]
+        valid_acc = [r["valid_accuracy"] for r in rows if _finite(r.get("valid_accuracy"))]
+        speeds = [r["tokens_per_sec"] for r in rows if _finite(r.get("tokens_per_sec"))]
+        return {
+            "epochs_completed": len(rows),
+            "last_valid_loss": rows[-1]["valid_loss"] if rows else None,
+            "best_valid_loss": min(valid_loss) if valid_loss else None,
+            "last_valid_accuracy": rows[-1]["valid_accuracy"] if rows else None,
+            "best_valid_accuracy": max(valid_acc) if valid_acc else None,
+            "tokens_per_sec": sum(speeds) / len(speeds) if speeds else None,
+            "seconds": sum(r.get("seconds", 0.0) for r in rows) if rows else None,
+            "error": self.error,
+        }
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def trials_table(records: Iterable[TrialRecord]) -> pa.Table:
+    rows = []
+    for record in records:
+        row = {"trial_id": record.trial_id, "status": record.status, "config_id": record.config_id}
+        row.update({name: knob_cell(name, record.config.get(name)) for name in FIELD_NAMES})
+        row.update(record.summary())
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=trials_schema())
+
+
+def epochs_table(records: Iterable[TrialRecord]) -> pa.Table:
+    rows = []
+    for record in records:
+        for epoch in sorted(record.epochs):
+            metrics = record.epochs[epoch]
+            if metrics.get("diverged"):
+                continue  # the trial row says it diverged; epochs.parquet holds completed epochs only
+            row = {"trial_id": record.trial_id}
+            row.update({k: v for k, v in metrics.items() if k != "trial_id"})
+            rows.append(row)
+    columns = dict(EPOCH_COLUMNS)
+    extra = sorted({k for row in rows for k in row} - set(columns))  # e.g. param_norm/... when logged
+    columns.update({k: pa.float64() for k in extra})
+    schema = pa.schema(list(columns.items()))
+    return pa.Table.from_pylist([{k: row.get(k) for k in columns} for row in rows], schema=schema)
+
+
+def write_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(data: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def write_tables(directory: Path, records: Iterable[TrialRecord]) -> None:
+    records = list(records)
+    # epochs first: a reader between the two writes sees no trial summary newer than its epochs
+    write_atomic(epochs_table(records), directory / EPOCHS_FILE)
+    write_atomic(trials_table(records), directory / TRIALS_FILE)
+
+
+def read_records(directory: Path) -> dict[str, TrialRecord]:
+    """Trial records back from a previous run's tables (for ``--resume``)."""
+    trials_path, epochs_path = directory / TRIALS_FILE, directory / EPOCHS_FILE
+    if not trials_path.exists():
+        return {}
+    records: dict[str, TrialRecord] = {}
+    for row in pq.read_table(trials_path).to_pylist():
+        # a knob added since the table was written (no column): that trial ran with its default
+        config = {name: knob_value(name, row.get(name, FIELDS[name].default)) for name in FIELD_NAMES}
+        records[row["trial_id"]] = TrialRecord(
+            row["trial_id"], config, row["status"], row["error"],
+            config_id=row.get("config_id"),  # absent in older tables
+        )
+    if epochs_path.exists():
+        for row in pq.read_table(epochs_path).to_pylist():
+            record = records.get(row["trial_id"])
+            if record is not None:
+                record.epochs[int(row["epoch"])] = {k: v for k, v in row.items() if k != "trial_id"}
+    return records
