@@ -93,5 +93,6 @@ def write_optuna_study(directory: Path) -> None:
     }
     for config_id, d_model, lr, optimizer, replace, _, status, losses in TRIALS.values():
         if losses:
-            params = {"d_model": d_model, "lr": lr, "optimizer": optimizer, "dataloader_shuffle_with_replacement": replace}
+            params = {"d_model": d_model, "lr": lr, "optimizer": optimizer,
+                      "dataloader_shuffle_with_replacement": replace}
             study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=min(losses)))

@@ -25,7 +25,8 @@ def execute(directory: Path | str, monkeypatch: pytest.MonkeyPatch) -> nbformat.
     monkeypatch.setenv("ARTUNE_RESULTS", str(directory))  # the kernel inherits this process's environment
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    resources = {"metadata": {"path": str(NOTEBOOK.parent)}}
+    NotebookClient(notebook, timeout=120, kernel_name="python3", resources=resources).execute()
     return notebook
 
 
@@ -52,11 +53,14 @@ def test_the_notebook_runs_on_a_finished_search(search_for_notebook: Path, monke
     text = "\n".join(outputs(notebook))
     assert f"search {fx.NAME!r} in {search_for_notebook}" in text
     assert "importance" in text and "skipped" not in text  # the Optuna study was found and read
-    assert f"trial {fx.BEST_TRIAL}, epoch 4, best_valid_loss {fx.BEST_LOSS:.4f}, prompt 'It is':\n{fx.sample(fx.BEST_TRIAL, 4)}" in text
+    best = f"trial {fx.BEST_TRIAL}, epoch 4, best_valid_loss {fx.BEST_LOSS:.4f}, prompt 'It is':"
+    assert f"{best}\n{fx.sample(fx.BEST_TRIAL, 4)}" in text
     assert len(outputs(notebook, "image/png")) == 3  # curves, knob effects, parallel coordinates
 
 
-def test_the_notebook_takes_a_search_relative_to_the_repository(search_for_notebook: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_notebook_takes_a_search_relative_to_the_repository(
+    search_for_notebook: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """`ARTUNE_RESULTS=results/<name> jupyter lab notebooks/...` from the repository: the kernel runs in notebooks/."""
     relative = os.path.relpath(search_for_notebook, REPO)
     assert not (NOTEBOOK.parent / relative).exists()  # not found from the kernel's own directory
@@ -64,7 +68,9 @@ def test_the_notebook_takes_a_search_relative_to_the_repository(search_for_noteb
     assert f"search {fx.NAME!r} in {REPO / relative}" in text
 
 
-def test_the_notebook_runs_on_a_search_where_no_trial_has_a_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_notebook_runs_on_a_search_where_no_trial_has_a_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     directory = tmp_path / fx.NAME
     directory.mkdir()
     failed = [r for r in fx.records() if r.status in ("diverged", "error")]
