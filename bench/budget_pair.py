@@ -40,7 +40,18 @@ def config_of(space_path: str, updates: dict[str, str]) -> dict[str, Any]:
     return {**space.fixed, "epochs": space.settings.epochs, "is_save_models": False}
 
 
-def train(config: dict[str, Any], deadline: float, name: str) -> None:
+class TickingClock:
+    """A simulated clock from 0: each look at it advances it ``tick`` seconds (a training step is one look)."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def train(config: dict[str, Any], deadline: float, name: str, tick: float = 0.0) -> None:
     """The child: one thread, the deadline's fitted decay; one JSON line per epoch on stdout."""
     import torch
 
@@ -48,7 +59,8 @@ def train(config: dict[str, Any], deadline: float, name: str) -> None:
     from artune.train import Trainer
 
     torch.set_num_threads(1)
-    trainer = Trainer(TrainConfig(**config), data_dir=os.environ.get("ARTUNE_DATA_DIR"))
+    clock = TickingClock(tick) if tick else time.time
+    trainer = Trainer(TrainConfig(**config), data_dir=os.environ.get("ARTUNE_DATA_DIR"), clock=clock)
 
     def report(metrics: dict[str, Any]) -> None:
         print(json.dumps({"side": name, **{k: v for k, v in metrics.items() if k != "sample"}}), flush=True)
@@ -64,10 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--a", action="append", default=[], metavar="KEY=VALUE", help="side a only")
     parser.add_argument("--b", action="append", default=[], metavar="KEY=VALUE", help="side b only")
     parser.add_argument("--json", help="write every epoch of both sides here")
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)  # CONFIG_JSON DEADLINE NAME
+    parser.add_argument("--tick", type=float, default=0.0, metavar="SECONDS",
+                        help="count --seconds on a simulated clock that advances SECONDS at each look (one per "
+                             "training step, a few more per epoch): what fits then does not depend on the machine")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)  # CONFIG_JSON DEADLINE NAME TICK
     args = parser.parse_args(argv)
     if args.child:
-        train(json.loads(args.child[0]), float(args.child[1]), args.child[2])
+        train(json.loads(args.child[0]), float(args.child[1]), args.child[2], float(args.child[3]))
         return 0
     try:  # a bad knob or value is one line, as in the CLIs, before either side starts
         common, own = parse_sets(args.set), {"a": parse_sets(args.a), "b": parse_sets(args.b)}
@@ -75,10 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     except (SearchError, SpaceError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    deadline = time.time() + args.seconds
+    deadline = (0.0 if args.tick else time.time()) + args.seconds  # one deadline for both sides
     procs = {
         name: subprocess.Popen(
-            [sys.executable, "-m", "bench.budget_pair", "--child", json.dumps(config), str(deadline), name],
+            [sys.executable, "-m", "bench.budget_pair", "--child", json.dumps(config), str(deadline), name, str(args.tick)],
             cwd=REPO, stdout=subprocess.PIPE, text=True,
         )
         for name, config in sides.items()

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 SPACE = """
@@ -29,17 +31,20 @@ def run(args, tmp_path, shakespeare_path):
 
 
 def test_two_sides_train_to_one_deadline_with_their_decay_fitted_to_it(tmp_path, shakespeare_path):
+    """On a simulated clock (a tenth of a second per look), so that what fits is the same on any machine."""
     report = tmp_path / "pair.json"
-    result = run(["--seconds", "4", "--set", "d_model=16", "--set", "lr=3e-3",
+    result = run(["--seconds", "4", "--tick", "0.1", "--set", "d_model=16", "--set", "lr=3e-3",
                   "--a", "lr_min_ratio=0.1", "--b", "lr_min_ratio=0.0", "--json", str(report)], tmp_path, shakespeare_path)
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads(report.read_text())
     assert data["configs"]["a"]["lr_min_ratio"] == 0.1 and data["configs"]["b"]["lr_min_ratio"] == 0.0
     assert data["configs"]["a"]["d_model"] == 16 and data["configs"]["a"]["epochs"] == 50
-    for side in "ab":
+    assert len(data["epochs"]["a"]) == len(data["epochs"]["b"])  # one deadline, one pace
+    for side, floor in (("a", 0.1), ("b", 0.0)):
         epochs = data["epochs"][side]
-        assert 1 <= len(epochs) < 50  # the deadline ended it, not its 50 epochs
-        assert epochs[-1]["lr"] < 0.5 * 3e-3  # its decay was fitted to the deadline
+        assert 3 <= len(epochs) < 50  # the deadline ended it, not its 50 epochs
+        assert epochs[0]["lr"] > 0.9 * 3e-3  # undecayed at first
+        assert epochs[-1]["lr"] == pytest.approx(floor * 3e-3, abs=1e-12)  # its decay ends with the last epoch that fit
         assert f"side {side} (d_model=16 lr=3e-3 lr_min_ratio=" in result.stdout
 
 

@@ -574,58 +574,73 @@ def test_the_trainer_plans_the_decay_over_epochs_times_batches(shakespeare_path)
     assert history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
+class Clock:
+    """Time a test controls, whatever this machine's speed: it stands still, or advances ``tick`` seconds
+    at each look (a step of training is one look)."""
+
+    def __init__(self, tick: float = 0.0) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
 def test_a_decay_that_would_outlast_the_deadline_is_planned_to_end_there(small_text):
-    trainer = Trainer(tiny(small_text, epochs=10, lr_schedule="linear", lr_min_ratio=0.0))
+    trainer = Trainer(tiny(small_text, epochs=10, lr_schedule="linear", lr_min_ratio=0.0), clock=Clock())
     assert trainer.total_steps == 60
-    trainer.fit_schedule_to(time.time() + 3.5, epoch_seconds=1.0)  # 3 whole epochs fit
+    trainer.fit_schedule_to(3.5, epoch_seconds=1.0)  # 3 whole epochs fit
     assert trainer.total_steps == 18 and trainer.optimizer.schedule(17) == 0.0
-    trainer.fit_schedule_to(time.time() + 5.5, epoch_seconds=1.0)  # the pace was faster: 5 fit after all
+    trainer.fit_schedule_to(5.5, epoch_seconds=1.0)  # the pace was faster: 5 fit after all
     assert trainer.total_steps == 30
-    trainer.fit_schedule_to(time.time() + 100, epoch_seconds=1.0)  # never past the planned epochs
+    trainer.fit_schedule_to(100, epoch_seconds=1.0)  # never past the planned epochs
     assert trainer.total_steps == 60
-    trainer.fit_schedule_to(time.time() - 5, epoch_seconds=1.0)  # past: the epoch about to run is the last
+    trainer.fit_schedule_to(-5, epoch_seconds=1.0)  # past: the epoch about to run is the last
     assert trainer.total_steps == 6
-    constant = Trainer(tiny(small_text, epochs=10, lr_schedule="constant"))  # no end to move
-    constant.fit_schedule_to(time.time() + 3.5, epoch_seconds=1.0)
+    constant = Trainer(tiny(small_text, epochs=10, lr_schedule="constant"), clock=Clock())  # no end to move
+    constant.fit_schedule_to(3.5, epoch_seconds=1.0)
     assert constant.total_steps == 60
 
 
 def test_a_deadline_near_an_epochs_end_does_not_move_the_plan_back_and_forth(small_text):
     """Each epoch the pace jitters: where the deadline falls near the end of an epoch, the plan is
     shortened when the last epoch would not fit, and lengthened again only with a margin."""
-    trainer = Trainer(tiny(small_text, epochs=10, lr_schedule="linear", lr_min_ratio=0.0))
-    trainer.fit_schedule_to(time.time() + 3.95, epoch_seconds=1.0)  # 3 epochs fit, not 4
+    trainer = Trainer(tiny(small_text, epochs=10, lr_schedule="linear", lr_min_ratio=0.0), clock=Clock())
+    trainer.fit_schedule_to(3.95, epoch_seconds=1.0)  # 3 epochs fit, not 4
     assert trainer.total_steps == 18
-    trainer.fit_schedule_to(time.time() + 4.1, epoch_seconds=1.0)  # 4 would fit, barely: kept at 3
+    trainer.fit_schedule_to(4.1, epoch_seconds=1.0)  # 4 would fit, barely: kept at 3
     assert trainer.total_steps == 18
-    trainer.fit_schedule_to(time.time() + 3.9, epoch_seconds=1.0)
+    trainer.fit_schedule_to(3.9, epoch_seconds=1.0)
     assert trainer.total_steps == 18
-    trainer.fit_schedule_to(time.time() + 4.5, epoch_seconds=1.0)  # 4 fit with a quarter epoch to spare
+    trainer.fit_schedule_to(4.5, epoch_seconds=1.0)  # 4 fit with a quarter epoch to spare
     assert trainer.total_steps == 24
-    trainer.fit_schedule_to(time.time() + 3.99, epoch_seconds=1.0)  # the fourth no longer fits: shortened at once
+    trainer.fit_schedule_to(3.99, epoch_seconds=1.0)  # the fourth no longer fits: shortened at once
     assert trainer.total_steps == 18
 
 
 def test_a_trial_cut_by_its_deadline_ends_with_its_lr_decayed(small_text):
-    """Planned for 1,000 epochs with 3 s to train: the cosine decay still reaches (nearly) its floor."""
-    trainer = Trainer(tiny(small_text, epochs=1000, lr_schedule="cosine", lr_min_ratio=0.1, sample_tokens=0))
-    history = trainer.fit(deadline=time.time() + 3)
+    """Planned for 1,000 epochs with time for a few: the cosine decay reaches its floor in the last one."""
+    clock = Clock(tick=0.1)  # an epoch of 6 steps: 0.7 s of pace, 0.9 s with the looks before it
+    trainer = Trainer(tiny(small_text, epochs=1000, lr_schedule="cosine", lr_min_ratio=0.1, sample_tokens=0), clock=clock)
+    history = trainer.fit(deadline=8.0)
     lrs = [m["lr"] for m in history]
-    assert len(history) >= 5 and lrs[0] > 0.9 * 3e-3
-    assert lrs[-1] < 0.35 * 3e-3  # without the deadline's plan: still 0.99 of lr
+    assert clock.now >= 8.0 and 5 <= len(history) < 1000  # the deadline ended it
+    assert lrs[0] > 0.9 * 3e-3
+    assert lrs[-1] == pytest.approx(0.1 * 3e-3)  # without the deadline's plan: still 0.99 of lr
 
 
 def test_a_resumed_trial_fits_its_first_epoch_to_the_deadline_at_the_pace_its_checkpoint_kept(small_text, tmp_path):
     config = tiny(small_text, epochs=10, lr_schedule="linear", lr_min_ratio=0.0, sample_tokens=0)
-    first = Trainer(config)
-    first.run_epoch()
+    first = Trainer(config, clock=Clock(tick=0.1))
+    first.run_epoch(deadline=math.inf)  # under a deadline each step looks at the clock
+    assert first.epoch_seconds == pytest.approx(0.7)  # the epoch's 6 steps and its end, at a tenth of a second each
     path = first.save_checkpoint(tmp_path)
-    resumed = Trainer(config)
+    resumed = Trainer(config, clock=Clock(tick=0.1))  # a new process, with its own clock
     resumed.load_checkpoint(path)
-    assert resumed.epoch_seconds == first.epoch_seconds > 0
+    assert resumed.epoch_seconds == first.epoch_seconds
     plans = []  # the schedule's planned steps as each epoch ends: 10 epochs of 6 steps unless fitted
-    resumed.fit(lambda metrics: plans.append(resumed.total_steps), deadline=time.time() + 3.5 * resumed.epoch_seconds)
-    assert plans and plans[0] in (18, 24)  # fitted before its first epoch: 3 more epochs fit, 2 if that one ran slow
+    resumed.fit(lambda metrics: plans.append(resumed.total_steps), deadline=3.5 * 0.7)
+    assert plans[0] == 24  # fitted before its first epoch, at the pace the checkpoint kept: 3 more epochs
 
 
 def test_noam_refuses_a_second_schedule():
