@@ -1,16 +1,8 @@
-"""The optimizer stage: Adam and AdamW as one fused kernel step (per device and dtype), and the lr schedule.
+"""The optimizer stage: torch.optim's fused Adam or AdamW, and the lr schedule it follows.
 
-``Adam`` runs the same fused kernels ``torch.optim.Adam(fused=True)`` and ``torch.optim.AdamW(fused=True)``
-run (``torch._fused_adam_``, ``torch._fused_adamw_``), on CPU as on CUDA, and gives the same
-parameters step for step (a test holds it to that). It exists because ``torch.optim`` imports
-``torch._dynamo`` the first time any optimizer is built, whether or not anything is compiled: 1.9-2.6 s
-of CPU in every new process, which in a search is every new trial worker, on the two cores the first
-trials need. This class imports nothing beyond torch.
-
-The schedule is applied by the optimizer itself: the lr of step ``k`` (0-based) is ``lr * schedule(k)``.
-Its state (moments and step counts, laid out as ``torch.optim``'s ``state_dict``, and the number of
-steps taken) is what a checkpoint holds; the hyperparameters come from the run's config, never from
-the checkpoint.
+The schedule is applied by the optimizer itself: the lr of step ``k`` (0-based) is ``lr * schedule(k)``,
+so that a deadline can plan it again mid-run. A checkpoint holds ``torch.optim``'s ``state_dict`` and
+the number of steps taken; the hyperparameters come from the run's config, never from the checkpoint.
 """
 
 from __future__ import annotations
@@ -56,7 +48,12 @@ def lr_lambda(config: TrainConfig, total_steps: int) -> Schedule:
 
 
 class Adam:
-    """Adam (L2 weight decay, as in the origin) or AdamW (decoupled weight decay), fused, scheduled."""
+    """torch.optim's fused Adam (L2 weight decay, as in the origin) or AdamW (decoupled weight decay),
+    stepping at the lr its schedule gives each step.
+
+    Fused: one kernel per device and dtype updates every parameter, on CPU as on CUDA, where the
+    default implementation loops over them op by op (see docs/benchmarks.md, 'trainer').
+    """
 
     def __init__(
         self,
@@ -69,22 +66,15 @@ class Adam:
         decoupled_weight_decay: bool = False,
         schedule: Schedule = lambda step: 1.0,
     ) -> None:
-        # Every parameter, frozen ones too, so that indices match torch.optim's state_dict; a
-        # parameter without a gradient in a step (a frozen one, or one the step did not reach) is not stepped.
-        self.params = list(params)
-        self.base_lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
-        self.kernel = torch._fused_adamw_ if decoupled_weight_decay else torch._fused_adam_
+        kind = torch.optim.AdamW if decoupled_weight_decay else torch.optim.Adam
+        self.optimizer = kind(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True)
+        self.base_lr = lr
         self.schedule = schedule
         self.steps_taken = 0
-        self.exp_avgs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
-        self.exp_avg_sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
-        # Per parameter, as torch.optim keeps them.
-        self.state_steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
-        # The fused kernels take one device and dtype per call.
-        by_device_dtype: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-        for i, p in enumerate(self.params):
-            by_device_dtype.setdefault((p.device, p.dtype), []).append(i)
-        self.by_device_dtype = list(by_device_dtype.values())
+
+    @property
+    def betas(self) -> tuple[float, float]:
+        return self.optimizer.param_groups[0]["betas"]
 
     @property
     def lr(self) -> float:
@@ -97,71 +87,45 @@ class Adam:
         return self.base_lr * self.schedule(max(self.steps_taken - 1, 0))
 
     def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
+        self.optimizer.zero_grad(set_to_none=True)
 
-    @torch.no_grad()
     def step(self) -> None:
-        beta1, beta2 = self.betas
-        for indices in self.by_device_dtype:
-            live = [i for i in indices if self.params[i].grad is not None]
-            if not live:
-                continue
-            steps = [self.state_steps[i] for i in live]
-            torch._foreach_add_(steps, 1)
-            self.kernel(
-                [self.params[i] for i in live], [self.params[i].grad for i in live],
-                [self.exp_avgs[i] for i in live], [self.exp_avg_sqs[i] for i in live], [], steps,
-                amsgrad=False, lr=self.lr, beta1=beta1, beta2=beta2, weight_decay=self.weight_decay,
-                eps=self.eps, maximize=False, grad_scale=None, found_inf=None,
-            )
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        self.optimizer.step()
         self.steps_taken += 1
 
     # --- checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        """``torch.optim``'s layout (``state`` by parameter index, one param group) plus ``steps_taken``."""
-        state = {
-            i: {"step": step, "exp_avg": m, "exp_avg_sq": v}
-            for i, (step, m, v) in enumerate(zip(self.state_steps, self.exp_avgs, self.exp_avg_sqs))
-        }
-        group = {"lr": self.lr, "initial_lr": self.base_lr, "betas": self.betas, "eps": self.eps,
-                 "weight_decay": self.weight_decay, "params": list(range(len(self.params)))}
-        return {"state": state, "param_groups": [group], "steps_taken": self.steps_taken}
+        """``torch.optim``'s ``state_dict`` plus ``steps_taken``."""
+        return {**self.optimizer.state_dict(), "steps_taken": self.steps_taken}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Put back the moments, step counts and steps taken of ``state_dict``. The layout is
-        ``torch.optim``'s, so a ``torch.optim.Adam``/``AdamW`` state with ``steps_taken`` added loads too."""
+        """Put back the moments, step counts and steps taken of ``state_dict``, keeping this optimizer's
+        hyperparameters. A state saved by artune's earlier optimizer (the same ``state`` entries under one
+        parameter group) loads too, as does a ``torch.optim.Adam``/``AdamW`` state with ``steps_taken`` added."""
         (group,) = state_dict["param_groups"]
-        if len(group["params"]) != len(self.params):
-            raise ValueError(f"the optimizer state holds {len(group['params'])} parameters, the model has {len(self.params)}")
-        for i, p in enumerate(self.params):
+        (current,) = self.optimizer.param_groups
+        params = current["params"]
+        if len(group["params"]) != len(params):
+            raise ValueError(f"the optimizer state holds {len(group['params'])} parameters, the model has {len(params)}")
+        for i, p in enumerate(params):
             saved = state_dict["state"].get(group["params"][i])
-            if saved is None:  # never stepped (torch.optim keeps no state for it)
-                self.state_steps[i].zero_()
-                self.exp_avgs[i].zero_()
-                self.exp_avg_sqs[i].zero_()
-                continue
-            if saved["exp_avg"].shape != p.shape:
+            if saved is not None and saved["exp_avg"].shape != p.shape:
                 raise ValueError(f"the optimizer state of parameter {i} has shape {tuple(saved['exp_avg'].shape)}, "
                                  f"the model's is {tuple(p.shape)}")
-            self.state_steps[i].copy_(saved["step"])
-            self.exp_avgs[i].copy_(saved["exp_avg"])
-            self.exp_avg_sqs[i].copy_(saved["exp_avg_sq"])
+        hyperparameters = {k: v for k, v in current.items() if k != "params"}
+        self.optimizer.load_state_dict(
+            {"state": state_dict["state"], "param_groups": [{**hyperparameters, "params": group["params"]}]}
+        )
         self.steps_taken = int(state_dict["steps_taken"])
 
 
 def make_optimizer(config: TrainConfig, params: Iterable[torch.nn.Parameter], total_steps: int) -> Adam:
-    """The run's optimizer, its lr following ``lr_lambda`` over ``total_steps`` planned steps.
-
-    Fused: one kernel updates every parameter, on CPU as on CUDA. On CPU torch's foreach
-    implementation loops over the parameters, op by op, with a host-side bias correction each; fused
-    is 1.04-1.06x faster per small-shape training step (bench trainer).
-    """
+    """The run's optimizer, its lr following ``lr_lambda`` over ``total_steps`` planned steps."""
     schedule = lr_lambda(config, total_steps)
     beta2 = config.adam_beta2 if config.adam_beta2 is not None else 0.98 if config.optimizer == "noam" else 0.999
-    betas = (0.9, beta2)
-    if config.optimizer == "adamw":
-        return Adam(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay, decoupled_weight_decay=True, schedule=schedule)
-    # 'adam' as in the origin, and 'noam' (Adam with the Noam schedule)
-    return Adam(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay, schedule=schedule)
+    decoupled = config.optimizer == "adamw"  # 'adam' (L2, as in the origin) and 'noam' (Adam with the Noam schedule)
+    return Adam(params, lr=config.lr, betas=(0.9, beta2), weight_decay=config.weight_decay,
+                decoupled_weight_decay=decoupled, schedule=schedule)

@@ -524,7 +524,10 @@ class Trainer:
         if not isinstance(state, dict):
             raise CheckpointError(f"not an artune checkpoint (holds a {type(state).__name__})")
         if state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}")
+            raise CheckpointError(
+                f"checkpoint format {state.get('format')!r} is not this artune's ({CHECKPOINT_FORMAT}); resume it "
+                "with the artune that wrote it, or start afresh"
+            )
         if state["vocabulary"] != list(self.corpus.vocabulary.itos):
             raise CheckpointError("checkpoint was trained with another vocabulary (a different corpus or tokenizer)")
         if state.get("corpus_sha256", self.corpus.sha256) != self.corpus.sha256:
