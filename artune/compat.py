@@ -13,6 +13,22 @@ from pathlib import Path
 from typing import Any, Optional
 
 # --------------------------------------------------------------------------- torch
+# Each site was checked on torch 2.13.0. torch is imported inside the functions: the search driver
+# imports this module and never imports torch.
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512_BF16 or AMX tiles).
+
+    ``precision: auto`` tries bf16 on a CPU only where it does: elsewhere oneDNN's bf16 path is far
+    slower than fp32. torch asks the CPU through the private ``torch.cpu._is_avx512_bf16_supported``
+    and ``torch.cpu._is_amx_tile_supported`` and has no public question for it. Fallback where they
+    have moved: False, so 'auto' trains in fp32, as on a CPU without bf16. Test: tests/test_compat_torch.py.
+    """
+    import torch
+
+    checks = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(bool(check()) for check in checks if check is not None)
 
 
 # --------------------------------------------------------------------------- Ray

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from artune import ArgumentParser, stdout_closed
 from artune.config import FIELDS, ConfigError, TrainConfig, compiler_message, ff_width, missing_compiler
 from artune.batches import train_batches, valid_batches
+from artune.compat import cpu_has_native_bf16
 from artune.data import Corpus, check_fits, load_corpus, num_sequential_batches, num_shuffled_batches
 from artune.models import GPT, ModelConfig
 from artune.optim import lr_lambda, make_optimizer
@@ -76,7 +77,7 @@ def model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
-            f"device 'cuda' needs a CUDA device, but torch {torch.__version__} sees none; use device 'auto' or 'cpu'"
+            f"device 'cuda' needs a CUDA device, but torch {torch.version.__version__} sees none; use device 'auto' or 'cpu'"
         )
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -105,13 +106,6 @@ def resolve_precision(name: str, device: torch.device, d_model: int = 512) -> to
 # bf16 autocast also casts activations and keeps fp32 master weights: its matmuls must be clearly
 # faster than fp32's to make the whole step faster.
 BF16_MIN_SPEEDUP = 1.3
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512_BF16 or AMX tiles)."""
-    cpu = torch.cpu
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(cpu, check, lambda: False)()) for check in checks)
 
 
 def matmul_rate(m: int, k: int, n: int, dtype: torch.dtype = torch.float32, seconds: float = 0.2) -> float:
@@ -166,9 +160,7 @@ def _compile_afresh_for_a_new_shape(shape: tuple) -> None:
     """
     global _compiled_shape
     if _compiled_shape is not None and shape != _compiled_shape:
-        import torch._dynamo
-
-        torch._dynamo.reset()
+        torch.compiler.reset()
     _compiled_shape = shape
 
 
