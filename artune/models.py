@@ -92,8 +92,8 @@ def _turn_real(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
 
 class _Rotate(torch.autograd.Function):
     """RoPE's rotation of qkv, eager. Its backward turns the gradient back by the conjugate turns,
-    kept ready: autograd's own formula for a complex product conjugates the table anew in every
-    backward, and a whole step ran 0.8-1.6% slower with it (two runs; one core, ``d_model`` 128)."""
+    kept ready, where autograd's own formula would conjugate the table anew in every backward (see
+    docs/experiments.md, 'rope')."""
 
     @staticmethod
     def forward(ctx: Any, qkv: torch.Tensor, turns: torch.Tensor, back: torch.Tensor) -> torch.Tensor:
@@ -147,10 +147,8 @@ def _swiglu(h: torch.Tensor) -> torch.Tensor:
 
 class _SwiGLU(torch.autograd.Function):
     """``silu(gate) * value`` of ``h = [gate | value]``, eager. Its backward writes the two halves'
-    gradients into one tensor; autograd's own builds each apart and then concatenates them, one
-    more pass over ``h``'s size, and computes the silu's derivative in several kernels. The unit's
-    forward and backward took 14% less time for it (one core, 1024 tokens of width 344: 1.9 ms
-    against 2.2 ms, three rounds), about 2% of a step of the default search's model."""
+    gradients into one tensor, where autograd's own would build each apart, concatenate them and take
+    the silu's derivative in several kernels (see docs/experiments.md, 'swiglu')."""
 
     @staticmethod
     def forward(ctx: Any, h: torch.Tensor) -> torch.Tensor:

@@ -46,14 +46,10 @@ DIVERGENCE_CHECK_EVERY = 32
 # epoch to spare: where the deadline falls near the end of an epoch, the pace's jitter would otherwise
 # move the plan's end back and forth between two epochs, its lr up and down with it.
 LENGTHEN_MARGIN = 0.25
-# compile: 'auto' decides as one decides to rent or buy skis. Compiling costs a trial a fixed time
-# up front and then saves a share of every step; how long the trial will live is unknown (ASHA may
-# stop it at its next rung). So it trains eagerly until it has trained as long as compiling takes to
-# pay back (the cost over the share saved), and then compiles if at least as long again is left of
-# its plan: a trial stopped early pays nothing, and a long one pays at most twice what it had to.
-# Measured (README, `python -m bench compile`) at the default search's shape, with an empty inductor
-# cache: one CPU core, 20.5 s for 1.15x (13% of a step saved): 155 s; two threads, 21.5 s for 1.13x:
-# 189 s. On an H100, 3-10 s for 1.6x or more in bf16 (38% saved): under 30 s.
+# compile: 'auto' rents before it buys: compiling costs a fixed time up front and saves a share of every
+# step, and ASHA may stop a trial at any rung. So it trains eagerly for as long as compiling takes to pay
+# back, then compiles if as long again is left of its plan: a trial pays at most twice what it had to.
+# The pay-back times per device are measured (see docs/benchmarks.md, 'compile').
 AUTO_COMPILE_AFTER_S = {"cpu": 180.0, "cuda": 30.0}
 
 Metrics = dict[str, Any]
@@ -87,10 +83,10 @@ def resolve_device(name: str) -> torch.device:
 def resolve_precision(name: str, device: torch.device, d_model: int = 512) -> torch.dtype:
     """The autocast dtype; fp32 means no autocast.
 
-    'auto' picks bf16 on CUDA GPUs that support it, and on a CPU only where it is measured to help:
-    the CPU must have native bf16 matmuls (AVX512_BF16 or AMX; without them oneDNN falls back to a
-    path ~30x slower than fp32, ``python -m bench precision``) and a bf16 matmul of the model's
-    width must beat fp32 in a quick side-by-side probe (:func:`cpu_bf16_speedup`).
+    'auto' picks bf16 on CUDA GPUs that support it, and on a CPU only where it helps: the CPU must
+    multiply bf16 natively (without it oneDNN's bf16 path is far slower than fp32; see docs/benchmarks.md,
+    'precision') and a bf16 matmul of the model's width must beat fp32 in a quick side-by-side probe
+    (:func:`cpu_bf16_speedup`).
     """
     if name == "bf16":
         return torch.bfloat16
