@@ -353,16 +353,52 @@ def config_from_arguments(args: Any) -> TrainConfig:
 
 
 def reference_table() -> str:
-    """The configuration reference as a Markdown table (the README's copy is checked against it)."""
+    """The configuration reference as a Markdown table, one row per TrainConfig field."""
     rows = ["| knob | type | default | what it does |", "| --- | --- | --- | --- |"]
     for name in FIELD_NAMES:
         kind, optional = field_type(name)
         type_name = kind.__name__ + (" or none" if optional else "") + (" or 'auto'" if name in AUTO_SWITCHES else "")
         default = FIELDS[name].default
-        shown = "none" if default is None else repr(default) if isinstance(default, str) else str(default).lower() if isinstance(default, bool) else str(default)
+        if default is None:
+            shown = "none"
+        elif isinstance(default, bool):
+            shown = str(default).lower()  # as YAML and --set write it
+        else:
+            shown = repr(default) if isinstance(default, str) else str(default)
         rows.append(f"| `{name}` | {type_name} | `{shown}` | {field_doc(name)} |")
     return "\n".join(rows)
 
 
+REFERENCE_COMMAND = "python -m artune.config --markdown > docs/configuration.md"
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md, whole: the table with the lines that say what it is and how it is made."""
+    return "\n".join([
+        "# Configuration reference",
+        "",
+        "Every knob of `TrainConfig` (`artune/config.py`), its type, default and doc; the doc is also the",
+        "knob's `--help` line in `python -m artune.train`. The same name is the YAML key, the `--set`/`--flag`",
+        "name, the Optuna parameter and the parquet column (`epochs` alone is a search setting: `search: epochs`",
+        "or `--epochs`, not `fixed:` or `--set`). A search-space file's `fixed:` values replace these defaults;",
+        "see [search_spaces.md](search_spaces.md) and [usage.md](usage.md#what-a-trial-trains).",
+        "",
+        f"Generated from the field docs, not edited by hand: `{REFERENCE_COMMAND}`.",
+        "`tests/test_docs.py` fails when this file and the code differ.",
+        "",
+        "<!-- config-reference:start -->",
+        reference_table(),
+        "<!-- config-reference:end -->",
+        "",
+    ])
+
+
 if __name__ == "__main__":
-    print(reference_table())
+    if sys.argv[1:] == ["--markdown"]:
+        sys.stdout.write(reference_markdown())
+    elif sys.argv[1:]:
+        given = " ".join(sys.argv[1:])
+        print(f"error: python -m artune.config takes --markdown or nothing, but got {given}", file=sys.stderr)
+        sys.exit(2)
+    else:
+        print(reference_table())
