@@ -44,39 +44,82 @@ class TrainConfig:
     seq_len: int = _doc("tokens per training window (the context length)", default=512)
     batch_size: int = _doc("windows per batch", default=16)
     train_loader: str = _doc("'shuffled' windows or 'sequential' streams for training", default="shuffled")
-    valid_loader: str = _doc("'shuffled' (fixed order) or 'sequential'; always a full deterministic pass", default="sequential")
+    valid_loader: str = _doc(
+        "'shuffled' (fixed order) or 'sequential'; always a full deterministic pass", default="sequential"
+    )
     dataloader_shuffle_with_replacement: bool = _doc("draw shuffled windows with replacement", default=False)
     # --- model
     d_model: int = _doc("transformer width (embedding size)", default=512)
     n_layers: int = _doc("transformer blocks", default=6)
     n_heads: int = _doc("attention heads; must divide d_model", default=8)
-    d_ff: Optional[int] = _doc("feed-forward width; none = 4 * d_model, or for swiglu 8/3 * d_model rounded up to a multiple of 8 (so that its three matrices hold as many weights as the two of 4 * d_model)", default=None)
-    activation: str = _doc("the feed-forward's nonlinearity: 'gelu' (GPT-2's), 'swiglu' (a gated unit: silu(x W) * (x V), Shazeer 2020) or 'relu2' (squared ReLU, So et al. 2021)", default="gelu")
+    d_ff: Optional[int] = _doc(
+        "feed-forward width; none = 4 * d_model, or for swiglu 8/3 * d_model rounded up to a multiple of 8 "
+        "(the same weights)",
+        default=None,
+    )
+    activation: str = _doc(
+        "the feed-forward's nonlinearity: 'gelu' (GPT-2's), 'swiglu' (silu(x W) * (x V), Shazeer 2020) "
+        "or 'relu2' (squared ReLU)",
+        default="gelu",
+    )
     dropout: float = _doc("dropout probability in [0, 1)", default=0.0)
-    position_encoding: str = _doc("'learned' positions added to the token embedding (GPT-2's), or 'rope' (rotary: each head's queries and keys turned by their position; d_model / n_heads must be even)", default="learned")
+    position_encoding: str = _doc(
+        "'learned' positions added to the token embedding (GPT-2's), or 'rope' (rotary; d_model / n_heads "
+        "must be even)",
+        default="learned",
+    )
     # --- optimisation
-    optimizer: str = _doc("'adam' (origin), 'adamw' or 'noam' (warm-up then step**-0.5, scaled by d_model**-0.5)", default="adam")
+    optimizer: str = _doc(
+        "'adam' (origin), 'adamw' or 'noam' (warm-up then step**-0.5, scaled by d_model**-0.5)", default="adam"
+    )
     lr: float = _doc("learning rate (for noam: the multiplier of its schedule)", default=1e-3)
     weight_decay: float = _doc("weight decay (decoupled for adamw)", default=0.0)
     adam_beta2: Optional[float] = _doc("Adam's second-moment decay (beta2); none = 0.999 (0.98 for noam)", default=None)
     warmup: int = _doc("linear warm-up steps (noam: its warm-up, must be > 0)", default=0)
-    lr_schedule: str = _doc("'constant' (origin), or 'cosine'/'linear' decay from lr to lr * lr_min_ratio over the run's planned steps (epochs x batches per epoch; under a search's time budget, the whole epochs that fit in it, if fewer)", default="constant")
+    lr_schedule: str = _doc(
+        "'constant' (origin), or 'cosine'/'linear' decay from lr to lr * lr_min_ratio over the planned steps "
+        "(under a time budget, the epochs that fit)",
+        default="constant",
+    )
     lr_min_ratio: float = _doc("where a decaying lr_schedule ends, as a fraction of lr", default=0.1)
     grad_norm_clip: float = _doc("clip the global gradient norm to this value", default=1.0)
     epochs: int = _doc("training epochs (each followed by validation and a sample)", default=10)
-    batches_per_epoch: Optional[int] = _doc("cap on training batches per epoch; none = a full pass (a capped sequential epoch goes on where the last one stopped)", default=None)
+    batches_per_epoch: Optional[int] = _doc(
+        "cap on training batches per epoch; none = a full pass (a capped sequential epoch goes on where the "
+        "last one stopped)",
+        default=None,
+    )
     # --- sampling
     prompt: str = _doc("prompt for the greedy sample after each epoch", default="It is")
-    prompt_separator: Optional[str] = _doc("joins sampled tokens; none = '' for character, ' ' for basic_english", default=None)
+    prompt_separator: Optional[str] = _doc(
+        "joins sampled tokens; none = '' for character, ' ' for basic_english", default=None
+    )
     sample_tokens: int = _doc("tokens greedily sampled after each epoch", default=25)
     # --- runtime
     seed: int = _doc("seeds model init, batch order and dropout", default=0)
     device: str = _doc("'auto', 'cpu' or 'cuda'", default="auto")
-    precision: str = _doc("'fp32', 'bf16' (autocast) or 'auto' (bf16 on CUDA GPUs that support it, and on CPUs with native bf16 matmuls where a quick probe measures them faster; fp32 otherwise)", default="fp32")
-    compile: Union[bool, str] = _doc("torch.compile the model for training: true (needs a C++ compiler: $CXX, else g++), false, or 'auto': train eagerly and compile once the trial has trained as long as compiling takes to pay back, with as long again left of its plan (at once in a process that compiled the same shape; never without a compiler). With true or 'auto' an epoch's partial last batch is skipped, as a new shape would recompile; a process that compiles a new model shape starts torch.compile's caches afresh", default=False)
-    compile_mode: str = _doc("torch.compile's mode, with compile: 'default', 'reduce-overhead' (CUDA graphs: for GPU steps too short to hide their kernel launches, 2x at the origin's shape on an H100), 'max-autotune' or 'max-autotune-no-cudagraphs'", default="default")
+    precision: str = _doc(
+        "'fp32', 'bf16' (autocast) or 'auto' (bf16 where the GPU supports it, or where the CPU's bf16 matmuls "
+        "are native and faster)",
+        default="fp32",
+    )
+    compile: Union[bool, str] = _doc(
+        "torch.compile the model for training: true (needs a C++ compiler: $CXX, else g++), false, or 'auto' "
+        "(compile once the trial has trained long enough to pay it back); true and 'auto' skip an epoch's "
+        "partial last batch",
+        default=False,
+    )
+    compile_mode: str = _doc(
+        "torch.compile's mode, with compile: 'default', 'reduce-overhead' (CUDA graphs, for short GPU steps), "
+        "'max-autotune' or 'max-autotune-no-cudagraphs'",
+        default="default",
+    )
     is_save_models: bool = _doc("write a checkpoint after every epoch", default=True)
-    is_log_model_params_grads: bool = _doc("add per-layer parameter and gradient statistics to the metrics (the epoch's last gradients, before clipping; grad_norm/total is what clipping compared)", default=False)
+    is_log_model_params_grads: bool = _doc(
+        "add per-layer parameter and gradient statistics (the epoch's last gradients, before clipping) "
+        "to the metrics",
+        default=False,
+    )
     is_log_model_activations: bool = _doc("add per-layer activation statistics to the metrics", default=False)
 
     def __post_init__(self) -> None:
