@@ -1,0 +1,64 @@
+"""Reading what a person wrote, and showing values back to them: durations, numbers, near-misses.
+
+Standard library only, and nothing about artune's own files, so that any module or CLI can use it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from typing import Any, Iterable
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from 900, '900', '1e3', '90s', '15m' or '1.5h'; ValueError unless positive and finite."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)\s*([smh]?)\s*", str(value))
+        if not match:
+            raise ValueError(value)
+        seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(value)
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """``90 s``, or ``1.5 min`` from a minute on."""
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+
+
+def parse_number(value: Any) -> float:
+    """A finite float from YAML or the CLI: 3, 3e-4 and '3e-4' are numbers; True, nan and inf are not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(value)
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        raise ValueError(value) from None
+    if not math.isfinite(number):
+        raise ValueError(value)
+    return number
+
+
+def did_you_mean(value: Any, allowed: Iterable[Any]) -> str:
+    """`` (did you mean 'x'?)`` for the allowed value closest to ``value``, or '' where none is close."""
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """A value as one short line: repr for text, plain for numbers."""
+    text = repr(value) if not isinstance(value, float) else show_number(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def show_number(value: Any) -> str:
+    """A number in short form: 2 for 2.0, and any other float as ``%g`` writes it (0.0001, 1e-05)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return str(value) if not isinstance(value, float) else f"{value:g}"
