@@ -1,0 +1,42 @@
+"""The plan of a search as ``--dry-run`` prints it: the settings, then each searched and fixed knob."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from artune import plural
+from artune.humanize import format_duration, show, show_number
+
+if TYPE_CHECKING:
+    from artune.spaces._space import SearchSpace
+
+
+def describe(space: SearchSpace) -> str:
+    """A readable plan of the sweep, for ``--dry-run``."""
+    s = space.settings
+    slots = "as many at a time as the cluster fits" if s.max_concurrent is None else f"{s.max_concurrent} at a time"
+    scheduler = (
+        f"asha (grace_period {s.grace_period}, reduction_factor {show_number(s.reduction_factor)}, max_t {s.epochs})"
+        if s.scheduler == "asha"
+        else "none (every trial runs all epochs)"
+    )
+    lines = [
+        f"search space {space.path} (sha256 {space.text_sha256[:12]})",
+        f"  {plural(s.num_samples, 'trial')}, {slots}; {show_number(s.cpu)} cpu + {show_number(s.gpu)} gpu per trial; "
+        f"{plural(s.epochs, 'epoch')} each",
+        f"  metric {s.metric} ({s.mode}); sampler {s.sampler} (seed {s.seed}); scheduler {scheduler}",
+    ]
+    if s.time_budget:
+        lines.append(f"  time budget {format_duration(s.time_budget)}, start-up included: "
+                     "the search ends then with the best model so far")
+    if s.sampler == "grid":
+        size = math.prod(d.grid_size() or 1 for d in space.params.values())
+        requested = "" if size == s.num_samples else f" ({s.num_samples} trials requested)"
+        lines.append(f"  grid of {size} points{requested}")
+    width = max([len(n) for n in [*space.params, *space.fixed]] + [8])
+    lines.append("  searched:" if space.params else "  searched: nothing (every trial trains the same config)")
+    lines += [f"    {name:<{width}}  {dist.describe()}" for name, dist in space.params.items()]
+    lines.append("  fixed:" if space.fixed else "  fixed: nothing (TrainConfig defaults)")
+    lines += [f"    {name:<{width}}  {show(value)}" for name, value in space.fixed.items()]
+    return "\n".join(lines)

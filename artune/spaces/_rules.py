@@ -1,0 +1,111 @@
+"""The rules that span a space's sections: conditions that can hold, no cycles, a finite grid."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+from artune.humanize import show
+from artune.spaces._errors import Errors
+
+if TYPE_CHECKING:
+    from artune.spaces._distribution import Distribution
+    from artune.spaces._space import SearchSpace
+
+GRID_LIMIT = 100_000  # most grid points the grid sampler is allowed to enumerate
+
+
+def check_space(space: SearchSpace, errors: Errors, unknown: frozenset = frozenset()) -> None:
+    """Rules that span params, fixed and settings: conditions that can hold, no cycles, a finite grid.
+
+    A condition that reads a knob in ``unknown`` (refused by an earlier check) is not judged.
+    """
+    for name, dist in space.params.items():
+        where = f"{space.path}:{dist.line}"
+        for knob, allowed in (dist.when or {}).items():
+            if knob in unknown:
+                continue
+            key = f"params.{name}.when.{knob}"
+            if knob in space.params:
+                other = space.params[knob]
+                possible = any(other.can_take(v) for v in allowed) or (
+                    other.when is not None and space.baseline(knob) in allowed
+                )
+                if not possible:
+                    errors.add(where, key, f"the condition can never hold, since {knob} is {other.describe()}, "
+                                           f"but got {show(list(allowed))}")
+            elif space.baseline(knob) not in allowed:
+                if knob in space.fixed:
+                    origin = "fixed"
+                elif knob == "epochs":
+                    origin = "search.epochs"
+                else:
+                    origin = "TrainConfig's default"
+                errors.add(where, key, f"the condition can never hold, since {knob} is {show(space.baseline(knob))} "
+                                       f"({origin}), but got {show(list(allowed))}")
+    cycle = find_cycle(space.params)
+    if cycle:
+        first = space.params[cycle[0]]
+        errors.add(f"{space.path}:{first.line}", f"params.{cycle[0]}.when",
+                   f"conditions must not form a cycle, but got {' -> '.join(cycle)}")
+    if space.settings.sampler == "grid":
+        size = 1
+        for name, dist in space.params.items():
+            count = dist.grid_size()
+            if count is None:
+                source = space.sources.get("search.sampler", "")
+                via = f" (set by {source})" if source.startswith("--") else ""
+                errors.add(
+                    f"{space.path}:{dist.line}",
+                    f"params.{name}",
+                    f"the grid sampler{via} needs a finite set of values, but {name} is {dist.describe()} "
+                    "(fix: {choice: [...]}, a uniform step, or another sampler)",
+                )
+            else:
+                size *= count
+        if size > GRID_LIMIT:
+            rule = f"the grid must have at most {GRID_LIMIT} points, but got {size}"
+            rule += " (fix: fewer values, or another sampler)"
+            errors.add(space.sources.get("search.sampler", f"{space.path}:1"), None, rule)
+
+
+def find_cycle(params: dict[str, Distribution]) -> Optional[list[str]]:
+    """The knobs of one cycle of conditions (the first knob again at the end), or None where there is none."""
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(name: str, path: list[str]) -> Optional[list[str]]:
+        state[name] = 1
+        for dep in params[name].when or {}:
+            if dep not in params:
+                continue
+            if state.get(dep) == 1:
+                return path[path.index(dep):] + [dep] if dep in path else [name, dep]
+            if state.get(dep) is None:
+                found = visit(dep, path + [dep])
+                if found:
+                    return found
+        state[name] = 2
+        return None
+
+    for name in params:
+        if state.get(name) is None:
+            found = visit(name, [name])
+            if found:
+                return found
+    return None
+
+
+def sampling_order(params: dict[str, Distribution]) -> dict[str, Distribution]:
+    """File order, except that a conditional knob moves after the knobs its condition reads."""
+    ordered: dict[str, Distribution] = {}
+
+    def place(name: str) -> None:
+        if name in ordered:
+            return
+        for dep in params[name].when or {}:
+            if dep in params:
+                place(dep)
+        ordered[name] = params[name]
+
+    for name in params:
+        place(name)
+    return ordered
