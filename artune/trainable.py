@@ -14,6 +14,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -39,9 +40,21 @@ TRIAL_INDEX = "__trial_index__"
 
 
 def _in_tune_session() -> bool:
-    from ray.train._internal.session import get_session  # no public test for "inside a trial" exists
+    """Whether this runs inside a Tune trial: Tune's context names the trial there, and nothing elsewhere."""
+    with warnings.catch_warnings():  # outside a trial Ray warns that it returns None, which is the answer
+        warnings.simplefilter("ignore")
+        return tune.get_context().get_trial_id() is not None
 
-    return get_session() is not None
+
+def trial_config(config: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of a trial Ray configured with ``config``: with ``--repeats``, Ray's Repeater marks
+    each run of a config with its index, and run ``i`` trains with the config's seed + ``i``."""
+    config = dict(config)
+    repeat = config.pop(TRIAL_INDEX, None)
+    train_config = TrainConfig.from_dict(config)
+    if repeat:
+        train_config = dataclasses.replace(train_config, seed=train_config.seed + int(repeat))
+    return train_config
 
 
 def trial_device(config: TrainConfig, in_tune: bool) -> torch.device:
@@ -171,11 +184,7 @@ def train_fn(
     in_tune = _in_tune_session()
     if in_tune and tune.get_context().get_trial_id() in ended:
         return None
-    config = dict(config)
-    repeat = config.pop(TRIAL_INDEX, None)  # set by Ray's Repeater for --repeats: run `repeat` gets seed + repeat
-    train_config = TrainConfig.from_dict(config)
-    if repeat:
-        train_config = dataclasses.replace(train_config, seed=train_config.seed + int(repeat))
+    train_config = trial_config(config)
     if in_tune:
         remove_stale_staging()
         cpus = _allocated_cpus()

@@ -1,0 +1,3 @@
+from artune.search.cli import cli
+
+cli()

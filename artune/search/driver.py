@@ -1,0 +1,126 @@
+"""A planned search run to its end: the corpus, the search's directory under lock, Ray and the Tuner, the summary."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
+
+from artune import plural
+from artune.errors import SearchError
+from artune.results import MANIFEST_FILE
+from artune.search.corpus import load_plan_corpus
+from artune.search.lock import SearchLock
+from artune.search.manifest import write_manifest
+from artune.search.plan import SPACE_COPY, Mode, Plan
+from artune.search.report import budget_report, describe_plan, summarise
+from artune.search.runtime import init_ray, set_ray_environment, stop_ray
+from artune.search.saved_state import restore_saved_state
+
+if TYPE_CHECKING:
+    from artune.data import Corpus
+    from artune.results import TrialRecord
+
+EXIT_OK, EXIT_NO_TRIAL_SUCCEEDED, EXIT_INTERRUPTED = 0, 1, 130
+
+
+@dataclass
+class Outcome:
+    interrupted: int  # trials left unfinished (Ctrl-C): the search goes on with --resume
+    elapsed_s: float  # from the command's start to the end of Tuner.fit
+    spent: dict[str, list[float]]  # the seconds of each epoch trained in this run, by trial
+    records: dict[str, TrialRecord]
+
+
+def run(plan: Plan) -> int:
+    """Run the search the plan describes and print its outcome; the exit code."""
+    plan.stopwatch.lap("plan")  # Python's imports, the arguments and the space validated
+    corpus = load_plan_corpus(plan)
+    plan.stopwatch.lap("corpus")
+    with search_directory(plan):
+        outcome = tune_search(plan, corpus)
+    return report(plan, outcome)
+
+
+@contextlib.contextmanager
+def search_directory(plan: Plan) -> Iterator[None]:
+    """The search's directory, made and locked for this process. A directory this command made is removed
+    where it ends before the manifest is written (a refusal, a failure, a Ctrl-C): nothing was run."""
+    created = not plan.directory.exists()
+    try:
+        plan.directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SearchError(f"--results-dir {plan.directory.parent}: cannot create {plan.directory} "
+                          f"({exc.strerror or exc})") from None
+    try:
+        with SearchLock(plan.directory):
+            if plan.mode is Mode.NEW:
+                shutil.copyfile(plan.space.path, plan.directory / SPACE_COPY)
+            if plan.restore_state_from:
+                restore_saved_state(plan)
+            yield
+    except BaseException:
+        if created and not (plan.directory / MANIFEST_FILE).exists():
+            shutil.rmtree(plan.directory, ignore_errors=True)
+        raise
+
+
+def tune_search(plan: Plan, corpus: Corpus) -> Outcome:
+    """Start Ray, open the study, record the run in the manifest, and run Ray Tune until the search ends."""
+    print(describe_plan(plan), flush=True)
+    set_ray_environment(plan)
+    try:
+        init_ray(plan)  # inside the try: a refusal after ray.init (no GPUs, say) still shuts Ray down
+        plan.stopwatch.lap("ray_init")
+        started = dt.datetime.now().isoformat(timespec="seconds")
+        from artune.search.recorder import Recorder  # Ray Tune's modules: imported once Ray is up
+        from artune.search.tuner import BUDGET_END_S, build_tuner
+
+        recorder = Recorder(plan)
+        open_study(recorder, plan)
+        write_manifest(plan, corpus, {{Mode.NEW: "started", Mode.RESUME: "resumed", Mode.EXTEND: "extended"}[plan.mode]:
+                                      started}, new_command=True)
+        plan.stopwatch.lap("study")
+        tuner = build_tuner(plan, corpus, recorder)
+        tuning_started = plan.stopwatch.lap("tuner")  # the searcher, the corpus into Ray's object store
+        tuner.fit()  # Ray Tune catches Ctrl-C itself: fit then returns with trials left unfinished
+        finished = time.monotonic()
+        budget_spent = bool(plan.time_budget_s) and finished - plan.started >= plan.time_budget_s - BUDGET_END_S - 1.0
+        interrupted = recorder.finish(budget_spent)
+        if not interrupted:
+            timings = {**plan.stopwatch.phases, "startup_s": round(tuning_started - plan.started, 3),
+                       "tuning_s": round(finished - tuning_started, 3)}
+            write_manifest(plan, corpus, {"finished": dt.datetime.now().isoformat(timespec="seconds"),
+                                          "timings": timings})
+    finally:
+        stop_ray()  # a no-op where ray.init never ran or failed
+    return Outcome(interrupted, finished - plan.started, recorder.spent, recorder.records)
+
+
+def open_study(recorder, plan: Plan) -> None:
+    """Open the study before any trial ends, so that a database that cannot hold it is refused first."""
+    try:
+        recorder.study
+    except Exception as exc:  # noqa: BLE001 - whatever the database says, before the search has written anything
+        first = (str(exc).splitlines() or [""])[0]
+        raise SearchError(f"--storage {plan.storage}: the Optuna study cannot be opened there "
+                          f"({type(exc).__name__}: {first})") from None
+
+
+def report(plan: Plan, outcome: Outcome) -> int:
+    if outcome.interrupted:
+        print(
+            f"interrupted: {plural(outcome.interrupted, 'trial')} unfinished; the tables hold every result so far; "
+            f"continue with: python -m artune.search --resume --name {plan.name} --results-dir {plan.directory.parent}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    summary, ok = summarise(plan)
+    print(summary)
+    if plan.time_budget_s:
+        print(budget_report(plan, outcome.elapsed_s, outcome.spent, outcome.records))
+    return EXIT_OK if ok else EXIT_NO_TRIAL_SUCCEEDED

@@ -1,0 +1,29 @@
+"""One running process per search: an exclusive flock on ``RESULTS/NAME/.lock``."""
+
+from __future__ import annotations
+
+import fcntl
+from pathlib import Path
+from typing import IO, Any, Optional
+
+from artune.errors import SearchError
+
+LOCK_FILE = ".lock"
+
+
+class SearchLock:
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / LOCK_FILE
+        self.handle: Optional[IO[str]] = None
+
+    def __enter__(self) -> SearchLock:
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            raise SearchError(f"search {self.path.parent.name!r} is running in another process (lock {self.path})") from None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.handle.close()

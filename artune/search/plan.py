@@ -1,0 +1,300 @@
+"""The plan of a search: every input checked and resolved before Ray starts or a trial is spent."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import enum
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from artune.config import FIELD_NAMES, TrainConfig, coerce, compiler_message, missing_compiler, unknown_key_message
+from artune.errors import SearchError
+from artune.search.manifest import TUNE_DIR, Manifest
+from artune.search.runtime import check_address
+from artune.search.saved_state import check_saved_state
+from artune.search.storage import absolute_storage, check_storage, sqlite_file, study_exists
+from artune.spaces import OVERRIDE_FLAGS, SearchSpace, load_space
+from artune.study import storage_url
+
+DEFAULT_SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "default.yaml"
+NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+SPACE_COPY = "space.yaml"  # the space file a search started with, kept in its directory
+
+
+class Mode(enum.Enum):
+    """What a command does with its search: start it, continue it where it was interrupted, or grow it."""
+
+    NEW = "new"
+    RESUME = "resume"
+    EXTEND = "extend"
+
+    @property
+    def flag(self) -> str:
+        return f"--{self.value}"
+
+
+class Stopwatch:
+    """The seconds of each start-up phase, each counted from the end of the one before (manifest timings)."""
+
+    def __init__(self, started: float) -> None:
+        self.last = started
+        self.phases: dict[str, float] = {}
+
+    def lap(self, phase: str) -> float:
+        now = time.monotonic()
+        self.phases[f"{phase}_s"] = round(now - self.last, 3)
+        self.last = now
+        return now
+
+
+@dataclass(kw_only=True)
+class Plan:
+    space: SearchSpace  # with the command line's settings and --set knobs applied
+    name: str
+    directory: Path  # RESULTS_DIR/NAME
+    mode: Mode
+    manifest: Manifest  # as the command found it (empty for a new search)
+    data_dir: Optional[str]
+    address: Optional[str]
+    storage: str
+    repeats: int
+    time_budget_s: Optional[float]
+    started: float  # time.monotonic() when the command started: the time budget counts from here
+    command: list[str]
+    run_name: str = TUNE_DIR  # this run's Ray experiment directory under the search directory
+    restore_state_from: Optional[Path] = None  # Tune's staging copy of a saved state a killed driver cut short
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # {"settings": ..., "set": ...} given
+    stopwatch: Stopwatch = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stopwatch = Stopwatch(self.started)
+
+    @property
+    def tune_path(self) -> Path:
+        return self.directory / self.run_name
+
+
+def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan:
+    """Check every input of the command and resolve what it runs; a bad one raises SearchError (one line)."""
+    started = time.monotonic() if started is None else started
+    space_path = Path(args.space) if args.space else DEFAULT_SPACE
+    results_dir = check_results_dir(Path(args.results_dir))
+    mode = check_mode(args)
+    if args.repeats is not None and args.repeats < 1:
+        raise SearchError(f"--repeats must be >= 1, but got {args.repeats}")
+    if args.storage:
+        check_storage(args.storage)
+        args.storage = absolute_storage(args.storage)
+    name = check_name(args.name or f"{space_path.stem}-{dt.datetime.now():%Y%m%d-%H%M%S}")
+    directory = results_dir / name
+    run_name, restore_state_from = TUNE_DIR, None
+    if mode is Mode.NEW:
+        manifest = Manifest(directory)
+        check_new(directory, name, args.storage)
+        space = load_space(space_path)
+    else:
+        manifest = Manifest.read(directory, mode.flag)
+        space = load_space(directory / SPACE_COPY)  # the space the search started with
+        check_same_space(args.space, directory, mode)
+        if mode is Mode.RESUME:
+            manifest.check_space_unchanged(space)
+        run_name = manifest.runs[-1] if mode is Mode.RESUME else manifest.next_run
+        restore_state_from = check_continuable(mode, manifest, args.num_samples)
+    given = {key: getattr(args, key) for key in OVERRIDE_FLAGS if key != "time_budget" and getattr(args, key) is not None}
+    sets = parse_sets(args.set) if args.set else {}
+    # A resumed or extended search keeps the command-line settings its last run started with. (A time
+    # budget is the command's own: the one given now, else the space file's.)
+    started_with = manifest.overrides(run_name if mode is Mode.RESUME else manifest.runs[-1])
+    space = space.with_overrides(OVERRIDE_FLAGS, **started_with["settings"])
+    if started_with["set"]:
+        space = space.with_fixed(started_with["set"])
+    repeats = manifest.repeats
+    if mode is Mode.RESUME:
+        check_resumed_as_started(args, name, space, manifest, given, sets, repeats)
+    repeats = args.repeats or repeats
+    sets = data_as_set(args.data, mode, name, space, started_with["set"], sets)
+    overrides = {"settings": {**started_with["settings"], **given}, "set": {**started_with["set"], **sets}}
+    space = space.with_overrides(OVERRIDE_FLAGS, **overrides["settings"], time_budget=args.time_budget)
+    if overrides["set"]:
+        space = space.with_fixed(overrides["set"])
+    space.check_configs()
+    if repeats > 1 and "seed" in space.params:
+        raise SearchError(f"--repeats {repeats}: each repeat runs its config with the next seed, but seed is searched "
+                          f"({space.path}: params.seed): fix the seed (--set seed=N) or leave --repeats out")
+    compiles = any(value is True for value in possible_values(space, space_defaults(space), "compile"))  # not 'auto'
+    compiler = missing_compiler() if not args.address and compiles else None
+    if compiler:  # (a cluster's nodes have toolchains of their own: a trial there says what its node lacks)
+        raise SearchError(compiler_message(compiler, turn_off="--set compile=false"))
+    if args.address:
+        check_address(args.address)
+    data = args.data
+    if mode is not Mode.NEW and data is None and manifest.corpus.get("source"):
+        data = manifest.corpus["source"]  # the corpus the search started with
+    return Plan(
+        space=space, name=name, directory=directory, mode=mode, manifest=manifest, data_dir=data,
+        address=args.address, storage=storage_url(directory, args.storage or manifest.storage()), repeats=repeats,
+        time_budget_s=space.settings.time_budget, started=started,
+        command=[sys.executable, "-m", "artune.search", *sys.argv[1:]], run_name=run_name,
+        restore_state_from=restore_state_from, overrides=overrides,
+    )
+
+
+def check_mode(args: argparse.Namespace) -> Mode:
+    if args.resume and args.extend:
+        raise SearchError("--resume and --extend: choose one (resume continues an interrupted search, "
+                          "extend grows a finished one)")
+    mode = Mode.RESUME if args.resume else Mode.EXTEND if args.extend else Mode.NEW
+    if mode is not Mode.NEW and not args.name:
+        raise SearchError(f"{mode.flag} needs --name: the name of the search to continue")
+    return mode
+
+
+def check_name(name: str) -> str:
+    if not NAME_RULE.match(name) or name in (".", ".."):
+        raise SearchError(
+            f"--name {name!r}: a search name is letters, digits, '_', '-' and '.', starting with a letter "
+            "or digit, with no path in it (results always go under --results-dir)"
+        )
+    return name
+
+
+def check_results_dir(path: Path) -> Path:
+    path = path.expanduser()
+    probe = path
+    try:
+        while not probe.exists():
+            probe = probe.parent
+    except OSError as exc:  # a parent this user may not look into (EACCES)
+        raise SearchError(f"--results-dir {path}: cannot look into {probe.parent} ({exc.strerror or exc}); "
+                          "choose another --results-dir") from None
+    if not probe.is_dir():
+        raise SearchError(f"--results-dir {path}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise SearchError(f"--results-dir {path}: {probe} is not writable; choose another --results-dir")
+    try:  # what permission bits do not tell (a read-only mount, /proc): a directory made and removed at once
+        made = tempfile.mkdtemp(prefix=".artune-probe-", dir=probe)
+    except OSError as exc:
+        raise SearchError(f"--results-dir {path}: cannot create a directory in {probe} ({exc.strerror or exc}); "
+                          "choose another --results-dir") from None
+    with contextlib.suppress(OSError):
+        os.rmdir(made)
+    return path.resolve()
+
+
+def check_new(directory: Path, name: str, storage: Optional[str]) -> None:
+    """A new search takes a name that neither its results directory nor its --storage holds yet."""
+    if directory.exists() and any(directory.iterdir()):
+        raise SearchError(
+            f"--name {name!r}: {directory} already holds a search; use --resume to continue it, "
+            "--extend to grow it, or choose another --name"
+        )
+    if storage and study_exists(storage, name):
+        raise SearchError(f"--name {name!r}: the database {storage} already holds a study of that name (another "
+                          "search's, made elsewhere); a new search would add its trials to it: choose another --name")
+
+
+def check_same_space(space: Optional[str], directory: Path, mode: Mode) -> None:
+    """A SPACE given to a resume or an extend must be the file the search started with."""
+    if not space:
+        return
+    if not Path(space).is_file():
+        raise SearchError(f"{mode.flag}: space file not found: {space} (or leave it out: the search keeps its own copy)")
+    if Path(space).read_bytes() != (directory / SPACE_COPY).read_bytes():
+        raise SearchError(
+            f"{mode.flag}: {space} differs from the space search {directory.name!r} started with "
+            f"({directory / SPACE_COPY}); run without the SPACE argument, or start a new --name"
+        )
+
+
+def check_continuable(mode: Mode, manifest: Manifest, num_samples: Optional[int]) -> Optional[Path]:
+    """Whether the search's last run can be resumed (or the search extended); for a resume, the staging copy
+    of Tune's saved state to restore first, where a killed driver cut it short."""
+    name, last = manifest.directory.name, manifest.directory / manifest.runs[-1]
+    # A run that was stopped before Ray Tune began it (before tuner.pkl) has nothing to resume
+    tune_began = (last / "tuner.pkl").exists()
+    if mode is Mode.RESUME:
+        if not tune_began:
+            raise SearchError(f"--resume: the last run of search {name!r} ({last}) was stopped before "
+                              "Ray Tune began it, so there is nothing to continue; --extend it, or start a new --name")
+        return check_saved_state(last)
+    if num_samples is None:
+        raise SearchError("--extend needs --num-samples: how many trials to add")
+    if tune_began and not manifest.last_run_finished():
+        raise SearchError(f"--extend: search {name!r} is unfinished (its last run was interrupted); "
+                          f"continue it with --resume first, then extend it")
+    return None
+
+
+def check_resumed_as_started(args: argparse.Namespace, name: str, space: SearchSpace, manifest: Manifest,
+                             given: dict[str, Any], sets: dict[str, str], repeats: int) -> None:
+    """A resume continues its search as it started: no setting, knob, --repeats or study may change."""
+    changed = [OVERRIDE_FLAGS[key] for key, value in given.items() if value != getattr(space.settings, key)]
+    changed += [f"--set {key}" for key, value in sets.items()
+                if key not in FIELD_NAMES or coerce(key, value) != space.fixed.get(key)]
+    changed += ["--repeats"] * (args.repeats is not None and args.repeats != repeats)
+    recorded = manifest.storage()
+    database = sqlite_file(args.storage) if args.storage is not None and args.storage != (recorded or args.storage) else None
+    if database is not None and not database.exists():
+        # the way to point a search at a study kept elsewhere, but a database that is not there would be a new study
+        changed.append(f"--storage (no database at {args.storage}; the study is in {recorded})")
+    if changed:
+        raise SearchError(
+            f"--resume continues search {name!r} as it started, so {', '.join(changed)} cannot change; "
+            "add trials with --extend, or start a new search under another --name"
+        )
+
+
+def data_as_set(data: Optional[str], mode: Mode, name: str, space: SearchSpace, started_with: dict[str, Any],
+                sets: dict[str, str]) -> dict[str, str]:
+    """``--set`` with ``--data FILE`` as the corpus knob ``dataset``, which the trials' configs and the tables name.
+
+    Given again to a resume or extend, the file is read and checked against the corpus the search started with.
+    """
+    data_file = Path(data).expanduser() if data is not None and Path(data).expanduser().is_file() else None
+    started_on_file = mode is not Mode.NEW and started_with.get("dataset")
+    if data is not None and started_on_file and data_file is None:
+        raise SearchError(f"--data {data}: search {name!r} trained on the file {started_with['dataset']}; "
+                          "give that file (or a copy of it) with --data, or leave --data out")
+    if data_file and "dataset" in sets:
+        raise SearchError(f"--data {data} and --set dataset={sets['dataset']} both name the corpus: give one")
+    on_default_corpus = space.fixed.get("dataset", "tiny_shakespeare") == "tiny_shakespeare"
+    if data_file and (started_on_file if mode is not Mode.NEW else on_default_corpus):
+        return {**sets, "dataset": str(data_file.absolute())}
+    return sets
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    """``--set KEY=VALUE`` items as a dict, each key a trainer knob."""
+    values = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SearchError(f"--set {item!r}: expected KEY=VALUE, e.g. --set seq_len=128")
+        if key not in FIELD_NAMES:
+            raise SearchError(f"--set {key}: {unknown_key_message(key)}")
+        values[key] = value.strip()
+    return values
+
+
+def space_defaults(space: SearchSpace) -> TrainConfig:
+    """Every knob the space does not search: its fixed value, else TrainConfig's default."""
+    return TrainConfig.from_dict({k: v for k, v in space.fixed.items() if k in FIELD_NAMES})
+
+
+def possible_values(space: SearchSpace, fixed: TrainConfig, key: str) -> list[Any]:
+    """The values a knob can take in a search: its choices or its bounds (and, searched under a condition, its
+    default), or its fixed value."""
+    dist = space.params.get(key)
+    if dist is None:
+        return [getattr(fixed, key)]
+    values = list(dist.values) if dist.kind == "choice" else [dist.low, dist.high]
+    return values + [getattr(fixed, key)] * bool(dist.when)  # where its condition is off, the knob keeps its default

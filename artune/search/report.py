@@ -1,0 +1,69 @@
+"""What a search prints: its plan before it starts, and its outcome and time budget after it ends."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from artune import plural
+from artune.results import EPOCHS_FILE, MANIFEST_FILE, TRIALS_FILE
+from artune.search.plan import SPACE_COPY, Mode, Plan
+
+if TYPE_CHECKING:
+    from artune.results import TrialRecord
+
+
+def describe_plan(plan: Plan) -> str:
+    s = plan.space.settings
+    where = plan.address or "a local Ray instance started here (127.0.0.1, dashboard off)"
+    return "\n".join([
+        f"search {plan.name!r}{' (resume)' if plan.mode is Mode.RESUME else ''} on {where}",
+        plan.space.describe(),
+        f"trial resources: {s.cpu:g} CPU, {s.gpu:g} GPU; concurrency: {s.max_concurrent or 'the cluster trial slots'}",
+        *([f"repeats: each sampled configuration runs {plan.repeats} times (the trainer's seed, seed + 1, ...): "
+           f"{s.num_samples * plan.repeats} trials in all; the sampler sees their mean"] if plan.repeats > 1 else []),
+        f"writes: {plan.directory}/ ({TRIALS_FILE}, {EPOCHS_FILE}, {MANIFEST_FILE}, {SPACE_COPY}, {plan.run_name}/)",
+        f"Optuna study: {plan.name!r} in {plan.storage}",
+        *([f"restores Ray Tune's saved state (cut short by a killed driver) from {plan.restore_state_from}"]
+          if plan.restore_state_from else []),
+    ])
+
+
+def summarise(plan: Plan) -> tuple[str, bool]:
+    """The search's outcome in a few lines, read back from its tables; and whether any trial succeeded."""
+    from artune.results import load
+
+    results = load(plan.directory)
+    trials = results.trials
+    counts = trials["status"].value_counts().to_dict()
+    ok = bool(counts.get("completed", 0) + counts.get("stopped", 0))
+    statuses = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    lines = [f"search {plan.name}: {plural(len(trials), 'trial')} ({statuses})"]
+    best = results.best(1)
+    if len(best):
+        row = best.iloc[0]
+        knobs = ", ".join(f"{k}={_fmt(row[k])}" for k in plan.space.params)
+        column, _ = results.metric_column()
+        lines.append(f"best trial {row['trial_id']}: {column.replace('_', ' ', 1)} {row[column]:.4f} after "
+                     f"{plural(int(row['epochs_completed']), 'epoch')} ({knobs})")
+        sample = results.epochs[results.epochs.trial_id == row["trial_id"]].sort_values("epoch")["sample"]
+        if len(sample):
+            lines.append(f"its last sample: {sample.iloc[-1]!r}")
+    lines.append(f"results: {plan.directory / TRIALS_FILE}, {plan.directory / EPOCHS_FILE}, "
+                 f"{plan.directory / MANIFEST_FILE}")
+    return "\n".join(lines), ok
+
+
+def budget_report(plan: Plan, elapsed: float, spent: dict[str, list[float]], records: dict[str, TrialRecord]) -> str:
+    """How this command's time budget was spent: each trial that ran in it, with the epochs it trained
+    in it and their seconds (a resumed or extended search's earlier runs had budgets of their own)."""
+    budget = plan.time_budget_s
+    lines = [f"time budget {budget:.0f} s: used {elapsed:.0f} s ({elapsed / budget:.0%})"]
+    for trial_id, seconds in sorted(spent.items(), key=lambda item: -sum(item[1])):
+        total, epochs = sum(seconds), plural(len(seconds), "epoch")
+        lines.append(f"  {trial_id}  {records[trial_id].status:<9} {epochs:>10}  {total:7.1f} s  "
+                     f"({total / budget:.1%} of the budget)")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,143 @@
+"""The Ray a search runs on: a private local instance on loopback, or a cluster's; started, checked, stopped."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+from artune.compat import keep_local_ray_on_loopback
+from artune.errors import SearchError
+
+if TYPE_CHECKING:
+    from artune.search.plan import Plan
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+def ray_temp_dir() -> Path:
+    """Where a Ray instance started on this machine keeps its sessions (Ray's own rule)."""
+    base = os.environ.get("RAY_TMPDIR") or (os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None)
+    return Path(base or "/tmp") / "ray"
+
+
+def token_auth_enabled() -> bool:
+    """Whether Ray authenticates to the cluster with a token (``RAY_AUTH_MODE=token``; off by default)."""
+    return os.environ.get("RAY_AUTH_MODE", "disabled").lower() == "token"
+
+
+def check_address(address: str) -> None:
+    """Fail in seconds when nothing answers at ``address`` (Ray alone retries for minutes)."""
+    if address == "auto":
+        return
+    if address.startswith("ray://"):
+        # Through Ray's client, Tune runs on the cluster, and with it the callback that writes the tables and
+        # the study: they would be written on the head (or nowhere), while this driver, seeing no result,
+        # would write its empty tables over the search's at a time budget's end.
+        raise SearchError(f"--address {address}: Ray's client runs the search's Tune loop on the cluster, where "
+                          "artune cannot keep its tables; run the search as a Ray job on the head (ray job submit, "
+                          "see docs/cluster.md) or on a node of the cluster with --address HOST:6379")
+    if address.startswith(("http://", "https://")):
+        raise SearchError(f"--address {address}: that is the dashboard's address (what ray job submit takes); give the "
+                          "cluster's: HOST:6379")
+    try:
+        parsed = urlparse(address if "://" in address else f"tcp://{address}")
+        host, port = parsed.hostname, parsed.port  # .port raises on a port that is not a number in 0-65535
+    except ValueError:
+        host = port = None
+    if not host or not port:
+        raise SearchError(f"--address {address!r}: expected HOST:PORT (e.g. 10.0.0.5:6379)")
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise SearchError(
+            f"--address {address}: nothing answers there ({exc.strerror or exc}); "
+            "is the head running (ray start --head) and the port open?"
+        ) from None
+
+
+def set_ray_environment(plan: Plan) -> None:
+    """The settings Ray and Ray Tune read from the environment: before anything imports them."""
+    if not plan.address:
+        keep_local_ray_on_loopback()
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # artune checkpoints every epoch on purpose (resume loses at most one epoch); Ray's hint about it is noise
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's automatic loggers include TensorBoard's, whose tensorboardX imports torch into the driver;
+    # build_tuner adds the JSON and CSV loggers itself. TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 brings it back.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # A trial that ends without training (its deadline passed before its first epoch, or a resume's
+    # tables saw it end) returns without a result. Tune 2.60 then checks that its final result holds
+    # the metric, and its exemption for "the trial just returned" misses the flattened config/... keys
+    # of that result: the search would end in a ValueError. artune checks the metric's name before Ray
+    # starts (spaces.METRICS), and the searcher and ASHA take a result without it as such.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+
+
+def init_ray(plan: Plan) -> None:
+    """Start the private local instance, or connect to ``plan.address``, and check that a trial fits a node."""
+    import ray
+
+    if plan.address:
+        try:
+            ray.init(address=plan.address, logging_level=logging.ERROR, log_to_driver=False)
+        except Exception as exc:  # noqa: BLE001 - whatever Ray raises, the user gets one line and nothing is left
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            hint = ("; a driver must run on a node of the cluster (or go through ray job submit)"
+                    if "node info" in str(exc).lower() else
+                    "" if token_auth_enabled() else
+                    "; if the head uses Ray's token authentication, set RAY_AUTH_MODE=token (with the head's "
+                    "token in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
+            raise SearchError(
+                f"--address {plan.address}: Ray could not connect ({type(exc).__name__}: {first}){hint}"
+            ) from None
+        if not token_auth_enabled():
+            print(
+                f"warning: connected to {plan.address} with Ray's token authentication off (RAY_AUTH_MODE is not "
+                "'token'): anyone who reaches the cluster can run code on it; keep it on a private network",
+                file=sys.stderr, flush=True,
+            )
+    else:
+        # A private instance ("local": never a cluster that `ray start` left running here), no dashboard.
+        try:
+            ray.init(address="local", include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+        except Exception as exc:  # noqa: BLE001 - whatever Ray raises, the user gets one line and nothing is left
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise SearchError(f"Ray could not start a local instance ({type(exc).__name__}: {first}); "
+                              f"its logs are under {ray_temp_dir()}") from None
+    check_fits_a_node(plan)
+
+
+def check_fits_a_node(plan: Plan) -> None:
+    """A trial's resources must fit the cluster, and one node of it: a trial never spans nodes."""
+    import ray
+
+    resources = ray.cluster_resources()
+    s = plan.space.settings
+    if s.gpu > 0 and resources.get("GPU", 0) < s.gpu:
+        raise SearchError(
+            f"gpu: {s.gpu} per trial, but the cluster has {resources.get('GPU', 0):g} GPUs; "
+            "lower --gpus-per-trial or add GPU nodes"
+        )
+    if resources.get("CPU", 0) < s.cpu:
+        raise SearchError(
+            f"cpu: {s.cpu} per trial, but the cluster has {resources.get('CPU', 0):g} CPUs; lower --cpus-per-trial"
+        )
+    # The cluster's totals can hold a trial while no node does (two 1-GPU nodes, 2 GPUs a trial).
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if nodes and not any(n.get("CPU", 0) >= s.cpu and n.get("GPU", 0) >= s.gpu for n in nodes):
+        shapes = ", ".join(sorted({f"{n.get('CPU', 0):g} CPUs and {n.get('GPU', 0):g} GPUs" for n in nodes}))
+        raise SearchError(f"resources: {s.cpu:g} CPUs and {s.gpu:g} GPUs per trial, but no node has that much "
+                          f"(nodes: {shapes}); a trial runs on one node: lower --cpus-per-trial or --gpus-per-trial")
+
+
+def stop_ray() -> None:
+    """``ray.shutdown()``; a no-op where Ray was never imported or started."""
+    ray = sys.modules.get("ray")
+    if ray is not None:
+        ray.shutdown()

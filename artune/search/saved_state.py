@@ -1,0 +1,107 @@
+"""Ray Tune's saved state of a run, checked before ``--resume`` continues from it, and restored where torn.
+
+Tune writes its state into Ray's session directory, then copies it into the run directory without
+an atomic rename: a driver killed during the copy leaves the newest ``experiment_state-*.json`` (or
+its searcher's state beside it) empty or cut short, and Tune would resume from it without a word,
+losing the trials it listed, or fail on it. The staging copy outlives the driver: Ray never deletes
+a session directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from artune.errors import SearchError
+from artune.search.runtime import ray_temp_dir
+
+if TYPE_CHECKING:
+    from artune.search.plan import Plan
+
+
+def check_saved_state(tune_path: Path) -> Optional[Path]:
+    """The staging directory to restore the run's saved state from where a killed driver cut it short; None
+    where it is whole. Refuses where neither is whole. (Tune reads the newest state by name, as here.)"""
+    states = sorted(tune_path.glob("experiment_state-*.json"))
+    if not states:
+        return None
+    newest = states[-1]
+    problem = torn_file(newest)
+    if problem is None:
+        return None
+    torn, what = problem
+    staged = staged_state(newest)
+    if staged is None:
+        raise SearchError(
+            f"--resume: Ray Tune's saved state {torn} is {what}: the driver was stopped while Tune wrote it, "
+            f"and no whole copy of it is left in Tune's staging directories under {ray_temp_dir()} (a cluster started "
+            "with ray start --temp-dir DIR keeps them in DIR: give RAY_TMPDIR=DIR), so the trials it listed cannot be "
+            "continued; the tables keep every result so far, so start the search again under another --name"
+        )
+    return staged.parent
+
+
+def torn_file(state: Path) -> Optional[tuple[Path, str]]:
+    """The first file of a saved state that is empty, or (the state itself, JSON) does not parse, with what is
+    wrong with it; None where all are whole. Beside the state, named by the same start: the searcher's
+    pickles (``searcher-state-*.pkl``, and ``search_gen_state-*.json``, a pickle despite its name)."""
+    stamp = state.stem.removeprefix("experiment_state-")
+    for path in [state, *sorted(p for p in state.parent.glob(f"*-{stamp}.*") if p != state)]:
+        try:
+            if path.stat().st_size == 0:
+                return path, "empty"
+            if path == state:
+                json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            return path, f"unreadable ({error})"
+    return None
+
+
+def staged_state(state: Path) -> Optional[Path]:
+    """Ray Tune's staging copy of the saved state ``state``, where one is whole; the newest of several.
+
+    Tune stages a run's files in ``<session>/artifacts/<start>/<run>/driver_artifacts/``; the state's
+    name holds the run's start to the second, and the copy must list a trial of this run.
+    """
+    tune_path = state.parent
+    pattern = f"session_*/artifacts/*/{tune_path.name}/driver_artifacts/{state.name}"
+    # RAY_TMPDIR may also name a cluster's `ray start --temp-dir`, which holds its sessions itself (no ray/ below)
+    roots = {ray_temp_dir(), *([Path(os.environ["RAY_TMPDIR"])] if os.environ.get("RAY_TMPDIR") else [])}
+    candidates = sorted((p for root in roots for p in root.glob(pattern)), key=lambda p: p.stat().st_mtime, reverse=True)
+    for candidate in candidates:
+        if torn_file(candidate) is not None:
+            continue
+        try:
+            trials = [json.loads(trial)["trial_id"] for trial, _ in json.loads(candidate.read_text())["trial_data"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if any((tune_path / trial_id).is_dir() for trial_id in trials):
+            return candidate
+    return None
+
+
+def restore_saved_state(plan: Plan) -> None:
+    """Put Tune's staging copy of the run's saved state in place of the one a killed driver cut short.
+
+    Every file of the staging directory (the state, the searcher's state, the Tuner), each written
+    whole and renamed into place: the set Tune meant to copy, from one moment.
+    """
+    staging = plan.restore_state_from
+    try:
+        for source in sorted(p for p in staging.iterdir() if p.is_file()):
+            target = plan.tune_path / source.name
+            partial = target.with_name(f".{source.name}.restoring")
+            shutil.copyfile(source, partial)
+            os.replace(partial, target)
+    except OSError as exc:
+        raise SearchError(f"--resume: cannot restore Ray Tune's saved state from {staging} ({exc}); "
+                          "start the search again under another --name") from None
+    print(
+        f"warning: Ray Tune's saved state in {plan.tune_path} was cut short (its driver was killed while Tune "
+        f"copied it); restored it from Tune's own staging copy in {staging}",
+        file=sys.stderr, flush=True,
+    )

@@ -1,0 +1,80 @@
+"""The Optuna storage URL of a search (``--storage``): checked, made absolute, looked into without creating anything."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from artune.errors import SearchError
+
+
+def sqlite_file(url: str) -> Optional[Path]:
+    """The database file of a SQLite URL (None for another database; the URL is checked by check_storage)."""
+    from sqlalchemy.engine import make_url  # Optuna's storage layer
+
+    parsed = make_url(url)
+    return Path(parsed.database or ":memory:") if parsed.get_backend_name() == "sqlite" else None
+
+
+def absolute_storage(url: str) -> str:
+    """A SQLite URL whose file is relative, made absolute: the manifest records the URL, and a later --resume
+    or --extend from another directory would otherwise open (and create) another, empty database there."""
+    from sqlalchemy.engine import make_url
+
+    database = sqlite_file(url)
+    if database is None or database == Path(":memory:") or database.is_absolute():
+        return url
+    return make_url(url).set(database=str(database.absolute())).render_as_string(hide_password=False)
+
+
+def study_exists(url: str, name: str) -> bool:
+    """Whether the Optuna storage at ``url`` holds a study ``name``, read without creating anything (a database
+    that cannot be read is reported where the search opens its study)."""
+    database = sqlite_file(url)
+    if database is not None and not database.is_file():
+        return False
+    from sqlalchemy import create_engine, inspect, text
+
+    try:
+        engine = create_engine(url)
+        try:
+            with engine.connect() as connection:
+                if not inspect(connection).has_table("studies"):  # Optuna's table of studies
+                    return False
+                found = connection.execute(text("SELECT 1 FROM studies WHERE study_name = :name"), {"name": name})
+                return found.first() is not None
+        finally:
+            engine.dispose()
+    except Exception:  # noqa: BLE001 - SQLAlchemy's errors share no useful base; see above
+        return False
+
+
+def check_storage(url: str) -> None:
+    """A --storage URL must name a database SQLAlchemy can open here, before Ray starts and a search directory exists."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        dialect = make_url(url).get_dialect()
+        try:
+            dialect.import_dbapi()  # SQLAlchemy 2
+        except (AttributeError, NotImplementedError):
+            dialect.dbapi()  # SQLAlchemy 1.4, or a dialect that keeps the older name
+    except ImportError as exc:
+        raise SearchError(
+            f"--storage {url!r}: its database driver is not installed ({exc}); install it, or use sqlite:///path.db"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's URL and plugin errors share no base but Exception
+        raise SearchError(
+            f"--storage {url!r}: not a database URL ({exc}); e.g. sqlite:///path.db or postgresql://user@host/db"
+        ) from None
+    database = sqlite_file(url)
+    if database == Path(":memory:"):
+        raise SearchError(
+            f"--storage {url!r}: an in-memory database keeps nothing once the search ends; "
+            "give a file (sqlite:///path.db) or a database server's URL"
+        )
+    if database is not None:
+        folder = database.absolute().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise SearchError(f"--storage {url!r}: the database file's directory {folder} is not a writable directory")

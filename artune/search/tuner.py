@@ -1,0 +1,112 @@
+"""The Ray Tune Tuner of a search: train_fn with its resources, OptunaSearch, ASHA, the budget, the callbacks."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import ray
+from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter, Repeater
+from ray.tune.search.optuna import OptunaSearch
+
+from artune.compat import give_restored_tuner, repoint_searcher_state
+from artune.search.manifest import run_number
+from artune.search.plan import Mode
+from artune.search.recorder import ENDED
+from artune.study import warm_start_storage
+from artune.trainable import train_fn
+
+if TYPE_CHECKING:
+    from artune.data import Corpus
+    from artune.search.plan import Plan
+    from artune.search.recorder import Recorder
+    from artune.spaces import SearchSpace
+
+MAX_FAILURES = 2  # retries of a trial that raised, each from its last checkpoint
+BUDGET_END_S = 2.0  # of a time budget, kept for the end: Tune's, the final tables, Ray's shutdown
+DEADLINE_LAG_S = 0.5  # running trials end this long after Tune's budget has stopped the search
+
+
+def build_tuner(plan: Plan, corpus: Corpus, recorder: Recorder) -> tune.Tuner:
+    """A new Tuner for the plan's run, or the interrupted one restored (``--resume``)."""
+    s = plan.space.settings
+    time_budget = deadline = None
+    if plan.time_budget_s:
+        # Start-up counts too, and so does the end (Tune's, the tables, Ray's shutdown). Tune's
+        # budget stops the search (no new trial) a moment before the running trials' deadline
+        # ends them: Tune's own stop of a running trial waits for its next report.
+        time_budget = max(1.0, plan.time_budget_s - (time.monotonic() - plan.started) - BUDGET_END_S)
+        deadline = time.time() + time_budget + DEADLINE_LAG_S
+    # A trial Tune's saved state would continue, though the tables saw it end after Tune last saved it
+    # (a killed driver): it is not trained again.
+    resume = plan.mode is Mode.RESUME
+    ended = frozenset(tid for tid, r in recorder.records.items() if r.status in ENDED) if resume else frozenset()
+    trainable = tune.with_resources(
+        tune.with_parameters(train_fn, corpus=corpus, deadline=deadline, ended=ended), {"cpu": s.cpu, "gpu": s.gpu})
+    callbacks = [recorder, JsonLoggerCallback(), CSVLoggerCallback()]  # each trial's result.json, progress.csv
+    # ASHA takes a percentile of each rung's results, NaNs left out: a rung that holds only a diverged
+    # trial's NaN makes numpy warn on the driver's stderr, though nothing is wrong (that trial has ended).
+    warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=RuntimeWarning)
+    if resume:
+        repoint_searcher_state(plan.tune_path)
+        tuner = tune.Tuner.restore(str(plan.tune_path), trainable, resume_unfinished=True, resume_errored=True)
+        give_restored_tuner(tuner, callbacks, time_budget)
+        return tuner
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=s.metric, mode=s.mode, search_alg=searcher(plan, recorder), scheduler=scheduler(plan.space),
+            num_samples=s.num_samples * plan.repeats, time_budget_s=time_budget,
+            trial_dirname_creator=lambda trial: trial.trial_id,
+            # A finished trial's worker takes the next trial of the same resources: no new process,
+            # no re-import of torch, no second fetch of the corpus (bench search).
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=plan.run_name, storage_path=str(plan.directory), verbose=0,
+            callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+
+
+def searcher(plan: Plan, recorder: Recorder) -> Any:
+    """OptunaSearch over the space, at most the cluster's trial slots at a time; each config ``repeats`` times."""
+    s = plan.space.settings
+    concurrency = s.max_concurrent or trial_slots(plan.space, ray.cluster_resources())
+    # The searcher's own in-memory study; with --extend it starts out holding every earlier trial,
+    # so the sampler is warm-started from the search's whole history.
+    storage, warm = warm_start_storage(recorder.records.values(), plan.space, plan.name)
+    if warm:
+        print(f"sampler warm-started from {warm} earlier trials", flush=True)
+    search = OptunaSearch(
+        space=plan.space.define_by_run, metric=s.metric, mode=s.mode,
+        sampler=plan.space.make_sampler(run_number(plan.run_name)), storage=storage, study_name=plan.name,
+    )
+    limited = ConcurrencyLimiter(search, max_concurrent=max(concurrency, plan.repeats))
+    if plan.repeats > 1:
+        # each sampled config runs `repeats` times (seeds seed, seed+1, ...); the sampler sees their mean
+        return Repeater(limited, repeat=plan.repeats, set_index=True)
+    return limited
+
+
+def scheduler(space: SearchSpace) -> Any:
+    s = space.settings
+    if s.scheduler == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=s.epochs, grace_period=s.grace_period,
+                             reduction_factor=s.reduction_factor)
+    return FIFOScheduler()
+
+
+def trial_slots(space: SearchSpace, resources: dict[str, float]) -> int:
+    """How many trials of the space's resources the cluster holds at once."""
+    s = space.settings
+    slots = int(resources.get("CPU", 1) // s.cpu)
+    if s.gpu > 0:
+        slots = min(slots, int(resources.get("GPU", 0) // s.gpu))
+    return max(1, slots)
