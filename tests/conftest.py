@@ -1,6 +1,8 @@
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,40 @@ def shakespeare_path() -> Path:
     if not shared.exists() and os.environ.get("ARTUNE_DATA_DIR"):
         return Path(os.environ["ARTUNE_DATA_DIR"]).resolve() / "tiny_shakespeare.txt"
     return shared
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_ray_address_from_the_shell():
+    """Every test starts its own Ray instance: a RAY_ADDRESS exported for a cluster would make ray.init()
+    and the search CLI (its --address default) join that cluster. A test that means a cluster says so."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("RAY_ADDRESS", raising=False)
+        yield
+
+
+@pytest.fixture(scope="module")
+def ray_env_restored():
+    """For a fixture that calls ray.init in this process: a new local instance sets RAY_AUTH_MODE=token in
+    os.environ, which every later test's subprocess would inherit. Put it back once that Ray is shut down."""
+    saved = os.environ.get("RAY_AUTH_MODE")
+    yield
+    if saved is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = saved
+
+
+@pytest.fixture
+def private_ray_tmpdir():
+    """A RAY_TMPDIR of the test's own, for ``ray.cluster_utils.Cluster``: it writes its address into the
+    temp dir's ``ray_current_cluster`` and deletes that file at shutdown, which in the default /tmp/ray
+    would hijack, then forget, a cluster that `ray start` runs on this machine."""
+    # Short, under /tmp: Ray's unix socket paths (session dir + name) must stay under 108 bytes.
+    path = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_TMPDIR", path)
+        yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

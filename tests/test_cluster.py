@@ -11,9 +11,12 @@ cluster_utils = pytest.importorskip("ray.cluster_utils")
 
 
 @pytest.fixture
-def cluster():
+def cluster(private_ray_tmpdir, monkeypatch):
+    # A cluster without Ray's token authentication, whatever an earlier ray.init left in this environment.
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     # A head and a worker node, each its own set of processes (GCS, raylet, workers), one CPU each.
-    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    head = {"num_cpus": 1, "include_dashboard": False}
+    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args=head)
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     yield cluster
@@ -36,7 +39,9 @@ def test_search_on_a_two_node_cluster_through_address(cluster, tmp_path, shakesp
 
 
 @pytest.mark.slow
-def test_a_trial_larger_than_every_node_is_refused_though_the_cluster_totals_hold_it(cluster, tmp_path, shakespeare_path):
+def test_a_trial_larger_than_every_node_is_refused_though_the_cluster_totals_hold_it(
+    cluster, tmp_path, shakespeare_path,
+):
     """Two 1-CPU nodes hold 2 CPUs, but a 2-CPU trial would wait for ever: it runs on one node."""
     result = cli(
         str(SMOKE), "--address", cluster.address, "--results-dir", str(tmp_path), "--name", "big",
@@ -45,5 +50,6 @@ def test_a_trial_larger_than_every_node_is_refused_though_the_cluster_totals_hol
     assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-2000:])
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: resources: 2 CPUs and 0 GPUs per trial, but no node has that much (nodes: 1 CPUs and 0 GPUs)"), last
+    expected = "error: resources: 2 CPUs and 0 GPUs per trial, but no node has that much (nodes: 1 CPUs and 0 GPUs)"
+    assert last.startswith(expected), last
     assert not (tmp_path / "big").exists()

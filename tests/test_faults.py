@@ -676,7 +676,7 @@ def test_tables_killed_mid_write_always_load_whole(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def ray_local(ray_tmpdir):
+def ray_local(ray_tmpdir, ray_env_restored):
     ray = pytest.importorskip("ray")
     # address="local": a new instance even if a cluster's address file is about
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)

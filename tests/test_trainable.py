@@ -31,9 +31,11 @@ def corpus(shakespeare_path):
 
 
 @pytest.fixture(scope="module")
-def ray_local():
+def ray_local(ray_env_restored):
     # One logical GPU: Ray schedules on it as on a real one; torch here sees no CUDA.
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    # address="local": a private instance, never the cluster a `ray start` on this machine left running.
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -90,7 +92,9 @@ def test_reports_every_epoch_with_a_checkpoint(ray_local, tmp_path, corpus):
     df = result.metrics_dataframe
     assert df["epoch"].tolist() == [1, 2, 3]
     assert df["training_iteration"].tolist() == [1, 2, 3]
-    for key in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "tokens_seen", "tokens_per_sec", "lr", "sample"):
+    reported = ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "tokens_seen", "tokens_per_sec", "lr",
+                "sample")
+    for key in reported:
         assert key in df.columns
     assert result.checkpoint is not None
     with result.checkpoint.as_directory() as directory:
@@ -99,7 +103,8 @@ def test_reports_every_epoch_with_a_checkpoint(ray_local, tmp_path, corpus):
 
 def dead_pid() -> int:
     """The pid of a process that has ended (and been reaped)."""
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
     return int(proc.stdout)
 
 
@@ -181,7 +186,8 @@ def test_half_gpu_trials_run_two_at_a_time_per_gpu(ray_local, tmp_path, corpus):
 
 
 def test_a_gpu_trial_without_cuda_fails_with_a_clear_error(ray_local, tmp_path, corpus):
-    grid = run_tuner(tmp_path, corpus, {**TINY, "device": "auto", "epochs": 1}, resources={"cpu": 1, "gpu": 0.5}, name="nocuda")
+    grid = run_tuner(tmp_path, corpus, {**TINY, "device": "auto", "epochs": 1}, resources={"cpu": 1, "gpu": 0.5},
+                     name="nocuda")
     error = grid[0].error
     assert error is not None
     assert "allocated GPU" in str(error) and "torch sees no CUDA device" in str(error)
