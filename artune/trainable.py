@@ -74,7 +74,7 @@ def trial_device(config: TrainConfig, in_tune: bool) -> torch.device:
         if not torch.cuda.is_available():
             raise NoCudaError(
                 f"Ray allocated GPU(s) {gpus} to this trial but torch sees no CUDA device "
-                f"(torch {torch.__version__}, cuda build: {torch.version.cuda}); install a CUDA build of "
+                f"(torch {torch.version.__version__}, cuda build: {torch.version.cuda}); install a CUDA build of "
                 "torch on the workers, or set gpu: 0 in the search space"
             )
         return torch.device("cuda", 0)  # the first of the devices Ray made visible

@@ -154,7 +154,7 @@ def versions() -> dict[str, str]:
     import optuna
     import ray
 
-    # torch's from its package metadata (the same string as torch.__version__): the driver never imports torch
+    # torch's from its package metadata (the string torch.version gives): the driver never imports torch
     return {"artune": __version__, "ray": ray.__version__, "optuna": optuna.__version__,
             "torch": importlib.metadata.version("torch"), "python": platform.python_version()}
 
