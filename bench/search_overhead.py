@@ -84,7 +84,7 @@ def measure(trials: int = 8, concurrency: int = 2, epoch_s: float = 5.0, batches
         start = time.monotonic()
         result = subprocess.run(
             [sys.executable, "-m", "artune.search", str(space), "--results-dir", tmp, "--name", "overhead"],
-            cwd=REPO, capture_output=True, text=True, env=os.environ.copy(),
+            cwd=REPO, capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
         )
         wall = time.monotonic() - start
         if result.returncode != 0:

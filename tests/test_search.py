@@ -176,7 +176,7 @@ def test_validating_a_search_loads_neither_ray_nor_torch_nor_pandas(tmp_path, sh
     assert result.stdout.splitlines()[-1] == "[]"
 
 
-def test_stop_ray_ends_every_process_of_the_private_local_instance():
+def test_stop_ray_ends_every_process_of_the_private_local_instance(ray_env_restored):
     """The driver's own Ray goes with it: after stop_ray, no process of the instance it started is left."""
     ray = pytest.importorskip("ray")
     from artune.search import stop_ray
