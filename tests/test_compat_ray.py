@@ -58,3 +58,32 @@ def test_repointing_leaves_the_state_alone_where_tunes_helpers_have_moved(tmp_pa
     (tmp_path / "search_gen_state-1.json").write_bytes(b"unchanged")
     compat.repoint_searcher_state(tmp_path)
     assert (tmp_path / "search_gen_state-1.json").read_bytes() == b"unchanged"
+
+
+def test_the_monitor_of_a_local_instance_goes_before_rays_shutdown_and_every_process_ends(monkeypatch, ray_env_restored):
+    """Ray's shutdown would leave the monitor blocked on a stopped GCS for a second; it goes first, while the
+    GCS it reports to is still up, and Ray stops the rest."""
+    from ray._private.node import Node
+
+    from artune.search import stop_ray
+
+    kill_all, left_to_ray = Node.kill_all_processes, []
+    monkeypatch.setattr(Node, "kill_all_processes",
+                        lambda self, **kw: left_to_ray.append(set(self.all_processes)) or kill_all(self, **kw))
+    ray.init(address="local", num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        node = ray._private.worker._global_node
+        processes = {kind: info.process for kind, infos in node.all_processes.items() for info in infos}
+    finally:
+        stop_ray()
+    assert not ray.is_initialized()
+    assert "monitor" in processes and left_to_ray and "monitor" not in left_to_ray[0] and "gcs_server" in left_to_ray[0]
+    for process in processes.values():
+        process.wait(10)  # raises TimeoutExpired where one outlived stop_ray
+
+
+def test_without_rays_private_node_the_shutdown_is_rays_own(monkeypatch):
+    from ray._private import worker
+
+    monkeypatch.delattr(worker, "_global_node")
+    compat.kill_local_monitor_first()  # nothing to do, and nothing raised

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from artune.compat import keep_local_ray_on_loopback
+from artune.compat import keep_local_ray_on_loopback, kill_local_monitor_first
 from artune.errors import SearchError
 
 if TYPE_CHECKING:
@@ -137,7 +137,8 @@ def check_fits_a_node(plan: Plan) -> None:
 
 
 def stop_ray() -> None:
-    """``ray.shutdown()``; a no-op where Ray was never imported or started."""
+    """``ray.shutdown()``, its local instance's monitor first; a no-op where Ray was never imported or started."""
     ray = sys.modules.get("ray")
     if ray is not None:
+        kill_local_monitor_first()
         ray.shutdown()
