@@ -11,13 +11,17 @@ from typing import Iterator
 
 import torch
 
-from artune.data import num_offsets, num_windows  # with the batch counts, torch-free: the driver checks a corpus before Ray starts
+from artune.data import (  # with the batch counts, torch-free: the driver checks a corpus before Ray starts
+    num_offsets,
+    num_windows,
+)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def _windows(tokens: torch.Tensor, offset: int, order: torch.Tensor, batch_size: int, seq_len: int) -> Iterator[Batch]:
-    """Yield the windows ``tokens[offset + i * seq_len :][: seq_len + 1]`` for ``i`` in ``order``, ``batch_size`` at a time."""
+    """Yield the windows ``tokens[offset + i * seq_len :][: seq_len + 1]`` for ``i`` in ``order``,
+    ``batch_size`` at a time."""
     # A strided view (n, T + 1) of every window, no copy; each batch is one row gather, cheaper than
     # gathering B * (T + 1) element indices. index_select, not windows[rows]: advanced indexing of this
     # overlapping view is slower, and stalls whenever the cores are busy (see docs/benchmarks.md, 'sampler').
@@ -43,7 +47,7 @@ def shuffled_batches(
     call, not lazily on iteration. The offset is capped so that at least one window fits.
     """
     n_tokens = len(tokens)
-    offset = int(torch.randint(num_offsets(n_tokens, seq_len), (1,), generator=generator))  # seq_len where 2 windows fit
+    offset = int(torch.randint(num_offsets(n_tokens, seq_len), (1,), generator=generator))
     n = num_windows(n_tokens, seq_len, offset)
     if with_replacement:
         order = torch.randint(n, (n,), generator=generator) if n else torch.empty(0, dtype=torch.long)
@@ -53,7 +57,11 @@ def shuffled_batches(
 
 
 def sequential_batches(
-    tokens: torch.Tensor, batch_size: int, seq_len: int, start: int = 0, whole_only: bool = False,
+    tokens: torch.Tensor,
+    batch_size: int,
+    seq_len: int,
+    start: int = 0,
+    whole_only: bool = False,
 ) -> Iterator[Batch]:
     """The origin's SequentialDataLoader, batch-first: ``batch_size`` contiguous streams read in step.
 

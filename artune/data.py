@@ -21,8 +21,9 @@ from typing import Union
 
 import numpy as np
 
-from .tokenizers import Vocabulary, get_tokenizer
 from artune.errors import CorpusError, NotFetched  # noqa: F401  (re-exported)
+
+from .tokenizers import Vocabulary, get_tokenizer
 
 TINY_SHAKESPEARE = "tiny_shakespeare"
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -94,8 +95,8 @@ def resolve_dataset(
 
     ``'tiny_shakespeare'`` is ``<data_dir>/tiny_shakespeare.txt`` (``data_dir`` defaults to
     :func:`default_data_dir`, and may itself name the text file; an explicit ``data_dir`` must
-    exist). A cached copy is trusted without re-hashing, unless it is empty, when it is fetched again. Any other value is a path to a text
-    file, relative to the working directory. ``url`` and ``sha256`` say where Tiny Shakespeare
+    exist). A cached copy is trusted without re-hashing, unless it is empty, when it is fetched again. Any other
+    value is a path to a text file, relative to the working directory. ``url`` and ``sha256`` say where Tiny Shakespeare
     comes from; ``fetch=False`` raises :class:`NotFetched` instead of downloading.
     """
     if dataset == TINY_SHAKESPEARE:
@@ -141,7 +142,8 @@ def _read(path: Path) -> tuple[bytes, str]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise CorpusError(
-            f"dataset file {path} is not valid UTF-8: byte 0x{data[e.start]:02x} at byte offset {e.start} ({e.reason}); "
+            f"dataset file {path} is not valid UTF-8: byte 0x{data[e.start]:02x} at byte offset {e.start} "
+            f"({e.reason}); "
             "re-encode it as UTF-8 (e.g. iconv -t utf-8)"
         ) from e
     return data, text
@@ -210,7 +212,8 @@ def num_windows(n_tokens: int, seq_len: int, offset: int = 0) -> int:
 
 
 def num_offsets(n_tokens: int, seq_len: int) -> int:
-    """How many first-window offsets the shuffled loader draws from: ``seq_len``, fewer where at most one window fits."""
+    """How many first-window offsets the shuffled loader draws from: ``seq_len``, or fewer where at most
+    one window fits."""
     return max(1, min(seq_len, n_tokens - seq_len))
 
 

@@ -34,9 +34,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
-            raise ValueError(
-                f"n_heads must divide d_model, but got d_model={self.d_model}, n_heads={self.n_heads}"
-            )
+            raise ValueError(f"n_heads must divide d_model, but got d_model={self.d_model}, n_heads={self.n_heads}")
         if self.position_encoding not in ("learned", "rope"):
             raise ValueError(f"position_encoding must be 'learned' or 'rope', but got {self.position_encoding!r}")
         if self.activation not in ("gelu", "swiglu", "relu2"):
@@ -133,9 +131,7 @@ class CausalSelfAttention(nn.Module):
                 qkv = _Rotate.apply(qkv, self.rope[:T], self.rope_back[:T])
         # (B, T, 3, H, C/H) -> three (B, H, T, C/H)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.proj(y))
 

@@ -109,12 +109,16 @@ class Adam:
         (current,) = self.optimizer.param_groups
         params = current["params"]
         if len(group["params"]) != len(params):
-            raise ValueError(f"the optimizer state holds {len(group['params'])} parameters, the model has {len(params)}")
+            raise ValueError(
+                f"the optimizer state holds {len(group['params'])} parameters, the model has {len(params)}"
+            )
         for i, p in enumerate(params):
             saved = state_dict["state"].get(group["params"][i])
             if saved is not None and saved["exp_avg"].shape != p.shape:
-                raise ValueError(f"the optimizer state of parameter {i} has shape {tuple(saved['exp_avg'].shape)}, "
-                                 f"the model's is {tuple(p.shape)}")
+                raise ValueError(
+                    f"the optimizer state of parameter {i} has shape {tuple(saved['exp_avg'].shape)}, "
+                    f"the model's is {tuple(p.shape)}"
+                )
         hyperparameters = {k: v for k, v in current.items() if k != "params"}
         self.optimizer.load_state_dict(
             {"state": state_dict["state"], "param_groups": [{**hyperparameters, "params": group["params"]}]}
@@ -127,5 +131,11 @@ def make_optimizer(config: TrainConfig, params: Iterable[torch.nn.Parameter], to
     schedule = lr_lambda(config, total_steps)
     beta2 = config.adam_beta2 if config.adam_beta2 is not None else 0.98 if config.optimizer == "noam" else 0.999
     decoupled = config.optimizer == "adamw"  # 'adam' (L2, as in the origin) and 'noam' (Adam with the Noam schedule)
-    return Adam(params, lr=config.lr, betas=(0.9, beta2), weight_decay=config.weight_decay,
-                decoupled_weight_decay=decoupled, schedule=schedule)
+    return Adam(
+        params,
+        lr=config.lr,
+        betas=(0.9, beta2),
+        weight_decay=config.weight_decay,
+        decoupled_weight_decay=decoupled,
+        schedule=schedule,
+    )

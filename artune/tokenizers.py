@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import Callable, Iterable, Sequence
+
 from artune.errors import UnknownTokenError  # noqa: F401  (re-exported)
 
 

@@ -20,14 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from artune import ArgumentParser, stdout_closed
-from artune.config import FIELDS, ConfigError, TrainConfig, compiler_message, ff_width, missing_compiler
 from artune.batches import train_batches, valid_batches
 from artune.compat import cpu_has_native_bf16
+from artune.config import FIELDS, ConfigError, TrainConfig, compiler_message, ff_width, missing_compiler
 from artune.data import Corpus, check_fits, load_corpus, num_sequential_batches, num_shuffled_batches
+from artune.errors import CheckpointError, DeadlineReached, DivergedError  # noqa: F401  (re-exported)
 from artune.models import GPT, ModelConfig
 from artune.optim import lr_lambda, make_optimizer
 from artune.tokenizers import get_tokenizer
-from artune.errors import CheckpointError, DeadlineReached, DivergedError  # noqa: F401  (re-exported)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -35,9 +35,27 @@ CHECKPOINT_FORMAT = 1
 # How long it trains (epochs, batches_per_epoch), where and how fast (device, precision, compile),
 # its sample and its logging may change.
 RESUME_MUST_MATCH = (
-    "tokenizer", "seq_len", "batch_size", "train_loader", "dataloader_shuffle_with_replacement", "d_model", "n_layers",
-    "n_heads", "d_ff", "activation", "dropout", "position_encoding", "optimizer", "lr", "weight_decay", "adam_beta2", "warmup", "lr_schedule",
-    "lr_min_ratio", "grad_norm_clip", "seed",
+    "tokenizer",
+    "seq_len",
+    "batch_size",
+    "train_loader",
+    "dataloader_shuffle_with_replacement",
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "d_ff",
+    "activation",
+    "dropout",
+    "position_encoding",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "adam_beta2",
+    "warmup",
+    "lr_schedule",
+    "lr_min_ratio",
+    "grad_norm_clip",
+    "seed",
 )
 # How often (in steps) the training loop looks for a non-finite loss. Each look is a host sync,
 # so it is not done every step; a diverged run still stops within this many steps.
@@ -73,7 +91,8 @@ def model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
-            f"device 'cuda' needs a CUDA device, but torch {torch.version.__version__} sees none; use device 'auto' or 'cpu'"
+            f"device 'cuda' needs a CUDA device, but torch {torch.version.__version__} sees none; "
+            "use device 'auto' or 'cpu'"
         )
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -136,14 +155,17 @@ def steps_per_epoch(config: TrainConfig, n_train_tokens: int) -> int:
     ``Trainer._batches``), so the lr schedule plans without it.
     """
     if config.train_loader == "sequential":
-        full = num_sequential_batches(n_train_tokens, config.batch_size, config.seq_len, whole_only=config.whole_batches)
+        full = num_sequential_batches(
+            n_train_tokens, config.batch_size, config.seq_len, whole_only=config.whole_batches
+        )
     else:
         full = num_shuffled_batches(n_train_tokens, config.batch_size, config.seq_len, whole_only=config.whole_batches)
     return full if config.batches_per_epoch is None else min(full, config.batches_per_epoch)
 
 
 _compiled_shape: Optional[tuple] = None  # what the last compiled Trainer of this process compiled
-_compile_failed: Optional[str] = None  # why torch.compile failed in this process, under compile: auto (which then stops trying)
+# why torch.compile failed in this process, under compile: auto (which then stops trying)
+_compile_failed: Optional[str] = None
 
 
 def _compile_afresh_for_a_new_shape(shape: tuple) -> None:
@@ -183,13 +205,20 @@ class Trainer:
         if config.compile is True and self.missing_compiler:
             raise ConfigError(compiler_message(self.missing_compiler))
         self.corpus = corpus if corpus is not None else load_corpus(config.dataset, config.tokenizer, data_dir)
-        check_fits(self.corpus, config.seq_len, config.batch_size, train_loader=config.train_loader,
-                   valid_loader=config.valid_loader, whole_batches=config.whole_batches)
+        check_fits(
+            self.corpus,
+            config.seq_len,
+            config.batch_size,
+            train_loader=config.train_loader,
+            valid_loader=config.valid_loader,
+            whole_batches=config.whole_batches,
+        )
         tokenize = get_tokenizer(config.tokenizer)
         self.prompt_ids = self.corpus.vocabulary.encode(tokenize(config.prompt))  # unknown tokens: an error
         if config.sample_tokens > 0 and not self.prompt_ids:
             raise ConfigError(
-                f"prompt must give at least one {config.tokenizer} token when sample_tokens > 0, but got {config.prompt!r}"
+                f"prompt must give at least one {config.tokenizer} token when sample_tokens > 0, "
+                f"but got {config.prompt!r}"
             )
 
         self.device = device if device is not None else resolve_device(config.device)
@@ -198,7 +227,14 @@ class Trainer:
         shape = model_config(config, self.corpus.vocab_size)
         self.model = GPT(shape).to(self.device)
         self.forward = self.model  # the training step's model: compiled from the start, or later with compile: auto
-        self.compile_key = (shape, config.batch_size, config.seq_len, config.compile_mode, self.device, self.autocast_dtype)
+        self.compile_key = (
+            shape,
+            config.batch_size,
+            config.seq_len,
+            config.compile_mode,
+            self.device,
+            self.autocast_dtype,
+        )
         if config.compile is True:
             self.compile()
         self.epoch_steps = steps_per_epoch(config, len(self.corpus.train))
@@ -223,7 +259,9 @@ class Trainer:
 
     # --- the loop
 
-    def fit(self, callback: Optional[Callable[[Metrics], None]] = None, deadline: Optional[float] = None) -> list[Metrics]:
+    def fit(
+        self, callback: Optional[Callable[[Metrics], None]] = None, deadline: Optional[float] = None
+    ) -> list[Metrics]:
         """Train the remaining epochs. Past ``deadline`` (a time on ``clock``) it stops mid-epoch, and
         returns the epochs finished (and passed to ``callback``) before it."""
         history = []
@@ -346,14 +384,21 @@ class Trainer:
             # trained before the resume at their own cap, and this run's after it
             start = self.steps_at(self.epoch)
         batches = train_batches(
-            self.train_tokens, c.train_loader, c.batch_size, c.seq_len, self.generator,
-            c.dataloader_shuffle_with_replacement, start=start, whole_only=c.whole_batches,
+            self.train_tokens,
+            c.train_loader,
+            c.batch_size,
+            c.seq_len,
+            self.generator,
+            c.dataloader_shuffle_with_replacement,
+            start=start,
+            whole_only=c.whole_batches,
         )
         for i, batch in enumerate(batches):
             if c.batches_per_epoch is not None and i >= c.batches_per_epoch:
                 return
             if c.whole_batches and batch[0].shape != (c.batch_size, c.seq_len):
-                return  # the epoch's partial last batch (fewer rows, or shorter for sequential): a new shape would recompile
+                # the epoch's partial last batch (fewer rows, or shorter for sequential): a new shape would recompile
+                return
             yield batch
 
     def train_epoch(self, deadline: Optional[float] = None) -> tuple[float, float, int, float]:
@@ -377,12 +422,15 @@ class Trainer:
                 raise DeadlineReached(f"the deadline passed in epoch {self.epoch + 1}, after {step} of its steps")
             try:
                 logits, loss = self._forward_backward(x, y)
-            except Exception as exc:  # torch.compile's own (a compiler that does not work, say) where this step compiled
+            except (
+                Exception
+            ) as exc:  # torch.compile's own (a compiler that does not work, say) where this step compiled
                 if not (compiling and step == 0 and c.compile == "auto"):
                     raise
                 self._train_eagerly(exc)
                 logits, loss = self._forward_backward(x, y)
-            self._grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)  # before clipping
+            # the norm before clipping
+            self._grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
             self.optimizer.step()  # and the lr schedule's
             n = y.numel()
             loss_sum += loss.detach() * n
@@ -417,8 +465,12 @@ class Trainer:
         """compile: auto's way out where torch.compile fails: eager training, as without a compiler."""
         global _compile_failed
         _compile_failed = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
-        print(f"warning: compile: auto: torch.compile failed in epoch {self.epoch + 1} ({_compile_failed}); "
-              "this process trains eagerly from here", file=sys.stderr, flush=True)
+        print(
+            f"warning: compile: auto: torch.compile failed in epoch {self.epoch + 1} ({_compile_failed}); "
+            "this process trains eagerly from here",
+            file=sys.stderr,
+            flush=True,
+        )
         self.forward = self.model
 
     @torch.no_grad()
@@ -460,7 +512,8 @@ class Trainer:
         (what clipping compared with grad_norm_clip) and each parameter's share of it."""
         stats: Metrics = {}
         total = self._grad_norm.item() if self._grad_norm is not None else None
-        unclip = 1.0 if total is None else max(1.0, (total + 1e-6) / self.config.grad_norm_clip)  # clip_grad_norm_'s own scale
+        # clip_grad_norm_'s own scale
+        unclip = 1.0 if total is None else max(1.0, (total + 1e-6) / self.config.grad_norm_clip)
         if total is not None:
             stats["grad_norm/total"] = total
         for name, p in self.model.named_parameters():
@@ -526,14 +579,19 @@ class Trainer:
         # A knob the checkpoint's settings lack was added since: that run had its default.
         saved = {**{k: FIELDS[k].default for k in RESUME_MUST_MATCH}, **state["config"]} if "config" in state else {}
         now = self.config.to_dict()
-        if saved and (saved.get("d_ff") is None) != (now["d_ff"] is None):  # none is a width of d_model's: that width, given
+        if saved and (saved.get("d_ff") is None) != (
+            now["d_ff"] is None
+        ):  # none is a width of d_model's: that width, given
             for config in (saved, now):
                 config["d_ff"] = ff_width(config["d_model"], config.get("d_ff"), config["activation"])
         differ = [key for key in RESUME_MUST_MATCH if key in saved and saved[key] != now[key]]
         if differ:
             raise CheckpointError(
-                "checkpoint was trained with " + ", ".join(f"{k}={saved[k]!r}" for k in differ)
-                + " (this run: " + ", ".join(f"{k}={now[k]!r}" for k in differ) + "); a resumed run continues the "
+                "checkpoint was trained with "
+                + ", ".join(f"{k}={saved[k]!r}" for k in differ)
+                + " (this run: "
+                + ", ".join(f"{k}={now[k]!r}" for k in differ)
+                + "); a resumed run continues the "
                 "same training: give the same settings, or start afresh"
             )
         self.model.load_state_dict(state["model"])
@@ -562,8 +620,9 @@ class Trainer:
         """The checkpoint's epoch size: this run's, with the epoch-size settings the checkpoint recorded
         (its corpus, loader, batch and window are this run's, or it was refused)."""
         saved = state.get("config", {})
-        then = dataclasses.replace(self.config, compile_mode="default",
-                                   **{k: saved[k] for k in ("batches_per_epoch", "compile") if k in saved})
+        then = dataclasses.replace(
+            self.config, compile_mode="default", **{k: saved[k] for k in ("batches_per_epoch", "compile") if k in saved}
+        )
         return steps_per_epoch(then, len(self.corpus.train))
 
     def save_checkpoint(self, directory: str | os.PathLike) -> Path:
@@ -584,7 +643,7 @@ class Trainer:
             state = torch.load(path, map_location=self.device, weights_only=True)
         except FileNotFoundError:
             raise CheckpointError(f"{path}: checkpoint file not found") from None
-        except Exception as exc:  # truncated zip, unpickling refused, ...
+        except Exception as exc:  # noqa: BLE001 (torch.load's many kinds: a truncated zip, a refused unpickling, ...)
             raise CheckpointError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc})") from None
         try:
             self.load_state_dict(state)
@@ -614,8 +673,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     # --data as in `python -m artune.search`; --data-dir is its older name
     parser.add_argument(
-        "--data", "--data-dir", dest="data_dir", metavar="PATH",
-        help="the corpus: a text file, or the directory holding tiny_shakespeare.txt (default: $ARTUNE_DATA_DIR or the cache)",
+        "--data",
+        "--data-dir",
+        dest="data_dir",
+        metavar="PATH",
+        help="the corpus: a text file, or the directory holding tiny_shakespeare.txt "
+        "(default: $ARTUNE_DATA_DIR or the cache)",
     )
     parser.add_argument("--checkpoint-dir", help="write a checkpoint here after every epoch (if is_save_models)")
     parser.add_argument("--resume", action="store_true", help="resume from the checkpoint in --checkpoint-dir")
@@ -639,7 +702,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                     "choose another --checkpoint-dir"
                 )
             if not os.access(existing, os.W_OK | os.X_OK):
-                raise ConfigError(f"--checkpoint-dir {directory}: {existing} is not writable; choose another --checkpoint-dir")
+                raise ConfigError(
+                    f"--checkpoint-dir {directory}: {existing} is not writable; choose another --checkpoint-dir"
+                )
             if not args.resume and (directory / CHECKPOINT_FILE).exists():
                 raise ConfigError(
                     f"--checkpoint-dir {directory} holds a checkpoint ({CHECKPOINT_FILE}); use --resume to "
@@ -662,9 +727,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             if args.checkpoint_dir and config.is_save_models:
                 try:
                     trainer.save_checkpoint(args.checkpoint_dir)
-                except OSError as exc:  # a full disk, a directory that became unwritable: the last good checkpoint stays
-                    raise CheckpointError(f"--checkpoint-dir {args.checkpoint_dir}: cannot write the checkpoint of epoch "
-                                          f"{metrics['epoch']} ({exc.strerror or exc})") from None
+                except (
+                    OSError
+                ) as exc:  # a full disk, a directory that became unwritable: the last good checkpoint stays
+                    raise CheckpointError(
+                        f"--checkpoint-dir {args.checkpoint_dir}: cannot write the checkpoint of epoch "
+                        f"{metrics['epoch']} ({exc.strerror or exc})"
+                    ) from None
 
         trainer.fit(report)
     except (ConfigError, CorpusError, UnknownTokenError, CheckpointError, DivergedError) as exc:

@@ -50,8 +50,18 @@ class MinimalGPT(nn.Module):
         return self.lm_head(self.ln_f(x))
 
 
-def run_baseline(tokens: torch.Tensor, vocab: int, *, d_model: int, n_layers: int, n_heads: int,
-                 seq_len: int, batch_size: int, steps: int, seed: int = 0) -> float:
+def run_baseline(
+    tokens: torch.Tensor,
+    vocab: int,
+    *,
+    d_model: int,
+    n_layers: int,
+    n_heads: int,
+    seq_len: int,
+    batch_size: int,
+    steps: int,
+    seed: int = 0,
+) -> float:
     """Train ``steps`` steps; return training tokens per second (after 3 warm-up steps)."""
     torch.manual_seed(seed)
     model = MinimalGPT(vocab, seq_len, d_model, n_layers, n_heads)

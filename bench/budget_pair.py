@@ -36,7 +36,9 @@ def config_of(space_path: str, updates: dict[str, str]) -> dict[str, Any]:
     space = load_space(space_path).with_fixed(updates)
     missing = sorted(set(space.params) - set(updates))
     if missing:
-        raise SpaceError(f"the trial needs a value for each searched knob: --set {' --set '.join(k + '=...' for k in missing)}")
+        raise SpaceError(
+            f"the trial needs a value for each searched knob: --set {' --set '.join(k + '=...' for k in missing)}"
+        )
     return {**space.fixed, "epochs": space.settings.epochs, "is_save_models": False}
 
 
@@ -76,9 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--a", action="append", default=[], metavar="KEY=VALUE", help="side a only")
     parser.add_argument("--b", action="append", default=[], metavar="KEY=VALUE", help="side b only")
     parser.add_argument("--json", help="write every epoch of both sides here")
-    parser.add_argument("--tick", type=float, default=0.0, metavar="SECONDS",
-                        help="count --seconds on a simulated clock that advances SECONDS at each look (one per "
-                             "training step, a few more per epoch): what fits then does not depend on the machine")
+    parser.add_argument(
+        "--tick",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="count --seconds on a simulated clock that advances SECONDS at each look (one per "
+        "training step, a few more per epoch): what fits then does not depend on the machine",
+    )
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)  # CONFIG_JSON DEADLINE NAME TICK
     args = parser.parse_args(argv)
     if args.child:
@@ -93,8 +100,19 @@ def main(argv: list[str] | None = None) -> int:
     deadline = (0.0 if args.tick else time.time()) + args.seconds  # one deadline for both sides
     procs = {
         name: subprocess.Popen(
-            [sys.executable, "-m", "bench.budget_pair", "--child", json.dumps(config), str(deadline), name, str(args.tick)],
-            cwd=REPO, stdout=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "bench.budget_pair",
+                "--child",
+                json.dumps(config),
+                str(deadline),
+                name,
+                str(args.tick),
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for name, config in sides.items()
     }
@@ -106,13 +124,17 @@ def main(argv: list[str] | None = None) -> int:
         epochs[name] = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     for name in sides:
         for m in epochs[name]:
-            print(f"{name}  epoch {m['epoch']:>3}  train_loss {m['train_loss']:.4f}  valid_loss {m['valid_loss']:.4f}  "
-                  f"{m['tokens_per_sec']:,.0f} tok/s  lr {m['lr']:.2e}")
+            print(
+                f"{name}  epoch {m['epoch']:>3}  train_loss {m['train_loss']:.4f}  valid_loss {m['valid_loss']:.4f}  "
+                f"{m['tokens_per_sec']:,.0f} tok/s  lr {m['lr']:.2e}"
+            )
     for name in sides:
         changed = {**common, **own[name]}
         best = min((m["valid_loss"] for m in epochs[name]), default=float("nan"))
-        print(f"side {name} ({' '.join(f'{k}={v}' for k, v in changed.items())}): best valid_loss {best:.4f} "
-              f"after {plural(len(epochs[name]), 'epoch')}")
+        print(
+            f"side {name} ({' '.join(f'{k}={v}' for k, v in changed.items())}): best valid_loss {best:.4f} "
+            f"after {plural(len(epochs[name]), 'epoch')}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"configs": sides, "epochs": epochs}, indent=1))
     return 0

@@ -44,8 +44,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from artune.config import ConfigError, TrainConfig
 from artune.batches import shuffled_batches, valid_batches
+from artune.config import ConfigError, TrainConfig
 from artune.data import load_corpus
 from artune.train import Trainer, matmul_rate
 
@@ -125,15 +125,25 @@ def bench_trainer(corpus: Any, rounds: int, steps: int) -> dict[str, Any]:
     fpt = flops_per_token(config, corpus.vocab_size)
     b, o = max(bare), max(ours)
     return {
-        "shape": SMALL, "steps_per_round": steps, "rounds": rounds,
-        "bare_tokens_per_sec": b, "artune_tokens_per_sec": o,
-        "ratio": o / b, "ratio_median_of_rounds": statistics.median(x / y for x, y in zip(ours, bare)),
-        "bare_tokens_per_sec_rounds": bare, "artune_tokens_per_sec_rounds": ours,
-        "flops_per_token": fpt, "matmul_fp32_gflops": ceiling / 1e9, "matmul_ceiling_size": size,
-        "artune_mfu": o * fpt / ceiling, "bare_mfu": b * fpt / ceiling,
+        "shape": SMALL,
+        "steps_per_round": steps,
+        "rounds": rounds,
+        "bare_tokens_per_sec": b,
+        "artune_tokens_per_sec": o,
+        "ratio": o / b,
+        "ratio_median_of_rounds": statistics.median(x / y for x, y in zip(ours, bare)),
+        "bare_tokens_per_sec_rounds": bare,
+        "artune_tokens_per_sec_rounds": ours,
+        "flops_per_token": fpt,
+        "matmul_fp32_gflops": ceiling / 1e9,
+        "matmul_ceiling_size": size,
+        "artune_mfu": o * fpt / ceiling,
+        "bare_mfu": b * fpt / ceiling,
         # the same, against what this shape's own weight matmuls reach (attention not counted)
         "model_matmul_gflops": shape_rate / 1e9,
-        "artune_share_of_model_matmul_rate": o * (fpt - 12 * config.n_layers * config.d_model * config.seq_len) / shape_rate,
+        "artune_share_of_model_matmul_rate": o
+        * (fpt - 12 * config.n_layers * config.d_model * config.seq_len)
+        / shape_rate,
         "step_ms": 1000 * SMALL["batch_size"] * SMALL["seq_len"] / o,
     }
 
@@ -160,7 +170,8 @@ print(json.dumps(_first_step_seconds(TrainConfig(**json.loads(sys.argv[1])), cor
 
 
 def bench_compile(corpus: Any, rounds: int, steps: int, knobs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Eager against ``compile: true`` at the small shape (with ``knobs`` changed), and what the compilation costs a trial.
+    """Eager against ``compile: true`` at the small shape (with ``knobs`` changed), and what the compilation costs a
+    trial.
 
     A new trial's first step (which holds the compilation, and the import of ``torch._dynamo``, which
     only compiling needs) is timed three ways: with an empty
@@ -172,7 +183,9 @@ def bench_compile(corpus: Any, rounds: int, steps: int, knobs: dict[str, Any] | 
     import subprocess
     import tempfile
 
-    config = TrainConfig(**{**SMALL, "optimizer": "adamw", "epochs": 1, "device": "cpu", **(knobs or {}), "batches_per_epoch": steps})
+    config = TrainConfig(
+        **{**SMALL, "optimizer": "adamw", "epochs": 1, "device": "cpu", **(knobs or {}), "batches_per_epoch": steps}
+    )
     compiled_config = TrainConfig(**{**config.to_dict(), "compile": True})
     previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     with tempfile.TemporaryDirectory(prefix="artune-inductor-") as cache:
@@ -181,10 +194,21 @@ def bench_compile(corpus: Any, rounds: int, steps: int, knobs: dict[str, Any] | 
             eager_first, eager = _first_step_seconds(config, corpus)
             cold, _ = _first_step_seconds(compiled_config, corpus)
             same_process, compiled = _first_step_seconds(compiled_config, corpus)
-            new_process = float(subprocess.run(
-                [sys.executable, "-c", _FIRST_STEP_IN_NEW_PROCESS, json.dumps(compiled_config.to_dict()), str(torch.get_num_threads())],
-                cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, check=True,
-            ).stdout.split()[-1])
+            new_process = float(
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-c",
+                        _FIRST_STEP_IN_NEW_PROCESS,
+                        json.dumps(compiled_config.to_dict()),
+                        str(torch.get_num_threads()),
+                    ],
+                    cwd=Path(__file__).resolve().parent.parent,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout.split()[-1]
+            )
             eager_rates, compiled_rates, ceilings = [], [], []
             for _ in range(rounds):  # interleaved
                 for trainer, rates in ((eager, eager_rates), (compiled, compiled_rates)):
@@ -205,16 +229,27 @@ def bench_compile(corpus: Any, rounds: int, steps: int, knobs: dict[str, Any] | 
         return max(0.0, first_step - eager_first) / saved_per_second if saved_per_second > 0 else float("inf")
 
     return {
-        "shape": SMALL, "knobs": knobs or {}, "steps_per_round": steps, "rounds": rounds,
-        "eager_tokens_per_sec": e, "compiled_tokens_per_sec": c, "ratio": c / e,
+        "shape": SMALL,
+        "knobs": knobs or {},
+        "steps_per_round": steps,
+        "rounds": rounds,
+        "eager_tokens_per_sec": e,
+        "compiled_tokens_per_sec": c,
+        "ratio": c / e,
         "ratio_median_of_rounds": statistics.median(x / y for x, y in zip(compiled_rates, eager_rates)),
-        "eager_tokens_per_sec_rounds": eager_rates, "compiled_tokens_per_sec_rounds": compiled_rates,
-        "matmul_fp32_gflops": ceiling / 1e9, "matmul_ceiling_size": size,
-        "eager_mfu": e * fpt / ceiling, "compiled_mfu": c * fpt / ceiling,
-        "eager_first_step_s": eager_first, "compiled_first_step_s": {
-            "empty_cache": cold, "new_process_cached": new_process, "same_process": same_process},
-        "break_even_s": {"empty_cache": break_even(cold), "new_process_cached": break_even(new_process),
-                         "same_process": break_even(same_process)},
+        "eager_tokens_per_sec_rounds": eager_rates,
+        "compiled_tokens_per_sec_rounds": compiled_rates,
+        "matmul_fp32_gflops": ceiling / 1e9,
+        "matmul_ceiling_size": size,
+        "eager_mfu": e * fpt / ceiling,
+        "compiled_mfu": c * fpt / ceiling,
+        "eager_first_step_s": eager_first,
+        "compiled_first_step_s": {"empty_cache": cold, "new_process_cached": new_process, "same_process": same_process},
+        "break_even_s": {
+            "empty_cache": break_even(cold),
+            "new_process_cached": break_even(new_process),
+            "same_process": break_even(same_process),
+        },
     }
 
 
@@ -239,9 +274,11 @@ def bench_sampler(corpus: Any, rounds: int, step_ms: float | None) -> dict[str, 
             ours.append(_epoch_seconds_per_batch(shuffled_batches(tokens, batch_size, seq_len, generator, replacement)))
             origin.append(_epoch_seconds_per_batch(origin_loader(tokens, batch_size, seq_len, replacement)))
         results["with_replacement" if replacement else "without_replacement"] = {
-            "artune_batch_ms": 1000 * min(ours), "origin_batch_ms": 1000 * min(origin),
+            "artune_batch_ms": 1000 * min(ours),
+            "origin_batch_ms": 1000 * min(origin),
             "ratio": min(origin) / min(ours),  # > 1: artune is faster
-            "artune_batch_ms_rounds": [1000 * x for x in ours], "origin_batch_ms_rounds": [1000 * x for x in origin],
+            "artune_batch_ms_rounds": [1000 * x for x in ours],
+            "origin_batch_ms_rounds": [1000 * x for x in origin],
         }
     ms = results["without_replacement"]["artune_batch_ms"]
     results["artune_batch_ms"] = ms
@@ -275,8 +312,12 @@ def _valid_loss(trainer: Trainer, n_batches: int) -> float:
 
 def bench_precision(corpus: Any, batch_size: int, steps: int, valid_batches_n: int = 2) -> dict[str, Any]:
     trainers = {
-        p: Trainer(TrainConfig(**ORIGIN, batch_size=batch_size, precision=p, epochs=1, batches_per_epoch=1,
-                               device="cpu", seed=0), corpus)
+        p: Trainer(
+            TrainConfig(
+                **ORIGIN, batch_size=batch_size, precision=p, epochs=1, batches_per_epoch=1, device="cpu", seed=0
+            ),
+            corpus,
+        )
         for p in ("fp32", "bf16")
     }
     seconds: dict[str, list[float]] = {p: [] for p in trainers}
@@ -287,10 +328,18 @@ def bench_precision(corpus: Any, batch_size: int, steps: int, valid_batches_n: i
     fp32, bf16 = min(seconds["fp32"]), min(seconds["bf16"])
     loss = {p: _valid_loss(t, valid_batches_n) for p, t in trainers.items()}
     return {
-        "shape": {**ORIGIN, "batch_size": batch_size}, "timed_steps": steps, **cpu_bf16_support(),
-        "fp32_step_s": fp32, "bf16_step_s": bf16, "fp32_step_s_all": seconds["fp32"], "bf16_step_s_all": seconds["bf16"], "bf16_speedup": fp32 / bf16,
+        "shape": {**ORIGIN, "batch_size": batch_size},
+        "timed_steps": steps,
+        **cpu_bf16_support(),
+        "fp32_step_s": fp32,
+        "bf16_step_s": bf16,
+        "fp32_step_s_all": seconds["fp32"],
+        "bf16_step_s_all": seconds["bf16"],
+        "bf16_speedup": fp32 / bf16,
         "fp32_step_s_at_batch_16_estimate": fp32 * 16 / batch_size,
-        "valid_batches": valid_batches_n, "fp32_valid_loss": loss["fp32"], "bf16_valid_loss": loss["bf16"],
+        "valid_batches": valid_batches_n,
+        "fp32_valid_loss": loss["fp32"],
+        "bf16_valid_loss": loss["bf16"],
         "valid_loss_rel_diff": abs(loss["bf16"] - loss["fp32"]) / loss["fp32"],
     }
 
@@ -302,7 +351,9 @@ def bench_search(trials: int, concurrency: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("sections", nargs="*", default=SECTIONS, choices=SECTIONS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the trainer section")
@@ -310,9 +361,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sampler-rounds", type=int, default=7, help="epochs of each sampler in the sampler section")
     parser.add_argument("--precision-batch", type=int, default=1, help="batch size of the precision section")
     parser.add_argument("--precision-steps", type=int, default=2, help="timed steps of each precision")
-    parser.add_argument("--compile-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a knob of the compile section's model and batch, e.g. the default search's trial: "
-                             "--compile-set batch_size=16 --compile-set position_encoding=rope --compile-set activation=swiglu")
+    parser.add_argument(
+        "--compile-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a knob of the compile section's model and batch, e.g. the default search's trial: "
+        "--compile-set batch_size=16 --compile-set position_encoding=rope --compile-set activation=swiglu",
+    )
     parser.add_argument("--json", default=str(Path(__file__).parent / "out" / "bench.json"))
     args = parser.parse_args(argv)
     try:  # TrainConfig.from_dict names an unknown key (with a did-you-mean), converts each value and checks the rules
@@ -326,52 +382,88 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     corpus = load_corpus("tiny_shakespeare", "character", os.environ.get("ARTUNE_DATA_DIR"))
     report: dict[str, Any] = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": args.threads,
-                    "torch": torch.__version__, **cpu_bf16_support()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "threads": args.threads,
+            "torch": torch.__version__,
+            **cpu_bf16_support(),
+        },
     }
     if "trainer" in args.sections:
         r = report["trainer"] = bench_trainer(corpus, args.rounds, args.steps)
-        print(f"trainer    bare loop {r['bare_tokens_per_sec']:,.0f} tok/s  artune {r['artune_tokens_per_sec']:,.0f} tok/s  "
-              f"ratio {r['ratio']:.2f}x  MFU {r['artune_mfu']:.0%} (bare {r['bare_mfu']:.0%}) of "
-              f"{r['matmul_fp32_gflops']:.0f} GFLOP/s fp32 ({r['matmul_ceiling_size']}^2 matmul)")
-        print(f"trainer    the model's own weight matmuls alone reach {r['model_matmul_gflops']:.0f} GFLOP/s; artune's step "
-              f"runs them at {r['artune_share_of_model_matmul_rate']:.0%} of that")
+        print(
+            f"trainer    bare loop {r['bare_tokens_per_sec']:,.0f} tok/s  "
+            f"artune {r['artune_tokens_per_sec']:,.0f} tok/s  "
+            f"ratio {r['ratio']:.2f}x  MFU {r['artune_mfu']:.0%} (bare {r['bare_mfu']:.0%}) of "
+            f"{r['matmul_fp32_gflops']:.0f} GFLOP/s fp32 ({r['matmul_ceiling_size']}^2 matmul)"
+        )
+        print(
+            f"trainer    the model's own weight matmuls alone reach {r['model_matmul_gflops']:.0f} GFLOP/s; "
+            "artune's step "
+            f"runs them at {r['artune_share_of_model_matmul_rate']:.0%} of that"
+        )
     if "compile" in args.sections:
         r = report["compile"] = bench_compile(corpus, args.rounds, args.steps, knobs)
-        print(f"compile    small shape{''.join(f', {k} {v}' for k, v in knobs.items())}: eager {r['eager_tokens_per_sec']:,.0f} tok/s  compiled {r['compiled_tokens_per_sec']:,.0f} tok/s  "
-              f"ratio {r['ratio']:.2f}x (median of rounds {r['ratio_median_of_rounds']:.2f}x)  MFU {r['eager_mfu']:.0%} -> {r['compiled_mfu']:.0%}")
+        print(
+            f"compile    small shape{''.join(f', {k} {v}' for k, v in knobs.items())}: "
+            f"eager {r['eager_tokens_per_sec']:,.0f} tok/s  compiled {r['compiled_tokens_per_sec']:,.0f} tok/s  "
+            f"ratio {r['ratio']:.2f}x (median of rounds {r['ratio_median_of_rounds']:.2f}x)  "
+            f"MFU {r['eager_mfu']:.0%} -> {r['compiled_mfu']:.0%}"
+        )
         first, even = r["compiled_first_step_s"], r["break_even_s"]
-        print(f"compile    a new trial's first step: eager {r['eager_first_step_s']:.1f} s; compiled {first['empty_cache']:.1f} s "
-              f"(empty inductor cache), {first['new_process_cached']:.1f} s (new worker, cache filled), "
-              f"{first['same_process']:.1f} s (reused worker)")
-        print(f"compile    it pays back after {even['empty_cache']:.0f} s / {even['new_process_cached']:.0f} s / "
-              f"{even['same_process']:.0f} s of training")
+        print(
+            f"compile    a new trial's first step: eager {r['eager_first_step_s']:.1f} s; "
+            f"compiled {first['empty_cache']:.1f} s "
+            f"(empty inductor cache), {first['new_process_cached']:.1f} s (new worker, cache filled), "
+            f"{first['same_process']:.1f} s (reused worker)"
+        )
+        print(
+            f"compile    it pays back after {even['empty_cache']:.0f} s / {even['new_process_cached']:.0f} s / "
+            f"{even['same_process']:.0f} s of training"
+        )
     if "sampler" in args.sections:
         step_ms = report.get("trainer", {}).get("step_ms")
         r = report["sampler"] = bench_sampler(corpus, args.sampler_rounds, step_ms)
         for key in ("without_replacement", "with_replacement"):
             s = r[key]
-            print(f"sampler    {key:<20} artune {s['artune_batch_ms']:.3f} ms/batch  origin {s['origin_batch_ms']:.3f} ms/batch  "
-                  f"artune {s['ratio']:.1f}x faster")
+            print(
+                f"sampler    {key:<20} artune {s['artune_batch_ms']:.3f} ms/batch  "
+                f"origin {s['origin_batch_ms']:.3f} ms/batch  "
+                f"artune {s['ratio']:.1f}x faster"
+            )
         share = r.get("share_of_small_training_step")
-        print(f"sampler    one batch {r['artune_batch_ms']:.3f} ms" + (f" = {share:.2%} of a small-shape training step" if share else ""))
+        print(
+            f"sampler    one batch {r['artune_batch_ms']:.3f} ms"
+            + (f" = {share:.2%} of a small-shape training step" if share else "")
+        )
     if "precision" in args.sections:
         r = report["precision"] = bench_precision(corpus, args.precision_batch, args.precision_steps)
-        print(f"precision  origin shape, batch {args.precision_batch}: fp32 {r['fp32_step_s']:.2f} s/step  "
-              f"bf16 autocast {r['bf16_step_s']:.2f} s/step  bf16 speedup {r['bf16_speedup']:.2f}x  "
-              f"(cpu {r['cpu_capability']}, oneDNN bf16 {r['mkldnn_bf16_supported']})")
-        print(f"precision  valid loss after {args.precision_steps} steps: fp32 {r['fp32_valid_loss']:.4f}  "
-              f"bf16 {r['bf16_valid_loss']:.4f}  rel diff {r['valid_loss_rel_diff']:.2%}")
+        print(
+            f"precision  origin shape, batch {args.precision_batch}: fp32 {r['fp32_step_s']:.2f} s/step  "
+            f"bf16 autocast {r['bf16_step_s']:.2f} s/step  bf16 speedup {r['bf16_speedup']:.2f}x  "
+            f"(cpu {r['cpu_capability']}, oneDNN bf16 {r['mkldnn_bf16_supported']})"
+        )
+        print(
+            f"precision  valid loss after {args.precision_steps} steps: fp32 {r['fp32_valid_loss']:.4f}  "
+            f"bf16 {r['bf16_valid_loss']:.4f}  rel diff {r['valid_loss_rel_diff']:.2%}"
+        )
     if "search" in args.sections:
         r = report["search"] = bench_search(trials=8, concurrency=2)
-        print(f"search     {r['trials']} trials x 3 epochs of {r['mean_epoch_s']:.1f} s ({r['batches_per_epoch']} batches), "
-              f"{r['concurrency']} at a time: wall {r['wall_s']:.1f} s, ideal {r['ideal_s']:.1f} s "
-              f"(sum of trial training time / concurrency), overhead {r['ratio']:.2f}x; "
-              f"Tuner.fit alone {r['tuning_s']:.1f} s, {r['tuning_ratio']:.2f}x")
+        print(
+            f"search     {r['trials']} trials x 3 epochs of {r['mean_epoch_s']:.1f} s "
+            f"({r['batches_per_epoch']} batches), "
+            f"{r['concurrency']} at a time: wall {r['wall_s']:.1f} s, ideal {r['ideal_s']:.1f} s "
+            f"(sum of trial training time / concurrency), overhead {r['ratio']:.2f}x; "
+            f"Tuner.fit alone {r['tuning_s']:.1f} s, {r['tuning_ratio']:.2f}x"
+        )
         phases = ", ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in r["startup_phases_s"].items())
-        print(f"search     before Tuner.fit {r['startup_s']:.1f} s ({phases}); after it {r['end_s']:.1f} s; a trial's set-up "
-              f"before its first epoch: {r['trial_setup_new_worker_s']:.1f} s in a new worker, "
-              f"{r['trial_setup_reused_worker_s']:.1f} s in a reused one")
+        print(
+            f"search     before Tuner.fit {r['startup_s']:.1f} s ({phases}); after it {r['end_s']:.1f} s; "
+            "a trial's set-up "
+            f"before its first epoch: {r['trial_setup_new_worker_s']:.1f} s in a new worker, "
+            f"{r['trial_setup_reused_worker_s']:.1f} s in a reused one"
+        )
     write_report(report, Path(args.json))
     return 0
 

@@ -25,7 +25,10 @@ def run(args, tmp_path, shakespeare_path):
     space.write_text(SPACE)
     return subprocess.run(
         [sys.executable, "-m", "bench.budget_pair", "--space", str(space), *args],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "ARTUNE_DATA_DIR": str(shakespeare_path.parent)},
     )
 
@@ -33,8 +36,26 @@ def run(args, tmp_path, shakespeare_path):
 def test_two_sides_train_to_one_deadline_with_their_decay_fitted_to_it(tmp_path, shakespeare_path):
     """On a simulated clock (a tenth of a second per look), so that what fits is the same on any machine."""
     report = tmp_path / "pair.json"
-    result = run(["--seconds", "4", "--tick", "0.1", "--set", "d_model=16", "--set", "lr=3e-3",
-                  "--a", "lr_min_ratio=0.1", "--b", "lr_min_ratio=0.0", "--json", str(report)], tmp_path, shakespeare_path)
+    result = run(
+        [
+            "--seconds",
+            "4",
+            "--tick",
+            "0.1",
+            "--set",
+            "d_model=16",
+            "--set",
+            "lr=3e-3",
+            "--a",
+            "lr_min_ratio=0.1",
+            "--b",
+            "lr_min_ratio=0.0",
+            "--json",
+            str(report),
+        ],
+        tmp_path,
+        shakespeare_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads(report.read_text())
     assert data["configs"]["a"]["lr_min_ratio"] == 0.1 and data["configs"]["b"]["lr_min_ratio"] == 0.0
@@ -50,9 +71,18 @@ def test_two_sides_train_to_one_deadline_with_their_decay_fitted_to_it(tmp_path,
 
 def test_a_searched_knob_left_open_is_one_line(tmp_path, shakespeare_path):
     result = run(["--seconds", "1", "--set", "d_model=16"], tmp_path, shakespeare_path)
-    assert result.returncode == 2 and result.stderr.strip() == "error: the trial needs a value for each searched knob: --set lr=..."
+    assert (
+        result.returncode == 2
+        and result.stderr.strip() == "error: the trial needs a value for each searched knob: --set lr=..."
+    )
 
 
 def test_an_unknown_knob_is_one_line(tmp_path, shakespeare_path):
-    result = run(["--seconds", "1", "--set", "d_model=16", "--set", "lr=3e-3", "--a", "d_modle=32"], tmp_path, shakespeare_path)
-    assert result.returncode == 2 and result.stderr.startswith("error: --set d_modle: ") and "\n" not in result.stderr.strip()
+    result = run(
+        ["--seconds", "1", "--set", "d_model=16", "--set", "lr=3e-3", "--a", "d_modle=32"], tmp_path, shakespeare_path
+    )
+    assert (
+        result.returncode == 2
+        and result.stderr.startswith("error: --set d_modle: ")
+        and "\n" not in result.stderr.strip()
+    )

@@ -1,4 +1,5 @@
-"""The torch section of artune/compat.py: each site gives torch's answer, and its fallback where the internal has moved."""
+"""The torch section of artune/compat.py: each site gives torch's answer, and its fallback where the internal
+has moved."""
 
 from pathlib import Path
 

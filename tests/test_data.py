@@ -242,7 +242,11 @@ def test_compile_needs_a_whole_batch_at_every_offset_the_shuffled_loader_draws(t
     (tmp_path / "c.txt").write_text("abcdefghij" * 17)  # 170 characters: 153 train, 17 valid
     corpus = load_corpus(str(tmp_path / "c.txt"), "character")
     tokens = torch.tensor(corpus.train)
-    sizes = {len(x) for seed in range(20) for x, _ in shuffled_batches(tokens, 9, 16, torch.Generator().manual_seed(seed), False)}
+    sizes = {
+        len(x)
+        for seed in range(20)
+        for x, _ in shuffled_batches(tokens, 9, 16, torch.Generator().manual_seed(seed), False)
+    }
     assert len(corpus.train) == 153 and sizes == {8, 9}  # some epochs hold no whole batch of 9
     check_fits(corpus, seq_len=16, batch_size=8, valid_loader="shuffled", whole_batches=True)
     with pytest.raises(CorpusError, match=r"compile \(true or 'auto'\) trains on whole batches only"):
@@ -349,8 +353,10 @@ def test_a_sequential_pass_from_any_start_wraps_around_and_visits_every_batch_on
     assert len(full) == num_sequential_batches(40, 2, 8, whole_only=whole_only) == (2 if whole_only else 3)
     for start in range(7):
         batches = list(sequential_batches(tokens, 2, 8, start=start, whole_only=whole_only))
-        expected = full[start % len(full):] + full[: start % len(full)]
-        assert len(batches) == len(full) and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, expected))
+        expected = full[start % len(full) :] + full[: start % len(full)]
+        assert len(batches) == len(full) and all(
+            torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, expected)
+        )
 
 
 @pytest.mark.parametrize("loader", ["sequential", "shuffled"])

@@ -22,10 +22,14 @@ def test_output_shape_is_batch_time_vocab():
     assert model(_ids(3, T)).shape == (3, T, V)
 
 
-@pytest.mark.parametrize(("positions", "activation"), [("learned", "gelu"), ("rope", "gelu"), ("learned", "swiglu"), ("rope", "relu2")])
+@pytest.mark.parametrize(
+    ("positions", "activation"), [("learned", "gelu"), ("rope", "gelu"), ("learned", "swiglu"), ("rope", "relu2")]
+)
 @pytest.mark.parametrize("t", [1, 5, T - 1])
 def test_causal_future_tokens_do_not_change_earlier_logits(t, positions, activation):
-    model = _model(dropout=0.2, position_encoding=positions, activation=activation).eval()  # eval: dropout off, so the comparison is exact up to float noise
+    model = _model(
+        dropout=0.2, position_encoding=positions, activation=activation
+    ).eval()  # eval: dropout off, so the comparison is exact up to float noise
     x = _ids(2, T)
     changed = x.clone()
     changed[:, t:] = (x[:, t:] + 1 + _ids(2, T - t, seed=7) % (V - 1)) % V  # every later token differs
@@ -192,9 +196,11 @@ def test_rope_gradients_are_the_complex_products_own():
     x = torch.randn(2, 5, 3, 2, 4, dtype=torch.float64, requires_grad=True)
     torch.autograd.gradcheck(lambda t: _Rotate.apply(t, turns, back), (x,))
     grad = torch.randn(2, 3, 2, 5, 4, dtype=torch.float64).permute(0, 3, 1, 2, 4)  # arrives permuted, as in the model
-    mine, = torch.autograd.grad(_Rotate.apply(x, turns, back), x, grad)
-    reference = torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * torch.view_as_complex(turns)).flatten(-2)
-    theirs, = torch.autograd.grad(reference, x, grad)
+    (mine,) = torch.autograd.grad(_Rotate.apply(x, turns, back), x, grad)
+    reference = torch.view_as_real(
+        torch.view_as_complex(x.unflatten(-1, (-1, 2))) * torch.view_as_complex(turns)
+    ).flatten(-2)
+    (theirs,) = torch.autograd.grad(reference, x, grad)
     torch.testing.assert_close(mine, theirs)
 
 
@@ -236,12 +242,12 @@ def test_an_unknown_activation_is_refused():
 
 def test_swiglu_gradients_are_autograds_own():
     """The unit's hand-written backward against autograd's, in float64 (and for a permuted gradient)."""
-    from artune.models import _swiglu, _SwiGLU
+    from artune.models import _SwiGLU, _swiglu
 
     h = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
     torch.autograd.gradcheck(_SwiGLU.apply, (h,))
     torch.testing.assert_close(_SwiGLU.apply(h), _swiglu(h))
     grad = torch.randn(5, 2, 4, dtype=torch.float64).transpose(0, 1)
-    mine, = torch.autograd.grad(_SwiGLU.apply(h), h, grad)
-    theirs, = torch.autograd.grad(_swiglu(h), h, grad)
+    (mine,) = torch.autograd.grad(_SwiGLU.apply(h), h, grad)
+    (theirs,) = torch.autograd.grad(_swiglu(h), h, grad)
     torch.testing.assert_close(mine, theirs)

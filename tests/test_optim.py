@@ -11,7 +11,9 @@ CONFIGS = {
     "adam": TrainConfig(optimizer="adam", lr=3e-3, weight_decay=0.1, warmup=3, lr_schedule="cosine", lr_min_ratio=0.1),
     "adamw": TrainConfig(optimizer="adamw", lr=3e-3, weight_decay=0.1, warmup=3, lr_schedule="linear"),
     "noam": TrainConfig(optimizer="noam", lr=1.0, warmup=4),
-    "adamw-beta2": TrainConfig(optimizer="adamw", lr=3e-3, weight_decay=0.1, adam_beta2=0.95, warmup=3, lr_schedule="cosine"),
+    "adamw-beta2": TrainConfig(
+        optimizer="adamw", lr=3e-3, weight_decay=0.1, adam_beta2=0.95, warmup=3, lr_schedule="cosine"
+    ),
     "noam-beta2": TrainConfig(optimizer="noam", lr=1.0, adam_beta2=0.99, warmup=4),
 }
 STEPS = 12
@@ -21,18 +23,27 @@ def torch_optimizer(config: TrainConfig, model: torch.nn.Module, total_steps: in
     """The usual way to schedule torch.optim's fused Adam/AdamW: a LambdaLR over the same multiplier."""
     beta2 = config.adam_beta2 if config.adam_beta2 is not None else 0.98 if config.optimizer == "noam" else 0.999
     if config.optimizer == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, beta2), weight_decay=config.weight_decay, fused=True)
+        opt = torch.optim.AdamW(
+            model.parameters(), lr=config.lr, betas=(0.9, beta2), weight_decay=config.weight_decay, fused=True
+        )
     else:
-        opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, beta2), weight_decay=config.weight_decay, fused=True)
+        opt = torch.optim.Adam(
+            model.parameters(), lr=config.lr, betas=(0.9, beta2), weight_decay=config.weight_decay, fused=True
+        )
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(config, total_steps))
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))]
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")),
+]
 
 
 def model(device: str = "cpu") -> GPT:
     torch.manual_seed(0)
-    return GPT(ModelConfig(vocab_size=20, seq_len=8, d_model=16, n_layers=1, n_heads=2, d_ff=32, dropout=0.0)).to(device)
+    return GPT(ModelConfig(vocab_size=20, seq_len=8, d_model=16, n_layers=1, n_heads=2, d_ff=32, dropout=0.0)).to(
+        device
+    )
 
 
 def train(net: GPT, step, steps: range) -> None:
@@ -99,9 +110,13 @@ def test_frozen_parameters_gradients_now_and_then_and_two_dtypes_as_torch_optim(
 
     def parameters():
         torch.manual_seed(1)
-        return [torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(5, dtype=torch.float64)),
-                torch.nn.Parameter(torch.randn(2), requires_grad=False), torch.nn.Parameter(torch.randn(4)),
-                torch.nn.Parameter(torch.randn(3))]
+        return [
+            torch.nn.Parameter(torch.randn(3, 4)),
+            torch.nn.Parameter(torch.randn(5, dtype=torch.float64)),
+            torch.nn.Parameter(torch.randn(2), requires_grad=False),
+            torch.nn.Parameter(torch.randn(4)),
+            torch.nn.Parameter(torch.randn(3)),
+        ]
 
     def give_gradients(params, step):
         matrix, vector, _, sometimes, _never = params
@@ -126,8 +141,12 @@ def test_frozen_parameters_gradients_now_and_then_and_two_dtypes_as_torch_optim(
     again = Adam(ours, lr=0.01, weight_decay=0.1, decoupled_weight_decay=decoupled)
     again.load_state_dict({**ref.state_dict(), "steps_taken": 5})
     back = kind(theirs, lr=0.01, weight_decay=0.1, fused=True)
-    back.load_state_dict({"state": {i: v for i, v in opt.state_dict()["state"].items() if i != 4},
-                          "param_groups": ref.state_dict()["param_groups"]})
+    back.load_state_dict(
+        {
+            "state": {i: v for i, v in opt.state_dict()["state"].items() if i != 4},
+            "param_groups": ref.state_dict()["param_groups"],
+        }
+    )
     for step in range(5, 8):
         for params, optimizer in ((ours, again), (theirs, back)):
             give_gradients(params, step)
@@ -140,13 +159,15 @@ def test_a_state_of_another_model_is_refused():
     net = model()
     n = len(list(net.parameters()))
     opt = make_optimizer(CONFIGS["adam"], net.parameters(), STEPS)
-    train(net, lambda: (opt.step(), opt.zero_grad()), range(1))  # torch.optim keeps a parameter's state from its first step
+    # torch.optim keeps a parameter's state from its first step
+    train(net, lambda: (opt.step(), opt.zero_grad()), range(1))
     state = opt.state_dict()
     state["param_groups"][0]["params"].pop()
     with pytest.raises(ValueError, match=f"holds {n - 1} parameters, the model has {n}"):
         opt.load_state_dict(state)
     state = opt.state_dict()
     state["state"][0] = {**state["state"][0], "exp_avg": torch.zeros(3)}
-    with pytest.raises(ValueError, match=r"the optimizer state of parameter 0 has shape \(3,\), the model's is \(20, 16\)"):
+    with pytest.raises(
+        ValueError, match=r"the optimizer state of parameter 0 has shape \(3,\), the model's is \(20, 16\)"
+    ):
         opt.load_state_dict(state)
-

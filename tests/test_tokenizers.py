@@ -38,7 +38,10 @@ def test_basic_english_is_idempotent_on_its_own_output(text):
     ("text", "expected"),
     [
         # torchtext's own doc example
-        ("You can now install TorchText using pip!", ["you", "can", "now", "install", "torchtext", "using", "pip", "!"]),
+        (
+            "You can now install TorchText using pip!",
+            ["you", "can", "now", "install", "torchtext", "using", "pip", "!"],
+        ),
         ("Don't stop", ["don", "'", "t", "stop"]),
         ('He said "hi".', ["he", "said", "hi", "."]),
         ("Pi is 3.14", ["pi", "is", "3", ".", "14"]),

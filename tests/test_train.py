@@ -4,17 +4,16 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from artune import train as train_module
 from artune.batches import sequential_batches
 from artune.config import ConfigError, TrainConfig
 from artune.optim import lr_lambda
 from artune.tokenizers import UnknownTokenError
-from artune import train as train_module
 from artune.train import (
     BF16_MIN_SPEEDUP,
     CHECKPOINT_FILE,
@@ -32,8 +31,17 @@ from artune.train import (
 REPO = Path(__file__).resolve().parent.parent
 
 METRIC_KEYS = {
-    "epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy",
-    "tokens_seen", "tokens_per_sec", "lr", "sample", "seconds", "compiled",
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "valid_loss",
+    "valid_accuracy",
+    "tokens_seen",
+    "tokens_per_sec",
+    "lr",
+    "sample",
+    "seconds",
+    "compiled",
 }
 
 
@@ -47,8 +55,17 @@ def small_text(shakespeare_path, tmp_path_factory) -> Path:
 
 def tiny(path: Path, **overrides) -> TrainConfig:
     values = dict(
-        dataset=str(path), d_model=32, n_layers=1, n_heads=2, seq_len=16, batch_size=8, lr=3e-3,
-        epochs=1, batches_per_epoch=6, sample_tokens=4, device="cpu",
+        dataset=str(path),
+        d_model=32,
+        n_layers=1,
+        n_heads=2,
+        seq_len=16,
+        batch_size=8,
+        lr=3e-3,
+        epochs=1,
+        batches_per_epoch=6,
+        sample_tokens=4,
+        device="cpu",
     )
     values.update(overrides)
     return TrainConfig(**values)
@@ -59,8 +76,17 @@ def tiny(path: Path, **overrides) -> TrainConfig:
 
 def test_learns_tiny_shakespeare_below_its_unigram_entropy(shakespeare_path):
     config = TrainConfig(
-        dataset="tiny_shakespeare", d_model=64, n_layers=2, n_heads=4, seq_len=32, batch_size=16, lr=3e-3,
-        epochs=1, batches_per_epoch=200, sample_tokens=10, device="cpu",
+        dataset="tiny_shakespeare",
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        seq_len=32,
+        batch_size=16,
+        lr=3e-3,
+        epochs=1,
+        batches_per_epoch=200,
+        sample_tokens=10,
+        device="cpu",
     )
     trainer = Trainer(config, data_dir=shakespeare_path.parent)
     counts = torch.bincount(torch.cat([trainer.train_tokens, trainer.valid_tokens]).long()).double()
@@ -80,8 +106,15 @@ def test_learns_tiny_shakespeare_below_its_unigram_entropy(shakespeare_path):
 def test_compiled_training_sees_one_batch_shape_and_matches_eager(small_text, positions, activation):
     """With compile, the epoch's partial last batch is skipped (a new shape would recompile the model);
     the compiled model's losses are the eager model's (rope and swiglu compile a form of their own)."""
-    config = tiny(small_text, batch_size=24, seq_len=16, batches_per_epoch=None, sample_tokens=0,
-                  position_encoding=positions, activation=activation)
+    config = tiny(
+        small_text,
+        batch_size=24,
+        seq_len=16,
+        batches_per_epoch=None,
+        sample_tokens=0,
+        position_encoding=positions,
+        activation=activation,
+    )
     eager, compiled = Trainer(config), Trainer(dataclasses.replace(config, compile=True))
     sizes = [x.shape[0] for x, _ in Trainer(config)._batches()]
     assert sizes[-1] < 24, "the test needs an epoch that ends in a partial batch"
@@ -103,7 +136,9 @@ def test_compile_on_a_split_without_one_whole_batch_is_refused_not_trained_on_no
 
     config = tiny(small_text, batch_size=512, seq_len=64, batches_per_epoch=None, train_loader="shuffled")
     assert steps_per_epoch(config, len(Trainer(config).corpus.train)) == 1
-    with pytest.raises(CorpusError, match=r"compile \(true or 'auto'\) trains on whole batches only.*no whole batch of batch_size 512"):
+    with pytest.raises(
+        CorpusError, match=r"compile \(true or 'auto'\) trains on whole batches only.*no whole batch of batch_size 512"
+    ):
         Trainer(dataclasses.replace(config, compile=True))
 
 
@@ -140,7 +175,9 @@ def test_a_process_compiling_shape_after_shape_never_falls_back_to_eager(small_t
 
     def compiled_frames(d_model: int) -> int:
         before = counters["frames"]["ok"]
-        trainer = Trainer(tiny(small_text, d_model=d_model, batch_size=4, seq_len=16, batches_per_epoch=1, compile=True))
+        trainer = Trainer(
+            tiny(small_text, d_model=d_model, batch_size=4, seq_len=16, batches_per_epoch=1, compile=True)
+        )
         trainer.train_epoch()
         return counters["frames"]["ok"] - before
 
@@ -291,7 +328,9 @@ class TorchOptim:
     """The optimizer of artune's earliest checkpoints: torch.optim's fused AdamW and a LambdaLR."""
 
     def __init__(self, config: TrainConfig, model: torch.nn.Module, total_steps: int) -> None:
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, total_steps))
 
     def zero_grad(self) -> None:
@@ -337,8 +376,16 @@ def test_a_checkpoint_of_artunes_earlier_optimizer_resumes_exactly(small_text, t
     (group,) = new["param_groups"]
     state["optimizer"] = {
         "state": {i: {k: new["state"][i][k] for k in ("step", "exp_avg", "exp_avg_sq")} for i in group["params"]},
-        "param_groups": [{"lr": first.optimizer.lr, "initial_lr": config.lr, "betas": group["betas"], "eps": group["eps"],
-                          "weight_decay": group["weight_decay"], "params": group["params"]}],
+        "param_groups": [
+            {
+                "lr": first.optimizer.lr,
+                "initial_lr": config.lr,
+                "betas": group["betas"],
+                "eps": group["eps"],
+                "weight_decay": group["weight_decay"],
+                "params": group["params"],
+            }
+        ],
         "steps_taken": new["steps_taken"],
     }
     assert state["format"] == CHECKPOINT_FORMAT == 1
@@ -375,7 +422,8 @@ def test_capped_sequential_epochs_go_on_where_the_last_one_stopped(small_text):
         trainer.epoch += 1
     assert 100 < full < 400 and all(len(epoch) == 100 for epoch in seen)
     flat = [index for epoch in seen for index in epoch]
-    assert flat == [i % full for i in range(len(flat))]  # each epoch goes on where the last stopped, wrapping at the end
+    # each epoch goes on where the last stopped, wrapping at the end
+    assert flat == [i % full for i in range(len(flat))]
     assert len(set(flat)) == full  # every batch of the split trained on
 
 
@@ -469,7 +517,9 @@ def test_checkpoint_from_another_vocabulary_is_refused(small_text, tmp_path):
 
 def test_checkpoint_of_another_model_shape_is_refused(small_text, tmp_path):
     path = Trainer(tiny(small_text, d_model=16)).save_checkpoint(tmp_path)
-    with pytest.raises(CheckpointError, match=re.escape(f"{path}: checkpoint was trained with d_model=16 (this run: d_model=32)")):
+    with pytest.raises(
+        CheckpointError, match=re.escape(f"{path}: checkpoint was trained with d_model=16 (this run: d_model=32)")
+    ):
         Trainer(tiny(small_text, d_model=32)).load_checkpoint(path)
 
 
@@ -477,15 +527,23 @@ def test_a_checkpoint_resumed_with_other_training_settings_is_refused_naming_the
     """The optimizer's state would silently put back the checkpoint's lr and weight_decay."""
     path = Trainer(tiny(small_text, lr=3e-3)).save_checkpoint(tmp_path)
     trainer = Trainer(tiny(small_text, lr=1e-2, weight_decay=0.5))
-    with pytest.raises(CheckpointError, match=re.escape("trained with lr=0.003, weight_decay=0.0 (this run: lr=0.01, weight_decay=0.5)")):
+    with pytest.raises(
+        CheckpointError,
+        match=re.escape("trained with lr=0.003, weight_decay=0.0 (this run: lr=0.01, weight_decay=0.5)"),
+    ):
         trainer.load_checkpoint(path)
     # how long, where and how it trains may change
-    Trainer(tiny(small_text, lr=3e-3, epochs=5, batches_per_epoch=3, sample_tokens=0, precision="fp32")).load_checkpoint(path)
+    Trainer(
+        tiny(small_text, lr=3e-3, epochs=5, batches_per_epoch=3, sample_tokens=0, precision="fp32")
+    ).load_checkpoint(path)
 
 
 def test_a_checkpoint_of_the_other_position_encoding_is_refused(small_text, tmp_path):
     path = Trainer(tiny(small_text, position_encoding="rope")).save_checkpoint(tmp_path)
-    with pytest.raises(CheckpointError, match=re.escape("trained with position_encoding='rope' (this run: position_encoding='learned')")):
+    with pytest.raises(
+        CheckpointError,
+        match=re.escape("trained with position_encoding='rope' (this run: position_encoding='learned')"),
+    ):
         Trainer(tiny(small_text)).load_checkpoint(path)
     resumed = Trainer(tiny(small_text, position_encoding="rope"))
     resumed.load_checkpoint(path)
@@ -494,10 +552,14 @@ def test_a_checkpoint_of_the_other_position_encoding_is_refused(small_text, tmp_
 
 def test_a_checkpoint_of_another_activation_is_refused(small_text, tmp_path):
     path = Trainer(tiny(small_text, activation="swiglu")).save_checkpoint(tmp_path)
-    with pytest.raises(CheckpointError, match=re.escape("trained with activation='swiglu' (this run: activation='gelu')")):
+    with pytest.raises(
+        CheckpointError, match=re.escape("trained with activation='swiglu' (this run: activation='gelu')")
+    ):
         Trainer(tiny(small_text)).load_checkpoint(path)
     # d_ff none, and given as the width none stood for: the same model
-    Trainer(tiny(small_text, activation="swiglu", d_ff=tiny(small_text, activation="swiglu").ff_width)).load_checkpoint(path)
+    Trainer(tiny(small_text, activation="swiglu", d_ff=tiny(small_text, activation="swiglu").ff_width)).load_checkpoint(
+        path
+    )
 
 
 def test_a_checkpoint_without_a_knob_added_since_resumes_only_with_its_default(small_text, tmp_path):
@@ -512,7 +574,9 @@ def test_a_checkpoint_without_a_knob_added_since_resumes_only_with_its_default(s
 
 
 @pytest.mark.parametrize("then, now", [(4, 2), (2, 4)])
-def test_a_run_resumed_with_another_epoch_size_plans_its_decay_from_the_step_it_reached(small_text, tmp_path, then, now):
+def test_a_run_resumed_with_another_epoch_size_plans_its_decay_from_the_step_it_reached(
+    small_text, tmp_path, then, now
+):
     """2 epochs of ``then`` batches, resumed for 2 more of ``now``: the decay ends at the last step of
     epoch 4 (here at 0), not where 4 epochs of ``now`` batches would have, and a second resume at the
     new size keeps that plan."""
@@ -599,9 +663,20 @@ def test_decaying_schedules_warm_up_then_reach_the_floor_at_the_last_planned_ste
 
 def test_the_trainer_plans_the_decay_over_epochs_times_batches(shakespeare_path):
     config = TrainConfig(
-        dataset=str(shakespeare_path), d_model=16, n_layers=1, n_heads=2, seq_len=16, batch_size=4,
-        epochs=2, batches_per_epoch=5, lr=1e-2, lr_schedule="linear", lr_min_ratio=0.0, sample_tokens=0,
-        device="cpu", is_save_models=False,
+        dataset=str(shakespeare_path),
+        d_model=16,
+        n_layers=1,
+        n_heads=2,
+        seq_len=16,
+        batch_size=4,
+        epochs=2,
+        batches_per_epoch=5,
+        lr=1e-2,
+        lr_schedule="linear",
+        lr_min_ratio=0.0,
+        sample_tokens=0,
+        device="cpu",
+        is_save_models=False,
     )
     trainer = Trainer(config)
     assert trainer.total_steps == 10
@@ -658,7 +733,9 @@ def test_a_deadline_near_an_epochs_end_does_not_move_the_plan_back_and_forth(sma
 def test_a_trial_cut_by_its_deadline_ends_with_its_lr_decayed(small_text):
     """Planned for 1,000 epochs with time for a few: the cosine decay reaches its floor in the last one."""
     clock = Clock(tick=0.1)  # an epoch of 6 steps: 0.7 s of pace, 0.9 s with the looks before it
-    trainer = Trainer(tiny(small_text, epochs=1000, lr_schedule="cosine", lr_min_ratio=0.1, sample_tokens=0), clock=clock)
+    trainer = Trainer(
+        tiny(small_text, epochs=1000, lr_schedule="cosine", lr_min_ratio=0.1, sample_tokens=0), clock=clock
+    )
     history = trainer.fit(deadline=8.0)
     lrs = [m["lr"] for m in history]
     assert clock.now >= 8.0 and 5 <= len(history) < 1000  # the deadline ended it
@@ -747,7 +824,8 @@ def test_log_flags_add_their_statistics(small_text):
     names = [n for n, _ in trainer.model.named_parameters()]
     expected = (
         {f"param_norm/{n}" for n in names}
-        | {f"grad_norm/{n}" for n in names} | {"grad_norm/total"}
+        | {f"grad_norm/{n}" for n in names}
+        | {"grad_norm/total"}
         | {f"activation_{s}/blocks.{i}" for s in ("mean", "std") for i in range(2)}
     )
     assert set(metrics) == METRIC_KEYS | expected
@@ -815,15 +893,37 @@ def test_resume_on_cuda(small_text, tmp_path):
 def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "artune.train", "--threads", "1", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=120,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
 def test_cli_trains_and_prints_each_epoch(shakespeare_path, tmp_path):
     result = _cli(
-        "--d_model", "32", "--n_layers", "1", "--n_heads", "2", "--seq_len", "16", "--batch_size", "4",
-        "--epochs", "1", "--batches_per_epoch", "5", "--sample_tokens", "5", "--device", "cpu",
-        "--data", str(shakespeare_path.parent), "--checkpoint-dir", str(tmp_path / "ckpt"),
+        "--d_model",
+        "32",
+        "--n_layers",
+        "1",
+        "--n_heads",
+        "2",
+        "--seq_len",
+        "16",
+        "--batch_size",
+        "4",
+        "--epochs",
+        "1",
+        "--batches_per_epoch",
+        "5",
+        "--sample_tokens",
+        "5",
+        "--device",
+        "cpu",
+        "--data",
+        str(shakespeare_path.parent),
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -860,8 +960,26 @@ def test_cli_threads_below_1_is_one_error_line_and_exit_2(threads):
     assert lines == [f"error: --threads must be >= 1, but got {threads}"], result.stderr
 
 
-TINY_CLI = ["--d_model", "32", "--n_layers", "1", "--n_heads", "2", "--seq_len", "16", "--batch_size", "4",
-            "--epochs", "1", "--batches_per_epoch", "2", "--sample_tokens", "0", "--device", "cpu"]
+TINY_CLI = [
+    "--d_model",
+    "32",
+    "--n_layers",
+    "1",
+    "--n_heads",
+    "2",
+    "--seq_len",
+    "16",
+    "--batch_size",
+    "4",
+    "--epochs",
+    "1",
+    "--batches_per_epoch",
+    "2",
+    "--sample_tokens",
+    "0",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.mark.parametrize("where", ["file", "below-a-file"])
@@ -888,10 +1006,13 @@ def test_cli_checkpoint_dir_where_nothing_can_be_written_is_one_error_line(small
     _, err = capsys.readouterr()
     (line,) = err.strip().splitlines()
     assert line.startswith(f"error: --checkpoint-dir {checkpoint_dir}: ") and (
-        "cannot write the checkpoint of epoch 1 (" in line or "/proc is not writable" in line), line
+        "cannot write the checkpoint of epoch 1 (" in line or "/proc is not writable" in line
+    ), line
 
 
-def test_cli_refuses_to_overwrite_a_checkpoint_without_resume_and_continues_it_with_resume(small_text, tmp_path, capsys):
+def test_cli_refuses_to_overwrite_a_checkpoint_without_resume_and_continues_it_with_resume(
+    small_text, tmp_path, capsys
+):
     args = ["--dataset", str(small_text), "--checkpoint-dir", str(tmp_path), *TINY_CLI]
     assert main(args) == 0
     first = (tmp_path / CHECKPOINT_FILE).read_bytes()
@@ -922,7 +1043,9 @@ def test_cli_data_names_the_corpus_as_in_the_search_command(small_text, capsys, 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cli_device_cuda_without_cuda_is_one_error_line(small_text, capsys):
-    code = main(["--dataset", str(small_text), "--device", "cuda", "--d_model", "32", "--n_heads", "2", "--seq_len", "16"])
+    code = main(
+        ["--dataset", str(small_text), "--device", "cuda", "--d_model", "32", "--n_heads", "2", "--seq_len", "16"]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "cuda" in err[0]
@@ -947,11 +1070,14 @@ def test_auto_precision_on_this_cpu_follows_its_bf16_hardware_and_the_probe():
         assert chosen == (torch.bfloat16 if speedup >= BF16_MIN_SPEEDUP else torch.float32)
 
 
-@pytest.mark.parametrize(("native", "speedup", "expected"), [
-    (True, 2.3, torch.bfloat16),  # a Zen 4 with AVX512_BF16: bf16 matmuls ~2.3x fp32
-    (True, 1.1, torch.float32),   # native, but not faster enough to pay for the casts
-    (False, 2.3, torch.float32),  # never without native bf16
-])
+@pytest.mark.parametrize(
+    ("native", "speedup", "expected"),
+    [
+        (True, 2.3, torch.bfloat16),  # a Zen 4 with AVX512_BF16: bf16 matmuls ~2.3x fp32
+        (True, 1.1, torch.float32),  # native, but not faster enough to pay for the casts
+        (False, 2.3, torch.float32),  # never without native bf16
+    ],
+)
 def test_auto_precision_picks_bf16_on_a_cpu_only_where_it_is_measured_faster(monkeypatch, native, speedup, expected):
     import artune.train as train
 
