@@ -24,7 +24,7 @@ def _windows(tokens: torch.Tensor, offset: int, order: torch.Tensor, batch_size:
     ``batch_size`` at a time."""
     # A strided view (n, T + 1) of every window, no copy; each batch is one row gather, cheaper than
     # gathering B * (T + 1) element indices. index_select, not windows[rows]: advanced indexing of this
-    # overlapping view is slower, and stalls whenever the cores are busy (see docs/benchmarks.md, 'sampler').
+    # overlapping view is slower, and stalls whenever the cores are busy (see docs/benchmarks.md, 'Sampler').
     windows = tokens[offset:].unfold(0, seq_len + 1, seq_len)
     order = order.to(tokens.device)  # one copy per epoch; index_select wants its index beside the data (CUDA)
     for i in range(0, len(order), batch_size):

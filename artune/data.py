@@ -3,7 +3,7 @@
 Token ids are numpy arrays in the most compact integer dtype that holds the vocabulary, so a
 :class:`Corpus` pickles small (it is shipped to every Ray worker once, and Ray hands numpy arrays
 to workers without a copy). No torch here: the search driver encodes the corpus and never needs
-torch, whose import would delay the search's start (see docs/benchmarks.md, 'search'). The trainer
+torch, whose import would delay the search's start (see docs/benchmarks.md, 'Search overhead'). The trainer
 turns the arrays into tensors; batches are cut in :mod:`artune.batches`.
 """
 

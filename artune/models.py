@@ -91,7 +91,7 @@ def _turn_real(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
 class _Rotate(torch.autograd.Function):
     """RoPE's rotation of qkv, eager. Its backward turns the gradient back by the conjugate turns,
     kept ready, where autograd's own formula would conjugate the table anew in every backward (see
-    docs/experiments.md, 'rope')."""
+    docs/experiments.md, 'rotary positions')."""
 
     @staticmethod
     def forward(ctx: Any, qkv: torch.Tensor, turns: torch.Tensor, back: torch.Tensor) -> torch.Tensor:
@@ -143,8 +143,8 @@ def _swiglu(h: torch.Tensor) -> torch.Tensor:
 
 class _SwiGLU(torch.autograd.Function):
     """``silu(gate) * value`` of ``h = [gate | value]``, eager. Its backward writes the two halves'
-    gradients into one tensor, where autograd's own would build each apart, concatenate them and take
-    the silu's derivative in several kernels (see docs/experiments.md, 'swiglu')."""
+    gradients into one tensor, where autograd's own would build each apart, concatenate them and take the
+    silu's derivative in several kernels (see docs/experiments.md, 'the feed-forward's activation')."""
 
     @staticmethod
     def forward(ctx: Any, h: torch.Tensor) -> torch.Tensor:

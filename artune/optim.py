@@ -51,8 +51,8 @@ class Adam:
     """torch.optim's fused Adam (L2 weight decay, as in the origin) or AdamW (decoupled weight decay),
     stepping at the lr its schedule gives each step.
 
-    Fused: one kernel per device and dtype updates every parameter, on CPU as on CUDA, where the
-    default implementation loops over them op by op (see docs/benchmarks.md, 'trainer').
+    Fused: one kernel per device and dtype updates every parameter, on CPU as on CUDA, where the default
+    implementation loops over them op by op (see docs/benchmarks.md, 'The trainer against a bare loop').
     """
 
     def __init__(

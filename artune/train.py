@@ -67,7 +67,7 @@ LENGTHEN_MARGIN = 0.25
 # compile: 'auto' rents before it buys: compiling costs a fixed time up front and saves a share of every
 # step, and ASHA may stop a trial at any rung. So it trains eagerly for as long as compiling takes to pay
 # back, then compiles if as long again is left of its plan: a trial pays at most twice what it had to.
-# The pay-back times per device are measured (see docs/benchmarks.md, 'compile').
+# The pay-back times per device are measured (docs/benchmarks.md, 'Compile'; docs/experiments.md, 'compile: auto').
 AUTO_COMPILE_AFTER_S = {"cpu": 180.0, "cuda": 30.0}
 
 Metrics = dict[str, Any]
@@ -104,7 +104,7 @@ def resolve_precision(name: str, device: torch.device, d_model: int = 512) -> to
 
     'auto' picks bf16 on CUDA GPUs that support it, and on a CPU only where it helps: the CPU must
     multiply bf16 natively (without it oneDNN's bf16 path is far slower than fp32; see docs/benchmarks.md,
-    'precision') and a bf16 matmul of the model's width must beat fp32 in a quick side-by-side probe
+    'Precision') and a bf16 matmul of the model's width must beat fp32 in a quick side-by-side probe
     (:func:`cpu_bf16_speedup`).
     """
     if name == "bf16":
