@@ -15,6 +15,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+
 from artune.errors import ConfigError  # noqa: F401  (re-exported)
 
 
@@ -116,8 +117,7 @@ class TrainConfig:
     )
     is_save_models: bool = _doc("write a checkpoint after every epoch", default=True)
     is_log_model_params_grads: bool = _doc(
-        "add per-layer parameter and gradient statistics (the epoch's last gradients, before clipping) "
-        "to the metrics",
+        "add per-layer parameter and gradient statistics (the epoch's last gradients, before clipping) to the metrics",
         default=False,
     )
     is_log_model_activations: bool = _doc("add per-layer activation statistics to the metrics", default=False)
@@ -180,8 +180,10 @@ def missing_compiler() -> Optional[str]:
 
 
 def compiler_message(compiler: str, turn_off: str = "set compile: false") -> str:
-    return (f"compile: true needs a C++ compiler for torch.compile, but {compiler!r} (CXX, else its default) is not "
-            f"installed here; install one (e.g. g++), point CXX at it, or {turn_off}")
+    return (
+        f"compile: true needs a C++ compiler for torch.compile, but {compiler!r} (CXX, else its default) is not "
+        f"installed here; install one (e.g. g++), point CXX at it, or {turn_off}"
+    )
 
 
 def field_type(name: str) -> tuple[type, bool]:
@@ -203,15 +205,32 @@ def field_doc(name: str) -> str:
 
 # What other trainers (nanoGPT, Hugging Face, labml) call a knob, for the did-you-mean of an unknown key.
 KNOWN_AS = {
-    "learning_rate": "lr", "n_embd": "d_model", "hidden_size": "d_model", "n_embed": "d_model",
-    "n_layer": "n_layers", "num_layers": "n_layers", "num_hidden_layers": "n_layers",
-    "n_head": "n_heads", "num_heads": "n_heads", "num_attention_heads": "n_heads",
-    "block_size": "seq_len", "context_length": "seq_len", "max_seq_len": "seq_len",
-    "grad_clip": "grad_norm_clip", "max_grad_norm": "grad_norm_clip", "clip_grad_norm": "grad_norm_clip",
-    "intermediate_size": "d_ff", "warmup_steps": "warmup", "warmup_iters": "warmup",
-    "beta2": "adam_beta2", "adam_beta_2": "adam_beta2",
-    "position_embedding_type": "position_encoding", "positional_encoding": "position_encoding",
-    "hidden_act": "activation", "activation_function": "activation", "hidden_activation": "activation",
+    "learning_rate": "lr",
+    "n_embd": "d_model",
+    "hidden_size": "d_model",
+    "n_embed": "d_model",
+    "n_layer": "n_layers",
+    "num_layers": "n_layers",
+    "num_hidden_layers": "n_layers",
+    "n_head": "n_heads",
+    "num_heads": "n_heads",
+    "num_attention_heads": "n_heads",
+    "block_size": "seq_len",
+    "context_length": "seq_len",
+    "max_seq_len": "seq_len",
+    "grad_clip": "grad_norm_clip",
+    "max_grad_norm": "grad_norm_clip",
+    "clip_grad_norm": "grad_norm_clip",
+    "intermediate_size": "d_ff",
+    "warmup_steps": "warmup",
+    "warmup_iters": "warmup",
+    "beta2": "adam_beta2",
+    "adam_beta_2": "adam_beta2",
+    "position_embedding_type": "position_encoding",
+    "positional_encoding": "position_encoding",
+    "hidden_act": "activation",
+    "activation_function": "activation",
+    "hidden_activation": "activation",
 }
 
 
@@ -245,10 +264,14 @@ def coerce(name: str, value: Any) -> Any:
     kind, optional = field_type(name)
     # 'none'/'null' means None for every optional field, text ones included (--prompt_separator none);
     # only a text field that cannot be None (a prompt) keeps it as text.
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and (optional or kind is not str)):
+    if value is None or (
+        isinstance(value, str) and value.lower() in ("none", "null") and (optional or kind is not str)
+    ):
         if optional:
             return None
-        raise ConfigError(f"{name} must be {'an' if kind.__name__[0] in 'aeiou' else 'a'} {kind.__name__}, but got None")
+        raise ConfigError(
+            f"{name} must be {'an' if kind.__name__[0] in 'aeiou' else 'a'} {kind.__name__}, but got None"
+        )
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars from a sampler
         value = value.item()
     if kind is bool:
@@ -328,7 +351,9 @@ def validation_errors(config: TrainConfig) -> list[str]:
             f"n_heads must divide d_model, but got d_model={config.d_model}, n_heads={config.n_heads}",
         )
         check(
-            config.position_encoding != "rope" or config.d_model % config.n_heads or (config.d_model // config.n_heads) % 2 == 0,
+            config.position_encoding != "rope"
+            or config.d_model % config.n_heads
+            or (config.d_model // config.n_heads) % 2 == 0,
             f"position_encoding 'rope' turns pairs of a head's dimensions, so d_model / n_heads must be even, "
             f"but got d_model={config.d_model}, n_heads={config.n_heads}",
         )
@@ -384,7 +409,9 @@ def add_config_arguments(parser: Any) -> None:
     for name in FIELD_NAMES:
         default = FIELDS[name].default
         group.add_argument(
-            f"--{name}", default=None, metavar=field_type(name)[0].__name__.upper(),
+            f"--{name}",
+            default=None,
+            metavar=field_type(name)[0].__name__.upper(),
             help=f"{field_doc(name)} (default: {default!r})",
         )
 
@@ -417,23 +444,25 @@ REFERENCE_COMMAND = "python -m artune.config --markdown > docs/configuration.md"
 
 def reference_markdown() -> str:
     """docs/configuration.md, whole: the table with the lines that say what it is and how it is made."""
-    return "\n".join([
-        "# Configuration reference",
-        "",
-        "Every knob of `TrainConfig` (`artune/config.py`), its type, default and doc; the doc is also the",
-        "knob's `--help` line in `python -m artune.train`. The same name is the YAML key, the `--set`/`--flag`",
-        "name, the Optuna parameter and the parquet column (`epochs` alone is a search setting: `search: epochs`",
-        "or `--epochs`, not `fixed:` or `--set`). A search-space file's `fixed:` values replace these defaults;",
-        "see [search_spaces.md](search_spaces.md) and [usage.md](usage.md#what-a-trial-trains).",
-        "",
-        f"Generated from the field docs, not edited by hand: `{REFERENCE_COMMAND}`.",
-        "`tests/test_docs.py` fails when this file and the code differ.",
-        "",
-        "<!-- config-reference:start -->",
-        reference_table(),
-        "<!-- config-reference:end -->",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# Configuration reference",
+            "",
+            "Every knob of `TrainConfig` (`artune/config.py`), its type, default and doc; the doc is also the",
+            "knob's `--help` line in `python -m artune.train`. The same name is the YAML key, the `--set`/`--flag`",
+            "name, the Optuna parameter and the parquet column (`epochs` alone is a search setting: `search: epochs`",
+            "or `--epochs`, not `fixed:` or `--set`). A search-space file's `fixed:` values replace these defaults;",
+            "see [search_spaces.md](search_spaces.md) and [usage.md](usage.md#what-a-trial-trains).",
+            "",
+            f"Generated from the field docs, not edited by hand: `{REFERENCE_COMMAND}`.",
+            "`tests/test_docs.py` fails when this file and the code differ.",
+            "",
+            "<!-- config-reference:start -->",
+            reference_table(),
+            "<!-- config-reference:end -->",
+            "",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -49,14 +49,30 @@ def learning_curves(results: SearchResults, metric: Optional[str] = None) -> Fig
         # after compare(), one colour per search; otherwise every other trial in grey
         group = key[0] if searches else "other trials"
         color = f"C{searches.index(group) % 10}" if searches else "0.55"
-        ax.plot(series.index, series.to_numpy(), color=color, lw=1, alpha=0.6, marker="o", ms=2.5,
-                label=None if group in labelled else group)
+        ax.plot(
+            series.index,
+            series.to_numpy(),
+            color=color,
+            lw=1,
+            alpha=0.6,
+            marker="o",
+            ms=2.5,
+            label=None if group in labelled else group,
+        )
         labelled.add(group)
     if best_key is not None:
         series = curves[best_key].dropna()
         label = "/".join(best_key) if isinstance(best_key, tuple) else best_key
-        ax.plot(series.index, series.to_numpy(), color=BEST_COLOR, lw=2.5, marker="o", ms=4, zorder=3,
-                label=f"best: {label} ({name} {best.iloc[0][name]:.4g})")
+        ax.plot(
+            series.index,
+            series.to_numpy(),
+            color=BEST_COLOR,
+            lw=2.5,
+            marker="o",
+            ms=4,
+            zorder=3,
+            label=f"best: {label} ({name} {best.iloc[0][name]:.4g})",
+        )
     if curves.empty:
         ax.text(0.5, 0.5, "no epochs recorded yet", ha="center", va="center", transform=ax.transAxes)
     else:
@@ -98,11 +114,17 @@ def metric_vs_knobs(results: SearchResults, metric: Optional[str] = None) -> Fig
         if i % columns == 0:
             ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-    for ax in axes[len(knobs):]:
+    for ax in axes[len(knobs) :]:
         ax.set_axis_off()
     if not knobs:
-        axes[0].text(0.5, 0.5, "no searched knobs: manifest.json lists no params\nand no knob differs between trials",
-                     ha="center", va="center", transform=axes[0].transAxes)
+        axes[0].text(
+            0.5,
+            0.5,
+            "no searched knobs: manifest.json lists no params\nand no knob differs between trials",
+            ha="center",
+            va="center",
+            transform=axes[0].transAxes,
+        )
     missing = int((~has_value).sum())
     note = f" ({missing} trial{'s' * (missing != 1)} without a value not shown)" if missing else ""
     fig.suptitle(f"{results.name}: {name} ({results.direction(name)}) against each searched knob{note}", fontsize=10)
@@ -138,8 +160,15 @@ def parallel_coordinates(results: SearchResults, metric: Optional[str] = None) -
     ax.vlines(positions, 0, 1, color="0.2", lw=0.8)
     for i, axis_ticks in enumerate(ticks):
         for at, text in axis_ticks:
-            ax.text(i - 0.04, at, text, ha="right", va="center", fontsize=7,
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
+            ax.text(
+                i - 0.04,
+                at,
+                text,
+                ha="right",
+                va="center",
+                fontsize=7,
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7},
+            )
     if not len(v):
         ax.text(0.5, 0.5, "no trial has a value yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xticks(positions, axes_names, rotation=15)
@@ -153,8 +182,9 @@ def parallel_coordinates(results: SearchResults, metric: Optional[str] = None) -
     return fig
 
 
-def write_plots(results: SearchResults, metric: Optional[str] = None, directory: Optional[os.PathLike] = None,
-                dpi: int = 100) -> list[Path]:
+def write_plots(
+    results: SearchResults, metric: Optional[str] = None, directory: Optional[os.PathLike] = None, dpi: int = 100
+) -> list[Path]:
     """Write the three figures as PNGs (default: beside the search's tables); the paths written."""
     if directory is None:
         if results.path is None:

@@ -35,7 +35,12 @@ from artune.results import TrialRecord
 from artune.spaces import SearchSpace
 
 STUDY_FILE = "optuna.db"
-_STATES = {"completed": TrialState.COMPLETE, "stopped": TrialState.PRUNED, "diverged": TrialState.FAIL, "error": TrialState.FAIL}
+_STATES = {
+    "completed": TrialState.COMPLETE,
+    "stopped": TrialState.PRUNED,
+    "diverged": TrialState.FAIL,
+    "error": TrialState.FAIL,
+}
 
 
 def storage_url(directory: Path, storage: Optional[str] = None) -> str:
@@ -73,12 +78,19 @@ def frozen_trial(record: TrialRecord, space: SearchSpace, metric: str) -> Option
         distributions[name] = space.params[name].optuna_distribution()
     summary = record.summary()
     user_attrs = {
-        "trial_id": record.trial_id, "status": record.status, "epochs_completed": summary["epochs_completed"],
-        "tokens_per_sec": summary["tokens_per_sec"], "error": record.error,
+        "trial_id": record.trial_id,
+        "status": record.status,
+        "epochs_completed": summary["epochs_completed"],
+        "tokens_per_sec": summary["tokens_per_sec"],
+        "error": record.error,
     }
     return optuna.trial.create_trial(
-        state=state, value=value, params=params, distributions=distributions,
-        intermediate_values=intermediate, user_attrs=user_attrs,
+        state=state,
+        value=value,
+        params=params,
+        distributions=distributions,
+        intermediate_values=intermediate,
+        user_attrs=user_attrs,
     )
 
 
@@ -101,7 +113,9 @@ def sync_study(study: optuna.Study, records: Iterable[TrialRecord], space: Searc
     return added
 
 
-def warm_start_storage(records: Iterable[TrialRecord], space: SearchSpace, name: str) -> tuple[optuna.storages.BaseStorage, int]:
+def warm_start_storage(
+    records: Iterable[TrialRecord], space: SearchSpace, name: str
+) -> tuple[optuna.storages.BaseStorage, int]:
     """An in-memory storage whose study ``name`` holds every ended earlier trial, for OptunaSearch."""
     storage = optuna.storages.InMemoryStorage()
     s = space.settings

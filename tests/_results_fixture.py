@@ -43,16 +43,33 @@ def records() -> list[TrialRecord]:
     out = []
     for trial_id, (config_id, d_model, lr, optimizer, replace, seed, status, losses) in TRIALS.items():
         config = TrainConfig(
-            d_model=d_model, lr=lr, optimizer=optimizer, dataloader_shuffle_with_replacement=replace, seed=seed,
-            epochs=EPOCHS, seq_len=32, batch_size=4, n_layers=1, n_heads=4,
+            d_model=d_model,
+            lr=lr,
+            optimizer=optimizer,
+            dataloader_shuffle_with_replacement=replace,
+            seed=seed,
+            epochs=EPOCHS,
+            seq_len=32,
+            batch_size=4,
+            n_layers=1,
+            n_heads=4,
         ).to_dict()
         record = TrialRecord(trial_id, config, config_id=config_id)
         for epoch, loss in enumerate(losses, start=1):
-            record.add_epoch({
-                "epoch": epoch, "train_loss": loss + 0.1, "train_accuracy": 1 / loss, "valid_loss": loss,
-                "valid_accuracy": 1 / (loss + 0.5), "tokens_seen": 1000 * epoch, "tokens_per_sec": 500.0 + d_model,
-                "lr": lr, "sample": sample(trial_id, epoch), "seconds": 2.0,
-            })
+            record.add_epoch(
+                {
+                    "epoch": epoch,
+                    "train_loss": loss + 0.1,
+                    "train_accuracy": 1 / loss,
+                    "valid_loss": loss,
+                    "valid_accuracy": 1 / (loss + 0.5),
+                    "tokens_seen": 1000 * epoch,
+                    "tokens_per_sec": 500.0 + d_model,
+                    "lr": lr,
+                    "sample": sample(trial_id, epoch),
+                    "seconds": 2.0,
+                }
+            )
         if status == "diverged":
             record.add_epoch({"epoch": len(losses) + 1, "diverged": True, "error": "valid_loss is nan"})
         elif status == "error":
@@ -87,12 +104,17 @@ def write_optuna_study(directory: Path) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=NAME, storage=f"sqlite:///{directory / 'optuna.db'}", direction="minimize")
     distributions = {
-        "d_model": CategoricalDistribution([32, 64, 128]), "lr": FloatDistribution(1e-4, 3e-2, log=True),
+        "d_model": CategoricalDistribution([32, 64, 128]),
+        "lr": FloatDistribution(1e-4, 3e-2, log=True),
         "optimizer": CategoricalDistribution(["adam", "adamw"]),
         "dataloader_shuffle_with_replacement": CategoricalDistribution([False, True]),
     }
-    for config_id, d_model, lr, optimizer, replace, _, status, losses in TRIALS.values():
+    for _config_id, d_model, lr, optimizer, replace, _, _status, losses in TRIALS.values():
         if losses:
-            params = {"d_model": d_model, "lr": lr, "optimizer": optimizer,
-                      "dataloader_shuffle_with_replacement": replace}
+            params = {
+                "d_model": d_model,
+                "lr": lr,
+                "optimizer": optimizer,
+                "dataloader_shuffle_with_replacement": replace,
+            }
             study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=min(losses)))

@@ -71,8 +71,22 @@ def smoke_search(tmp_path_factory, shakespeare_path):
     """One real smoke search through the CLI, shared by the tests that read a finished search."""
     results_dir = tmp_path_factory.mktemp("results")
     result = subprocess.run(
-        [sys.executable, "-m", "artune.search", str(REPO / "search_spaces" / "smoke.yaml"),
-         "--results-dir", str(results_dir), "--name", "smoke", "--data", str(shakespeare_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=600, env=os.environ.copy(),
+        [
+            sys.executable,
+            "-m",
+            "artune.search",
+            str(REPO / "search_spaces" / "smoke.yaml"),
+            "--results-dir",
+            str(results_dir),
+            "--name",
+            "smoke",
+            "--data",
+            str(shakespeare_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ.copy(),
     )
     return result, results_dir / "smoke"

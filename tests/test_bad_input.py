@@ -39,23 +39,46 @@ SPACES = {
     "empty": ("", ["{path}:1", "the file is empty"]),
     "not_a_mapping": ("- search\n- params\n", ["{path}:1", "top level must be a mapping"]),
     "yaml_syntax": (GOOD.replace("batch_size: 8", "batch_size: 8: 9"), ["{path}:7:", "YAML syntax"]),
-    "duplicate_key": (GOOD.replace("  batch_size: 8\n", "  batch_size: 8\n  batch_size: 16\n"),
-                      ["{path}:8", "'batch_size'", "keys must be unique", "first at line 7"]),
+    "duplicate_key": (
+        GOOD.replace("  batch_size: 8\n", "  batch_size: 8\n  batch_size: 16\n"),
+        ["{path}:8", "'batch_size'", "keys must be unique", "first at line 7"],
+    ),
     "unknown_param": (GOOD.replace("  lr: {", "  lrr: {"), ["{path}:13", "'lrr'", "did you mean 'lr'"]),
-    "low_above_high": (GOOD.replace("[1.0e-4, 1.0e-2]", "[1.0e-2, 1.0e-4]"), ["{path}:13", "params.lr", "low <= high must hold, but got low=0.01, high=0.0001"]),
-    "loguniform_low_0": (GOOD.replace("[1.0e-4, 1.0e-2]", "[0, 1.0e-2]"), ["{path}:13", "params.lr", "low > 0", "low=0"]),
+    "low_above_high": (
+        GOOD.replace("[1.0e-4, 1.0e-2]", "[1.0e-2, 1.0e-4]"),
+        ["{path}:13", "params.lr", "low <= high must hold, but got low=0.01, high=0.0001"],
+    ),
+    "loguniform_low_0": (
+        GOOD.replace("[1.0e-4, 1.0e-2]", "[0, 1.0e-2]"),
+        ["{path}:13", "params.lr", "low > 0", "low=0"],
+    ),
     "empty_choice": (GOOD + "  d_model: {choice: []}\n", ["{path}:14", "params.d_model", "non-empty list"]),
-    "int_step_0": (GOOD + "  d_model: {int: [32, 64], step: 0}\n", ["{path}:14", "params.d_model", "step >= 1 must hold, but got step=0"]),
-    "heads_do_not_divide": (GOOD + "  d_model: {choice: [33, 64]}\n", ["{path}:14", "params.d_model", "n_heads must divide d_model", "d_model=33, n_heads=2"]),
-    "wrong_type": (GOOD.replace("batch_size: 8", "batch_size: abc"), ["{path}:7", "fixed.batch_size", "must be an integer, but got 'abc'"]),
+    "int_step_0": (
+        GOOD + "  d_model: {int: [32, 64], step: 0}\n",
+        ["{path}:14", "params.d_model", "step >= 1 must hold, but got step=0"],
+    ),
+    "heads_do_not_divide": (
+        GOOD + "  d_model: {choice: [33, 64]}\n",
+        ["{path}:14", "params.d_model", "n_heads must divide d_model", "d_model=33, n_heads=2"],
+    ),
+    "wrong_type": (
+        GOOD.replace("batch_size: 8", "batch_size: abc"),
+        ["{path}:7", "fixed.batch_size", "must be an integer, but got 'abc'"],
+    ),
     # the largest batch_size searched is checked against the corpus (~111k valid tokens, read as 60000 streams)
-    "batch_size_too_big_for_the_corpus": (GOOD.replace("  batch_size: 8\n", "") + "  batch_size: {choice: [8, 60000]}\n",
-                                          ["the valid split", "too few for 60000 sequential streams"]),
+    "batch_size_too_big_for_the_corpus": (
+        GOOD.replace("  batch_size: 8\n", "") + "  batch_size: {choice: [8, 60000]}\n",
+        ["the valid split", "too few for 60000 sequential streams"],
+    ),
     # compile skips a partial last batch: a train split (~1M tokens, 31k windows of 32) without one whole batch
-    "compile_without_a_whole_batch": (GOOD.replace("  batch_size: 8\n", "  batch_size: 40000\n  compile: true\n  valid_loader: shuffled\n"),
-                                      ["compile (true or 'auto') trains on whole batches only", "batch_size 40000"]),
-    "python_tag": (GOOD.replace("seq_len: 32", "seq_len: !!python/object/apply:os.system ['touch {marker}']"),
-                   ["{path}:6:", "python tags are refused", "!!python/object/apply:os.system"]),
+    "compile_without_a_whole_batch": (
+        GOOD.replace("  batch_size: 8\n", "  batch_size: 40000\n  compile: true\n  valid_loader: shuffled\n"),
+        ["compile (true or 'auto') trains on whole batches only", "batch_size 40000"],
+    ),
+    "python_tag": (
+        GOOD.replace("seq_len: 32", "seq_len: !!python/object/apply:os.system ['touch {marker}']"),
+        ["{path}:6:", "python tags are refused", "!!python/object/apply:os.system"],
+    ),
 }
 
 SETS = {
@@ -74,7 +97,11 @@ SETS = {
     # a rule between a --set knob and the file's: the --set is named, not the file's line
     "d_model=65": ["error: --set d_model=65: fixed.d_model:", "n_heads must divide d_model, but got d_model=65"],
     # no token to continue: every trial's sample would fail
-    "prompt=": ["prompt must give at least one character token when sample_tokens > 0", "but got ''", "sample_tokens=0"],
+    "prompt=": [
+        "prompt must give at least one character token when sample_tokens > 0",
+        "but got ''",
+        "sample_tokens=0",
+    ],
 }
 
 OPTIONS = {
@@ -85,7 +112,10 @@ OPTIONS = {
     "--num-samples abc": ["argument --num-samples: invalid int value: 'abc'", "--help"],
     "--bogus": ["unrecognized arguments: --bogus", "(see python -m artune.search --help)"],
     # what RAY_ADDRESS holds for the jobs CLI: Ray failed on it after seconds, with a traceback
-    "--address http://127.0.0.1:8265": ["--address http://127.0.0.1:8265: that is the dashboard's address", "HOST:6379"],
+    "--address http://127.0.0.1:8265": [
+        "--address http://127.0.0.1:8265: that is the dashboard's address",
+        "HOST:6379",
+    ],
     # ports urlparse itself refuses (a ValueError): a traceback before
     "--address 127.0.0.1:abc": ["--address '127.0.0.1:abc': expected HOST:PORT"],
     "--address 127.0.0.1:70000": ["--address '127.0.0.1:70000': expected HOST:PORT"],
@@ -114,7 +144,9 @@ def refused(tmp_path_factory, shakespeare_path):
     (data / "empty.txt").write_bytes(b"")
     (data / "one_char.txt").write_text("a" * 5000)
     (data / "latin1.txt").write_bytes("to be or not to be, ".encode() * 3 + "caf\u00e9 au lait".encode("latin-1"))
-    (data / "upper.txt").write_text("TO BE, OR NOT TO BE: THAT IS THE QUESTION.\n" * 300)  # cannot encode the prompt 'It is'
+    (data / "upper.txt").write_text(
+        "TO BE, OR NOT TO BE: THAT IS THE QUESTION.\n" * 300
+    )  # cannot encode the prompt 'It is'
     (data / "no_corpus_here").mkdir()
     marker = root / "pwned"
     cases: dict[str, tuple[list[str], dict]] = {}
@@ -133,7 +165,10 @@ def refused(tmp_path_factory, shakespeare_path):
     for name in ("missing.txt", "upper.txt"):  # a dry run checks the corpus as the search will
         cases[f"dry-run:{name}"] = ([str(SMOKE), "--data", str(data / name), "--dry-run"], NO_NETWORK)
     cases["ray_client"] = ([str(SMOKE), "--address", f"ray://127.0.0.1:{free_port()}"], {})
-    cases["no_compiler"] = ([str(SMOKE), "--set", "compile=true", "--data", str(shakespeare_path)], {"CXX": str(root / "no" / "g++")})
+    cases["no_compiler"] = (
+        [str(SMOKE), "--set", "compile=true", "--data", str(shakespeare_path)],
+        {"CXX": str(root / "no" / "g++")},
+    )
 
     def run(case: str):
         args, env = cases[case]
@@ -186,7 +221,12 @@ def test_a_name_that_is_not_one_directory_under_results_dir(refused, name):
 def test_a_corpus_directory_without_tiny_shakespeare_and_no_network(refused):
     directory = refused["data"] / "no_corpus_here"
     # --data DIR is the data directory: Tiny Shakespeare is fetched into it, and here cannot be
-    check(refused, "data:no_corpus_here", "cannot download", f"place the file at {directory / 'tiny_shakespeare.txt'} by hand")
+    check(
+        refused,
+        "data:no_corpus_here",
+        "cannot download",
+        f"place the file at {directory / 'tiny_shakespeare.txt'} by hand",
+    )
     assert list(directory.iterdir()) == []  # no partial download left behind
 
 
@@ -221,7 +261,9 @@ def test_a_dry_run_checks_the_corpus(refused):
 
 def test_compile_without_a_cpp_compiler_is_refused_before_any_trial(refused):
     """torch.compile builds its kernels with $CXX (else g++): without it every trial would fail at its first step."""
-    check(refused, "no_compiler", "compile: true needs a C++ compiler for torch.compile", "no/g++", "--set compile=false")
+    check(
+        refused, "no_compiler", "compile: true needs a C++ compiler for torch.compile", "no/g++", "--set compile=false"
+    )
 
 
 def test_a_ray_client_address_is_refused_naming_the_ways_that_work(refused):
@@ -238,8 +280,19 @@ def test_a_ray_client_address_is_refused_naming_the_ways_that_work(refused):
 def gpu_refusal(tmp_path_factory, small_corpus, ray_tmpdir):
     results = tmp_path_factory.mktemp("gpu") / "results"
     start = time.monotonic()
-    result = cli(str(SMOKE), "--gpus-per-trial", "1", "--results-dir", str(results), "--name", "gpu",
-                 "--data", str(small_corpus), env={"RAY_ADDRESS": ""}, timeout=120)
+    result = cli(
+        str(SMOKE),
+        "--gpus-per-trial",
+        "1",
+        "--results-dir",
+        str(results),
+        "--name",
+        "gpu",
+        "--data",
+        str(small_corpus),
+        env={"RAY_ADDRESS": ""},
+        timeout=120,
+    )
     return result, results, time.monotonic() - start, wait_for_ray_to_end(ray_tmpdir)
 
 
@@ -249,7 +302,9 @@ def test_gpus_per_trial_on_a_cluster_without_gpus_is_refused_before_any_trial(gp
     assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-2000:])
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last == "error: gpu: 1.0 per trial, but the cluster has 0 GPUs; lower --gpus-per-trial or add GPU nodes", last
+    assert last == "error: gpu: 1.0 per trial, but the cluster has 0 GPUs; lower --gpus-per-trial or add GPU nodes", (
+        last
+    )
     assert " epoch " not in result.stdout  # no trial ran
     assert not results.exists() or not any(results.iterdir())
     assert left == 0, "the local Ray instance outlived the refused command"

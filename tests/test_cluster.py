@@ -26,8 +26,19 @@ def cluster(private_ray_tmpdir, monkeypatch):
 @pytest.mark.slow
 def test_search_on_a_two_node_cluster_through_address(cluster, tmp_path, shakespeare_path):
     result = cli(
-        str(SMOKE), "--address", cluster.address, "--results-dir", str(tmp_path), "--name", "cluster",
-        "--data", str(shakespeare_path), "--num-samples", "2", "--set", "batches_per_epoch=10",
+        str(SMOKE),
+        "--address",
+        cluster.address,
+        "--results-dir",
+        str(tmp_path),
+        "--name",
+        "cluster",
+        "--data",
+        str(shakespeare_path),
+        "--num-samples",
+        "2",
+        "--set",
+        "batches_per_epoch=10",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"on {cluster.address}" in result.stdout
@@ -40,12 +51,23 @@ def test_search_on_a_two_node_cluster_through_address(cluster, tmp_path, shakesp
 
 @pytest.mark.slow
 def test_a_trial_larger_than_every_node_is_refused_though_the_cluster_totals_hold_it(
-    cluster, tmp_path, shakespeare_path,
+    cluster,
+    tmp_path,
+    shakespeare_path,
 ):
     """Two 1-CPU nodes hold 2 CPUs, but a 2-CPU trial would wait for ever: it runs on one node."""
     result = cli(
-        str(SMOKE), "--address", cluster.address, "--results-dir", str(tmp_path), "--name", "big",
-        "--data", str(shakespeare_path), "--cpus-per-trial", "2",
+        str(SMOKE),
+        "--address",
+        cluster.address,
+        "--results-dir",
+        str(tmp_path),
+        "--name",
+        "big",
+        "--data",
+        str(shakespeare_path),
+        "--cpus-per-trial",
+        "2",
     )
     assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-2000:])
     assert "Traceback" not in result.stderr

@@ -38,8 +38,11 @@ def test_a_tuner_takes_new_callbacks_and_a_new_budget_through_its_private_config
     from ray import tune
 
     callback = tune.Callback()
-    tuner = tune.Tuner(lambda config: None, tune_config=tune.TuneConfig(time_budget_s=5.0),
-                       run_config=tune.RunConfig(storage_path=str(tmp_path), name="t"))
+    tuner = tune.Tuner(
+        lambda config: None,
+        tune_config=tune.TuneConfig(time_budget_s=5.0),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="t"),
+    )
     assert compat.give_restored_tuner(tuner, [callback], 30.0)
     assert tuner._local_tuner.get_run_config().callbacks == [callback]
     assert tuner._local_tuner._tune_config.time_budget_s == 30.0
@@ -60,7 +63,9 @@ def test_repointing_leaves_the_state_alone_where_tunes_helpers_have_moved(tmp_pa
     assert (tmp_path / "search_gen_state-1.json").read_bytes() == b"unchanged"
 
 
-def test_the_monitor_of_a_local_instance_goes_before_rays_shutdown_and_every_process_ends(monkeypatch, ray_env_restored):
+def test_the_monitor_of_a_local_instance_goes_before_rays_shutdown_and_every_process_ends(
+    monkeypatch, ray_env_restored
+):
     """Ray's shutdown would leave the monitor blocked on a stopped GCS for a second; it goes first, while the
     GCS it reports to is still up, and Ray stops the rest."""
     from ray._private.node import Node
@@ -68,8 +73,11 @@ def test_the_monitor_of_a_local_instance_goes_before_rays_shutdown_and_every_pro
     from artune.search import stop_ray
 
     kill_all, left_to_ray = Node.kill_all_processes, []
-    monkeypatch.setattr(Node, "kill_all_processes",
-                        lambda self, **kw: left_to_ray.append(set(self.all_processes)) or kill_all(self, **kw))
+    monkeypatch.setattr(
+        Node,
+        "kill_all_processes",
+        lambda self, **kw: left_to_ray.append(set(self.all_processes)) or kill_all(self, **kw),
+    )
     ray.init(address="local", num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     try:
         node = ray._private.worker._global_node

@@ -62,10 +62,19 @@ def test_unknown_key_suggests_the_close_field():
     assert "did you mean 'd_model'?" in str(info.value)
 
 
-@pytest.mark.parametrize(("other", "ours"), [("learning_rate", "lr"), ("n_embd", "d_model"), ("block_size", "seq_len"),
-                                             ("n_layer", "n_layers"), ("grad_clip", "grad_norm_clip"),
-                                             ("beta2", "adam_beta2"), ("position_embedding_type", "position_encoding"),
-                                             ("hidden_act", "activation")])
+@pytest.mark.parametrize(
+    ("other", "ours"),
+    [
+        ("learning_rate", "lr"),
+        ("n_embd", "d_model"),
+        ("block_size", "seq_len"),
+        ("n_layer", "n_layers"),
+        ("grad_clip", "grad_norm_clip"),
+        ("beta2", "adam_beta2"),
+        ("position_embedding_type", "position_encoding"),
+        ("hidden_act", "activation"),
+    ],
+)
 def test_an_unknown_key_that_another_trainer_uses_suggests_artunes_name(other, ours):
     with pytest.raises(ConfigError, match=re.escape(f"unknown key '{other}' (did you mean '{ours}'?)")):
         TrainConfig.from_dict({other: 1})
@@ -147,16 +156,25 @@ def test_n_heads_message_names_both_sizes():
 
 def test_compile_mode_is_torch_compiles_and_needs_compile():
     assert TrainConfig(compile=True, compile_mode="reduce-overhead").compile_mode == "reduce-overhead"
-    with pytest.raises(ConfigError, match=r"compile_mode 'reduce-overhead' needs compile: true or 'auto', but got compile=False"):
+    with pytest.raises(
+        ConfigError, match=r"compile_mode 'reduce-overhead' needs compile: true or 'auto', but got compile=False"
+    ):
         TrainConfig(compile_mode="reduce-overhead")
-    with pytest.raises(ConfigError, match=r"compile_mode must be one of default, reduce-overhead, .*did you mean 'reduce-overhead'"):
+    with pytest.raises(
+        ConfigError, match=r"compile_mode must be one of default, reduce-overhead, .*did you mean 'reduce-overhead'"
+    ):
         TrainConfig(compile=True, compile_mode="reduce_overhead")
 
 
 def test_misspelt_choice_suggests_the_close_one():
-    with pytest.raises(ConfigError, match=r"tokenizer must be one of character, basic_english, but got 'charcter' \(did you mean 'character'\?\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"tokenizer must be one of character, basic_english, but got 'charcter' \(did you mean 'character'\?\)",
+    ):
         TrainConfig(tokenizer="charcter")
-    with pytest.raises(ConfigError, match=r"device must be one of auto, cpu, cuda, but got 'cdua' \(did you mean 'cuda'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"device must be one of auto, cpu, cuda, but got 'cdua' \(did you mean 'cuda'\?\)"
+    ):
         TrainConfig(device="cdua")
 
 
@@ -211,7 +229,11 @@ def test_from_dict_coerces_text():
 @pytest.mark.parametrize("text", ["none", "None", "NULL", "null"])
 def test_none_is_none_for_every_optional_field(text):
     # Whatever the base type: d_ff is an int or none, prompt_separator text or none.
-    assert coerce("d_ff", text) is None and coerce("batches_per_epoch", text) is None and coerce("prompt_separator", text) is None
+    assert (
+        coerce("d_ff", text) is None
+        and coerce("batches_per_epoch", text) is None
+        and coerce("prompt_separator", text) is None
+    )
     config = config_from_arguments(_parser().parse_args(["--prompt_separator", text, "--tokenizer", "basic_english"]))
     assert config.prompt_separator is None and config.separator == " "
     assert coerce("prompt", text) == text  # a text field that cannot be None keeps the word
@@ -268,19 +290,52 @@ def test_no_arguments_give_the_defaults():
 
 def test_arguments_are_coerced():
     args = _parser().parse_args(
-        ["--lr", "3e-3", "--d_model", "64", "--n_heads", "4", "--compile", "true", "--d_ff", "none",
-         "--prompt", "To be"]
+        [
+            "--lr",
+            "3e-3",
+            "--d_model",
+            "64",
+            "--n_heads",
+            "4",
+            "--compile",
+            "true",
+            "--d_ff",
+            "none",
+            "--prompt",
+            "To be",
+        ]
     )
     assert config_from_arguments(args) == TrainConfig(lr=3e-3, d_model=64, n_heads=4, compile=True, prompt="To be")
 
 
 def test_config_round_trips_through_argparse():
     original = TrainConfig(
-        dataset="some/file.txt", tokenizer="basic_english", seq_len=32, batch_size=4, d_model=48, n_heads=6,
-        n_layers=1, d_ff=96, dropout=0.25, optimizer="noam", lr=0.7, warmup=40, grad_norm_clip=0.5,
-        batches_per_epoch=7, prompt="to be or", prompt_separator="|", sample_tokens=3, seed=9, device="cpu",
-        precision="bf16", compile=True, is_save_models=False, is_log_model_params_grads=True,
-        dataloader_shuffle_with_replacement=True, train_loader="sequential", valid_loader="shuffled",
+        dataset="some/file.txt",
+        tokenizer="basic_english",
+        seq_len=32,
+        batch_size=4,
+        d_model=48,
+        n_heads=6,
+        n_layers=1,
+        d_ff=96,
+        dropout=0.25,
+        optimizer="noam",
+        lr=0.7,
+        warmup=40,
+        grad_norm_clip=0.5,
+        batches_per_epoch=7,
+        prompt="to be or",
+        prompt_separator="|",
+        sample_tokens=3,
+        seed=9,
+        device="cpu",
+        precision="bf16",
+        compile=True,
+        is_save_models=False,
+        is_log_model_params_grads=True,
+        dataloader_shuffle_with_replacement=True,
+        train_loader="sequential",
+        valid_loader="shuffled",
     )
     argv = []
     for name, value in original.to_dict().items():
@@ -304,10 +359,17 @@ def test_help_lists_every_field_with_its_doc_and_default():
     assert f"(default:{FIELDS['batch_size'].default!r})" in text
 
 
-@pytest.mark.parametrize(("d_model", "d_ff", "activation", "width"), [
-    (128, None, "gelu", 512), (128, None, "relu2", 512), (128, None, "swiglu", 344), (96, None, "swiglu", 256),
-    (128, 300, "swiglu", 300), (128, 300, "gelu", 300),
-])
+@pytest.mark.parametrize(
+    ("d_model", "d_ff", "activation", "width"),
+    [
+        (128, None, "gelu", 512),
+        (128, None, "relu2", 512),
+        (128, None, "swiglu", 344),
+        (96, None, "swiglu", 256),
+        (128, 300, "swiglu", 300),
+        (128, 300, "gelu", 300),
+    ],
+)
 def test_the_feed_forward_width_defaults_to_the_same_weights_for_every_activation(d_model, d_ff, activation, width):
     """none is 4 * d_model; swiglu's third matrix makes it 8/3 * d_model, rounded up to a multiple of 8."""
     assert TrainConfig(d_model=d_model, n_heads=4, d_ff=d_ff, activation=activation).ff_width == width

@@ -13,8 +13,9 @@ from artune.config import FIELD_NAMES, reference_markdown, reference_table
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
-PAGES = sorted([REPO / "README.md", REPO / "search_spaces" / "README.md", REPO / "results" / "README.md",
-                *DOCS.glob("*.md")])
+PAGES = sorted(
+    [REPO / "README.md", REPO / "search_spaces" / "README.md", REPO / "results" / "README.md", *DOCS.glob("*.md")]
+)
 USAGE = (DOCS / "usage.md").read_text()
 
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")  # [text](target) and ![alt](target "title")
@@ -72,8 +73,9 @@ def test_the_configuration_reference_is_generated_from_trainconfig():
     committed = (DOCS / "configuration.md").read_text()
     command = "python -m artune.config --markdown > docs/configuration.md"
     assert command in committed
-    generated = subprocess.run([sys.executable, "-m", "artune.config", "--markdown"], cwd=REPO, check=True,
-                               capture_output=True, text=True).stdout
+    generated = subprocess.run(
+        [sys.executable, "-m", "artune.config", "--markdown"], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout
     assert generated == reference_markdown() == committed, f"docs/configuration.md is stale: run {command}"
 
 
@@ -96,8 +98,9 @@ def test_every_cli_option_is_documented():
 @pytest.mark.parametrize("module", ["artune.results", "artune.train"])
 def test_every_option_of_the_other_commands_is_documented(module):
     """Their own options are in docs/usage.md; train's TrainConfig flags are in docs/configuration.md."""
-    help_text = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, check=True,
-                               capture_output=True, text=True).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", module, "--help"], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout
     options = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9_-]*)", help_text)) - {"--help"}
     assert options
     reference = (DOCS / "configuration.md").read_text()
@@ -113,8 +116,9 @@ def test_the_exit_codes_in_usage_are_the_search_commands():
     assert re.findall(r"^\| (\d+) \|", table, re.M) == ["0", "1", "2", "130", "141"]
 
     def search(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "artune.search", *args], cwd=REPO, capture_output=True, text=True,
-                              check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "artune.search", *args], cwd=REPO, capture_output=True, text=True, check=False
+        )
 
     assert search("search_spaces/smoke.yaml", "--dry-run").returncode == 0
     bad = search("search_spaces/no_such_space.yaml", "--dry-run")

@@ -63,7 +63,11 @@ def processes_with_ray_tmpdir(ray_tmpdir: str) -> list:
     found = []
     for proc in psutil.process_iter():
         try:
-            if proc.pid != os.getpid() and proc.environ().get("RAY_TMPDIR") == ray_tmpdir and proc.status() != psutil.STATUS_ZOMBIE:
+            if (
+                proc.pid != os.getpid()
+                and proc.environ().get("RAY_TMPDIR") == ray_tmpdir
+                and proc.status() != psutil.STATUS_ZOMBIE
+            ):
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             pass
@@ -83,7 +87,7 @@ def reap(ray_tmpdir: str) -> int:
 
 
 def wait_for_ray_to_end(ray_tmpdir: str, timeout: float = 60) -> int:
-    """How many processes of the instance(s) under ``ray_tmpdir`` outlive their driver by ``timeout``; those are ended."""
+    """How many processes of the instance(s) under ``ray_tmpdir`` outlive their driver by ``timeout``; those end."""
     deadline = time.monotonic() + timeout
     while processes_with_ray_tmpdir(ray_tmpdir) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -113,7 +117,9 @@ def state_trials(data: Optional[dict]) -> dict[str, dict]:
         trial, runtime = json.loads(trial_json), json.loads(runtime_json)
         last = runtime.get("last_result") or {}
         trials[trial["trial_id"]] = {
-            "status": trial["status"], "epoch": int(last.get("epoch") or 0), "num_failures": runtime.get("num_failures", 0),
+            "status": trial["status"],
+            "epoch": int(last.get("epoch") or 0),
+            "num_failures": runtime.get("num_failures", 0),
         }
     return trials
 
@@ -155,8 +161,13 @@ class Search:
 
     def __init__(self, *args: str, env: Optional[dict[str, str]] = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "artune.search", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, start_new_session=True, env={**os.environ, **(env or {})},
+            [sys.executable, "-m", "artune.search", *args],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
         self.out: list[str] = []
         self.err: list[str] = []
@@ -194,7 +205,10 @@ class Search:
         while not condition():
             if self.proc.poll() is not None:
                 time.sleep(0.5)  # let the readers drain
-                pytest.fail(f"the search ended (exit {self.proc.returncode}) before {what}:\n{self.stdout[-3000:]}\n{self.stderr[-3000:]}")
+                pytest.fail(
+                    f"the search ended (exit {self.proc.returncode}) before {what}:\n"
+                    f"{self.stdout[-3000:]}\n{self.stderr[-3000:]}"
+                )
             if time.monotonic() > deadline:
                 self.proc.kill()
                 pytest.fail(f"no {what} within {timeout:.0f} s:\n{self.stdout[-3000:]}\n{self.stderr[-3000:]}")
@@ -216,7 +230,9 @@ def lagging_trials(state: dict[str, dict], epochs) -> dict[str, tuple[int, int]]
     """Running trials whose last epoch in Ray's saved state is not yet in epochs.parquet: {id: (state, table)}."""
     lagging = {}
     for trial_id, trial in state.items():
-        in_table = int(epochs.loc[epochs.trial_id == trial_id, "epoch"].max()) if (epochs.trial_id == trial_id).any() else 0
+        in_table = (
+            int(epochs.loc[epochs.trial_id == trial_id, "epoch"].max()) if (epochs.trial_id == trial_id).any() else 0
+        )
         if trial["status"] == "RUNNING" and trial["epoch"] > in_table:
             lagging[trial_id] = (trial["epoch"], in_table)
     return lagging
@@ -290,8 +306,8 @@ params:
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory, small_corpus, ray_tmpdir):
     """One search taken through both faults: SIGINT to the driver once three epochs were reported and
-    a trial is halfway, ``--resume`` in the directory it was moved to; SIGKILL to the driver once Ray's saved state holds a
-    finished trial and a running one with a checkpoint (and, if it comes within 5 s, while
+    a trial is halfway, ``--resume`` in the directory it was moved to; SIGKILL to the driver once Ray's saved state
+    holds a finished trial and a running one with a checkpoint (and, if it comes within 5 s, while
     epochs.parquet lags that state), ``--resume`` again to the end.
     """
     root = tmp_path_factory.mktemp("chain")
@@ -304,6 +320,7 @@ def chain(tmp_path_factory, small_corpus, ray_tmpdir):
 
     # A: Ctrl-C, as `kill -INT` to the driver alone
     search = Search(str(space), *common, env=CHAIN_ENV)
+
     def sigint_moment() -> bool:
         # three epochs reported, and a trial halfway: two epochs in (so Tune holds at least its epoch-1
         # checkpoint; right after a first report it may not yet) and not finished. One trial alone may
@@ -324,7 +341,9 @@ def chain(tmp_path_factory, small_corpus, ray_tmpdir):
     # SIGKILL of the driver mid-search. Its new trials are made from what Tune saved where it began.
     # {trial: its last epoch in the saved state} of the trials the Ctrl-C interrupted
     interrupted = facts["interrupted"] = {
-        tid: t["epoch"] for tid, t in facts["sigint_state"].items() if t["status"] != "TERMINATED" and 1 <= t["epoch"] < CHAIN_EPOCHS
+        tid: t["epoch"]
+        for tid, t in facts["sigint_state"].items()
+        if t["status"] != "TERMINATED" and 1 <= t["epoch"] < CHAIN_EPOCHS
     }
     facts["first_results"] = results
     results = root / "moved"
@@ -345,8 +364,10 @@ def chain(tmp_path_factory, small_corpus, ray_tmpdir):
         # ... and Ray's saved state holds a finished trial and one halfway, two epochs in (so with a
         # checkpoint: the latest epoch's may not be recorded yet) ...
         state = tune_state(directory)
-        if not (any(t["status"] == "TERMINATED" for t in state.values())
-                and any(t["status"] == "RUNNING" and 2 <= t["epoch"] < CHAIN_EPOCHS for t in state.values())):
+        if not (
+            any(t["status"] == "TERMINATED" for t in state.values())
+            and any(t["status"] == "RUNNING" and 2 <= t["epoch"] < CHAIN_EPOCHS for t in state.values())
+        ):
             return False
         first_ready = first_ready or time.monotonic()
         # ... and, for up to 5 s more, wait for epochs.parquet to lag that state (it is rewritten at most
@@ -379,12 +400,18 @@ def chain(tmp_path_factory, small_corpus, ray_tmpdir):
 
 @pytest.mark.slow
 def test_sigint_ends_the_driver_with_130_and_says_how_to_resume(chain):
-    assert chain["sigint_rc"] == 130, (chain["sigint_rc"], chain["sigint_stdout"][-1000:], chain["sigint_stderr"][-2000:])
+    assert chain["sigint_rc"] == 130, (
+        chain["sigint_rc"],
+        chain["sigint_stdout"][-1000:],
+        chain["sigint_stderr"][-2000:],
+    )
     assert "--resume" in chain["sigint_stderr"]
     assert "finished" not in chain["sigint_manifest"]
     trials, _ = chain["sigint_tables"]
     # interrupted, not ended early (a trial may have run all its epochs before the signal)
-    assert "running" in set(trials["status"]) and set(trials["status"]) <= {"running", "completed"}, trials[["trial_id", "status"]]
+    assert "running" in set(trials["status"]) and set(trials["status"]) <= {"running", "completed"}, trials[
+        ["trial_id", "status"]
+    ]
 
 
 @pytest.mark.slow
@@ -446,7 +473,9 @@ def test_resume_after_sigkill_loses_no_epoch_from_the_tables(chain):
     _, before = chain["kill_tables"]
     if not lagging_trials(chain["kill_state"], before):
         pytest.skip("the kill did not land while epochs.parquet lagged Ray's saved state")
-    assert f"search chain: {CHAIN_SAMPLES} trials ({CHAIN_SAMPLES} completed)" in chain["final_stdout"], chain["final_stdout"][-600:]
+    assert f"search chain: {CHAIN_SAMPLES} trials ({CHAIN_SAMPLES} completed)" in chain["final_stdout"], chain[
+        "final_stdout"
+    ][-600:]
     assert_every_trial_completed_once(chain["directory"], CHAIN_SAMPLES, CHAIN_EPOCHS)
 
 
@@ -464,18 +493,25 @@ def test_trials_finished_before_the_kill_are_not_rerun(chain):
     assert finished
     _, before = chain["kill_tables"]
     _, after = tables(chain["directory"])
+
+    def rows(table, trial_id):
+        return table[table.trial_id == trial_id].sort_values("epoch").reset_index(drop=True)
+
     for trial_id in finished:
         assert trial_id not in chain["resume2_epochs"], f"{trial_id} trained again after the resume"
         # the same rows, bit for bit: `seconds` and `tokens_per_sec` would differ after a rerun
-        rows = lambda t: t[t.trial_id == trial_id].sort_values("epoch").reset_index(drop=True)
-        assert rows(before).equals(rows(after)), trial_id
-        assert len(rows(after)) == CHAIN_EPOCHS
+        assert rows(before, trial_id).equals(rows(after, trial_id)), trial_id
+        assert len(rows(after, trial_id)) == CHAIN_EPOCHS
 
 
 @pytest.mark.slow
 def test_trials_running_at_the_kill_continue_from_their_checkpoints(chain):
     check_a_torn_state_was_restored(chain)
-    running = {tid: t["epoch"] for tid, t in chain["kill_state"].items() if t["status"] == "RUNNING" and 1 <= t["epoch"] < CHAIN_EPOCHS}
+    running = {
+        tid: t["epoch"]
+        for tid, t in chain["kill_state"].items()
+        if t["status"] == "RUNNING" and 1 <= t["epoch"] < CHAIN_EPOCHS
+    }
     assert_continued_from_checkpoints(running, chain["resume2_epochs"])
     # and in all, the last resume trained fewer epochs than the unfinished trials had left from scratch
     unfinished = [tid for tid, t in chain["kill_state"].items() if t["status"] != "TERMINATED"]
@@ -484,7 +520,8 @@ def test_trials_running_at_the_kill_continue_from_their_checkpoints(chain):
 
 
 LONG_SPACE = CHAIN_SPACE.replace(f"num_samples: {CHAIN_SAMPLES}", "num_samples: 2").replace(
-    f"epochs: {CHAIN_EPOCHS}", "epochs: 100000")  # longer than the test on any machine: only Ctrl-C and the budget end it
+    f"epochs: {CHAIN_EPOCHS}", "epochs: 100000"
+)  # longer than the test on any machine: only Ctrl-C and the budget end it
 
 
 @pytest.mark.slow
@@ -515,7 +552,9 @@ def test_a_resumed_driver_records_its_results_its_ctrl_c_and_its_time_budget(tmp
     trials, rows = tables(directory)
     assert len(trials) == 2 and set(trials["status"]) == {"stopped"}, trials[["trial_id", "status"]]
     for trial_id in trials["trial_id"]:
-        assert sorted(rows.loc[rows.trial_id == trial_id, "epoch"]) == sorted(set(ray_epochs(directory, trial_id))), trial_id
+        assert sorted(rows.loc[rows.trial_id == trial_id, "epoch"]) == sorted(set(ray_epochs(directory, trial_id))), (
+            trial_id
+        )
     assert search.epochs(), "the budgeted resume trained nothing"
 
 
@@ -616,7 +655,16 @@ def test_resume_of_a_search_whose_space_file_changed_is_refused_naming_the_chang
     before = snapshot(directory)
     space = errors["all_space"]
     space.write_text(space.read_text().replace("[1.0e-3, 1.0e-2]", "[1.0e-4, 1.0e-2]"))
-    result = cli("--resume", "--name", "all", "--results-dir", str(errors["results"]), "--data", str(errors["corpus"]), timeout=60)
+    result = cli(
+        "--resume",
+        "--name",
+        "all",
+        "--results-dir",
+        str(errors["results"]),
+        "--data",
+        str(errors["corpus"]),
+        timeout=60,
+    )
     line = assert_one_error_line(result, str(space), "params.lr", "--resume")
     assert "0.001" in line and "0.0001" in line, line  # the old and new bounds
     assert snapshot(directory) == before
@@ -651,8 +699,9 @@ def test_tables_killed_mid_write_always_load_whole(tmp_path):
     for kill in range(40):  # until a few kills landed inside a write
         if kill >= 6 and interrupted >= 2:
             break
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(generation)], cwd=REPO,
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(tmp_path), str(generation)], cwd=REPO, stdout=subprocess.PIPE, text=True
+        )
         written = [int(proc.stdout.readline())]  # started: one whole generation written
         time.sleep(rng.uniform(0.0, 0.4))
         proc.kill()
@@ -685,9 +734,21 @@ def ray_local(ray_tmpdir, ray_env_restored):
 
 
 CKPT_CONFIG = dict(
-    dataset="tiny_shakespeare", tokenizer="character", seq_len=16, batch_size=8, batches_per_epoch=25,
-    d_model=32, n_layers=1, n_heads=2, optimizer="adamw", lr=3e-3, sample_tokens=4, device="cpu", seed=5,
-    epochs=4, is_save_models=True,
+    dataset="tiny_shakespeare",
+    tokenizer="character",
+    seq_len=16,
+    batch_size=8,
+    batches_per_epoch=25,
+    d_model=32,
+    n_layers=1,
+    n_heads=2,
+    optimizer="adamw",
+    lr=3e-3,
+    sample_tokens=4,
+    device="cpu",
+    seed=5,
+    epochs=4,
+    is_save_models=True,
 )
 
 
@@ -725,7 +786,10 @@ def run_with_checkpoints(tmp_path, corpus, callback, keep: int):
         param_space=CKPT_CONFIG,
         tune_config=tune.TuneConfig(num_samples=1),
         run_config=tune.RunConfig(
-            name="ckpt", storage_path=str(tmp_path), verbose=0, callbacks=[callback],
+            name="ckpt",
+            storage_path=str(tmp_path),
+            verbose=0,
+            callbacks=[callback],
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
         ),
@@ -779,7 +843,9 @@ def test_a_corrupt_only_checkpoint_restarts_the_trial_from_epoch_1(ray_local, tm
 def cluster(ray_tmpdir):
     cluster_utils = pytest.importorskip("ray.cluster_utils")
     # A head with one CPU and one logical GPU, a worker node with one CPU; each its own GCS/raylet processes.
-    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1, "include_dashboard": False})
+    cluster = cluster_utils.Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1, "include_dashboard": False}
+    )
     worker = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     yield cluster, worker
@@ -790,9 +856,25 @@ def cluster(ray_tmpdir):
 @pytest.mark.slow
 def test_without_address_a_search_starts_its_own_instance_even_beside_a_cluster(cluster, tmp_path, small_corpus):
     # The cluster has a GPU; this machine (and so a private local instance) has none.
-    result = cli(str(REPO / "search_spaces" / "smoke.yaml"), "--gpus-per-trial", "1", "--num-samples", "1", "--epochs", "1",
-                 "--set", "batches_per_epoch=2", "--results-dir", str(tmp_path), "--name", "local",
-                 "--data", str(small_corpus), env={"RAY_ADDRESS": ""}, timeout=180)
+    result = cli(
+        str(REPO / "search_spaces" / "smoke.yaml"),
+        "--gpus-per-trial",
+        "1",
+        "--num-samples",
+        "1",
+        "--epochs",
+        "1",
+        "--set",
+        "batches_per_epoch=2",
+        "--results-dir",
+        str(tmp_path),
+        "--name",
+        "local",
+        "--data",
+        str(small_corpus),
+        env={"RAY_ADDRESS": ""},
+        timeout=180,
+    )
     assert result.returncode == 2, result.stdout[-2000:]
     assert "the cluster has 0 GPUs" in result.stderr
 
@@ -806,11 +888,23 @@ def test_a_node_lost_mid_search_costs_no_trial(cluster, tmp_path, small_corpus):
     space = tmp_path / "space.yaml"
     # 10 epochs of 150 batches: the two first trials overlap for several epochs even when one starts
     # late (with 4 epochs, a CI run saw one trial finish before the other had reported its second)
-    space.write_text(CHAIN_SPACE.replace(f"num_samples: {CHAIN_SAMPLES}", "num_samples: 3")
-                     .replace(f"epochs: {CHAIN_EPOCHS}\n", f"epochs: {LOST_EPOCHS}\n")
-                     .replace("batches_per_epoch: 100", "batches_per_epoch: 150"))
-    search = Search(str(space), "--address", cluster.address, "--results-dir", str(tmp_path), "--name", "lost",
-                    "--data", str(small_corpus))
+    space.write_text(
+        CHAIN_SPACE.replace(f"num_samples: {CHAIN_SAMPLES}", "num_samples: 3")
+        .replace(f"epochs: {CHAIN_EPOCHS}\n", f"epochs: {LOST_EPOCHS}\n")
+        .replace("batches_per_epoch: 100", "batches_per_epoch: 150")
+    )
+    search = Search(
+        str(space),
+        "--address",
+        cluster.address,
+        "--results-dir",
+        str(tmp_path),
+        "--name",
+        "lost",
+        "--data",
+        str(small_corpus),
+    )
+
     # Two trials run, one on each node; once both are mid-training with a registered checkpoint, the
     # worker node goes (a progress line comes before Tune registers that epoch's checkpoint; the next
     # one, after it). Not while a trial is starting there: Ray Tune counts the death of an actor in its
@@ -848,6 +942,9 @@ def test_the_error_row_of_a_lost_trial_says_its_node_died():
     assert summarize_error(NODE_LOST_ERROR) == (
         "The actor died because its node has died (the actor's node was terminated expectedly: received SIGTERM)"
     )
-    retried = "Failure # 1 (occurred at x)\nTraceback\nValueError: boom\nFailure # 2 (occurred at y)\nTraceback\nMemoryError: out\n"
+    retried = (
+        "Failure # 1 (occurred at x)\nTraceback\nValueError: boom\n"
+        "Failure # 2 (occurred at y)\nTraceback\nMemoryError: out\n"
+    )
     assert summarize_error(retried) == "MemoryError: out"  # the latest failure
     assert summarize_error("") == "unknown error"

@@ -59,7 +59,8 @@ def test_the_notebook_runs_on_a_finished_search(search_for_notebook: Path, monke
 
 
 def test_the_notebook_takes_a_search_relative_to_the_repository(
-    search_for_notebook: Path, monkeypatch: pytest.MonkeyPatch,
+    search_for_notebook: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`ARTUNE_RESULTS=results/<name> jupyter lab notebooks/...` from the repository: the kernel runs in notebooks/."""
     relative = os.path.relpath(search_for_notebook, REPO)
@@ -69,7 +70,8 @@ def test_the_notebook_takes_a_search_relative_to_the_repository(
 
 
 def test_the_notebook_runs_on_a_search_where_no_trial_has_a_value(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     directory = tmp_path / fx.NAME
     directory.mkdir()

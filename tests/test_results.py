@@ -14,15 +14,23 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from tests import _results_fixture as fx
 from artune.config import FIELD_NAMES
 from artune.plots import knob_positions, learning_curves, metric_vs_knobs, parallel_coordinates, write_plots
 from artune.results import (
-    EPOCHS_FILE, MANIFEST_FILE, TRIALS_FILE, ResultsError, TrialRecord, compare, load, read_records,
-    write_json_atomic, write_tables,
+    EPOCHS_FILE,
+    MANIFEST_FILE,
+    TRIALS_FILE,
+    ResultsError,
+    TrialRecord,
+    compare,
+    load,
+    read_records,
+    write_json_atomic,
+    write_tables,
 )
 from artune.results import tables as tables_module
 from artune.results.cli import main
+from tests import _results_fixture as fx
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -181,7 +189,7 @@ def test_manifest_params_without_a_column_are_an_error(tmp_path: Path) -> None:
     directory = fx.build_search(tmp_path / "s")
     rewrite_manifest(directory, params=["d_model", "n_experts"])
     with pytest.raises(ResultsError, match=r"params \['n_experts'\]"):
-        load(directory).params
+        load(directory).params  # noqa: B018 - the property raises
 
 
 # --- replicates
@@ -255,7 +263,8 @@ def test_a_leftover_tmp_file_from_a_crashed_write_is_ignored(tmp_path: Path) -> 
 
 
 def test_an_interrupted_write_leaves_the_previous_table_readable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     directory = fx.build_search(tmp_path / "s")
 
@@ -394,8 +403,13 @@ def test_results_never_import_the_figures_and_the_figures_import_first() -> None
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
     for first in ("artune.plots", "artune.results.cli"):
-        result = subprocess.run([sys.executable, "-c", f"import {first}, artune.results"], capture_output=True,
-                                text=True, cwd=REPO, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-c", f"import {first}, artune.results"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+        )
         assert result.returncode == 0, result.stderr
 
 
@@ -404,8 +418,9 @@ def test_results_never_import_the_figures_and_the_figures_import_first() -> None
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, "-m", "artune.results", *args], capture_output=True, text=True, cwd=REPO,
-                          env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "artune.results", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=120
+    )
 
 
 def test_cli_prints_the_summary_and_writes_three_pngs(tmp_path: Path) -> None:
@@ -413,8 +428,9 @@ def test_cli_prints_the_summary_and_writes_three_pngs(tmp_path: Path) -> None:
     result = run_cli(fx.NAME, "--results-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == ("search fixture: 6 trials (3 completed, 1 stopped, 1 diverged, 1 error), "
-                        "best first by best_valid_loss (min)")
+    assert lines[0] == (
+        "search fixture: 6 trials (3 completed, 1 stopped, 1 diverged, 1 error), best first by best_valid_loss (min)"
+    )
     assert lines[1].split()[:2] == ["trial_id", "status"]
     assert lines[2].split()[:2] == ["t3", "completed"] and lines[2].split()[-1] == "1.5"
     for name in ("learning_curves.png", "metric_vs_knobs.png", "parallel_coordinates.png"):

@@ -25,8 +25,12 @@ SMOKE = REPO / "search_spaces" / "smoke.yaml"
 
 def cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "artune.search", *args], cwd=REPO, capture_output=True, text=True,
-        timeout=timeout, env={**os.environ, **(env or {})},
+        [sys.executable, "-m", "artune.search", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -70,8 +74,19 @@ def test_smoke_search_writes_one_row_per_trial_and_per_trial_epoch(smoke):
     trials = pq.read_table(directory / "trials.parquet").to_pandas()
     epochs = pq.read_table(directory / "epochs.parquet").to_pandas()
     assert len(trials) == 4 and trials["trial_id"].is_unique
-    for column in ("trial_id", "status", "epochs_completed", "last_valid_loss", "best_valid_loss",
-                   "last_valid_accuracy", "best_valid_accuracy", "tokens_per_sec", "seconds", "error", *FIELD_NAMES):
+    for column in (
+        "trial_id",
+        "status",
+        "epochs_completed",
+        "last_valid_loss",
+        "best_valid_loss",
+        "last_valid_accuracy",
+        "best_valid_accuracy",
+        "tokens_per_sec",
+        "seconds",
+        "error",
+        *FIELD_NAMES,
+    ):
         assert column in trials.columns, column
     assert str(trials["d_model"].dtype) == "int64" and str(trials["lr"].dtype) == "float64"
     assert str(trials["dataloader_shuffle_with_replacement"].dtype) == "bool"
@@ -80,8 +95,18 @@ def test_smoke_search_writes_one_row_per_trial_and_per_trial_epoch(smoke):
     assert (trials["status"] == "completed").any()
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
     assert len(epochs) == trials["epochs_completed"].sum()
-    for column in ("epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "tokens_seen",
-                   "tokens_per_sec", "lr", "sample", "seconds"):
+    for column in (
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "valid_loss",
+        "valid_accuracy",
+        "tokens_seen",
+        "tokens_per_sec",
+        "lr",
+        "sample",
+        "seconds",
+    ):
         assert column in epochs.columns, column
     assert epochs["compiled"].dtype == bool and not epochs["compiled"].any()  # reported by each epoch; smoke is eager
     stopped = trials[trials.status == "stopped"]
@@ -143,9 +168,28 @@ def test_the_search_driver_never_imports_torch(tmp_path, shakespeare_path):
     """torch is the trials' business: its import would delay every search's start (bench search)."""
     attempts = tmp_path / "torch-imports.txt"
     result = subprocess.run(
-        [sys.executable, "-c", DRIVER_WITHOUT_TORCH, str(SMOKE), "--results-dir", str(tmp_path), "--name", "notorch",
-         "--data", str(shakespeare_path), "--num-samples", "1", "--epochs", "1", "--set", "batches_per_epoch=5"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            DRIVER_WITHOUT_TORCH,
+            str(SMOKE),
+            "--results-dir",
+            str(tmp_path),
+            "--name",
+            "notorch",
+            "--data",
+            str(shakespeare_path),
+            "--num-samples",
+            "1",
+            "--epochs",
+            "1",
+            "--set",
+            "batches_per_epoch=5",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "ARTUNE_TEST_TORCH_IMPORTS": str(attempts)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -156,8 +200,20 @@ def test_the_search_driver_never_imports_torch(tmp_path, shakespeare_path):
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, shakespeare_path):
-    result = cli(str(SMOKE), "--dry-run", "--results-dir", str(tmp_path / "r"), "--name", "plan",
-                 "--num-samples", "7", "--set", "seq_len=24", "--data", str(shakespeare_path))
+    result = cli(
+        str(SMOKE),
+        "--dry-run",
+        "--results-dir",
+        str(tmp_path / "r"),
+        "--name",
+        "plan",
+        "--num-samples",
+        "7",
+        "--set",
+        "seq_len=24",
+        "--data",
+        str(shakespeare_path),
+    )
     assert result.returncode == 0, result.stderr
     assert "7 trials" in result.stdout and "seq_len" in result.stdout and "24" in result.stdout
     assert str(tmp_path / "r" / "plan") in result.stdout
@@ -166,11 +222,26 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, shakespeare_path):
 
 def test_validating_a_search_loads_neither_ray_nor_torch_nor_pandas(tmp_path, shakespeare_path):
     """The plan is checked before anything heavy is imported, so --dry-run (and a bad input's error) come at once."""
-    code = ("import sys; from artune.search import main; main(sys.argv[1:]); "
-            "print(sorted(m for m in ('ray', 'torch', 'pandas') if m in sys.modules))")
+    code = (
+        "import sys; from artune.search import main; main(sys.argv[1:]); "
+        "print(sorted(m for m in ('ray', 'torch', 'pandas') if m in sys.modules))"
+    )
     result = subprocess.run(
-        [sys.executable, "-c", code, str(SMOKE), "--dry-run", "--results-dir", str(tmp_path), "--data", str(shakespeare_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(SMOKE),
+            "--dry-run",
+            "--results-dir",
+            str(tmp_path),
+            "--data",
+            str(shakespeare_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "[]"
@@ -198,12 +269,26 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path, shakespeare_path):
     """`artune --dry-run | head -1`: the reader leaves; the command ends as a Unix tool does, without a traceback."""
     runs = {
         "artune.search": ["--dry-run", "--results-dir", str(tmp_path), "--data", str(shakespeare_path)],
-        "artune.train": ["--data", str(shakespeare_path), "--epochs", "2", "--batches_per_epoch", "2", "--d_model", "16",
-                         "--n_layers", "1", "--n_heads", "2"],
+        "artune.train": [
+            "--data",
+            str(shakespeare_path),
+            "--epochs",
+            "2",
+            "--batches_per_epoch",
+            "2",
+            "--d_model",
+            "16",
+            "--n_layers",
+            "1",
+            "--n_heads",
+            "2",
+        ],
         "artune.results": [str(build_search(tmp_path / "results" / "s"))],  # tables written as the driver writes them
     }
     for module, args in runs.items():
-        proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         proc.stdout.close()  # before the command has printed anything
         stderr = proc.stderr.read().decode()
         assert proc.wait(120) == 141 and "Traceback" not in stderr, (module, stderr)
@@ -241,7 +326,10 @@ def test_compile_auto_needs_no_cpp_compiler(tmp_path, shakespeare_path):
         ([str(SMOKE), "--storage", "sqlite:///:memory:"], ["--storage 'sqlite:///:memory:'", "in-memory"]),
         ([str(SMOKE), "--storage", "foo://bar"], ["--storage 'foo://bar'", "not a database URL"]),
         ([str(SMOKE), "--storage", "not a url"], ["--storage 'not a url'", "not a database URL"]),
-        ([str(SMOKE), "--storage", "mysql://u@127.0.0.1/db"], ["--storage 'mysql://u@127.0.0.1/db'", "driver is not installed"]),
+        (
+            [str(SMOKE), "--storage", "mysql://u@127.0.0.1/db"],
+            ["--storage 'mysql://u@127.0.0.1/db'", "driver is not installed"],
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragments):
@@ -272,8 +360,18 @@ def test_a_storage_that_cannot_hold_the_study_is_one_line_and_leaves_no_search(t
     not_a_database = tmp_path / "notes.db"
     not_a_database.write_text("not a database\n" * 100)
     results = tmp_path / "r"
-    result = cli(str(SMOKE), "--name", "x", "--results-dir", str(results), "--data", str(shakespeare_path),
-                 "--storage", f"sqlite:///{not_a_database}", timeout=300)
+    result = cli(
+        str(SMOKE),
+        "--name",
+        "x",
+        "--results-dir",
+        str(results),
+        "--data",
+        str(shakespeare_path),
+        "--storage",
+        f"sqlite:///{not_a_database}",
+        timeout=300,
+    )
     assert_one_error_line(result, f"--storage sqlite:///{not_a_database}", "the Optuna study cannot be opened there")
     assert not (results / "x").exists()
 
@@ -292,39 +390,75 @@ def test_the_manifest_keeps_every_runs_searched_knobs(tmp_path, shakespeare_path
     from artune.search import SPACE_COPY, load_plan_corpus, make_plan, parse_args, write_manifest
 
     space = tmp_path / "s.yaml"
-    space.write_text("search: {num_samples: 2, epochs: 1}\nfixed: {d_model: 16, n_layers: 1, n_heads: 2}\n"
-                     "params:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n  warmup: {int: [10, 20], when: {optimizer: noam}}\n"
-                     "  optimizer: {choice: [adam, noam]}\n")
+    space.write_text(
+        "search: {num_samples: 2, epochs: 1}\nfixed: {d_model: 16, n_layers: 1, n_heads: 2}\n"
+        "params:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n  warmup: {int: [10, 20], when: {optimizer: noam}}\n"
+        "  optimizer: {choice: [adam, noam]}\n"
+    )
     common = ["--results-dir", str(tmp_path / "r"), "--name", "m", "--data", str(shakespeare_path)]
     first = make_plan(parse_args([str(space), *common]))
     first.directory.mkdir(parents=True)
     shutil.copy(space, first.directory / SPACE_COPY)
     corpus = load_plan_corpus(first)
     write_manifest(first, corpus, {"finished": "then"})
-    extension = make_plan(parse_args([*common, "--extend", "--num-samples", "2", "--set", "lr=0.002", "--set", "warmup=15"]))
+    extension = make_plan(
+        parse_args([*common, "--extend", "--num-samples", "2", "--set", "lr=0.002", "--set", "warmup=15"])
+    )
     write_manifest(extension, corpus, {"extended": "now"})
     manifest = json.loads((first.directory / "manifest.json").read_text())
-    assert manifest["params"] == list(first.space.params) == ["lr", "optimizer", "warmup"] and manifest["fixed"]["lr"] == 0.002
+    assert (
+        manifest["params"] == list(first.space.params) == ["lr", "optimizer", "warmup"]
+        and manifest["fixed"]["lr"] == 0.002
+    )
     assert manifest["conditions"] == {"warmup": {"optimizer": ["noam"]}}
 
 
 def test_a_new_search_is_refused_a_study_name_its_storage_already_holds(tmp_path, shakespeare_path):
-    """A shared --storage and a --name used before elsewhere: the new trials went into the old study (its direction kept)."""
+    """A shared --storage and a --name used before elsewhere: the new trials went into the old study (its direction
+    kept)."""
     import optuna
 
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     optuna.create_study(storage=url, study_name="base", direction="maximize")
-    args = [str(SMOKE), "--dry-run", "--results-dir", str(tmp_path / "r"), "--storage", url, "--data", str(shakespeare_path)]
-    assert_one_error_line(cli(*args, "--name", "base"), f"--name 'base': the database {url} already holds a study of that name")
+    args = [
+        str(SMOKE),
+        "--dry-run",
+        "--results-dir",
+        str(tmp_path / "r"),
+        "--storage",
+        url,
+        "--data",
+        str(shakespeare_path),
+    ]
+    assert_one_error_line(
+        cli(*args, "--name", "base"), f"--name 'base': the database {url} already holds a study of that name"
+    )
     assert cli(*args, "--name", "other").returncode == 0
 
 
 def test_a_relative_sqlite_storage_is_kept_as_an_absolute_one(tmp_path, shakespeare_path):
     """The manifest recorded the URL as given: a --resume from another directory opened a new, empty study there."""
     result = subprocess.run(
-        [sys.executable, "-m", "artune.search", str(SMOKE), "--dry-run", "--results-dir", "r", "--name", "s",
-         "--storage", "sqlite:///studies.db", "--data", str(shakespeare_path)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)},
+        [
+            sys.executable,
+            "-m",
+            "artune.search",
+            str(SMOKE),
+            "--dry-run",
+            "--results-dir",
+            "r",
+            "--name",
+            "s",
+            "--storage",
+            "sqlite:///studies.db",
+            "--data",
+            str(shakespeare_path),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert result.returncode == 0, result.stderr
     assert f"Optuna study: 's' in sqlite:///{tmp_path / 'studies.db'}" in result.stdout
@@ -334,20 +468,28 @@ def test_extend_refuses_an_unfinished_search_and_resume_a_storage_that_is_not_th
     directory = torn_search(tmp_path, staged_trial=None)
     (directory / "tune" / "experiment_state-2026-01-01_00-01-00.json").write_text('{"trial_data": []}')
     manifest = json.loads((directory / "manifest.json").read_text())
-    manifest.update(started="2026-01-01T00:00:00", storage=f"sqlite:///{directory}/optuna.db",  # and never finished
-                    overrides={"tune": {"settings": {"time_budget": 60.0}, "set": {}}})  # as an early version wrote it
+    manifest.update(
+        started="2026-01-01T00:00:00",
+        storage=f"sqlite:///{directory}/optuna.db",  # and never finished
+        overrides={"tune": {"settings": {"time_budget": 60.0}, "set": {}}},
+    )  # as an early version wrote it
     (directory / "manifest.json").write_text(json.dumps(manifest))
     common = ["--name", "torn", "--results-dir", str(tmp_path / "r"), "--dry-run"]
     extend = cli("--extend", "--num-samples", "1", *common, timeout=60)
     assert_one_error_line(extend, "is unfinished", "--resume first")
     resumed = cli("--resume", *common, timeout=60)
-    assert resumed.returncode == 0 and "time budget" not in resumed.stdout, (resumed.stdout, resumed.stderr)  # not replayed
+    assert resumed.returncode == 0 and "time budget" not in resumed.stdout, (
+        resumed.stdout,
+        resumed.stderr,
+    )  # not replayed
     # another --storage points a moved search at its study; one with no database there would be a new, empty study
     moved = tmp_path / "moved.db"
     moved.write_bytes(b"")
     assert cli("--resume", "--storage", f"sqlite:///{moved}", *common, timeout=60).returncode == 0
     missing = f"sqlite:///{tmp_path}/missing.db"
-    assert_one_error_line(cli("--resume", "--storage", missing, *common, timeout=60), "--storage (no database at", "cannot change")
+    assert_one_error_line(
+        cli("--resume", "--storage", missing, *common, timeout=60), "--storage (no database at", "cannot change"
+    )
     # once its last run finished, it can be extended
     manifest["finished_runs"] = ["tune"]
     (directory / "manifest.json").write_text(json.dumps(manifest))
@@ -374,7 +516,15 @@ def torn_search(root: Path, staged_trial: str | None) -> Path:
     searcher_files(directory / "tune")
     (root / "ray").mkdir()
     if staged_trial:
-        staging = root / "ray" / "session_2026-01-01_00-00-59_1_1" / "artifacts" / "2026-01-01_00-01-00" / "tune" / "driver_artifacts"
+        staging = (
+            root
+            / "ray"
+            / "session_2026-01-01_00-00-59_1_1"
+            / "artifacts"
+            / "2026-01-01_00-01-00"
+            / "tune"
+            / "driver_artifacts"
+        )
         staging.mkdir(parents=True)
         trial = json.dumps({"trial_id": staged_trial, "status": "RUNNING"})
         (staging / "experiment_state-2026-01-01_00-01-00.json").write_text(json.dumps({"trial_data": [[trial, "{}"]]}))
@@ -391,8 +541,16 @@ def searcher_files(directory: Path) -> None:
 def test_resume_refuses_a_saved_state_that_a_killed_driver_left_empty(tmp_path):
     """Tune copies its state without an atomic rename; from an empty one it would resume silently, losing trials."""
     torn_search(tmp_path, staged_trial=None)
-    result = cli("--resume", "--name", "torn", "--results-dir", str(tmp_path / "r"), "--dry-run", timeout=60,
-                 env={"RAY_TMPDIR": str(tmp_path)})
+    result = cli(
+        "--resume",
+        "--name",
+        "torn",
+        "--results-dir",
+        str(tmp_path / "r"),
+        "--dry-run",
+        timeout=60,
+        env={"RAY_TMPDIR": str(tmp_path)},
+    )
     assert_one_error_line(result, "experiment_state-2026-01-01_00-01-00.json is empty", "another --name")
 
 
@@ -400,25 +558,51 @@ def test_resume_refuses_an_empty_searcher_state_beside_a_whole_experiment_state(
     directory = torn_search(tmp_path, staged_trial=None)
     (directory / "tune" / "experiment_state-2026-01-01_00-01-00.json").write_text('{"trial_data": []}')
     (directory / "tune" / "searcher-state-2026-01-01_00-01-00.pkl").write_bytes(b"")
-    result = cli("--resume", "--name", "torn", "--results-dir", str(tmp_path / "r"), "--dry-run", timeout=60,
-                 env={"RAY_TMPDIR": str(tmp_path)})
+    result = cli(
+        "--resume",
+        "--name",
+        "torn",
+        "--results-dir",
+        str(tmp_path / "r"),
+        "--dry-run",
+        timeout=60,
+        env={"RAY_TMPDIR": str(tmp_path)},
+    )
     assert_one_error_line(result, "searcher-state-2026-01-01_00-01-00.pkl is empty", "another --name")
 
 
 def test_resume_plans_to_restore_an_empty_saved_state_from_tunes_staging_copy(tmp_path):
     directory = torn_search(tmp_path, staged_trial="a1b2c3d4")
-    result = cli("--resume", "--name", "torn", "--results-dir", str(tmp_path / "r"), "--dry-run", timeout=60,
-                 env={"RAY_TMPDIR": str(tmp_path)})
+    result = cli(
+        "--resume",
+        "--name",
+        "torn",
+        "--results-dir",
+        str(tmp_path / "r"),
+        "--dry-run",
+        timeout=60,
+        env={"RAY_TMPDIR": str(tmp_path)},
+    )
     assert result.returncode == 0, result.stderr
     assert "restores Ray Tune's saved state" in result.stdout and "driver_artifacts" in result.stdout
-    assert (directory / "tune" / "experiment_state-2026-01-01_00-01-00.json").read_text() == ""  # a dry run writes nothing
+    assert (
+        directory / "tune" / "experiment_state-2026-01-01_00-01-00.json"
+    ).read_text() == ""  # a dry run writes nothing
 
 
 def test_resume_finds_the_staging_copy_of_a_cluster_started_with_its_own_temp_dir(tmp_path):
     """`ray start --temp-dir DIR` keeps its sessions in DIR itself; RAY_TMPDIR=DIR (no ray/ below) names it."""
     torn_search(tmp_path, staged_trial="a1b2c3d4")
-    result = cli("--resume", "--name", "torn", "--results-dir", str(tmp_path / "r"), "--dry-run", timeout=60,
-                 env={"RAY_TMPDIR": str(tmp_path / "ray")})
+    result = cli(
+        "--resume",
+        "--name",
+        "torn",
+        "--results-dir",
+        str(tmp_path / "r"),
+        "--dry-run",
+        timeout=60,
+        env={"RAY_TMPDIR": str(tmp_path / "ray")},
+    )
     assert result.returncode == 0, result.stderr
     assert "restores Ray Tune's saved state" in result.stdout
 
@@ -426,8 +610,16 @@ def test_resume_finds_the_staging_copy_of_a_cluster_started_with_its_own_temp_di
 def test_resume_ignores_a_staging_copy_of_another_search(tmp_path):
     """A state of the same name and second, staged by a search none of whose trials are this one's."""
     torn_search(tmp_path, staged_trial="ffffffff")
-    result = cli("--resume", "--name", "torn", "--results-dir", str(tmp_path / "r"), "--dry-run", timeout=60,
-                 env={"RAY_TMPDIR": str(tmp_path)})
+    result = cli(
+        "--resume",
+        "--name",
+        "torn",
+        "--results-dir",
+        str(tmp_path / "r"),
+        "--dry-run",
+        timeout=60,
+        env={"RAY_TMPDIR": str(tmp_path)},
+    )
     assert_one_error_line(result, "is empty", "another --name")
 
 
@@ -475,8 +667,11 @@ def test_resume_does_not_continue_trials_the_tables_saw_end_after_tune_last_save
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not any(f"[{trial_id}] epoch" in resumed.stdout for trial_id in stopped), resumed.stdout[-3000:]
     after = load(directory)
-    assert after.epochs.sort_values(["trial_id", "epoch"]).reset_index(drop=True).equals(
-        before.epochs.sort_values(["trial_id", "epoch"]).reset_index(drop=True))
+    assert (
+        after.epochs.sort_values(["trial_id", "epoch"])
+        .reset_index(drop=True)
+        .equals(before.epochs.sort_values(["trial_id", "epoch"]).reset_index(drop=True))
+    )
     assert set(after.trials.loc[after.trials.status == "stopped", "trial_id"]) == stopped
 
 
@@ -518,7 +713,10 @@ def test_a_copied_search_extends_its_own_study_and_leaves_the_originals_alone(sm
     import optuna
 
     directory = copy_of_smoke(smoke, tmp_path / "elsewhere")
-    trials = lambda folder: len(optuna.load_study(study_name="smoke", storage=f"sqlite:///{folder / 'optuna.db'}").trials)  # noqa: E731
+
+    def trials(folder):
+        return len(optuna.load_study(study_name="smoke", storage=f"sqlite:///{folder / 'optuna.db'}").trials)
+
     before = trials(smoke[1])
     extended = cli("--extend", "--num-samples", "1", "--name", "smoke", "--results-dir", str(tmp_path / "elsewhere"))
     assert extended.returncode == 0, extended.stderr[-2000:]
@@ -536,7 +734,9 @@ def test_the_recorder_pickles_without_the_study_it_was_given(tmp_path, shakespea
     from artune.search import Recorder, make_plan, parse_args
     from artune.study import open_study
 
-    plan = make_plan(parse_args([str(SMOKE), "--results-dir", str(tmp_path / "r"), "--name", "p", "--data", str(shakespeare_path)]))
+    plan = make_plan(
+        parse_args([str(SMOKE), "--results-dir", str(tmp_path / "r"), "--name", "p", "--data", str(shakespeare_path)])
+    )
     plan.directory.mkdir(parents=True)
     recorder = Recorder(plan, open_study(plan.storage, plan.name, "min"))
     pickled = cloudpickle.dumps(recorder)
@@ -551,7 +751,9 @@ def test_ray_results_merged_into_the_tables_never_bring_back_a_failed_attempts_e
     from artune.results import TrialRecord
     from artune.search import merge_ray_results
 
-    lines = [{"epoch": e, "valid_loss": 10.0 + e} for e in (1, 2, 3, 4)] + [{"epoch": e, "valid_loss": 20.0 + e} for e in (1, 2, 3)]
+    lines = [{"epoch": e, "valid_loss": 10.0 + e} for e in (1, 2, 3, 4)] + [
+        {"epoch": e, "valid_loss": 20.0 + e} for e in (1, 2, 3)
+    ]
     (tmp_path / "t0").mkdir()
     (tmp_path / "t0" / "result.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
     record = TrialRecord("t0", {"lr": 0.001})
@@ -568,8 +770,10 @@ def test_a_knob_searched_under_a_condition_can_also_keep_its_default(tmp_path):
     from artune.spaces import load_space
 
     path = tmp_path / "space.yaml"
-    path.write_text("search: {num_samples: 2, epochs: 1}\nfixed: {n_heads: 2}\nparams:\n"
-                    "  optimizer: {choice: [adam, noam]}\n  seq_len: {choice: [32, 64], when: {optimizer: noam}}\n")
+    path.write_text(
+        "search: {num_samples: 2, epochs: 1}\nfixed: {n_heads: 2}\nparams:\n"
+        "  optimizer: {choice: [adam, noam]}\n  seq_len: {choice: [32, 64], when: {optimizer: noam}}\n"
+    )
     space = load_space(path)
     fixed = TrainConfig.from_dict(space.fixed)
     assert sorted(possible_values(space, fixed, "seq_len")) == [32, 64, TrainConfig().seq_len]
@@ -580,9 +784,13 @@ def test_the_manifest_records_the_condition_of_each_conditional_knob(tmp_path, s
     from artune.search import load_plan_corpus, make_plan, parse_args, write_manifest
 
     path = tmp_path / "space.yaml"
-    path.write_text("search: {num_samples: 2, epochs: 1}\nfixed: {n_heads: 2, warmup: 10}\nparams:\n"
-                    "  optimizer: {choice: [adam, noam]}\n  seq_len: {choice: [32, 64], when: {optimizer: noam}}\n")
-    plan = make_plan(parse_args([str(path), "--results-dir", str(tmp_path / "r"), "--name", "c", "--data", str(shakespeare_path)]))
+    path.write_text(
+        "search: {num_samples: 2, epochs: 1}\nfixed: {n_heads: 2, warmup: 10}\nparams:\n"
+        "  optimizer: {choice: [adam, noam]}\n  seq_len: {choice: [32, 64], when: {optimizer: noam}}\n"
+    )
+    plan = make_plan(
+        parse_args([str(path), "--results-dir", str(tmp_path / "r"), "--name", "c", "--data", str(shakespeare_path)])
+    )
     plan.directory.mkdir(parents=True)
     write_manifest(plan, load_plan_corpus(plan), {})
     manifest = json.loads((plan.directory / "manifest.json").read_text())
@@ -619,10 +827,15 @@ def test_a_results_dir_that_is_not_writable_is_refused(tmp_path):
     try:
         result = subprocess.run(
             [sys.executable, "-m", "artune.search", str(SMOKE), "--results-dir", str(read_only / "r")],
-            cwd=REPO, capture_output=True, text=True, timeout=60,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
             preexec_fn=_without_root_file_powers if os.geteuid() == 0 else None,
         )
-        assert_one_error_line(result, "--results-dir", str(read_only), "is not writable", "choose another --results-dir")
+        assert_one_error_line(
+            result, "--results-dir", str(read_only), "is not writable", "choose another --results-dir"
+        )
         assert list(read_only.iterdir()) == []
     finally:
         read_only.chmod(0o755)
@@ -641,15 +854,24 @@ def test_an_address_where_nothing_listens_fails_within_15_seconds(tmp_path):
     assert_one_error_line(result, "nothing answers there")
 
 
-
 @pytest.mark.slow
 def test_a_ctrl_c_before_the_search_began_leaves_nothing_and_the_name_free(tmp_path, shakespeare_path):
     """Ctrl-C while Ray starts: nothing was recorded, so nothing is kept, and the same --name runs again."""
     import signal
 
     results = tmp_path / "r"
-    args = [sys.executable, "-m", "artune.search", str(SMOKE), "--results-dir", str(results), "--name", "early",
-            "--data", str(shakespeare_path)]
+    args = [
+        sys.executable,
+        "-m",
+        "artune.search",
+        str(SMOKE),
+        "--results-dir",
+        str(results),
+        "--name",
+        "early",
+        "--data",
+        str(shakespeare_path),
+    ]
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     give_up = time.monotonic() + 60
     while not (results / "early").exists() and process.poll() is None and time.monotonic() < give_up:
@@ -661,5 +883,7 @@ def test_a_ctrl_c_before_the_search_began_leaves_nothing_and_the_name_free(tmp_p
     assert process.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "interrupted before the search began: nothing was written" in err, err[-3000:]
     assert not (results / "early").exists()
-    again = cli(str(SMOKE), "--results-dir", str(results), "--name", "early", "--data", str(shakespeare_path), "--dry-run")
+    again = cli(
+        str(SMOKE), "--results-dir", str(results), "--name", "early", "--data", str(shakespeare_path), "--dry-run"
+    )
     assert again.returncode == 0, again.stderr

@@ -12,8 +12,23 @@ from tests.test_search import SMOKE, assert_one_error_line, cli
 
 @pytest.mark.slow
 def test_repeats_run_each_config_with_consecutive_seeds_and_aggregate(tmp_path, shakespeare_path):
-    result = cli(str(SMOKE), "--results-dir", str(tmp_path), "--name", "reps", "--data", str(shakespeare_path),
-                 "--num-samples", "2", "--repeats", "2", "--set", "batches_per_epoch=10", "--set", "seed=7")
+    result = cli(
+        str(SMOKE),
+        "--results-dir",
+        str(tmp_path),
+        "--name",
+        "reps",
+        "--data",
+        str(shakespeare_path),
+        "--num-samples",
+        "2",
+        "--repeats",
+        "2",
+        "--set",
+        "batches_per_epoch=10",
+        "--set",
+        "seed=7",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     results = load(tmp_path / "reps")
     trials = results.trials
@@ -22,8 +37,18 @@ def test_repeats_run_each_config_with_consecutive_seeds_and_aggregate(tmp_path, 
     assert groups.ngroups == 2 and set(groups.size()) == {2}
     for _, group in groups:
         assert sorted(group["seed"]) == [7, 8]
-        knobs = group.drop(columns=["trial_id", "seed", "status", *[c for c in group if c.startswith(("best_", "last_"))],
-                                    "epochs_completed", "tokens_per_sec", "seconds", "error"])
+        knobs = group.drop(
+            columns=[
+                "trial_id",
+                "seed",
+                "status",
+                *[c for c in group if c.startswith(("best_", "last_"))],
+                "epochs_completed",
+                "tokens_per_sec",
+                "seconds",
+                "error",
+            ]
+        )
         assert len(knobs.drop_duplicates()) == 1, "the replicates of a config differ in a knob other than the seed"
     aggregated = results.aggregate()
     assert len(aggregated) == 2 and set(aggregated["count"]) <= {1, 2}
@@ -38,8 +63,23 @@ def test_time_budget_ends_the_search_and_reports_the_budget_spent(tmp_path, shak
     # such a trial waits for its next report (then kills it 15 s later); the trials' deadline ends
     # them at once.
     start = time.monotonic()
-    result = cli(str(SMOKE), "--results-dir", str(tmp_path), "--name", "budget", "--data", str(shakespeare_path),
-                 "--num-samples", "50", "--epochs", "20", "--set", "batches_per_epoch=1500", "--time-budget", "45s")
+    result = cli(
+        str(SMOKE),
+        "--results-dir",
+        str(tmp_path),
+        "--name",
+        "budget",
+        "--data",
+        str(shakespeare_path),
+        "--num-samples",
+        "50",
+        "--epochs",
+        "20",
+        "--set",
+        "batches_per_epoch=1500",
+        "--time-budget",
+        "45s",
+    )
     wall = time.monotonic() - start
     assert result.returncode == 0, result.stderr[-3000:]
     assert wall < 45 + 6, f"the search ran {wall:.0f} s on a 45 s budget"  # + the interpreter's imports and exit
@@ -57,8 +97,12 @@ def test_repeats_are_refused_where_the_seed_is_searched(tmp_path, shakespeare_pa
     """A repeat runs its config with seed + k: with the seed searched, the study was given seeds it never
     sampled (or a ValueError inside Tune's callback, failing trials that had trained)."""
     space = tmp_path / "seeded.yaml"
-    space.write_text("search: {num_samples: 2, epochs: 1}\nfixed: {d_model: 16, n_layers: 1, n_heads: 2}\n"
-                     "params:\n  seed: {choice: [0, 1]}\n")
+    space.write_text(
+        "search: {num_samples: 2, epochs: 1}\nfixed: {d_model: 16, n_layers: 1, n_heads: 2}\n"
+        "params:\n  seed: {choice: [0, 1]}\n"
+    )
     args = [str(space), "--results-dir", str(tmp_path / "r"), "--data", str(shakespeare_path), "--dry-run"]
-    assert_one_error_line(cli(*args, "--repeats", "2"), "--repeats 2: ", f"but seed is searched ({space}: params.seed): fix the seed")
+    assert_one_error_line(
+        cli(*args, "--repeats", "2"), "--repeats 2: ", f"but seed is searched ({space}: params.seed): fix the seed"
+    )
     assert cli(*args).returncode == 0  # alone, a searched seed is fine

@@ -36,9 +36,28 @@ def _is_loopback(ip: str) -> bool:
 def test_a_local_search_listens_on_loopback_only(tmp_path, shakespeare_path):
     """Every socket of the Ray instance artune starts (GCS, raylet, agents, workers) is on loopback."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "artune.search", str(SMOKE), "--results-dir", str(tmp_path), "--name", "loopback",
-         "--data", str(shakespeare_path), "--num-samples", "2", "--epochs", "2", "--set", "batches_per_epoch=40"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "artune.search",
+            str(SMOKE),
+            "--results-dir",
+            str(tmp_path),
+            "--name",
+            "loopback",
+            "--data",
+            str(shakespeare_path),
+            "--num-samples",
+            "2",
+            "--epochs",
+            "2",
+            "--set",
+            "batches_per_epoch=40",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     seen: dict[str, set[str]] = {}
     try:

@@ -92,7 +92,12 @@ def test_a_space_file_reads_as_documented(tmp_path: Path) -> None:
     s = space.settings
     assert (s.metric, s.mode, s.num_samples, s.max_concurrent, s.epochs, s.seed) == ("valid_loss", "min", 8, 2, 3, 1)
     assert (s.cpu, s.gpu, s.scheduler, s.grace_period, s.reduction_factor, s.sampler) == (
-        1.0, 0.0, "asha", 1, 2.0, "tpe"
+        1.0,
+        0.0,
+        "asha",
+        1,
+        2.0,
+        "tpe",
     )
     assert space.fixed == {"seq_len": 16, "batch_size": 4}
     assert space.params["lr"].kind == "loguniform" and space.params["lr"].low == 1e-4  # 1e-4 is a number
@@ -140,8 +145,11 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
         ("params:\n  lr: [1, 2\n  x: 1\n", 3, "YAML syntax"),
         ("params:\n  lr: {choice: [1e-3]}\n  lr: {choice: [1e-2]}\n", 3, r"keys must be unique.*first at line 2"),
         ("search:\n  seed: 1\n  epochs: 2\n  seed: 2\nparams: {}\n", 4, "keys must be unique"),
-        ("params:\n  lr: !!python/object/apply:os.system [ls]\n", 2,
-         r"python tags are refused, but got !!python/object/apply:os.system"),
+        (
+            "params:\n  lr: !!python/object/apply:os.system [ls]\n",
+            2,
+            r"python tags are refused, but got !!python/object/apply:os.system",
+        ),
         ("params:\n  d_modle: {choice: [32]}\n", 2, r"unknown key 'd_modle' \(did you mean 'd_model'\?\)"),
         ("fixed:\n  seq_len: 8\n  lrr: 0.1\n", 3, r"did you mean 'lr'"),
         ("params:\n  lr: {uniform: [2.0, 1.0]}\n", 2, r"low <= high must hold, but got low=2, high=1"),
@@ -163,10 +171,16 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
         ("params:\n  n_heads: {choice: [2, x]}\n", 2, "n_heads must be an integer, but got 'x'"),
         ("fixed:\n  seq_len: 8\nparams:\n  seq_len: {choice: [8, 16]}\n", 4, "either fixed or searched"),
         ("fixed:\n  epochs: 3\n", 2, "epochs is a search setting"),
-        ("params:\n  tokenizer: {choice: [character, basic_english]}\n", 2,
-         r"params.tokenizer: tokenizer is one for the whole search"),
-        ("params:\n  lr: {uniform: [0.1, 1]}\n  dataset: {choice: [tiny_shakespeare, other.txt]}\n", 3,
-         "corpus is encoded once"),
+        (
+            "params:\n  tokenizer: {choice: [character, basic_english]}\n",
+            2,
+            r"params.tokenizer: tokenizer is one for the whole search",
+        ),
+        (
+            "params:\n  lr: {uniform: [0.1, 1]}\n  dataset: {choice: [tiny_shakespeare, other.txt]}\n",
+            3,
+            "corpus is encoded once",
+        ),
         ("fixed:\n  lr: {loguniform: [1e-4, 1e-2]}\n", 2, "move it to params"),
         ("search:\n  num_samples: 0\n", 2, r"search.num_samples: num_samples >= 1 must hold.*but got 0"),
         ("search:\n  resources: {cpu: 0}\n", 2, "cpu > 0 must hold"),
@@ -182,12 +196,18 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
         ("search:\n  sampler: tpee\n", 2, r"did you mean 'tpe'"),
         ("search:\n  num_sample: 3\n", 2, r"did you mean 'num_samples'"),
         ("search:\n  max_concurrent: 0\n", 2, "max_concurrent >= 1"),
-        ("search: {sampler: grid}\nparams:\n  d_model: {choice: [32, 64]}\n  lr: {loguniform: [1e-4, 1e-2]}\n", 4,
-         "grid sampler needs a finite set"),
+        (
+            "search: {sampler: grid}\nparams:\n  d_model: {choice: [32, 64]}\n  lr: {loguniform: [1e-4, 1e-2]}\n",
+            4,
+            "grid sampler needs a finite set",
+        ),
         ("params:\n  warmup: {int: [1, 9], when: {optimizer: noam}}\n", 2, "can never hold"),
         ("params:\n  warmup: {int: [1, 9], when: {optimiser: noam}}\n", 2, r"did you mean 'optimizer'"),
-        ("params:\n  a: 1\n  lr: {uniform: [0.1, 1]}\n  warmup: {int: [1, 9], when: {optimizer: bogus}}\n", 2,
-         "unknown key 'a'"),
+        (
+            "params:\n  a: 1\n  lr: {uniform: [0.1, 1]}\n  warmup: {int: [1, 9], when: {optimizer: bogus}}\n",
+            2,
+            "unknown key 'a'",
+        ),
         ("params:\n  lr: 1\n\x01\n", 3, "printable text"),
     ],
 )
@@ -198,8 +218,10 @@ def test_bad_file_is_refused_naming_file_and_line(tmp_path: Path, text: str, lin
 
 
 def test_all_errors_are_reported_together(tmp_path: Path) -> None:
-    text = ("search:\n  num_samples: 0\nparams:\n  d_modle: {choice: [32]}\n  lr: {uniform: [2, 1]}\n"
-            "  warmup: {int: [1, 10], when: {optimizer: nadam}}\n")
+    text = (
+        "search:\n  num_samples: 0\nparams:\n  d_modle: {choice: [32]}\n  lr: {uniform: [2, 1]}\n"
+        "  warmup: {int: [1, 10], when: {optimizer: nadam}}\n"
+    )
     message = refused(tmp_path, text)
     assert line_of(message) == [2, 4, 5, 6] and message.count("; ") == 3
     assert "space.yaml:6: params.warmup.when.optimizer: the condition can never hold" in message
@@ -207,8 +229,10 @@ def test_all_errors_are_reported_together(tmp_path: Path) -> None:
 
 def test_a_condition_on_a_refused_knob_waits_for_it(tmp_path: Path) -> None:
     # Judged against the default instead, the condition would be reported too, as if it were the mistake.
-    text = ("search:\n  epochs: 0\nparams:\n  optimizer: {choice: [adam, noam], stepp: 1}\n"
-            "  warmup: {int: [1, 9], when: {optimizer: noam}}\n  lr: {uniform: [0.1, 0.2], when: {epochs: 3}}\n")
+    text = (
+        "search:\n  epochs: 0\nparams:\n  optimizer: {choice: [adam, noam], stepp: 1}\n"
+        "  warmup: {int: [1, 9], when: {optimizer: noam}}\n  lr: {uniform: [0.1, 0.2], when: {epochs: 3}}\n"
+    )
     message = refused(tmp_path, text)
     assert line_of(message) == [2, 4] and "can never hold" not in message
 
@@ -226,13 +250,44 @@ def test_numbers_yaml_11_reads_as_text_are_numbers(tmp_path: Path) -> None:
 
 
 KEYS = st.sampled_from(
-    ["search", "fixed", "params", "when", "choice", "int", "uniform", "loguniform", "step", "log", "resources",
-     "scheduler", "name", "grace_period", "epochs", "sampler", "num_samples", "metric", "mode", "cpu", "gpu",
-     "optimizer", "noam", "asha", "grid", "xyz", ""] + list(FIELD_NAMES[:12])
+    [
+        "search",
+        "fixed",
+        "params",
+        "when",
+        "choice",
+        "int",
+        "uniform",
+        "loguniform",
+        "step",
+        "log",
+        "resources",
+        "scheduler",
+        "name",
+        "grace_period",
+        "epochs",
+        "sampler",
+        "num_samples",
+        "metric",
+        "mode",
+        "cpu",
+        "gpu",
+        "optimizer",
+        "noam",
+        "asha",
+        "grid",
+        "xyz",
+        "",
+    ]
+    + list(FIELD_NAMES[:12])
 )
 SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.integers(-3, 70),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.integers(-3, 70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
     st.sampled_from(
         ["1e-3", "tpe", "grid", "qmc", "cmaes", "random", "none", "asha", "noam", "min", "max", "valid_accuracy"]
     ),
@@ -271,8 +326,20 @@ def test_any_text_loads_or_raises_space_error(tmp_path: Path, text: str) -> None
 
 def test_the_package_keeps_its_public_names() -> None:
     """Code, notebooks and the driver import these from artune.spaces; parse_duration lives in artune.humanize."""
-    names = {"load_space", "SearchSpace", "Distribution", "SearchSettings", "SpaceError", "METRICS", "SAMPLERS",
-             "SCHEDULERS", "MAX_CORNERS", "SETTING_NAMES", "OVERRIDE_FLAGS", "parse_duration"}
+    names = {
+        "load_space",
+        "SearchSpace",
+        "Distribution",
+        "SearchSettings",
+        "SpaceError",
+        "METRICS",
+        "SAMPLERS",
+        "SCHEDULERS",
+        "MAX_CORNERS",
+        "SETTING_NAMES",
+        "OVERRIDE_FLAGS",
+        "parse_duration",
+    }
     assert names <= set(spaces.__all__) and all(hasattr(spaces, name) for name in spaces.__all__)
     assert spaces.parse_duration is humanize.parse_duration
     assert spaces.METRICS["valid_loss"] == "min" and spaces.METRICS["valid_accuracy"] == "max"

@@ -32,8 +32,10 @@ def test_check_configs_sees_conditions(tmp_path: Path) -> None:
 
 def test_check_configs_many_corners_checks_pairs(tmp_path: Path) -> None:
     knobs = "\n".join(f"  {k}: {{uniform: [0.1, 0.5]}}" for k in ("dropout", "weight_decay", "grad_norm_clip", "lr"))
-    text = (f"params:\n  d_model: {{choice: [32, 48, 64, 80, 96, 99]}}\n  n_heads: {{choice: [1, 2, 4, 8]}}\n"
-            f"{knobs}\n  seq_len: {{int: [8, 64], step: 8}}\n")
+    text = (
+        f"params:\n  d_model: {{choice: [32, 48, 64, 80, 96, 99]}}\n  n_heads: {{choice: [1, 2, 4, 8]}}\n"
+        f"{knobs}\n  seq_len: {{int: [8, 64], step: 8}}\n"
+    )
     space = load_space(write(tmp_path, text))
     with pytest.raises(SpaceError, match="d_model=99, n_heads=2"):
         space.check_configs()
@@ -42,9 +44,11 @@ def test_check_configs_many_corners_checks_pairs(tmp_path: Path) -> None:
 def test_check_configs_pairs_vary_what_switches_a_knob_on(tmp_path: Path) -> None:
     """Past MAX_CORNERS, a pair whose knob is conditional is crossed with the values of its condition:
     at the others' first corner (optimizer adam) n_heads is never sampled."""
-    text = ("params:\n  d_model: {choice: [96, 64]}\n  optimizer: {choice: [adam, adamw]}\n"
-            "  n_heads: {choice: [4, 3], when: {optimizer: adamw}}\n  n_layers: {int: [1, 16]}\n"
-            "  weight_decay: {choice: [0.0, 0.1]}\n  dropout: {choice: [0.0, 0.1]}\n  warmup: {int: [0, 20]}\n")
+    text = (
+        "params:\n  d_model: {choice: [96, 64]}\n  optimizer: {choice: [adam, adamw]}\n"
+        "  n_heads: {choice: [4, 3], when: {optimizer: adamw}}\n  n_layers: {int: [1, 16]}\n"
+        "  weight_decay: {choice: [0.0, 0.1]}\n  dropout: {choice: [0.0, 0.1]}\n  warmup: {int: [0, 20]}\n"
+    )
     space = load_space(write(tmp_path, text))
     assert math.prod(len(d.corners()) for d in space.params.values()) > MAX_CORNERS
     with pytest.raises(SpaceError, match=r"d_model=64, n_heads=3"):

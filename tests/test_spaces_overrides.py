@@ -38,8 +38,16 @@ def test_overrides_apply_and_revalidate(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "written, seconds",
-    [("900", 900.0), ("'90s'", 90.0), ("15m", 900.0), ("1.5h", 5400.0), ("null", None),
-     ("1e3", 1000.0), ("'1e3'", 1000.0), ("1.5e1m", 900.0)],
+    [
+        ("900", 900.0),
+        ("'90s'", 90.0),
+        ("15m", 900.0),
+        ("1.5h", 5400.0),
+        ("null", None),
+        ("1e3", 1000.0),
+        ("'1e3'", 1000.0),
+        ("1.5e1m", 900.0),
+    ],
 )
 def test_time_budget_reads_a_duration(tmp_path: Path, written: str, seconds) -> None:
     space = load_space(write(tmp_path, f"search:\n  num_samples: 2\n  time_budget: {written}\n"))
@@ -57,8 +65,15 @@ def test_a_bad_time_budget_names_file_line_and_rule(tmp_path: Path, written: str
 
 def test_with_fixed_coerces_and_moves_searched_knobs(tmp_path: Path) -> None:
     space = load_space(write(tmp_path, GOOD))
-    changed = space.with_fixed({"d_model": "128", "lr": "3e-4", "dataloader_shuffle_with_replacement": "false",
-                                "d_ff": "none", "prompt_separator": "None"})
+    changed = space.with_fixed(
+        {
+            "d_model": "128",
+            "lr": "3e-4",
+            "dataloader_shuffle_with_replacement": "false",
+            "d_ff": "none",
+            "prompt_separator": "None",
+        }
+    )
     assert changed.fixed["d_model"] == 128 and changed.fixed["lr"] == 3e-4 and changed.fixed["d_ff"] is None
     assert changed.fixed["prompt_separator"] is None  # optional text too: none is None, not the text 'none'
     assert changed.fixed["dataloader_shuffle_with_replacement"] is False
@@ -77,9 +92,15 @@ def test_with_fixed_coerces_and_moves_searched_knobs(tmp_path: Path) -> None:
 
 def test_the_settings_the_command_line_overrides_are_named_once_in_search_settings() -> None:
     """The driver builds its options from this metadata, so a setting renamed there is renamed on the CLI too."""
-    assert OVERRIDE_FLAGS == {"num_samples": "--num-samples", "max_concurrent": "--max-concurrent",
-                              "cpu": "--cpus-per-trial", "gpu": "--gpus-per-trial", "epochs": "--epochs",
-                              "seed": "--seed", "time_budget": "--time-budget"}
+    assert OVERRIDE_FLAGS == {
+        "num_samples": "--num-samples",
+        "max_concurrent": "--max-concurrent",
+        "cpu": "--cpus-per-trial",
+        "gpu": "--gpus-per-trial",
+        "epochs": "--epochs",
+        "seed": "--seed",
+        "time_budget": "--time-budget",
+    }
     flagged = [f for f in dataclasses.fields(SearchSettings) if "flag" in f.metadata]
     assert [f.name for f in flagged] == list(OVERRIDE_FLAGS) and all(f.metadata["help"] for f in flagged)
     assert set(OVERRIDE_FLAGS) <= set(SETTING_NAMES)

@@ -52,8 +52,9 @@ def searched(tmp_path_factory, shakespeare_path):
     before = load(root / "truth")
     study_before = optuna.load_study(study_name="truth", storage=f"sqlite:///{root / 'truth' / 'optuna.db'}")
     trials_before = study_before.get_trials()
-    extended = cli("--results-dir", str(root), "--name", "truth", "--extend", "--num-samples", "2",
-                   "--data", str(shakespeare_path))
+    extended = cli(
+        "--results-dir", str(root), "--name", "truth", "--extend", "--num-samples", "2", "--data", str(shakespeare_path)
+    )
     return root / "truth", before, trials_before, extended
 
 
@@ -118,13 +119,19 @@ def test_the_warm_started_sampler_receives_the_earlier_trials(tmp_path):
     space_file.write_text(SPACE)
     space = load_space(space_file)
     records = []
-    for i, (lr, status) in enumerate([(0.0003, "completed"), (0.003, "stopped"), (1e6, "diverged"), (0.01, "running"),
-                                      (0.005, "stopped")]):
+    for i, (lr, status) in enumerate(
+        [(0.0003, "completed"), (0.003, "stopped"), (1e6, "diverged"), (0.01, "running"), (0.005, "stopped")]
+    ):
         record = TrialRecord(f"t{i}", {"lr": lr, "seed": 0}, status)
         if status in ("completed", "stopped") and i < 4:  # the last: the budget stopped it before its first epoch
             for epoch in (1, 2, 3)[: 3 if status == "completed" else 1]:
-                record.epochs[epoch] = {"epoch": epoch, "valid_loss": 3.0 - 0.1 * epoch, "valid_accuracy": 0.2,
-                                        "tokens_per_sec": 1000.0, "seconds": 1.0}
+                record.epochs[epoch] = {
+                    "epoch": epoch,
+                    "valid_loss": 3.0 - 0.1 * epoch,
+                    "valid_accuracy": 0.2,
+                    "tokens_per_sec": 1000.0,
+                    "seconds": 1.0,
+                }
         records.append(record)
     storage, n = warm_start_storage(records, space, "warm")
     assert n == 3  # the running trial is not finished, and the last never trained: neither is history
@@ -157,10 +164,17 @@ def test_an_errored_trial_that_a_resume_ran_again_is_added_again_when_it_ends_ot
     assert sync_study(study, [record], space, "valid_loss") == 0
     record.status, record.error = "completed", None  # --resume ran it again, and it trained every epoch
     for epoch in (1, 2, 3):
-        record.epochs[epoch] = {"epoch": epoch, "valid_loss": 3.0 - 0.1 * epoch, "valid_accuracy": 0.2,
-                                "tokens_per_sec": 1000.0, "seconds": 1.0}
+        record.epochs[epoch] = {
+            "epoch": epoch,
+            "valid_loss": 3.0 - 0.1 * epoch,
+            "valid_accuracy": 0.2,
+            "tokens_per_sec": 1000.0,
+            "seconds": 1.0,
+        }
     assert sync_study(study, [record], space, "valid_loss") == 1
     assert sync_study(study, [record], space, "valid_loss") == 0
     assert [(t.state, t.user_attrs["status"]) for t in study.trials] == [
-        (TrialState.FAIL, "error"), (TrialState.COMPLETE, "completed")]
+        (TrialState.FAIL, "error"),
+        (TrialState.COMPLETE, "completed"),
+    ]
     assert study.best_value == pytest.approx(2.7)

@@ -20,8 +20,19 @@ from artune.data import load_corpus  # noqa: E402
 from artune.trainable import STAGING_PREFIX, remove_stale_staging, train_fn  # noqa: E402
 
 TINY = dict(
-    dataset="tiny_shakespeare", tokenizer="character", seq_len=16, batch_size=8, batches_per_epoch=25,
-    d_model=32, n_layers=1, n_heads=2, optimizer="adamw", lr=3e-3, sample_tokens=4, device="cpu", seed=3,
+    dataset="tiny_shakespeare",
+    tokenizer="character",
+    seq_len=16,
+    batch_size=8,
+    batches_per_epoch=25,
+    d_model=32,
+    n_layers=1,
+    n_heads=2,
+    optimizer="adamw",
+    lr=3e-3,
+    sample_tokens=4,
+    device="cpu",
+    seed=3,
 )
 
 
@@ -34,8 +45,14 @@ def corpus(shakespeare_path):
 def ray_local(ray_env_restored):
     # One logical GPU: Ray schedules on it as on a real one; torch here sees no CUDA.
     # address="local": a private instance, never the cluster a `ray start` on this machine left running.
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        num_gpus=1,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+    )
     yield
     ray.shutdown()
 
@@ -49,7 +66,10 @@ def run_tuner(tmp_path, corpus, param_space, *, resources=None, callbacks=(), ma
         param_space=param_space,
         tune_config=tune.TuneConfig(num_samples=1),
         run_config=tune.RunConfig(
-            name=name, storage_path=str(tmp_path), verbose=0, callbacks=list(callbacks),
+            name=name,
+            storage_path=str(tmp_path),
+            verbose=0,
+            callbacks=list(callbacks),
             failure_config=tune.FailureConfig(max_failures=max_failures),
         ),
     )
@@ -92,8 +112,16 @@ def test_reports_every_epoch_with_a_checkpoint(ray_local, tmp_path, corpus):
     df = result.metrics_dataframe
     assert df["epoch"].tolist() == [1, 2, 3]
     assert df["training_iteration"].tolist() == [1, 2, 3]
-    reported = ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "tokens_seen", "tokens_per_sec", "lr",
-                "sample")
+    reported = (
+        "train_loss",
+        "train_accuracy",
+        "valid_loss",
+        "valid_accuracy",
+        "tokens_seen",
+        "tokens_per_sec",
+        "lr",
+        "sample",
+    )
     for key in reported:
         assert key in df.columns
     assert result.checkpoint is not None
@@ -103,8 +131,9 @@ def test_reports_every_epoch_with_a_checkpoint(ray_local, tmp_path, corpus):
 
 def dead_pid() -> int:
     """The pid of a process that has ended (and been reaped)."""
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     return int(proc.stdout)
 
 
@@ -148,8 +177,9 @@ def test_a_killed_trial_resumes_from_its_checkpoint_and_matches_an_unkilled_run(
     config = {**TINY, "epochs": 4}
     expected = train_fn(config, corpus=corpus)  # the same seed, never interrupted
     killer = KillOnce(epoch=2, seed=TINY["seed"])
-    grid = run_tuner(tmp_path, corpus, {**config, "seed": tune.grid_search([TINY["seed"], 11])},
-                     callbacks=[killer], max_failures=2)
+    grid = run_tuner(
+        tmp_path, corpus, {**config, "seed": tune.grid_search([TINY["seed"], 11])}, callbacks=[killer], max_failures=2
+    )
     assert killer.killed and not grid.errors
     # Resumed from epoch 2's checkpoint: epochs 1 and 2 are not trained again; one failure counted.
     assert killer.epochs_seen[TINY["seed"]] == [1, 2, 3, 4]
@@ -186,8 +216,9 @@ def test_half_gpu_trials_run_two_at_a_time_per_gpu(ray_local, tmp_path, corpus):
 
 
 def test_a_gpu_trial_without_cuda_fails_with_a_clear_error(ray_local, tmp_path, corpus):
-    grid = run_tuner(tmp_path, corpus, {**TINY, "device": "auto", "epochs": 1}, resources={"cpu": 1, "gpu": 0.5},
-                     name="nocuda")
+    grid = run_tuner(
+        tmp_path, corpus, {**TINY, "device": "auto", "epochs": 1}, resources={"cpu": 1, "gpu": 0.5}, name="nocuda"
+    )
     error = grid[0].error
     assert error is not None
     assert "allocated GPU" in str(error) and "torch sees no CUDA device" in str(error)

@@ -22,8 +22,10 @@ def describe(results: SearchResults, metric: Optional[str] = None, top: int = 20
     table = results.summary(metric)
     statuses = ", ".join(f"{n} {s}" for s, n in counts.items())
     lines = [
-        (f"search {results.name}: {plural(len(results.trials), 'trial')} ({statuses}), "
-         f"best first by {name} ({results.direction(name)})"),
+        (
+            f"search {results.name}: {plural(len(results.trials), 'trial')} ({statuses}), "
+            f"best first by {name} ({results.direction(name)})"
+        ),
         table.head(top).to_string(index=False, float_format=lambda x: f"{x:.4g}"),
     ]
     if len(table) > top:
@@ -37,12 +39,15 @@ def build_parser() -> ArgumentParser:
         description="Summarise a search and write learning_curves.png, metric_vs_knobs.png and "
         "parallel_coordinates.png beside its parquet tables.",
     )
-    parser.add_argument("search", metavar="PATH_OR_NAME",
-                        help="a results directory, or a search name under --results-dir")
-    parser.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR,
-                        help=f"where searches live (default: {DEFAULT_RESULTS_DIR})")
     parser.add_argument(
-        "--metric", default=None,
+        "search", metavar="PATH_OR_NAME", help="a results directory, or a search name under --results-dir"
+    )
+    parser.add_argument(
+        "--results-dir", default=DEFAULT_RESULTS_DIR, help=f"where searches live (default: {DEFAULT_RESULTS_DIR})"
+    )
+    parser.add_argument(
+        "--metric",
+        default=None,
         help="rank and plot by this metric, e.g. valid_loss, valid_accuracy, best_valid_loss (default: the search's)",
     )
     parser.add_argument("--top", type=int, default=20, help="trials shown in the table (default: 20)")

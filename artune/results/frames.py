@@ -19,7 +19,13 @@ import pyarrow.parquet as pq
 from artune.config import AUTO_SWITCHES, FIELD_NAMES, field_type
 from artune.errors import ResultsError
 from artune.results.tables import (
-    DEFAULT_RESULTS_DIR, EPOCH_COLUMNS, EPOCHS_FILE, MANIFEST_FILE, STATUSES, TRIALS_FILE, knob_value,
+    DEFAULT_RESULTS_DIR,
+    EPOCH_COLUMNS,
+    EPOCHS_FILE,
+    MANIFEST_FILE,
+    STATUSES,
+    TRIALS_FILE,
+    knob_value,
 )
 
 if TYPE_CHECKING:
@@ -160,8 +166,11 @@ class SearchResults:
         name, values = self.metric_column(metric)
         table = self.trials.assign(config_id=self._config_ids(), **{name: values})
         grouped = table.groupby(self._config_keys(), sort=False)
-        stats = grouped[name].agg(["mean", "std", "count"]).join(
-            grouped["epochs_completed"].agg(min_epochs="min", max_epochs="max"))
+        stats = (
+            grouped[name]
+            .agg(["mean", "std", "count"])
+            .join(grouped["epochs_completed"].agg(min_epochs="min", max_epochs="max"))
+        )
         pooled = grouped[self.params].first().join(stats).reset_index()
         ascending = self.direction(name) == "min"
         ranked = pooled.sort_values("mean", ascending=ascending, na_position="last", kind="stable")
@@ -184,13 +193,13 @@ def _numeric_columns(frame: pd.DataFrame) -> list[str]:
     from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
     return [
-        name for name in frame.columns
+        name
+        for name in frame.columns
         if name not in _NOT_METRICS and is_numeric_dtype(frame[name]) and not is_bool_dtype(frame[name])
     ]
 
 
-def resolve_results_path(path_or_name: str | os.PathLike,
-                         results_dir: str | os.PathLike = DEFAULT_RESULTS_DIR) -> Path:
+def resolve_results_path(path_or_name: str | os.PathLike, results_dir: str | os.PathLike = DEFAULT_RESULTS_DIR) -> Path:
     """A search's directory: ``path_or_name`` itself, else that name under ``results_dir``."""
     path = Path(path_or_name)
     if (path / TRIALS_FILE).exists():
@@ -239,8 +248,9 @@ def _read_table(path: Path) -> pd.DataFrame:
         raise ResultsError(f"{path}: cannot read the table ({error})") from None
 
 
-def compare(*searches: str | os.PathLike | SearchResults,
-            results_dir: str | os.PathLike = DEFAULT_RESULTS_DIR) -> SearchResults:
+def compare(
+    *searches: str | os.PathLike | SearchResults, results_dir: str | os.PathLike = DEFAULT_RESULTS_DIR
+) -> SearchResults:
     """Several searches stacked into one SearchResults, each row tagged with a ``search`` column.
 
     The search is named by its manifest (else its directory). Metric and mode come from the first
@@ -260,13 +270,18 @@ def compare(*searches: str | os.PathLike | SearchResults,
     def stack(frames: list[pd.DataFrame]) -> pd.DataFrame:
         import pandas as pd
 
-        tagged = [frame.assign(search=name)[["search", *frame.columns.drop("search", errors="ignore")]]
-                  for frame, name in zip(frames, names)]
+        tagged = [
+            frame.assign(search=name)[["search", *frame.columns.drop("search", errors="ignore")]]
+            for frame, name in zip(frames, names)
+        ]
         return pd.concat([t for t in tagged if len(t)] or tagged[:1], ignore_index=True)
 
     first = loaded[0]
     manifest = {
-        "name": " vs ".join(names), "searches": names, "metric": first.metric, "mode": first.mode,
+        "name": " vs ".join(names),
+        "searches": names,
+        "metric": first.metric,
+        "mode": first.mode,
         "params": list(dict.fromkeys(p for results in loaded for p in results.params)),
     }
     conditions = [results.manifest.get("conditions", {}) for results in loaded]

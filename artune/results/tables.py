@@ -32,15 +32,28 @@ DEFAULT_RESULTS_DIR = "results"
 STATUSES = ("completed", "stopped", "diverged", "error", "running", "pending")
 
 EPOCH_COLUMNS = {
-    "trial_id": pa.string(), "epoch": pa.int64(), "train_loss": pa.float64(), "train_accuracy": pa.float64(),
-    "valid_loss": pa.float64(), "valid_accuracy": pa.float64(), "tokens_seen": pa.int64(),
-    "tokens_per_sec": pa.float64(), "lr": pa.float64(), "sample": pa.string(), "seconds": pa.float64(),
+    "trial_id": pa.string(),
+    "epoch": pa.int64(),
+    "train_loss": pa.float64(),
+    "train_accuracy": pa.float64(),
+    "valid_loss": pa.float64(),
+    "valid_accuracy": pa.float64(),
+    "tokens_seen": pa.int64(),
+    "tokens_per_sec": pa.float64(),
+    "lr": pa.float64(),
+    "sample": pa.string(),
+    "seconds": pa.float64(),
     "compiled": pa.bool_(),
 }
 TRIAL_SUMMARY_COLUMNS = {
-    "epochs_completed": pa.int64(), "last_valid_loss": pa.float64(), "best_valid_loss": pa.float64(),
-    "last_valid_accuracy": pa.float64(), "best_valid_accuracy": pa.float64(),
-    "tokens_per_sec": pa.float64(), "seconds": pa.float64(), "error": pa.string(),
+    "epochs_completed": pa.int64(),
+    "last_valid_loss": pa.float64(),
+    "best_valid_loss": pa.float64(),
+    "last_valid_accuracy": pa.float64(),
+    "best_valid_accuracy": pa.float64(),
+    "tokens_per_sec": pa.float64(),
+    "seconds": pa.float64(),
+    "error": pa.string(),
 }
 _ARROW = {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string()}
 
@@ -173,7 +186,10 @@ def read_records(directory: Path) -> dict[str, TrialRecord]:
         # a knob added since the table was written (no column): that trial ran with its default
         config = {name: knob_value(name, row.get(name, FIELDS[name].default)) for name in FIELD_NAMES}
         records[row["trial_id"]] = TrialRecord(
-            row["trial_id"], config, row["status"], row["error"],
+            row["trial_id"],
+            config,
+            row["status"],
+            row["error"],
             config_id=row.get("config_id"),  # absent in older tables
         )
     if epochs_path.exists():

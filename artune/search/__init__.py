@@ -20,12 +20,31 @@ from artune.search.runtime import stop_ray
 from artune.search.saved_state import check_saved_state
 
 # Names from the modules that import Ray Tune, imported when first asked for: a dry run never imports Ray.
-_LAZY = {"Recorder": "recorder", "merge_ray_results": "recorder", "summarize_error": "recorder",
-         "MAX_FAILURES": "tuner", "build_tuner": "tuner"}
+_LAZY = {
+    "Recorder": "recorder",
+    "merge_ray_results": "recorder",
+    "summarize_error": "recorder",
+    "MAX_FAILURES": "tuner",
+    "build_tuner": "tuner",
+}
 
 __all__ = [
-    "SPACE_COPY", "Mode", "Plan", "SearchError", "build_parser", "check_saved_state", "cli", "load_plan_corpus",
-    "main", "make_plan", "parse_args", "parse_sets", "possible_values", "stop_ray", "write_manifest", *_LAZY,
+    "SPACE_COPY",
+    "Mode",
+    "Plan",
+    "SearchError",
+    "build_parser",
+    "check_saved_state",
+    "cli",
+    "load_plan_corpus",
+    "main",
+    "make_plan",
+    "parse_args",
+    "parse_sets",
+    "possible_values",
+    "stop_ray",
+    "write_manifest",
+    *_LAZY,
 ]
 
 

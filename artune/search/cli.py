@@ -26,25 +26,45 @@ def build_parser() -> ArgumentParser:
         prog="python -m artune.search",
         description="Run a hyperparameter search over artune's trainer with Ray Tune and Optuna.",
     )
-    parser.add_argument("space", nargs="?", default=None,
-                        help=f"search-space YAML file (default: {DEFAULT_SPACE.name} shipped in search_spaces/)")
+    parser.add_argument(
+        "space",
+        nargs="?",
+        default=None,
+        help=f"search-space YAML file (default: {DEFAULT_SPACE.name} shipped in search_spaces/)",
+    )
     parser.add_argument("--name", help="search name: results go to RESULTS_DIR/NAME (default: <space>-<date>-<time>)")
-    parser.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR,
-                        help="where searches are written (default: results/)")
-    parser.add_argument("--data", help="the corpus: a text file, or the directory holding tiny_shakespeare.txt "
-                                       "(default: $ARTUNE_DATA_DIR or the cache)")
+    parser.add_argument(
+        "--results-dir", default=DEFAULT_RESULTS_DIR, help="where searches are written (default: results/)"
+    )
+    parser.add_argument(
+        "--data",
+        help="the corpus: a text file, or the directory holding tiny_shakespeare.txt "
+        "(default: $ARTUNE_DATA_DIR or the cache)",
+    )
     add_setting_flags(parser)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="fix a trainer knob (repeatable)")
-    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                        help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
-    parser.add_argument("--storage",
-                        help="Optuna storage URL for the study (default: sqlite:///RESULTS_DIR/NAME/optuna.db)")
-    parser.add_argument("--repeats", type=int, help="runs of each sampled configuration, with the trainer's seed, "
-                                                    "seed + 1, ... (the sampler sees their mean; default 1)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="fix a trainer knob (repeatable)"
+    )
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)",
+    )
+    parser.add_argument(
+        "--storage", help="Optuna storage URL for the study (default: sqlite:///RESULTS_DIR/NAME/optuna.db)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        help="runs of each sampled configuration, with the trainer's seed, "
+        "seed + 1, ... (the sampler sees their mean; default 1)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue the interrupted search --name")
-    parser.add_argument("--extend", action="store_true", help="add --num-samples trials to the finished search "
-                                                              "--name, the sampler warm-started from its history")
+    parser.add_argument(
+        "--extend",
+        action="store_true",
+        help="add --num-samples trials to the finished search --name, the sampler warm-started from its history",
+    )
     parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; start nothing")
     return parser
 
@@ -58,8 +78,13 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
         kind = next(t for t in typing.get_args(hints[setting.name]) or (hints[setting.name],) if t is not type(None))
         convert = parse_duration if setting.name == "time_budget" else kind
         flag = setting.metadata["flag"]
-        parser.add_argument(flag, dest=setting.name, type=convert, help=setting.metadata["help"],
-                            metavar=flag.lstrip("-").replace("-", "_").upper())
+        parser.add_argument(
+            flag,
+            dest=setting.name,
+            type=convert,
+            help=setting.metadata["help"],
+            metavar=flag.lstrip("-").replace("-", "_").upper(),
+        )
 
 
 def parse_duration(text: str) -> float:
@@ -97,8 +122,10 @@ def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> i
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         if plan is not None and (plan.directory / MANIFEST_FILE).exists():
-            print(f"interrupted: the tables hold every result so far; continue with --resume --name {plan.name}",
-                  file=sys.stderr)
+            print(
+                f"interrupted: the tables hold every result so far; continue with --resume --name {plan.name}",
+                file=sys.stderr,
+            )
         else:
             print("interrupted before the search began: nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED

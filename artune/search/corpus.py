@@ -1,4 +1,4 @@
-"""The corpus a search's trials train on: encoded once by the driver, checked against every config the space can give."""
+"""The corpus a search's trials train on: encoded once by the driver, checked against every config of the space."""
 
 from __future__ import annotations
 
@@ -25,8 +25,14 @@ def load_plan_corpus(plan: Plan, fetch: bool = True) -> Corpus:
         whole_batches = any(possible_values(plan.space, fixed, "compile"))  # true or 'auto'
         for train_loader in sorted(set(possible_values(plan.space, fixed, "train_loader"))):
             for valid_loader in sorted(set(possible_values(plan.space, fixed, "valid_loader"))):
-                check_fits(corpus, seq_len, batch_size, train_loader=train_loader, valid_loader=valid_loader,
-                           whole_batches=whole_batches)
+                check_fits(
+                    corpus,
+                    seq_len,
+                    batch_size,
+                    train_loader=train_loader,
+                    valid_loader=valid_loader,
+                    whole_batches=whole_batches,
+                )
     except CorpusError as exc:
         if not fetch:
             raise
@@ -36,12 +42,16 @@ def load_plan_corpus(plan: Plan, fetch: bool = True) -> Corpus:
         try:
             tokens = corpus.vocabulary.encode(get_tokenizer(fixed.tokenizer)(prompt))
         except UnknownTokenError as exc:
-            raise SearchError(f"prompt {prompt!r} (the greedy sample's start): {exc}; give one this corpus can "
-                              f"encode, e.g. --set prompt=...") from None
+            raise SearchError(
+                f"prompt {prompt!r} (the greedy sample's start): {exc}; give one this corpus can "
+                f"encode, e.g. --set prompt=..."
+            ) from None
         if samples and not tokens:
-            raise SearchError(f"prompt must give at least one {fixed.tokenizer} token when sample_tokens > 0 (the "
-                              f"greedy sample continues it), but got {prompt!r}; give one, e.g. --set prompt=..., or "
-                              "--set sample_tokens=0")
+            raise SearchError(
+                f"prompt must give at least one {fixed.tokenizer} token when sample_tokens > 0 (the "
+                f"greedy sample continues it), but got {prompt!r}; give one, e.g. --set prompt=..., or "
+                "--set sample_tokens=0"
+            )
     started_with = plan.manifest.corpus
     if plan.mode is not Mode.NEW and started_with.get("sha256") and started_with["sha256"] != corpus.sha256:
         raise SearchError(
@@ -60,5 +70,7 @@ def describe_corpus(plan: Plan) -> str:
         return f"corpus: {exc.path} is not here yet; the search downloads it from {exc.url}"
     except CorpusError as exc:
         raise SearchError(str(exc)) from None
-    return (f"corpus: {corpus.source} ({len(corpus.train):,} train / {len(corpus.valid):,} valid {corpus.tokenizer} "
-            f"tokens, vocabulary {corpus.vocab_size}, sha256 {corpus.sha256[:12]}), checked against the space")
+    return (
+        f"corpus: {corpus.source} ({len(corpus.train):,} train / {len(corpus.valid):,} valid {corpus.tokenizer} "
+        f"tokens, vocabulary {corpus.vocab_size}, sha256 {corpus.sha256[:12]}), checked against the space"
+    )

@@ -54,8 +54,9 @@ def search_directory(plan: Plan) -> Iterator[None]:
     try:
         plan.directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SearchError(f"--results-dir {plan.directory.parent}: cannot create {plan.directory} "
-                          f"({exc.strerror or exc})") from None
+        raise SearchError(
+            f"--results-dir {plan.directory.parent}: cannot create {plan.directory} ({exc.strerror or exc})"
+        ) from None
     try:
         with SearchLock(plan.directory):
             if plan.mode is Mode.NEW:
@@ -82,8 +83,12 @@ def tune_search(plan: Plan, corpus: Corpus) -> Outcome:
 
         recorder = Recorder(plan)
         open_study(recorder, plan)
-        write_manifest(plan, corpus, {{Mode.NEW: "started", Mode.RESUME: "resumed", Mode.EXTEND: "extended"}[plan.mode]:
-                                      started}, new_command=True)
+        write_manifest(
+            plan,
+            corpus,
+            {{Mode.NEW: "started", Mode.RESUME: "resumed", Mode.EXTEND: "extended"}[plan.mode]: started},
+            new_command=True,
+        )
         plan.stopwatch.lap("study")
         tuner = build_tuner(plan, corpus, recorder)
         tuning_started = plan.stopwatch.lap("tuner")  # the searcher, the corpus into Ray's object store
@@ -92,10 +97,14 @@ def tune_search(plan: Plan, corpus: Corpus) -> Outcome:
         budget_spent = bool(plan.time_budget_s) and finished - plan.started >= plan.time_budget_s - BUDGET_END_S - 1.0
         interrupted = recorder.finish(budget_spent)
         if not interrupted:
-            timings = {**plan.stopwatch.phases, "startup_s": round(tuning_started - plan.started, 3),
-                       "tuning_s": round(finished - tuning_started, 3)}
-            write_manifest(plan, corpus, {"finished": dt.datetime.now().isoformat(timespec="seconds"),
-                                          "timings": timings})
+            timings = {
+                **plan.stopwatch.phases,
+                "startup_s": round(tuning_started - plan.started, 3),
+                "tuning_s": round(finished - tuning_started, 3),
+            }
+            write_manifest(
+                plan, corpus, {"finished": dt.datetime.now().isoformat(timespec="seconds"), "timings": timings}
+            )
     finally:
         stop_ray()  # a no-op where ray.init never ran or failed
     return Outcome(interrupted, finished - plan.started, recorder.spent, recorder.records)
@@ -104,11 +113,12 @@ def tune_search(plan: Plan, corpus: Corpus) -> Outcome:
 def open_study(recorder, plan: Plan) -> None:
     """Open the study before any trial ends, so that a database that cannot hold it is refused first."""
     try:
-        recorder.study
+        recorder.study  # noqa: B018 - opened on first use
     except Exception as exc:  # noqa: BLE001 - whatever the database says, before the search has written anything
         first = (str(exc).splitlines() or [""])[0]
-        raise SearchError(f"--storage {plan.storage}: the Optuna study cannot be opened there "
-                          f"({type(exc).__name__}: {first})") from None
+        raise SearchError(
+            f"--storage {plan.storage}: the Optuna study cannot be opened there ({type(exc).__name__}: {first})"
+        ) from None
 
 
 def report(plan: Plan, outcome: Outcome) -> int:

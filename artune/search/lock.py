@@ -22,7 +22,9 @@ class SearchLock:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.handle.close()
-            raise SearchError(f"search {self.path.parent.name!r} is running in another process (lock {self.path})") from None
+            raise SearchError(
+                f"search {self.path.parent.name!r} is running in another process (lock {self.path})"
+            ) from None
         return self
 
     def __exit__(self, *exc: Any) -> None:

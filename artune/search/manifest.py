@@ -90,11 +90,18 @@ class Manifest:
             return {"settings": {}, "set": {}}
         # A manifest from before artune recorded them: what it recorded of the settings in force
         resources = self.data.get("resources_per_trial", {})
-        settings = {"epochs": self.data.get("epochs"), "seed": self.data.get("seed"),
-                    "cpu": resources.get("cpu"), "gpu": resources.get("gpu")}
+        settings = {
+            "epochs": self.data.get("epochs"),
+            "seed": self.data.get("seed"),
+            "cpu": resources.get("cpu"),
+            "gpu": resources.get("gpu"),
+        }
         if len(self.data.get("runs", [])) == 1:
             settings["num_samples"] = self.data.get("num_samples")
-        return {"settings": {k: v for k, v in settings.items() if v is not None}, "set": dict(self.data.get("fixed", {}))}
+        return {
+            "settings": {k: v for k, v in settings.items() if v is not None},
+            "set": dict(self.data.get("fixed", {})),
+        }
 
     def storage(self) -> Optional[str]:
         """The study's URL, following the search where it has moved.
@@ -109,7 +116,12 @@ class Manifest:
         except Exception:  # noqa: BLE001 - not a URL: opening the study names it, in one line
             return url
         here = self.directory / STUDY_FILE
-        if recorded is not None and recorded.name == STUDY_FILE and here.exists() and recorded.resolve() != here.resolve():
+        if (
+            recorded is not None
+            and recorded.name == STUDY_FILE
+            and here.exists()
+            and recorded.resolve() != here.resolve()
+        ):
             return storage_url(self.directory)
         return url
 
@@ -155,8 +167,13 @@ def versions() -> dict[str, str]:
     import ray
 
     # torch's from its package metadata (the string torch.version gives): the driver never imports torch
-    return {"artune": __version__, "ray": ray.__version__, "optuna": optuna.__version__,
-            "torch": importlib.metadata.version("torch"), "python": platform.python_version()}
+    return {
+        "artune": __version__,
+        "ray": ray.__version__,
+        "optuna": optuna.__version__,
+        "torch": importlib.metadata.version("torch"),
+        "python": platform.python_version(),
+    }
 
 
 def write_manifest(plan: Plan, corpus: Corpus, extra: dict[str, Any], new_command: bool = False) -> None:
@@ -164,24 +181,44 @@ def write_manifest(plan: Plan, corpus: Corpus, extra: dict[str, Any], new_comman
     path = plan.directory / MANIFEST_FILE
     manifest = json.loads(path.read_text()) if path.exists() else {}
     s = plan.space.settings
-    manifest.update({
-        "name": plan.name, "versions": versions(),
-        "corpus": {"source": corpus.source, "sha256": corpus.sha256, "vocab_size": corpus.vocab_size,
-                   "tokenizer": corpus.tokenizer, "train_tokens": len(corpus.train), "valid_tokens": len(corpus.valid)},
-        "space_sha256": plan.space.text_sha256,
-        "metric": s.metric, "mode": s.mode, "epochs": s.epochs, "seed": s.seed,
-        "resources_per_trial": {"cpu": s.cpu, "gpu": s.gpu}, "fixed": plan.space.fixed,
-        # every run's searched knobs: an --extend that fixes a knob an earlier run searched (--set lr=...)
-        # leaves it searched across the search, its earlier condition with it
-        "params": list(dict.fromkeys([*manifest.get("params", []), *plan.space.params])),
-        "conditions": {
-            **{name: when for name, when in manifest.get("conditions", {}).items() if name not in plan.space.params},
-            **{name: {knob: list(values) for knob, values in dist.when.items()}
-               for name, dist in plan.space.params.items() if dist.when},
-        },
-        "repeats": plan.repeats, "storage": plan.storage,
-        "study_name": plan.name, "address": plan.address,
-    })
+    manifest.update(
+        {
+            "name": plan.name,
+            "versions": versions(),
+            "corpus": {
+                "source": corpus.source,
+                "sha256": corpus.sha256,
+                "vocab_size": corpus.vocab_size,
+                "tokenizer": corpus.tokenizer,
+                "train_tokens": len(corpus.train),
+                "valid_tokens": len(corpus.valid),
+            },
+            "space_sha256": plan.space.text_sha256,
+            "metric": s.metric,
+            "mode": s.mode,
+            "epochs": s.epochs,
+            "seed": s.seed,
+            "resources_per_trial": {"cpu": s.cpu, "gpu": s.gpu},
+            "fixed": plan.space.fixed,
+            # every run's searched knobs: an --extend that fixes a knob an earlier run searched (--set lr=...)
+            # leaves it searched across the search, its earlier condition with it
+            "params": list(dict.fromkeys([*manifest.get("params", []), *plan.space.params])),
+            "conditions": {
+                **{
+                    name: when for name, when in manifest.get("conditions", {}).items() if name not in plan.space.params
+                },
+                **{
+                    name: {knob: list(values) for knob, values in dist.when.items()}
+                    for name, dist in plan.space.params.items()
+                    if dist.when
+                },
+            },
+            "repeats": plan.repeats,
+            "storage": plan.storage,
+            "study_name": plan.name,
+            "address": plan.address,
+        }
+    )
     manifest.setdefault("space_file", str(plan.space.path))  # the file the search started from
     runs = manifest.setdefault("runs", [])
     if plan.run_name not in runs:

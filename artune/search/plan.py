@@ -108,7 +108,9 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
             manifest.check_space_unchanged(space)
         run_name = manifest.runs[-1] if mode is Mode.RESUME else manifest.next_run
         restore_state_from = check_continuable(mode, manifest, args.num_samples)
-    given = {key: getattr(args, key) for key in OVERRIDE_FLAGS if key != "time_budget" and getattr(args, key) is not None}
+    given = {
+        key: getattr(args, key) for key in OVERRIDE_FLAGS if key != "time_budget" and getattr(args, key) is not None
+    }
     sets = parse_sets(args.set) if args.set else {}
     # A resumed or extended search keeps the command-line settings its last run started with. (A time
     # budget is the command's own: the one given now, else the space file's.)
@@ -127,8 +129,10 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
         space = space.with_fixed(overrides["set"])
     space.check_configs()
     if repeats > 1 and "seed" in space.params:
-        raise SearchError(f"--repeats {repeats}: each repeat runs its config with the next seed, but seed is searched "
-                          f"({space.path}: params.seed): fix the seed (--set seed=N) or leave --repeats out")
+        raise SearchError(
+            f"--repeats {repeats}: each repeat runs its config with the next seed, but seed is searched "
+            f"({space.path}: params.seed): fix the seed (--set seed=N) or leave --repeats out"
+        )
     compiles = any(value is True for value in possible_values(space, space_defaults(space), "compile"))  # not 'auto'
     compiler = missing_compiler() if not args.address and compiles else None
     if compiler:  # (a cluster's nodes have toolchains of their own: a trial there says what its node lacks)
@@ -139,18 +143,29 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
     if mode is not Mode.NEW and data is None and manifest.corpus.get("source"):
         data = manifest.corpus["source"]  # the corpus the search started with
     return Plan(
-        space=space, name=name, directory=directory, mode=mode, manifest=manifest, data_dir=data,
-        address=args.address, storage=storage_url(directory, args.storage or manifest.storage()), repeats=repeats,
-        time_budget_s=space.settings.time_budget, started=started,
-        command=[sys.executable, "-m", "artune.search", *sys.argv[1:]], run_name=run_name,
-        restore_state_from=restore_state_from, overrides=overrides,
+        space=space,
+        name=name,
+        directory=directory,
+        mode=mode,
+        manifest=manifest,
+        data_dir=data,
+        address=args.address,
+        storage=storage_url(directory, args.storage or manifest.storage()),
+        repeats=repeats,
+        time_budget_s=space.settings.time_budget,
+        started=started,
+        command=[sys.executable, "-m", "artune.search", *sys.argv[1:]],
+        run_name=run_name,
+        restore_state_from=restore_state_from,
+        overrides=overrides,
     )
 
 
 def check_mode(args: argparse.Namespace) -> Mode:
     if args.resume and args.extend:
-        raise SearchError("--resume and --extend: choose one (resume continues an interrupted search, "
-                          "extend grows a finished one)")
+        raise SearchError(
+            "--resume and --extend: choose one (resume continues an interrupted search, extend grows a finished one)"
+        )
     mode = Mode.RESUME if args.resume else Mode.EXTEND if args.extend else Mode.NEW
     if mode is not Mode.NEW and not args.name:
         raise SearchError(f"{mode.flag} needs --name: the name of the search to continue")
@@ -173,8 +188,10 @@ def check_results_dir(path: Path) -> Path:
         while not probe.exists():
             probe = probe.parent
     except OSError as exc:  # a parent this user may not look into (EACCES)
-        raise SearchError(f"--results-dir {path}: cannot look into {probe.parent} ({exc.strerror or exc}); "
-                          "choose another --results-dir") from None
+        raise SearchError(
+            f"--results-dir {path}: cannot look into {probe.parent} ({exc.strerror or exc}); "
+            "choose another --results-dir"
+        ) from None
     if not probe.is_dir():
         raise SearchError(f"--results-dir {path}: {probe} is not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
@@ -182,8 +199,10 @@ def check_results_dir(path: Path) -> Path:
     try:  # what permission bits do not tell (a read-only mount, /proc): a directory made and removed at once
         made = tempfile.mkdtemp(prefix=".artune-probe-", dir=probe)
     except OSError as exc:
-        raise SearchError(f"--results-dir {path}: cannot create a directory in {probe} ({exc.strerror or exc}); "
-                          "choose another --results-dir") from None
+        raise SearchError(
+            f"--results-dir {path}: cannot create a directory in {probe} ({exc.strerror or exc}); "
+            "choose another --results-dir"
+        ) from None
     with contextlib.suppress(OSError):
         os.rmdir(made)
     return path.resolve()
@@ -197,8 +216,10 @@ def check_new(directory: Path, name: str, storage: Optional[str]) -> None:
             "--extend to grow it, or choose another --name"
         )
     if storage and study_exists(storage, name):
-        raise SearchError(f"--name {name!r}: the database {storage} already holds a study of that name (another "
-                          "search's, made elsewhere); a new search would add its trials to it: choose another --name")
+        raise SearchError(
+            f"--name {name!r}: the database {storage} already holds a study of that name (another "
+            "search's, made elsewhere); a new search would add its trials to it: choose another --name"
+        )
 
 
 def check_same_space(space: Optional[str], directory: Path, mode: Mode) -> None:
@@ -206,7 +227,9 @@ def check_same_space(space: Optional[str], directory: Path, mode: Mode) -> None:
     if not space:
         return
     if not Path(space).is_file():
-        raise SearchError(f"{mode.flag}: space file not found: {space} (or leave it out: the search keeps its own copy)")
+        raise SearchError(
+            f"{mode.flag}: space file not found: {space} (or leave it out: the search keeps its own copy)"
+        )
     if Path(space).read_bytes() != (directory / SPACE_COPY).read_bytes():
         raise SearchError(
             f"{mode.flag}: {space} differs from the space search {directory.name!r} started with "
@@ -222,26 +245,42 @@ def check_continuable(mode: Mode, manifest: Manifest, num_samples: Optional[int]
     tune_began = (last / "tuner.pkl").exists()
     if mode is Mode.RESUME:
         if not tune_began:
-            raise SearchError(f"--resume: the last run of search {name!r} ({last}) was stopped before "
-                              "Ray Tune began it, so there is nothing to continue; --extend it, or start a new --name")
+            raise SearchError(
+                f"--resume: the last run of search {name!r} ({last}) was stopped before "
+                "Ray Tune began it, so there is nothing to continue; --extend it, or start a new --name"
+            )
         return check_saved_state(last)
     if num_samples is None:
         raise SearchError("--extend needs --num-samples: how many trials to add")
     if tune_began and not manifest.last_run_finished():
-        raise SearchError(f"--extend: search {name!r} is unfinished (its last run was interrupted); "
-                          f"continue it with --resume first, then extend it")
+        raise SearchError(
+            f"--extend: search {name!r} is unfinished (its last run was interrupted); "
+            f"continue it with --resume first, then extend it"
+        )
     return None
 
 
-def check_resumed_as_started(args: argparse.Namespace, name: str, space: SearchSpace, manifest: Manifest,
-                             given: dict[str, Any], sets: dict[str, str], repeats: int) -> None:
+def check_resumed_as_started(
+    args: argparse.Namespace,
+    name: str,
+    space: SearchSpace,
+    manifest: Manifest,
+    given: dict[str, Any],
+    sets: dict[str, str],
+    repeats: int,
+) -> None:
     """A resume continues its search as it started: no setting, knob, --repeats or study may change."""
     changed = [OVERRIDE_FLAGS[key] for key, value in given.items() if value != getattr(space.settings, key)]
-    changed += [f"--set {key}" for key, value in sets.items()
-                if key not in FIELD_NAMES or coerce(key, value) != space.fixed.get(key)]
+    changed += [
+        f"--set {key}"
+        for key, value in sets.items()
+        if key not in FIELD_NAMES or coerce(key, value) != space.fixed.get(key)
+    ]
     changed += ["--repeats"] * (args.repeats is not None and args.repeats != repeats)
     recorded = manifest.storage()
-    database = sqlite_file(args.storage) if args.storage is not None and args.storage != (recorded or args.storage) else None
+    database = (
+        sqlite_file(args.storage) if args.storage is not None and args.storage != (recorded or args.storage) else None
+    )
     if database is not None and not database.exists():
         # the way to point a search at a study kept elsewhere, but a database that is not there would be a new study
         changed.append(f"--storage (no database at {args.storage}; the study is in {recorded})")
@@ -252,8 +291,9 @@ def check_resumed_as_started(args: argparse.Namespace, name: str, space: SearchS
         )
 
 
-def data_as_set(data: Optional[str], mode: Mode, name: str, space: SearchSpace, started_with: dict[str, Any],
-                sets: dict[str, str]) -> dict[str, str]:
+def data_as_set(
+    data: Optional[str], mode: Mode, name: str, space: SearchSpace, started_with: dict[str, Any], sets: dict[str, str]
+) -> dict[str, str]:
     """``--set`` with ``--data FILE`` as the corpus knob ``dataset``, which the trials' configs and the tables name.
 
     Given again to a resume or extend, the file is read and checked against the corpus the search started with.
@@ -261,8 +301,10 @@ def data_as_set(data: Optional[str], mode: Mode, name: str, space: SearchSpace, 
     data_file = Path(data).expanduser() if data is not None and Path(data).expanduser().is_file() else None
     started_on_file = mode is not Mode.NEW and started_with.get("dataset")
     if data is not None and started_on_file and data_file is None:
-        raise SearchError(f"--data {data}: search {name!r} trained on the file {started_with['dataset']}; "
-                          "give that file (or a copy of it) with --data, or leave --data out")
+        raise SearchError(
+            f"--data {data}: search {name!r} trained on the file {started_with['dataset']}; "
+            "give that file (or a copy of it) with --data, or leave --data out"
+        )
     if data_file and "dataset" in sets:
         raise SearchError(f"--data {data} and --set dataset={sets['dataset']} both name the corpus: give one")
     on_default_corpus = space.fixed.get("dataset", "tiny_shakespeare") == "tiny_shakespeare"

@@ -33,7 +33,11 @@ class Recorder(tune.Callback):
 
     def __init__(self, plan: Plan, study: Optional[optuna.Study] = None) -> None:
         self.directory, self.space, self.storage, self.name = plan.directory, plan.space, plan.storage, plan.name
-        self.epochs, self.metric, self.mode = plan.space.settings.epochs, plan.space.settings.metric, plan.space.settings.mode
+        self.epochs, self.metric, self.mode = (
+            plan.space.settings.epochs,
+            plan.space.settings.metric,
+            plan.space.settings.mode,
+        )
         manifest_path = plan.directory / MANIFEST_FILE
         runs = json.loads(manifest_path.read_text()).get("runs", []) if manifest_path.exists() else []
         self.runs = runs if plan.run_name in runs else [*runs, plan.run_name]  # an extend's run is not recorded yet
@@ -133,8 +137,12 @@ class Recorder(tune.Callback):
         for trial in trials:
             record = self._record(trial)
             running = record.status in ("running", "pending")
-            if trial.status == "TERMINATED" and trial.trial_id not in self.ended and running \
-                    and len(record.epochs) < self.epochs:
+            if (
+                trial.status == "TERMINATED"
+                and trial.trial_id not in self.ended
+                and running
+                and len(record.epochs) < self.epochs
+            ):
                 self.cut_short.append(record)  # by Ctrl-C, or by the time budget
             elif trial.status == "TERMINATED":
                 if running:

@@ -15,17 +15,22 @@ if TYPE_CHECKING:
 def describe_plan(plan: Plan) -> str:
     s = plan.space.settings
     where = plan.address or "a local Ray instance started here (127.0.0.1, dashboard off)"
-    return "\n".join([
+    concurrency = s.max_concurrent or "the cluster trial slots"
+    lines = [
         f"search {plan.name!r}{' (resume)' if plan.mode is Mode.RESUME else ''} on {where}",
         plan.space.describe(),
-        f"trial resources: {s.cpu:g} CPU, {s.gpu:g} GPU; concurrency: {s.max_concurrent or 'the cluster trial slots'}",
-        *([f"repeats: each sampled configuration runs {plan.repeats} times (the trainer's seed, seed + 1, ...): "
-           f"{s.num_samples * plan.repeats} trials in all; the sampler sees their mean"] if plan.repeats > 1 else []),
-        f"writes: {plan.directory}/ ({TRIALS_FILE}, {EPOCHS_FILE}, {MANIFEST_FILE}, {SPACE_COPY}, {plan.run_name}/)",
-        f"Optuna study: {plan.name!r} in {plan.storage}",
-        *([f"restores Ray Tune's saved state (cut short by a killed driver) from {plan.restore_state_from}"]
-          if plan.restore_state_from else []),
-    ])
+        f"trial resources: {s.cpu:g} CPU, {s.gpu:g} GPU; concurrency: {concurrency}",
+    ]
+    if plan.repeats > 1:
+        lines.append(
+            f"repeats: each sampled configuration runs {plan.repeats} times (the trainer's seed, seed + 1, ...): "
+            f"{s.num_samples * plan.repeats} trials in all; the sampler sees their mean"
+        )
+    files = f"{TRIALS_FILE}, {EPOCHS_FILE}, {MANIFEST_FILE}, {SPACE_COPY}, {plan.run_name}/"
+    lines += [f"writes: {plan.directory}/ ({files})", f"Optuna study: {plan.name!r} in {plan.storage}"]
+    if plan.restore_state_from:
+        lines.append(f"restores Ray Tune's saved state (cut short by a killed driver) from {plan.restore_state_from}")
+    return "\n".join(lines)
 
 
 def summarise(plan: Plan) -> tuple[str, bool]:
@@ -43,13 +48,16 @@ def summarise(plan: Plan) -> tuple[str, bool]:
         row = best.iloc[0]
         knobs = ", ".join(f"{k}={_fmt(row[k])}" for k in plan.space.params)
         column, _ = results.metric_column()
-        lines.append(f"best trial {row['trial_id']}: {column.replace('_', ' ', 1)} {row[column]:.4f} after "
-                     f"{plural(int(row['epochs_completed']), 'epoch')} ({knobs})")
+        lines.append(
+            f"best trial {row['trial_id']}: {column.replace('_', ' ', 1)} {row[column]:.4f} after "
+            f"{plural(int(row['epochs_completed']), 'epoch')} ({knobs})"
+        )
         sample = results.epochs[results.epochs.trial_id == row["trial_id"]].sort_values("epoch")["sample"]
         if len(sample):
             lines.append(f"its last sample: {sample.iloc[-1]!r}")
-    lines.append(f"results: {plan.directory / TRIALS_FILE}, {plan.directory / EPOCHS_FILE}, "
-                 f"{plan.directory / MANIFEST_FILE}")
+    lines.append(
+        f"results: {plan.directory / TRIALS_FILE}, {plan.directory / EPOCHS_FILE}, {plan.directory / MANIFEST_FILE}"
+    )
     return "\n".join(lines), ok
 
 
@@ -60,8 +68,10 @@ def budget_report(plan: Plan, elapsed: float, spent: dict[str, list[float]], rec
     lines = [f"time budget {budget:.0f} s: used {elapsed:.0f} s ({elapsed / budget:.0%})"]
     for trial_id, seconds in sorted(spent.items(), key=lambda item: -sum(item[1])):
         total, epochs = sum(seconds), plural(len(seconds), "epoch")
-        lines.append(f"  {trial_id}  {records[trial_id].status:<9} {epochs:>10}  {total:7.1f} s  "
-                     f"({total / budget:.1%} of the budget)")
+        lines.append(
+            f"  {trial_id}  {records[trial_id].status:<9} {epochs:>10}  {total:7.1f} s  "
+            f"({total / budget:.1%} of the budget)"
+        )
     return "\n".join(lines)
 
 

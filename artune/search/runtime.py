@@ -38,12 +38,16 @@ def check_address(address: str) -> None:
         # Through Ray's client, Tune runs on the cluster, and with it the callback that writes the tables and
         # the study: they would be written on the head (or nowhere), while this driver, seeing no result,
         # would write its empty tables over the search's at a time budget's end.
-        raise SearchError(f"--address {address}: Ray's client runs the search's Tune loop on the cluster, where "
-                          "artune cannot keep its tables; run the search as a Ray job on the head (ray job submit, "
-                          "see docs/cluster.md) or on a node of the cluster with --address HOST:6379")
+        raise SearchError(
+            f"--address {address}: Ray's client runs the search's Tune loop on the cluster, where "
+            "artune cannot keep its tables; run the search as a Ray job on the head (ray job submit, "
+            "see docs/cluster.md) or on a node of the cluster with --address HOST:6379"
+        )
     if address.startswith(("http://", "https://")):
-        raise SearchError(f"--address {address}: that is the dashboard's address (what ray job submit takes); give the "
-                          "cluster's: HOST:6379")
+        raise SearchError(
+            f"--address {address}: that is the dashboard's address (what ray job submit takes); give the "
+            "cluster's: HOST:6379"
+        )
     try:
         parsed = urlparse(address if "://" in address else f"tcp://{address}")
         host, port = parsed.hostname, parsed.port  # .port raises on a port that is not a number in 0-65535
@@ -88,11 +92,14 @@ def init_ray(plan: Plan) -> None:
             ray.init(address=plan.address, logging_level=logging.ERROR, log_to_driver=False)
         except Exception as exc:  # noqa: BLE001 - whatever Ray raises, the user gets one line and nothing is left
             first = (str(exc).strip().splitlines() or [""])[0][:300]
-            hint = ("; a driver must run on a node of the cluster (or go through ray job submit)"
-                    if "node info" in str(exc).lower() else
-                    "" if token_auth_enabled() else
-                    "; if the head uses Ray's token authentication, set RAY_AUTH_MODE=token (with the head's "
-                    "token in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
+            hint = (
+                "; a driver must run on a node of the cluster (or go through ray job submit)"
+                if "node info" in str(exc).lower()
+                else ""
+                if token_auth_enabled()
+                else "; if the head uses Ray's token authentication, set RAY_AUTH_MODE=token (with the head's "
+                "token in ~/.ray/auth_token or RAY_AUTH_TOKEN)"
+            )
             raise SearchError(
                 f"--address {plan.address}: Ray could not connect ({type(exc).__name__}: {first}){hint}"
             ) from None
@@ -100,7 +107,8 @@ def init_ray(plan: Plan) -> None:
             print(
                 f"warning: connected to {plan.address} with Ray's token authentication off (RAY_AUTH_MODE is not "
                 "'token'): anyone who reaches the cluster can run code on it; keep it on a private network",
-                file=sys.stderr, flush=True,
+                file=sys.stderr,
+                flush=True,
             )
     else:
         # A private instance ("local": never a cluster that `ray start` left running here), no dashboard.
@@ -108,8 +116,10 @@ def init_ray(plan: Plan) -> None:
             ray.init(address="local", include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
         except Exception as exc:  # noqa: BLE001 - whatever Ray raises, the user gets one line and nothing is left
             first = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise SearchError(f"Ray could not start a local instance ({type(exc).__name__}: {first}); "
-                              f"its logs are under {ray_temp_dir()}") from None
+            raise SearchError(
+                f"Ray could not start a local instance ({type(exc).__name__}: {first}); "
+                f"its logs are under {ray_temp_dir()}"
+            ) from None
     check_fits_a_node(plan)
 
 
@@ -132,8 +142,10 @@ def check_fits_a_node(plan: Plan) -> None:
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     if nodes and not any(n.get("CPU", 0) >= s.cpu and n.get("GPU", 0) >= s.gpu for n in nodes):
         shapes = ", ".join(sorted({f"{n.get('CPU', 0):g} CPUs and {n.get('GPU', 0):g} GPUs" for n in nodes}))
-        raise SearchError(f"resources: {s.cpu:g} CPUs and {s.gpu:g} GPUs per trial, but no node has that much "
-                          f"(nodes: {shapes}); a trial runs on one node: lower --cpus-per-trial or --gpus-per-trial")
+        raise SearchError(
+            f"resources: {s.cpu:g} CPUs and {s.gpu:g} GPUs per trial, but no node has that much "
+            f"(nodes: {shapes}); a trial runs on one node: lower --cpus-per-trial or --gpus-per-trial"
+        )
 
 
 def stop_ray() -> None:

@@ -71,7 +71,9 @@ def staged_state(state: Path) -> Optional[Path]:
     pattern = f"session_*/artifacts/*/{tune_path.name}/driver_artifacts/{state.name}"
     # RAY_TMPDIR may also name a cluster's `ray start --temp-dir`, which holds its sessions itself (no ray/ below)
     roots = {ray_temp_dir(), *([Path(os.environ["RAY_TMPDIR"])] if os.environ.get("RAY_TMPDIR") else [])}
-    candidates = sorted((p for root in roots for p in root.glob(pattern)), key=lambda p: p.stat().st_mtime, reverse=True)
+    candidates = sorted(
+        (p for root in roots for p in root.glob(pattern)), key=lambda p: p.stat().st_mtime, reverse=True
+    )
     for candidate in candidates:
         if torn_file(candidate) is not None:
             continue
@@ -98,10 +100,13 @@ def restore_saved_state(plan: Plan) -> None:
             shutil.copyfile(source, partial)
             os.replace(partial, target)
     except OSError as exc:
-        raise SearchError(f"--resume: cannot restore Ray Tune's saved state from {staging} ({exc}); "
-                          "start the search again under another --name") from None
+        raise SearchError(
+            f"--resume: cannot restore Ray Tune's saved state from {staging} ({exc}); "
+            "start the search again under another --name"
+        ) from None
     print(
         f"warning: Ray Tune's saved state in {plan.tune_path} was cut short (its driver was killed while Tune "
         f"copied it); restored it from Tune's own staging copy in {staging}",
-        file=sys.stderr, flush=True,
+        file=sys.stderr,
+        flush=True,
     )

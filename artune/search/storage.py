@@ -51,7 +51,7 @@ def study_exists(url: str, name: str) -> bool:
 
 
 def check_storage(url: str) -> None:
-    """A --storage URL must name a database SQLAlchemy can open here, before Ray starts and a search directory exists."""
+    """A --storage URL must name a database SQLAlchemy can open here: checked before Ray starts or a folder exists."""
     from sqlalchemy.engine import make_url
 
     try:

@@ -46,7 +46,8 @@ def build_tuner(plan: Plan, corpus: Corpus, recorder: Recorder) -> tune.Tuner:
     resume = plan.mode is Mode.RESUME
     ended = frozenset(tid for tid, r in recorder.records.items() if r.status in ENDED) if resume else frozenset()
     trainable = tune.with_resources(
-        tune.with_parameters(train_fn, corpus=corpus, deadline=deadline, ended=ended), {"cpu": s.cpu, "gpu": s.gpu})
+        tune.with_parameters(train_fn, corpus=corpus, deadline=deadline, ended=ended), {"cpu": s.cpu, "gpu": s.gpu}
+    )
     callbacks = [recorder, JsonLoggerCallback(), CSVLoggerCallback()]  # each trial's result.json, progress.csv
     # ASHA takes a percentile of each rung's results, NaNs left out: a rung that holds only a diverged
     # trial's NaN makes numpy warn on the driver's stderr, though nothing is wrong (that trial has ended).
@@ -59,15 +60,21 @@ def build_tuner(plan: Plan, corpus: Corpus, recorder: Recorder) -> tune.Tuner:
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric=s.metric, mode=s.mode, search_alg=searcher(plan, recorder), scheduler=scheduler(plan.space),
-            num_samples=s.num_samples * plan.repeats, time_budget_s=time_budget,
+            metric=s.metric,
+            mode=s.mode,
+            search_alg=searcher(plan, recorder),
+            scheduler=scheduler(plan.space),
+            num_samples=s.num_samples * plan.repeats,
+            time_budget_s=time_budget,
             trial_dirname_creator=lambda trial: trial.trial_id,
             # A finished trial's worker takes the next trial of the same resources: no new process,
             # no re-import of torch, no second fetch of the corpus (bench search).
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=plan.run_name, storage_path=str(plan.directory), verbose=0,
+            name=plan.run_name,
+            storage_path=str(plan.directory),
+            verbose=0,
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -85,8 +92,12 @@ def searcher(plan: Plan, recorder: Recorder) -> Any:
     if warm:
         print(f"sampler warm-started from {warm} earlier trials", flush=True)
     search = OptunaSearch(
-        space=plan.space.define_by_run, metric=s.metric, mode=s.mode,
-        sampler=plan.space.make_sampler(run_number(plan.run_name)), storage=storage, study_name=plan.name,
+        space=plan.space.define_by_run,
+        metric=s.metric,
+        mode=s.mode,
+        sampler=plan.space.make_sampler(run_number(plan.run_name)),
+        storage=storage,
+        study_name=plan.name,
     )
     limited = ConcurrencyLimiter(search, max_concurrent=max(concurrency, plan.repeats))
     if plan.repeats > 1:
@@ -98,8 +109,12 @@ def searcher(plan: Plan, recorder: Recorder) -> Any:
 def scheduler(space: SearchSpace) -> Any:
     s = space.settings
     if s.scheduler == "asha":
-        return ASHAScheduler(time_attr="training_iteration", max_t=s.epochs, grace_period=s.grace_period,
-                             reduction_factor=s.reduction_factor)
+        return ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=s.epochs,
+            grace_period=s.grace_period,
+            reduction_factor=s.reduction_factor,
+        )
     return FIFOScheduler()
 
 

@@ -28,8 +28,10 @@ def describe(space: SearchSpace) -> str:
         f"  metric {s.metric} ({s.mode}); sampler {s.sampler} (seed {s.seed}); scheduler {scheduler}",
     ]
     if s.time_budget:
-        lines.append(f"  time budget {format_duration(s.time_budget)}, start-up included: "
-                     "the search ends then with the best model so far")
+        lines.append(
+            f"  time budget {format_duration(s.time_budget)}, start-up included: "
+            "the search ends then with the best model so far"
+        )
     if s.sampler == "grid":
         size = math.prod(d.grid_size() or 1 for d in space.params.values())
         requested = "" if size == s.num_samples else f" ({s.num_samples} trials requested)"

@@ -63,8 +63,10 @@ def read_params(
             continue
         if isinstance(value, dict) and any(k in KINDS for k in value):
             if key in CORPUS_KNOBS:
-                rule = (f"{key} is one for the whole search (the corpus is encoded once and every trial trains on it), "
-                        f"but got a distribution (fix: one value under fixed:, or --set {key}=...)")
+                rule = (
+                    f"{key} is one for the whole search (the corpus is encoded once and every trial trains on it), "
+                    f"but got a distribution (fix: one value under fixed:, or --set {key}=...)"
+                )
                 errors.add(where, f"params.{key}", rule)
                 continue
             dist = _distribution(key, value, where, knob_line, errors)
@@ -198,8 +200,10 @@ def _distribution(name: str, spec: dict, where: str, line: int, errors: Errors) 
             errors.add(where, f"{key}.step", f"log needs step 1 (Optuna's rule), but got step={step}")
             return None
         if (high - low) % step:
-            rule = (f"high - low must be a multiple of step, but got low={low}, high={high}, step={step} "
-                    f"(fix: high={high - (high - low) % step})")
+            rule = (
+                f"high - low must be a multiple of step, but got low={low}, high={high}, step={step} "
+                f"(fix: high={high - (high - low) % step})"
+            )
             errors.add(where, f"{key}.step", rule)
             return None
     elif kind == "uniform" and "step" in spec:
@@ -212,8 +216,10 @@ def _distribution(name: str, spec: dict, where: str, line: int, errors: Errors) 
             return None
         ratio = (high - low) / step
         if abs(ratio - round(ratio)) > 1e-6 or ratio > GRID_LIMIT:
-            rule = (f"high - low must be a multiple of step (at most {GRID_LIMIT} steps), "
-                    f"but got low={show_number(low)}, high={show_number(high)}, step={show_number(step)}")
+            rule = (
+                f"high - low must be a multiple of step (at most {GRID_LIMIT} steps), "
+                f"but got low={show_number(low)}, high={show_number(high)}, step={show_number(step)}"
+            )
             errors.add(where, f"{key}.step", rule)
             return None
     if not ok:

@@ -31,8 +31,12 @@ def check_space(space: SearchSpace, errors: Errors, unknown: frozenset = frozens
                     other.when is not None and space.baseline(knob) in allowed
                 )
                 if not possible:
-                    errors.add(where, key, f"the condition can never hold, since {knob} is {other.describe()}, "
-                                           f"but got {show(list(allowed))}")
+                    errors.add(
+                        where,
+                        key,
+                        f"the condition can never hold, since {knob} is {other.describe()}, "
+                        f"but got {show(list(allowed))}",
+                    )
             elif space.baseline(knob) not in allowed:
                 if knob in space.fixed:
                     origin = "fixed"
@@ -40,13 +44,20 @@ def check_space(space: SearchSpace, errors: Errors, unknown: frozenset = frozens
                     origin = "search.epochs"
                 else:
                     origin = "TrainConfig's default"
-                errors.add(where, key, f"the condition can never hold, since {knob} is {show(space.baseline(knob))} "
-                                       f"({origin}), but got {show(list(allowed))}")
+                errors.add(
+                    where,
+                    key,
+                    f"the condition can never hold, since {knob} is {show(space.baseline(knob))} "
+                    f"({origin}), but got {show(list(allowed))}",
+                )
     cycle = find_cycle(space.params)
     if cycle:
         first = space.params[cycle[0]]
-        errors.add(f"{space.path}:{first.line}", f"params.{cycle[0]}.when",
-                   f"conditions must not form a cycle, but got {' -> '.join(cycle)}")
+        errors.add(
+            f"{space.path}:{first.line}",
+            f"params.{cycle[0]}.when",
+            f"conditions must not form a cycle, but got {' -> '.join(cycle)}",
+        )
     if space.settings.sampler == "grid":
         size = 1
         for name, dist in space.params.items():
@@ -78,7 +89,7 @@ def find_cycle(params: dict[str, Distribution]) -> Optional[list[str]]:
             if dep not in params:
                 continue
             if state.get(dep) == 1:
-                return path[path.index(dep):] + [dep] if dep in path else [name, dep]
+                return path[path.index(dep) :] + [dep] if dep in path else [name, dep]
             if state.get(dep) is None:
                 found = visit(dep, path + [dep])
                 if found:

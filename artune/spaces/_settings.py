@@ -27,8 +27,18 @@ METRICS = {
 SAMPLERS = ("tpe", "random", "grid", "qmc", "cmaes")
 SAMPLER_PACKAGES = {"qmc": "scipy", "cmaes": "cmaes"}  # imported lazily by Optuna's samplers; artune depends on both
 SCHEDULERS = ("asha", "none")
-SEARCH_KEYS = ("metric", "mode", "num_samples", "max_concurrent", "resources", "epochs", "sampler", "seed", "scheduler",
-               "time_budget")
+SEARCH_KEYS = (
+    "metric",
+    "mode",
+    "num_samples",
+    "max_concurrent",
+    "resources",
+    "epochs",
+    "sampler",
+    "seed",
+    "scheduler",
+    "time_budget",
+)
 RESOURCE_KEYS = ("cpu", "gpu")
 SCHEDULER_KEYS = ("name", "grace_period", "reduction_factor")
 
@@ -110,20 +120,39 @@ def check_settings(raw: dict[str, Any], sources: dict[str, str], errors: Errors)
 
     one_of("metric", tuple(METRICS))
     number("num_samples", as_int, lambda v: v >= 1, "num_samples >= 1 must hold (an integer)")
-    number("max_concurrent", as_int, lambda v: v >= 1, "max_concurrent >= 1 must hold (or null: as many as fit)",
-           allow_none=True)
+    number(
+        "max_concurrent",
+        as_int,
+        lambda v: v >= 1,
+        "max_concurrent >= 1 must hold (or null: as many as fit)",
+        allow_none=True,
+    )
     number("cpu", parse_number, lambda v: v > 0, "cpu > 0 must hold (cpus per trial)")
-    number("gpu", parse_number, lambda v: v >= 0 and (v <= 1 or v.is_integer()),
-           "gpu >= 0 must hold, and a value above 1 must be whole (gpus per trial)")
+    number(
+        "gpu",
+        parse_number,
+        lambda v: v >= 0 and (v <= 1 or v.is_integer()),
+        "gpu >= 0 must hold, and a value above 1 must be whole (gpus per trial)",
+    )
     number("epochs", as_int, lambda v: v >= 1, "epochs >= 1 must hold (an integer)")
-    number("seed", as_int, lambda v: 0 <= v < 2**32, "seed must be an integer from 0 to 2**32 - 1 (or null)",
-           allow_none=True)
+    number(
+        "seed",
+        as_int,
+        lambda v: 0 <= v < 2**32,
+        "seed must be an integer from 0 to 2**32 - 1 (or null)",
+        allow_none=True,
+    )
     one_of("sampler", SAMPLERS)
     one_of("scheduler", SCHEDULERS)
     number("grace_period", as_int, lambda v: v >= 1, "grace_period >= 1 must hold (an integer)")
     number("reduction_factor", parse_number, lambda v: v > 1, "reduction_factor > 1 must hold")
-    number("time_budget", parse_duration, lambda v: True,
-           "time_budget must be a positive duration such as 900, 90s, 15m or 1.5h (or null: no limit)", allow_none=True)
+    number(
+        "time_budget",
+        parse_duration,
+        lambda v: True,
+        "time_budget must be a positive duration such as 900, 90s, 15m or 1.5h (or null: no limit)",
+        allow_none=True,
+    )
 
     if "metric" in values:
         expected = METRICS[values["metric"]]
@@ -142,14 +171,20 @@ def check_settings(raw: dict[str, Any], sources: dict[str, str], errors: Errors)
     sampler = values.get("sampler")
     if sampler in SAMPLER_PACKAGES and importlib.util.find_spec(SAMPLER_PACKAGES[sampler]) is None:
         package = SAMPLER_PACKAGES[sampler]
-        fail("sampler", f"sampler '{sampler}' needs {package}, which artune depends on, but it is not installed, "
-                        "so this install of artune is broken (fix: reinstall it, pip install -e . in its clone)")
+        fail(
+            "sampler",
+            f"sampler '{sampler}' needs {package}, which artune depends on, but it is not installed, "
+            "so this install of artune is broken (fix: reinstall it, pip install -e . in its clone)",
+        )
         values.pop("sampler")
     if values.get("scheduler") == "asha" and "grace_period" in values and "epochs" in values:
         if values["grace_period"] > values["epochs"]:
             blamed = "epochs" if from_cli("epochs") and not from_cli("grace_period") else "grace_period"
-            fail(blamed, "grace_period <= epochs must hold (ASHA's max_t is epochs), "
-                         f"but got grace_period={values['grace_period']}, epochs={values['epochs']}")
+            fail(
+                blamed,
+                "grace_period <= epochs must hold (ASHA's max_t is epochs), "
+                f"but got grace_period={values['grace_period']}, epochs={values['epochs']}",
+            )
     if len(values) < len(SETTING_NAMES):
         return None
     return SearchSettings(**values)

@@ -47,8 +47,9 @@ class SearchSpace:
             if value is None:
                 continue
             if name not in SETTING_NAMES:
-                errors.add(f"--{name.replace('_', '-')}", None,
-                           f"unknown search setting{did_you_mean(name, SETTING_NAMES)}")
+                errors.add(
+                    f"--{name.replace('_', '-')}", None, f"unknown search setting{did_you_mean(name, SETTING_NAMES)}"
+                )
                 continue
             raw[name] = value
             sources[f"search.{name}"] = (flags or {}).get(name, f"--{name.replace('_', '-')}")
