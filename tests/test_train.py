@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from artune import train as train_module
 from artune.batches import sequential_batches
 from artune.config import ConfigError, TrainConfig
 from artune.optim import lr_lambda
@@ -27,6 +26,8 @@ from artune.train import (
     resolve_precision,
     steps_per_epoch,
 )
+from artune.train import compile as compile_module
+from artune.train import device as device_module
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -189,8 +190,8 @@ def test_a_process_compiling_shape_after_shape_never_falls_back_to_eager(small_t
 def test_compile_auto_compiles_once_the_trial_has_trained_as_long_as_compiling_pays_back(small_text, monkeypatch):
     """compile: auto rents before it buys: eager until the trial has trained AUTO_COMPILE_AFTER_S, and
     then only where as long again is left of its plan."""
-    monkeypatch.setattr(train_module, "_compiled_shape", None)  # as in a new worker
-    monkeypatch.setattr(train_module, "AUTO_COMPILE_AFTER_S", {"cpu": 25.0})
+    monkeypatch.setattr(compile_module, "_compiled_shape", None)  # as in a new worker
+    monkeypatch.setattr(compile_module, "AUTO_COMPILE_AFTER_S", {"cpu": 25.0})
     trainer = Trainer(tiny(small_text, compile="auto", epochs=6))
     assert not trainer.compiled and not trainer.compile_pays()  # nothing trained yet
     trainer.epoch_seconds = 10.0
@@ -206,8 +207,8 @@ def test_compile_auto_compiles_once_the_trial_has_trained_as_long_as_compiling_p
 
 def test_compile_auto_switches_to_the_compiled_model_between_epochs(small_text, monkeypatch):
     torch.compiler.reset()  # as in a new worker
-    monkeypatch.setattr(train_module, "_compiled_shape", None)
-    monkeypatch.setattr(train_module, "AUTO_COMPILE_AFTER_S", {"cpu": 0.0})
+    monkeypatch.setattr(compile_module, "_compiled_shape", None)
+    monkeypatch.setattr(compile_module, "AUTO_COMPILE_AFTER_S", {"cpu": 0.0})
     config = tiny(small_text, compile="auto", epochs=3, batches_per_epoch=4)
     trainer = Trainer(config)
     paces = []
@@ -228,9 +229,9 @@ def test_compile_auto_trains_on_eagerly_where_torch_compile_fails(small_text, tm
     import torch._inductor.config  # no public way to break the compiler
 
     torch.compiler.reset()
-    monkeypatch.setattr(train_module, "_compiled_shape", None)
-    monkeypatch.setattr(train_module, "_compile_failed", None)
-    monkeypatch.setattr(train_module, "AUTO_COMPILE_AFTER_S", {"cpu": 0.0})
+    monkeypatch.setattr(compile_module, "_compiled_shape", None)
+    monkeypatch.setattr(compile_module, "_compile_failed", None)
+    monkeypatch.setattr(compile_module, "AUTO_COMPILE_AFTER_S", {"cpu": 0.0})
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # nothing compiled before
     config = tiny(small_text, compile="auto", epochs=3, batches_per_epoch=2)
     with torch._inductor.config.patch({"cpp.cxx": (None, "/bin/false")}):
@@ -245,9 +246,9 @@ def test_compile_auto_trains_on_eagerly_where_torch_compile_fails(small_text, tm
 
 def test_compile_auto_without_a_cpp_compiler_trains_eagerly(small_text, tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
-    monkeypatch.setattr(train_module, "_compiled_shape", None)
-    monkeypatch.setattr(train_module, "_compile_failed", None)  # (each would keep it eager for another reason)
-    monkeypatch.setattr(train_module, "AUTO_COMPILE_AFTER_S", {"cpu": 0.0})
+    monkeypatch.setattr(compile_module, "_compiled_shape", None)
+    monkeypatch.setattr(compile_module, "_compile_failed", None)  # (each would keep it eager for another reason)
+    monkeypatch.setattr(compile_module, "AUTO_COMPILE_AFTER_S", {"cpu": 0.0})
     history = Trainer(tiny(small_text, compile="auto", epochs=2, batches_per_epoch=2)).fit()
     assert [m["compiled"] for m in history] == [False, False]
 
@@ -1079,8 +1080,6 @@ def test_auto_precision_on_this_cpu_follows_its_bf16_hardware_and_the_probe():
     ],
 )
 def test_auto_precision_picks_bf16_on_a_cpu_only_where_it_is_measured_faster(monkeypatch, native, speedup, expected):
-    import artune.train as train
-
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: native)
-    monkeypatch.setattr(train, "cpu_bf16_speedup", lambda d_model: speedup)
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(device_module, "cpu_bf16_speedup", lambda d_model: speedup)
     assert resolve_precision("auto", torch.device("cpu"), 256) == expected

@@ -1,0 +1,140 @@
+"""The checkpoint format: what a resumed run must share with its checkpoint, and the file's atomic write and read.
+
+A Trainer's ``state_dict`` lists what it saves; these are the rules and the file around it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from artune.config import FIELDS, TrainConfig, ff_width
+from artune.data import Corpus
+from artune.errors import CheckpointError
+
+CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+# What a resumed run must share with the checkpoint: what its model, data order and optimizer are.
+# How long it trains (epochs, batches_per_epoch), where and how fast (device, precision, compile),
+# its sample and its logging may change.
+RESUME_MUST_MATCH = (
+    "tokenizer",
+    "seq_len",
+    "batch_size",
+    "train_loader",
+    "dataloader_shuffle_with_replacement",
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "d_ff",
+    "activation",
+    "dropout",
+    "position_encoding",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "adam_beta2",
+    "warmup",
+    "lr_schedule",
+    "lr_min_ratio",
+    "grad_norm_clip",
+    "seed",
+)
+
+
+def check_resumable(state: Any, config: TrainConfig, corpus: Corpus) -> None:
+    """Refuse, with what differs, a checkpoint that this configuration on this corpus cannot continue."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"not an artune checkpoint (holds a {type(state).__name__})")
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"checkpoint format {state.get('format')!r} is not this artune's ({CHECKPOINT_FORMAT}); resume it "
+            "with the artune that wrote it, or start afresh"
+        )
+    if state["vocabulary"] != list(corpus.vocabulary.itos):
+        raise CheckpointError("checkpoint was trained with another vocabulary (a different corpus or tokenizer)")
+    if state.get("corpus_sha256", corpus.sha256) != corpus.sha256:
+        raise CheckpointError(
+            f"checkpoint was trained on another corpus (sha256 {state['corpus_sha256'][:12]}, "
+            f"not {corpus.source}'s {corpus.sha256[:12]})"
+        )
+    # A knob the checkpoint's settings lack was added since: that run had its default.
+    saved = {**{k: FIELDS[k].default for k in RESUME_MUST_MATCH}, **state["config"]} if "config" in state else {}
+    now = config.to_dict()
+    if saved and (saved.get("d_ff") is None) != (now["d_ff"] is None):
+        # none is a width of d_model's: compare that width with the one given
+        for settings in (saved, now):
+            settings["d_ff"] = ff_width(settings["d_model"], settings.get("d_ff"), settings["activation"])
+    differ = [key for key in RESUME_MUST_MATCH if key in saved and saved[key] != now[key]]
+    if differ:
+        raise CheckpointError(
+            "checkpoint was trained with "
+            + ", ".join(f"{k}={saved[k]!r}" for k in differ)
+            + " (this run: "
+            + ", ".join(f"{k}={now[k]!r}" for k in differ)
+            + "); a resumed run continues the "
+            "same training: give the same settings, or start afresh"
+        )
+
+
+def optimizer_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's optimizer state, with the step count ``artune.optim`` keeps."""
+    optimizer = state["optimizer"]
+    if "steps_taken" not in optimizer:  # written through torch.optim, with a LambdaLR counting the steps
+        optimizer = {**optimizer, "steps_taken": state["scheduler"]["last_epoch"]}
+    return optimizer
+
+
+def rng_states(generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    """The random states a resumed run continues: torch's, the batch order's and, on CUDA, the device's."""
+    rng = {"torch": torch.get_rng_state(), "batches": generator.get_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def restore_rng_states(rng: dict[str, torch.Tensor], generator: torch.Generator, device: torch.device) -> None:
+    # RNG states are CPU byte tensors whatever map_location moved them to
+    torch.set_rng_state(rng["torch"].cpu())
+    generator.set_state(rng["batches"].cpu())
+    if "cuda" in rng and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"].cpu(), device)
+
+
+def save(state: dict[str, Any], directory: str | os.PathLike) -> Path:
+    """Write ``checkpoint.pt`` atomically: a crash mid-write leaves the previous file intact."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CHECKPOINT_FILE
+    tmp = directory / f".{CHECKPOINT_FILE}.{os.getpid()}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read(path: str | os.PathLike, device: torch.device) -> tuple[Path, Any]:
+    """The checkpoint file (``path``, or ``checkpoint.pt`` in it) and what it holds, loaded onto ``device``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    try:
+        return path, torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint file not found") from None
+    except Exception as exc:  # noqa: BLE001 (torch.load's many kinds: a truncated zip, a refused unpickling, ...)
+        raise CheckpointError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+@contextlib.contextmanager
+def refusals_name(path: Path) -> Iterator[None]:
+    """Loading a checkpoint's state: a refusal, or a state that does not fit, names the file."""
+    try:
+        yield
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: checkpoint does not fit this configuration ({exc})") from None

@@ -1,0 +1,103 @@
+"""``python -m artune.train``: train one configuration without Ray and print each epoch."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from artune import ArgumentParser, stdout_closed
+from artune.config import ConfigError, add_config_arguments, config_from_arguments
+from artune.errors import CheckpointError, CorpusError, DivergedError, UnknownTokenError
+from artune.train.checkpoint import CHECKPOINT_FILE
+from artune.train.trainer import Metrics, Trainer
+
+
+def format_metrics(metrics: Metrics) -> str:
+    return (
+        f"epoch {metrics['epoch']:>3}  train_loss {metrics['train_loss']:.4f}  "
+        f"train_acc {metrics['train_accuracy']:.3f}  valid_loss {metrics['valid_loss']:.4f}  "
+        f"valid_acc {metrics['valid_accuracy']:.3f}  {metrics['tokens_per_sec']:,.0f} tok/s  "
+        f"lr {metrics['lr']:.2e}  {metrics['seconds']:.1f}s  | {metrics['sample']!r}"
+    )
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m artune.train --d_model 128 --epochs 2 ...``: one configuration, no Ray."""
+    parser = ArgumentParser(
+        prog="python -m artune.train", description="Train one configuration without Ray and print each epoch."
+    )
+    # --data as in `python -m artune.search`; --data-dir is its older name
+    parser.add_argument(
+        "--data",
+        "--data-dir",
+        dest="data_dir",
+        metavar="PATH",
+        help="the corpus: a text file, or the directory holding tiny_shakespeare.txt "
+        "(default: $ARTUNE_DATA_DIR or the cache)",
+    )
+    parser.add_argument("--checkpoint-dir", help="write a checkpoint here after every epoch (if is_save_models)")
+    parser.add_argument("--resume", action="store_true", help="resume from the checkpoint in --checkpoint-dir")
+    parser.add_argument("--threads", type=int, help="torch CPU threads, at least 1 (default: torch's choice)")
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_arguments(args)
+        # Checked before the corpus is read or an epoch trained: a bad directory would otherwise
+        # fail (or overwrite a checkpoint) only when the first epoch's checkpoint is written.
+        if args.threads is not None and args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, but got {args.threads}")
+        if args.resume and not args.checkpoint_dir:
+            raise ConfigError("--resume needs --checkpoint-dir")
+        if args.checkpoint_dir and config.is_save_models:
+            directory = Path(args.checkpoint_dir)
+            existing = next(p for p in (directory, *directory.absolute().parents) if p.exists())
+            if not existing.is_dir():
+                raise ConfigError(
+                    f"--checkpoint-dir {directory}: {existing} is a file, not a directory; "
+                    "choose another --checkpoint-dir"
+                )
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise ConfigError(
+                    f"--checkpoint-dir {directory}: {existing} is not writable; choose another --checkpoint-dir"
+                )
+            if not args.resume and (directory / CHECKPOINT_FILE).exists():
+                raise ConfigError(
+                    f"--checkpoint-dir {directory} holds a checkpoint ({CHECKPOINT_FILE}); use --resume to "
+                    "continue it, or choose another --checkpoint-dir"
+                )
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        trainer = Trainer(config, data_dir=args.data_dir)
+        if args.resume:
+            trainer.load_checkpoint(args.checkpoint_dir)
+            print(f"resumed from {args.checkpoint_dir} after epoch {trainer.epoch}")
+        print(
+            f"{trainer.model.num_parameters():,} parameters, vocabulary {trainer.corpus.vocab_size}, "
+            f"{len(trainer.corpus.train):,} train / {len(trainer.corpus.valid):,} valid tokens, "
+            f"device {trainer.device}"
+        )
+
+        def report(metrics: Metrics) -> None:
+            print(format_metrics(metrics), flush=True)
+            if args.checkpoint_dir and config.is_save_models:
+                try:
+                    trainer.save_checkpoint(args.checkpoint_dir)
+                except OSError as exc:  # a full disk, an unwritable directory: the last good checkpoint stays
+                    raise CheckpointError(
+                        f"--checkpoint-dir {args.checkpoint_dir}: cannot write the checkpoint of epoch "
+                        f"{metrics['epoch']} ({exc.strerror or exc})"
+                    ) from None
+
+        trainer.fit(report)
+    except (ConfigError, CorpusError, UnknownTokenError, CheckpointError, DivergedError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return stdout_closed()
+    return 0

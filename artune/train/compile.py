@@ -1,0 +1,76 @@
+"""torch.compile for the training step: once per model shape and process, and compile: 'auto''s choice of when.
+
+The state here is the process's, not a Trainer's: a Ray worker trains trial after trial, and what it
+compiled (or failed to) for one trial holds for the next.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Optional
+
+import torch
+
+# compile: 'auto' rents before it buys: compiling costs a fixed time up front and saves a share of every
+# step, and ASHA may stop a trial at any rung. So it trains eagerly for as long as compiling takes to pay
+# back, then compiles if as long again is left of its plan: a trial pays at most twice what it had to.
+# The pay-back times per device are measured (docs/benchmarks.md, 'Compile'; docs/experiments.md, 'compile: auto').
+AUTO_COMPILE_AFTER_S = {"cpu": 180.0, "cuda": 30.0}
+
+_compiled_shape: Optional[tuple] = None  # what the last compiled Trainer of this process compiled
+# why torch.compile failed in this process, under compile: auto (which then stops trying)
+_compile_failed: Optional[str] = None
+
+
+def compile_model(model: torch.nn.Module, mode: str, shape: tuple) -> Callable:
+    """``model`` through torch.compile, for ``shape``: its config, batch, window, mode, device and dtype."""
+    _compile_afresh_for_a_new_shape(shape)
+    return torch.compile(model, mode=mode)
+
+
+def _compile_afresh_for_a_new_shape(shape: tuple) -> None:
+    """Clear torch.compile's caches when this process compiles a different model shape than before.
+
+    Dynamo keeps one compiled entry per shape of the model's ``forward`` and, past its recompile
+    limit (8), silently runs it eagerly: a Ray worker reused across a search over ``d_model`` would
+    train its 9th shape uncompiled. Same-shaped trials (the usual reuse) keep the compiled code;
+    a new shape compiles anew (from the inductor cache on disk where it holds the shape).
+    """
+    global _compiled_shape
+    if _compiled_shape is not None and shape != _compiled_shape:
+        torch.compiler.reset()
+    _compiled_shape = shape
+
+
+def auto_compile_pays(
+    shape: tuple,
+    device_type: str,
+    *,
+    missing_compiler: Optional[str],
+    epoch: int,
+    planned_epochs: int,
+    epoch_seconds: Optional[float],
+) -> bool:
+    """compile: auto's choice before an epoch (see ``AUTO_COMPILE_AFTER_S``): whether to compile now."""
+    if missing_compiler or _compile_failed or device_type not in AUTO_COMPILE_AFTER_S:
+        return False
+    if _compiled_shape == shape:
+        return True  # this process compiled the same shape: torch.compile's cache holds it, nothing to pay
+    if epoch_seconds is None:
+        return False
+    after = AUTO_COMPILE_AFTER_S[device_type]
+    trained = epoch * epoch_seconds  # at the last epoch's pace, so a resumed trial counts its past epochs
+    left = (planned_epochs - epoch) * epoch_seconds
+    return trained >= after and left >= after
+
+
+def note_compile_failed(exc: Exception, epoch: int) -> None:
+    """Say once why torch.compile failed in ``epoch``; compile: auto does not try again in this process."""
+    global _compile_failed
+    _compile_failed = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+    print(
+        f"warning: compile: auto: torch.compile failed in epoch {epoch} ({_compile_failed}); "
+        "this process trains eagerly from here",
+        file=sys.stderr,
+        flush=True,
+    )

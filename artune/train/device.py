@@ -1,0 +1,70 @@
+"""Where a trial trains and at what precision: the device, and the autocast dtype measured to pay on it."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+
+from artune.compat import cpu_has_native_bf16
+from artune.config import ConfigError
+
+# bf16 autocast also casts activations and keeps fp32 master weights: its matmuls must be clearly
+# faster than fp32's to make the whole step faster.
+BF16_MIN_SPEEDUP = 1.3
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device 'cuda' needs a CUDA device, but torch {torch.version.__version__} sees none; "
+            "use device 'auto' or 'cpu'"
+        )
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device, d_model: int = 512) -> torch.dtype:
+    """The autocast dtype; fp32 means no autocast.
+
+    'auto' picks bf16 on CUDA GPUs that support it, and on a CPU only where it helps: the CPU must
+    multiply bf16 natively (without it oneDNN's bf16 path is far slower than fp32; see docs/benchmarks.md,
+    'Precision') and a bf16 matmul of the model's width must beat fp32 in a quick side-by-side probe
+    (:func:`cpu_bf16_speedup`).
+    """
+    if name == "bf16":
+        return torch.bfloat16
+    if name != "auto":
+        return torch.float32
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == "cpu" and cpu_has_native_bf16() and cpu_bf16_speedup(d_model) >= BF16_MIN_SPEEDUP:
+        return torch.bfloat16
+    return torch.float32
+
+
+def matmul_rate(m: int, k: int, n: int, dtype: torch.dtype = torch.float32, seconds: float = 0.2) -> float:
+    """Measured FLOP/s of an ``(m, k) @ (k, n)`` matmul on this process's CPU threads."""
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * m * k * n * count / (time.perf_counter() - start)
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_speedup(d_model: int, tokens: int = 1024, seconds: float = 0.05) -> float:
+    """bf16 matmul throughput over fp32 on this process's threads, for a ``(tokens, d) x (d, 4d)`` product.
+
+    Measured once per width and process: three interleaved rounds of ``seconds`` per dtype, the best of each.
+    """
+    best = {torch.float32: 0.0, torch.bfloat16: 0.0}
+    for _ in range(3):
+        for dtype in best:
+            best[dtype] = max(best[dtype], matmul_rate(tokens, d_model, 4 * d_model, dtype, seconds))
+    return best[torch.bfloat16] / best[torch.float32]

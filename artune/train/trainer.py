@@ -1,0 +1,382 @@
+"""The Trainer: epochs of training, validation and a greedy sample, resumable from its checkpoints.
+
+It never imports Ray: ``artune.trainable`` wraps it for Ray Tune, and ``python -m artune.train``
+runs one configuration on its own for debugging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+
+import artune.train.checkpoint as checkpoint
+from artune.batches import valid_batches
+from artune.config import ConfigError, TrainConfig, compiler_message, missing_compiler
+from artune.data import Corpus, check_fits, load_corpus
+from artune.errors import DeadlineReached, DivergedError
+from artune.models import GPT, ModelConfig
+from artune.optim import lr_lambda, make_optimizer
+from artune.tokenizers import get_tokenizer
+from artune.train.compile import auto_compile_pays, compile_model, note_compile_failed
+from artune.train.device import resolve_device, resolve_precision
+from artune.train.diagnostics import activation_hooks, activation_stats, param_grad_stats
+from artune.train.plan import epoch_batches, epochs_that_fit, steps_per_epoch
+
+# How often (in steps) the training loop looks for a non-finite loss. Each look is a host sync,
+# so it is not done every step; a diverged run still stops within this many steps.
+DIVERGENCE_CHECK_EVERY = 32
+
+Metrics = dict[str, Any]
+
+
+def model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
+    """The one explicit mapping from the flat run config to the model's own config."""
+    return ModelConfig(
+        vocab_size=vocab_size,
+        seq_len=config.seq_len,
+        d_model=config.d_model,
+        n_layers=config.n_layers,
+        n_heads=config.n_heads,
+        d_ff=config.ff_width,
+        dropout=config.dropout,
+        position_encoding=config.position_encoding,
+        activation=config.activation,
+    )
+
+
+class Trainer:
+    """Trains one configuration. ``fit()`` returns (and passes to ``callback``) one metrics dict per epoch.
+
+    ``clock`` is what a deadline is read against and the pace under it measured on: ``time.time`` but in
+    tests, which give a clock they control so that how many epochs fit does not depend on the machine.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        corpus: Optional[Corpus] = None,
+        *,
+        data_dir: Optional[str | os.PathLike] = None,
+        device: Optional[torch.device] = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        # what compiling needs: with compile: auto, a missing compiler means training eagerly
+        self.missing_compiler = missing_compiler() if config.compile else None
+        if config.compile is True and self.missing_compiler:
+            raise ConfigError(compiler_message(self.missing_compiler))
+        self.corpus = corpus if corpus is not None else load_corpus(config.dataset, config.tokenizer, data_dir)
+        check_fits(
+            self.corpus,
+            config.seq_len,
+            config.batch_size,
+            train_loader=config.train_loader,
+            valid_loader=config.valid_loader,
+            whole_batches=config.whole_batches,
+        )
+        tokenize = get_tokenizer(config.tokenizer)
+        self.prompt_ids = self.corpus.vocabulary.encode(tokenize(config.prompt))  # unknown tokens: an error
+        if config.sample_tokens > 0 and not self.prompt_ids:
+            raise ConfigError(
+                f"prompt must give at least one {config.tokenizer} token when sample_tokens > 0, "
+                f"but got {config.prompt!r}"
+            )
+
+        self.device = device if device is not None else resolve_device(config.device)
+        self.autocast_dtype = resolve_precision(config.precision, self.device, config.d_model)
+        torch.manual_seed(config.seed)
+        shape = model_config(config, self.corpus.vocab_size)
+        self.model = GPT(shape).to(self.device)
+        self.forward = self.model  # the training step's model: compiled from the start, or later with compile: auto
+        self.compile_key = (
+            shape,
+            config.batch_size,
+            config.seq_len,
+            config.compile_mode,
+            self.device,
+            self.autocast_dtype,
+        )
+        if config.compile is True:
+            self.compile()
+        self.epoch_steps = steps_per_epoch(config, len(self.corpus.train))
+        # The lr schedule's plan: epoch E of this run ends at step plan_base[1] + (E - plan_base[0]) * epoch_steps.
+        # (0, 0) but in a run resumed with another epoch size: the epoch and step it resumed at.
+        self.plan_base = (0, 0)
+        self.total_steps = self.steps_at(config.epochs)
+        self.optimizer = make_optimizer(config, self.model.parameters(), self.total_steps)
+        # The batch order has its own generator, so it is the same whatever else draws random numbers.
+        self.generator = torch.Generator().manual_seed(config.seed)
+        # The corpus's numpy arrays (read-only when Ray hands them over) become tensors here: a copy of
+        # each split, in its compact dtype, on the trial's device.
+        self.train_tokens = torch.tensor(self.corpus.train, device=self.device)
+        self.valid_tokens = torch.tensor(self.corpus.valid, device=self.device)
+        self.epoch = 0
+        self.tokens_seen = 0
+        self.epoch_seconds: Optional[float] = None  # the last epoch's, for the pace under a deadline (checkpointed)
+        self._activations: dict[str, torch.Tensor] = {}
+        self._grad_norm: Optional[torch.Tensor] = None  # the last step's gradient norm, before clipping
+        self._compiling = False
+        self._compile_seconds = 0.0  # what the epoch's first step took over the others, where it compiled
+
+    # --- the loop
+
+    def fit(
+        self, callback: Optional[Callable[[Metrics], None]] = None, deadline: Optional[float] = None
+    ) -> list[Metrics]:
+        """Train the remaining epochs. Past ``deadline`` (a time on ``clock``) it stops mid-epoch, and
+        returns the epochs finished (and passed to ``callback``) before it."""
+        history = []
+        while self.epoch < self.config.epochs:
+            if deadline is not None and self.epoch_seconds is not None:
+                self.fit_schedule_to(deadline, self.epoch_seconds)
+            try:
+                metrics = self.run_epoch(deadline)
+            except DeadlineReached:
+                break  # the cut epoch is neither reported nor checkpointed
+            history.append(metrics)
+            if callback is not None:
+                callback(metrics)
+        return history
+
+    def fit_schedule_to(self, deadline: float, epoch_seconds: float) -> None:
+        """End a decaying lr schedule that would outlast ``deadline`` with the last epoch before it, at the
+        pace of ``epoch_seconds`` (see :func:`epochs_that_fit`). A constant schedule and Noam have no end to move.
+        """
+        c = self.config
+        if c.optimizer == "noam" or c.lr_schedule == "constant" or epoch_seconds <= 0:
+            return
+        room = max(0.0, (deadline - self.clock()) / epoch_seconds)  # the epochs' worth of time left
+        self._plan(self.steps_at(epochs_that_fit(room, self.epoch, self.planned_epochs, c.epochs)))
+
+    @property
+    def planned_epochs(self) -> int:
+        """The epoch the lr schedule's plan ends with (``epochs``, or fewer under a deadline)."""
+        return self.plan_base[0] + (self.total_steps - self.plan_base[1]) // self.epoch_steps
+
+    def steps_at(self, epoch: int) -> int:
+        """The optimizer steps the schedule plans up to the end of ``epoch``."""
+        base_epoch, base_steps = self.plan_base
+        return base_steps + (epoch - base_epoch) * self.epoch_steps
+
+    def _plan(self, total: int) -> None:
+        if total != self.total_steps:
+            self.total_steps = total
+            self.optimizer.schedule = lr_lambda(self.config, total)
+
+    # --- compiling
+
+    def compile(self) -> None:
+        """Train through torch.compile from the next step on (validation and sampling stay eager)."""
+        self.forward = compile_model(self.model, self.config.compile_mode, self.compile_key)
+        self._compiling = True  # the next step compiles: the epoch's pace leaves that out
+
+    @property
+    def compiled(self) -> bool:
+        return self.forward is not self.model
+
+    def compile_pays(self) -> bool:
+        """compile: auto's choice before each epoch (see ``AUTO_COMPILE_AFTER_S``): whether to compile now."""
+        return auto_compile_pays(
+            self.compile_key,
+            self.device.type,
+            missing_compiler=self.missing_compiler,
+            epoch=self.epoch,
+            planned_epochs=self.planned_epochs,
+            epoch_seconds=self.epoch_seconds,
+        )
+
+    # --- epochs
+
+    def run_epoch(self, deadline: Optional[float] = None) -> Metrics:
+        if self.config.compile == "auto" and not self.compiled and self.compile_pays():
+            self.compile()
+        start, begun = time.perf_counter(), self.clock()
+        train_loss, train_accuracy, tokens, train_seconds = self.train_epoch(deadline)
+        self.epoch += 1
+        valid_loss, valid_accuracy = self.validate()
+        metrics: Metrics = {
+            "epoch": self.epoch,
+            "train_loss": train_loss,
+            "train_accuracy": train_accuracy,
+            "valid_loss": valid_loss,
+            "valid_accuracy": valid_accuracy,
+            "tokens_seen": self.tokens_seen,
+            "tokens_per_sec": tokens / train_seconds if train_seconds > 0 else float("nan"),
+            "lr": self.optimizer.last_lr,  # of the epoch's last step
+            "compiled": self.compiled,
+            "sample": self.sample(),
+        }
+        if self.config.is_log_model_params_grads:
+            metrics.update(param_grad_stats(self.model, self._grad_norm, self.config.grad_norm_clip))
+        if self.config.is_log_model_activations:
+            metrics.update(activation_stats(self._activations))
+        metrics["seconds"] = time.perf_counter() - start
+        # the pace a deadline plans by: without the one-off compilation, which would plan the lr's end an epoch short
+        self.epoch_seconds = self.clock() - begun - self._compile_seconds
+        return metrics
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return epoch_batches(self.train_tokens, self.config, self.generator, self.steps_at(self.epoch))
+
+    def train_epoch(self, deadline: Optional[float] = None) -> tuple[float, float, int, float]:
+        """One pass of training. Returns mean loss, token accuracy, tokens trained and seconds.
+
+        Loss and accuracy are summed on the device and read once at the end: a ``.item()`` per
+        step would make the host wait for every step to finish. Past ``deadline`` (a
+        time on ``clock``) the epoch stops with ``DeadlineReached``; its partial work is not counted.
+        """
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        tokens = 0
+        c = self.config
+        clip = c.grad_norm_clip
+        compiling, self._compiling, self._compile_seconds = self._compiling, False, 0.0
+        start = time.perf_counter()
+        first_step = 0.0
+        for step, (x, y) in enumerate(self._batches()):  # x, y: (B, T)
+            if deadline is not None and self.clock() >= deadline:
+                raise DeadlineReached(f"the deadline passed in epoch {self.epoch + 1}, after {step} of its steps")
+            try:
+                logits, loss = self._forward_backward(x, y)
+            except Exception as exc:  # torch.compile's own (a compiler that does not work, say) in its first step
+                if not (compiling and step == 0 and c.compile == "auto"):
+                    raise
+                self._train_eagerly(exc)
+                logits, loss = self._forward_backward(x, y)
+            # the norm before clipping
+            self._grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
+            self.optimizer.step()  # and the lr schedule's
+            n = y.numel()
+            loss_sum += loss.detach() * n
+            correct += (logits.detach().argmax(dim=-1) == y).sum()
+            tokens += n
+            if (step + 1) % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
+                break
+            if compiling and step == 0:
+                first_step = time.perf_counter() - start  # torch.compile compiles on the host, in the first call
+        self.tokens_seen += tokens
+        mean_loss = loss_sum.item() / max(tokens, 1)
+        seconds = time.perf_counter() - start
+        steps = tokens // (c.batch_size * c.seq_len)
+        if compiling and steps > 1:
+            self._compile_seconds = max(0.0, first_step - (seconds - first_step) / (steps - 1))
+        if not math.isfinite(mean_loss):
+            raise DivergedError(
+                f"training loss became {mean_loss} in epoch {self.epoch + 1} "
+                f"(lr={self.config.lr}); the run is stopped and no checkpoint is written"
+            )
+        return mean_loss, correct.item() / max(tokens, 1), tokens, seconds
+
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._autocast():
+            logits = self.forward(x)  # (B, T, V)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        self.optimizer.zero_grad()
+        loss.backward()
+        return logits, loss
+
+    def _train_eagerly(self, exc: Exception) -> None:
+        """compile: auto's way out where torch.compile fails: eager training, as without a compiler."""
+        note_compile_failed(exc, self.epoch + 1)
+        self.forward = self.model
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float, float]:
+        """A deterministic full pass over the valid split: mean loss and token accuracy."""
+        self.model.eval()
+        c = self.config
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        tokens = 0
+        hooks = activation_hooks(self.model, self._activations) if c.is_log_model_activations else []
+        for x, y in valid_batches(self.valid_tokens, c.valid_loader, c.batch_size, c.seq_len, c.seed):
+            with self._autocast():
+                logits = self.model(x)  # eager: a compiled eval graph costs more than the one pass it speeds up
+            loss_sum += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
+            correct += (logits.argmax(dim=-1) == y).sum()
+            tokens += y.numel()
+            for hook in hooks:  # activation statistics from the first batch are enough
+                hook.remove()
+            hooks = []
+        return loss_sum.item() / tokens, correct.item() / tokens
+
+    @torch.no_grad()
+    def sample(self) -> str:
+        """Greedy continuation of the prompt, decoded with the tokenizer's separator."""
+        if self.config.sample_tokens == 0:
+            return self.config.prompt
+        self.model.eval()
+        idx = torch.tensor([self.prompt_ids], dtype=torch.long, device=self.device)
+        with self._autocast():
+            out = self.model.generate(idx, self.config.sample_tokens)
+        new = self.corpus.vocabulary.decode(out[0, len(self.prompt_ids) :].tolist(), self.config.separator)
+        return self.config.prompt + self.config.separator + new
+
+    # --- checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain values only, so it loads with ``torch.load(weights_only=True)``."""
+        return {
+            "format": checkpoint.CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "vocabulary": list(self.corpus.vocabulary.itos),
+            "corpus_sha256": self.corpus.sha256,
+            "epoch": self.epoch,
+            "tokens_seen": self.tokens_seen,
+            "epoch_seconds": self.epoch_seconds,
+            "plan_base": list(self.plan_base),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": checkpoint.rng_states(self.generator, self.device),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        checkpoint.check_resumable(state, self.config, self.corpus)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(checkpoint.optimizer_state(state))
+        checkpoint.restore_rng_states(state["rng"], self.generator, self.device)
+        self.epoch = int(state["epoch"])
+        self.tokens_seen = int(state["tokens_seen"])
+        self.epoch_seconds = state.get("epoch_seconds")
+        # The schedule is planned again over this run's epochs, from the step the checkpoint reached. With
+        # the epoch size it was trained at, the plan is the one an uninterrupted run has; with another
+        # (batches_per_epoch or compile changed), the remaining epochs are counted at the new size.
+        if self._saved_epoch_steps(state) == self.epoch_steps:
+            self.plan_base = tuple(int(v) for v in state.get("plan_base", (0, 0)))
+        else:
+            self.plan_base = (self.epoch, self.optimizer.steps_taken)
+        self._plan(self.steps_at(self.config.epochs))
+
+    def _saved_epoch_steps(self, state: dict[str, Any]) -> int:
+        """The checkpoint's epoch size: this run's, with the epoch-size settings the checkpoint recorded
+        (its corpus, loader, batch and window are this run's, or it was refused)."""
+        saved = state.get("config", {})
+        then = dataclasses.replace(
+            self.config, compile_mode="default", **{k: saved[k] for k in ("batches_per_epoch", "compile") if k in saved}
+        )
+        return steps_per_epoch(then, len(self.corpus.train))
+
+    def save_checkpoint(self, directory: str | os.PathLike) -> Path:
+        """Write ``checkpoint.pt`` atomically: a crash mid-write leaves the previous file intact."""
+        return checkpoint.save(self.state_dict(), directory)
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Resume from ``path`` (a checkpoint file, or the directory holding ``checkpoint.pt``)."""
+        path, state = checkpoint.read(path, self.device)
+        with checkpoint.refusals_name(path):
+            self.load_state_dict(state)
