@@ -23,8 +23,8 @@ from ray import tune
 
 from artune.config import TrainConfig
 from artune.data import Corpus
-from artune.spaces import METRICS
 from artune.errors import NoCudaError  # noqa: F401  (re-exported)
+from artune.spaces import METRICS
 
 if TYPE_CHECKING:
     import torch
@@ -111,7 +111,7 @@ def remove_stale_staging(directory: Optional[str] = None) -> list[Path]:
     """
     removed = []
     for path in Path(directory or tempfile.gettempdir()).glob(f"{STAGING_PREFIX}*@*-*"):
-        pid, _, rest = path.name[len(STAGING_PREFIX):].partition("@")
+        pid, _, rest = path.name[len(STAGING_PREFIX) :].partition("@")
         host = rest.rsplit("-", 1)[0]  # tempfile's random suffix has no "-"
         if host != socket.gethostname() or not pid.isdigit() or _alive(int(pid)):
             continue
@@ -147,7 +147,10 @@ def resume(trainer: Trainer, checkpoint: "tune.Checkpoint", fresh: Callable[[], 
         except CheckpointError as exc:
             _warn(f"{exc}; trying the previous checkpoint")
     # Ray keeps CheckpointConfig.num_to_keep checkpoints as checkpoint_NNNNNN siblings in the trial directory.
-    older = sorted((p for p in Path(checkpoint.path).parent.glob("checkpoint_*") if p.name < Path(checkpoint.path).name), reverse=True)
+    older = sorted(
+        (p for p in Path(checkpoint.path).parent.glob("checkpoint_*") if p.name < Path(checkpoint.path).name),
+        reverse=True,
+    )
     for candidate in older:
         trainer = fresh()
         try:
@@ -161,7 +164,9 @@ def resume(trainer: Trainer, checkpoint: "tune.Checkpoint", fresh: Callable[[], 
 
 
 def train_fn(
-    config: dict[str, Any], corpus: Optional[Corpus] = None, deadline: Optional[float] = None,
+    config: dict[str, Any],
+    corpus: Optional[Corpus] = None,
+    deadline: Optional[float] = None,
     ended: frozenset[str] = frozenset(),
 ) -> Optional[list[Metrics]]:
     """Train one trial. ``corpus`` is the corpus the driver encoded once (``tune.with_parameters``).
@@ -213,7 +218,12 @@ def train_fn(
         # A diverged trial is a result, not a fault: report it once (no checkpoint of the broken
         # weights) and end normally, so Tune spends no retry on it.
         # Every metric a search can rank by is there, NaN: the searcher reads the search's metric from each result.
-        metrics = {"epoch": trainer.epoch + 1, "diverged": True, "error": str(exc), **dict.fromkeys(METRICS, float("nan"))}
+        metrics = {
+            "epoch": trainer.epoch + 1,
+            "diverged": True,
+            "error": str(exc),
+            **dict.fromkeys(METRICS, float("nan")),
+        }
         if in_tune:
             tune.report(metrics)
             return None
