@@ -3,7 +3,7 @@
     python -m bench.budget_pair --set d_model=160 --set lr=4.01e-3 --set grad_norm_clip=1.23 \\
         --set dataloader_shuffle_with_replacement=false --a lr_min_ratio=0.1 --b lr_min_ratio=0.0
 
-The default search gives its first trial one of its two slots for the whole budget (README), so a
+The default search gives its first trial one of its two slots for the whole budget (docs/experiments.md), so a
 change to ``search_spaces/default.yaml``'s fixed knobs is best judged on that trial alone, without
 the search's sampling around it: the file's fixed knobs and epochs, then ``--set``, then each side's
 ``--a`` / ``--b``, trained by ``Trainer.fit`` under a deadline (so that the decay is fitted to it, as

@@ -61,7 +61,11 @@ def measure(config: TrainConfig, corpus, device: torch.device, warmup: int, step
     while tokens < steps * config.batch_size * config.seq_len:  # a big batch can make an epoch shorter than steps
         loss, _, n, s = trainer.train_epoch()  # ends with a host read, so the GPU has finished
         tokens, seconds = tokens + n, seconds + s
-    return {"tokens_per_sec": tokens / seconds, "loss": loss, "steps": round(tokens / (config.batch_size * config.seq_len))}
+    return {
+        "tokens_per_sec": tokens / seconds,
+        "loss": loss,
+        "steps": round(tokens / (config.batch_size * config.seq_len)),
+    }
 
 
 def first_losses(config: TrainConfig, corpus, device: torch.device, steps: int) -> list[float]:
@@ -91,9 +95,13 @@ def agreement(base: TrainConfig, corpus, device: torch.device, steps: int) -> di
             worst = max(abs(g - c) / abs(c) for g, c in zip(gpu, cpu))
             ok = worst <= tolerance
             result[label] = {"gpu": gpu, "max_relative_difference": worst, "tolerance": tolerance, "ok": ok}
-            print(f"{base.position_encoding} positions, first {steps} step losses, GPU {label} {['%.4f' % x for x in gpu]} "
-                  f"vs CPU fp32 {['%.4f' % x for x in cpu]}: max relative difference {worst:.1e}, "
-                  f"tolerance {tolerance:.0e}: {'ok' if ok else 'MISMATCH'}", flush=True)
+            print(
+                f"{base.position_encoding} positions, first {steps} step losses, "
+                f"GPU {label} {['%.4f' % x for x in gpu]} "
+                f"vs CPU fp32 {['%.4f' % x for x in cpu]}: max relative difference {worst:.1e}, "
+                f"tolerance {tolerance:.0e}: {'ok' if ok else 'MISMATCH'}",
+                flush=True,
+            )
     finally:
         set_tf32(True)
     return result
@@ -103,11 +111,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--small", action="store_true", help="the small shape instead of the origin's")
-    parser.add_argument("--batch-sizes", default=None,
-                        help="comma-separated batch sizes to measure (default: the shape's own, and 4x it on CUDA)")
-    parser.add_argument("--position-encodings", default="rope,learned",
-                        help="comma-separated position encodings to measure (rope is the default search's)")
-    parser.add_argument("--activation", default="gelu", help="the feed-forward's: gelu (the origin's), swiglu (the default search's) or relu2")
+    parser.add_argument(
+        "--batch-sizes",
+        default=None,
+        help="comma-separated batch sizes to measure (default: the shape's own, and 4x it on CUDA)",
+    )
+    parser.add_argument(
+        "--position-encodings",
+        default="rope,learned",
+        help="comma-separated position encodings to measure (rope is the default search's)",
+    )
+    parser.add_argument(
+        "--activation",
+        default="gelu",
+        help="the feed-forward's: gelu (the origin's), swiglu (the default search's) or relu2",
+    )
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (the compile happens here)")
     parser.add_argument("--compare-steps", type=int, default=3, help="steps compared against the CPU")
@@ -126,11 +144,21 @@ def main() -> int:
     else:
         batch_sizes = [shape["batch_size"], 4 * shape["batch_size"]] if device.type == "cuda" else [shape["batch_size"]]
     encodings = args.position_encodings.split(",")
-    base = TrainConfig(**shape, activation=args.activation, optimizer="adamw", lr=3e-4, epochs=1, device=device.type, sample_tokens=0)
+    base = TrainConfig(
+        **shape, activation=args.activation, optimizer="adamw", lr=3e-4, epochs=1, device=device.type, sample_tokens=0
+    )
     bases = {encoding: dataclasses.replace(base, position_encoding=encoding) for encoding in encodings}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    report = {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda, "shape": shape, "activation": args.activation,
-              "steps": args.steps, "variants": {}, "cpu_agreement": {}}
+    report = {
+        "device": name,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "shape": shape,
+        "activation": args.activation,
+        "steps": args.steps,
+        "variants": {},
+        "cpu_agreement": {},
+    }
     json_path = Path(args.json)
     ceilings = {
         "fp32": matmul_ceiling(device, torch.float32),
@@ -139,8 +167,11 @@ def main() -> int:
     report["matmul_ceiling_tflops"] = {k: v / 1e12 for k, v in ceilings.items()}
     fpt = flops_per_token(base, corpus.vocab_size)
     report["flops_per_token"] = fpt
-    print(f"{name}, torch {torch.__version__}: matmul ceiling fp32/tf32 {ceilings['fp32'] / 1e12:.1f} TFLOP/s, "
-          f"bf16 {ceilings['bf16'] / 1e12:.1f} TFLOP/s; {fpt / 1e6:.0f} MFLOP per token", flush=True)
+    print(
+        f"{name}, torch {torch.__version__}: matmul ceiling fp32/tf32 {ceilings['fp32'] / 1e12:.1f} TFLOP/s, "
+        f"bf16 {ceilings['bf16'] / 1e12:.1f} TFLOP/s; {fpt / 1e6:.0f} MFLOP per token",
+        flush=True,
+    )
     if device.type == "cuda":  # the correctness check first: it must not be lost to a later failure
         for encoding, encoded in bases.items():
             try:
@@ -158,7 +189,9 @@ def main() -> int:
         }
         if device.type == "cuda":  # CUDA graphs: for a step too short to hide its kernel launches
             variants["bf16 + compile, CUDA graphs"] = (
-                dataclasses.replace(base, precision="bf16", compile=True, compile_mode="reduce-overhead"), "bf16")
+                dataclasses.replace(base, precision="bf16", compile=True, compile_mode="reduce-overhead"),
+                "bf16",
+            )
         for label, (config, ceiling) in variants.items():
             key = f"{label}, {encoding}, batch {batch_size}"
             start = time.perf_counter()
@@ -171,24 +204,36 @@ def main() -> int:
             finally:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-            r.update(batch_size=batch_size, position_encoding=encoding, precision=ceiling, compile=config.compile,
-                     mfu=r["tokens_per_sec"] * fpt / ceilings[ceiling], wall_s=time.perf_counter() - start)
+            r.update(
+                batch_size=batch_size,
+                position_encoding=encoding,
+                precision=ceiling,
+                compile=config.compile,
+                mfu=r["tokens_per_sec"] * fpt / ceilings[ceiling],
+                wall_s=time.perf_counter() - start,
+            )
             if device.type == "cuda":
                 r["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 torch.cuda.reset_peak_memory_stats(device)
             report["variants"][key] = r
             write_report(report, json_path)
-            print(f"{key:<40} {r['tokens_per_sec']:>12,.0f} tok/s   MFU {r['mfu']:6.1%} of {ceiling}   "
-                  f"({r['wall_s']:.0f} s with warm-up)", flush=True)
+            print(
+                f"{key:<40} {r['tokens_per_sec']:>12,.0f} tok/s   MFU {r['mfu']:6.1%} of {ceiling}   "
+                f"({r['wall_s']:.0f} s with warm-up)",
+                flush=True,
+            )
     write_report(report, json_path)
     print_table(report)
     return 0
 
 
 def print_table(report: dict) -> None:
-    """The README's table, in markdown."""
-    print(f"\n{report['device']}, torch {report['torch']}, {report.get('activation', 'gelu')} feed-forward; matmul ceiling "
-          f"tf32 {report['matmul_ceiling_tflops']['fp32']:.0f} / bf16 {report['matmul_ceiling_tflops']['bf16']:.0f} TFLOP/s\n")
+    """The GPU table of docs/benchmarks.md, in markdown."""
+    ceiling = report["matmul_ceiling_tflops"]
+    print(
+        f"\n{report['device']}, torch {report['torch']}, {report.get('activation', 'gelu')} feed-forward; "
+        f"matmul ceiling tf32 {ceiling['fp32']:.0f} / bf16 {ceiling['bf16']:.0f} TFLOP/s\n"
+    )
     print("| variant | positions | batch | tokens/s | ms/step | MFU |")
     print("| --- | --- | --- | --- | --- | --- |")
     seq_len = report["shape"]["seq_len"]
@@ -198,7 +243,10 @@ def print_table(report: dict) -> None:
             continue
         label = key.rsplit(", ", 2)[0]
         ms = 1000 * r["batch_size"] * seq_len / r["tokens_per_sec"]
-        print(f"| {label} | {r['position_encoding']} | {r['batch_size']} | {r['tokens_per_sec']:,.0f} | {ms:.1f} | {r['mfu']:.1%} of {r['precision']} |")
+        print(
+            f"| {label} | {r['position_encoding']} | {r['batch_size']} | {r['tokens_per_sec']:,.0f} | {ms:.1f} "
+            f"| {r['mfu']:.1%} of {r['precision']} |"
+        )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The search's overhead: the wall time of a real search against the trials' own training time.
 
-A search of ``trials`` short trials (3 epochs of about 5 s each, the size issue 6 names),
-``concurrency`` at a time, runs through the real CLI (``python -m artune.search``, a subprocess on a local Ray instance it starts itself). The
+A search of ``trials`` short trials (3 epochs of about 5 s each), ``concurrency`` at a time, runs through the
+real CLI (``python -m artune.search``, a subprocess on a private local Ray instance it starts itself). The
 ideal wall time is the sum of the trials' own training time (the ``seconds`` of every epoch:
 training, validation and the sample) divided by the concurrency; the ratio is the overhead.
 Two figures: the whole command (Ray's start included) and the tuning alone (Tuner.fit). Where the
@@ -32,18 +32,30 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 # Every trial's fixed knobs (its lr is sampled): a small model, so that an epoch is mostly training.
-FIXED = dict(seq_len=64, batch_size=12, d_model=64, n_layers=2, n_heads=4, optimizer="adamw", sample_tokens=10, device="cpu")
+FIXED = dict(
+    seq_len=64, batch_size=12, d_model=64, n_layers=2, n_heads=4, optimizer="adamw", sample_tokens=10, device="cpu"
+)
 
 
 def space_text(trials: int, concurrency: int, batches_per_epoch: int) -> str:
     import yaml
 
-    return yaml.safe_dump({
-        "search": {"num_samples": trials, "max_concurrent": concurrency, "resources": {"cpu": 1}, "epochs": 3,
-                   "sampler": "random", "seed": 0, "scheduler": "none"},
-        "fixed": {**FIXED, "batches_per_epoch": batches_per_epoch},
-        "params": {"lr": {"loguniform": [1.0e-3, 3.0e-3]}},
-    }, sort_keys=False)
+    return yaml.safe_dump(
+        {
+            "search": {
+                "num_samples": trials,
+                "max_concurrent": concurrency,
+                "resources": {"cpu": 1},
+                "epochs": 3,
+                "sampler": "random",
+                "seed": 0,
+                "scheduler": "none",
+            },
+            "fixed": {**FIXED, "batches_per_epoch": batches_per_epoch},
+            "params": {"lr": {"loguniform": [1.0e-3, 3.0e-3]}},
+        },
+        sort_keys=False,
+    )
 
 
 def calibrate(epoch_s: float, short: int = 20, long: int = 80) -> int:
@@ -84,7 +96,10 @@ def measure(trials: int = 8, concurrency: int = 2, epoch_s: float = 5.0, batches
         start = time.monotonic()
         result = subprocess.run(
             [sys.executable, "-m", "artune.search", str(space), "--results-dir", tmp, "--name", "overhead"],
-            cwd=REPO, capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
         )
         wall = time.monotonic() - start
         if result.returncode != 0:
@@ -98,13 +113,20 @@ def measure(trials: int = 8, concurrency: int = 2, epoch_s: float = 5.0, batches
     timings = manifest["timings"]
     tuning, startup = timings["tuning_s"], timings["startup_s"]
     return {
-        "trials": trials, "concurrency": concurrency, "epochs_per_trial": 3, "batches_per_epoch": batches_per_epoch,
+        "trials": trials,
+        "concurrency": concurrency,
+        "epochs_per_trial": 3,
+        "batches_per_epoch": batches_per_epoch,
         "mean_epoch_s": float(epochs["seconds"].mean()),
-        "wall_s": wall, "tuning_s": tuning, "startup_s": startup,
+        "wall_s": wall,
+        "tuning_s": tuning,
+        "startup_s": startup,
         "startup_phases_s": {k: v for k, v in timings.items() if k not in ("startup_s", "tuning_s")},
         "end_s": wall - startup - tuning,  # Ray's shutdown, the summary (and the interpreter's own start)
         **setup,
-        "ideal_s": ideal, "ratio": wall / ideal, "tuning_ratio": tuning / ideal,
+        "ideal_s": ideal,
+        "ratio": wall / ideal,
+        "tuning_ratio": tuning / ideal,
     }
 
 
@@ -118,8 +140,10 @@ def trial_setup_seconds(tune_dir: Path) -> dict:
     for _, pid, setup in sorted(firsts):
         (reused if pid in seen else new).append(setup)
         seen.add(pid)
-    return {"trial_setup_new_worker_s": fmean(new) if new else math.nan,
-            "trial_setup_reused_worker_s": fmean(reused) if reused else math.nan}
+    return {
+        "trial_setup_new_worker_s": fmean(new) if new else math.nan,
+        "trial_setup_reused_worker_s": fmean(reused) if reused else math.nan,
+    }
 
 
 if __name__ == "__main__":
