@@ -3,20 +3,19 @@
 Ray's ``OptunaSearch`` keeps its study in memory and records an ASHA-stopped trial as COMPLETE
 with the value of a truncated run, and a trial that raised stays RUNNING. artune keeps a second,
 persistent study (SQLite beside the results by default, or any Optuna storage URL) and writes
-each trial into it once the trial has ended, from artune's own records:
+each trial into it once the trial has ended, from artune's own records, with the per-epoch metric
+as intermediate values, the searched knobs as params, and artune's own fields (status, epochs,
+tokens/s, error) as user attributes:
 
     completed -> COMPLETE (value: the metric at the last epoch)
     stopped   -> PRUNED   (ended early by the scheduler or the time budget)
     diverged  -> FAIL     error -> FAIL
 
-A trial stopped before its first epoch (the time budget ended it while it started, or before it
-started) is left out: it never trained, so it says nothing of its configuration, and a sampler
-warm-started from it would take it for a bad one.
-
-with the per-epoch metric as intermediate values, the searched knobs as params, and artune's own
-fields (status, epochs, tokens/s, error) as user attributes. Trials are only ever added finished,
-so the study never holds a RUNNING trial, whatever happens to the driver. It opens as it is in
-optuna-dashboard and in Optuna's visualisation and importance functions.
+Trials are only ever added finished, so the study never holds a RUNNING trial, whatever happens
+to the driver. It opens as it is in optuna-dashboard and in Optuna's visualisation and importance
+functions. A trial stopped before its first epoch (the time budget ended it while it started, or
+before it started) is left out: it never trained, so it says nothing of its configuration, and a
+sampler warm-started from it would take it for a bad one.
 
 The same records warm-start the sampler of a grown search (``--extend``): an in-memory storage
 holding every earlier trial is handed to ``OptunaSearch``, so the TPE sees the whole history.
