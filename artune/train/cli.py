@@ -11,7 +11,7 @@ import torch
 
 from artune import ArgumentParser, stdout_closed
 from artune.config import ConfigError, add_config_arguments, config_from_arguments
-from artune.errors import CheckpointError, CorpusError, DivergedError, UnknownTokenError
+from artune.errors import CheckpointError, DivergedError, UserError
 from artune.train.checkpoint import CHECKPOINT_FILE
 from artune.train.trainer import Metrics, Trainer
 
@@ -93,7 +93,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     ) from None
 
         trainer.fit(report)
-    except (ConfigError, CorpusError, UnknownTokenError, CheckpointError, DivergedError) as exc:
+    except (UserError, CheckpointError, DivergedError) as exc:  # a bad input, or a run that cannot go on
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
