@@ -887,3 +887,40 @@ def test_a_ctrl_c_before_the_search_began_leaves_nothing_and_the_name_free(tmp_p
         str(SMOKE), "--results-dir", str(results), "--name", "early", "--data", str(shakespeare_path), "--dry-run"
     )
     assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("flag", "table"), [("--extend", "trials.parquet"), ("--resume", "epochs.parquet")])
+def test_damaged_tables_are_refused_in_one_line_before_ray_starts(smoke, tmp_path, flag, table):
+    directory = copy_of_smoke(smoke, tmp_path / "r")
+    (directory / table).write_bytes(b"not a parquet file")
+    more = ["--num-samples", "1"] if flag == "--extend" else []
+    result = cli(flag, "--name", "smoke", *more, "--results-dir", str(tmp_path / "r"), timeout=120)
+    assert_one_error_line(result, flag, str(directory / table), "cannot be read", "another --name")
+    assert "Ray" not in result.stdout and not (directory / "tune-2").exists()
+
+
+@pytest.mark.slow
+def test_the_temporary_files_of_a_killed_write_are_removed_by_the_next_run(smoke, tmp_path):
+    from artune.search import make_plan, parse_args
+    from artune.search.driver import search_directory
+
+    directory = copy_of_smoke(smoke, tmp_path / "r")
+    stale = [directory / ".trials.parquet.12345.tmp", directory / ".manifest.json.999.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a write")
+    plan = make_plan(
+        parse_args(["--extend", "--name", "smoke", "--num-samples", "1", "--results-dir", str(tmp_path / "r")])
+    )
+    with search_directory(plan):
+        assert not any(path.exists() for path in stale)
+    assert (directory / "trials.parquet").exists() and (directory / "manifest.json").exists()
+
+
+@pytest.mark.slow
+def test_a_budget_under_a_minute_is_warned_of_and_a_search_without_an_epoch_exits_1(tmp_path, shakespeare_path):
+    result = cli(str(SMOKE), "--time-budget", "1s", "--results-dir", str(tmp_path), "--data", str(shakespeare_path))
+    assert result.returncode == 1, (result.stdout[-2000:], result.stderr[-2000:])
+    assert "warning: a time budget of 1 s is under a minute" in result.stdout
+    assert "no trial trained an epoch: no result" in result.stdout
+    assert "Traceback" not in result.stderr

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from artune import plural
 from artune.errors import SearchError
-from artune.results import MANIFEST_FILE
+from artune.results import EPOCHS_FILE, MANIFEST_FILE, TRIALS_FILE
 from artune.search.corpus import load_plan_corpus
 from artune.search.lock import SearchLock
 from artune.search.manifest import write_manifest
@@ -59,6 +59,7 @@ def search_directory(plan: Plan) -> Iterator[None]:
         ) from None
     try:
         with SearchLock(plan.directory):
+            remove_interrupted_writes(plan)
             if plan.mode is Mode.NEW:
                 shutil.copyfile(plan.space.path, plan.directory / SPACE_COPY)
             if plan.restore_state_from:
@@ -68,6 +69,14 @@ def search_directory(plan: Plan) -> Iterator[None]:
         if created and not (plan.directory / MANIFEST_FILE).exists():
             shutil.rmtree(plan.directory, ignore_errors=True)
         raise
+
+
+def remove_interrupted_writes(plan: Plan) -> None:
+    """The temporary files of a table or manifest write that a killed driver left (``.NAME.<pid>.tmp``); under
+    the lock, no other process writes them."""
+    for name in (TRIALS_FILE, EPOCHS_FILE, MANIFEST_FILE):
+        for tmp in plan.directory.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def tune_search(plan: Plan, corpus: Corpus) -> Outcome:

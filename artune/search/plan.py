@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from artune.config import FIELD_NAMES, TrainConfig, coerce, compiler_message, missing_compiler, unknown_key_message
 from artune.errors import SearchError
+from artune.results import EPOCHS_FILE, TRIALS_FILE
 from artune.search.manifest import TUNE_DIR, Manifest
 from artune.search.runtime import check_address
 from artune.search.saved_state import check_saved_state
@@ -108,6 +109,7 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
             manifest.check_space_unchanged(space)
         run_name = manifest.runs[-1] if mode is Mode.RESUME else manifest.next_run
         restore_state_from = check_continuable(mode, manifest, args.num_samples)
+        check_tables(directory, mode)
     given = {
         key: getattr(args, key) for key in OVERRIDE_FLAGS if key != "time_budget" and getattr(args, key) is not None
     }
@@ -258,6 +260,23 @@ def check_continuable(mode: Mode, manifest: Manifest, num_samples: Optional[int]
             f"continue it with --resume first, then extend it"
         )
     return None
+
+
+def check_tables(directory: Path, mode: Mode) -> None:
+    """The tables a resume or an extend carries on must read whole, before Ray starts."""
+    import pyarrow.parquet as pq
+
+    for path in (directory / TRIALS_FILE, directory / EPOCHS_FILE):
+        if not path.exists():
+            continue
+        try:
+            pq.read_table(path)
+        except Exception as exc:  # noqa: BLE001 - pyarrow's errors share no base narrower than Exception
+            first = (str(exc).splitlines() or [""])[0]
+            raise SearchError(
+                f"{mode.flag}: {path} cannot be read ({type(exc).__name__}: {first}); the search's record is "
+                "damaged: restore the file from a copy, or start a new search under another --name"
+            ) from None
 
 
 def check_resumed_as_started(

@@ -8,6 +8,8 @@ from artune import plural
 from artune.results import EPOCHS_FILE, MANIFEST_FILE, TRIALS_FILE
 from artune.search.plan import SPACE_COPY, Mode, Plan
 
+SHORT_BUDGET_S = 60.0  # a time budget under this is warned of: start-up alone takes seconds
+
 if TYPE_CHECKING:
     from artune.results import TrialRecord
 
@@ -30,6 +32,11 @@ def describe_plan(plan: Plan) -> str:
     lines += [f"writes: {plan.directory}/ ({files})", f"Optuna study: {plan.name!r} in {plan.storage}"]
     if plan.restore_state_from:
         lines.append(f"restores Ray Tune's saved state (cut short by a killed driver) from {plan.restore_state_from}")
+    if plan.time_budget_s and plan.time_budget_s < SHORT_BUDGET_S:
+        lines.append(
+            f"warning: a time budget of {plan.time_budget_s:g} s is under a minute, start-up included: the trials may "
+            "end before their first epoch"
+        )
     return "\n".join(lines)
 
 
@@ -40,7 +47,8 @@ def summarise(plan: Plan) -> tuple[str, bool]:
     results = load(plan.directory)
     trials = results.trials
     counts = trials["status"].value_counts().to_dict()
-    ok = bool(counts.get("completed", 0) + counts.get("stopped", 0))
+    trained = trials["status"].isin(("completed", "stopped")) & (trials["epochs_completed"] > 0)
+    ok = bool(trained.any())
     statuses = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     lines = [f"search {plan.name}: {plural(len(trials), 'trial')} ({statuses})"]
     best = results.best(1)
@@ -55,6 +63,8 @@ def summarise(plan: Plan) -> tuple[str, bool]:
         sample = results.epochs[results.epochs.trial_id == row["trial_id"]].sort_values("epoch")["sample"]
         if len(sample):
             lines.append(f"its last sample: {sample.iloc[-1]!r}")
+    if not len(trials) or not (trials["epochs_completed"] > 0).any():
+        lines.append("no trial trained an epoch: no result (a longer --time-budget gives the trials time to)")
     lines.append(
         f"results: {plan.directory / TRIALS_FILE}, {plan.directory / EPOCHS_FILE}, {plan.directory / MANIFEST_FILE}"
     )
