@@ -924,3 +924,12 @@ def test_a_budget_under_a_minute_is_warned_of_and_a_search_without_an_epoch_exit
     assert "warning: a time budget of 1 s is under a minute" in result.stdout
     assert "no trial trained an epoch: no result" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_study_database_that_does_not_read_is_refused_in_one_line_before_ray_starts(smoke, tmp_path):
+    directory = copy_of_smoke(smoke, tmp_path / "r")
+    (directory / "optuna.db").write_bytes(b"not a database, but long enough to be read as one " * 40)
+    result = cli("--extend", "--name", "smoke", "--num-samples", "1", "--results-dir", str(tmp_path / "r"), timeout=120)
+    assert_one_error_line(result, "--extend", str(directory / "optuna.db"), "cannot be read", "another --name")
+    assert "Ray" not in result.stdout and not (directory / "tune-2").exists()

@@ -21,7 +21,7 @@ from artune.results import EPOCHS_FILE, TRIALS_FILE
 from artune.search.manifest import TUNE_DIR, Manifest
 from artune.search.runtime import check_address
 from artune.search.saved_state import check_saved_state
-from artune.search.storage import absolute_storage, check_storage, sqlite_file, study_exists
+from artune.search.storage import absolute_storage, check_storage, check_study_readable, sqlite_file, study_exists
 from artune.spaces import OVERRIDE_FLAGS, SearchSpace, load_space
 from artune.study import storage_url
 
@@ -141,6 +141,9 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
         raise SearchError(compiler_message(compiler, turn_off="--set compile=false"))
     if args.address:
         check_address(args.address)
+    storage = storage_url(directory, args.storage or manifest.storage())
+    if mode is not Mode.NEW:
+        check_study_readable(storage, mode.flag)
     data = args.data
     if mode is not Mode.NEW and data is None and manifest.corpus.get("source"):
         data = manifest.corpus["source"]  # the corpus the search started with
@@ -152,7 +155,7 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
         manifest=manifest,
         data_dir=data,
         address=args.address,
-        storage=storage_url(directory, args.storage or manifest.storage()),
+        storage=storage,
         repeats=repeats,
         time_budget_s=space.settings.time_budget,
         started=started,

@@ -78,3 +78,26 @@ def check_storage(url: str) -> None:
         folder = database.absolute().parent
         if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
             raise SearchError(f"--storage {url!r}: the database file's directory {folder} is not a writable directory")
+
+
+def check_study_readable(url: str, flag: str) -> None:
+    """A study database that is already there must read as one before Ray starts (a file that is not a database,
+    say); one that is not there yet is created where the search opens its study."""
+    database = sqlite_file(url)
+    if database is not None and not database.is_file():
+        return
+    from sqlalchemy import create_engine, inspect
+
+    try:
+        engine = create_engine(url)
+        try:
+            with engine.connect() as connection:
+                inspect(connection).get_table_names()
+        finally:
+            engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's errors share no useful base; the user gets one line
+        first = (str(exc).splitlines() or [""])[0]
+        raise SearchError(
+            f"{flag}: the Optuna study's database {database or url} cannot be read ({type(exc).__name__}: {first}); "
+            "restore it from a copy, or start a new search under another --name"
+        ) from None
