@@ -948,3 +948,28 @@ def test_the_error_row_of_a_lost_trial_says_its_node_died():
     )
     assert summarize_error(retried) == "MemoryError: out"  # the latest failure
     assert summarize_error("") == "unknown error"
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_driver_as_ctrl_c_does_with_143_and_resume_finishes_it(tmp_path, small_corpus, ray_tmpdir):
+    """What batch schedulers send: Ray Tune saves its state, one line names the --resume command, exit 143
+    (128 + SIGTERM), no crash dump of Ray's, the tables readable, and --resume trains the search to its end."""
+    space = tmp_path / "term.yaml"
+    space.write_text(CHAIN_SPACE)
+    common = ["--results-dir", str(tmp_path / "results"), "--name", "term", "--data", str(small_corpus)]
+    search = Search(str(space), *common, env=CHAIN_ENV)
+    search.wait_for(lambda: sum(map(len, search.epochs().values())) >= 2, 180, "two epoch lines")
+    search.proc.send_signal(signal.SIGTERM)
+    rc = search.finish(120)
+    assert rc == 143, (rc, search.stdout[-1000:], search.stderr[-2000:])
+    assert "terminated (SIGTERM)" in search.stderr and "--resume --name term" in search.stderr, search.stderr[-2000:]
+    assert "SIGTERM received" not in search.stderr and "Traceback" not in search.stderr, search.stderr[-2000:]
+    directory = tmp_path / "results" / "term"
+    assert "finished" not in json.loads((directory / MANIFEST_FILE).read_text())
+    trials, epochs = tables(directory)
+    assert len(epochs) >= 2 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert wait_for_ray_to_end(ray_tmpdir) == 0, "Ray processes outlived the terminated driver"
+    resumed = Search("--resume", *common, env=CHAIN_ENV)
+    assert resumed.finish(300) == 0, resumed.stderr[-2000:]
+    trials, epochs = tables(directory)
+    assert len(trials) == CHAIN_SAMPLES and not epochs.duplicated(["trial_id", "epoch"]).any()

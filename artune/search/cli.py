@@ -15,7 +15,7 @@ from artune.errors import UserError
 from artune.humanize import parse_duration as _parse_duration
 from artune.results import DEFAULT_RESULTS_DIR, MANIFEST_FILE
 from artune.search.plan import DEFAULT_SPACE, make_plan
-from artune.search.runtime import stop_ray
+from artune.search.runtime import stop_on_sigterm, stop_ray, terminated
 from artune.spaces import SearchSettings
 
 EXIT_BAD_INPUT = 2
@@ -104,11 +104,12 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> int:
     """The command. ``started``: the ``time.monotonic()`` its time budget counts from (default: now)."""
     from artune.search.corpus import describe_corpus
-    from artune.search.driver import EXIT_INTERRUPTED, run
+    from artune.search.driver import EXIT_INTERRUPTED, EXIT_TERMINATED, run
     from artune.search.report import describe_plan
 
     args = parse_args(argv)
     plan = None
+    stop_on_sigterm()
     try:
         plan = make_plan(args, started)
         if args.dry_run:
@@ -121,14 +122,14 @@ def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> i
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
+        by = "terminated (SIGTERM)" if terminated() else "interrupted"
         if plan is not None and (plan.directory / MANIFEST_FILE).exists():
             print(
-                f"interrupted: the tables hold every result so far; continue with --resume --name {plan.name}",
-                file=sys.stderr,
+                f"{by}: the tables hold every result so far; continue with --resume --name {plan.name}", file=sys.stderr
             )
         else:
-            print("interrupted before the search began: nothing was written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+            print(f"{by} before the search began: nothing was written", file=sys.stderr)
+        return EXIT_TERMINATED if terminated() else EXIT_INTERRUPTED
     except BrokenPipeError:
         return stdout_closed()
 

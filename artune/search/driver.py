@@ -18,14 +18,14 @@ from artune.search.lock import SearchLock
 from artune.search.manifest import write_manifest
 from artune.search.plan import SPACE_COPY, Mode, Plan
 from artune.search.report import budget_report, describe_plan, summarise
-from artune.search.runtime import init_ray, set_ray_environment, stop_ray
+from artune.search.runtime import init_ray, set_ray_environment, stop_ray, terminated
 from artune.search.saved_state import restore_saved_state
 
 if TYPE_CHECKING:
     from artune.data import Corpus
     from artune.results import TrialRecord
 
-EXIT_OK, EXIT_NO_TRIAL_SUCCEEDED, EXIT_INTERRUPTED = 0, 1, 130
+EXIT_OK, EXIT_NO_TRIAL_SUCCEEDED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 130, 143
 
 
 @dataclass
@@ -131,13 +131,14 @@ def open_study(recorder, plan: Plan) -> None:
 
 
 def report(plan: Plan, outcome: Outcome) -> int:
-    if outcome.interrupted:
+    if outcome.interrupted or terminated():
+        by = "terminated (SIGTERM)" if terminated() else "interrupted"
         print(
-            f"interrupted: {plural(outcome.interrupted, 'trial')} unfinished; the tables hold every result so far; "
+            f"{by}: {plural(outcome.interrupted, 'trial')} unfinished; the tables hold every result so far; "
             f"continue with: python -m artune.search --resume --name {plan.name} --results-dir {plan.directory.parent}",
             file=sys.stderr,
         )
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if terminated() else EXIT_INTERRUPTED
     summary, ok = summarise(plan)
     print(summary)
     if plan.time_budget_s:

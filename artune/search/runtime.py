@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -17,6 +19,26 @@ if TYPE_CHECKING:
     from artune.search.plan import Plan
 
 CONNECT_TIMEOUT_S = 5.0
+_TERMINATED = threading.Event()  # a SIGTERM came: the search ends as after Ctrl-C, with an exit status of its own
+
+
+def stop_on_sigterm() -> None:
+    """Take SIGTERM (what batch schedulers send) as Ctrl-C: Ray Tune saves its state and stops the trials, the
+    tables and the study are written, and ``--resume`` continues. Ray's core worker installs a handler of its
+    own in ``ray.init``, so this is called again after it. Only the main thread may set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        _TERMINATED.set()
+        signal.raise_signal(signal.SIGINT)  # to Tune's Ctrl-C handler while it runs, else a KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
+def terminated() -> bool:
+    """Whether a SIGTERM ended the search."""
+    return _TERMINATED.is_set()
 
 
 def ray_temp_dir() -> Path:
@@ -120,6 +142,7 @@ def init_ray(plan: Plan) -> None:
                 f"Ray could not start a local instance ({type(exc).__name__}: {first}); "
                 f"its logs are under {ray_temp_dir()}"
             ) from None
+    stop_on_sigterm()  # again: ray.init put Ray's own handler in its place
     check_fits_a_node(plan)
 
 
