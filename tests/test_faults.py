@@ -951,7 +951,9 @@ def test_the_error_row_of_a_lost_trial_says_its_node_died():
 
 
 @pytest.mark.slow
-def test_sigterm_ends_the_driver_as_ctrl_c_does_with_143_and_resume_finishes_it(tmp_path, small_corpus, ray_tmpdir):
+def test_sigterm_ends_the_driver_as_ctrl_c_does_with_143_and_resume_finishes_it(
+    tmp_path, small_corpus, private_ray_tmpdir
+):
     """What batch schedulers send: Ray Tune saves its state, one line names the --resume command, exit 143
     (128 + SIGTERM), no crash dump of Ray's, the tables readable, and --resume trains the search to its end."""
     space = tmp_path / "term.yaml"
@@ -968,8 +970,12 @@ def test_sigterm_ends_the_driver_as_ctrl_c_does_with_143_and_resume_finishes_it(
     assert "finished" not in json.loads((directory / MANIFEST_FILE).read_text())
     trials, epochs = tables(directory)
     assert len(epochs) >= 2 and not epochs.duplicated(["trial_id", "epoch"]).any()
-    assert wait_for_ray_to_end(ray_tmpdir) == 0, "Ray processes outlived the terminated driver"
-    resumed = Search("--resume", *common, env=CHAIN_ENV)
-    assert resumed.finish(300) == 0, resumed.stderr[-2000:]
+    # its own RAY_TMPDIR: the module's holds what other tests' killed drivers left
+    assert wait_for_ray_to_end(private_ray_tmpdir) == 0, "Ray processes outlived the terminated driver"
+    try:
+        resumed = Search("--resume", *common, env=CHAIN_ENV)
+        assert resumed.finish(300) == 0, resumed.stderr[-2000:]
+    finally:
+        reap(private_ray_tmpdir)
     trials, epochs = tables(directory)
     assert len(trials) == CHAIN_SAMPLES and not epochs.duplicated(["trial_id", "epoch"]).any()
