@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from ray import tune
 
 from artune.config import FIELD_NAMES
-from artune.results import EPOCH_COLUMNS, MANIFEST_FILE, TrialRecord, read_records, write_tables
+from artune.results import EPOCH_COLUMNS, TrialRecord, read_records, write_tables
 from artune.study import open_study, sync_study
 from artune.trainable import TRIAL_INDEX, trial_config
 
@@ -38,8 +38,7 @@ class Recorder(tune.Callback):
             plan.space.settings.metric,
             plan.space.settings.mode,
         )
-        manifest_path = plan.directory / MANIFEST_FILE
-        runs = json.loads(manifest_path.read_text()).get("runs", []) if manifest_path.exists() else []
+        runs = plan.manifest.data.get("runs", [])  # the search's earlier Ray runs, as the plan read them
         self.runs = runs if plan.run_name in runs else [*runs, plan.run_name]  # an extend's run is not recorded yet
         self.records: dict[str, TrialRecord] = read_records(plan.directory)  # a resumed search carries on its tables
         self._written = 0.0

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from artune.errors import SearchError
 
@@ -28,24 +30,35 @@ def absolute_storage(url: str) -> str:
     return make_url(url).set(database=str(database.absolute())).render_as_string(hide_password=False)
 
 
-def study_exists(url: str, name: str) -> bool:
-    """Whether the Optuna storage at ``url`` holds a study ``name``, read without creating anything (a database
-    that cannot be read is reported where the search opens its study)."""
+@contextlib.contextmanager
+def existing_database(url: str) -> Iterator[Any]:
+    """A connection to the database at ``url``, or None where it is a SQLite file not there yet: opened without
+    creating anything. SQLAlchemy's errors (a file that is not a database, a server that refuses) pass through."""
     database = sqlite_file(url)
     if database is not None and not database.is_file():
-        return False
-    from sqlalchemy import create_engine, inspect, text
+        yield None
+        return
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            yield connection
+    finally:
+        engine.dispose()
+
+
+def study_exists(url: str, name: str) -> bool:
+    """Whether the Optuna storage at ``url`` holds a study ``name`` (a database that cannot be read is reported
+    where the search opens its study)."""
+    from sqlalchemy import inspect, text
 
     try:
-        engine = create_engine(url)
-        try:
-            with engine.connect() as connection:
-                if not inspect(connection).has_table("studies"):  # Optuna's table of studies
-                    return False
-                found = connection.execute(text("SELECT 1 FROM studies WHERE study_name = :name"), {"name": name})
-                return found.first() is not None
-        finally:
-            engine.dispose()
+        with existing_database(url) as connection:
+            if connection is None or not inspect(connection).has_table("studies"):  # Optuna's table of studies
+                return False
+            found = connection.execute(text("SELECT 1 FROM studies WHERE study_name = :name"), {"name": name})
+            return found.first() is not None
     except Exception:  # noqa: BLE001 - SQLAlchemy's errors share no useful base; see above
         return False
 
@@ -83,21 +96,15 @@ def check_storage(url: str) -> None:
 def check_study_readable(url: str, flag: str) -> None:
     """A study database that is already there must read as one before Ray starts (a file that is not a database,
     say); one that is not there yet is created where the search opens its study."""
-    database = sqlite_file(url)
-    if database is not None and not database.is_file():
-        return
-    from sqlalchemy import create_engine, inspect
+    from sqlalchemy import inspect
 
     try:
-        engine = create_engine(url)
-        try:
-            with engine.connect() as connection:
+        with existing_database(url) as connection:
+            if connection is not None:
                 inspect(connection).get_table_names()
-        finally:
-            engine.dispose()
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy's errors share no useful base; the user gets one line
         first = (str(exc).splitlines() or [""])[0]
         raise SearchError(
-            f"{flag}: the Optuna study's database {database or url} cannot be read ({type(exc).__name__}: {first}); "
-            "restore it from a copy, or start a new search under another --name"
+            f"{flag}: the Optuna study's database {sqlite_file(url) or url} cannot be read "
+            f"({type(exc).__name__}: {first}); restore it from a copy, or start a new search under another --name"
         ) from None
