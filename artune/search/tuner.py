@@ -77,7 +77,11 @@ def build_tuner(plan: Plan, corpus: Corpus, recorder: Recorder) -> tune.Tuner:
             verbose=0,
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # Each trial's best checkpoint by the search's metric, and its latest (which Ray never deletes
+            # and a resume continues from): the best model of a search is always on disk.
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=s.metric, checkpoint_score_order=s.mode
+            ),
         ),
     )
 
