@@ -1,0 +1,115 @@
+"""The search submitted as a Ray job, as docs/cluster.md says: a head started with `ray start --head` and its
+dashboard on 127.0.0.1 (the `cluster` extra), `ray job submit ... -- python -m artune.search ... --address auto`,
+then the tables read from the `--results-dir` the job was given.
+
+Skipped where the dashboard's packages are missing (artune installed without the `cluster` extra), unless
+``ARTUNE_REQUIRE_CLUSTER=1`` (CI) makes that a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from artune.results import load
+from tests.test_faults import reap, write_small_corpus
+from tests.test_postgres import free_port
+from tests.test_search import REPO, SMOKE
+
+RAY = Path(sys.executable).parent / "ray"  # the ray CLI of this environment
+
+
+def dashboard_installed() -> bool:
+    try:
+        import aiohttp  # noqa: F401  - the dashboard's web server, which ray[default] adds
+        import ray.dashboard  # noqa: F401
+    except ImportError:
+        return False
+    return RAY.exists()
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """A one-node cluster with the dashboard (the jobs API), its sessions under a RAY_TMPDIR of its own."""
+    if not dashboard_installed():
+        if os.environ.get("ARTUNE_REQUIRE_CLUSTER") == "1":
+            pytest.fail("ARTUNE_REQUIRE_CLUSTER=1 but Ray's dashboard is not installed (pip install -e '.[cluster]')")
+        pytest.skip("Ray's dashboard is not installed (the cluster extra: pip install -e '.[cluster]')")
+    ray_tmpdir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths stay under 108 bytes
+    env = {**os.environ, "RAY_TMPDIR": ray_tmpdir, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    port, dashboard = free_port(), free_port()
+    start = subprocess.run(
+        [
+            str(RAY),
+            "start",
+            "--head",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            "--num-cpus=2",
+            f"--temp-dir={ray_tmpdir}",
+            "--disable-usage-stats",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    try:
+        assert start.returncode == 0, start.stdout[-3000:] + start.stderr[-3000:]
+        yield {"env": env, "jobs": f"http://127.0.0.1:{dashboard}"}
+    finally:
+        reap(ray_tmpdir)  # its processes only: `ray stop` would end every Ray instance on the machine
+        shutil.rmtree(ray_tmpdir, ignore_errors=True)
+
+
+def test_a_search_submitted_as_a_ray_job_writes_its_tables_where_it_was_told(head, tmp_path, shakespeare_path):
+    corpus = write_small_corpus(shakespeare_path, tmp_path / "small.txt")
+    results = tmp_path / "results"
+    submit = subprocess.run(
+        [
+            str(RAY),
+            "job",
+            "submit",
+            "--address",
+            head["jobs"],
+            "--",
+            sys.executable,
+            "-m",
+            "artune.search",
+            str(SMOKE),
+            "--address",
+            "auto",
+            "--results-dir",
+            str(results),
+            "--name",
+            "job",
+            "--data",
+            str(corpus),
+            "--num-samples",
+            "2",
+            "--set",
+            "batches_per_epoch=10",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=head["env"],
+        timeout=900,
+    )
+    output = submit.stdout + submit.stderr
+    assert submit.returncode == 0 and "succeeded" in output, output[-4000:]
+    assert "search 'job'" in output  # the driver's own lines, streamed back by the jobs API
+    searched = load(results / "job")
+    assert len(searched.trials) == 2
+    assert set(searched.trials["status"]) <= {"completed", "stopped"}
+    assert len(searched.epochs) >= 2
