@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,10 +20,15 @@ import pytest
 
 from artune.results import load
 from tests.test_faults import reap, write_small_corpus
-from tests.test_postgres import free_port
 from tests.test_search import REPO, SMOKE
 
 RAY = Path(sys.executable).parent / "ray"  # the ray CLI of this environment
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def dashboard_installed() -> bool:
