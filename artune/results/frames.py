@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from artune.config import AUTO_SWITCHES, FIELD_NAMES, field_type
+from artune.config import AUTO_SWITCHES, FIELD_NAMES, TrainConfig, field_type
 from artune.errors import ResultsError
 from artune.results.tables import (
     DEFAULT_RESULTS_DIR,
@@ -30,6 +30,8 @@ from artune.results.tables import (
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from artune.inference import LoadedModel
 
 # The metrics that get better as they rise; every other (losses, seconds) gets better as it falls.
 # Used only for a metric other than the search's own, whose direction manifest.json records.
@@ -123,13 +125,69 @@ class SearchResults:
         raise ResultsError(f"no per-epoch values of {metric!r}: expected one of {', '.join(columns)}")
 
     def best(self, k: int = 1, metric: Optional[str] = None) -> pd.DataFrame:
-        """The ``k`` best trials, best first, by the search's metric and mode (trials without a value left out)."""
+        """The ``k`` best trials, best first, by the search's metric and mode (trials without a value left out).
+
+        Every column of ``trials``, led by the trial, the metric and the searched knobs: the rest (the fixed
+        knobs, the other metrics) follow, where pandas' display folds them away."""
         if k < 1:
             raise ValueError(f"best(k) needs k >= 1, but got k={k}")
         name, values = self.metric_column(metric)
         ranked = self.trials.assign(**{name: values}).dropna(subset=[name])
         ascending = self.direction(name) == "min"
+        lead = [c for c in ("search", "trial_id", name, *self.params, "status", "epochs_completed") if c in ranked]
+        ranked = ranked[list(dict.fromkeys([*lead, *ranked.columns]))]
         return ranked.sort_values(name, ascending=ascending, kind="stable").head(k).reset_index(drop=True)
+
+    # --- one trial, and its model
+
+    def trial(self, trial_id: Optional[str] = None) -> pd.Series:
+        """The row of trial ``trial_id``, or of the best trial by the search's metric; either must have
+        finished an epoch (its model is what a caller wants)."""
+        if self.path is None:
+            raise ResultsError("a trial of compare()'s stack: load() its own search and ask that")
+        if trial_id is None:
+            best = self.best(1)
+            if best.empty:
+                column, _ = self.metric_column()
+                raise ResultsError(
+                    f"search {self.name!r} in {self.path}: no trial finished an epoch (no {column} in "
+                    f"{TRIALS_FILE}), so it has no model"
+                )
+            return best.iloc[0]
+        rows = self.trials[self.trials["trial_id"] == trial_id]
+        if rows.empty:
+            ids = ", ".join(self.trials["trial_id"].head(10))
+            raise ResultsError(f"no trial {trial_id!r} in {self.path / TRIALS_FILE} (its trials: {ids})")
+        row = rows.iloc[0]
+        if not self.trial_epochs(trial_id):
+            raise ResultsError(
+                f"trial {trial_id} of {self.path} finished no epoch ({row['status']}), so it has no model"
+            )
+        return row
+
+    def trial_epochs(self, trial_id: str) -> dict[int, float]:
+        """A trial's finished epochs and their value of the search's metric, best first."""
+        column = self.epoch_metric()
+        rows = self.epochs[self.epochs["trial_id"] == trial_id].dropna(subset=[column])
+        ranked = rows.sort_values([column, "epoch"], ascending=[self.mode == "min", True], kind="stable")
+        return {int(e): float(v) for e, v in zip(ranked["epoch"], ranked[column])}
+
+    def config(self, trial_id: Optional[str] = None) -> TrainConfig:
+        """The TrainConfig a trial trained with (default: the best trial's), from its row of the trials table."""
+        row = self.trial(trial_id)
+        return TrainConfig.from_dict({name: knob_value(name, _plain(row[name])) for name in FIELD_NAMES if name in row})
+
+    def best_model(self, device: str = "cpu") -> LoadedModel:
+        """The best trial's model at its best epoch, ready to ``generate`` (see :mod:`artune.inference`)."""
+        from artune.inference import from_search
+
+        return from_search(self, None, device)
+
+    def model(self, trial_id: str, device: str = "cpu") -> LoadedModel:
+        """Trial ``trial_id``'s model at its best epoch."""
+        from artune.inference import from_search
+
+        return from_search(self, trial_id, device)
 
     def curves(self, metric: Optional[str] = None) -> pd.DataFrame:
         """Learning curves: one row per epoch, one column per trial (per (search, trial) after compare)."""
@@ -187,6 +245,15 @@ class SearchResults:
 
     def _metric_choices(self) -> list[str]:
         return list(dict.fromkeys([*_numeric_columns(self.epochs), *_numeric_columns(self.trials)]))
+
+
+def _plain(value: Any) -> Any:
+    """A table cell as TrainConfig takes it: None for pandas' missing values, Python scalars for numpy's."""
+    import pandas as pd
+
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return value.item() if hasattr(value, "item") else value
 
 
 def _numeric_columns(frame: pd.DataFrame) -> list[str]:
@@ -254,7 +321,10 @@ def compare(
     """Several searches stacked into one SearchResults, each row tagged with a ``search`` column.
 
     The search is named by its manifest (else its directory). Metric and mode come from the first
-    search; ``params`` is the union of every search's searched knobs.
+    search; ``params`` is the union of every search's searched knobs. Searches trained on different
+    corpora (another text, or another tokenizer of it) are stacked with a warning naming each one's:
+    a loss per token of one text does not rank against another's, though the curves may still be
+    worth a look side by side.
     """
     if not searches:
         raise ResultsError("compare() needs at least one search, but got none")
@@ -276,6 +346,7 @@ def compare(
         ]
         return pd.concat([t for t in tagged if len(t)] or tagged[:1], ignore_index=True)
 
+    _warn_of_other_corpora(names, loaded)
     first = loaded[0]
     manifest = {
         "name": " vs ".join(names),
@@ -288,3 +359,23 @@ def compare(
     if all(c == conditions[0] for c in conditions):  # else each search's own: none applied to the stack
         manifest["conditions"] = conditions[0]
     return SearchResults(None, stack([r.trials for r in loaded]), stack([r.epochs for r in loaded]), manifest)
+
+
+def _warn_of_other_corpora(names: list[str], loaded: list[SearchResults]) -> None:
+    """compare()'s warning where the searches' manifests record different corpora (or tokenizers)."""
+    import warnings
+
+    corpora = {name: results.manifest.get("corpus", {}) for name, results in zip(names, loaded)}
+    known = {name: c for name, c in corpora.items() if c.get("sha256")}
+    if len({(c["sha256"], c.get("tokenizer")) for c in known.values()}) <= 1:
+        return
+    described = "; ".join(
+        f"{name}: {Path(c.get('source', '?')).name} sha256 {c['sha256'][:12]} {c.get('tokenizer', '')}".rstrip()
+        for name, c in known.items()
+    )
+    warnings.warn(
+        f"compare(): these searches trained on different corpora ({described}); their metrics do not rank "
+        "against each other",
+        UserWarning,
+        stacklevel=3,
+    )

@@ -1,0 +1,52 @@
+"""``python -m artune.export SEARCH OUT``: a search's best model (or a trial's) as a standalone directory.
+
+OUT holds ``model.safetensors``, ``config.json`` (the TrainConfig and the model's shape), ``vocab.json`` (the
+vocabulary and the tokenizer's name) and a ``README.md`` model card; it loads with torch and artune, without
+Ray or the search (``python -m artune.sample OUT``, or :func:`artune.inference.from_export`).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+from artune import ArgumentParser
+from artune.errors import CheckpointError, UserError
+from artune.inference import write_export
+from artune.results import DEFAULT_RESULTS_DIR
+from artune.sample import describe, open_model
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="python -m artune.export",
+        description="Write a search's best model (best trial, best epoch) to a directory that loads without Ray.",
+    )
+    parser.add_argument("search", metavar="SEARCH", help="a results directory, or a search name under --results-dir")
+    parser.add_argument("out", metavar="OUT", help="the directory to write: new, or empty")
+    parser.add_argument("--trial", metavar="ID", help="this trial's model instead of the best trial's")
+    parser.add_argument(
+        "--results-dir", default=DEFAULT_RESULTS_DIR, help=f"where searches live (default: {DEFAULT_RESULTS_DIR})"
+    )
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        loaded = open_model(args.search, args.trial, args.results_dir)
+        out = write_export(loaded, args.out)
+    except (UserError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {args.out}: cannot write the export ({exc.strerror or exc})", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    print(f"wrote {out} ({describe(loaded)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

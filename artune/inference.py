@@ -1,0 +1,303 @@
+"""A trained model back in hand: a search's best checkpoint (or a trial's), or an exported directory, as a
+:class:`LoadedModel` that writes text.
+
+Never imports Ray: a model loads from the files a search left, with torch and artune alone. The search's
+tables say which trial and epoch were best (:class:`artune.results.SearchResults` picks them); this module
+finds that epoch's checkpoint among the ones Ray kept, and reads an export written by :func:`write_export`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+
+import artune.train.checkpoint as checkpoint
+from artune import __version__, plural
+from artune.config import ConfigError, TrainConfig
+from artune.errors import CheckpointError, UserError
+from artune.models import GPT, ModelConfig
+from artune.tokenizers import Vocabulary, get_tokenizer
+from artune.train.trainer import model_config
+
+if TYPE_CHECKING:
+    from artune.results import SearchResults
+
+EXPORT_FORMAT = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+VOCAB_FILE = "vocab.json"
+CARD_FILE = "README.md"
+RUNS = ["tune"]  # a manifest without its runs: the search's first (and only) Ray run
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    """Text to ids and back: the corpus's tokenizer (by name) and its vocabulary."""
+
+    name: str
+    vocabulary: Vocabulary
+    separator: str  # joins decoded tokens: '' for character, ' ' for basic_english
+
+    def encode(self, text: str) -> list[int]:
+        """The ids of ``text``'s tokens; a token the corpus never held is an UnknownTokenError."""
+        return self.vocabulary.encode(get_tokenizer(self.name)(text))
+
+    def decode(self, ids: list[int]) -> str:
+        return self.vocabulary.decode(ids, self.separator)
+
+
+@dataclass
+class LoadedModel:
+    """A trained model ready to write: ``model`` (the ``nn.Module``, in eval mode), ``tokenizer``, ``config``
+    (the TrainConfig it trained with) and ``origin`` (the search, trial, epoch and metric it came from)."""
+
+    model: GPT
+    tokenizer: Tokenizer
+    config: TrainConfig
+    origin: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: Optional[str] = None,
+        tokens: int = 200,
+        temperature: float = 0.0,
+        top_k: Optional[int] = None,
+        seed: Optional[int] = None,
+    ) -> str:
+        """The prompt (default: the config's) and ``tokens`` more, joined as the trainer's sample is.
+
+        ``temperature`` 0 is greedy decoding, the trainer's own sample; above 0 each token is drawn from
+        the softmax of the logits over ``temperature``, among the ``top_k`` likeliest where given, with
+        ``seed`` seeding the draws (none: a fresh draw each call). Runs in fp32, whatever the training's precision.
+        """
+        prompt = self.config.prompt if prompt is None else prompt
+        if tokens < 0:
+            raise UserError(f"tokens >= 0 must hold, but got tokens={tokens}")
+        if not temperature >= 0:  # NaN too
+            raise UserError(f"temperature >= 0 must hold, but got temperature={temperature}")
+        if top_k is not None and top_k < 1:
+            raise UserError(f"top_k >= 1 must hold (or none), but got top_k={top_k}")
+        ids = self.tokenizer.encode(prompt)
+        if tokens == 0:
+            return prompt
+        if not ids:
+            raise UserError(f"the prompt must give at least one {self.tokenizer.name} token, but got {prompt!r}")
+        self.model.eval()
+        idx = torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, T)
+        if temperature == 0:
+            out = self.model.generate(idx, tokens)
+        else:
+            out = self._draw(idx, tokens, temperature, top_k, seed)
+        return prompt + self.tokenizer.separator + self.tokenizer.decode(out[0, len(ids) :].tolist())
+
+    def _draw(self, idx: torch.Tensor, tokens: int, temperature: float, top_k: Optional[int], seed: Optional[int]):
+        generator = torch.Generator(self.device)
+        generator.manual_seed(seed) if seed is not None else generator.seed()
+        for _ in range(tokens):
+            logits = self.model(idx[:, -self.config.seq_len :])[:, -1].float() / temperature  # (1, V)
+            if top_k is not None and top_k < logits.shape[-1]:
+                kth = torch.topk(logits, top_k).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            token = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)  # (1, 1)
+            idx = torch.cat([idx, token], dim=1)
+        return idx
+
+
+def from_state(state: Any, path: Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """The model an artune checkpoint (as :func:`artune.train.checkpoint.read` gives it) holds."""
+    if not isinstance(state, dict) or not {"config", "vocabulary", "model"} <= set(state):
+        raise CheckpointError(f"{path}: not an artune checkpoint (no config, vocabulary and model in it)")
+    if state.get("format") != checkpoint.CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path}: checkpoint format {state.get('format')!r} is not this artune's ({checkpoint.CHECKPOINT_FORMAT})"
+        )
+    try:
+        config = TrainConfig.from_dict(state["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: its settings do not load ({exc})") from None
+    vocabulary = Vocabulary(state["vocabulary"])
+    with checkpoint.refusals_name(path):
+        model = GPT(model_config(config, len(vocabulary)))
+        model.load_state_dict(state["model"])
+    return LoadedModel(model.to(device).eval(), Tokenizer(config.tokenizer, vocabulary, config.separator), config)
+
+
+def from_search(
+    results: SearchResults, trial_id: Optional[str] = None, device: str | torch.device = "cpu"
+) -> LoadedModel:
+    """The best trial's model at its best epoch (or trial ``trial_id``'s), from ``results``' checkpoints."""
+    row = results.trial(trial_id)
+    trial_id = str(row["trial_id"])
+    epochs = results.trial_epochs(trial_id)  # epoch -> the metric's value, best first
+    runs = results.manifest.get("runs", RUNS)
+    path, state = best_checkpoint(results.path, runs, trial_id, list(epochs))
+    loaded = from_state(state, path, device)
+    epoch = int(state["epoch"])
+    loaded.origin = {
+        "search": results.name,
+        "search_path": str(results.path.resolve()),
+        "trial_id": trial_id,
+        "epoch": epoch,
+        "epochs_completed": int(row["epochs_completed"]),
+        "metric": results.epoch_metric(),
+        "mode": results.mode,
+        "value": epochs[epoch],
+        "corpus": {**results.manifest.get("corpus", {}), "sha256": state.get("corpus_sha256")},
+        "checkpoint": str(path),
+    }
+    return loaded
+
+
+def best_checkpoint(directory: Path, runs: list[str], trial_id: str, ranked: list[int]) -> tuple[Path, Any]:
+    """The checkpoint of the best of a trial's epochs ``ranked`` (best first) that Ray kept, and what it holds.
+
+    The trial's directory is ``<run>/<trial_id>`` under one of the search's runs (a resume continues a run,
+    an --extend adds one). Ray names checkpoints by their order, not their epoch, so each is read for the
+    epoch it holds. A kept checkpoint that does not read is an error: it may be the best one.
+    """
+    trial_dirs = [directory / run / trial_id for run in runs if (directory / run / trial_id).is_dir()]
+    found = sorted(p for d in trial_dirs for p in d.glob(f"checkpoint_*/{checkpoint.CHECKPOINT_FILE}"))
+    if not found:
+        where = ", ".join(str(directory / run / trial_id) for run in runs)
+        raise CheckpointError(
+            f"trial {trial_id} has no checkpoint in {where} (was is_save_models false, or the directory removed?)"
+        )
+    by_epoch: dict[int, tuple[Path, Any]] = {}
+    for path in found:
+        path, state = checkpoint.read(path, torch.device("cpu"))
+        if not isinstance(state, dict) or "epoch" not in state:
+            raise CheckpointError(f"{path}: not an artune checkpoint (no epoch in it)")
+        by_epoch[int(state["epoch"])] = (path, state)
+    for epoch in ranked:
+        if epoch in by_epoch:
+            return by_epoch[epoch]
+    raise CheckpointError(
+        f"trial {trial_id}: none of its finished epochs {sorted(ranked)} has a checkpoint "
+        f"(kept: epochs {sorted(by_epoch)})"
+    )
+
+
+# --- an exported model: weights, settings, vocabulary and a card, loadable without the search
+
+
+def is_export(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def write_export(loaded: LoadedModel, out: str | os.PathLike) -> Path:
+    """Write ``loaded`` to the directory ``out`` (new, or empty): the whole directory appears at once, or none."""
+    from safetensors.torch import save_model
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out}: exists and is not an empty directory; choose another OUT, or remove it first")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.{os.getpid()}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        save_model(loaded.model, str(staging / WEIGHTS_FILE), metadata={"format": "artune", "artune": __version__})
+        settings = {
+            "format": EXPORT_FORMAT,
+            "artune": __version__,
+            "train_config": loaded.config.to_dict(),
+            "model": dataclasses.asdict(loaded.model.cfg),
+            "origin": loaded.origin,
+        }
+        (staging / CONFIG_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+        vocab = {"tokenizer": loaded.tokenizer.name, "separator": loaded.tokenizer.separator}
+        (staging / VOCAB_FILE).write_text(json.dumps({**vocab, "tokens": loaded.tokenizer.vocabulary.itos}) + "\n")
+        (staging / CARD_FILE).write_text(model_card(loaded))
+        os.replace(staging, out)  # onto an empty directory too
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def from_export(directory: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+    """The model :func:`write_export` wrote to ``directory``."""
+    from safetensors.torch import load_model
+
+    directory = Path(directory)
+    settings, vocab = _read_json(directory / CONFIG_FILE), _read_json(directory / VOCAB_FILE)
+    try:
+        if settings.get("format") != EXPORT_FORMAT:
+            raise CheckpointError(f"export format {settings.get('format')!r} is not this artune's ({EXPORT_FORMAT})")
+        config = TrainConfig.from_dict(settings["train_config"])
+        vocabulary = Vocabulary(vocab["tokens"])
+        model = GPT(ModelConfig(**settings["model"]))
+        tokenizer = Tokenizer(vocab["tokenizer"], vocabulary, vocab["separator"])
+    except (KeyError, TypeError, ValueError, CheckpointError) as exc:
+        what = f"{type(exc).__name__}: {exc}"
+        raise CheckpointError(f"{directory / CONFIG_FILE}: not an artune export ({what})") from None
+    path = directory / WEIGHTS_FILE
+    try:
+        load_model(model, path)
+    except Exception as exc:  # noqa: BLE001 (safetensors' own errors, a truncated file, another shape)
+        raise CheckpointError(f"{path}: cannot load the weights ({type(exc).__name__}: {exc})") from None
+    return LoadedModel(model.to(device).eval(), tokenizer, config, dict(settings.get("origin", {})))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        files = f"{CONFIG_FILE}, {VOCAB_FILE} and {WEIGHTS_FILE}"
+        raise CheckpointError(f"{path}: not found; an export holds {files}") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: not an artune export (holds a {type(data).__name__})")
+    return data
+
+
+def model_card(loaded: LoadedModel) -> str:
+    """The export's README.md: what the model is, what it was trained on, how good, where from, how to use."""
+    o, c, m = loaded.origin, loaded.config, loaded.model.cfg
+    corpus = o.get("corpus", {})
+    knobs = ", ".join(f"{k}={v!r}" for k, v in c.to_dict().items())
+    return "\n".join(
+        [
+            f"# {o.get('search', 'artune model')} / trial {o.get('trial_id', '?')}",
+            "",
+            f"A GPT-style language model trained by artune {__version__}: {plural(m.n_layers, 'layer')}, "
+            f"d_model {m.d_model}, {plural(m.n_heads, 'head')}, context {m.seq_len} tokens, "
+            f"{loaded.model.num_parameters():,} parameters, "
+            f"{c.tokenizer} tokenizer ({m.vocab_size} tokens).",
+            "",
+            "| | |",
+            "| --- | --- |",
+            f"| corpus | `{corpus.get('source', c.dataset)}` |",
+            f"| corpus sha256 | `{corpus.get('sha256')}` |",
+            f"| {o.get('metric', 'metric')} ({o.get('mode', '')}) | {o.get('value')} |",
+            f"| epoch | {o.get('epoch')} (the best of {o.get('epochs_completed')} trained; {c.epochs} planned) |",
+            f"| search | `{o.get('search_path', '?')}`, trial `{o.get('trial_id')}` |",
+            "",
+            "Load it with torch and artune (no Ray):",
+            "",
+            "```",
+            "python -m artune.sample THIS_DIRECTORY --prompt 'ROMEO:' --tokens 200",
+            "```",
+            "",
+            "```python",
+            "from artune.inference import from_export",
+            "print(from_export('THIS_DIRECTORY').generate('ROMEO:', 200))",
+            "```",
+            "",
+            f"Its settings (TrainConfig): {knobs}.",
+            "",
+        ]
+    )

@@ -1,0 +1,103 @@
+"""``python -m artune.sample SEARCH``: text from a search's best model (or a trial's), or from an exported one.
+
+The text goes to stdout, alone; where the model came from goes to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+from artune import ArgumentParser, stdout_closed
+from artune.errors import CheckpointError, UserError
+from artune.inference import LoadedModel, from_export, from_search, is_export
+from artune.results import DEFAULT_RESULTS_DIR, load
+
+
+def open_model(
+    source: str | os.PathLike,
+    trial_id: Optional[str] = None,
+    results_dir: str | os.PathLike = DEFAULT_RESULTS_DIR,
+    device: str = "cpu",
+) -> LoadedModel:
+    """The model of ``source``: an exported directory, else a search (a directory, or a name under
+    ``results_dir``), whose best trial (or ``trial_id``) gives its best epoch's checkpoint."""
+    if is_export(source):
+        if trial_id is not None:
+            raise UserError(f"--trial {trial_id}: {source} is an exported model, which holds one trial's only")
+        return from_export(source, device)
+    try:
+        results = load(source, results_dir)
+    except FileNotFoundError as exc:
+        raise UserError(f"{exc}; or an exported model directory (python -m artune.export)") from None
+    return from_search(results, trial_id, device)
+
+
+def describe(loaded: LoadedModel) -> str:
+    """One line: which search, trial and epoch, and its metric."""
+    o = loaded.origin
+    if not o:
+        return "a model with no record of its search"
+    return (
+        f"search {o.get('search')}, trial {o.get('trial_id')}, epoch {o.get('epoch')}: "
+        f"{o.get('metric')} {o.get('value'):.4f}"
+    )
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="python -m artune.sample",
+        description="Print text from a search's best model (best trial, best epoch), a trial's, or an exported model.",
+    )
+    parser.add_argument("search", metavar="SEARCH", help="a results directory, a search name, or an exported model")
+    parser.add_argument("--trial", metavar="ID", help="this trial's model instead of the best trial's")
+    parser.add_argument("--prompt", help="the text to continue (default: the prompt the model trained with)")
+    parser.add_argument("--tokens", type=int, default=200, help="tokens to add to the prompt (default: 200)")
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, help="0: greedy, the trainer's own sample (default); above: drawn"
+    )
+    parser.add_argument("--top-k", type=int, help="draw among the K likeliest tokens only (with --temperature)")
+    parser.add_argument("--seed", type=int, help="seeds the draws of --temperature (default: a fresh draw)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument(
+        "--results-dir", default=DEFAULT_RESULTS_DIR, help=f"where searches live (default: {DEFAULT_RESULTS_DIR})"
+    )
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        for flag, value, low in (("--tokens", args.tokens, 0), ("--top-k", args.top_k, 1)):
+            if value is not None and value < low:
+                raise UserError(f"{flag} must be >= {low}, but got {value}")
+        if not args.temperature >= 0:
+            raise UserError(f"--temperature must be >= 0, but got {args.temperature}")
+        loaded = open_model(args.search, args.trial, args.results_dir, _device(args.device))
+        print(describe(loaded), file=sys.stderr, flush=True)
+        print(loaded.generate(args.prompt, args.tokens, args.temperature, args.top_k, args.seed), flush=True)
+    except (UserError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return stdout_closed()
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _device(name: str) -> str:
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device must be cpu, cuda or cuda:N, but got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: torch sees no CUDA device here")
+    return name
+
+
+if __name__ == "__main__":
+    sys.exit(main())
