@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
+import artune.train.checkpoint as checkpoint
 from artune import ArgumentParser, stdout_closed
-from artune.config import ConfigError, add_config_arguments, config_from_arguments
+from artune.config import FIELD_NAMES, ConfigError, TrainConfig, add_config_arguments
 from artune.errors import CheckpointError, DivergedError, UserError
 from artune.train.checkpoint import CHECKPOINT_FILE
 from artune.train.trainer import Metrics, Trainer
@@ -23,6 +24,38 @@ def format_metrics(metrics: Metrics) -> str:
         f"valid_acc {metrics['valid_accuracy']:.3f}  {metrics['tokens_per_sec']:,.0f} tok/s  "
         f"lr {metrics['lr']:.2e}  {metrics['seconds']:.1f}s  | {metrics['sample']!r}"
     )
+
+
+def _config(args: Any) -> TrainConfig:
+    """The run's TrainConfig: the flags given, over the settings of the checkpoint resumed (--resume) or of a
+    search's trial (--from), else over TrainConfig's defaults."""
+    given = {name: getattr(args, name) for name in FIELD_NAMES if getattr(args, name) is not None}
+    if args.trial is not None and args.from_search is None:
+        raise ConfigError(f"--trial {args.trial} needs --from SEARCH")
+    if args.resume and args.from_search is not None:
+        raise ConfigError("--resume continues its checkpoint's settings; --from starts a search's afresh: give one")
+    if args.resume:
+        if not args.checkpoint_dir:
+            raise ConfigError("--resume needs --checkpoint-dir")
+        path, state = checkpoint.read(args.checkpoint_dir, torch.device("cpu"))
+        if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+            raise CheckpointError(f"{path}: not an artune checkpoint (no settings in it)")
+        base = state["config"]
+    elif args.from_search is not None:
+        # pyarrow and pandas only for --from: the trainer's import (in every trial) goes without them
+        from artune.results import DEFAULT_RESULTS_DIR, load
+
+        try:
+            results = load(args.from_search, args.results_dir or DEFAULT_RESULTS_DIR)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"--from {args.from_search}: {exc}") from None
+        base = results.config(args.trial).to_dict()
+        trial = args.trial or results.trial()["trial_id"]
+        changed = ", ".join(f"{k}={v}" for k, v in given.items()) or "nothing"
+        print(f"the configuration of trial {trial} of search {results.name}; changed here: {changed}")
+    else:
+        base = {}
+    return TrainConfig.from_dict({**base, **given})
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -40,18 +73,31 @@ def main(argv: Optional[list[str]] = None) -> int:
         "(default: $ARTUNE_DATA_DIR or the cache)",
     )
     parser.add_argument("--checkpoint-dir", help="write a checkpoint here after every epoch (if is_save_models)")
-    parser.add_argument("--resume", action="store_true", help="resume from the checkpoint in --checkpoint-dir")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="resume from the checkpoint in --checkpoint-dir, with its settings but the flags given here",
+    )
+    parser.add_argument(
+        "--from",
+        dest="from_search",
+        metavar="SEARCH",
+        help="train a search's best trial's configuration again (a results directory, or a name under "
+        "--results-dir), with the flags given here changing it (--epochs 20, say)",
+    )
+    parser.add_argument("--trial", metavar="ID", help="with --from: this trial's configuration, not the best's")
+    parser.add_argument(
+        "--results-dir", help="with --from: where searches live (default: results, as for python -m artune.search)"
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads, at least 1 (default: torch's choice)")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        config = config_from_arguments(args)
+        config = _config(args)
         # Checked before the corpus is read or an epoch trained: a bad directory would otherwise
         # fail (or overwrite a checkpoint) only when the first epoch's checkpoint is written.
         if args.threads is not None and args.threads < 1:
             raise ConfigError(f"--threads must be >= 1, but got {args.threads}")
-        if args.resume and not args.checkpoint_dir:
-            raise ConfigError("--resume needs --checkpoint-dir")
         if args.checkpoint_dir and config.is_save_models:
             directory = Path(args.checkpoint_dir)
             existing = next(p for p in (directory, *directory.absolute().parents) if p.exists())
@@ -75,6 +121,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.resume:
             trainer.load_checkpoint(args.checkpoint_dir)
             print(f"resumed from {args.checkpoint_dir} after epoch {trainer.epoch}")
+            if trainer.epoch >= config.epochs:
+                print(
+                    f"nothing left to train: the checkpoint finished epoch {trainer.epoch} of epochs={config.epochs}; "
+                    f"give --epochs N (more than {trainer.epoch}) to train on"
+                )
+                return 0
         print(
             f"{trainer.model.num_parameters():,} parameters, vocabulary {trainer.corpus.vocab_size}, "
             f"{len(trainer.corpus.train):,} train / {len(trainer.corpus.valid):,} valid tokens, "
