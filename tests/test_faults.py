@@ -979,3 +979,68 @@ def test_sigterm_ends_the_driver_as_ctrl_c_does_with_143_and_resume_finishes_it(
         reap(private_ray_tmpdir)
     trials, epochs = tables(directory)
     assert len(trials) == CHAIN_SAMPLES and not epochs.duplicated(["trial_id", "epoch"]).any()
+
+
+# --- 4. a kill during the start-up: the name stays usable
+
+
+TINY_SEARCH = ["--num-samples", "1", "--epochs", "1", "--set", "batches_per_epoch=2"]
+
+
+def kill_group_once(search: Search, ready: Callable[[], bool], before: Callable[[], bool], what: str) -> bool:
+    """SIGKILL the search's whole process group as soon as ``ready()`` holds, polling the filesystem; whether
+    ``before()`` still held just after the kill (the kill landed in the window). Fails if the search ends first."""
+    search.wait_for(ready, 180, what)
+    os.killpg(search.proc.pid, signal.SIGKILL)
+    search.finish(30)
+    return before()
+
+
+def study_trials(directory: Path) -> list:
+    import optuna
+
+    return optuna.load_study(study_name=directory.name, storage=f"sqlite:///{directory / 'optuna.db'}").trials
+
+
+@pytest.mark.slow
+def test_a_kill_in_the_start_up_leaves_the_name_usable(tmp_path, small_corpus, private_ray_tmpdir):
+    """A kill after the directory is made and before manifest.json leaves .lock and space.yaml: a new search under
+    the name takes it over (it was "already holds a search"), and --resume says so in one line (it was "no search
+    named"). A kill after manifest.json and before Ray Tune began the run (tuner.pkl): --resume starts the run
+    anew (it was "nothing to continue")."""
+    results, name = tmp_path / "results", "k1"
+    directory = results / name
+    command = [str(REPO / "search_spaces" / "smoke.yaml"), *TINY_SEARCH, "--data", str(small_corpus)]
+    common = ["--results-dir", str(results), "--name", name]
+    try:
+        search = Search(*command, *common)
+        in_window = kill_group_once(
+            search,
+            lambda: (directory / "space.yaml").exists(),
+            lambda: not (directory / MANIFEST_FILE).exists(),
+            "space.yaml",
+        )
+        assert in_window, "the kill came after manifest.json"
+        assert (directory / "space.yaml").exists() and (directory / ".lock").exists()
+        resumed = cli("--resume", *common, "--data", str(small_corpus), timeout=120)
+        assert_one_error_line(resumed, "stopped in its start-up", "without --resume")
+
+        search = Search(*command, *common)
+        kill_group_once(
+            search,
+            lambda: (directory / MANIFEST_FILE).exists(),
+            lambda: True,
+            "manifest.json",
+        )
+        assert "holds only what a start-up stopped before the search began left" in search.stderr, search.stderr
+        fresh = not (directory / "tune" / "tuner.pkl").exists()
+        resumed = Search("--resume", *common, "--data", str(small_corpus))
+        assert resumed.finish(300) == 0, (resumed.stdout[-2000:], resumed.stderr[-3000:])
+        if fresh:
+            assert "stopped before Ray Tune began it: it starts anew" in resumed.stdout, resumed.stdout
+    finally:
+        reap(private_ray_tmpdir)
+    trials, rows = tables(directory)
+    assert len(trials) == 1 and set(trials["status"]) == {"completed"}, trials[["trial_id", "status"]]
+    assert len(rows) == 1
+    assert [t.state.name for t in study_trials(directory)] == ["COMPLETE"]

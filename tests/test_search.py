@@ -496,11 +496,12 @@ def test_extend_refuses_an_unfinished_search_and_resume_a_storage_that_is_not_th
     assert cli("--extend", "--num-samples", "1", *common, timeout=60).returncode == 0
 
 
-def test_resume_of_a_run_tune_never_began_is_one_line(tmp_path):
+def test_resume_of_a_run_tune_never_began_is_accepted(tmp_path):
+    # it trained nothing, so it starts anew (tests/test_faults.py runs one: a kill in the start-up)
     directory = torn_search(tmp_path, staged_trial=None)
     (directory / "tune" / "tuner.pkl").unlink()
     result = cli("--resume", "--name", "torn", "--results-dir", str(tmp_path / "r"), "--dry-run", timeout=60)
-    assert_one_error_line(result, "stopped before Ray Tune began it", "--extend it")
+    assert result.returncode == 0, result.stderr
 
 
 def torn_search(root: Path, staged_trial: str | None) -> Path:

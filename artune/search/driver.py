@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import shutil
 import sys
@@ -15,11 +16,12 @@ from artune.errors import SearchError
 from artune.results import EPOCHS_FILE, MANIFEST_FILE, TRIALS_FILE
 from artune.search.corpus import load_plan_corpus
 from artune.search.lock import SearchLock
-from artune.search.manifest import write_manifest
+from artune.search.manifest import TUNE_DIR, write_manifest
 from artune.search.plan import SPACE_COPY, Mode, Plan
 from artune.search.report import budget_report, describe_plan, summarise
 from artune.search.runtime import init_ray, set_ray_environment, stop_ray, terminated
 from artune.search.saved_state import restore_saved_state
+from artune.study import STUDY_FILE, storage_url
 
 if TYPE_CHECKING:
     from artune.data import Corpus
@@ -49,8 +51,9 @@ def run(plan: Plan) -> int:
 @contextlib.contextmanager
 def search_directory(plan: Plan) -> Iterator[None]:
     """The search's directory, made and locked for this process. A directory this command made is removed
-    where it ends before the manifest is written (a refusal, a failure, a Ctrl-C): nothing was run."""
-    created = not plan.directory.exists()
+    where it ends before the manifest is written (a refusal, a failure, a Ctrl-C): nothing was run. So is one
+    a killed start-up left (``plan.takeover``), taken over."""
+    created = not plan.directory.exists() or plan.takeover
     try:
         plan.directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -60,6 +63,8 @@ def search_directory(plan: Plan) -> Iterator[None]:
     try:
         with SearchLock(plan.directory):
             remove_interrupted_writes(plan)
+            if plan.takeover:
+                take_over(plan)
             if plan.mode is Mode.NEW:
                 shutil.copyfile(plan.space.path, plan.directory / SPACE_COPY)
             if plan.restore_state_from:
@@ -69,6 +74,20 @@ def search_directory(plan: Plan) -> Iterator[None]:
         if created and not (plan.directory / MANIFEST_FILE).exists():
             shutil.rmtree(plan.directory, ignore_errors=True)
         raise
+
+
+def take_over(plan: Plan) -> None:
+    """Clear what a start-up killed before its manifest left (plan.startup_leftover: nothing trained)."""
+    print(
+        f"note: {plan.directory} holds only what a start-up stopped before the search began left "
+        "(no manifest.json, no trial): the search starts there anew",
+        file=sys.stderr,
+        flush=True,
+    )
+    (plan.directory / SPACE_COPY).unlink(missing_ok=True)
+    if plan.storage == storage_url(plan.directory):  # its own database: possibly cut short as Optuna made it
+        for name in (STUDY_FILE, f"{STUDY_FILE}-journal"):
+            (plan.directory / name).unlink(missing_ok=True)
 
 
 def remove_interrupted_writes(plan: Plan) -> None:
@@ -99,7 +118,7 @@ def tune_search(plan: Plan, corpus: Corpus) -> Outcome:
             new_command=True,
         )
         plan.stopwatch.lap("study")
-        tuner = build_tuner(plan, corpus, recorder)
+        tuner = build_tuner(tuner_plan(plan), corpus, recorder)
         tuning_started = plan.stopwatch.lap("tuner")  # the searcher, the corpus into Ray's object store
         tuner.fit()  # Ray Tune catches Ctrl-C itself: fit then returns with trials left unfinished
         finished = time.monotonic()
@@ -117,6 +136,15 @@ def tune_search(plan: Plan, corpus: Corpus) -> Outcome:
     finally:
         stop_ray()  # a no-op where ray.init never ran or failed
     return Outcome(interrupted, finished - plan.started, recorder.spent, recorder.records)
+
+
+def tuner_plan(plan: Plan) -> Plan:
+    """The plan Ray Tune's Tuner is built from: a resumed run that Tune never began (its driver was stopped in
+    the start-up, before tuner.pkl) is begun anew, as the search's first run or as the extension it was."""
+    if not plan.fresh_run:
+        return plan
+    print(f"the search's last run ({plan.run_name}) was stopped before Ray Tune began it: it starts anew", flush=True)
+    return dataclasses.replace(plan, mode=Mode.NEW if plan.run_name == TUNE_DIR else Mode.EXTEND)
 
 
 def open_study(recorder, plan: Plan) -> None:

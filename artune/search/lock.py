@@ -29,3 +29,17 @@ class SearchLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.handle.close()
+
+
+def held_elsewhere(directory: Path) -> bool:
+    """Whether a live process holds the search's lock (the kernel drops a dead process's flock)."""
+    path = directory / LOCK_FILE
+    if not path.exists():
+        return False
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False

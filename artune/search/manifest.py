@@ -43,6 +43,11 @@ class Manifest:
     def read(cls, directory: Path, flag: str) -> Manifest:
         """The manifest a ``flag`` (--resume, --extend) continues from; a missing or unreadable one is refused."""
         path = directory / MANIFEST_FILE
+        if not path.exists() and directory.is_dir() and any(directory.iterdir()):
+            raise SearchError(
+                f"{flag}: search {directory.name!r} in {directory.parent} was stopped in its start-up, before it "
+                f"began (no {MANIFEST_FILE}): run the same command without {flag} to start it anew"
+            )
         if not path.exists():
             raise SearchError(f"{flag}: no search named {directory.name!r} in {directory.parent} (no {MANIFEST_FILE})")
         try:

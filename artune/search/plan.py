@@ -17,17 +17,27 @@ from typing import Any, Optional
 
 from artune.config import FIELD_NAMES, TrainConfig, coerce, compiler_message, missing_compiler, unknown_key_message
 from artune.errors import SearchError
-from artune.results import EPOCHS_FILE, TRIALS_FILE
+from artune.results import EPOCHS_FILE, MANIFEST_FILE, TRIALS_FILE
+from artune.search.lock import LOCK_FILE, held_elsewhere
 from artune.search.manifest import TUNE_DIR, Manifest
 from artune.search.runtime import check_address
 from artune.search.saved_state import check_saved_state
-from artune.search.storage import absolute_storage, check_storage, check_study_readable, sqlite_file, study_exists
+from artune.search.storage import (
+    absolute_storage,
+    check_storage,
+    check_study_readable,
+    sqlite_file,
+    study_exists,
+    study_trials,
+)
 from artune.spaces import OVERRIDE_FLAGS, SearchSpace, load_space
-from artune.study import storage_url
+from artune.study import STUDY_FILE, storage_url
 
 DEFAULT_SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "default.yaml"
 NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 SPACE_COPY = "space.yaml"  # the space file a search started with, kept in its directory
+# What a search's start-up writes before its manifest: all a command killed in that window leaves
+STARTUP_FILES = {LOCK_FILE, SPACE_COPY, STUDY_FILE, f"{STUDY_FILE}-journal"}
 
 
 class Mode(enum.Enum):
@@ -72,6 +82,8 @@ class Plan:
     command: list[str]
     run_name: str = TUNE_DIR  # this run's Ray experiment directory under the search directory
     restore_state_from: Optional[Path] = None  # Tune's staging copy of a saved state a killed driver cut short
+    takeover: bool = False  # a new search in the directory a start-up killed before its manifest left
+    fresh_run: bool = False  # a resumed run that was stopped before Ray Tune began it: it starts anew
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # {"settings": ..., "set": ...} given
     stopwatch: Stopwatch = field(init=False)
 
@@ -96,10 +108,10 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
         args.storage = absolute_storage(args.storage)
     name = check_name(args.name or f"{space_path.stem}-{dt.datetime.now():%Y%m%d-%H%M%S}")
     directory = results_dir / name
-    run_name, restore_state_from = TUNE_DIR, None
+    run_name, restore_state_from, takeover, fresh_run = TUNE_DIR, None, False, False
     if mode is Mode.NEW:
         manifest = Manifest(directory)
-        check_new(directory, name, args.storage)
+        takeover = check_new(directory, name, args.storage)
         space = load_space(space_path)
     else:
         manifest = Manifest.read(directory, mode.flag)
@@ -109,6 +121,7 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
             manifest.check_space_unchanged(space)
         run_name = manifest.runs[-1] if mode is Mode.RESUME else manifest.next_run
         restore_state_from = check_continuable(mode, manifest, args.num_samples)
+        fresh_run = mode is Mode.RESUME and not (directory / run_name / "tuner.pkl").exists()
         check_tables(directory, mode)
     given = {
         key: getattr(args, key) for key in OVERRIDE_FLAGS if key != "time_budget" and getattr(args, key) is not None
@@ -162,6 +175,8 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
         command=[sys.executable, "-m", "artune.search", *sys.argv[1:]],
         run_name=run_name,
         restore_state_from=restore_state_from,
+        takeover=takeover,
+        fresh_run=fresh_run,
         overrides=overrides,
     )
 
@@ -213,18 +228,37 @@ def check_results_dir(path: Path) -> Path:
     return path.resolve()
 
 
-def check_new(directory: Path, name: str, storage: Optional[str]) -> None:
-    """A new search takes a name that neither its results directory nor its --storage holds yet."""
-    if directory.exists() and any(directory.iterdir()):
+def check_new(directory: Path, name: str, storage: Optional[str]) -> bool:
+    """A new search takes a name that neither its results directory nor its --storage holds yet; True where the
+    directory holds only what a start-up killed before the search began left: the new search takes it over."""
+    takeover = directory.exists() and any(directory.iterdir())
+    if takeover and held_elsewhere(directory):
+        raise SearchError(f"--name {name!r}: the search is running in another process (lock {directory / LOCK_FILE})")
+    if takeover and not startup_leftover(directory, name, storage):
         raise SearchError(
             f"--name {name!r}: {directory} already holds a search; use --resume to continue it, "
             "--extend to grow it, or choose another --name"
         )
-    if storage and study_exists(storage, name):
+    if storage and study_exists(storage, name) and not takeover:
         raise SearchError(
             f"--name {name!r}: the database {storage} already holds a study of that name (another "
             "search's, made elsewhere); a new search would add its trials to it: choose another --name"
         )
+    return takeover
+
+
+def startup_leftover(directory: Path, name: str, storage: Optional[str]) -> bool:
+    """Whether ``directory`` (its lock free) is what a start-up killed before the manifest was written left: no
+    manifest, only the files a start-up writes first, and a study that holds no trial."""
+    if (directory / MANIFEST_FILE).exists():
+        return False
+    names = {p.name for p in directory.iterdir()}
+    if not all(n in STARTUP_FILES or (n.startswith(".") and n.endswith(".tmp")) for n in names):
+        return False
+    try:
+        return study_trials(storage or storage_url(directory), name) == 0
+    except Exception:  # noqa: BLE001 - SQLAlchemy's errors share no useful base
+        return storage is None  # its own database, cut short by the kill as Optuna made it: nothing in it
 
 
 def check_same_space(space: Optional[str], directory: Path, mode: Mode) -> None:
@@ -249,12 +283,8 @@ def check_continuable(mode: Mode, manifest: Manifest, num_samples: Optional[int]
     # A run that was stopped before Ray Tune began it (before tuner.pkl) has nothing to resume
     tune_began = (last / "tuner.pkl").exists()
     if mode is Mode.RESUME:
-        if not tune_began:
-            raise SearchError(
-                f"--resume: the last run of search {name!r} ({last}) was stopped before "
-                "Ray Tune began it, so there is nothing to continue; --extend it, or start a new --name"
-            )
-        return check_saved_state(last)
+        # a run stopped before Ray Tune began it trained nothing: the resume starts it anew (Plan.fresh_run)
+        return check_saved_state(last) if tune_began else None
     if num_samples is None:
         raise SearchError("--extend needs --num-samples: how many trials to add")
     if tune_began and not manifest.last_run_finished():

@@ -63,6 +63,20 @@ def study_exists(url: str, name: str) -> bool:
         return False
 
 
+def study_trials(url: str, name: str) -> int:
+    """How many trials the study ``name`` at ``url`` holds (0 where there is no such study). SQLAlchemy's errors
+    (a database that does not read) pass through."""
+    from sqlalchemy import inspect, text
+
+    with existing_database(url) as connection:
+        if connection is None or not inspect(connection).has_table("trials"):  # Optuna's tables
+            return 0
+        found = connection.execute(
+            text("SELECT COUNT(*) FROM trials JOIN studies USING (study_id) WHERE study_name = :name"), {"name": name}
+        )
+        return int(found.scalar() or 0)
+
+
 def check_storage(url: str) -> None:
     """A --storage URL must name a database SQLAlchemy can open here: checked before Ray starts or a folder exists."""
     from sqlalchemy.engine import make_url
