@@ -9,20 +9,26 @@ no display: ``savefig`` renders them with Agg. A metric argument reads as in ``S
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
-from artune.errors import ResultsError
-from artune.results import SearchResults
+from artune.errors import ResultsError, SpaceError
+from artune.results import SearchResults, knob_cell, knob_type
+from artune.spaces import Distribution, load_space
 
 BEST_COLOR = "tab:red"
 PLOT_FILES = ("learning_curves.png", "metric_vs_knobs.png", "parallel_coordinates.png")
@@ -84,32 +90,33 @@ def learning_curves(results: SearchResults, metric: Optional[str] = None) -> Fig
 
 
 def metric_vs_knobs(results: SearchResults, metric: Optional[str] = None) -> Figure:
-    """One panel per searched knob: each trial's metric against the knob's value, the best trial starred."""
+    """One panel per searched knob: each trial's metric against the knob's value, the best trial starred.
+
+    A choice is a category axis (a tick per choice, in the space file's order), an int knob has integer
+    ticks, and a knob the space samples on a log scale (loguniform, int with ``log: true``) a log axis.
+    """
     name, values = results.metric_column(metric)
     knobs = results.params
+    kinds = knob_axes(results)
     has_value = values.notna().to_numpy()
     best = _best_position(results, name, values)
     columns = min(max(len(knobs), 1), 3)
     rows = -(-max(len(knobs), 1) // columns)
 
-    fig = Figure(figsize=(3.6 * columns, 3.2 * rows), layout="constrained")
+    fig = Figure(figsize=(3.6 * columns, 3.2 * rows + 0.4), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
     for i, (ax, knob) in enumerate(zip(axes, knobs)):
         on = results.active(knob).to_numpy()  # a conditional knob: only the trials that sampled it
-        x_on, labels, log = knob_positions(results.trials[knob][on])
+        x_on, labels, _ = knob_positions(results.trials[knob][on], kinds[knob])
         x = np.full(len(on), np.nan)
         x[on] = x_on
         y = values.to_numpy(dtype=float, na_value=np.nan)
         ax.scatter(x[has_value & on], y[has_value & on], s=22, alpha=0.7, color="tab:blue")
         if best is not None and on[best]:
-            ax.scatter(x[best], y[best], s=140, marker="*", color=BEST_COLOR, zorder=3, label="best")
+            ax.scatter(x[best], y[best], s=140, marker="*", color=BEST_COLOR, zorder=3)
         if not on.all():
             ax.set_title(f"{int((~on).sum())} trials did not sample it", fontsize=8)
-        if labels is not None:  # a categorical knob: one tick per category
-            ax.set_xticks(range(len(labels)), labels)
-            ax.set_xlim(-0.5, len(labels) - 0.5)
-        elif log:
-            ax.set_xscale("log")
+        set_knob_axis(ax, kinds[knob], labels, x_on)
         ax.set_xlabel(knob)
         if i % columns == 0:
             ax.set_ylabel(name)
@@ -125,6 +132,22 @@ def metric_vs_knobs(results: SearchResults, metric: Optional[str] = None) -> Fig
             va="center",
             transform=axes[0].transAxes,
         )
+    elif best is not None:
+        key = _trial_key(results.trials.iloc[best])
+        label = "/".join(key) if isinstance(key, tuple) else key
+        handles = [
+            Line2D([], [], ls="", marker="o", ms=5, alpha=0.7, color="tab:blue", label="a trial"),
+            Line2D(
+                [],
+                [],
+                ls="",
+                marker="*",
+                ms=12,
+                color=BEST_COLOR,
+                label=f"best: {label} ({name} {values.iloc[best]:.4g})",
+            ),
+        ]
+        fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
     missing = int((~has_value).sum())
     note = f" ({missing} trial{'s' * (missing != 1)} without a value not shown)" if missing else ""
     fig.suptitle(f"{results.name}: {name} ({results.direction(name)}) against each searched knob{note}", fontsize=10)
@@ -143,8 +166,9 @@ def parallel_coordinates(results: SearchResults, metric: Optional[str] = None) -
     trials, values = results.trials[keep], values[keep]  # a trial without a value has no colour
     axes_names = [name, *knobs]
     # a conditional knob a trial did not sample: its line has a gap on that axis
-    knob_axes = (_scaled_where(trials[k], results.active(k)[keep].to_numpy()) for k in knobs)
-    scaled, ticks = zip(_scaled(values), *knob_axes)
+    kinds = knob_axes(results)
+    scaled_knobs = (_scaled_where(trials[k], results.active(k)[keep].to_numpy(), kinds[k]) for k in knobs)
+    scaled, ticks = zip(_scaled(values), *scaled_knobs)
     y = np.column_stack(scaled)  # (trials with a value, axes)
     v = values.to_numpy(dtype=float)
 
@@ -203,22 +227,126 @@ def write_plots(
 # --- where a knob's values go on an axis
 
 
+@dataclass(frozen=True)
+class KnobAxis:
+    """How a knob's values sit on an axis: a category per choice, or an int or float range, maybe on a log scale."""
+
+    kind: str  # choice | int | float
+    log: bool = False
+    choices: Optional[tuple] = None  # a choice's values as its column holds them, in the space's order
+    bounds: Optional[tuple[float, float]] = None  # a range's low and high, where the space file gives them
+
+
+def knob_axes(results: SearchResults) -> dict[str, KnobAxis]:
+    """Each searched knob's axis: from the search-space file the search ran (its kinds, choices and log
+    scales), where it is still there unchanged; else from the knob's type (``knob_type``) and its values."""
+    space = _space_params(results)
+    return {knob: knob_axis(knob, results.trials[knob], space.get(knob)) for knob in results.params}
+
+
+def knob_axis(knob: str, values: pd.Series, dist: Optional[Distribution] = None) -> KnobAxis:
+    """The axis of one knob: as ``dist`` (its entry in the space file) samples it, else as its values read."""
+    if dist is not None and dist.kind == "choice":
+        return KnobAxis("choice", choices=tuple(knob_cell(knob, v) for v in dist.values))
+    if dist is not None:
+        kind = "int" if dist.kind == "int" else "float"
+        return KnobAxis(kind, log=dist.kind == "loguniform" or dist.log, bounds=(dist.low, dist.high))
+    if is_categorical(values):
+        return KnobAxis("choice")
+    try:
+        integer = pa.types.is_integer(knob_type(knob))
+    except KeyError:  # not a TrainConfig field (a table from an older artune): its dtype says
+        integer = pd.api.types.is_integer_dtype(values)
+    return KnobAxis("int" if integer else "float", log=spans_decades(values.to_numpy(dtype=float)))
+
+
 def is_categorical(values: pd.Series) -> bool:
     """Text and bool knobs are categories; so is a numeric knob with missing values (d_ff: none)."""
     numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
     return not numeric or bool(values.isna().any())
 
 
-def knob_positions(values: pd.Series) -> tuple[np.ndarray, Optional[list[str]], bool]:
-    """(x per trial, category labels or None for a numeric knob, whether a log axis suits it)."""
-    if is_categorical(values):
-        categories = sorted(values.dropna().unique().tolist())
-        labels = [str(c) for c in categories] + (["none"] if values.isna().any() else [])
-        index = {c: i for i, c in enumerate(categories)}
-        x = np.array([index[v] if pd.notna(v) else len(categories) for v in values], dtype=float)
+def knob_positions(values: pd.Series, axis: Optional[KnobAxis] = None) -> tuple[np.ndarray, Optional[list[str]], bool]:
+    """(x per trial, category labels or None for a numeric knob, whether it goes on a log axis).
+
+    Without ``axis``, as the values read: text, bool and numbers with gaps are categories in sorted order,
+    and numbers spanning more than a decade go on a log axis."""
+    if axis is None:
+        axis = knob_axis(str(values.name), values)
+    if axis.kind == "choice":
+        order = list(axis.choices) if axis.choices is not None else []
+        # a value the space does not list (a knob --set on an --extend, say) goes after its choices
+        order += sorted(v for v in dict.fromkeys(values.dropna().tolist()) if v not in order)
+        if values.isna().any() and None not in order:
+            order.append(None)
+        index = {v: i for i, v in enumerate(order) if v is not None}
+        none_at = order.index(None) if None in order else len(order)
+        labels = ["none" if v is None else str(v) for v in order]
+        x = np.array([index[v] if pd.notna(v) else none_at for v in values], dtype=float)
         return x, labels, False
-    x = values.to_numpy(dtype=float)
-    return x, None, spans_decades(x)
+    return values.to_numpy(dtype=float, na_value=np.nan), None, axis.log
+
+
+def set_knob_axis(ax: Any, axis: KnobAxis, labels: Optional[list[str]], x: np.ndarray) -> None:
+    """Ticks a reader can read: a tick per category, integers on an int axis, 1-2-5 steps on a log axis."""
+    if labels is not None:
+        long = sum(len(label) for label in labels) > 24
+        ax.set_xticks(range(len(labels)), labels, rotation=30 if long else 0, ha="right" if long else "center")
+        ax.set_xlim(-0.5, len(labels) - 0.5)
+        return
+    finite = x[np.isfinite(x)]
+    ends = [*finite, *(axis.bounds or ())]
+    if not ends:
+        return
+    low, high = float(min(ends)), float(max(ends))
+    if axis.log and low > 0:
+        ax.set_xscale("log")
+        pad = 10 ** (0.05 * max(math.log10(high / low), 0.2))  # a twentieth of the axis each side
+        ticks = log_ticks(low, high)
+        ax.set_xticks(ticks, tick_labels(ticks))
+        ax.xaxis.set_minor_formatter(NullFormatter())  # matplotlib labels minor ticks on a short log axis
+        ax.set_xlim(low / pad, high * pad)
+        return
+    if axis.kind == "int":
+        shown = np.unique(np.rint(finite))
+        if axis.bounds is not None and high - low + 1 <= 8:
+            shown = np.arange(int(low), int(high) + 1)  # every value the space allows
+        if 0 < len(shown) <= 8:
+            ax.set_xticks(shown, [str(int(v)) for v in shown])
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+        pad = max(0.5, 0.05 * (high - low))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+        pad = 0.05 * (high - low) or 0.05 * abs(high) or 0.5
+    ax.set_xlim(low - pad, high + pad)
+
+
+def log_ticks(low: float, high: float, most: int = 5) -> list[float]:
+    """Ticks from ``low`` to ``high`` on a log axis: 1, 2 and 5 times the powers of ten, or the powers
+    alone (every other one, and so on) where those are more than ``most``; finer steps on a short axis."""
+    first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
+
+    def at(subs: tuple[int, ...]) -> list[float]:
+        steps = (float(f"{m}e{e}") for e in range(first, last + 1) for m in subs)  # 2e-3, not 2 * 10.0**-3
+        return [t for t in steps if low * (1 - 1e-9) <= t <= high * (1 + 1e-9)]
+
+    ticks = at((1, 2, 5))
+    if len(ticks) > most:
+        ticks = at((1,))
+        ticks = ticks[:: math.ceil(len(ticks) / most)]
+    elif len(ticks) < 2:
+        ticks = at((1, 2, 3, 4, 5, 6, 7, 8, 9))
+    if len(ticks) < 2:  # within one step of 1..9: the ends, to two digits
+        ticks = sorted({float(f"{low:.2g}"), float(f"{high:.2g}")})
+    return ticks
+
+
+def tick_labels(ticks: list[float]) -> list[str]:
+    """Short labels for log ticks: 0.002 and 50 as such, and 1e-4 (not 1e-04) where a tick is that small."""
+    if all(1e-3 <= abs(t) < 1e5 for t in ticks):
+        return [f"{t:g}" for t in ticks]
+    return [f"{t:.0e}".replace("e-0", "e-").replace("e+0", "e").replace("e+", "e") for t in ticks]
 
 
 def spans_decades(x: np.ndarray) -> bool:
@@ -227,9 +355,9 @@ def spans_decades(x: np.ndarray) -> bool:
     return len(x) > 0 and bool(np.all(x > 0)) and x.max() / x.min() > 10
 
 
-def _scaled(values: pd.Series) -> tuple[np.ndarray, list[tuple[float, str]]]:
+def _scaled(values: pd.Series, axis: Optional[KnobAxis] = None) -> tuple[np.ndarray, list[tuple[float, str]]]:
     """Values mapped to [0, 1] for a parallel axis, and its (position, label) ticks."""
-    x, labels, log = knob_positions(values)
+    x, labels, log = knob_positions(values, axis)
     if labels is not None:
         spread = max(len(labels) - 1, 1)
         at = [i / spread if len(labels) > 1 else 0.5 for i in range(len(labels))]
@@ -247,9 +375,11 @@ def _scaled(values: pd.Series) -> tuple[np.ndarray, list[tuple[float, str]]]:
     return (t - low) / (high - low), ticks
 
 
-def _scaled_where(values: pd.Series, on: np.ndarray) -> tuple[np.ndarray, list[tuple[float, str]]]:
+def _scaled_where(
+    values: pd.Series, on: np.ndarray, axis: Optional[KnobAxis] = None
+) -> tuple[np.ndarray, list[tuple[float, str]]]:
     """``_scaled`` over the trials where ``on``; NaN (a gap in the line) for the others."""
-    scaled_on, ticks = _scaled(values[on])
+    scaled_on, ticks = _scaled(values[on], axis)
     scaled = np.full(len(values), np.nan)
     scaled[on] = scaled_on
     return scaled, ticks
@@ -268,3 +398,21 @@ def _best_position(results: SearchResults, name: str, values: pd.Series) -> Opti
         return None
     label = values.idxmin() if results.direction(name) == "min" else values.idxmax()
     return results.trials.index.get_loc(label)
+
+
+def _space_params(results: SearchResults) -> dict[str, Distribution]:
+    """The searched knobs of the space file the search recorded, where it is still there with the bytes it
+    had (``space_sha256``); else none. A relative path is tried from the working directory, then from the
+    directory the results directory sits in (where the search ran, with the default ``results/``)."""
+    recorded, sha = results.manifest.get("space_file"), results.manifest.get("space_sha256")
+    if not recorded or not sha or results.path is None:
+        return {}
+    path = Path(recorded)
+    if not path.is_absolute() and not path.is_file():
+        path = results.path.parent.parent / path
+    try:
+        if hashlib.sha256(path.read_bytes()).hexdigest() != sha:
+            return {}  # edited since: what its knobs are now may not be what the trials sampled
+        return dict(load_space(path).params)
+    except (OSError, SpaceError):
+        return {}
