@@ -114,7 +114,13 @@ def resolve_dataset(
             if not path.is_file() or path.stat().st_size == 0:
                 if not fetch:
                     raise NotFetched(url, path)
-                download(url, path, sha256)
+                try:
+                    download(url, path, sha256)
+                except CorpusError as error:  # offline, say: the user may hold a copy
+                    raise CorpusError(
+                        f"{error}; or use a copy you have: --data PATH (the file, or the directory holding "
+                        f"{TINY_SHAKESPEARE_FILE}), or ARTUNE_DATA_DIR=DIRECTORY"
+                    ) from error
     else:
         path = Path(dataset).expanduser()
     path = path.absolute()

@@ -108,6 +108,18 @@ def test_download_connection_refused_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_failed_download_names_the_ways_to_give_a_copy(tmp_path, monkeypatch):
+    """Offline, the error says where the file goes and how to point artune at a copy: --data or ARTUNE_DATA_DIR."""
+    monkeypatch.setenv("ARTUNE_DATA_DIR", str(tmp_path))  # an empty cache
+    url = f"http://127.0.0.1:{_closed_port()}/input.txt"
+    with pytest.raises(CorpusError) as info:
+        resolve_dataset("tiny_shakespeare", url=url, sha256=TINY_SHAKESPEARE_SHA256)
+    message = str(info.value)
+    assert "\n" not in message and url in message and str(tmp_path / TINY_SHAKESPEARE_FILE) in message
+    assert "--data PATH" in message and "ARTUNE_DATA_DIR=DIRECTORY" in message, message
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_empty_cached_file_is_fetched_again(server, tmp_path):
     (tmp_path / TINY_SHAKESPEARE_FILE).write_bytes(b"")
     path = resolve_dataset("tiny_shakespeare", tmp_path, url=server.url("/input.txt"), sha256=server.sha)
