@@ -1,0 +1,189 @@
+"""The best model in hand: loaded from a real smoke search's checkpoints, sampled, exported and loaded without Ray."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from artune.inference import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, best_checkpoint, from_export
+from artune.results import MANIFEST_FILE, TRIALS_FILE, TrialRecord, load, write_json_atomic, write_tables
+from artune.train import Trainer
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ")
+    return line
+
+
+@pytest.fixture(scope="module")
+def search(smoke_search) -> Path:
+    result, directory = smoke_search
+    assert result.returncode == 0, result.stderr
+    return directory
+
+
+@pytest.fixture(scope="module")
+def best(search) -> dict:
+    """The trial with the lowest best_valid_loss in trials.parquet, read without artune."""
+    rows = [r for r in pq.read_table(search / TRIALS_FILE).to_pylist() if r["best_valid_loss"] is not None]
+    return min(rows, key=lambda r: r["best_valid_loss"])
+
+
+def test_every_trial_keeps_its_best_epochs_checkpoint(search):
+    results = load(search)
+    trained = [t for t in results.trials["trial_id"] if results.trial_epochs(t)]
+    assert trained
+    for trial_id in trained:
+        ranked = list(results.trial_epochs(trial_id))
+        _, state = best_checkpoint(search, results.manifest["runs"], trial_id, ranked)
+        assert state["epoch"] == ranked[0], trial_id
+
+
+def test_sample_prints_the_prompt_continued_by_the_best_trials_model(search, best):
+    result = run("artune.sample", search, "--prompt", "ROMEO:", "--tokens", 40)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.removesuffix("\n")
+    assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 40  # character tokens
+    assert f"trial {best['trial_id']}," in result.stderr
+
+
+def test_the_loaded_model_gives_its_valid_loss_again_and_the_trainers_sample(search, best, shakespeare_path):
+    loaded = load(search).best_model()
+    assert loaded.origin["trial_id"] == best["trial_id"]
+    trainer = Trainer(loaded.config, data_dir=shakespeare_path.parent)
+    trainer.model.load_state_dict(loaded.model.state_dict())
+    valid_loss, _ = trainer.validate()  # the trainer's own evaluation
+    assert valid_loss == pytest.approx(best["best_valid_loss"], abs=1e-4)
+    # greedy by default, as the trainer's sample after that epoch
+    epochs = pq.read_table(search / "epochs.parquet").to_pylist()
+    (row,) = [r for r in epochs if r["trial_id"] == best["trial_id"] and r["epoch"] == loaded.origin["epoch"]]
+    assert loaded.generate(loaded.config.prompt, loaded.config.sample_tokens) == row["sample"]
+
+
+def test_a_named_trial_loads_its_own_model(search, best):
+    results = load(search)
+    other = next(t for t in results.trials["trial_id"] if t != best["trial_id"] and results.trial_epochs(t))
+    loaded = results.model(other)
+    assert loaded.origin["trial_id"] == other and loaded.config == results.config(other)
+    result = run("artune.sample", search, "--trial", other, "--tokens", 5)
+    assert result.returncode == 0 and f"trial {other}," in result.stderr, result.stderr
+
+
+def test_drawn_text_is_seeded_and_kept_to_the_top_k(search):
+    loaded = load(search).best_model()
+    first = loaded.generate("ROMEO:", 30, temperature=1.0, top_k=3, seed=7)
+    assert first == loaded.generate("ROMEO:", 30, temperature=1.0, top_k=3, seed=7)
+    assert loaded.generate("ROMEO:", 30, temperature=1.0, top_k=1, seed=7) == loaded.generate("ROMEO:", 30)
+
+
+def test_an_export_samples_the_same_text_and_loads_without_ray(search, tmp_path):
+    out = tmp_path / "model"
+    exported = run("artune.export", search, out)
+    assert exported.returncode == 0, exported.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE]
+    assert json.loads((out / VOCAB_FILE).read_text())["tokenizer"] == "character"
+    card = (out / "README.md").read_text()
+    corpus = json.loads((search / MANIFEST_FILE).read_text())["corpus"]
+    assert corpus["sha256"] in card and "valid_loss" in card and str(search.resolve()) in card
+    from_search = run("artune.sample", search, "--prompt", "ROMEO:", "--tokens", 40)
+    from_out = run("artune.sample", out, "--prompt", "ROMEO:", "--tokens", 40)
+    assert from_out.returncode == 0, from_out.stderr
+    assert from_out.stdout == from_search.stdout
+    fresh = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from artune.inference import from_export; "
+            f"text = from_export({str(out)!r}).generate('ROMEO:', 40); "
+            "assert 'ray' not in sys.modules, 'ray imported'; print(text)",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert fresh.returncode == 0, fresh.stderr
+    assert fresh.stdout == from_search.stdout
+
+
+def test_a_search_loads_in_a_process_without_ray(search):
+    code = (
+        "import sys; from artune.results import load; "
+        f"print(load({str(search)!r}).best_model().generate('ROMEO:', 10)); "
+        "assert 'ray' not in sys.modules, 'ray imported'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
+# --- bad inputs: one line, exit 2, nothing written
+
+
+def test_an_unknown_trial_is_one_line(search, tmp_path):
+    line = one_error_line(run("artune.sample", search, "--trial", "nosuch"))
+    assert "no trial 'nosuch' in" in line and TRIALS_FILE in line
+    one_error_line(run("artune.export", search, tmp_path / "out", "--trial", "nosuch"))
+    assert not (tmp_path / "out").exists()
+    one_error_line(run("artune.train", "--from", search, "--trial", "nosuch"))
+
+
+def test_a_search_with_no_finished_epoch_is_one_line(tmp_path):
+    directory = tmp_path / "empty"
+    directory.mkdir()
+    write_tables(directory, [TrialRecord("a1", {}, status="error", error="boom"), TrialRecord("a2", {})])
+    write_json_atomic(
+        {"name": "empty", "metric": "valid_loss", "mode": "min", "runs": ["tune"]}, directory / "manifest.json"
+    )
+    line = one_error_line(run("artune.sample", directory))
+    assert "no trial finished an epoch" in line
+    one_error_line(run("artune.export", directory, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+    assert "finished no epoch" in one_error_line(run("artune.sample", directory, "--trial", "a1"))
+
+
+def test_an_export_target_that_is_not_empty_is_left_alone(search, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    line = one_error_line(run("artune.export", search, out))
+    assert str(out) in line and "not an empty directory" in line
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "keep me"
+
+
+def test_a_corrupt_checkpoint_is_one_line_naming_it(search, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(search, copy, ignore=shutil.ignore_patterns(".lock"))
+    path = Path(load(copy).best_model().origin["checkpoint"])
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    line = one_error_line(run("artune.sample", copy))
+    assert str(path) in line and "cannot load checkpoint" in line
+    one_error_line(run("artune.export", copy, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_corrupt_export_is_one_line_naming_it(search, tmp_path):
+    out = tmp_path / "model"
+    assert run("artune.export", search, out).returncode == 0
+    weights = out / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:100])
+    line = one_error_line(run("artune.sample", out))
+    assert str(weights) in line
+    with pytest.raises(Exception, match="cannot load the weights"):
+        from_export(out)
