@@ -1,29 +1,34 @@
-"""The search's Optuna study: kept in real storage, and telling the truth about every trial.
+"""The search's Optuna study: kept in real storage, live while the search runs, and telling the truth.
 
 Ray's ``OptunaSearch`` keeps its study in memory and records an ASHA-stopped trial as COMPLETE
 with the value of a truncated run, and a trial that raised stays RUNNING. artune keeps a second,
-persistent study (SQLite beside the results by default, or any Optuna storage URL) and writes
-each trial into it once the trial has ended, from artune's own records, with the per-epoch metric
-as intermediate values, the searched knobs as params, and artune's own fields (status, epochs,
-tokens/s, error) as user attributes:
+persistent study (SQLite beside the results by default, or any Optuna storage URL), written from
+artune's own records as the search runs (``LiveStudy``): each trial as it starts (RUNNING, with its
+searched knobs as params and its artune ``trial_id`` as a user attribute), each epoch's metric as an
+intermediate value when it is reported, and as the trial ends its final state, with artune's own
+fields (status, epochs, tokens/s, error) as user attributes:
 
     completed -> COMPLETE (value: the metric at the last epoch)
     stopped   -> PRUNED   (ended early by the scheduler or the time budget)
     diverged  -> FAIL     error -> FAIL
 
-Trials are only ever added finished, so the study never holds a RUNNING trial, whatever happens
-to the driver. It opens as it is in optuna-dashboard and in Optuna's visualisation and importance
-functions. A trial stopped before its first epoch (the time budget ended it while it started, or
-before it started) is left out: it never trained, so it says nothing of its configuration, and a
-sampler warm-started from it would take it for a bad one.
+So optuna-dashboard shows the running trials and their curves live. A search interrupted by Ctrl-C
+leaves its unfinished trials WAITING (``--resume`` continues them, and the same Optuna trials);
+a killed driver leaves them RUNNING, and the ``--resume`` or ``--extend`` that follows takes them up by
+their ``trial_id`` and ends them. One Optuna trial per artune trial, except an errored trial that
+``--resume`` runs again: its FAIL is final (Optuna's finished trials cannot change), and the rerun is
+a trial of its own. A trial stopped before its first epoch ends PRUNED with no value.
 
 The same records warm-start the sampler of a grown search (``--extend``): an in-memory storage
-holding every earlier trial is handed to ``OptunaSearch``, so the TPE sees the whole history.
+holding every earlier ended trial is handed to ``OptunaSearch``, so the TPE sees the whole history.
+Left out of it is a trial stopped before its first epoch: it never trained, so it says nothing of
+its configuration, and a sampler would take it for a bad one.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -71,26 +76,35 @@ def frozen_trial(record: TrialRecord, space: SearchSpace, metric: str) -> Option
         if not _finite(value):
             state = TrialState.FAIL
             value = None
-    params, distributions = {}, {}
-    for name in space.active(record.config):
-        params[name] = record.config[name]
-        distributions[name] = space.params[name].optuna_distribution()
-    summary = record.summary()
-    user_attrs = {
-        "trial_id": record.trial_id,
-        "status": record.status,
-        "epochs_completed": summary["epochs_completed"],
-        "tokens_per_sec": summary["tokens_per_sec"],
-        "error": record.error,
-    }
+    params, distributions = knobs(record, space)
     return optuna.trial.create_trial(
         state=state,
         value=value,
         params=params,
         distributions=distributions,
         intermediate_values=intermediate,
-        user_attrs=user_attrs,
+        user_attrs=user_attrs(record),
     )
+
+
+def knobs(record: TrialRecord, space: SearchSpace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The trial's searched knobs as Optuna params, and their distributions."""
+    params, distributions = {}, {}
+    for name in space.active(record.config):
+        params[name] = record.config[name]
+        distributions[name] = space.params[name].optuna_distribution()
+    return params, distributions
+
+
+def user_attrs(record: TrialRecord) -> dict[str, Any]:
+    summary = record.summary()
+    return {
+        "trial_id": record.trial_id,
+        "status": record.status,
+        "epochs_completed": summary["epochs_completed"],
+        "tokens_per_sec": summary["tokens_per_sec"],
+        "error": record.error,
+    }
 
 
 def sync_study(study: optuna.Study, records: Iterable[TrialRecord], space: SearchSpace, metric: str) -> int:
@@ -120,6 +134,131 @@ def warm_start_storage(
     s = space.settings
     study = optuna.create_study(storage=storage, study_name=name, direction=direction(s.mode))
     return storage, sync_study(study, records, space, s.metric)
+
+
+class LiveStudy:
+    """The search's persistent study, written as its trials start, report and end (see the module's docstring).
+
+    One storage (one database engine) serves the whole search. The writes while a trial runs are the
+    driver's small ones (a trial, an intermediate value) and never end the search: one that fails
+    (a database another process holds locked) is said once, and the trial's end writes what it missed.
+    """
+
+    def __init__(self, url: str, name: str, space: SearchSpace, metric: str, mode: str) -> None:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.space, self.metric = space, metric
+        self.storage = optuna.storages.get_storage(url)
+        self.study = optuna.create_study(
+            storage=self.storage, study_name=name, direction=direction(mode), load_if_exists=True
+        )
+        self.study_id = self.storage.get_study_id_from_name(name)
+        self.open: dict[str, int] = {}  # artune trial id -> Optuna's, of the trials not ended (RUNNING, WAITING)
+        self.waiting: set[str] = set()
+        self.written: dict[str, dict[int, float]] = {}  # the intermediate values written, by artune trial id
+        self.known: set[tuple[Any, Any]] = set()  # (trial id, status) of the ended trials
+        self._failed_write = False
+        for trial in self.storage.get_all_trials(self.study_id, deepcopy=False):
+            trial_id = trial.user_attrs.get("trial_id")
+            if trial.state in (TrialState.RUNNING, TrialState.WAITING):  # a killed or interrupted run's
+                self.open[trial_id] = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+                self.written[trial_id] = dict(trial.intermediate_values)
+                if trial.state == TrialState.WAITING:
+                    self.waiting.add(trial_id)
+            else:
+                self.known.add((trial_id, trial.user_attrs.get("status")))
+
+    def start(self, record: TrialRecord) -> None:
+        """The trial started: RUNNING, a new Optuna trial or the one an interrupted run left."""
+        trial_id = record.trial_id
+        if (trial_id, record.status) in self.known:
+            return  # a resumed search's trial that had ended: it ends at once (train_fn's `ended`)
+        try:
+            if trial_id in self.open:
+                if trial_id in self.waiting:
+                    self.storage.set_trial_state_values(self.open[trial_id], TrialState.RUNNING)
+                    self.waiting.discard(trial_id)
+                return
+            params, distributions = knobs(record, self.space)
+            template = optuna.trial.create_trial(
+                state=TrialState.RUNNING,
+                params=params,
+                distributions=distributions,
+                user_attrs={"trial_id": trial_id, "status": "running"},
+            )
+            self.open[trial_id] = self.storage.create_new_trial(self.study_id, template_trial=template)
+            self.written[trial_id] = {}
+        except Exception as exc:  # noqa: BLE001 - a live write is best effort; the trial's end writes it whole
+            self._warn(exc)
+
+    def report(self, record: TrialRecord, metrics: dict[str, Any]) -> None:
+        """An epoch of a running trial: its metric as the intermediate value of step ``epoch``."""
+        value = metrics.get(self.metric)
+        if metrics.get("diverged") or not _finite(value) or "epoch" not in metrics:
+            return
+        if record.trial_id not in self.open:
+            self.start(record)
+        if record.trial_id not in self.open:
+            return
+        try:
+            self.storage.set_trial_intermediate_value(self.open[record.trial_id], int(metrics["epoch"]), float(value))
+            self.written[record.trial_id][int(metrics["epoch"])] = float(value)
+        except Exception as exc:  # noqa: BLE001 - as in start
+            self._warn(exc)
+
+    def sync(self, records: Iterable[TrialRecord]) -> int:
+        """Give every ended trial its final state (adding the trials the study lacks); how many were ended."""
+        return sum(self.end(record) for record in records if record.status in _STATES)
+
+    def end(self, record: TrialRecord, state: Optional[TrialState] = None) -> bool:
+        """Give the trial its final state: its status's, or ``state`` where the status has none."""
+        key = (record.trial_id, record.status)
+        if key in self.known:
+            return False
+        final = frozen_trial(record, self.space, self.metric)
+        optuna_id = self.open.pop(record.trial_id, None)
+        self.waiting.discard(record.trial_id)
+        written = self.written.pop(record.trial_id, {})
+        self.known.add(key)
+        if optuna_id is None:  # never started here (a search from before the study was live)
+            if final is None:
+                return False
+            self.study.add_trial(final)
+            return True
+        if final is not None:
+            state, values, intermediate = final.state, final.values, final.intermediate_values
+        else:  # stopped before its first epoch, or never continued after a crash
+            state, values, intermediate = state or TrialState.PRUNED, None, {}
+        for step, value in intermediate.items():
+            if written.get(step) != value:
+                self.storage.set_trial_intermediate_value(optuna_id, step, value)
+        for key_, value in user_attrs(record).items():
+            self.storage.set_trial_user_attr(optuna_id, key_, value)
+        self.storage.set_trial_state_values(optuna_id, state, values)
+        return True
+
+    def pause(self) -> None:
+        """Ctrl-C: the unfinished trials wait for ``--resume`` (WAITING), which continues them."""
+        for trial_id, optuna_id in self.open.items():
+            if trial_id not in self.waiting:
+                self.storage.set_trial_state_values(optuna_id, TrialState.WAITING)
+                self.waiting.add(trial_id)
+
+    def settle(self, records: dict[str, TrialRecord]) -> None:
+        """The search has ended: a trial still open (a killed run's that Tune did not continue) is PRUNED."""
+        for trial_id in list(self.open):
+            record = records.get(trial_id) or TrialRecord(trial_id, {}, "running")
+            self.end(record, TrialState.PRUNED)
+
+    def _warn(self, exc: Exception) -> None:
+        if not self._failed_write:
+            self._failed_write = True
+            first = (str(exc).splitlines() or [""])[0]
+            print(
+                f"warning: the Optuna study could not be written while a trial ran ({type(exc).__name__}: {first}); "
+                "each trial's end writes it whole",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def _finite(value: Any) -> bool:

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 
 TRIAL_INDEX = "__trial_index__"
+WARNINGS_KEY = "warnings"  # of a result: the warnings the trial gave since its last report, one a line
+WARNING_PREFIXES = ("warning:", "artune:")  # of what artune prints on a trial's stderr as a warning
 
 
 def _in_tune_session() -> bool:
@@ -92,6 +94,48 @@ def _allocated_cpus() -> Optional[int]:
 def _warn(message: str) -> None:
     # a trial's stderr goes to its Ray worker log (and the driver's console when log_to_driver is on)
     print(f"artune: {message}", file=sys.stderr, flush=True)
+
+
+class WarningTap:
+    """Collects the warnings a trial gives while it trains, for its next report: Python's warnings, and the
+    lines artune prints on stderr as one. Ray starts without ``log_to_driver`` (it costs start-up time), so
+    the trial's stderr reaches only its worker's log; the driver prints what comes with each result.
+    Everything written still goes to the real stderr."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._partial = ""
+        self._stderr, self._showwarning = sys.stderr, warnings.showwarning
+
+    def __enter__(self) -> WarningTap:
+        self._stderr, self._showwarning = sys.stderr, warnings.showwarning
+        sys.stderr = self  # type: ignore[assignment]
+        warnings.showwarning = self._show
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stderr, warnings.showwarning = self._stderr, self._showwarning
+
+    def _show(self, message: Any, category: type, filename: str, lineno: int, *args: Any, **kwargs: Any) -> None:
+        self.lines.append(f"{category.__name__}: {message}")
+        self._showwarning(message, category, filename, lineno, *args, **kwargs)
+
+    def write(self, text: str) -> int:
+        self._stderr.write(text)
+        *complete, self._partial = (self._partial + text).split("\n")
+        self.lines += [line.strip() for line in complete if line.strip().startswith(WARNING_PREFIXES)]
+        return len(text)
+
+    def flush(self) -> None:
+        self._stderr.flush()
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, ...: the real stderr's
+        return getattr(self._stderr, name)
+
+    def drain(self) -> dict[str, str]:
+        """``{WARNINGS_KEY: lines}`` of the warnings since the last call, or nothing where there were none."""
+        lines, self.lines = self.lines, []
+        return {WARNINGS_KEY: "\n".join(lines)} if lines else {}
 
 
 STAGING_PREFIX = "artune-ckpt-"  # + "<pid>@<host>-": each epoch's checkpoint is staged here for tune.report
@@ -179,16 +223,29 @@ def train_fn(
     the scheduler, diverged) after Tune last saved its state (every few seconds), so that Tune's
     state would continue them: such a trial ends at once, without training.
 
-    Inside Tune the metrics go out through ``tune.report`` and nothing is returned (Tune takes a
-    return value as one more result); outside Tune the per-epoch metrics are returned.
+    Inside Tune the metrics go out through ``tune.report`` (with the warnings the trial gave since its
+    last report, see ``WarningTap``) and nothing is returned (Tune takes a return value as one more
+    result); outside Tune the per-epoch metrics are returned.
     """
+    in_tune = _in_tune_session()
+    if not in_tune:
+        return _train(config, corpus, deadline, None)
+    if tune.get_context().get_trial_id() in ended:
+        return None
+    with WarningTap() as tap:
+        _train(config, corpus, deadline, tap)
+    return None
+
+
+def _train(
+    config: dict[str, Any], corpus: Optional[Corpus], deadline: Optional[float], tap: Optional[WarningTap]
+) -> Optional[list[Metrics]]:
+    """train_fn's training: inside Tune (``tap`` given) it reports, outside it returns the metrics."""
     import torch
 
     from artune.train import DivergedError, Trainer
 
-    in_tune = _in_tune_session()
-    if in_tune and tune.get_context().get_trial_id() in ended:
-        return None
+    in_tune = tap is not None
     train_config = trial_config(config)
     if in_tune:
         remove_stale_staging()
@@ -203,8 +260,9 @@ def train_fn(
         trainer = resume(trainer, checkpoint, lambda: Trainer(train_config, corpus, device=device))
 
     def report(metrics: Metrics) -> None:
-        if not in_tune:
+        if tap is None:
             return
+        metrics = {**metrics, **tap.drain()}
         if train_config.is_save_models:
             with tempfile.TemporaryDirectory(prefix=_staging_prefix()) as directory:
                 trainer.save_checkpoint(directory)
@@ -224,8 +282,8 @@ def train_fn(
             "error": str(exc),
             **dict.fromkeys(METRICS, float("nan")),
         }
-        if in_tune:
-            tune.report(metrics)
+        if tap is not None:
+            tune.report({**metrics, **tap.drain()})
             return None
         return [metrics]
     return None if in_tune else history

@@ -100,6 +100,7 @@ def test_the_settings_the_command_line_overrides_are_named_once_in_search_settin
         "epochs": "--epochs",
         "seed": "--seed",
         "time_budget": "--time-budget",
+        "log": "--log",
     }
     flagged = [f for f in dataclasses.fields(SearchSettings) if "flag" in f.metadata]
     assert [f.name for f in flagged] == list(OVERRIDE_FLAGS) and all(f.metadata["help"] for f in flagged)

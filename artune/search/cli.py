@@ -82,6 +82,7 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
             flag,
             dest=setting.name,
             type=convert,
+            action="append" if setting.metadata.get("repeatable") else "store",
             help=setting.metadata["help"],
             metavar=flag.lstrip("-").replace("-", "_").upper(),
         )
@@ -98,7 +99,10 @@ def parse_duration(text: str) -> float:
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
+    if args.log is not None:  # --log a --log b, or --log a,b: the setting's tuple (as SearchSettings reads it)
+        args.log = tuple(dict.fromkeys(name.strip() for value in args.log for name in value.split(",") if name.strip()))
+    return args
 
 
 def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> int:

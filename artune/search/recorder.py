@@ -1,4 +1,5 @@
-"""The Tune callback that records every result into the search's parquet tables and its Optuna study."""
+"""The Tune callback that records every result into the search's parquet tables and its Optuna study, and shows
+the search's progress on the terminal."""
 
 from __future__ import annotations
 
@@ -13,12 +14,11 @@ from ray import tune
 
 from artune.config import FIELD_NAMES
 from artune.results import EPOCH_COLUMNS, TrialRecord, read_records, write_tables
-from artune.study import open_study, sync_study
-from artune.trainable import TRIAL_INDEX, trial_config
+from artune.search.progress import Progress
+from artune.study import LiveStudy
+from artune.trainable import TRIAL_INDEX, WARNINGS_KEY, trial_config
 
 if TYPE_CHECKING:
-    import optuna
-
     from artune.search.plan import Plan
 
 ENDED = ("completed", "stopped", "diverged")  # table statuses of trials that a resumed search does not train again
@@ -26,12 +26,13 @@ EPOCH_KEYS = {*EPOCH_COLUMNS, "diverged", "error"} - {"trial_id"}  # what a tria
 
 
 class Recorder(tune.Callback):
-    """Keeps ``results/<name>/``'s tables (rewritten at most every REFRESH_S while trials run) and, as each
-    trial ends, the study. Tune pickles its callbacks into ``tuner.pkl``: the study's connection stays out."""
+    """Keeps ``results/<name>/``'s tables (rewritten at most every REFRESH_S while trials run) and the study
+    (live: see ``artune.study``), prints each trial's start, epochs and warnings, and the status line.
+    Tune pickles its callbacks into ``tuner.pkl``: the study's connection stays out."""
 
     REFRESH_S = 2.0
 
-    def __init__(self, plan: Plan, study: Optional[optuna.Study] = None) -> None:
+    def __init__(self, plan: Plan, study: Optional[LiveStudy] = None) -> None:
         self.directory, self.space, self.storage, self.name = plan.directory, plan.space, plan.storage, plan.name
         self.epochs, self.metric, self.mode = (
             plan.space.settings.epochs,
@@ -46,14 +47,16 @@ class Recorder(tune.Callback):
         self.unfinished, self.cut_short = 0, []
         self.ended: set[str] = set()  # trials Tune reported ended (complete or error) in this run
         self.spent: dict[str, list[float]] = {}  # the seconds of each epoch trained in this run, by trial
+        s = plan.space.settings
+        self.progress = Progress(s.num_samples * plan.repeats, s.metric, s.mode, plan.started, plan.time_budget_s)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_study": None}
 
     @property
-    def study(self) -> optuna.Study:
+    def study(self) -> LiveStudy:
         if self._study is None:
-            self._study = open_study(self.storage, self.name, self.mode)
+            self._study = LiveStudy(self.storage, self.name, self.space, self.metric, self.mode)
         return self._study
 
     def setup(self, **info: Any) -> None:
@@ -63,6 +66,9 @@ class Recorder(tune.Callback):
         # results that Ray recorded. Ray's own per-trial result files fill those in.
         for run in self.runs:
             merge_ray_results(self.records, self.directory / run)
+        for record in self.records.values():
+            for metrics in record.epochs.values():
+                self.progress.epoch(record.trial_id, metrics)
 
     def finish(self, budget_spent: bool) -> int:
         """After fit: how many trials were left unfinished (the search was interrupted).
@@ -75,7 +81,12 @@ class Recorder(tune.Callback):
                 record.status = "stopped"
             self.cut_short = []
             self.write(force=True)
-        return self.unfinished + len(self.cut_short)
+        left = self.unfinished + len(self.cut_short)
+        if left:
+            self.study.pause()  # Ctrl-C: --resume continues them
+        else:
+            self.study.settle(self.records)
+        return left
 
     def write(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -83,7 +94,7 @@ class Recorder(tune.Callback):
             write_tables(self.directory, self.records.values())
             self._written = now
         if force:
-            sync_study(self.study, self.records.values(), self.space, self.metric)
+            self.study.sync(self.records.values())
 
     def _record(self, trial: Any) -> TrialRecord:
         if trial.trial_id not in self.records:
@@ -93,24 +104,39 @@ class Recorder(tune.Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self._record(trial)
         self.spent.setdefault(trial.trial_id, [])
-        if record.status not in ENDED:  # a resumed trial the tables saw end ends at once (train_fn's `ended`)
-            record.status, record.error = "running", None  # an errored trial --resume runs again starts clean
+        if record.status in ENDED:  # a resumed trial the tables saw end ends at once (train_fn's `ended`)
+            return
+        record.status, record.error = "running", None  # an errored trial --resume runs again starts clean
+        self.study.start(record)
+        knobs = {k: record.config[k] for k in self.space.active(record.config)}
+        after = f" (continues after epoch {max(record.epochs)})" if record.epochs else ""
+        self.progress.trial_started(f"{trial.trial_id}{after}", knobs)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         record = self._record(trial)
+        for line in str(result.get(WARNINGS_KEY) or "").splitlines():
+            self.progress.say(
+                f"[{trial.trial_id}] warning: {line.removeprefix('warning: ').removeprefix('artune: ')}", err=True
+            )
+        if "epoch" not in result:
+            return
         metrics = epoch_metrics(result)
         record.add_epoch(metrics)
+        self.study.report(record, metrics)
+        self.progress.epoch(trial.trial_id, metrics)
         if "seconds" in metrics:
             self.spent.setdefault(trial.trial_id, []).append(metrics["seconds"])
         if metrics.get("diverged"):
-            print(f"[{trial.trial_id}] diverged in epoch {metrics['epoch']}: {metrics.get('error')}", flush=True)
+            self.progress.say(f"[{trial.trial_id}] diverged in epoch {metrics['epoch']}: {metrics.get('error')}")
         else:
-            print(
+            self.progress.say(
                 f"[{trial.trial_id}] epoch {metrics['epoch']}/{self.epochs}  valid_loss {metrics['valid_loss']:.4f}  "
-                f"valid_acc {metrics['valid_accuracy']:.3f}  {metrics['tokens_per_sec']:,.0f} tok/s",
-                flush=True,
+                f"valid_acc {metrics['valid_accuracy']:.3f}  {metrics['tokens_per_sec']:,.0f} tok/s"
             )
         self.write()
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.progress.tick(trials)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.ended.add(trial.trial_id)
@@ -118,14 +144,16 @@ class Recorder(tune.Callback):
         if record.status != "diverged":
             record.status = "completed" if len(record.epochs) >= self.epochs else "stopped"
         self.write(force=True)
+        self.progress.tick(trials, force=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.ended.add(trial.trial_id)
         record = self._record(trial)
         record.status = "error"
         record.error = error_line(trial)
-        print(f"[{trial.trial_id}] error: {record.error}", flush=True)
+        self.progress.say(f"[{trial.trial_id}] error: {record.error}")
         self.write(force=True)
+        self.progress.tick(trials, force=True)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         # Settle every status from Ray's own view: a trial that ended while the driver was down
@@ -152,6 +180,7 @@ class Recorder(tune.Callback):
             else:
                 self.unfinished += 1
         self.write(force=True)
+        self.progress.close(trials)
 
 
 def new_record(trial_id: str, config: dict[str, Any], status: str = "pending") -> TrialRecord:

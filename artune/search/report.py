@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from artune import plural
-from artune.results import EPOCHS_FILE, MANIFEST_FILE, TRIALS_FILE
+from artune.results import DEFAULT_RESULTS_DIR, EPOCHS_FILE, MANIFEST_FILE, TRIALS_FILE
 from artune.search.plan import SPACE_COPY, Mode, Plan
 
 SHORT_BUDGET_S = 60.0  # a time budget under this is warned of: start-up alone takes seconds
+MLFLOW_DIR = "mlruns"  # in the search's directory: MLflow's file store, where MLFLOW_TRACKING_URI names none
 
 if TYPE_CHECKING:
     from artune.results import TrialRecord
@@ -30,6 +34,10 @@ def describe_plan(plan: Plan) -> str:
         )
     files = f"{TRIALS_FILE}, {EPOCHS_FILE}, {MANIFEST_FILE}, {SPACE_COPY}, {plan.run_name}/"
     lines += [f"writes: {plan.directory}/ ({files})", f"Optuna study: {plan.name!r} in {plan.storage}"]
+    if "tensorboard" in s.log:
+        lines.append(f"TensorBoard: event files in each trial's directory (tensorboard --logdir {plan.directory})")
+    if "mlflow" in s.log:
+        lines.append(f"MLflow: experiment {plan.name!r} in {mlflow_tracking_uri(plan)}")
     if plan.restore_state_from:
         lines.append(f"restores Ray Tune's saved state (cut short by a killed driver) from {plan.restore_state_from}")
     if plan.time_budget_s and plan.time_budget_s < SHORT_BUDGET_S:
@@ -68,7 +76,30 @@ def summarise(plan: Plan) -> tuple[str, bool]:
     lines.append(
         f"results: {plan.directory / TRIALS_FILE}, {plan.directory / EPOCHS_FILE}, {plan.directory / MANIFEST_FILE}"
     )
+    if ok:
+        lines.append(next_steps(plan))
     return "\n".join(lines), ok
+
+
+def next_steps(plan: Plan) -> str:
+    """The commands that go on from a finished search: its best model, its figures, a notebook."""
+    # A search under the default results directory goes by its name; elsewhere, by its directory.
+    default = plan.directory.parent.resolve() == Path(DEFAULT_RESULTS_DIR).resolve()
+    search = plan.name if default else str(plan.directory)
+    quoted = shlex.quote(search)
+    return "\n".join(
+        [
+            "next:",
+            f'  python -m artune.sample {quoted} --prompt "ROMEO:"   # text from the best trial\'s best checkpoint',
+            f"  python -m artune.results {quoted}   # the summary and the figures, written beside the tables",
+            f"  in a notebook: from artune.results import load; r = load({search!r}); r.best(5)",
+        ]
+    )
+
+
+def mlflow_tracking_uri(plan: Plan) -> str:
+    """Where ``--log mlflow`` logs: the server or store MLFLOW_TRACKING_URI names, else the search's mlruns/."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or (plan.directory / MLFLOW_DIR).resolve().as_uri()
 
 
 def budget_report(plan: Plan, elapsed: float, spent: dict[str, list[float]], records: dict[str, TrialRecord]) -> str:

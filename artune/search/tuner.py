@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from artune.compat import give_restored_tuner, repoint_searcher_state
 from artune.search.manifest import run_number
 from artune.search.plan import Mode
 from artune.search.recorder import ENDED
+from artune.search.report import mlflow_tracking_uri
 from artune.study import warm_start_storage
 from artune.trainable import train_fn
 
@@ -48,7 +50,8 @@ def build_tuner(plan: Plan, corpus: Corpus, recorder: Recorder) -> tune.Tuner:
     trainable = tune.with_resources(
         tune.with_parameters(train_fn, corpus=corpus, deadline=deadline, ended=ended), {"cpu": s.cpu, "gpu": s.gpu}
     )
-    callbacks = [recorder, JsonLoggerCallback(), CSVLoggerCallback()]  # each trial's result.json, progress.csv
+    # each trial's result.json, progress.csv; and the trackers --log names
+    callbacks = [recorder, JsonLoggerCallback(), CSVLoggerCallback(), *trackers(plan)]
     # ASHA takes a percentile of each rung's results, NaNs left out: a rung that holds only a diverged
     # trial's NaN makes numpy warn on the driver's stderr, though nothing is wrong (that trial has ended).
     warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=RuntimeWarning)
@@ -84,6 +87,25 @@ def build_tuner(plan: Plan, corpus: Corpus, recorder: Recorder) -> tune.Tuner:
             ),
         ),
     )
+
+
+def trackers(plan: Plan) -> list[Any]:
+    """Ray Tune's own logger callbacks for the trackers ``log`` names: every epoch's metrics, each trial's knobs."""
+    callbacks: list[Any] = []
+    if "tensorboard" in plan.space.settings.log:
+        from ray.tune.logger import TBXLoggerCallback
+
+        callbacks.append(TBXLoggerCallback())  # event files in each trial's directory, beside its result.json
+    if "mlflow" in plan.space.settings.log:
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        uri = mlflow_tracking_uri(plan)
+        if uri.startswith("file:"):
+            # MLflow 3 keeps its file store in maintenance mode and refuses it unless this is set; results/<name>/
+            # mlruns travels with the search's other files, where a tracking server needs no set-up
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        callbacks.append(MLflowLoggerCallback(tracking_uri=uri, experiment_name=plan.name))
+    return callbacks
 
 
 def searcher(plan: Plan, recorder: Recorder) -> Any:

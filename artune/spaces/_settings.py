@@ -27,6 +27,9 @@ METRICS = {
 SAMPLERS = ("tpe", "random", "grid", "qmc", "cmaes")
 SAMPLER_PACKAGES = {"qmc": "scipy", "cmaes": "cmaes"}  # imported lazily by Optuna's samplers; artune depends on both
 SCHEDULERS = ("asha", "none")
+# Each tracker a search can also log to (Ray Tune's own logger callbacks): the module it needs, and the
+# pyproject extra that installs it.
+TRACKERS = {"tensorboard": ("tensorboardX", "tensorboard"), "mlflow": ("mlflow", "mlflow")}
 SEARCH_KEYS = (
     "metric",
     "mode",
@@ -38,14 +41,27 @@ SEARCH_KEYS = (
     "seed",
     "scheduler",
     "time_budget",
+    "log",
 )
 RESOURCE_KEYS = ("cpu", "gpu")
 SCHEDULER_KEYS = ("name", "grace_period", "reduction_factor")
 
 
-def _flag(flag: str, text: str, **kwargs: Any) -> Any:
-    """A setting the command line overrides with ``flag``; ``text`` is its ``--help``."""
-    return field(metadata={"flag": flag, "help": text}, **kwargs)
+def _flag(flag: str, text: str, repeatable: bool = False, **kwargs: Any) -> Any:
+    """A setting the command line overrides with ``flag``; ``text`` is its ``--help``; a ``repeatable``
+    flag may be given several times (and takes a comma-separated list)."""
+    return field(metadata={"flag": flag, "help": text, "repeatable": repeatable}, **kwargs)
+
+
+def tracker_names(value: Any) -> Any:
+    """``log``'s value as a tuple of names (a name, a list, or comma-separated names), or as given where it is
+    none of these (check_settings says why)."""
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
+        return value
+    return tuple(dict.fromkeys(name.strip() for item in items for name in item.split(",") if name.strip()))
 
 
 @dataclass(frozen=True)
@@ -68,6 +84,12 @@ class SearchSettings:
     reduction_factor: float = 2.0
     time_budget: Optional[float] = _flag(
         "--time-budget", "end the search after this long, start-up included (e.g. 900, 15m, 1h)", default=None
+    )
+    log: tuple[str, ...] = _flag(
+        "--log",
+        f"also log every trial's knobs and epochs to a tracker: {' or '.join(TRACKERS)} (repeatable)",
+        repeatable=True,
+        default=(),
     )
 
 
@@ -168,6 +190,19 @@ def check_settings(raw: dict[str, Any], sources: dict[str, str], errors: Errors)
             fail(blamed, f"{values['metric']} is better when {better}, so mode must be {expected}, but got mode={mode}")
         else:
             values["mode"] = mode
+    trackers = tracker_names(raw["log"])
+    if not isinstance(trackers, tuple):
+        fail("log", f"log must be a tracker's name or a list of them ({', '.join(TRACKERS)}), but got {show(trackers)}")
+    else:
+        for name in trackers:
+            if name not in TRACKERS:
+                hint = did_you_mean(name, TRACKERS)
+                fail("log", f"log must name {' or '.join(TRACKERS)}, but got {show(name)}{hint}")
+            elif importlib.util.find_spec(TRACKERS[name][0]) is None:
+                module, extra = TRACKERS[name]
+                fail("log", f"log: {name} needs {module}, which is not installed (fix: pip install 'artune[{extra}]')")
+        if all(name in TRACKERS and importlib.util.find_spec(TRACKERS[name][0]) for name in trackers):
+            values["log"] = trackers
     sampler = values.get("sampler")
     if sampler in SAMPLER_PACKAGES and importlib.util.find_spec(SAMPLER_PACKAGES[sampler]) is None:
         package = SAMPLER_PACKAGES[sampler]
