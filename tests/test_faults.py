@@ -157,16 +157,17 @@ def check_a_torn_state_was_restored(chain: dict) -> None:
 
 
 class Search:
-    """``python -m artune.search`` as a child process in its own session, its output read as it comes."""
+    """``python -m artune.search`` as a child process in its own session (``job``: in a process group of its own
+    in this session, as a shell's job or a batch script's command), its output read as it comes."""
 
-    def __init__(self, *args: str, env: Optional[dict[str, str]] = None) -> None:
+    def __init__(self, *args: str, env: Optional[dict[str, str]] = None, job: bool = False) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "artune.search", *args],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            start_new_session=True,
+            **({"process_group": 0} if job else {"start_new_session": True}),
             env={**os.environ, **(env or {})},
         )
         self.out: list[str] = []
@@ -951,17 +952,23 @@ def test_the_error_row_of_a_lost_trial_says_its_node_died():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("to", ["driver", "group"])
 def test_sigterm_ends_the_driver_as_ctrl_c_does_with_143_and_resume_finishes_it(
-    tmp_path, small_corpus, private_ray_tmpdir
+    tmp_path, small_corpus, private_ray_tmpdir, to
 ):
     """What batch schedulers send: Ray Tune saves its state, one line names the --resume command, exit 143
-    (128 + SIGTERM), no crash dump of Ray's, the tables readable, and --resume trains the search to its end."""
+    (128 + SIGTERM), no crash dump of Ray's, the tables readable, and --resume trains the search to its end.
+    To the driver's whole process group too (`kill -TERM -PGID`, Slurm's way), with the driver in a group of its own
+    as a shell's job is: Ray's processes are started apart from that group (it was exit 134 and Ray's crash dump)."""
     space = tmp_path / "term.yaml"
     space.write_text(CHAIN_SPACE)
     common = ["--results-dir", str(tmp_path / "results"), "--name", "term", "--data", str(small_corpus)]
-    search = Search(str(space), *common, env=CHAIN_ENV)
+    search = Search(str(space), *common, env=CHAIN_ENV, job=to == "group")
     search.wait_for(lambda: sum(map(len, search.epochs().values())) >= 2, 180, "two epoch lines")
-    search.proc.send_signal(signal.SIGTERM)
+    if to == "group":
+        os.killpg(search.proc.pid, signal.SIGTERM)
+    else:
+        search.proc.send_signal(signal.SIGTERM)
     rc = search.finish(120)
     assert rc == 143, (rc, search.stdout[-1000:], search.stderr[-2000:])
     assert "terminated (SIGTERM)" in search.stderr and "--resume --name term" in search.stderr, search.stderr[-2000:]
@@ -979,6 +986,30 @@ def test_sigterm_ends_the_driver_as_ctrl_c_does_with_143_and_resume_finishes_it(
         reap(private_ray_tmpdir)
     trials, epochs = tables(directory)
     assert len(trials) == CHAIN_SAMPLES and not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert len(epochs) == CHAIN_SAMPLES * CHAIN_EPOCHS
+    assert [t.state.name for t in study_trials(directory)] == ["COMPLETE"] * CHAIN_SAMPLES
+
+
+@pytest.mark.slow
+def test_the_processes_of_a_killed_drivers_ray_instance_end_with_it(tmp_path, small_corpus, private_ray_tmpdir):
+    """A SIGKILL of the driver alone (the OOM killer's way): Ray's agents and idle workers were adopted by init and
+    lived about a minute. The driver's guard (artune/search/watchdog.py) reads end-of-file on its pipe at once and
+    ends them: SIGTERM, SIGKILL after 3 s, at most 3 rounds, so well within the 20 s allowed here."""
+    space = tmp_path / "long.yaml"
+    space.write_text(LONG_SPACE)
+    search = Search(str(space), "--results-dir", str(tmp_path), "--name", "k", "--data", str(small_corpus))
+    try:
+        search.wait_for(lambda: search.epochs(), 180, "an epoch line")
+        assert len(processes_with_ray_tmpdir(private_ray_tmpdir)) >= 4  # the GCS, the raylet, agents, workers
+        search.proc.kill()
+        search.finish(30)
+        deadline = time.monotonic() + 20
+        while processes_with_ray_tmpdir(private_ray_tmpdir) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = [" ".join(p.cmdline())[:100] for p in processes_with_ray_tmpdir(private_ray_tmpdir)]
+    finally:
+        reap(private_ray_tmpdir)
+    assert not left, left
 
 
 # --- 4. a kill during the start-up: the name stays usable
@@ -1044,3 +1075,59 @@ def test_a_kill_in_the_start_up_leaves_the_name_usable(tmp_path, small_corpus, p
     assert len(trials) == 1 and set(trials["status"]) == {"completed"}, trials[["trial_id", "status"]]
     assert len(rows) == 1
     assert [t.state.name for t in study_trials(directory)] == ["COMPLETE"]
+
+
+# --- 5. a resume after a kill in Ray Tune's state-save window
+
+
+@pytest.mark.slow
+def test_resume_settles_trials_tune_saved_as_ended_or_never_saved(tmp_path, small_corpus, private_ray_tmpdir):
+    """A driver killed between Tune's saving of its state and the tables' next write leaves two kinds of trial the
+    resume never runs: one Tune saved TERMINATED (ASHA stopped it) that the tables call running, which was counted
+    unfinished on every resume (exit 130); one whose result.json Ray wrote but which Tune never saved (it started
+    after the save: Tune samples it again under a new id), which stayed running in the tables and out of the study.
+    Both are made here as such a kill leaves them, from a search interrupted for real: the newest saved state with
+    a trial marked TERMINATED, and the directory of a trial it does not list."""
+    space = tmp_path / "space.yaml"
+    space.write_text(CHAIN_SPACE)
+    results, name = tmp_path / "results", "settle"
+    directory = results / name
+    common = ["--results-dir", str(results), "--name", name, "--data", str(small_corpus)]
+    try:
+        search = Search(str(space), *common, env=CHAIN_ENV)
+        search.wait_for(lambda: sum(map(len, search.epochs().values())) >= 2, 180, "two epoch lines")
+        search.proc.send_signal(signal.SIGINT)
+        assert search.finish(120) == 130, search.stderr[-2000:]
+        wait_for_ray_to_end(private_ray_tmpdir)
+
+        state_file = newest_state_file(directory)
+        state = json.loads(state_file.read_text())
+        trials, _ = tables(directory)
+        running = set(trials.loc[trials.status == "running", "trial_id"])
+        for i, (trial_json, runtime_json) in enumerate(state["trial_data"]):
+            trial = json.loads(trial_json)
+            if trial["trial_id"] in running and (directory / "tune" / trial["trial_id"] / "result.json").exists():
+                stopped = trial["trial_id"]
+                state["trial_data"][i] = [json.dumps({**trial, "status": "TERMINATED"}), runtime_json]
+                break
+        else:
+            pytest.fail(f"no running trial with results to stop: {state_trials(state)}")
+        state_file.write_text(json.dumps(state))
+        lost = "feedf00d"  # a trial id Tune's state does not list
+        (directory / "tune" / lost).mkdir()
+        for name_ in ("params.json", "result.json"):
+            shutil.copyfile(directory / "tune" / stopped / name_, directory / "tune" / lost / name_)
+
+        resumed = Search("--resume", *common, env=CHAIN_ENV)
+        rc = resumed.finish(300)
+    finally:
+        reap(private_ray_tmpdir)
+    assert rc == 0, (rc, resumed.stdout[-2000:], resumed.stderr[-2000:])
+    trials, rows = tables(directory)
+    by_id = trials.set_index("trial_id")
+    assert by_id.loc[stopped, "status"] == "stopped", by_id.loc[stopped]
+    assert by_id.loc[lost, "status"] == "error" and "lost" in by_id.loc[lost, "error"], by_id.loc[lost]
+    assert not set(trials["status"]) & {"running", "pending"}, trials[["trial_id", "status"]]
+    assert (rows.trial_id == lost).any() and not rows.duplicated(["trial_id", "epoch"]).any()
+    study = study_trials(directory)
+    assert len(study) == len(trials) and not [t for t in study if t.state.name == "RUNNING"]

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 from artune.compat import keep_local_ray_on_loopback, kill_local_monitor_first
 from artune.errors import SearchError
+from artune.search.watchdog import ray_apart, start_guard, stop_guard
 
 if TYPE_CHECKING:
     from artune.search.plan import Plan
@@ -109,6 +110,8 @@ def init_ray(plan: Plan) -> None:
     """Start the private local instance, or connect to ``plan.address``, and check that a trial fits a node."""
     import ray
 
+    # ray.init takes seconds (a local instance: tens of seconds on a busy machine) and says nothing meanwhile
+    print(f"connecting to {plan.address}..." if plan.address else "starting a local Ray instance...", flush=True)
     if plan.address:
         try:
             ray.init(address=plan.address, logging_level=logging.ERROR, log_to_driver=False)
@@ -133,9 +136,12 @@ def init_ray(plan: Plan) -> None:
                 flush=True,
             )
     else:
-        # A private instance ("local": never a cluster that `ray start` left running here), no dashboard.
+        # A private instance ("local": never a cluster that `ray start` left running here), no dashboard; its
+        # processes end with the driver, however it ends, and apart from its process group (see watchdog.py).
+        start_guard()
         try:
-            ray.init(address="local", include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+            with ray_apart():
+                ray.init(address="local", include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
         except Exception as exc:  # noqa: BLE001 - whatever Ray raises, the user gets one line and nothing is left
             first = (str(exc).strip().splitlines() or [""])[0][:300]
             raise SearchError(
@@ -177,3 +183,4 @@ def stop_ray() -> None:
     if ray is not None:
         kill_local_monitor_first()
         ray.shutdown()
+    stop_guard()  # ends whatever of the instance outlived the shutdown

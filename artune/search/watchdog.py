@@ -1,0 +1,143 @@
+"""A guard that ends the processes of a search's local Ray instance with its driver, however the driver ends.
+
+The kernel kills Ray's GCS and raylet with the driver that started them, but not what the raylet started: its
+agents and idle workers, adopted by init, outlive a SIGKILLed driver by up to a minute, holding memory and
+cores. The driver marks every process it starts from then on with a token in the environment (Ray's processes,
+and theirs, inherit it), and starts this guard in a process group of its own with a pipe from the driver as its
+stdin: end-of-file there means the driver is gone, by any death or by its normal end, after ``ray.shutdown``.
+The guard then ends every process that carries the token: SIGTERM, then SIGKILL to those left after a grace.
+
+Ray's processes are started in the guard's process group too (``ray_apart``), not the driver's: a signal to the
+driver's group (``kill -TERM -PGID``, what Slurm sends; a terminal's Ctrl-C) reaches the driver alone, which
+stops the search in order and Ray with it, rather than killing Ray under a driver that is still saving.
+No Ray API is involved: nothing here depends on its version.
+
+Run as a script (``python -I watchdog.py TOKEN``): the guard imports nothing of artune's, so it starts at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Iterator, Optional
+
+TOKEN_VAR = "ARTUNE_SEARCH_GUARD"
+GRACE_S = 3.0  # after SIGTERM: Ray's processes flush their logs and exit; what is left then is SIGKILLed
+ROUNDS = 3  # scans: a process may start another while the first ones end
+
+_guard: Optional[subprocess.Popen] = None
+
+
+def start_guard() -> None:
+    """Mark the processes this driver starts from now on, and start the guard that ends them when it ends."""
+    global _guard
+    if _guard is not None or not sys.platform.startswith("linux"):  # /proc is Linux's
+        return
+    token = f"{os.getpid()}-{os.urandom(8).hex()}"
+    env = {k: v for k, v in os.environ.items() if k != TOKEN_VAR}  # the guard, unmarked, never ends itself
+    _guard = subprocess.Popen(
+        [sys.executable, "-I", os.path.abspath(__file__), token],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        # a process group of its own: see ray_apart
+        **({"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}),
+        env=env,
+    )
+    os.environ[TOKEN_VAR] = token
+
+
+@contextlib.contextmanager
+def ray_apart() -> Iterator[None]:
+    """Around ``ray.init``: the processes it starts (and theirs) join the guard's process group, not the driver's.
+
+    A process joins another group of its session with setpgid; the driver joins the guard's for the time of the
+    start, then goes back. A session leader (started by setsid) cannot change its group: Ray's processes then
+    share its group, as without this.
+    """
+    own = os.getpgrp()
+    try:
+        os.setpgid(0, _guard.pid)  # type: ignore[union-attr]
+    except (AttributeError, OSError):  # no guard, or a session leader
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0 if own == os.getpid() else own)  # 0: a group of its own again, as it led one
+
+
+def stop_guard(timeout: float = 2 * GRACE_S + 5) -> None:
+    """The driver's normal end, once Ray is shut down: close the pipe, so that the guard ends what is left of
+    the instance (nothing, normally), and wait for it."""
+    global _guard
+    guard, _guard = _guard, None
+    os.environ.pop(TOKEN_VAR, None)
+    if guard is None:
+        return
+    try:
+        guard.stdin.close()
+        guard.wait(timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+
+
+def marked(token: str) -> list[int]:
+    """The pids of the live processes whose environment holds the token (this user's: others' cannot be read)."""
+    mark = f"{TOKEN_VAR}={token}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as file:
+                if mark in file.read().split(b"\0"):
+                    found.append(int(entry))
+        except OSError:  # gone, or another user's
+            pass
+    return found
+
+
+def end_marked(token: str) -> None:
+    for _ in range(ROUNDS):
+        pids = marked(token)
+        if not pids:
+            return
+        signal_all(pids, signal.SIGTERM)
+        deadline = time.monotonic() + GRACE_S
+        while time.monotonic() < deadline and any(alive(pid) for pid in pids):
+            time.sleep(0.1)
+        signal_all([pid for pid in pids if alive(pid)], signal.SIGKILL)
+
+
+def signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except OSError:
+            pass
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, ended but not yet reaped by its parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            return file.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def main(token: str) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the driver's to handle; the guard waits for its end
+    while sys.stdin.buffer.read(4096):  # blocks until the driver closes the pipe or dies
+        pass
+    end_marked(token)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
