@@ -998,6 +998,59 @@ def test_cli_checkpoint_dir_that_is_a_file_is_refused_before_training(small_text
     assert "epoch" not in out and file.read_text(encoding="utf-8") == "keep me"
 
 
+def test_cli_resume_takes_its_settings_from_the_checkpoint_and_says_when_nothing_is_left(small_text, tmp_path, capsys):
+    checkpoint_dir = str(tmp_path / "ckpt")
+    assert main(["--dataset", str(small_text), "--checkpoint-dir", checkpoint_dir, *TINY_CLI]) == 0
+    capsys.readouterr()
+    # no setting given again: the checkpoint's (d_model 32, its corpus, ...) continue
+    assert main(["--checkpoint-dir", checkpoint_dir, "--resume"]) == 0
+    out, err = capsys.readouterr()
+    assert "nothing left to train: the checkpoint finished epoch 1 of epochs=1" in out and "--epochs" in out, out
+    assert "epoch   2" not in out and not err
+    assert main(["--checkpoint-dir", checkpoint_dir, "--resume", "--epochs", "2"]) == 0  # a change given: epochs
+    out, _ = capsys.readouterr()
+    assert "epoch   2  train_loss" in out
+    state = torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, weights_only=True)
+    assert state["epoch"] == 2 and state["config"]["d_model"] == 32 and state["config"]["epochs"] == 2
+
+
+def test_cli_resume_without_a_checkpoint_is_one_error_line(tmp_path, capsys):
+    assert main(["--checkpoint-dir", str(tmp_path / "none"), "--resume"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and "checkpoint file not found" in line
+
+
+def test_cli_from_a_search_trains_its_best_trial_again(smoke_search, shakespeare_path):
+    """The trial's knobs come from the search: with the same epochs, it trains the search's epochs again."""
+    result, directory = smoke_search
+    assert result.returncode == 0, result.stderr
+    from artune.results import load
+
+    results = load(directory)
+    best = results.trial()
+    again = _cli("--from", str(directory), "--data", str(shakespeare_path.parent))
+    assert again.returncode == 0, again.stderr
+    assert f"the configuration of trial {best['trial_id']} of search smoke; changed here: nothing" in again.stdout
+    trained = [float(v) for v in re.findall(r"valid_loss (\S+)", again.stdout)]
+    searched = results.epochs[results.epochs["trial_id"] == best["trial_id"]].sort_values("epoch")["valid_loss"]
+    assert trained == pytest.approx(searched.round(4).tolist(), abs=1e-4)
+    longer = _cli("--from", str(directory), "--epochs", "1", "--d_model", "32", "--data", str(shakespeare_path.parent))
+    assert longer.returncode == 0, longer.stderr
+    assert "changed here: d_model=32, epochs=1" in longer.stdout and "epoch   2" not in longer.stdout
+
+
+def test_cli_trial_without_from_and_from_with_resume_are_one_error_line(tmp_path):
+    for args, words in [
+        (["--trial", "abc"], "--trial abc needs --from SEARCH"),
+        (["--from", "x", "--resume", "--checkpoint-dir", str(tmp_path)], "give one"),
+        (["--from", str(tmp_path / "nosuch")], "--from "),
+    ]:
+        result = _cli(*args)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("error: ") and words in line, line
+
+
 def test_cli_checkpoint_dir_where_nothing_can_be_written_is_one_error_line(small_text, capsys):
     """/proc: refused before training where permissions say so; as root (who passes every permission
     check), the first checkpoint's write fails, and that is one line too, not a traceback."""
