@@ -10,6 +10,7 @@ import pytest
 from nbclient import NotebookClient
 
 from tests import _results_fixture as fx
+from tests._importance_fixture import add_trials
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / "notebooks" / "analyse_results.ipynb"
@@ -17,7 +18,16 @@ NOTEBOOK = REPO / "notebooks" / "analyse_results.ipynb"
 
 @pytest.fixture(scope="module")
 def search_for_notebook(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The search the notebook analyses: the fixture tables plus an Optuna study (swap in a real search here)."""
+    """The search the notebook analyses: the fixture tables plus an Optuna study with 41 COMPLETE trials, the
+    fewest that give parameter importances (swap in a real search here)."""
+    directory = fx.build_search(tmp_path_factory.mktemp("results") / fx.NAME, optuna_db=True)
+    add_trials(directory, 36)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def few_trials_search(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixture search with its own study alone: 5 COMPLETE trials, too few for importances."""
     return fx.build_search(tmp_path_factory.mktemp("results") / fx.NAME, optuna_db=True)
 
 
@@ -59,14 +69,18 @@ def test_the_notebook_runs_on_a_finished_search(search_for_notebook: Path, monke
 
 
 def test_the_notebook_takes_a_search_relative_to_the_repository(
-    search_for_notebook: Path,
+    few_trials_search: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """`ARTUNE_RESULTS=results/<name> jupyter lab notebooks/...` from the repository: the kernel runs in notebooks/."""
-    relative = os.path.relpath(search_for_notebook, REPO)
+    """`ARTUNE_RESULTS=results/<name> jupyter lab notebooks/...` from the repository: the kernel runs in notebooks/.
+    With 5 finished trials the notebook says they are too few for importances, rather than show numbers."""
+    relative = os.path.relpath(few_trials_search, REPO)
     assert not (NOTEBOOK.parent / relative).exists()  # not found from the kernel's own directory
-    text = "\n".join(outputs(execute(relative, monkeypatch)))
+    notebook = execute(relative, monkeypatch)
+    text = "\n".join(outputs(notebook))
     assert f"search {fx.NAME!r} in {REPO / relative}" in text
+    assert "skipped: too few finished trials for parameter importances: the study has 5 COMPLETE" in text
+    assert not any("importance" in html for html in outputs(notebook, "text/html"))  # no table of numbers
 
 
 def test_the_notebook_runs_on_a_search_where_no_trial_has_a_value(
