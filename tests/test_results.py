@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,33 @@ def test_best_ranks_by_the_manifest_metric_and_skips_trials_without_a_value(sear
         results.best(0)
 
 
+def test_best_leads_with_the_metric_and_the_searched_knobs(search: Path) -> None:
+    """Every column stays, but pandas' display folds the middle of 46: the knobs searched must not be there."""
+    best = load(search).best(5)
+    lead = ["trial_id", "best_valid_loss", *fx.PARAMS, "status", "epochs_completed"]
+    assert best.columns[: len(lead)].tolist() == lead
+    assert set(best.columns) == set(load(search).trials.columns)
+    assert load(search).best(1, metric="train_loss").columns[:2].tolist() == ["trial_id", "best_train_loss"]
+
+
+def test_a_trial_its_epochs_and_its_config(search: Path) -> None:
+    results = load(search)
+    assert results.trial()["trial_id"] == fx.BEST_TRIAL
+    assert results.trial_epochs("t0") == {4: 1.7, 3: 1.8, 2: 2.0, 1: 2.5}  # best first
+    config = results.config("t2")
+    assert (config.d_model, config.lr, config.optimizer, config.dataloader_shuffle_with_replacement) == (
+        128,
+        1e-2,
+        "adamw",
+        True,
+    )
+    assert config.d_ff is None and config.epochs == fx.EPOCHS
+    with pytest.raises(ResultsError, match="no trial 'nosuch' in .*trials.parquet \\(its trials: t0, t1"):
+        results.trial("nosuch")
+    with pytest.raises(ResultsError, match="trial t5 of .* finished no epoch \\(error\\)"):
+        results.config("t5")
+
+
 def test_best_honours_the_manifest_mode(tmp_path: Path) -> None:
     directory = fx.build_search(tmp_path / "s")
     rewrite_manifest(directory, mode="max")
@@ -246,6 +274,28 @@ def test_compare_stacks_searches_with_a_search_column(search: Path, tmp_path: Pa
     assert summary.columns[0] == "search" and summary.iloc[0]["trial_id"] == "t3"
     assert len(both.aggregate()) == 10  # configs are per search
     assert both.params == fx.PARAMS and both.manifest["searches"] == ["fixture", "other"]
+
+
+def test_compare_warns_of_searches_on_different_corpora(tmp_path: Path) -> None:
+    shakespeare = {
+        "source": "/data/tiny_shakespeare.txt",
+        "sha256": "86c4e6aa9db7" + "0" * 52,
+        "tokenizer": "character",
+    }
+    search, same, other = (fx.build_search(tmp_path / name) for name in ("first", "same", "other"))
+    for directory in (search, same):
+        rewrite_manifest(directory, corpus=shakespeare)
+    rewrite_manifest(other, corpus={**shakespeare, "source": "/data/moby.txt", "sha256": "ab" * 32})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compare(search, same)  # one corpus: no word
+    with pytest.warns(UserWarning, match="different corpora .*tiny_shakespeare.txt sha256 86c4e6aa9db7.*moby.txt") as w:
+        both = compare(search, other)
+    assert w[0].filename == __file__  # the warning points at the caller's line
+    assert len(both.trials) == 12  # stacked still: the curves side by side are worth a look
+    rewrite_manifest(other, corpus={**shakespeare, "tokenizer": "basic_english"})
+    with pytest.warns(UserWarning, match="basic_english"):
+        compare(search, other)
 
 
 def test_compare_of_one_search_twice_is_an_error(search: Path) -> None:
