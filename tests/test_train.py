@@ -209,6 +209,8 @@ def test_compile_auto_switches_to_the_compiled_model_between_epochs(small_text, 
     torch.compiler.reset()  # as in a new worker
     monkeypatch.setattr(compile_module, "_compiled_shape", None)
     monkeypatch.setattr(compile_module, "AUTO_COMPILE_AFTER_S", {"cpu": 0.0})
+    # kept compiled whatever it gains on this machine (the check of the gain: tests/test_compile.py)
+    monkeypatch.setattr(compile_module, "AUTO_COMPILE_MIN_SPEEDUP", 0.0)
     config = tiny(small_text, compile="auto", epochs=3, batches_per_epoch=4)
     trainer = Trainer(config)
     paces = []

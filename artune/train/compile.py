@@ -6,6 +6,7 @@ compiled (or failed to) for one trial holds for the next.
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Callable, Optional
 
@@ -17,9 +18,18 @@ import torch
 # The pay-back times per device are measured (docs/benchmarks.md, 'Compile'; docs/experiments.md, 'compile: auto').
 AUTO_COMPILE_AFTER_S = {"cpu": 180.0, "cuda": 30.0}
 
+# ...and keeps it only where its steps then train this much faster than the eager ones did: a smaller gain is
+# within the pace's spread between epochs on a shared machine, too little to tell from none.
+AUTO_COMPILE_MIN_SPEEDUP = 1.05
+# An epoch's first steps are left out of its pace: the compiled model's first call compiles it, and the next
+# may still warm up (CUDA graphs record on it), so both epochs are timed from the same step on.
+PACE_SKIPS_STEPS = 2
+
 _compiled_shape: Optional[tuple] = None  # what the last compiled Trainer of this process compiled
 # why torch.compile failed in this process, under compile: auto (which then stops trying)
 _compile_failed: Optional[str] = None
+# the shapes whose compiled steps this process measured no faster than eager: compile: auto leaves them eager
+_slower_compiled: dict[tuple, str] = {}
 
 
 def compile_model(model: torch.nn.Module, mode: str, shape: tuple) -> Callable:
@@ -52,7 +62,7 @@ def auto_compile_pays(
     epoch_seconds: Optional[float],
 ) -> bool:
     """compile: auto's choice before an epoch (see ``AUTO_COMPILE_AFTER_S``): whether to compile now."""
-    if missing_compiler or _compile_failed or device_type not in AUTO_COMPILE_AFTER_S:
+    if missing_compiler or _compile_failed or shape in _slower_compiled or device_type not in AUTO_COMPILE_AFTER_S:
         return False
     if _compiled_shape == shape:
         return True  # this process compiled the same shape: torch.compile's cache holds it, nothing to pay
@@ -71,6 +81,26 @@ def note_compile_failed(exc: Exception, epoch: int) -> None:
     print(
         f"warning: compile: auto: torch.compile failed in epoch {epoch} ({_compile_failed}); "
         "this process trains eagerly from here",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def compiled_pays_off(eager_rate: Optional[float], compiled_rate: Optional[float]) -> Optional[bool]:
+    """compile: auto's check after compiling: whether the compiled steps' tokens/s beat the eager steps' before
+    by ``AUTO_COMPILE_MIN_SPEEDUP``; None where either was not measured (an epoch too short to time, say)."""
+    if not (eager_rate and compiled_rate and math.isfinite(eager_rate) and math.isfinite(compiled_rate)):
+        return None
+    return compiled_rate >= AUTO_COMPILE_MIN_SPEEDUP * eager_rate
+
+
+def note_compile_did_not_pay(shape: tuple, epoch: int, eager_rate: float, compiled_rate: float) -> None:
+    """Say, in one line with the figures, that compiling did not pay; this process leaves ``shape`` eager."""
+    _slower_compiled[shape] = f"{compiled_rate:,.0f} tokens/s compiled against {eager_rate:,.0f} eager"
+    print(
+        f"warning: compile: auto: compiled, epoch {epoch} trained {compiled_rate:,.0f} tokens/s, "
+        f"{compiled_rate / eager_rate:.2f}x the {eager_rate:,.0f} eager before it (under the "
+        f"{AUTO_COMPILE_MIN_SPEEDUP:.2f}x that pays); training eagerly from here",
         file=sys.stderr,
         flush=True,
     )

@@ -25,7 +25,14 @@ from artune.errors import DeadlineReached, DivergedError
 from artune.models import GPT, ModelConfig
 from artune.optim import lr_lambda, make_optimizer
 from artune.tokenizers import get_tokenizer
-from artune.train.compile import auto_compile_pays, compile_model, note_compile_failed
+from artune.train.compile import (
+    PACE_SKIPS_STEPS,
+    auto_compile_pays,
+    compile_model,
+    compiled_pays_off,
+    note_compile_did_not_pay,
+    note_compile_failed,
+)
 from artune.train.device import resolve_device, resolve_precision
 from artune.train.diagnostics import activation_hooks, activation_stats, param_grad_stats
 from artune.train.plan import epoch_batches, epochs_that_fit, steps_per_epoch
@@ -126,6 +133,13 @@ class Trainer:
         self._grad_norm: Optional[torch.Tensor] = None  # the last step's gradient norm, before clipping
         self._compiling = False
         self._compile_seconds = 0.0  # what the epoch's first step took over the others, where it compiled
+        # compile: auto's check of what compiling gained: the last eager epoch's tokens/s (past its first
+        # PACE_SKIPS_STEPS steps, on ``clock``), whether a compiled epoch is still to be compared with it, and
+        # whether it was, and lost (then this trial stays eager, after a resume too)
+        self._step_rate: Optional[float] = None  # the last epoch's, measured so
+        self._eager_rate: Optional[float] = None
+        self._check_compile = False
+        self._compile_declined = False
 
     # --- the loop
 
@@ -185,7 +199,7 @@ class Trainer:
 
     def compile_pays(self) -> bool:
         """compile: auto's choice before each epoch (see ``AUTO_COMPILE_AFTER_S``): whether to compile now."""
-        return auto_compile_pays(
+        return not self._compile_declined and auto_compile_pays(
             self.compile_key,
             self.device.type,
             missing_compiler=self.missing_compiler,
@@ -196,9 +210,28 @@ class Trainer:
 
     # --- epochs
 
+    def check_compile(self) -> None:
+        """compile: auto, after an epoch: keep the compiled model only where its steps beat the eager ones
+        before by ``AUTO_COMPILE_MIN_SPEEDUP``, else train eagerly from the next epoch on (the two share
+        their parameters, so nothing else changes); an eager epoch's pace is what the next check compares with."""
+        if not self.compiled:
+            self._eager_rate = self._step_rate if self._step_rate is not None else self._eager_rate
+            return
+        if not self._check_compile:
+            return
+        pays = compiled_pays_off(self._eager_rate, self._step_rate)
+        if pays is None and self._eager_rate is not None:
+            return  # this epoch was too short to time: the next compiled one is compared
+        self._check_compile = False  # compared, or nothing to compare with (compiled from the first epoch)
+        if pays is False:
+            note_compile_did_not_pay(self.compile_key, self.epoch, self._eager_rate, self._step_rate)
+            self._compile_declined = True
+            self.forward = self.model
+
     def run_epoch(self, deadline: Optional[float] = None) -> Metrics:
         if self.config.compile == "auto" and not self.compiled and self.compile_pays():
             self.compile()
+            self._check_compile = True
         start, begun = time.perf_counter(), self.clock()
         train_loss, train_accuracy, tokens, train_seconds = self.train_epoch(deadline)
         self.epoch += 1
@@ -215,6 +248,8 @@ class Trainer:
             "compiled": self.compiled,
             "sample": self.sample(),
         }
+        if self.config.compile == "auto":
+            self.check_compile()
         if self.config.is_log_model_params_grads:
             metrics.update(param_grad_stats(self.model, self._grad_norm, self.config.grad_norm_clip))
         if self.config.is_log_model_activations:
@@ -248,6 +283,8 @@ class Trainer:
         compiling, self._compiling, self._compile_seconds = self._compiling, False, 0.0
         start = time.perf_counter()
         first_step = 0.0
+        timed = c.compile == "auto"  # the pace compile: auto compares, past the epoch's first steps
+        mark: Optional[tuple[float, int]] = None  # (clock, tokens) where that pace starts
         for step, (x, y) in enumerate(self._batches()):  # x, y: (B, T)
             if deadline is not None and self.clock() >= deadline:
                 raise DeadlineReached(f"the deadline passed in epoch {self.epoch + 1}, after {step} of its steps")
@@ -269,9 +306,15 @@ class Trainer:
                 break
             if compiling and step == 0:
                 first_step = time.perf_counter() - start  # torch.compile compiles on the host, in the first call
+            if timed and step == PACE_SKIPS_STEPS - 1:
+                mark = (self.clock(), tokens)
         self.tokens_seen += tokens
         mean_loss = loss_sum.item() / max(tokens, 1)
         seconds = time.perf_counter() - start
+        self._step_rate = None
+        if mark is not None and tokens > mark[1]:
+            elapsed = self.clock() - mark[0]  # after .item(), which waited for the device's last step
+            self._step_rate = (tokens - mark[1]) / elapsed if elapsed > 0 else None
         steps = tokens // (c.batch_size * c.seq_len)
         if compiling and steps > 1:
             self._compile_seconds = max(0.0, first_step - (seconds - first_step) / (steps - 1))
@@ -339,6 +382,8 @@ class Trainer:
             "epoch": self.epoch,
             "tokens_seen": self.tokens_seen,
             "epoch_seconds": self.epoch_seconds,
+            "eager_tokens_per_sec": self._eager_rate,  # compile: auto's, to compare a compiled epoch with
+            "compile_declined": self._compile_declined,
             "plan_base": list(self.plan_base),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -353,6 +398,8 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.tokens_seen = int(state["tokens_seen"])
         self.epoch_seconds = state.get("epoch_seconds")
+        self._eager_rate = state.get("eager_tokens_per_sec")
+        self._compile_declined = bool(state.get("compile_declined", False))
         # The schedule is planned again over this run's epochs, from the step the checkpoint reached. With
         # the epoch size it was trained at, the plan is the one an uninterrupted run has; with another
         # (batches_per_epoch or compile changed), the remaining epochs are counted at the new size.
