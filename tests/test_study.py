@@ -178,3 +178,85 @@ def test_an_errored_trial_that_a_resume_ran_again_is_added_again_when_it_ends_ot
         (TrialState.COMPLETE, "completed"),
     ]
     assert study.best_value == pytest.approx(2.7)
+
+
+def epoch_row(epoch: int, loss: float) -> dict:
+    return {"epoch": epoch, "valid_loss": loss, "valid_accuracy": 0.2, "tokens_per_sec": 1000.0, "seconds": 1.0}
+
+
+def test_the_live_study_holds_a_trial_from_its_start_with_its_curve_and_ends_it_as_the_final_sync_would(tmp_path):
+    from artune.study import LiveStudy
+
+    space_file = tmp_path / "s.yaml"
+    space_file.write_text(SPACE)
+    space = load_space(space_file)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    live = LiveStudy(url, "live", space, "valid_loss", "min")
+    records = {tid: TrialRecord(tid, {"lr": lr, "seed": 0}, "running") for tid, lr in [("a", 0.003), ("b", 0.01)]}
+    for record in records.values():
+        live.start(record)
+    for epoch, loss in [(1, 3.0), (2, 2.5)]:
+        records["a"].add_epoch(epoch_row(epoch, loss))
+        live.report(records["a"], records["a"].epochs[epoch])
+
+    # another process (optuna-dashboard) sees both trials RUNNING, with their knobs and a's curve so far
+    seen = optuna.load_study(study_name="live", storage=url).trials
+    assert [(t.state, t.params, t.user_attrs["trial_id"]) for t in seen] == [
+        (TrialState.RUNNING, {"lr": 0.003}, "a"),
+        (TrialState.RUNNING, {"lr": 0.01}, "b"),
+    ]
+    assert seen[0].intermediate_values == {1: 3.0, 2: 2.5} and seen[1].intermediate_values == {}
+
+    # Ctrl-C: the unfinished trials wait; a resume takes them up by their trial id, as the same Optuna trials
+    live.pause()
+    assert {t.state for t in optuna.load_study(study_name="live", storage=url).trials} == {TrialState.WAITING}
+    resumed = LiveStudy(url, "live", space, "valid_loss", "min")
+    for record in records.values():
+        resumed.start(record)
+    records["a"].add_epoch(epoch_row(3, 2.2))
+    resumed.report(records["a"], records["a"].epochs[3])
+    records["a"].status = "completed"
+    records["b"].status = "stopped"  # stopped before its first epoch: PRUNED, no value
+    assert resumed.sync(records.values()) == 2 and resumed.sync(records.values()) == 0
+    resumed.settle(records)
+
+    final = optuna.load_study(study_name="live", storage=url).trials
+    expected = frozen_trial(records["a"], space, "valid_loss")
+    assert len(final) == 2
+    assert (final[0].state, final[0].value, final[0].intermediate_values) == (
+        expected.state,
+        expected.value,
+        expected.intermediate_values,
+    )
+    assert final[0].user_attrs == expected.user_attrs
+    assert final[1].state == TrialState.PRUNED and final[1].value is None
+    assert final[1].user_attrs["status"] == "stopped" and final[1].user_attrs["epochs_completed"] == 0
+
+
+def test_a_killed_drivers_running_trial_is_ended_by_the_next_run_and_one_never_continued_is_pruned(tmp_path):
+    from artune.study import LiveStudy
+
+    space_file = tmp_path / "s.yaml"
+    space_file.write_text(SPACE)
+    space = load_space(space_file)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    killed = LiveStudy(url, "k", space, "valid_loss", "min")
+    ended, orphan = TrialRecord("e", {"lr": 0.003, "seed": 0}, "running"), TrialRecord("o", {"lr": 0.01, "seed": 0})
+    for record in (ended, orphan):
+        killed.start(record)
+        record.add_epoch(epoch_row(1, 3.0))
+        killed.report(record, record.epochs[1])
+    del killed  # the driver died: both stay RUNNING
+
+    # The resume's tables saw `e` end (diverged after its first epoch); Tune never continues `o`.
+    ended.add_epoch({"epoch": 2, "diverged": True, "error": "training loss became nan", "valid_loss": float("nan")})
+    resumed = LiveStudy(url, "k", space, "valid_loss", "min")
+    assert set(resumed.open) == {"e", "o"}
+    resumed.sync([ended, orphan])
+    resumed.settle({"e": ended, "o": orphan})
+    trials = optuna.load_study(study_name="k", storage=url).trials
+    assert [(t.user_attrs["trial_id"], t.state, t.user_attrs["status"]) for t in trials] == [
+        ("e", TrialState.FAIL, "diverged"),
+        ("o", TrialState.PRUNED, "running"),
+    ]
+    assert trials[0].intermediate_values == {1: 3.0} and trials[1].intermediate_values == {1: 3.0}

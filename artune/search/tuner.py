@@ -55,6 +55,9 @@ def build_tuner(plan: Plan, corpus: Corpus, recorder: Recorder) -> tune.Tuner:
     # ASHA takes a percentile of each rung's results, NaNs left out: a rung that holds only a diverged
     # trial's NaN makes numpy warn on the driver's stderr, though nothing is wrong (that trial has ended).
     warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=RuntimeWarning)
+    # A trial that trains an epoch again (a retry, or a resume, from its last checkpoint) reports that epoch again:
+    # OptunaSearch's own study keeps the first value and warns; artune's tables and study take the new one.
+    warnings.filterwarnings("ignore", message="The reported value is ignored because this", category=UserWarning)
     if resume:
         repoint_searcher_state(plan.tune_path)
         tuner = tune.Tuner.restore(str(plan.tune_path), trainable, resume_unfinished=True, resume_errored=True)

@@ -200,7 +200,7 @@ def check_settings(raw: dict[str, Any], sources: dict[str, str], errors: Errors)
                 fail("log", f"log must name {' or '.join(TRACKERS)}, but got {show(name)}{hint}")
             elif importlib.util.find_spec(TRACKERS[name][0]) is None:
                 module, extra = TRACKERS[name]
-                fail("log", f"log: {name} needs {module}, which is not installed (fix: pip install 'artune[{extra}]')")
+                fail("log", f"{name} needs {module}, which is not installed (fix: pip install 'artune[{extra}]')")
         if all(name in TRACKERS and importlib.util.find_spec(TRACKERS[name][0]) for name in trackers):
             values["log"] = trackers
     sampler = values.get("sampler")
