@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from artune.results import load
+from tests.test_faults import Search, reap, tables
 from tests.test_search import SMOKE, cli
 
 cluster_utils = pytest.importorskip("ray.cluster_utils")
@@ -75,3 +76,45 @@ def test_a_trial_larger_than_every_node_is_refused_though_the_cluster_totals_hol
     expected = "error: resources: 2 CPUs and 0 GPUs per trial, but no node has that much (nodes: 1 CPUs and 0 GPUs)"
     assert last.startswith(expected), last
     assert not (tmp_path / "big").exists()
+
+
+def head_only():
+    return cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+
+
+@pytest.mark.slow
+def test_a_cluster_lost_mid_search_ends_in_one_line_with_exit_3_and_resume_goes_on_on_a_new_head(
+    tmp_path, shakespeare_path, private_ray_tmpdir, monkeypatch
+):
+    """The head's raylet killed while the search runs through --address: it was exit 1 after Ray's tracebacks and a
+    log line of its core worker, no word of artune's. Now one line naming --resume, exit 3; and --resume on a new
+    head trains the search to its end."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    common = ["--results-dir", str(tmp_path), "--name", "lost", "--data", str(shakespeare_path)]
+    first = head_only()
+    try:
+        search = Search(
+            str(SMOKE), "--address", first.address, *common, "--epochs", "4", "--set", "batches_per_epoch=40"
+        )
+        search.wait_for(lambda: search.epochs(), 240, "an epoch line")
+        first.head_node.kill_raylet()
+        rc = search.finish(120)
+    finally:
+        first.shutdown()
+        reap(private_ray_tmpdir)
+    last = search.stderr.strip().splitlines()[-1]
+    assert rc == 3, (rc, search.stderr[-3000:])
+    assert last.startswith("error: lost the Ray cluster at") and "--resume --name lost" in last, last
+
+    second = head_only()
+    try:
+        resumed = Search("--resume", "--address", second.address, *common[:4])
+        assert resumed.finish(300) == 0, resumed.stderr[-3000:]
+    finally:
+        second.shutdown()
+        reap(private_ray_tmpdir)
+    trials, rows = tables(tmp_path / "lost")
+    ended = trials[trials.status.isin(["completed", "stopped"])]
+    lost = trials[~trials.status.isin(["completed", "stopped"])]  # begun after Tune's last save: sampled again
+    assert len(ended) == 4 and lost["error"].str.startswith("lost:").all(), trials[["trial_id", "status", "error"]]
+    assert not rows.duplicated(["trial_id", "epoch"]).any()

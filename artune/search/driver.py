@@ -19,8 +19,8 @@ from artune.search.lock import SearchLock
 from artune.search.manifest import TUNE_DIR, write_manifest
 from artune.search.plan import SPACE_COPY, Mode, Plan
 from artune.search.report import budget_report, describe_plan, summarise
-from artune.search.runtime import init_ray, set_ray_environment, stop_ray, terminated
-from artune.search.saved_state import restore_saved_state
+from artune.search.runtime import ClusterWatch, init_ray, set_ray_environment, stop_ray, terminated
+from artune.search.saved_state import restore_saved_state, settle_unsaved_trials
 from artune.study import STUDY_FILE, storage_url
 
 if TYPE_CHECKING:
@@ -105,6 +105,8 @@ def tune_search(plan: Plan, corpus: Corpus) -> Outcome:
     try:
         init_ray(plan)  # inside the try: a refusal after ray.init (no GPUs, say) still shuts Ray down
         plan.stopwatch.lap("ray_init")
+        if plan.mode is Mode.RESUME and not plan.fresh_run:
+            settle_unsaved_trials(plan)
         started = dt.datetime.now().isoformat(timespec="seconds")
         from artune.search.recorder import Recorder  # Ray Tune's modules: imported once Ray is up
         from artune.search.tuner import BUDGET_END_S, build_tuner
@@ -120,7 +122,8 @@ def tune_search(plan: Plan, corpus: Corpus) -> Outcome:
         plan.stopwatch.lap("study")
         tuner = build_tuner(tuner_plan(plan), corpus, recorder)
         tuning_started = plan.stopwatch.lap("tuner")  # the searcher, the corpus into Ray's object store
-        tuner.fit()  # Ray Tune catches Ctrl-C itself: fit then returns with trials left unfinished
+        with ClusterWatch(plan) if plan.address else contextlib.nullcontext():
+            tuner.fit()  # Ray Tune catches Ctrl-C itself: fit then returns with trials left unfinished
         finished = time.monotonic()
         budget_spent = bool(plan.time_budget_s) and finished - plan.started >= plan.time_budget_s - BUDGET_END_S - 1.0
         interrupted = recorder.finish(budget_spent)

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from artune.search.plan import Plan
 
 CONNECT_TIMEOUT_S = 5.0
+EXIT_CLUSTER_LOST = 3
+PROBE_EVERY_S, PROBES_LOST = 1.0, 3  # a cluster is lost when its GCS or this node's raylet refuses 3 probes in a row
 _TERMINATED = threading.Event()  # a SIGTERM came: the search ends as after Ctrl-C, with an exit status of its own
 
 
@@ -175,6 +177,61 @@ def check_fits_a_node(plan: Plan) -> None:
             f"resources: {s.cpu:g} CPUs and {s.gpu:g} GPUs per trial, but no node has that much "
             f"(nodes: {shapes}); a trial runs on one node: lower --cpus-per-trial or --gpus-per-trial"
         )
+
+
+class ClusterWatch:
+    """While a search runs on a cluster (``--address``): a thread that probes the head's GCS and this node's raylet
+    and, where one stops answering, ends the driver with one line and exit status 3 (EXIT_CLUSTER_LOST).
+
+    Ray's core worker ends a driver whose raylet is gone with exit status 1 and no word of artune's, from C++, some
+    seconds after Tune has printed tracebacks of the lost trials (ActorUnavailableError); a GCS gone leaves it
+    waiting. Ray's processes are not artune's to stop there: the tables (rewritten every few seconds) and Ray's own
+    result files hold every result so far, and ``--resume`` continues on a cluster that is back.
+    A probe is a TCP connection, opened and closed: what the gRPC servers accept without a word in their logs.
+    """
+
+    def __init__(self, plan: Plan) -> None:
+        import ray
+
+        self.plan = plan
+        context = ray.get_runtime_context()
+        node = next((n for n in ray.nodes() if n.get("NodeID") == context.get_node_id()), {})
+        host, _, port = context.gcs_address.rpartition(":")  # where --address led (auto: the cluster's own)
+        self.targets = {"the head's GCS": (host.strip("[]"), int(port))}
+        if node.get("NodeManagerAddress") and node.get("NodeManagerPort"):
+            self.targets["this node's raylet"] = (node["NodeManagerAddress"], int(node["NodeManagerPort"]))
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.watch, name="artune-cluster-watch", daemon=True)
+
+    def __enter__(self) -> ClusterWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()  # before Ray shuts down: its servers then close on purpose
+
+    def watch(self) -> None:
+        failures = dict.fromkeys(self.targets, 0)
+        while not self.stopped.wait(PROBE_EVERY_S):
+            for what, (host, port) in self.targets.items():
+                try:
+                    with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+                        failures[what] = 0
+                except OSError as exc:
+                    failures[what] += 1
+                    if failures[what] >= PROBES_LOST and not self.stopped.is_set():
+                        self.lost(what, f"{host}:{port}", exc)
+
+    def lost(self, what: str, where: str, exc: OSError) -> None:
+        p = self.plan
+        print(
+            f"error: lost the Ray cluster at {p.address}: {what} ({where}) stopped answering "
+            f"({exc.strerror or exc}); the tables hold every result so far; once the cluster is back, continue with: "
+            f"python -m artune.search --resume --name {p.name} --results-dir {p.directory.parent} --address HOST:PORT",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(EXIT_CLUSTER_LOST)  # now: Ray's core worker would end the process in seconds, with exit status 1
 
 
 def stop_ray() -> None:

@@ -110,3 +110,54 @@ def restore_saved_state(plan: Plan) -> None:
         file=sys.stderr,
         flush=True,
     )
+
+
+LOST_ERROR = "lost: its driver was killed before Ray Tune saved the trial, so --resume sampled it again under a new id"
+
+
+def saved_trials(tune_path: Path) -> Optional[dict[str, str]]:
+    """The trials of the run's newest saved state, by id, with the status Tune saved (RUNNING, TERMINATED, ...);
+    None where Tune saved no state."""
+    states = sorted(tune_path.glob("experiment_state-*.json"))
+    if not states:
+        return None
+    try:
+        data = json.loads(states[-1].read_text())
+        return {json.loads(t)["trial_id"]: json.loads(t).get("status", "") for t, _ in data["trial_data"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # a torn state is restored or refused before (check_saved_state)
+
+
+def settle_unsaved_trials(plan: Plan) -> None:
+    """Before a resume, the tables' unfinished trials that Ray Tune will not run again, settled as its saved state
+    says. A driver killed between Tune's saving of its state and the tables' next write leaves:
+
+    - a trial Ray's result.json holds but the state lacks (it started after Tune last saved): Tune samples its
+      configuration again under a new id, so this one never ends: recorded ``error``, saying why;
+    - a trial the state holds TERMINATED (ASHA, or its last epoch) that the tables still call running: Tune does not
+      run it again, so the resume would count it unfinished for ever: ``completed`` or ``stopped``.
+
+    Ray's import is in recorder.py: this runs once Ray is up.
+    """
+    from artune.results import read_records, write_tables
+    from artune.search.recorder import merge_ray_results
+
+    saved = saved_trials(plan.tune_path)
+    if saved is None:
+        return
+    records = read_records(plan.directory)
+    merge_ray_results(records, plan.tune_path)  # result.json's trials and epochs the tables missed
+    settled = 0
+    for trial_id, record in records.items():
+        if record.status not in ("running", "pending") or not (plan.tune_path / trial_id).is_dir():
+            continue  # ended, or a trial of an earlier run
+        status = saved.get(trial_id)
+        if status is None:
+            record.status, record.error = "error", LOST_ERROR
+        elif status == "TERMINATED":
+            record.status = "completed" if len(record.epochs) >= plan.space.settings.epochs else "stopped"
+        else:
+            continue
+        settled += 1
+    if settled:
+        write_tables(plan.directory, records.values())
