@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from artune.inference import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, best_checkpoint, from_export
 from artune.results import MANIFEST_FILE, TRIALS_FILE, TrialRecord, load, write_json_atomic, write_tables
@@ -54,6 +55,40 @@ def test_every_trial_keeps_its_best_epochs_checkpoint(search):
         ranked = list(results.trial_epochs(trial_id))
         _, state = best_checkpoint(search, results.manifest["runs"], trial_id, ranked)
         assert state["epoch"] == ranked[0], trial_id
+
+
+# An lr this high makes the valid loss rise after epoch 2 (seed 0): the best epoch is not the latest.
+RISING = """
+search: {metric: valid_loss, mode: min, num_samples: 1, resources: {cpu: 1, gpu: 0}, epochs: 4, seed: 0,
+         scheduler: none}
+fixed: {seq_len: 32, batch_size: 8, batches_per_epoch: 20, n_heads: 2, d_model: 64, n_layers: 2,
+        optimizer: adamw, lr: 0.1, sample_tokens: 0, device: cpu}
+params: {dropout: {choice: [0.0]}}
+"""
+
+
+def test_a_trial_whose_loss_rises_keeps_its_best_epoch_beside_its_latest(
+    tmp_path, shakespeare_path, private_ray_tmpdir
+):
+    """The smoke search's losses fall every epoch, so its best checkpoints are its latest: this one's are not."""
+    space = tmp_path / "rising.yaml"
+    space.write_text(RISING)
+    result = run("artune.search", space, "--results-dir", tmp_path, "--name", "rising", "--data", shakespeare_path)
+    assert result.returncode == 0, result.stderr
+    results = load(tmp_path / "rising")
+    (trial_id,) = results.trials["trial_id"]
+    best_epoch = next(iter(results.trial_epochs(trial_id)))
+    assert best_epoch < 4, results.epochs  # else this test shows nothing: the space no longer makes the loss rise
+    kept = [
+        torch.load(p, weights_only=True, mmap=True)["epoch"]
+        for p in (tmp_path / "rising" / "tune" / trial_id).glob("checkpoint_*/checkpoint.pt")
+    ]
+    assert sorted(kept) == [best_epoch, 4]  # the best, and the latest that a resume continues
+    loaded = results.best_model()
+    assert loaded.origin["epoch"] == best_epoch
+    trainer = Trainer(loaded.config, data_dir=shakespeare_path.parent)
+    trainer.model.load_state_dict(loaded.model.state_dict())
+    assert trainer.validate()[0] == pytest.approx(results.trial_epochs(trial_id)[best_epoch], abs=1e-4)
 
 
 def test_sample_prints_the_prompt_continued_by_the_best_trials_model(search, best):
