@@ -102,9 +102,15 @@ class LoadedModel:
             out = self._draw(idx, tokens, temperature, top_k, seed)
         return prompt + self.tokenizer.separator + self.tokenizer.decode(out[0, len(ids) :].tolist())
 
-    def _draw(self, idx: torch.Tensor, tokens: int, temperature: float, top_k: Optional[int], seed: Optional[int]):
+    def _draw(
+        self, idx: torch.Tensor, tokens: int, temperature: float, top_k: Optional[int], seed: Optional[int]
+    ) -> torch.Tensor:
+        """``idx`` ``(1, T)`` and ``tokens`` drawn tokens after it: ``(1, T + tokens)``."""
         generator = torch.Generator(self.device)
-        generator.manual_seed(seed) if seed is not None else generator.seed()
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
         for _ in range(tokens):
             logits = self.model(idx[:, -self.config.seq_len :])[:, -1].float() / temperature  # (1, V)
             if top_k is not None and top_k < logits.shape[-1]:
