@@ -168,6 +168,18 @@ def test_a_search_loads_in_a_process_without_ray(search):
     assert result.returncode == 0, result.stderr
 
 
+def test_a_trial_of_a_later_run_is_found_in_that_runs_directory(search, best, tmp_path):
+    """An --extend's trials live under tune-2/, tune-3/...: the manifest's runs say where to look."""
+    copy = tmp_path / "extended"
+    shutil.copytree(search, copy, ignore=shutil.ignore_patterns(".lock"))
+    (copy / "tune-2").mkdir()
+    shutil.move(copy / "tune" / best["trial_id"], copy / "tune-2" / best["trial_id"])
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    write_json_atomic({**manifest, "runs": ["tune", "tune-2"]}, copy / MANIFEST_FILE)
+    loaded = load(copy).best_model()
+    assert Path(loaded.origin["checkpoint"]).parent.parent == copy / "tune-2" / best["trial_id"]
+
+
 # --- bad inputs: one line, exit 2, nothing written
 
 
