@@ -307,6 +307,8 @@ class Trainer:
             if compiling and step == 0:
                 first_step = time.perf_counter() - start  # torch.compile compiles on the host, in the first call
             if timed and step == PACE_SKIPS_STEPS - 1:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)  # once: the pace starts where these steps have run
                 mark = (self.clock(), tokens)
         self.tokens_seen += tokens
         mean_loss = loss_sum.item() / max(tokens, 1)
