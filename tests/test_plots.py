@@ -5,6 +5,7 @@ overlap, and the best trial's star is named in a legend."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,16 @@ def test_the_best_trials_star_has_a_legend(search: Path) -> None:
     assert [t.get_text() for t in legend.get_texts()] == ["a trial", f"best: {BEST} (best_valid_loss 1.8)"]
     (_, star) = axes["lr"].collections
     assert star.get_offsets().tolist() == [[8e-4, 1.8]]
+
+
+def test_a_relative_space_file_is_found_from_where_the_search_ran(tmp_path: Path, monkeypatch) -> None:
+    """`python -m artune.search search_spaces/x.yaml` records the path as typed; a notebook runs in notebooks/."""
+    directory = write_search(tmp_path / "results" / "knobs")
+    (tmp_path / "results" / "space.yaml").rename(tmp_path / "space.yaml")
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    write_json_atomic({**manifest, "space_file": "space.yaml"}, directory / MANIFEST_FILE)
+    monkeypatch.chdir(directory)  # not where the search ran
+    assert knob_axes(load(directory))["d_model"].choices == (64, 32)
 
 
 def test_without_the_space_file_the_knobs_types_decide(tmp_path: Path) -> None:
