@@ -47,9 +47,11 @@ class Progress:
         else:
             print(line, file=stream, flush=True)
 
-    def trial_started(self, trial_id: str, knobs: dict[str, Any]) -> None:
+    def trial_started(self, trial_id: str, knobs: dict[str, Any], after: int = 0) -> None:
+        """A trial's start, with its searched knobs; ``after``: the epoch a continued trial goes on from."""
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in knobs.items())
-        self.say(f"[{trial_id}] started: {shown}" if shown else f"[{trial_id}] started")
+        started = f"continues after epoch {after}" if after else "started"
+        self.say(f"[{trial_id}] {started}: {shown}" if shown else f"[{trial_id}] {started}")
 
     def epoch(self, trial_id: str, metrics: dict[str, Any]) -> None:
         """An epoch's result: the best value so far."""
@@ -91,13 +93,18 @@ class Progress:
         from tqdm import tqdm
 
         if self._bar is None:
-            self._bar = tqdm(total=self.planned, unit="trial", file=sys.stdout, dynamic_ncols=True, leave=False)
-            self._bar.set_description_str("trials")
+            self._bar = tqdm(
+                total=self.planned,
+                bar_format="{n_fmt}/{total_fmt} trials done |{bar}| {desc}",  # desc: the rest of the status
+                file=sys.stdout,
+                dynamic_ncols=True,
+                leave=False,
+            )
         done, running, pending = self.counts
         self._bar.n = done
         best = f"best {self.metric} {self.best[0]:.4f} ({self.best[1]}); " if self.best else ""
         left = f", {_clock(max(0.0, self.budget_s - (now - self.started)))} left" if self.budget_s else ""
-        self._bar.set_postfix_str(
+        self._bar.set_description_str(
             f"{running} running, {pending} pending; {best}elapsed {_clock(now - self.started)}{left}", refresh=False
         )
         self._bar.refresh()

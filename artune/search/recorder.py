@@ -109,8 +109,7 @@ class Recorder(tune.Callback):
         record.status, record.error = "running", None  # an errored trial --resume runs again starts clean
         self.study.start(record)
         knobs = {k: record.config[k] for k in self.space.active(record.config)}
-        after = f" (continues after epoch {max(record.epochs)})" if record.epochs else ""
-        self.progress.trial_started(f"{trial.trial_id}{after}", knobs)
+        self.progress.trial_started(trial.trial_id, knobs, after=max(record.epochs, default=0))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         record = self._record(trial)
