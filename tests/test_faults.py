@@ -1006,7 +1006,7 @@ def test_the_processes_of_a_killed_drivers_ray_instance_end_with_it(tmp_path, sm
         deadline = time.monotonic() + 20
         while processes_with_ray_tmpdir(private_ray_tmpdir) and time.monotonic() < deadline:
             time.sleep(0.5)
-        left = [" ".join(p.cmdline())[:100] for p in processes_with_ray_tmpdir(private_ray_tmpdir)]
+        left = [p.pid for p in processes_with_ray_tmpdir(private_ray_tmpdir)]
     finally:
         reap(private_ray_tmpdir)
     assert not left, left

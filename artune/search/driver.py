@@ -105,7 +105,7 @@ def tune_search(plan: Plan, corpus: Corpus) -> Outcome:
     try:
         init_ray(plan)  # inside the try: a refusal after ray.init (no GPUs, say) still shuts Ray down
         plan.stopwatch.lap("ray_init")
-        if plan.mode is Mode.RESUME and not plan.fresh_run:
+        if plan.mode is Mode.RESUME:
             settle_unsaved_trials(plan)
         started = dt.datetime.now().isoformat(timespec="seconds")
         from artune.search.recorder import Recorder  # Ray Tune's modules: imported once Ray is up

@@ -121,7 +121,7 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
             manifest.check_space_unchanged(space)
         run_name = manifest.runs[-1] if mode is Mode.RESUME else manifest.next_run
         restore_state_from = check_continuable(mode, manifest, args.num_samples)
-        fresh_run = mode is Mode.RESUME and not (directory / run_name / "tuner.pkl").exists()
+        fresh_run = mode is Mode.RESUME and not tune_began(directory / run_name)
         check_tables(directory, mode)
     given = {
         key: getattr(args, key) for key in OVERRIDE_FLAGS if key != "time_budget" and getattr(args, key) is not None
@@ -280,19 +280,32 @@ def check_continuable(mode: Mode, manifest: Manifest, num_samples: Optional[int]
     """Whether the search's last run can be resumed (or the search extended); for a resume, the staging copy
     of Tune's saved state to restore first, where a killed driver cut it short."""
     name, last = manifest.directory.name, manifest.directory / manifest.runs[-1]
-    # A run that was stopped before Ray Tune began it (before tuner.pkl) has nothing to resume
-    tune_began = (last / "tuner.pkl").exists()
+    began = tune_began(last)
     if mode is Mode.RESUME:
-        # a run stopped before Ray Tune began it trained nothing: the resume starts it anew (Plan.fresh_run)
-        return check_saved_state(last) if tune_began else None
+        # a run stopped before Ray Tune began it has nothing to resume: the resume starts it anew (Plan.fresh_run)
+        return check_saved_state(last) if began else None
     if num_samples is None:
         raise SearchError("--extend needs --num-samples: how many trials to add")
-    if tune_began and not manifest.last_run_finished():
+    if began and not manifest.last_run_finished():
         raise SearchError(
             f"--extend: search {name!r} is unfinished (its last run was interrupted); "
             f"continue it with --resume first, then extend it"
         )
     return None
+
+
+def tune_began(tune_path: Path) -> bool:
+    """Whether Ray Tune began the run, so that it can be restored: its ``tuner.pkl`` is whole and it saved its
+    state once (it does before its first trial). Tune writes the Tuner in place: a kill in the write leaves it
+    empty or cut short (a pickle ends with its STOP opcode). Restored without a saved state, Tune runs one trial."""
+    if not any(tune_path.glob("experiment_state-*.json")):
+        return False
+    try:
+        with open(tune_path / "tuner.pkl", "rb") as file:
+            file.seek(-1, os.SEEK_END)
+            return file.read(1) == b"."
+    except OSError:  # not there, or empty (the seek fails)
+        return False
 
 
 def check_tables(directory: Path, mode: Mode) -> None:

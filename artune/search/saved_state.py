@@ -137,12 +137,15 @@ def settle_unsaved_trials(plan: Plan) -> None:
     - a trial the state holds TERMINATED (ASHA, or its last epoch) that the tables still call running: Tune does not
       run it again, so the resume would count it unfinished for ever: ``completed`` or ``stopped``.
 
+    A run Tune begins anew (``plan.fresh_run``: its driver was killed before Tune began it) saved no trial: its
+    trials the tables call running are lost so.
+
     Ray's import is in recorder.py: this runs once Ray is up.
     """
     from artune.results import read_records, write_tables
     from artune.search.recorder import merge_ray_results
 
-    saved = saved_trials(plan.tune_path)
+    saved = {} if plan.fresh_run else saved_trials(plan.tune_path)
     if saved is None:
         return
     records = read_records(plan.directory)
