@@ -47,6 +47,11 @@ _STATES = {
 }
 
 
+# A live trial's user attributes as it starts (its trial_id besides): those that its end leaves as they are
+# cost no write then (each is a database commit on the driver's thread).
+STARTED_ATTRS = {"status": "running", "epochs_completed": 0, "tokens_per_sec": None, "error": None}
+
+
 def storage_url(directory: Path, storage: Optional[str] = None) -> str:
     return storage or f"sqlite:///{Path(directory).resolve() / STUDY_FILE}"
 
@@ -183,7 +188,7 @@ class LiveStudy:
                 state=TrialState.RUNNING,
                 params=params,
                 distributions=distributions,
-                user_attrs={"trial_id": trial_id, "status": "running"},
+                user_attrs={**STARTED_ATTRS, "trial_id": trial_id},
             )
             self.open[trial_id] = self.storage.create_new_trial(self.study_id, template_trial=template)
             self.written[trial_id] = {}
@@ -232,7 +237,8 @@ class LiveStudy:
             if written.get(step) != value:
                 self.storage.set_trial_intermediate_value(optuna_id, step, value)
         for key_, value in user_attrs(record).items():
-            self.storage.set_trial_user_attr(optuna_id, key_, value)
+            if STARTED_ATTRS.get(key_, value) != value or key_ == "status":  # a commit each: only what changed
+                self.storage.set_trial_user_attr(optuna_id, key_, value)
         self.storage.set_trial_state_values(optuna_id, state, values)
         return True
 
