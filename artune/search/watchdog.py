@@ -1,11 +1,12 @@
 """A guard that ends the processes of a search's local Ray instance with its driver, however the driver ends.
 
-The kernel kills Ray's GCS and raylet with the driver that started them, but not what the raylet started: its
-agents and idle workers, adopted by init, outlive a SIGKILLed driver by up to a minute, holding memory and
-cores. The driver marks every process it starts from then on with a token in the environment (Ray's processes,
-and theirs, inherit it), and starts this guard in a process group of its own with a pipe from the driver as its
-stdin: end-of-file there means the driver is gone, by any death or by its normal end, after ``ray.shutdown``.
-The guard then ends every process that carries the token: SIGTERM, then SIGKILL to those left after a grace.
+The kernel kills Ray's GCS and raylet with the driver that started them; what the raylet started (its agents,
+idle workers) ends only once it notices the raylet gone, and has been seen adopted by init for a minute after a
+SIGKILLed driver (issue 28), holding memory and cores. The driver marks every process it starts from then on
+with a token in the environment (Ray's processes, and theirs, inherit it), and starts this guard in a process
+group of its own with a pipe from the driver as its stdin: end-of-file there means the driver is gone, by any
+death or by its normal end, after ``ray.shutdown``. The guard then ends every process that carries the token:
+SIGTERM, then SIGKILL to those left after a grace.
 
 Ray's processes are started in the guard's process group too (``ray_apart``), not the driver's: a signal to the
 driver's group (``kill -TERM -PGID``, what Slurm sends; a terminal's Ctrl-C) reaches the driver alone, which
