@@ -105,6 +105,17 @@ def check_storage(url: str) -> None:
         folder = database.absolute().parent
         if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
             raise SearchError(f"--storage {url!r}: the database file's directory {folder} is not a writable directory")
+        return
+    # A database server: connected to once here, so that one which refuses is a line before Ray starts
+    # and before the search's directory exists, not a failure once the search has begun.
+    try:
+        with existing_database(url):
+            pass
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's and the driver's errors share no useful base
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise SearchError(
+            f"--storage {url!r}: the database cannot be reached ({type(exc).__name__}: {first})"
+        ) from None
 
 
 def check_study_readable(url: str, flag: str) -> None:
