@@ -109,9 +109,10 @@ class Progress:
         )
         self._bar.refresh()
 
-    def close(self, trials: list) -> None:
-        """The search has ended: the bar goes, and its last status stays as a plain line."""
-        self._count(trials)
+    def close(self, done: int) -> None:
+        """The search has ended with ``done`` trials of this run ended (the rest wait for ``--resume``): the bar
+        goes, and the last status stays as a plain line."""
+        self.counts = (done, 0, max(0, self.planned - done))
         if self._bar is not None:
             self._bar.close()
             self._bar = None

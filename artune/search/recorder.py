@@ -46,6 +46,7 @@ class Recorder(tune.Callback):
         self._study = study
         self.unfinished, self.cut_short = 0, []
         self.ended: set[str] = set()  # trials Tune reported ended (complete or error) in this run
+        self.run_trials: list[str] = []  # the trials of this run, as Tune had them at its end
         self.spent: dict[str, list[float]] = {}  # the seconds of each epoch trained in this run, by trial
         s = plan.space.settings
         self.progress = Progress(s.num_samples * plan.repeats, s.metric, s.mode, plan.started, plan.time_budget_s)
@@ -82,6 +83,7 @@ class Recorder(tune.Callback):
             self.cut_short = []
             self.write(force=True)
         left = self.unfinished + len(self.cut_short)
+        self.progress.close(sum(self.records[tid].status in (*ENDED, "error") for tid in self.run_trials))
         if left:
             self.study.pause()  # Ctrl-C: --resume continues them
         else:
@@ -160,6 +162,7 @@ class Recorder(tune.Callback):
         # On Ctrl-C, Tune saves its state, then stops the running trials (TERMINATED, but with no
         # on_trial_complete): those are unfinished, and --resume continues them from that state.
         self.unfinished, self.cut_short = 0, []
+        self.run_trials = [trial.trial_id for trial in trials]
         for trial in trials:
             record = self._record(trial)
             running = record.status in ("running", "pending")
@@ -179,7 +182,6 @@ class Recorder(tune.Callback):
             else:
                 self.unfinished += 1
         self.write(force=True)
-        self.progress.close(trials)
 
 
 def new_record(trial_id: str, config: dict[str, Any], status: str = "pending") -> TrialRecord:
