@@ -62,3 +62,14 @@ def show_number(value: Any) -> str:
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         return str(int(value))
     return str(value) if not isinstance(value, float) else f"{value:g}"
+
+
+def root_cause(exc: BaseException) -> str:
+    """``Type: first line`` of the exception an error was raised from, at the bottom of its chain: a storage
+    layer's wrapper ("an exception is raised during the commit") hides what happened (a refused connection)."""
+    seen = {id(exc)}
+    while exc.__cause__ is not None and id(exc.__cause__) not in seen:
+        exc = exc.__cause__
+        seen.add(id(exc))
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}"

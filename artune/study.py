@@ -35,6 +35,7 @@ from typing import Any, Iterable, Optional
 import optuna
 from optuna.trial import TrialState
 
+from artune.humanize import root_cause
 from artune.results import TrialRecord
 from artune.spaces import SearchSpace
 
@@ -258,9 +259,8 @@ class LiveStudy:
     def _warn(self, exc: Exception) -> None:
         if not self._failed_write:
             self._failed_write = True
-            first = (str(exc).splitlines() or [""])[0]
             print(
-                f"warning: the Optuna study could not be written while a trial ran ({type(exc).__name__}: {first}); "
+                f"warning: the Optuna study could not be written while a trial ran ({root_cause(exc)}); "
                 "each trial's end writes it whole",
                 file=sys.stderr,
                 flush=True,

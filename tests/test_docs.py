@@ -113,7 +113,7 @@ def test_every_option_of_the_other_commands_is_documented(module):
 
 def test_the_exit_codes_in_usage_are_the_search_commands():
     table = USAGE.split("| exit code | when |")[1].split("\n\n")[0]
-    assert re.findall(r"^\| (\d+) \|", table, re.M) == ["0", "1", "2", "3", "130", "141", "143"]
+    assert re.findall(r"^\| (\d+) \|", table, re.M) == ["0", "1", "2", "3", "4", "130", "141", "143"]
 
     def search(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(

@@ -202,3 +202,23 @@ def test_a_server_that_refuses_the_connection_is_one_line_before_anything_is_wri
     assert_one_error_line(result, "--storage", "127.0.0.1", "refused")
     assert not results.exists()
     assert not processes_with_ray_tmpdir(os.environ["RAY_TMPDIR"])
+
+
+def test_a_server_lost_mid_search_ends_in_one_line_and_resume_finishes_it(server, space, ray_tmpdir):
+    search = Search(*search_args(space, "pg-lost", server.url))
+    search.wait_for(lambda: sum(map(len, search.epochs().values())) >= 1, 600, "a first epoch")
+    server.stop()
+    try:
+        rc = search.finish(600)
+    finally:
+        server.start()
+    reap(ray_tmpdir)
+    errors = [line for line in search.stderr.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in search.stderr, search.stderr[-3000:]
+    assert rc == 4 and len(errors) == 1 and "--resume" in errors[0], (rc, search.stderr[-3000:])
+    assert "the Optuna study's database" in errors[0], errors[0]
+    directory = space["results"] / "pg-lost"
+    assert (directory / TRIALS_FILE).exists()
+    result = cli("--resume", "--name", "pg-lost", "--results-dir", str(space["results"]), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_truthful(server.url, "pg-lost", directory, SAMPLES)

@@ -9,7 +9,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from artune import plural
 from artune.errors import SearchError
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from artune.results import TrialRecord
 
 EXIT_OK, EXIT_NO_TRIAL_SUCCEEDED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 130, 143
+EXIT_STORAGE_FAILED = 4  # the results directory or the study's database could not be written
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Outcome:
     elapsed_s: float  # from the command's start to the end of Tuner.fit
     spent: dict[str, list[float]]  # the seconds of each epoch trained in this run, by trial
     records: dict[str, TrialRecord]
+    storage_failure: Optional[str] = None  # what failed, where the search's storage did
 
 
 def run(plan: Plan) -> int:
@@ -123,7 +125,13 @@ def tune_search(plan: Plan, corpus: Corpus) -> Outcome:
         tuner = build_tuner(tuner_plan(plan), corpus, recorder)
         tuning_started = plan.stopwatch.lap("tuner")  # the searcher, the corpus into Ray's object store
         with ClusterWatch(plan) if plan.address else contextlib.nullcontext():
-            tuner.fit()  # Ray Tune catches Ctrl-C itself: fit then returns with trials left unfinished
+            try:
+                tuner.fit()  # Ray Tune catches Ctrl-C itself: fit then returns with trials left unfinished
+            except Exception:
+                # Once the storage failed, fit's own end may fail on what it could not write (an empty error
+                # file, say): the failure is known, and reported in one line.
+                if not recorder.storage_failure:
+                    raise
         finished = time.monotonic()
         budget_spent = bool(plan.time_budget_s) and finished - plan.started >= plan.time_budget_s - BUDGET_END_S - 1.0
         interrupted = recorder.finish(budget_spent)
@@ -138,7 +146,7 @@ def tune_search(plan: Plan, corpus: Corpus) -> Outcome:
             )
     finally:
         stop_ray()  # a no-op where ray.init never ran or failed
-    return Outcome(interrupted, finished - plan.started, recorder.spent, recorder.records)
+    return Outcome(interrupted, finished - plan.started, recorder.spent, recorder.records, recorder.storage_failure)
 
 
 def tuner_plan(plan: Plan) -> Plan:
@@ -162,11 +170,19 @@ def open_study(recorder, plan: Plan) -> None:
 
 
 def report(plan: Plan, outcome: Outcome) -> int:
+    resume = f"python -m artune.search --resume --name {plan.name} --results-dir {plan.directory.parent}"
+    if outcome.storage_failure:
+        print(
+            f"error: the search's storage failed: {outcome.storage_failure}; the search stopped, its tables as last "
+            f"written; once that is fixed, continue with: {resume}",
+            file=sys.stderr,
+        )
+        return EXIT_STORAGE_FAILED
     if outcome.interrupted or terminated():
         by = "terminated (SIGTERM)" if terminated() else "interrupted"
         print(
             f"{by}: {plural(outcome.interrupted, 'trial')} unfinished; the tables hold every result so far; "
-            f"continue with: python -m artune.search --resume --name {plan.name} --results-dir {plan.directory.parent}",
+            f"continue with: {resume}",
             file=sys.stderr,
         )
         return EXIT_TERMINATED if terminated() else EXIT_INTERRUPTED

@@ -3,9 +3,13 @@ the search's progress on the terminal."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
+import os
 import re
+import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -13,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from ray import tune
 
 from artune.config import FIELD_NAMES
+from artune.humanize import root_cause
 from artune.results import EPOCH_COLUMNS, TrialRecord, read_records, write_tables
 from artune.search.progress import Progress
 from artune.study import LiveStudy
@@ -23,6 +28,10 @@ if TYPE_CHECKING:
 
 ENDED = ("completed", "stopped", "diverged")  # table statuses of trials that a resumed search does not train again
 EPOCH_KEYS = {*EPOCH_COLUMNS, "diverged", "error"} - {"trial_id"}  # what a trial reports of an epoch, not Tune's keys
+# A disk that is full or read-only fails every trial alike: the search's failure, not a trial's. Denied access
+# and vanished paths count where they name the search's own directory (a trial may open other files).
+FULL_OR_READ_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+DENIED_OR_GONE = {errno.EACCES, errno.EPERM, errno.ENOENT, errno.EIO}
 
 
 class Recorder(tune.Callback):
@@ -48,6 +57,8 @@ class Recorder(tune.Callback):
         self.ended: set[str] = set()  # trials Tune reported ended (complete or error) in this run
         self.run_trials: list[str] = []  # the trials of this run, as Tune had them at its end
         self.spent: dict[str, list[float]] = {}  # the seconds of each epoch trained in this run, by trial
+        self.storage_failure: Optional[str] = None  # the search's storage failed: what, in one line
+        self.storage_failed: set[str] = set()  # trials that failed only because the storage did
         s = plan.space.settings
         self.progress = Progress(s.num_samples * plan.repeats, s.metric, s.mode, plan.started, plan.time_budget_s)
 
@@ -62,6 +73,9 @@ class Recorder(tune.Callback):
 
     def setup(self, **info: Any) -> None:
         self.ended, self.spent = set(), {}
+        self.storage_failure, self.storage_failed = None, set()
+        for handler in logging.getLogger("ray").handlers:  # Ray's one handler: Tune's loggers propagate to it
+            handler.addFilter(StorageFailureLogs(self))
         self.records = read_records(self.directory)
         # The tables are refreshed every REFRESH_S: a driver killed in between may have missed
         # results that Ray recorded. Ray's own per-trial result files fill those in.
@@ -84,19 +98,43 @@ class Recorder(tune.Callback):
             self.write(force=True)
         left = self.unfinished + len(self.cut_short)
         self.progress.close(sum(self.records[tid].status in (*ENDED, "error") for tid in self.run_trials))
+        if self.storage_failure:
+            return max(left, 1)  # nothing more is written: --resume, once fixed, takes the study up by trial id
         if left:
             self.study.pause()  # Ctrl-C: --resume continues them
         else:
             self.study.settle(self.records)
         return left
 
-    def write(self, force: bool = False) -> None:
+    def write(self, force: bool = False, in_loop: bool = True) -> None:
+        """The tables (and, with ``force``, the study's ended trials). Where the storage fails, the search stops:
+        the tables stay as last written (each write is a rename), and nothing more is tried."""
+        if self.storage_failure:
+            return
         now = time.monotonic()
         if force or now - self._written >= self.REFRESH_S:
-            write_tables(self.directory, self.records.values())
+            try:
+                write_tables(self.directory, self.records.values())
+            except OSError as exc:
+                return self.storage_fails(
+                    f"{self.directory}: the tables cannot be written ({describe_os_error(exc)})", in_loop
+                )
             self._written = now
         if force:
-            self.study.sync(self.records.values())
+            try:
+                self.study.sync(self.records.values())
+            except Exception as exc:  # noqa: BLE001 - SQLAlchemy's and the drivers' errors share no useful base
+                return self.storage_fails(
+                    f"the Optuna study's database {self.storage} cannot be written ({root_cause(exc)})", in_loop
+                )
+
+    def storage_fails(self, what: str, in_loop: bool = True) -> None:
+        """The search's storage failed: stop the search as Ctrl-C does (Tune saves its state, the trials stay
+        unfinished for --resume), unless Tune's loop has already ended."""
+        if self.storage_failure is None:
+            self.storage_failure = what
+            if in_loop:
+                signal.raise_signal(signal.SIGINT)  # to Tune's own Ctrl-C handler, which ends fit's loop
 
     def _record(self, trial: Any) -> TrialRecord:
         if trial.trial_id not in self.records:
@@ -147,7 +185,20 @@ class Recorder(tune.Callback):
         self.write(force=True)
         self.progress.tick(trials, force=True)
 
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # A trial that failed on the search's storage: not retried (the retry would fail alike), the search stops.
+        failure = storage_error(trial_error_text(trial), self.directory)
+        if failure:
+            self.storage_failed.add(trial.trial_id)
+            self.storage_fails(f"{self.directory}: trial {trial.trial_id} could not write its checkpoint ({failure})")
+
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        failure = storage_error(trial_error_text(trial), self.directory)
+        if failure:  # its last retry failed on the storage: unfinished, for --resume once the storage is fixed
+            self.storage_failed.add(trial.trial_id)
+            return self.storage_fails(
+                f"{self.directory}: trial {trial.trial_id} could not write its checkpoint ({failure})"
+            )
         self.ended.add(trial.trial_id)
         record = self._record(trial)
         record.status = "error"
@@ -176,12 +227,14 @@ class Recorder(tune.Callback):
             elif trial.status == "TERMINATED":
                 if running:
                     record.status = "completed" if len(record.epochs) >= self.epochs else "stopped"
+            elif trial.status == "ERROR" and trial.trial_id in self.storage_failed:
+                self.unfinished += 1  # --resume runs it again (resume_errored), once the storage is fixed
             elif trial.status == "ERROR":
                 if record.status != "error":
                     record.status, record.error = "error", error_line(trial)
             else:
                 self.unfinished += 1
-        self.write(force=True)
+        self.write(force=True, in_loop=False)
 
 
 def new_record(trial_id: str, config: dict[str, Any], status: str = "pending") -> TrialRecord:
@@ -227,16 +280,65 @@ def config_id(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(knobs, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def error_line(trial: Any) -> str:
-    """One line on the trial's latest failure (see ``summarize_error``).
+class StorageFailureLogs(logging.Filter):
+    """Ray Tune logs each write that a full or read-only disk fails, with its traceback, and goes on: the first
+    such record stops the search (the recorder's one line says it), and none reaches the terminal after it."""
 
-    Tune writes the trace to the trial's local directory first and to storage later, so the local
-    file is read first.
-    """
-    text = ""
-    if trial.error_file and Path(trial.error_file).is_file():
-        text = Path(trial.error_file).read_text(errors="replace")
-    return summarize_error(text or str(trial.get_error() or ""))
+    def __init__(self, recorder: Recorder) -> None:
+        super().__init__()
+        self.recorder = recorder
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        if self.recorder.storage_failure:
+            return False
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + logging.Formatter().formatException(record.exc_info)
+        failure = storage_error(text, self.recorder.directory)
+        if failure is None:
+            return True
+        self.recorder.storage_fails(f"{self.recorder.directory}: Ray Tune could not write its state there ({failure})")
+        return False
+
+
+def trial_error_text(trial: Any) -> str:
+    """The trial's failures as Tune recorded them. Tune writes the trace to the trial's local directory first
+    and to storage later, so the local file is read first; where storage failed there may be none."""
+    try:
+        if trial.error_file and Path(trial.error_file).is_file():
+            return Path(trial.error_file).read_text(errors="replace")
+    except OSError:
+        pass
+    return str(trial.get_error() or "")
+
+
+def error_line(trial: Any) -> str:
+    """One line on the trial's latest failure (see ``summarize_error``)."""
+    return summarize_error(trial_error_text(trial))
+
+
+ERRNO_IN_TEXT = re.compile(r"\[Errno (\d+)\] ([^\n]*)")
+
+
+def storage_error(text: str, directory: Path) -> Optional[str]:
+    """The storage failure in a trial's latest failure, in one line (``[Errno 28] No space left on device:
+    'path'``), or None where it failed otherwise."""
+    latest = re.split(r"^Failure # \d+ .*$", text, flags=re.MULTILINE)[-1]
+    for match in reversed(list(ERRNO_IN_TEXT.finditer(latest))):
+        code, rest = int(match.group(1)), match.group(2).strip()
+        if code in FULL_OR_READ_ONLY or (code in DENIED_OR_GONE and str(directory) in rest):
+            return f"[Errno {code}] {rest}"
+    for code in FULL_OR_READ_ONLY:  # pyarrow's file system (Ray's checkpoint upload) names the error, not its number
+        if os.strerror(code) in latest:
+            line = next(line for line in latest.splitlines() if os.strerror(code) in line)
+            return f"[Errno {code}] {line.strip()[:300]}"
+    return None
+
+
+def describe_os_error(exc: OSError) -> str:
+    return f"[Errno {exc.errno}] {exc.strerror}: {exc.filename}" if exc.errno else str(exc)
 
 
 def summarize_error(text: str) -> str:

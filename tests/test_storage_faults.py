@@ -1,0 +1,146 @@
+"""The search's storage failing under it, for real: the results directory on a small tmpfs of its own that is
+filled up, or made immutable, while trials train. The search stops in one line naming the path and the
+errno (exit 4), spends no retry on it, keeps its tables, and ``--resume`` once the storage is fixed trains every
+unfinished trial, the one that failed included.
+
+Mounting needs root (CI runs as root); elsewhere the module is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.test_faults import (
+    TINY_FIXED,
+    Search,
+    assert_every_trial_completed_once,
+    reap,
+    tables,
+    write_small_corpus,
+)
+from tests.test_search import cli
+
+SAMPLES, EPOCHS = 2, 3
+SPACE = f"""
+search:
+  num_samples: {SAMPLES}
+  max_concurrent: 2
+  resources: {{cpu: 1, gpu: 0}}
+  epochs: {EPOCHS}
+  sampler: random
+  seed: 0
+  scheduler: none
+{TINY_FIXED}
+  d_model: 32
+params:
+  lr: {{loguniform: [1.0e-3, 1.0e-2]}}
+"""
+EXIT_STORAGE_FAILED = 4
+
+
+def mount(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["mount", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def tmpfs():
+    """A 64 MiB tmpfs of the test's own: room for the search, until the test takes it away."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    path = Path(tempfile.mkdtemp(prefix="artune-tmpfs-"))
+    result = mount("-t", "tmpfs", "-o", "size=64m", "tmpfs", str(path))
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    yield path
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=60)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_tmpdir():
+    path = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths stay under 108 bytes
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_TMPDIR", path)
+        yield path
+    reap(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, shakespeare_path) -> dict:
+    root = tmp_path_factory.mktemp("storage")
+    (root / "space.yaml").write_text(SPACE)
+    return {"space": str(root / "space.yaml"), "data": str(write_small_corpus(shakespeare_path, root / "small.txt"))}
+
+
+def fill(directory: Path) -> Path:
+    """Write a file until the file system is full; the file."""
+    filler = directory / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def run_until_the_storage_fails(inputs: dict, results: Path, break_storage) -> tuple[Search, int, list[str]]:
+    search = Search(inputs["space"], "--name", "s", "--results-dir", str(results), "--data", inputs["data"])
+    search.wait_for(lambda: sum(map(len, search.epochs().values())) >= 1, 600, "a first epoch")
+    trials_before = (results / "s" / "trials.parquet").read_bytes()
+    break_storage()
+    rc = search.finish(600)
+    errors = [line for line in search.stderr.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in search.stderr, search.stderr[-4000:]
+    assert rc == EXIT_STORAGE_FAILED and len(errors) == 1, (rc, search.stdout[-2000:], search.stderr[-3000:])
+    assert "--resume --name s" in errors[0]
+    # no retry was spent: each trial started once (the lines a trial's start prints)
+    starts = [line.split("]")[0] for line in search.out if "] started:" in line]
+    assert len(starts) == len(set(starts)), starts
+    # the tables are readable, and hold at least what they held before the storage failed
+    trials, _ = tables(results / "s")
+    assert len(trials) >= 1 and not (trials["status"] == "error").any(), trials[["trial_id", "status", "error"]]
+    assert len((results / "s" / "trials.parquet").read_bytes()) >= 1 and trials_before
+    return search, rc, errors
+
+
+def resume_to_the_end(results: Path) -> None:
+    result = cli("--resume", "--name", "s", "--results-dir", str(results), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_every_trial_completed_once(results / "s", SAMPLES, EPOCHS)
+
+
+def test_a_full_disk_stops_the_search_in_one_line_and_resume_finishes_it(tmpfs, inputs, ray_tmpdir):
+    results = tmpfs / "results"
+    filler: list[Path] = []
+    _, _, errors = run_until_the_storage_fails(inputs, results, lambda: filler.append(fill(tmpfs)))
+    assert "[Errno 28]" in errors[0] and str(tmpfs) in errors[0], errors[0]
+    reap(ray_tmpdir)
+    filler[0].unlink()
+    resume_to_the_end(results)
+
+
+def test_an_immutable_results_directory_stops_the_search_in_one_line_and_resume_finishes_it(tmpfs, inputs, ray_tmpdir):
+    """Made unwritable mid-search as a tester did (``chattr -R +i``: nothing can be created, renamed or opened
+    for writing there, even by root)."""
+    results = tmpfs / "results"
+
+    def chattr(flag: str) -> None:
+        result = subprocess.run(["chattr", "-R", flag, str(results / "s")], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+
+    try:
+        _, _, errors = run_until_the_storage_fails(inputs, results, lambda: chattr("+i"))
+    finally:
+        chattr("-i")
+    assert "[Errno 1]" in errors[0] and str(results / "s") in errors[0], errors[0]
+    reap(ray_tmpdir)
+    resume_to_the_end(results)
