@@ -36,6 +36,7 @@ from artune.train.compile import (
 from artune.train.device import resolve_device, resolve_precision
 from artune.train.diagnostics import activation_hooks, activation_stats, param_grad_stats
 from artune.train.plan import epoch_batches, epochs_that_fit, steps_per_epoch
+from artune.train.ranks import Ranks
 
 # How often (in steps) the training loop looks for a non-finite loss. Each look is a host sync,
 # so it is not done every step; a diverged run still stops within this many steps.
@@ -64,6 +65,11 @@ class Trainer:
 
     ``clock`` is what a deadline is read against and the pace under it measured on: ``time.time`` but in
     tests, which give a clock they control so that how many epochs fit does not depend on the machine.
+
+    ``ranks``: where several workers train this configuration together (torch.distributed's process group,
+    set up by the caller), each takes its rows of every global batch and the model is wrapped in
+    DistributedDataParallel; the metrics are the whole batch's and the whole validation split's. Such a
+    trial trains eagerly (no torch.compile).
     """
 
     def __init__(
@@ -74,9 +80,16 @@ class Trainer:
         data_dir: Optional[str | os.PathLike] = None,
         device: Optional[torch.device] = None,
         clock: Callable[[], float] = time.time,
+        ranks: Optional[Ranks] = None,
     ) -> None:
         self.config = config
         self.clock = clock
+        self.ranks = ranks or Ranks()
+        if self.ranks.distributed and config.batch_size < self.ranks.world_size:
+            raise ConfigError(
+                f"batch_size >= workers must hold (each worker takes rows of every batch), "
+                f"but got batch_size={config.batch_size}, workers={self.ranks.world_size}"
+            )
         # what compiling needs: with compile: auto, a missing compiler means training eagerly
         self.missing_compiler = missing_compiler() if config.compile else None
         if config.compile is True and self.missing_compiler:
@@ -103,7 +116,9 @@ class Trainer:
         torch.manual_seed(config.seed)
         shape = model_config(config, self.corpus.vocab_size)
         self.model = GPT(shape).to(self.device)
-        self.forward = self.model  # the training step's model: compiled from the start, or later with compile: auto
+        # the training step's model: DDP's wrapper around it with several workers
+        self.eager = self._data_parallel(self.model) if self.ranks.distributed else self.model
+        self.forward = self.eager  # compiled from the start, or later with compile: auto
         self.compile_key = (
             shape,
             config.batch_size,
@@ -112,7 +127,7 @@ class Trainer:
             self.device,
             self.autocast_dtype,
         )
-        if config.compile is True:
+        if config.compile is True and not self.ranks.distributed:
             self.compile()
         self.epoch_steps = steps_per_epoch(config, len(self.corpus.train))
         # The lr schedule's plan: epoch E of this run ends at step plan_base[1] + (E - plan_base[0]) * epoch_steps.
@@ -195,17 +210,28 @@ class Trainer:
 
     @property
     def compiled(self) -> bool:
-        return self.forward is not self.model
+        return self.forward is not self.eager
+
+    def _data_parallel(self, model: torch.nn.Module) -> torch.nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        # the model's buffers are constants (no batch statistics): nothing to send before every step
+        return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
 
     def compile_pays(self) -> bool:
         """compile: auto's choice before each epoch (see ``AUTO_COMPILE_AFTER_S``): whether to compile now."""
-        return not self._compile_declined and auto_compile_pays(
-            self.compile_key,
-            self.device.type,
-            missing_compiler=self.missing_compiler,
-            epoch=self.epoch,
-            planned_epochs=self.planned_epochs,
-            epoch_seconds=self.epoch_seconds,
+        return (
+            not self._compile_declined
+            and not self.ranks.distributed
+            and auto_compile_pays(
+                self.compile_key,
+                self.device.type,
+                missing_compiler=self.missing_compiler,
+                epoch=self.epoch,
+                planned_epochs=self.planned_epochs,
+                epoch_seconds=self.epoch_seconds,
+            )
         )
 
     # --- epochs
@@ -226,7 +252,7 @@ class Trainer:
         if pays is False:
             note_compile_did_not_pay(self.compile_key, self.epoch, self._eager_rate, self._step_rate)
             self._compile_declined = True
-            self.forward = self.model
+            self.forward = self.eager
 
     def run_epoch(self, deadline: Optional[float] = None) -> Metrics:
         if self.config.compile == "auto" and not self.compiled and self.compile_pays():
@@ -285,16 +311,22 @@ class Trainer:
         first_step = 0.0
         timed = c.compile == "auto"  # the pace compile: auto compares, past the epoch's first steps
         mark: Optional[tuple[float, int]] = None  # (clock, tokens) where that pace starts
+        ranks = self.ranks
         for step, (x, y) in enumerate(self._batches()):  # x, y: (B, T)
             if deadline is not None and self.clock() >= deadline:
                 raise DeadlineReached(f"the deadline passed in epoch {self.epoch + 1}, after {step} of its steps")
+            weight = 1.0
+            if ranks.distributed:
+                rows = x.shape[0]
+                x, y = ranks.shard(x), ranks.shard(y)  # (B / world_size, T)
+                weight = ranks.loss_weight(x.shape[0], rows)
             try:
-                logits, loss = self._forward_backward(x, y)
+                logits, loss = self._forward_backward(x, y, weight)
             except Exception as exc:  # torch.compile's own (a compiler that does not work, say) in its first step
                 if not (compiling and step == 0 and c.compile == "auto"):
                     raise
                 self._train_eagerly(exc)
-                logits, loss = self._forward_backward(x, y)
+                logits, loss = self._forward_backward(x, y, weight)
             # the norm before clipping
             self._grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
             self.optimizer.step()  # and the lr schedule's
@@ -302,7 +334,9 @@ class Trainer:
             loss_sum += loss.detach() * n
             correct += (logits.detach().argmax(dim=-1) == y).sum()
             tokens += n
-            if (step + 1) % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
+            if (step + 1) % DIVERGENCE_CHECK_EVERY == 0 and not ranks.all_true(
+                bool(torch.isfinite(loss_sum)), self.device
+            ):
                 break
             if compiling and step == 0:
                 first_step = time.perf_counter() - start  # torch.compile compiles on the host, in the first call
@@ -310,13 +344,17 @@ class Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)  # once: the pace starts where these steps have run
                 mark = (self.clock(), tokens)
+        local_tokens = tokens
+        if ranks.distributed:  # the global batches' sums: every rank's rows
+            total_loss, total_correct, total_tokens = ranks.sum(loss_sum, correct, tokens)
+            loss_sum, correct, tokens = torch.tensor(total_loss), torch.tensor(total_correct), int(total_tokens)
         self.tokens_seen += tokens
         mean_loss = loss_sum.item() / max(tokens, 1)
         seconds = time.perf_counter() - start
         self._step_rate = None
-        if mark is not None and tokens > mark[1]:
+        if mark is not None and local_tokens > mark[1]:
             elapsed = self.clock() - mark[0]  # after .item(), which waited for the device's last step
-            self._step_rate = (tokens - mark[1]) / elapsed if elapsed > 0 else None
+            self._step_rate = (local_tokens - mark[1]) / elapsed if elapsed > 0 else None
         steps = tokens // (c.batch_size * c.seq_len)
         if compiling and steps > 1:
             self._compile_seconds = max(0.0, first_step - (seconds - first_step) / (steps - 1))
@@ -327,18 +365,20 @@ class Trainer:
             )
         return mean_loss, correct.item() / max(tokens, 1), tokens, seconds
 
-    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_backward(
+        self, x: torch.Tensor, y: torch.Tensor, weight: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         with self._autocast():
             logits = self.forward(x)  # (B, T, V)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
         self.optimizer.zero_grad()
-        loss.backward()
+        (loss * weight if weight != 1.0 else loss).backward()
         return logits, loss
 
     def _train_eagerly(self, exc: Exception) -> None:
         """compile: auto's way out where torch.compile fails: eager training, as without a compiler."""
         note_compile_failed(exc, self.epoch + 1)
-        self.forward = self.model
+        self.forward = self.eager
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
@@ -349,7 +389,10 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         tokens = 0
         hooks = activation_hooks(self.model, self._activations) if c.is_log_model_activations else []
-        for x, y in valid_batches(self.valid_tokens, c.valid_loader, c.batch_size, c.seq_len, c.seed):
+        ranks = self.ranks
+        for i, (x, y) in enumerate(valid_batches(self.valid_tokens, c.valid_loader, c.batch_size, c.seq_len, c.seed)):
+            if i % ranks.world_size != ranks.rank:
+                continue  # another rank's batch: together they validate on the whole split
             with self._autocast():
                 logits = self.model(x)  # eager: a compiled eval graph costs more than the one pass it speeds up
             loss_sum += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
@@ -358,6 +401,9 @@ class Trainer:
             for hook in hooks:  # activation statistics from the first batch are enough
                 hook.remove()
             hooks = []
+        if ranks.distributed:
+            total_loss, total_correct, tokens = ranks.sum(loss_sum, correct, tokens)
+            return total_loss / tokens, total_correct / tokens
         return loss_sum.item() / tokens, correct.item() / tokens
 
     @torch.no_grad()

@@ -1,0 +1,66 @@
+"""One rank of a two-process data-parallel training run, for tests/test_distributed.py.
+
+``python -m tests._ddp_worker RANK WORLD_SIZE PORT OUT_DIR``: joins a gloo process group on 127.0.0.1,
+trains the config of ``config()`` and writes ``rank<R>.pt``: each epoch's metrics and the rows of every
+batch this rank trained on. A world of one is the single-process run the others are compared with.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from artune.config import TrainConfig
+from artune.train import Trainer
+from artune.train.ranks import Ranks
+
+
+def config() -> TrainConfig:
+    return TrainConfig(
+        dataset="tiny_shakespeare",
+        tokenizer="character",
+        seq_len=16,
+        batch_size=8,
+        batches_per_epoch=6,
+        epochs=2,
+        d_model=32,
+        n_layers=1,
+        n_heads=2,
+        dropout=0.0,
+        lr=3e-3,
+        optimizer="adamw",
+        sample_tokens=0,
+        device="cpu",
+        compile=False,
+        valid_loader="sequential",
+        seed=7,
+    )
+
+
+class RecordingTrainer(Trainer):
+    """Keeps the rows of every batch this rank trained on; trains as the Trainer does."""
+
+    seen: list[torch.Tensor]
+
+    def _forward_backward(self, x, y, weight=1.0):  # type: ignore[no-untyped-def]
+        self.seen.append(x.clone())
+        return super()._forward_backward(x, y, weight)
+
+
+def main(rank: int, world_size: int, port: int, out: Path) -> None:
+    torch.set_num_threads(1)
+    if world_size > 1:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    trainer = RecordingTrainer(config(), ranks=Ranks.of_process_group())
+    trainer.seen = []
+    history = trainer.fit()
+    torch.save({"history": history, "seen": trainer.seen}, out / f"rank{rank}.pt")
+    if world_size > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))
