@@ -132,8 +132,9 @@ def settle_unsaved_trials(plan: Plan) -> None:
     """Before a resume, the tables' unfinished trials that Ray Tune will not run again, settled as its saved state
     says. A driver killed between Tune's saving of its state and the tables' next write leaves:
 
-    - a trial Ray's result.json holds but the state lacks (it started after Tune last saved): Tune samples its
-      configuration again under a new id, so this one never ends: recorded ``error``, saying why;
+    - a trial Ray started (its params.json, perhaps a result.json) that the state lacks (it started after Tune last
+      saved): Tune samples its configuration again under a new id, so this one never ends: recorded ``error``,
+      saying why (the live study's trial of it ends so too);
     - a trial the state holds TERMINATED (ASHA, or its last epoch) that the tables still call running: Tune does not
       run it again, so the resume would count it unfinished for ever: ``completed`` or ``stopped``.
 
@@ -143,13 +144,20 @@ def settle_unsaved_trials(plan: Plan) -> None:
     Ray's import is in recorder.py: this runs once Ray is up.
     """
     from artune.results import read_records, write_tables
-    from artune.search.recorder import merge_ray_results
+    from artune.search.recorder import merge_ray_results, new_record
 
     saved = {} if plan.fresh_run else saved_trials(plan.tune_path)
     if saved is None:
         return
     records = read_records(plan.directory)
     merge_ray_results(records, plan.tune_path)  # result.json's trials and epochs the tables missed
+    for params in sorted(plan.tune_path.glob("*/params.json")):  # and those killed before their first result
+        trial_id = params.parent.name
+        if trial_id not in records and trial_id not in saved:
+            try:
+                records[trial_id] = new_record(trial_id, json.loads(params.read_text()), "running")
+            except (OSError, ValueError):
+                continue  # cut short by the kill
     settled = 0
     for trial_id, record in records.items():
         if record.status not in ("running", "pending") or not (plan.tune_path / trial_id).is_dir():
