@@ -232,13 +232,13 @@ def check_new(directory: Path, name: str, storage: Optional[str]) -> bool:
     """A new search takes a name that neither its results directory nor its --storage holds yet; True where the
     directory holds only what a start-up killed before the search began left: the new search takes it over."""
     takeover = directory.exists() and any(directory.iterdir())
-    if takeover and held_elsewhere(directory):
-        raise SearchError(f"--name {name!r}: the search is running in another process (lock {directory / LOCK_FILE})")
     if takeover and not startup_leftover(directory, name, storage):
         raise SearchError(
             f"--name {name!r}: {directory} already holds a search; use --resume to continue it, "
             "--extend to grow it, or choose another --name"
         )
+    if takeover and held_elsewhere(directory):  # a search in its start-up, in another process
+        raise SearchError(f"--name {name!r}: the search is running in another process (lock {directory / LOCK_FILE})")
     if storage and study_exists(storage, name) and not takeover:
         raise SearchError(
             f"--name {name!r}: the database {storage} already holds a study of that name (another "
