@@ -15,6 +15,7 @@ import socket
 import sys
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -207,11 +208,24 @@ def resume(trainer: Trainer, checkpoint: "tune.Checkpoint", fresh: Callable[[], 
     return fresh()
 
 
+@dataclass(frozen=True)
+class Workers:
+    """A trial trained by ``count`` data-parallel workers, each with ``cpu`` CPUs and ``gpu`` GPUs; ``metric``
+    and ``mode`` rank its checkpoints, as the search's CheckpointConfig does for a one-process trial."""
+
+    count: int = 1
+    cpu: float = 1.0
+    gpu: float = 0.0
+    metric: str = "valid_loss"
+    mode: str = "min"
+
+
 def train_fn(
     config: dict[str, Any],
     corpus: Optional[Corpus] = None,
     deadline: Optional[float] = None,
     ended: frozenset[str] = frozenset(),
+    workers: Workers = Workers(),
 ) -> Optional[list[Metrics]]:
     """Train one trial. ``corpus`` is the corpus the driver encoded once (``tune.with_parameters``).
 
@@ -223,6 +237,8 @@ def train_fn(
     the scheduler, diverged) after Tune last saved its state (every few seconds), so that Tune's
     state would continue them: such a trial ends at once, without training.
 
+    ``workers``: with more than one, the trial runs Ray Train's TorchTrainer (see ``fit_data_parallel``).
+
     Inside Tune the metrics go out through ``tune.report`` (with the warnings the trial gave since its
     last report, see ``WarningTap``) and nothing is returned (Tune takes a return value as one more
     result); outside Tune the per-epoch metrics are returned.
@@ -231,6 +247,9 @@ def train_fn(
     if not in_tune:
         return _train(config, corpus, deadline, None)
     if tune.get_context().get_trial_id() in ended:
+        return None
+    if workers.count > 1:
+        fit_data_parallel(config, corpus, deadline, workers)
         return None
     with WarningTap() as tap:
         _train(config, corpus, deadline, tap)
@@ -287,3 +306,102 @@ def _train(
             return None
         return [metrics]
     return None if in_tune else history
+
+
+# A worker group that lost a worker is started again from the trial's last checkpoint this many times
+# (Ray Train's own retries, inside the trial; the search's retries of the trial come after them).
+WORKER_GROUP_RESTARTS = 2
+WORKERS_KEY = "workers"  # of a result: the trial's data-parallel workers
+# of a result: the hex id of the placement group holding the trial's workers, which Ray Train leaves behind
+# where Tune ends the trial while it runs (see artune.search.tuner.WorkerGroupCleanup)
+PLACEMENT_GROUP_KEY = "workers_placement_group"
+
+
+def fit_data_parallel(
+    config: dict[str, Any], corpus: Optional[Corpus], deadline: Optional[float], workers: Workers
+) -> None:
+    """Train the trial on ``workers.count`` ranks through Ray Train's TorchTrainer, from inside its Tune trial.
+
+    Ray 2.60 runs Ray Train V2, whose supported way into Tune is this: the trial function fits a TorchTrainer
+    whose storage is the trial's own directory (its checkpoints sit there as a one-process trial's do, and a
+    trial Tune retries continues the run, from its last checkpoint), and Ray Train's TuneReportCallback hands
+    each epoch's result to Tune. The workers hold their own resources; the trial function holds next to none.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    storage = tune.get_context().get_storage()  # where the trial's result.json goes: the search's own directory
+    per_worker = {"CPU": workers.cpu, **({"GPU": workers.gpu} if workers.gpu else {})}
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"config": config, "corpus": corpus, "deadline": deadline, "workers": workers},
+        scaling_config=ScalingConfig(
+            num_workers=workers.count, use_gpu=workers.gpu > 0, resources_per_worker=per_worker
+        ),
+        torch_config=TorchConfig(backend="nccl" if workers.gpu > 0 else "gloo"),
+        run_config=RunConfig(
+            name=storage.trial_dir_name,
+            storage_path=storage.experiment_fs_path,
+            storage_filesystem=storage.storage_filesystem,
+            callbacks=[TuneReportCallback()],
+            failure_config=FailureConfig(max_failures=WORKER_GROUP_RESTARTS),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=workers.metric, checkpoint_score_order=workers.mode
+            ),
+        ),
+    )
+    trainer.fit()
+
+
+def train_worker(loop: dict[str, Any]) -> None:
+    """One rank of a data-parallel trial, in a Ray Train worker whose process group Ray Train set up.
+
+    Every rank trains its rows of each batch and reports each epoch (Ray Train waits for all of them); rank 0
+    alone writes the checkpoint, and every rank restores the last one where the worker group was restarted.
+    """
+    import ray.train
+    import ray.util
+    import torch
+    from ray.train.torch import get_device
+
+    from artune.train import DivergedError, Trainer
+    from artune.train.ranks import Ranks
+
+    workers: Workers = loop["workers"]
+    corpus, train_config = loop["corpus"], trial_config(loop["config"])
+    remove_stale_staging()
+    torch.set_num_threads(max(1, int(workers.cpu)))
+    device = get_device() if workers.gpu > 0 else torch.device("cpu")
+    ranks = Ranks.of_process_group()
+
+    def fresh() -> Trainer:
+        return Trainer(train_config, corpus, device=device, ranks=ranks)
+
+    trainer = fresh()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        trainer = resume(trainer, checkpoint, fresh)
+
+    group = ray.util.get_current_placement_group()
+    placement = {PLACEMENT_GROUP_KEY: group.id.hex()} if group is not None and ranks.is_first else {}
+
+    def report(metrics: Metrics) -> None:
+        metrics = {**metrics, WORKERS_KEY: ranks.world_size, **placement}
+        if train_config.is_save_models and ranks.is_first:
+            with tempfile.TemporaryDirectory(prefix=_staging_prefix()) as directory:
+                trainer.save_checkpoint(directory)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        else:
+            ray.train.report(metrics, checkpoint=None)
+
+    try:
+        trainer.fit(report, loop["deadline"])
+    except DivergedError as exc:  # on every rank at once: the loss is the global batches'
+        metrics = {
+            "epoch": trainer.epoch + 1,
+            "diverged": True,
+            "error": str(exc),
+            **dict.fromkeys(METRICS, float("nan")),
+        }
+        ray.train.report({**metrics, WORKERS_KEY: ranks.world_size, **placement}, checkpoint=None)

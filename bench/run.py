@@ -27,6 +27,8 @@ Sections:
              validation loss after those steps on the same valid windows (should agree within 1%).
   search     wall time of an 8-trial search (3 epochs of about 5 s each, 2 at a time) against the
              trials' own training time / concurrency.
+  ddp        two data-parallel workers (gloo) at one thread each against one worker at two threads,
+             same global batch, at the small shape: tokens/s of each (bench/data_parallel.py).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from artune.train import Trainer, matmul_rate
 
 SMALL = dict(d_model=128, n_layers=4, n_heads=4, seq_len=64, batch_size=12)
 ORIGIN = dict(d_model=512, n_layers=6, n_heads=8, seq_len=512)  # TrainConfig's defaults; batch 16
-SECTIONS = ["trainer", "compile", "sampler", "precision", "search"]
+SECTIONS = ["trainer", "compile", "sampler", "precision", "search", "ddp"]
 
 
 def matmul_ceiling(sizes: tuple[int, ...] = (256, 512, 1024, 2048)) -> tuple[float, int]:
@@ -464,6 +466,11 @@ def main(argv: list[str] | None = None) -> int:
             f"before its first epoch: {r['trial_setup_new_worker_s']:.1f} s in a new worker, "
             f"{r['trial_setup_reused_worker_s']:.1f} s in a reused one"
         )
+    if "ddp" in args.sections:
+        from bench.data_parallel import format_line, measure
+
+        r = report["ddp"] = measure()
+        print(format_line(r))
     write_report(report, Path(args.json))
     return 0
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
+import psutil
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -64,3 +70,126 @@ def test_two_workers_reach_the_loss_of_one(one_and_two):
             assert shared["tokens_seen"] == single["tokens_seen"]  # every rank's tokens
     # the ranks agree on every metric they report
     assert [m["valid_loss"] for m in ranks[0]["history"]] == [m["valid_loss"] for m in ranks[1]["history"]]
+
+
+# --- through the search CLI: Ray Train's TorchTrainer inside each Tune trial
+
+
+def _search(results: Path, shakespeare_path: Path, ray_tmpdir: str, *args: str, **popen: object) -> subprocess.Popen:
+    command = [sys.executable, "-m", "artune.search", str(REPO / "search_spaces" / "smoke.yaml")]
+    command += ["--results-dir", str(results), "--name", "dp", "--data", str(shakespeare_path), *args]
+    env = {**os.environ, "RAY_TMPDIR": ray_tmpdir}
+    return subprocess.Popen(command, cwd=REPO, env=env, text=True, **popen)  # type: ignore[call-overload]
+
+
+@pytest.fixture(scope="module")
+def ray_tmpdir():
+    path = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def two_worker_search(tmp_path_factory, shakespeare_path, ray_tmpdir):
+    results = tmp_path_factory.mktemp("dp")
+    args = ["--workers-per-trial", "2", "--num-samples", "2", "--max-concurrent", "1", "--epochs", "2"]
+    proc = _search(results, shakespeare_path, ray_tmpdir, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=GUARD_S * 2)
+    return proc.returncode, out, err, results / "dp"
+
+
+def test_a_search_of_two_worker_trials_finishes_every_trial(two_worker_search):
+    code, out, err, run = two_worker_search
+    assert code == 0, (out, err)
+    trials = pq.read_table(run / "trials.parquet").to_pylist()
+    assert len(trials) == 2 and all(t["status"] in ("completed", "stopped") for t in trials), trials
+    assert {t["workers"] for t in trials} == {2}
+    epochs = pq.read_table(run / "epochs.parquet").to_pylist()
+    # every epoch trained the global batches: smoke.yaml's 20 batches of 8 x 32 tokens, over both workers
+    assert all(e["tokens_seen"] == e["epoch"] * 20 * 8 * 32 and e["workers"] == 2 for e in epochs), epochs
+    # rank 0 wrote each trial's checkpoints into its trial directory, where a one-process trial's are
+    for t in trials:
+        assert list((run / "tune" / t["trial_id"]).glob("checkpoint_*/checkpoint.pt")), t["trial_id"]
+
+
+def test_the_best_model_of_a_two_worker_search_loads(two_worker_search):
+    from artune.results import load
+
+    results = load(two_worker_search[3])
+    best = results.best(1).iloc[0]
+    loaded = results.best_model()  # rank 0's checkpoint of the best trial's best epoch
+    assert loaded.origin["trial_id"] == best["trial_id"], loaded.origin
+
+
+def _workers_of(pid: int) -> list[psutil.Process]:
+    """Ray Train's worker processes under the search process ``pid`` (its local Ray instance's)."""
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_a_killed_worker_resumes_its_trial_from_the_last_checkpoint(tmp_path, shakespeare_path, ray_tmpdir):
+    args = ["--workers-per-trial", "2", "--num-samples", "1", "--epochs", "3", "--set", "batches_per_epoch=300"]
+    proc = _search(tmp_path, shakespeare_path, ray_tmpdir, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + GUARD_S
+        while not list(tmp_path.glob("dp/tune/*/checkpoint_*/checkpoint.pt")):  # epoch 1 is checkpointed
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        workers = _workers_of(proc.pid)
+        assert len(workers) == 2, workers
+        victim = workers[1]
+        victim.kill()  # mid-epoch 2: the other rank waits on it in the next all-reduce
+        out, err = proc.communicate(timeout=GUARD_S * 2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, (out, err)
+    assert not victim.is_running()
+    (trial,) = pq.read_table(tmp_path / "dp" / "trials.parquet").to_pylist()
+    assert trial["status"] == "completed" and trial["epochs_completed"] == 3, trial
+    # Tune's own log of the trial's results: epoch 1 once, so the restarted workers went on from its checkpoint
+    lines = (tmp_path / "dp" / "tune" / trial["trial_id"] / "result.json").read_text().splitlines()
+    reported = [json.loads(line)["epoch"] for line in lines]
+    assert reported == [1, 2, 3], reported
+    epochs = pq.read_table(tmp_path / "dp" / "epochs.parquet").to_pylist()
+    assert [e["tokens_seen"] for e in epochs] == [n * 300 * 8 * 32 for n in (1, 2, 3)]
+
+
+# --- refused before anything is written
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--workers-per-trial", "0"], ["--workers-per-trial", "workers >= 1 must hold", "but got 0"]),
+        (["--gpus-per-trial", "2"], ["--gpus-per-trial", "gpu <= 1 must hold", "--workers-per-trial 2"]),
+    ],
+)
+def test_bad_worker_settings_are_one_line_and_exit_2(tmp_path, shakespeare_path, args, fragments):
+    proc = _search(
+        tmp_path / "results", shakespeare_path, "/tmp", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = proc.communicate(timeout=GUARD_S)
+    assert proc.returncode == 2, (out, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert all(fragment in err for fragment in fragments), err
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_space_file_asking_two_gpus_of_one_worker_is_refused(tmp_path, shakespeare_path):
+    space = tmp_path / "gpus.yaml"
+    space.write_text(
+        (REPO / "search_spaces" / "smoke.yaml").read_text().replace("{cpu: 1, gpu: 0}", "{cpu: 1, gpu: 2}")
+    )
+    command = [sys.executable, "-m", "artune.search", str(space), "--results-dir", str(tmp_path / "results")]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=GUARD_S)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"{space}:7: search.resources.gpu: gpu <= 1 must hold" in result.stderr
+    assert "fix: resources: {workers: 2, gpu: 1}" in result.stderr
+    assert not (tmp_path / "results").exists()

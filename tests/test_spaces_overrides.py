@@ -97,6 +97,7 @@ def test_the_settings_the_command_line_overrides_are_named_once_in_search_settin
         "max_concurrent": "--max-concurrent",
         "cpu": "--cpus-per-trial",
         "gpu": "--gpus-per-trial",
+        "workers": "--workers-per-trial",
         "epochs": "--epochs",
         "seed": "--seed",
         "time_budget": "--time-budget",
@@ -113,3 +114,15 @@ def test_an_override_error_names_the_flag_the_user_typed(tmp_path: Path) -> None
         space.with_overrides(OVERRIDE_FLAGS, gpu=1.5)
     with pytest.raises(SpaceError, match=r"^--cpus-per-trial: cpu > 0 must hold \(cpus per trial\), but got 0$"):
         space.with_overrides(OVERRIDE_FLAGS, cpu=0)
+    with pytest.raises(SpaceError, match=r"^--workers-per-trial: workers >= 1 must hold .*, but got 0$"):
+        space.with_overrides(OVERRIDE_FLAGS, workers=0)
+    # a worker trains on one GPU: more of them are more workers
+    with pytest.raises(
+        SpaceError, match=r"^--gpus-per-trial: gpu <= 1 must hold .*--workers-per-trial 2 --gpus-per-trial 1"
+    ):
+        space.with_overrides(OVERRIDE_FLAGS, gpu=2)
+    assert space.with_overrides(OVERRIDE_FLAGS, workers=2, gpu=1).settings.workers == 2
+    with pytest.raises(
+        SpaceError, match=r"^--workers-per-trial: workers <= batch_size must hold .*workers=99, batch_size="
+    ):
+        space.with_overrides(OVERRIDE_FLAGS, workers=99)

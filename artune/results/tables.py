@@ -44,6 +44,7 @@ EPOCH_COLUMNS = {
     "sample": pa.string(),
     "seconds": pa.float64(),
     "compiled": pa.bool_(),
+    "workers": pa.int64(),  # the data-parallel workers that trained the epoch (1: one process)
 }
 TRIAL_SUMMARY_COLUMNS = {
     "epochs_completed": pa.int64(),
@@ -54,6 +55,7 @@ TRIAL_SUMMARY_COLUMNS = {
     "tokens_per_sec": pa.float64(),
     "seconds": pa.float64(),
     "error": pa.string(),
+    "workers": pa.int64(),  # data-parallel workers per trial: resources.workers
 }
 _ARROW = {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string()}
 
@@ -123,6 +125,7 @@ class TrialRecord:
             "tokens_per_sec": sum(speeds) / len(speeds) if speeds else None,
             "seconds": sum(r.get("seconds", 0.0) for r in rows) if rows else None,
             "error": self.error,
+            "workers": (rows[-1].get("workers") or 1) if rows else None,
         }
 
 
@@ -147,8 +150,8 @@ def epochs_table(records: Iterable[TrialRecord]) -> pa.Table:
             metrics = record.epochs[epoch]
             if metrics.get("diverged"):
                 continue  # the trial row says it diverged; epochs.parquet holds completed epochs only
-            row = {"trial_id": record.trial_id}
-            row.update({k: v for k, v in metrics.items() if k != "trial_id"})
+            row = {"trial_id": record.trial_id, "workers": 1}  # a one-process trial does not report it
+            row.update({k: v for k, v in metrics.items() if k != "trial_id" and not (k == "workers" and v is None)})
             rows.append(row)
     columns = dict(EPOCH_COLUMNS)
     extra = sorted({k for row in rows for k in row} - set(columns))  # e.g. param_norm/... when logged

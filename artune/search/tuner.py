@@ -20,7 +20,7 @@ from artune.search.plan import Mode
 from artune.search.recorder import ENDED
 from artune.search.report import mlflow_tracking_uri
 from artune.study import warm_start_storage
-from artune.trainable import train_fn
+from artune.trainable import PLACEMENT_GROUP_KEY, Workers, train_fn
 
 if TYPE_CHECKING:
     from artune.data import Corpus
@@ -47,11 +47,15 @@ def build_tuner(plan: Plan, corpus: Corpus, recorder: Recorder) -> tune.Tuner:
     # (a killed driver): it is not trained again.
     resume = plan.mode is Mode.RESUME
     ended = frozenset(tid for tid, r in recorder.records.items() if r.status in ENDED) if resume else frozenset()
+    workers = Workers(s.workers, s.cpu, s.gpu, s.metric, s.mode)
     trainable = tune.with_resources(
-        tune.with_parameters(train_fn, corpus=corpus, deadline=deadline, ended=ended), {"cpu": s.cpu, "gpu": s.gpu}
+        tune.with_parameters(train_fn, corpus=corpus, deadline=deadline, ended=ended, workers=workers),
+        trial_resources(plan.space),
     )
     # each trial's result.json, progress.csv; and the trackers --log names
     callbacks = [recorder, JsonLoggerCallback(), CSVLoggerCallback(), *trackers(plan)]
+    if s.workers > 1:
+        callbacks.append(WorkerGroupCleanup())
     # ASHA takes a percentile of each rung's results, NaNs left out: a rung that holds only a diverged
     # trial's NaN makes numpy warn on the driver's stderr, though nothing is wrong (that trial has ended).
     warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=RuntimeWarning)
@@ -74,8 +78,9 @@ def build_tuner(plan: Plan, corpus: Corpus, recorder: Recorder) -> tune.Tuner:
             time_budget_s=time_budget,
             trial_dirname_creator=lambda trial: trial.trial_id,
             # A finished trial's worker takes the next trial of the same resources: no new process,
-            # no re-import of torch, no second fetch of the corpus (bench search).
-            reuse_actors=True,
+            # no re-import of torch, no second fetch of the corpus (bench search). A data-parallel trial's
+            # workers are Ray Train's, which go with the trial's process: that process is not kept.
+            reuse_actors=s.workers == 1,
         ),
         run_config=tune.RunConfig(
             name=plan.run_name,
@@ -147,10 +152,63 @@ def scheduler(space: SearchSpace) -> Any:
     return FIFOScheduler()
 
 
-def trial_slots(space: SearchSpace, resources: dict[str, float]) -> int:
-    """How many trials of the space's resources the cluster holds at once."""
+# What a data-parallel trial's own process reserves: it only waits on Ray Train's workers, which hold
+# theirs. Tune refuses a trial of no resources at all, and any CPU it took would be one the workers lack.
+DATA_PARALLEL_TRIAL = {"cpu": 0, "gpu": 0, "memory": 1}  # one byte
+
+
+def trial_resources(space: SearchSpace) -> dict[str, float]:
+    """What Tune reserves for each trial's process: the trial's resources, or next to none where Ray Train's
+    workers (each with ``cpu`` and ``gpu``) do the training."""
     s = space.settings
-    slots = int(resources.get("CPU", 1) // s.cpu)
+    if s.workers > 1:
+        return DATA_PARALLEL_TRIAL
+    return {"cpu": s.cpu, "gpu": s.gpu}
+
+
+def trial_slots(space: SearchSpace, resources: dict[str, float]) -> int:
+    """How many trials of the space's resources (every worker's) the cluster holds at once."""
+    s = space.settings
+    slots = int(resources.get("CPU", 1) // (s.cpu * s.workers))
     if s.gpu > 0:
-        slots = min(slots, int(resources.get("GPU", 0) // s.gpu))
+        slots = min(slots, int(resources.get("GPU", 0) // (s.gpu * s.workers)))
     return max(1, slots)
+
+
+class WorkerGroupCleanup(tune.Callback):
+    """Removes the placement group of a data-parallel trial's workers once Tune has ended the trial.
+
+    Tune ends a trial (ASHA's stop, its last epoch, a failure) by ending its process, and with it Ray Train's
+    controller, before the controller has removed its workers' placement group; Ray Train's own cleaner
+    finds a dead controller through the dashboard's state API, which a search started without a dashboard
+    lacks. The group would hold its CPUs (and GPUs) for good, and the next trial's workers would wait on them.
+    """
+
+    def __init__(self) -> None:
+        self.groups: dict[str, str] = {}  # trial id -> the hex id its rank 0 last reported
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if result.get(PLACEMENT_GROUP_KEY):
+            self.groups[trial.trial_id] = result[PLACEMENT_GROUP_KEY]
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.remove(trial.trial_id)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.remove(trial.trial_id)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.remove(trial.trial_id)
+
+    def remove(self, trial_id: str) -> None:
+        from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+        hex_id = self.groups.pop(trial_id, None)
+        if hex_id is None:
+            return
+        group = PlacementGroup(ray.PlacementGroupID.from_hex(hex_id))
+        try:
+            if placement_group_table(group).get("state") != "REMOVED":
+                remove_placement_group(group)
+        except Exception:  # noqa: BLE001 - removed meanwhile by Ray Train itself: nothing left to free
+            pass

@@ -50,6 +50,15 @@ def check_space(space: SearchSpace, errors: Errors, unknown: frozenset = frozens
                     f"the condition can never hold, since {knob} is {show(space.baseline(knob))} "
                     f"({origin}), but got {show(list(allowed))}",
                 )
+    workers = space.settings.workers
+    if "batch_size" not in space.params and space.baseline("batch_size") < workers:
+        # each data-parallel worker takes rows of every global batch: one with none would have nothing to train
+        errors.add(
+            space.sources.get("search.workers", f"{space.path}:1"),
+            None,
+            f"workers <= batch_size must hold (each worker takes rows of every batch), "
+            f"but got workers={workers}, batch_size={space.baseline('batch_size')}",
+        )
     cycle = find_cycle(space.params)
     if cycle:
         first = space.params[cycle[0]]

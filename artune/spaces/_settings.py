@@ -43,7 +43,7 @@ SEARCH_KEYS = (
     "time_budget",
     "log",
 )
-RESOURCE_KEYS = ("cpu", "gpu")
+RESOURCE_KEYS = ("workers", "cpu", "gpu")
 SCHEDULER_KEYS = ("name", "grace_period", "reduction_factor")
 
 
@@ -76,6 +76,12 @@ class SearchSettings:
     )
     cpu: float = _flag("--cpus-per-trial", "CPUs reserved per trial", default=1.0)
     gpu: float = _flag("--gpus-per-trial", "GPUs reserved per trial (fractions share a GPU)", default=0.0)
+    # Several workers: a trial trains data-parallel, each worker with the cpu and gpu above (Ray Train)
+    workers: int = _flag(
+        "--workers-per-trial",
+        "data-parallel workers per trial, each with --cpus-per-trial and --gpus-per-trial (default 1: one process)",
+        default=1,
+    )
     epochs: int = _flag("--epochs", "training epochs per trial (ASHA's max_t)", default=10)
     sampler: str = "tpe"
     seed: Optional[int] = _flag("--seed", "sampler seed", default=0)  # TrainConfig.seed seeds the model
@@ -101,6 +107,7 @@ SETTING_KEYS = {
     **{name: f"search.{name}" for name in SETTING_NAMES},
     "cpu": "search.resources.cpu",
     "gpu": "search.resources.gpu",
+    "workers": "search.resources.workers",
     "scheduler": "search.scheduler.name",
     "grace_period": "search.scheduler.grace_period",
     "reduction_factor": "search.scheduler.reduction_factor",
@@ -156,6 +163,7 @@ def check_settings(raw: dict[str, Any], sources: dict[str, str], errors: Errors)
         lambda v: v >= 0 and (v <= 1 or v.is_integer()),
         "gpu >= 0 must hold, and a value above 1 must be whole (gpus per trial)",
     )
+    number("workers", as_int, lambda v: v >= 1, "workers >= 1 must hold (an integer: data-parallel workers per trial)")
     number("epochs", as_int, lambda v: v >= 1, "epochs >= 1 must hold (an integer)")
     number(
         "seed",
@@ -190,6 +198,20 @@ def check_settings(raw: dict[str, Any], sources: dict[str, str], errors: Errors)
             fail(blamed, f"{values['metric']} is better when {better}, so mode must be {expected}, but got mode={mode}")
         else:
             values["mode"] = mode
+    if values.get("gpu", 0) > 1:
+        # a worker trains on one device: the rest of its GPUs would be reserved and sit idle
+        gpus = int(values["gpu"])
+        fix = (
+            f"--workers-per-trial {gpus} --gpus-per-trial 1"
+            if from_cli("gpu")
+            else f"resources: {{workers: {gpus}, gpu: 1}}"
+        )
+        fail(
+            "gpu",
+            f"gpu <= 1 must hold (GPUs per worker: each worker trains on one GPU), but got {show(raw['gpu'])} "
+            f"(fix: {fix}, for {gpus} data-parallel workers)",
+        )
+        values.pop("gpu")
     trackers = tracker_names(raw["log"])
     if not isinstance(trackers, tuple):
         fail("log", f"log must be a tracker's name or a list of them ({', '.join(TRACKERS)}), but got {show(trackers)}")

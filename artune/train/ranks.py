@@ -55,6 +55,18 @@ class Ranks:
         dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
         return stacked.tolist()
 
+    def any_true(self, flag: bool, device: torch.device) -> bool:
+        """Whether ``flag`` holds on some rank (a deadline one rank's clock has passed, say)."""
+        return not self.all_true(not flag, device)
+
+    def first(self, value: int, device: torch.device) -> int:
+        """Rank 0's ``value`` on every rank: a decision each rank would take from its own clock."""
+        if not self.distributed:
+            return value
+        tensor = torch.tensor([value], dtype=torch.long, device=device)
+        dist.broadcast(tensor, src=0)
+        return int(tensor.item())
+
     def all_true(self, flag: bool, device: torch.device) -> bool:
         """Whether ``flag`` holds on every rank: ranks that must stop together decide together."""
         if not self.distributed:

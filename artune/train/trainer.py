@@ -184,7 +184,8 @@ class Trainer:
         if c.optimizer == "noam" or c.lr_schedule == "constant" or epoch_seconds <= 0:
             return
         room = max(0.0, (deadline - self.clock()) / epoch_seconds)  # the epochs' worth of time left
-        self._plan(self.steps_at(epochs_that_fit(room, self.epoch, self.planned_epochs, c.epochs)))
+        fit = epochs_that_fit(room, self.epoch, self.planned_epochs, c.epochs)
+        self._plan(self.steps_at(self.ranks.first(fit, self.device)))  # one plan for every rank
 
     @property
     def planned_epochs(self) -> int:
@@ -313,7 +314,7 @@ class Trainer:
         mark: Optional[tuple[float, int]] = None  # (clock, tokens) where that pace starts
         ranks = self.ranks
         for step, (x, y) in enumerate(self._batches()):  # x, y: (B, T)
-            if deadline is not None and self.clock() >= deadline:
+            if deadline is not None and ranks.any_true(self.clock() >= deadline, self.device):  # all ranks stop
                 raise DeadlineReached(f"the deadline passed in epoch {self.epoch + 1}, after {step} of its steps")
             weight = 1.0
             if ranks.distributed:
