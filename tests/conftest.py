@@ -90,3 +90,27 @@ def smoke_search(tmp_path_factory, shakespeare_path):
         env=os.environ.copy(),
     )
     return result, results_dir / "smoke"
+
+
+@pytest.fixture(scope="module")
+def ray_tmpdir():
+    """A RAY_TMPDIR of the module's own, for the searches it runs through the CLI: what a killed driver's Ray
+    instance leaves is found by that variable in its processes' environment and ended by pid at the module's end,
+    and no search joins another test's instance. (``pytestmark = pytest.mark.usefixtures("ray_tmpdir")``.)"""
+    from tests._searches import reap
+
+    # Short, under /tmp: Ray's unix socket paths (session dir + name) must stay under 108 bytes.
+    path = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_TMPDIR", path)
+        yield path
+    reap(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory, shakespeare_path) -> Path:
+    """The first 60,000 characters of Tiny Shakespeare: validation (10% of it) takes a fraction of a second."""
+    from tests._searches import write_small_corpus
+
+    return write_small_corpus(shakespeare_path, tmp_path_factory.mktemp("corpus") / "small.txt")

@@ -15,8 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.test_faults import Search, ray_tmpdir, small_corpus, snapshot, wait_for_ray_to_end  # noqa: F401  (fixtures)
+from tests._searches import Search, snapshot, wait_for_ray_to_end
 from tests.test_search import SMOKE, assert_one_error_line, cli
+
+pytestmark = pytest.mark.usefixtures("ray_tmpdir")  # conftest: a RAY_TMPDIR of this module's
 
 # A valid space to break one thing at a time: every case below differs from it in one place.
 GOOD = """search:

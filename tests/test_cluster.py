@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from artune.results import load
-from tests.test_faults import Search, reap, tables
+from tests._searches import Search, reap, tables
 from tests.test_search import SMOKE, cli
 
 cluster_utils = pytest.importorskip("ray.cluster_utils")

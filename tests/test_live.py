@@ -4,9 +4,7 @@ lines, the trackers (--log tensorboard, --log mlflow), and a killed driver's stu
 from __future__ import annotations
 
 import re
-import shutil
 import sqlite3
-import tempfile
 import time
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from artune.results import load
-from tests.test_faults import TINY_FIXED, Search, reap, tune_state, write_small_corpus
+from tests._searches import TINY_FIXED, Search, reap, tune_state, write_small_corpus
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "search_spaces" / "smoke.yaml"
@@ -25,16 +23,7 @@ RUNNING_WITH_A_VALUE = (
     "WHERE t.state = 'RUNNING'"
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_tmpdir():
-    """A RAY_TMPDIR of this module's: what a killed driver's Ray instance leaves is found and ended by it."""
-    path = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAY_TMPDIR", path)
-        yield path
-    reap(path)
-    shutil.rmtree(path, ignore_errors=True)
+pytestmark = pytest.mark.usefixtures("ray_tmpdir")  # conftest: a RAY_TMPDIR of this module's
 
 
 def running_with_a_value(database: Path) -> bool:

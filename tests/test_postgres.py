@@ -22,10 +22,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from artune.results import TRIALS_FILE
-from tests.test_faults import Search, processes_with_ray_tmpdir, reap, write_small_corpus
+from tests._searches import Search, processes_with_ray_tmpdir, reap, write_small_corpus
 from tests.test_search import assert_one_error_line, cli
 
 pytest.importorskip("psycopg", reason="the PostgreSQL driver (the dev extra installs psycopg)")
+
+pytestmark = pytest.mark.usefixtures("ray_tmpdir")  # conftest: a RAY_TMPDIR of this module's
 
 SAMPLES, EPOCHS = 2, 2
 SPACE = f"""
@@ -114,16 +116,6 @@ def server():
     yield server
     server.stop()
     shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_tmpdir():
-    path = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths stay under 108 bytes
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAY_TMPDIR", path)
-        yield path
-    reap(path)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -18,15 +18,8 @@ import time
 import pytest
 
 from artune.results import MANIFEST_FILE
-from tests.test_faults import (
-    TINY_FIXED,
-    Search,
-    reap,
-    study_trials,
-    tables,
-    wait_for_ray_to_end,
-    write_small_corpus,
-)
+from tests._searches import TINY_FIXED, Search, reap, tables, wait_for_ray_to_end, write_small_corpus
+from tests.test_faults import study_trials
 
 KILLS, SEED = 12, 28
 # 16 epochs: an attempt killed by its first epoch line trains at most about one epoch per running trial (2), so

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from artune.results import load
-from tests.test_faults import reap, write_small_corpus
+from tests._searches import reap, write_small_corpus
 from tests.test_search import REPO, SMOKE
 
 RAY = Path(sys.executable).parent / "ray"  # the ray CLI of this environment

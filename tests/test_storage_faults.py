@@ -16,15 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_faults import (
-    TINY_FIXED,
-    Search,
-    assert_every_trial_completed_once,
-    reap,
-    tables,
-    write_small_corpus,
-)
+from tests._searches import TINY_FIXED, Search, assert_every_trial_completed_once, reap, tables, write_small_corpus
 from tests.test_search import cli
+
+pytestmark = pytest.mark.usefixtures("ray_tmpdir")  # conftest: a RAY_TMPDIR of this module's
 
 SAMPLES, EPOCHS = 2, 3
 SPACE = f"""
@@ -59,16 +54,6 @@ def tmpfs():
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
     yield path
     subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=60)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_tmpdir():
-    path = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths stay under 108 bytes
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAY_TMPDIR", path)
-        yield path
-    reap(path)
     shutil.rmtree(path, ignore_errors=True)
 
 
