@@ -193,3 +193,16 @@ def test_a_space_file_asking_two_gpus_of_one_worker_is_refused(tmp_path, shakesp
     assert f"{space}:7: search.resources.gpu: gpu <= 1 must hold" in result.stderr
     assert "fix: resources: {workers: 2, gpu: 1}" in result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_a_trial_of_two_workers_holds_both_workers_resources(tmp_path):
+    from artune.search.tuner import trial_resources, trial_slots
+    from artune.spaces import load_space
+
+    space = load_space(REPO / "search_spaces" / "smoke.yaml")
+    two = space.with_overrides(workers=2, cpu=1)
+    # Ray Train's workers hold the CPUs; the trial's own process, next to nothing, so that they fit beside it
+    assert trial_resources(two)["cpu"] == 0 and trial_resources(space) == {"cpu": 1, "gpu": 0}
+    assert trial_slots(two, {"CPU": 4}) == 2 and trial_slots(space, {"CPU": 4}) == 4
+    assert trial_slots(two.with_overrides(gpu=0.5), {"CPU": 8, "GPU": 1}) == 1
+    assert "2 data-parallel workers per trial, each 1 cpu + 0 gpu" in two.describe()

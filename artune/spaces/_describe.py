@@ -21,10 +21,14 @@ def describe(space: SearchSpace) -> str:
         if s.scheduler == "asha"
         else "none (every trial runs all epochs)"
     )
+    resources = f"{show_number(s.cpu)} cpu + {show_number(s.gpu)} gpu per trial"
+    if s.workers > 1:
+        resources = (
+            f"{s.workers} data-parallel workers per trial, each {show_number(s.cpu)} cpu + {show_number(s.gpu)} gpu"
+        )
     lines = [
         f"search space {space.path} (sha256 {space.text_sha256[:12]})",
-        f"  {plural(s.num_samples, 'trial')}, {slots}; {show_number(s.cpu)} cpu + {show_number(s.gpu)} gpu per trial; "
-        f"{plural(s.epochs, 'epoch')} each",
+        f"  {plural(s.num_samples, 'trial')}, {slots}; {resources}; {plural(s.epochs, 'epoch')} each",
         f"  metric {s.metric} ({s.mode}); sampler {s.sampler} (seed {s.seed}); scheduler {scheduler}",
     ]
     if s.time_budget:
