@@ -52,8 +52,10 @@ def build_tuner(plan: Plan, corpus: Corpus, recorder: Recorder) -> tune.Tuner:
         tune.with_parameters(train_fn, corpus=corpus, deadline=deadline, ended=ended, workers=workers),
         trial_resources(plan.space),
     )
-    # each trial's result.json, progress.csv; and the trackers --log names
-    callbacks = [recorder, JsonLoggerCallback(), CSVLoggerCallback(), *trackers(plan)]
+    # Each trial's params.json, result.json and progress.csv, then the recorder, then the trackers --log names.
+    # Ray's loggers first: a trial's files exist before the recorder opens its Optuna trial, so a driver killed
+    # in between leaves what --resume needs to give that trial its row.
+    callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), recorder, *trackers(plan)]
     if s.workers > 1:
         callbacks.append(WorkerGroupCleanup())
     # ASHA takes a percentile of each rung's results, NaNs left out: a rung that holds only a diverged
