@@ -1,14 +1,16 @@
 """One rank of a two-process data-parallel training run, for tests/test_distributed.py.
 
-``python -m tests._ddp_worker RANK WORLD_SIZE PORT OUT_DIR``: joins a gloo process group on 127.0.0.1,
-trains the config of ``config()`` and writes ``rank<R>.pt``: each epoch's metrics and the rows of every
-batch this rank trained on. A world of one is the single-process run the others are compared with.
+``python -m tests._ddp_worker RANK WORLD_SIZE PORT OUT_DIR [DEADLINE]``: joins a gloo process group on
+127.0.0.1, trains the config of ``config()`` (until ``DEADLINE``, a time.time(), where given) and writes
+``rank<R>.pt``: each epoch's metrics and the rows of every batch this rank trained on. A world of one is the
+single-process run the others are compared with.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -50,17 +52,17 @@ class RecordingTrainer(Trainer):
         return super()._forward_backward(x, y, weight)
 
 
-def main(rank: int, world_size: int, port: int, out: Path) -> None:
+def main(rank: int, world_size: int, port: int, out: Path, deadline: Optional[float] = None) -> None:
     torch.set_num_threads(1)
     if world_size > 1:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     trainer = RecordingTrainer(config(), ranks=Ranks.of_process_group())
     trainer.seen = []
-    history = trainer.fit()
+    history = trainer.fit(deadline=deadline)
     torch.save({"history": history, "seen": trainer.seen}, out / f"rank{rank}.pt")
     if world_size > 1:
         dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))
+    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]), *map(float, sys.argv[5:]))

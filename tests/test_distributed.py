@@ -27,14 +27,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ranks(world_size: int, out: Path, shakespeare_path: Path) -> list[dict]:
-    """Run tests/_ddp_worker.py as ``world_size`` real processes; each rank's record."""
+def _ranks(world_size: int, out: Path, shakespeare_path: Path, deadlines: tuple = ()) -> list[dict]:
+    """Run tests/_ddp_worker.py as ``world_size`` real processes (rank r until ``deadlines[r]``); each rank's record."""
     out.mkdir()
     port = _free_port()
     env = {**os.environ, "ARTUNE_DATA_DIR": str(shakespeare_path.parent)}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests._ddp_worker", str(rank), str(world_size), str(port), str(out)],
+            [sys.executable, "-m", "tests._ddp_worker", str(rank), str(world_size), str(port), str(out)]
+            + [str(d) for d in deadlines[rank : rank + 1]],
             cwd=REPO,
             env=env,
         )
@@ -70,6 +71,13 @@ def test_two_workers_reach_the_loss_of_one(one_and_two):
             assert shared["tokens_seen"] == single["tokens_seen"]  # every rank's tokens
     # the ranks agree on every metric they report
     assert [m["valid_loss"] for m in ranks[0]["history"]] == [m["valid_loss"] for m in ranks[1]["history"]]
+
+
+def test_a_deadline_one_rank_sees_passed_stops_every_rank_at_the_same_step(tmp_path, shakespeare_path):
+    # rank 1's clock is past its deadline, rank 0's far from it: both stop before the first step (a rank that
+    # went on alone would wait for the other in its gradients' all-reduce until the guard's timeout)
+    ranks = _ranks(2, tmp_path / "cut", shakespeare_path, deadlines=(time.time() + 3600, 0.0))
+    assert [len(rank["seen"]) for rank in ranks] == [0, 0] and [rank["history"] for rank in ranks] == [[], []]
 
 
 # --- through the search CLI: Ray Train's TorchTrainer inside each Tune trial
