@@ -121,7 +121,11 @@ def trackers(plan: Plan) -> list[Any]:
 def searcher(plan: Plan, recorder: Recorder) -> Any:
     """OptunaSearch over the space, at most the cluster's trial slots at a time; each config ``repeats`` times."""
     s = plan.space.settings
-    concurrency = s.max_concurrent or trial_slots(plan.space, ray.cluster_resources())
+    slots = trial_slots(plan.space, ray.cluster_resources())
+    concurrency = s.max_concurrent or slots
+    if s.workers > 1:
+        # Tune counts such a trial as next to nothing: past the slots, its workers would only wait for others'
+        concurrency = min(concurrency, slots)
     # The searcher's own in-memory study; with --extend it starts out holding every earlier trial,
     # so the sampler is warm-started from the search's whole history.
     storage, warm = warm_start_storage(recorder.records.values(), plan.space, plan.name)
