@@ -378,30 +378,30 @@ def train_worker(loop: dict[str, Any]) -> None:
     def fresh() -> Trainer:
         return Trainer(train_config, corpus, device=device, ranks=ranks)
 
-    trainer = fresh()
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        trainer = resume(trainer, checkpoint, fresh)
-
     group = ray.util.get_current_placement_group()
     placement = {PLACEMENT_GROUP_KEY: group.id.hex()} if group is not None and ranks.is_first else {}
+    with WarningTap() as tap:  # rank 0's report is the one Tune gets: its warnings go with it
+        trainer = fresh()
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:
+            trainer = resume(trainer, checkpoint, fresh)
 
-    def report(metrics: Metrics) -> None:
-        metrics = {**metrics, WORKERS_KEY: ranks.world_size, **placement}
-        if train_config.is_save_models and ranks.is_first:
-            with tempfile.TemporaryDirectory(prefix=_staging_prefix()) as directory:
-                trainer.save_checkpoint(directory)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
-        else:
-            ray.train.report(metrics, checkpoint=None)
+        def report(metrics: Metrics) -> None:
+            metrics = {**metrics, WORKERS_KEY: ranks.world_size, **placement, **tap.drain()}
+            if train_config.is_save_models and ranks.is_first:
+                with tempfile.TemporaryDirectory(prefix=_staging_prefix()) as directory:
+                    trainer.save_checkpoint(directory)
+                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+            else:
+                ray.train.report(metrics, checkpoint=None)
 
-    try:
-        trainer.fit(report, loop["deadline"])
-    except DivergedError as exc:  # on every rank at once: the loss is the global batches'
-        metrics = {
-            "epoch": trainer.epoch + 1,
-            "diverged": True,
-            "error": str(exc),
-            **dict.fromkeys(METRICS, float("nan")),
-        }
-        ray.train.report({**metrics, WORKERS_KEY: ranks.world_size, **placement}, checkpoint=None)
+        try:
+            trainer.fit(report, loop["deadline"])
+        except DivergedError as exc:  # on every rank at once: the loss is the global batches'
+            metrics = {
+                "epoch": trainer.epoch + 1,
+                "diverged": True,
+                "error": str(exc),
+                **dict.fromkeys(METRICS, float("nan")),
+            }
+            ray.train.report({**metrics, WORKERS_KEY: ranks.world_size, **placement, **tap.drain()}, checkpoint=None)
