@@ -215,3 +215,23 @@ def test_a_trial_of_two_workers_holds_both_workers_resources(tmp_path):
     assert trial_slots(two, {"CPU": 4}) == 2 and trial_slots(space, {"CPU": 4}) == 4
     assert trial_slots(two.with_overrides(gpu=0.5), {"CPU": 8, "GPU": 1}) == 1
     assert "2 data-parallel workers per trial, each 1 cpu + 0 gpu" in two.describe()
+
+
+def test_workers_that_need_more_cpus_than_the_cluster_are_refused_before_any_trial(
+    tmp_path, shakespeare_path, ray_tmpdir
+):
+    cpus = psutil.cpu_count()  # the local instance's: each worker fits the node, the two do not
+    results = tmp_path / "results"
+    proc = _search(
+        results,
+        shakespeare_path,
+        ray_tmpdir,
+        *["--workers-per-trial", "2", "--cpus-per-trial", str(cpus)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = proc.communicate(timeout=GUARD_S)
+    assert proc.returncode == 2, (out, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"workers: 2 x cpu: {cpus:g} per trial" in err and "--workers-per-trial" in err, err
+    assert not results.exists() or not any(results.iterdir())

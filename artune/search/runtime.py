@@ -169,6 +169,14 @@ def check_fits_a_node(plan: Plan) -> None:
         raise SearchError(
             f"cpu: {s.cpu} per trial, but the cluster has {resources.get('CPU', 0):g} CPUs; lower --cpus-per-trial"
         )
+    # A data-parallel trial's workers may spread over nodes, but the cluster must hold them all at once
+    if s.workers > 1 and (resources.get("CPU", 0) < s.cpu * s.workers or resources.get("GPU", 0) < s.gpu * s.workers):
+        gpus = f" and gpu: {s.gpu:g}" if s.gpu else ""
+        has = f" and {resources.get('GPU', 0):g} GPUs" if s.gpu else ""
+        raise SearchError(
+            f"workers: {s.workers} x cpu: {s.cpu:g}{gpus} per trial, but the cluster has {resources.get('CPU', 0):g} "
+            f"CPUs{has}; lower --workers-per-trial, --cpus-per-trial{' or --gpus-per-trial' if s.gpu else ''}"
+        )
     # The cluster's totals can hold a trial while no node does (two 1-GPU nodes, 2 GPUs a trial).
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     if nodes and not any(n.get("CPU", 0) >= s.cpu and n.get("GPU", 0) >= s.gpu for n in nodes):
