@@ -83,7 +83,8 @@ def test_a_trial_whose_loss_rises_keeps_its_best_epoch_beside_its_latest(
         torch.load(p, weights_only=True, mmap=True)["epoch"]
         for p in (tmp_path / "rising" / "tune" / trial_id).glob("checkpoint_*/checkpoint.pt")
     ]
-    assert sorted(kept) == [best_epoch, 4]  # the best, and the latest that a resume continues
+    # the best (and the second best), and the latest that a resume continues; not every epoch
+    assert best_epoch in kept and 4 in kept and len(kept) <= 3, kept
     loaded = results.best_model()
     assert loaded.origin["epoch"] == best_epoch
     trainer = Trainer(loaded.config, data_dir=shakespeare_path.parent)

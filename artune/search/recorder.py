@@ -216,6 +216,9 @@ class Recorder(tune.Callback):
         self.run_trials = [trial.trial_id for trial in trials]
         for trial in trials:
             record = self._record(trial)
+            self.spent.setdefault(
+                trial.trial_id, []
+            )  # the budget's report lists a trial the budget cut before it began
             running = record.status in ("running", "pending")
             if (
                 trial.status == "TERMINATED"

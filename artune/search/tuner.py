@@ -90,10 +90,12 @@ def build_tuner(plan: Plan, corpus: Corpus, recorder: Recorder) -> tune.Tuner:
             verbose=0,
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-            # Each trial's best checkpoint by the search's metric, and its latest (which Ray never deletes
-            # and a resume continues from): the best model of a search is always on disk.
+            # Each trial's two best checkpoints by the search's metric, and its latest (which Ray never
+            # deletes): the best model of a search is always on disk. Two, not one: Tune's saved state may
+            # lag a report, and name the checkpoint before the latest, which a resume must still find (with
+            # one kept, a falling loss deleted it at once; a killed driver's resume then failed).
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=s.metric, checkpoint_score_order=s.mode
+                num_to_keep=2, checkpoint_score_attribute=s.metric, checkpoint_score_order=s.mode
             ),
         ),
     )

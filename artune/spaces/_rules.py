@@ -51,13 +51,15 @@ def check_space(space: SearchSpace, errors: Errors, unknown: frozenset = frozens
                     f"({origin}), but got {show(list(allowed))}",
                 )
     workers = space.settings.workers
-    if "batch_size" not in space.params and space.baseline("batch_size") < workers:
-        # each data-parallel worker takes rows of every global batch: one with none would have nothing to train
+    batch_size = space.baseline("batch_size")
+    # each data-parallel worker takes rows of every global batch: one with none would have nothing to train
+    # (a batch_size below 1 is the config's own error, named where it was given)
+    if "batch_size" not in space.params and isinstance(batch_size, int) and 1 <= batch_size < workers:
         errors.add(
             space.sources.get("search.workers", f"{space.path}:1"),
             None,
             f"workers <= batch_size must hold (each worker takes rows of every batch), "
-            f"but got workers={workers}, batch_size={space.baseline('batch_size')}",
+            f"but got workers={workers}, batch_size={batch_size}",
         )
     cycle = find_cycle(space.params)
     if cycle:
