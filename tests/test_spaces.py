@@ -191,7 +191,8 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
         (
             "search:\n  resources:\n    gpu: 2\n",
             3,
-            r"search.resources.gpu: gpu <= 1 must hold \(GPUs per worker.*but got 2 \(fix: resources: \{workers: 2, gpu: 1\}",
+            r"search.resources.gpu: gpu <= 1 must hold \(GPUs per worker.*but got 2 "
+            r"\(fix: resources: \{workers: 2, gpu: 1\}",
         ),
         ("search:\n  resources: {cpus: 1}\n", 2, r"did you mean 'cpu'"),
         ("search:\n  epochs: 2\n  scheduler: {name: asha, grace_period: 3}\n", 3, "grace_period <= epochs"),
