@@ -1,7 +1,7 @@
 """One rank of a two-process data-parallel training run, for tests/test_distributed.py.
 
-``python -m tests._ddp_worker RANK WORLD_SIZE PORT OUT_DIR [DEADLINE]``: joins a gloo process group on
-127.0.0.1, trains the config of ``config()`` (until ``DEADLINE``, a time.time(), where given) and writes
+``python -m tests._ddp_worker RANK WORLD_SIZE OUT_DIR [DEADLINE]``: joins a gloo process group (its rendezvous
+a file in OUT_DIR), trains the config of ``config()`` (until ``DEADLINE``, a time.time(), where given) and writes
 ``rank<R>.pt``: each epoch's metrics and the rows of every batch this rank trained on. A world of one is the
 single-process run the others are compared with.
 """
@@ -52,10 +52,12 @@ class RecordingTrainer(Trainer):
         return super()._forward_backward(x, y, weight)
 
 
-def main(rank: int, world_size: int, port: int, out: Path, deadline: Optional[float] = None) -> None:
+def main(rank: int, world_size: int, out: Path, deadline: Optional[float] = None) -> None:
     torch.set_num_threads(1)
     if world_size > 1:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+        # The ranks meet through a file in OUT_DIR: a TCP port picked free beforehand could be taken by then.
+        rendezvous = f"file://{(out / 'rendezvous').resolve()}"
+        dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world_size)
     trainer = RecordingTrainer(config(), ranks=Ranks.of_process_group())
     trainer.seen = []
     history = trainer.fit(deadline=deadline)
@@ -65,4 +67,4 @@ def main(rank: int, world_size: int, port: int, out: Path, deadline: Optional[fl
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]), *map(float, sys.argv[5:]))
+    main(int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), *map(float, sys.argv[4:]))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,20 +20,13 @@ REPO = Path(__file__).resolve().parent.parent
 GUARD_S = 300  # a hang guard, not a pace
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ranks(world_size: int, out: Path, shakespeare_path: Path, deadlines: tuple = ()) -> list[dict]:
     """Run tests/_ddp_worker.py as ``world_size`` real processes (rank r until ``deadlines[r]``); each rank's record."""
     out.mkdir()
-    port = _free_port()
     env = {**os.environ, "ARTUNE_DATA_DIR": str(shakespeare_path.parent)}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests._ddp_worker", str(rank), str(world_size), str(port), str(out)]
+            [sys.executable, "-m", "tests._ddp_worker", str(rank), str(world_size), str(out)]
             + [str(d) for d in deadlines[rank : rank + 1]],
             cwd=REPO,
             env=env,
