@@ -48,8 +48,8 @@ psutil = pytest.importorskip("psutil")
 pytestmark = pytest.mark.usefixtures("ray_tmpdir")  # conftest: a RAY_TMPDIR of this module's
 # Seen failing once each in two CI runs; issue 28 stays open on them (see its note).
 FLAKY_CHAIN = (
-    "issue 28, open: failed once in two CI runs (a resumed trial's epochs 1-2 missing from Ray's result.j"
-    "son); under investigation"
+    "issue 28, open: failed once in two CI runs (a resumed trial's epochs 1-2 missing"
+    " from Ray's result.json); under investigation"
 )
 
 

@@ -22,8 +22,8 @@ from tests.test_search import cli
 pytestmark = pytest.mark.usefixtures("ray_tmpdir")  # conftest: a RAY_TMPDIR of this module's
 # Seen failing once each in two CI runs; issue 28 stays open on them (see its note).
 FLAKY_FULL_DISK = (
-    "issue 28, open: failed once in two CI runs (after --resume one trial ended stopped, not completed: T"
-    "une's state save failed on the full disk)"
+    "issue 28, open: failed once in two CI runs (after --resume one trial ended stopped,"
+    " not completed: Tune's state save failed on the full disk)"
 )
 
 SAMPLES, EPOCHS = 2, 3
