@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from artune.results import EPOCHS_FILE, TRIALS_FILE
+from artune.search.journal import JOURNAL_FILE
 from tests.test_search import REPO
 
 psutil = pytest.importorskip("psutil")
@@ -222,6 +223,13 @@ def ray_epochs(directory: Path, trial_id: str) -> list[int]:
     """The epochs a trial reported, by Ray's own log of its results (tune/<trial>/result.json), every attempt."""
     lines = (directory / "tune" / trial_id / "result.json").read_text().splitlines()
     return [json.loads(line)["epoch"] for line in lines if line.strip()]
+
+
+def journal_epochs(directory: Path, trial_id: str) -> list[int]:
+    """The epochs a trial reported, by the search's journal (artune/search/journal.py), every attempt: Ray's own
+    result.json may have been cut short by a kill inside Ray's copy of it."""
+    lines = [json.loads(line) for line in (directory / JOURNAL_FILE).read_text().splitlines() if line.strip()]
+    return [line["epoch"]["epoch"] for line in lines if line["trial_id"] == trial_id and "epoch" in line]
 
 
 def tables(directory: Path):

@@ -19,7 +19,9 @@ from ray import tune
 from artune.config import FIELD_NAMES
 from artune.humanize import root_cause
 from artune.results import EPOCH_COLUMNS, TrialRecord, read_records, write_tables
+from artune.search.journal import Journal, add_missing_epochs, merge_journal
 from artune.search.progress import Progress
+from artune.search.storage import sqlite_write_error
 from artune.study import LiveStudy
 from artune.trainable import TRIAL_INDEX, WARNINGS_KEY, trial_config
 
@@ -51,6 +53,7 @@ class Recorder(tune.Callback):
         runs = plan.manifest.data.get("runs", [])  # the search's earlier Ray runs, as the plan read them
         self.runs = runs if plan.run_name in runs else [*runs, plan.run_name]  # an extend's run is not recorded yet
         self.records: dict[str, TrialRecord] = read_records(plan.directory)  # a resumed search carries on its tables
+        self.journal = Journal(plan.directory)
         self._written = 0.0
         self._study = study
         self.unfinished, self.cut_short = 0, []
@@ -78,7 +81,8 @@ class Recorder(tune.Callback):
             handler.addFilter(StorageFailureLogs(self))
         self.records = read_records(self.directory)
         # The tables are refreshed every REFRESH_S: a driver killed in between may have missed
-        # results that Ray recorded. Ray's own per-trial result files fill those in.
+        # results that Tune saved. The journal holds them (Ray's result files, for a search without one).
+        merge_journal(self.records, self.directory)
         for run in self.runs:
             merge_ray_results(self.records, self.directory / run)
         for record in self.records.values():
@@ -124,9 +128,18 @@ class Recorder(tune.Callback):
             try:
                 self.study.sync(self.records.values())
             except Exception as exc:  # noqa: BLE001 - SQLAlchemy's and the drivers' errors share no useful base
-                return self.storage_fails(
-                    f"the Optuna study's database {self.storage} cannot be written ({root_cause(exc)})", in_loop
-                )
+                why = study_write_error(self.storage, exc)
+                what = f"the Optuna study's database {self.storage} cannot be written ({why})"
+                return self.storage_fails(what, in_loop)
+
+    def append(self, write: Any, *line: Any) -> None:
+        """A line of the journal; where the storage fails, the search stops as for the tables."""
+        if self.storage_failure:
+            return
+        try:
+            write(*line)
+        except OSError as exc:
+            self.storage_fails(f"{self.journal.path}: the journal cannot be written ({describe_os_error(exc)})")
 
     def storage_fails(self, what: str, in_loop: bool = True) -> None:
         """The search's storage failed: stop the search as Ctrl-C does (Tune saves its state, the trials stay
@@ -147,6 +160,7 @@ class Recorder(tune.Callback):
         if record.status in ENDED:  # a resumed trial the tables saw end ends at once (train_fn's `ended`)
             return
         record.status, record.error = "running", None  # an errored trial --resume runs again starts clean
+        self.append(self.journal.started, record)
         self.study.start(record)
         knobs = {k: record.config[k] for k in self.space.active(record.config)}
         self.progress.trial_started(trial.trial_id, knobs, after=max(record.epochs, default=0))
@@ -160,6 +174,7 @@ class Recorder(tune.Callback):
         if "epoch" not in result:
             return
         metrics = epoch_metrics(result)
+        self.append(self.journal.epoch, trial.trial_id, metrics)  # before Tune saves the state that counts it
         record.add_epoch(metrics)
         self.study.report(record, metrics)
         self.progress.epoch(trial.trial_id, metrics)
@@ -238,6 +253,7 @@ class Recorder(tune.Callback):
             else:
                 self.unfinished += 1
         self.write(force=True, in_loop=False)
+        self.journal.close()
 
 
 def new_record(trial_id: str, config: dict[str, Any], status: str = "pending") -> TrialRecord:
@@ -253,7 +269,8 @@ def epoch_metrics(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def merge_ray_results(records: dict[str, TrialRecord], tune_path: Path) -> None:
-    """Add the epochs Ray wrote to each trial's result.json that the tables do not hold yet."""
+    """Add the epochs Ray wrote to each trial's result.json that the tables do not hold yet. The journal holds
+    them all (``artune.search.journal``); a search begun before it had one has these files only."""
     for trial_dir in sorted(tune_path.glob("*/result.json")):
         trial_id = trial_dir.parent.name
         record = records.get(trial_id)
@@ -273,8 +290,7 @@ def merge_ray_results(records: dict[str, TrialRecord], tune_path: Path) -> None:
                 continue  # a line cut short by the kill
             if "epoch" in result:
                 replayed.add_epoch(epoch_metrics(result))
-        for epoch in sorted(set(replayed.epochs) - set(record.epochs)):
-            record.add_epoch(replayed.epochs[epoch])
+        add_missing_epochs(records, {trial_id: replayed})
 
 
 def config_id(config: dict[str, Any]) -> str:
@@ -338,6 +354,12 @@ def storage_error(text: str, directory: Path) -> Optional[str]:
             line = next(line for line in latest.splitlines() if os.strerror(code) in line)
             return f"[Errno {code}] {line.strip()[:300]}"
     return None
+
+
+def study_write_error(storage: str, exc: Exception) -> str:
+    """Why the study's write failed: for a SQLite file, the OS's reason where its directory takes no write."""
+    cause = sqlite_write_error(storage)
+    return describe_os_error(cause) if cause is not None else root_cause(exc)
 
 
 def describe_os_error(exc: OSError) -> str:

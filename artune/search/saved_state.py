@@ -144,13 +144,15 @@ def settle_unsaved_trials(plan: Plan) -> None:
     Ray's import is in recorder.py: this runs once Ray is up.
     """
     from artune.results import read_records, write_tables
+    from artune.search.journal import merge_journal
     from artune.search.recorder import merge_ray_results, new_record
 
     saved = {} if plan.fresh_run else saved_trials(plan.tune_path)
     if saved is None:
         return
     records = read_records(plan.directory)
-    merge_ray_results(records, plan.tune_path)  # result.json's trials and epochs the tables missed
+    merge_journal(records, plan.directory)  # the trials and epochs the tables missed
+    merge_ray_results(records, plan.tune_path)  # and those of a search begun before it had a journal
     for params in sorted(plan.tune_path.glob("*/params.json")):  # and those killed before their first result
         trial_id = params.parent.name
         if trial_id not in records and trial_id not in saved:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
@@ -17,6 +18,23 @@ def sqlite_file(url: str) -> Optional[Path]:
 
     parsed = make_url(url)
     return Path(parsed.database or ":memory:") if parsed.get_backend_name() == "sqlite" else None
+
+
+def sqlite_write_error(url: str) -> Optional[OSError]:
+    """Why a SQLite database's directory takes no write, as the OS says it (SQLite says only "unable to open
+    database file" or "disk I/O error"): a page written and synced to a new file beside the database, then removed.
+    None for another database, or where the write succeeds."""
+    database = sqlite_file(url)
+    if database is None or database == Path(":memory:"):
+        return None
+    try:
+        with tempfile.NamedTemporaryFile(dir=database.absolute().parent, prefix=".artune-probe-") as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        return exc
+    return None
 
 
 def absolute_storage(url: str) -> str:
