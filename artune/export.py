@@ -13,8 +13,7 @@ from typing import Optional
 from artune import ArgumentParser
 from artune.errors import CheckpointError, UserError
 from artune.inference import write_export
-from artune.results import DEFAULT_RESULTS_DIR
-from artune.sample import describe, open_model
+from artune.sample import add_source_options, describe, open_model
 
 
 def build_parser() -> ArgumentParser:
@@ -24,10 +23,7 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("search", metavar="SEARCH", help="a results directory, or a search name under --results-dir")
     parser.add_argument("out", metavar="OUT", help="the directory to write: new, or empty")
-    parser.add_argument("--trial", metavar="ID", help="this trial's model instead of the best trial's")
-    parser.add_argument(
-        "--results-dir", default=DEFAULT_RESULTS_DIR, help=f"where searches live (default: {DEFAULT_RESULTS_DIR})"
-    )
+    add_source_options(parser)
     return parser
 
 

@@ -45,13 +45,20 @@ def describe(loaded: LoadedModel) -> str:
     )
 
 
+def add_source_options(parser: ArgumentParser) -> None:
+    """The options that pick a search's model, with ``open_model``'s defaults (here and in ``artune.export``)."""
+    parser.add_argument("--trial", metavar="ID", help="this trial's model instead of the best trial's")
+    parser.add_argument(
+        "--results-dir", default=DEFAULT_RESULTS_DIR, help=f"where searches live (default: {DEFAULT_RESULTS_DIR})"
+    )
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="python -m artune.sample",
         description="Print text from a search's best model (best trial, best epoch), a trial's, or an exported model.",
     )
     parser.add_argument("search", metavar="SEARCH", help="a results directory, a search name, or an exported model")
-    parser.add_argument("--trial", metavar="ID", help="this trial's model instead of the best trial's")
     parser.add_argument("--prompt", help="the text to continue (default: the prompt the model trained with)")
     parser.add_argument("--tokens", type=int, default=200, help="tokens to add to the prompt (default: 200)")
     parser.add_argument(
@@ -60,9 +67,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--top-k", type=int, help="draw among the K likeliest tokens only (with --temperature)")
     parser.add_argument("--seed", type=int, help="seeds the draws of --temperature (default: a fresh draw)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    parser.add_argument(
-        "--results-dir", default=DEFAULT_RESULTS_DIR, help=f"where searches live (default: {DEFAULT_RESULTS_DIR})"
-    )
+    add_source_options(parser)
     return parser
 
 

@@ -40,6 +40,25 @@ fixed:
 """
 
 
+def tiny_space(samples: int, epochs: int, concurrency: int = 2, batches: int = 30, comment: str = "") -> str:
+    """A search of ``samples`` random-lr trials of TINY_FIXED's model, one CPU each, every trial to ``epochs``
+    (no scheduler: what runs does not depend on timing)."""
+    return f"""
+search:
+  num_samples: {samples}
+  max_concurrent: {concurrency}
+  resources: {{cpu: 1, gpu: 0}}
+  epochs: {epochs}
+  sampler: random
+  seed: 0
+  scheduler: none{f"            # {comment}" if comment else ""}
+{TINY_FIXED.replace("batches_per_epoch: 30", f"batches_per_epoch: {batches}")}
+  d_model: 32
+params:
+  lr: {{loguniform: [1.0e-3, 1.0e-2]}}
+"""
+
+
 # --- helpers
 
 

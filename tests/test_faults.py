@@ -39,6 +39,7 @@ from tests._searches import (
     snapshot,
     state_trials,
     tables,
+    tiny_space,
     torn_state,
     tune_state,
     wait_for_ray_to_end,
@@ -69,20 +70,7 @@ CHAIN_SAMPLES, CHAIN_EPOCHS = 4, 4
 # reads that state: the whole resumed run can be shorter than that (a loop here saw it end first).
 # Written at every step, the saved state is the current one.
 CHAIN_ENV = {"TUNE_GLOBAL_CHECKPOINT_S": "0"}
-CHAIN_SPACE = f"""
-search:
-  num_samples: {CHAIN_SAMPLES}
-  max_concurrent: 2
-  resources: {{cpu: 1, gpu: 0}}
-  epochs: {CHAIN_EPOCHS}
-  sampler: random
-  seed: 0
-  scheduler: none            # every trial runs every epoch
-{TINY_FIXED.replace("batches_per_epoch: 30", "batches_per_epoch: 100")}
-  d_model: 32
-params:
-  lr: {{loguniform: [1.0e-3, 1.0e-2]}}
-"""
+CHAIN_SPACE = tiny_space(CHAIN_SAMPLES, CHAIN_EPOCHS, batches=100, comment="every trial runs every epoch")
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ import pytest
 from artune.results import TrialRecord, read_records, write_tables
 from artune.search.journal import JOURNAL_FILE, Journal, merge_journal, replay
 from tests._searches import (
-    TINY_FIXED,
     Search,
     assert_every_trial_completed_once,
     reap,
+    tiny_space,
     tune_state,
 )
 
@@ -75,20 +75,7 @@ def test_a_journal_left_open_is_not_pickled(tmp_path):
 
 
 SAMPLES, EPOCHS = 4, 4
-SPACE = f"""
-search:
-  num_samples: {SAMPLES}
-  max_concurrent: 2
-  resources: {{cpu: 1, gpu: 0}}
-  epochs: {EPOCHS}
-  sampler: random
-  seed: 0
-  scheduler: none
-{TINY_FIXED.replace("batches_per_epoch: 30", "batches_per_epoch: 100")}
-  d_model: 32
-params:
-  lr: {{loguniform: [1.0e-3, 1.0e-2]}}
-"""
+SPACE = tiny_space(SAMPLES, EPOCHS, batches=100)
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from artune.results import load
-from tests._searches import TINY_FIXED, Search, reap, tune_state, write_small_corpus
+from tests._searches import Search, reap, tiny_space, tune_state, write_small_corpus
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "search_spaces" / "smoke.yaml"
@@ -146,20 +146,7 @@ def test_mlflow_holds_one_run_per_trial_with_a_point_per_epoch_and_its_knobs(liv
 # --- a killed driver, then --resume: the study it left RUNNING is ended, and the trials' warnings come through
 
 KILL_EPOCHS = 4
-KILL_SPACE = f"""
-search:
-  num_samples: 2
-  max_concurrent: 2
-  resources: {{cpu: 1, gpu: 0}}
-  epochs: {KILL_EPOCHS}
-  sampler: random
-  seed: 0
-  scheduler: none
-{TINY_FIXED}
-  d_model: 32
-params:
-  lr: {{loguniform: [1.0e-3, 1.0e-2]}}
-"""
+KILL_SPACE = tiny_space(2, KILL_EPOCHS)
 
 
 @pytest.fixture(scope="module")

@@ -18,27 +18,14 @@ import time
 import pytest
 
 from artune.results import MANIFEST_FILE
-from tests._searches import TINY_FIXED, Search, reap, tables, wait_for_ray_to_end, write_small_corpus
+from tests._searches import Search, reap, tables, tiny_space, wait_for_ray_to_end, write_small_corpus
 from tests.test_faults import study_trials
 
 KILLS, SEED = 12, 28
 # 16 epochs: an attempt killed by its first epoch line trains at most about one epoch per running trial (2), so
 # the 12 random kills leave the search unfinished; then one kill just after its last epoch, in the final writes.
 SAMPLES, EPOCHS = 4, 4
-SPACE = f"""
-search:
-  num_samples: {SAMPLES}
-  max_concurrent: 2
-  resources: {{cpu: 1, gpu: 0}}
-  epochs: {EPOCHS}
-  sampler: random
-  seed: 0
-  scheduler: none            # every trial runs every epoch: the counts do not depend on timing
-{TINY_FIXED}
-  d_model: 32
-params:
-  lr: {{loguniform: [1.0e-3, 1.0e-2]}}
-"""
+SPACE = tiny_space(SAMPLES, EPOCHS, comment="every trial runs every epoch: the counts do not depend on timing")
 LOST = "lost: its driver was killed before Ray Tune saved the trial"
 
 

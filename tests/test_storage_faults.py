@@ -16,25 +16,19 @@ from pathlib import Path
 
 import pytest
 
-from tests._searches import TINY_FIXED, Search, assert_every_trial_completed_once, reap, tables, write_small_corpus
+from tests._searches import (
+    Search,
+    assert_every_trial_completed_once,
+    reap,
+    tables,
+    tiny_space,
+    write_small_corpus,
+)
 from tests.test_search import cli
 
 pytestmark = pytest.mark.usefixtures("ray_tmpdir")  # conftest: a RAY_TMPDIR of this module's
 SAMPLES, EPOCHS = 2, 3
-SPACE = f"""
-search:
-  num_samples: {SAMPLES}
-  max_concurrent: 2
-  resources: {{cpu: 1, gpu: 0}}
-  epochs: {EPOCHS}
-  sampler: random
-  seed: 0
-  scheduler: none
-{TINY_FIXED}
-  d_model: 32
-params:
-  lr: {{loguniform: [1.0e-3, 1.0e-2]}}
-"""
+SPACE = tiny_space(SAMPLES, EPOCHS)
 EXIT_STORAGE_FAILED = 4
 
 
