@@ -69,13 +69,15 @@ def write_small_corpus(shakespeare: Path, path: Path) -> Path:
 
 
 def processes_with_ray_tmpdir(ray_tmpdir: str) -> list:
-    """Every live process started under ``ray_tmpdir`` (drivers, GCS, raylets, trial workers), not this one."""
+    """Every live process started under ``ray_tmpdir`` (drivers, GCS, raylets, agents, trial workers), not this one:
+    by the variable in its environment, or by a file it holds open there. Ray's dashboard agent writes its process
+    title over its environment, which then reads as blanks; its log files under the session directory stay open."""
     found = []
     for proc in psutil.process_iter():
         try:
             if (
                 proc.pid != os.getpid()
-                and proc.environ().get("RAY_TMPDIR") == ray_tmpdir
+                and (proc.environ().get("RAY_TMPDIR") == ray_tmpdir or holds_a_file_under(proc.pid, ray_tmpdir))
                 and proc.status() != psutil.STATUS_ZOMBIE
             ):
                 found.append(proc)
@@ -84,16 +86,41 @@ def processes_with_ray_tmpdir(ray_tmpdir: str) -> list:
     return found
 
 
-def reap(ray_tmpdir: str) -> int:
-    """SIGKILL, by pid, what is left of the Ray instances started under ``ray_tmpdir``; how many there were."""
-    left = processes_with_ray_tmpdir(ray_tmpdir)
-    for proc in left:
+def holds_a_file_under(pid: int, directory: str) -> bool:
+    """Whether the process holds a file under ``directory`` open (deleted since, too)."""
+    prefix = directory.rstrip("/") + "/"
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
         try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(left, timeout=10)
-    return len(left)
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(prefix):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def reap(ray_tmpdir: str) -> int:
+    """SIGKILL, by pid, what is left of the Ray instances started under ``ray_tmpdir``; how many there were.
+
+    Round after round until none is left: a raylet killed after its dashboard agent has already started another
+    (seen: an agent that outlived the reap, adopted by init, holding Ray's default agent port 52365, so that a
+    later head's jobs API had no agent)."""
+    killed: set[int] = set()
+    for _ in range(20):
+        left = processes_with_ray_tmpdir(ray_tmpdir)
+        if not left:
+            break
+        for proc in left:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(left, timeout=10)
+        killed.update(proc.pid for proc in left)
+    return len(killed)
 
 
 def wait_for_ray_to_end(ray_tmpdir: str, timeout: float = 60) -> int:

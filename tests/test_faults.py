@@ -764,7 +764,9 @@ def test_sigterm_ends_the_driver_as_ctrl_c_does_with_143_and_resume_finishes_it(
 def test_the_processes_of_a_killed_drivers_ray_instance_end_with_it(tmp_path, small_corpus, private_ray_tmpdir):
     """A SIGKILL of the driver alone (the OOM killer's way): Ray's agents and idle workers were adopted by init and
     lived about a minute. The driver's guard (artune/search/watchdog.py) reads end-of-file on its pipe at once and
-    ends them: SIGTERM, SIGKILL after 3 s, at most 3 rounds, so well within the 20 s allowed here."""
+    ends them: SIGTERM, SIGKILL after 3 s, at most 3 rounds, so well within the 20 s allowed here. The agents write
+    their titles over their environment: found by the token there alone, they outlived the driver (3 runs in 4),
+    until the guard also looked for files held open under the session directory (and so does this test)."""
     space = tmp_path / "long.yaml"
     space.write_text(LONG_SPACE)
     search = Search(str(space), "--results-dir", str(tmp_path), "--name", "k", "--data", str(small_corpus))
@@ -776,10 +778,17 @@ def test_the_processes_of_a_killed_drivers_ray_instance_end_with_it(tmp_path, sm
         deadline = time.monotonic() + 20
         while processes_with_ray_tmpdir(private_ray_tmpdir) and time.monotonic() < deadline:
             time.sleep(0.5)
-        left = [p.pid for p in processes_with_ray_tmpdir(private_ray_tmpdir)]
+        left = [describe_process(p) for p in processes_with_ray_tmpdir(private_ray_tmpdir)]
     finally:
         reap(private_ray_tmpdir)
     assert not left, left
+
+
+def describe_process(proc: psutil.Process) -> str:
+    try:
+        return f"{proc.pid} {proc.name()} (parent {proc.ppid()}, group {os.getpgid(proc.pid)})"
+    except (psutil.Error, OSError):
+        return f"{proc.pid} (gone)"
 
 
 # --- 4. a kill during the start-up: the name stays usable

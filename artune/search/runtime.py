@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 from artune.compat import keep_local_ray_on_loopback, kill_local_monitor_first
 from artune.errors import SearchError
-from artune.search.watchdog import ray_apart, start_guard, stop_guard
+from artune.search.watchdog import guard_session, ray_apart, start_guard, stop_guard
 
 if TYPE_CHECKING:
     from artune.search.plan import Plan
@@ -143,7 +143,10 @@ def init_ray(plan: Plan) -> None:
         start_guard()
         try:
             with ray_apart():
-                ray.init(address="local", include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+                context = ray.init(
+                    address="local", include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False
+                )
+            guard_session(context.address_info.get("session_dir") or "")
         except Exception as exc:  # noqa: BLE001 - whatever Ray raises, the user gets one line and nothing is left
             first = (str(exc).strip().splitlines() or [""])[0][:300]
             raise SearchError(

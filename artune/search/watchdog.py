@@ -5,8 +5,9 @@ idle workers) ends only once it notices the raylet gone, and has been seen adopt
 SIGKILLed driver (issue 28), holding memory and cores. The driver marks every process it starts from then on
 with a token in the environment (Ray's processes, and theirs, inherit it), and starts this guard in a process
 group of its own with a pipe from the driver as its stdin: end-of-file there means the driver is gone, by any
-death or by its normal end, after ``ray.shutdown``. The guard then ends every process that carries the token:
-SIGTERM, then SIGKILL to those left after a grace.
+death or by its normal end, after ``ray.shutdown``. The guard then ends every process that carries the token,
+or holds a file open under the instance's session directory (``guard_session``): SIGTERM, then SIGKILL to those
+left after a grace.
 
 Ray's processes are started in the guard's process group too (``ray_apart``), not the driver's: a signal to the
 driver's group (``kill -TERM -PGID``, what Slurm sends; a terminal's Ctrl-C) reaches the driver alone, which
@@ -73,6 +74,19 @@ def ray_apart() -> Iterator[None]:
             os.setpgid(0, 0 if own == os.getpid() else own)  # 0: a group of its own again, as it led one
 
 
+def guard_session(directory: str) -> None:
+    """Tell the guard the instance's session directory, once ``ray.init`` has made it: a process that holds a file
+    open under it is the instance's too. Ray's dashboard and runtime-env agents write their process titles over
+    their environment, which then reads as blanks: by the token alone they outlived a SIGKILLed driver."""
+    if _guard is None or _guard.stdin is None or not directory:
+        return
+    try:
+        _guard.stdin.write(os.fsencode(directory) + b"\n")
+        _guard.stdin.flush()
+    except OSError:
+        pass
+
+
 def stop_guard(timeout: float = 2 * GRACE_S + 5) -> None:
     """The driver's normal end, once Ray is shut down: close the pipe, so that the guard ends what is left of
     the instance (nothing, normally), and wait for it."""
@@ -88,8 +102,9 @@ def stop_guard(timeout: float = 2 * GRACE_S + 5) -> None:
         pass
 
 
-def marked(token: str) -> list[int]:
-    """The pids of the live processes whose environment holds the token (this user's: others' cannot be read)."""
+def marked(token: str, directories: list[bytes]) -> list[int]:
+    """The pids of the live processes whose environment holds the token, or that hold a file open under one of
+    ``directories`` (this user's: others' cannot be read)."""
     mark = f"{TOKEN_VAR}={token}".encode()
     found = []
     for entry in os.listdir("/proc"):
@@ -97,16 +112,29 @@ def marked(token: str) -> list[int]:
             continue
         try:
             with open(f"/proc/{entry}/environ", "rb") as file:
-                if mark in file.read().split(b"\0"):
+                if mark in file.read().split(b"\0") or holds_a_file_under(entry, directories):
                     found.append(int(entry))
         except OSError:  # gone, or another user's
             pass
     return found
 
 
-def end_marked(token: str) -> None:
+def holds_a_file_under(pid: str, directories: list[bytes]) -> bool:
+    prefixes = tuple(directory.rstrip(b"/") + b"/" for directory in directories)
+    if not prefixes:
+        return False
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(os.fsencode(f"/proc/{pid}/fd/{fd}")).startswith(prefixes):
+                return True
+        except OSError:  # closed meanwhile
+            continue
+    return False
+
+
+def end_marked(token: str, directories: list[bytes]) -> None:
     for _ in range(ROUNDS):
-        pids = marked(token)
+        pids = marked(token, directories)
         if not pids:
             return
         signal_all(pids, signal.SIGTERM)
@@ -135,9 +163,8 @@ def alive(pid: int) -> bool:
 
 def main(token: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the driver's to handle; the guard waits for its end
-    while sys.stdin.buffer.read(4096):  # blocks until the driver closes the pipe or dies
-        pass
-    end_marked(token)
+    said = sys.stdin.buffer.read()  # blocks until the driver closes the pipe or dies; guard_session's lines
+    end_marked(token, [line for line in said.splitlines() if line.startswith(b"/")])
 
 
 if __name__ == "__main__":
