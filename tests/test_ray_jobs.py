@@ -61,6 +61,14 @@ def head(tmp_path_factory):
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}",
+            # Every port of its own: Ray's defaults (the dashboard agent's 52365 above all) may be held by another
+            # Ray instance on the machine, and a head whose agent cannot listen takes no job ("No available agent
+            # to submit job", seen in CI with every retry)
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
             "--num-cpus=2",
             f"--temp-dir={ray_tmpdir}",
             "--disable-usage-stats",
