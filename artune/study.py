@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -63,7 +64,25 @@ def direction(mode: str) -> str:
 
 def open_study(url: str, name: str, mode: str) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(storage=url, study_name=name, direction=direction(mode), load_if_exists=True)
+    storage = get_storage(url)
+    return optuna.create_study(storage=storage, study_name=name, direction=direction(mode), load_if_exists=True)
+
+
+SCHEMA_TRIES = 5
+
+
+def get_storage(url: str) -> optuna.storages.BaseStorage:
+    """Optuna's storage at ``url``, its tables made where they are not yet. Two searches that open one new database
+    at once both create them: on PostgreSQL the one that comes second fails (a unique violation in its catalog,
+    seen in CI) though the tables are then there; it tries again, after the other's commit."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(1, SCHEMA_TRIES):
+        try:
+            return optuna.storages.get_storage(url)
+        except (IntegrityError, ProgrammingError):
+            time.sleep(0.2 * attempt)
+    return optuna.storages.get_storage(url)
 
 
 def frozen_trial(record: TrialRecord, space: SearchSpace, metric: str) -> Optional[optuna.trial.FrozenTrial]:
@@ -153,7 +172,7 @@ class LiveStudy:
     def __init__(self, url: str, name: str, space: SearchSpace, metric: str, mode: str) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.space, self.metric = space, metric
-        self.storage = optuna.storages.get_storage(url)
+        self.storage = get_storage(url)
         self.study = optuna.create_study(
             storage=self.storage, study_name=name, direction=direction(mode), load_if_exists=True
         )

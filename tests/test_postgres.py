@@ -214,3 +214,33 @@ def test_a_server_lost_mid_search_ends_in_one_line_and_resume_finishes_it(server
     result = cli("--resume", "--name", "pg-lost", "--results-dir", str(space["results"]), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_truthful(server.url, "pg-lost", directory, SAMPLES)
+
+
+def _open_storage(url: str, barrier) -> str:
+    from artune.study import get_storage
+
+    barrier.wait()  # every process creates the tables at the same moment
+    try:
+        get_storage(url)
+    except Exception as exc:  # noqa: BLE001 - reported to the test, which names it
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    return "ok"
+
+
+def test_searches_that_open_one_new_database_at_once_all_open_it(server):
+    """Two searches started together on a database without Optuna's tables both create them: on PostgreSQL the
+    second failed (UniqueViolation on pg_type, seen in CI). Six processes at once, three fresh databases."""
+    import multiprocessing
+
+    import psycopg
+
+    context = multiprocessing.get_context("spawn")
+    for round_ in range(3):
+        name = f"race{round_}"
+        with psycopg.connect(server.url, autocommit=True) as connection:
+            connection.execute(f"CREATE DATABASE {name}")
+        url = server.url.rsplit("/", 1)[0] + f"/{name}"
+        barrier = context.Manager().Barrier(6)
+        with context.Pool(6) as pool:
+            outcomes = pool.starmap(_open_storage, [(url, barrier)] * 6)
+        assert outcomes == ["ok"] * 6, outcomes
