@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from artune.results import MANIFEST_FILE, TRIALS_FILE
+from artune.results import MANIFEST_FILE, TRIALS_FILE, TrialRecord, read_records, write_tables
 from artune.search import MAX_FAILURES, SearchError, check_saved_state
 from tests._searches import (
     TINY_FIXED,
@@ -859,6 +859,9 @@ def test_a_kill_in_the_start_up_leaves_the_name_usable(tmp_path, small_corpus, p
 # --- 5. a resume after a kill in Ray Tune's state-save window
 
 
+NODE_DIED = "The actor died because its node has died"
+
+
 @pytest.mark.slow
 def test_resume_settles_trials_tune_saved_as_ended_or_never_saved(tmp_path, small_corpus, private_ray_tmpdir):
     """A driver killed between Tune's saving of its state and the tables' next write leaves two kinds of trial the
@@ -896,6 +899,13 @@ def test_resume_settles_trials_tune_saved_as_ended_or_never_saved(tmp_path, smal
         (directory / "tune" / lost).mkdir()
         for name_ in ("params.json", "result.json"):
             shutil.copyfile(directory / "tune" / stopped / name_, directory / "tune" / lost / name_)
+        # and one that failed before Tune saved it (its node went with a lost cluster: seen in CI), in the tables
+        failed = "deadbeef"
+        (directory / "tune" / failed).mkdir()
+        shutil.copyfile(directory / "tune" / stopped / "params.json", directory / "tune" / failed / "params.json")
+        records = read_records(directory)
+        records[failed] = TrialRecord(failed, records[stopped].config, "error", NODE_DIED)
+        write_tables(directory, records.values())
 
         resumed = Search("--resume", *common, env=CHAIN_ENV)
         rc = resumed.finish(300)
@@ -906,6 +916,9 @@ def test_resume_settles_trials_tune_saved_as_ended_or_never_saved(tmp_path, smal
     by_id = trials.set_index("trial_id")
     assert by_id.loc[stopped, "status"] == "stopped", by_id.loc[stopped]
     assert by_id.loc[lost, "status"] == "error" and "lost" in by_id.loc[lost, "error"], by_id.loc[lost]
+    assert by_id.loc[failed, "status"] == "error", by_id.loc[failed]
+    error = by_id.loc[failed, "error"]
+    assert error.startswith("lost:") and f"(it had failed: {NODE_DIED})" in error, error
     assert not set(trials["status"]) & {"running", "pending"}, trials[["trial_id", "status"]]
     assert (rows.trial_id == lost).any() and not rows.duplicated(["trial_id", "epoch"]).any()
     study = study_trials(directory)

@@ -26,7 +26,7 @@ KILLS, SEED = 12, 28
 # the 12 random kills leave the search unfinished; then one kill just after its last epoch, in the final writes.
 SAMPLES, EPOCHS = 4, 4
 SPACE = tiny_space(SAMPLES, EPOCHS, comment="every trial runs every epoch: the counts do not depend on timing")
-LOST = "lost: its driver was killed before Ray Tune saved the trial"
+LOST = "lost: its search stopped before Ray Tune saved the trial"
 
 
 def end_state(directory):

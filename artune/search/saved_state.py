@@ -112,7 +112,7 @@ def restore_saved_state(plan: Plan) -> None:
     )
 
 
-LOST_ERROR = "lost: its driver was killed before Ray Tune saved the trial, so --resume sampled it again under a new id"
+LOST_ERROR = "lost: its search stopped before Ray Tune saved the trial, so --resume sampled it again under a new id"
 
 
 def saved_trials(tune_path: Path) -> Optional[dict[str, str]]:
@@ -162,9 +162,17 @@ def settle_unsaved_trials(plan: Plan) -> None:
                 continue  # cut short by the kill
     settled = 0
     for trial_id, record in records.items():
-        if record.status not in ("running", "pending") or not (plan.tune_path / trial_id).is_dir():
-            continue  # ended, or a trial of an earlier run
+        if not (plan.tune_path / trial_id).is_dir():
+            continue  # a trial of an earlier run
         status = saved.get(trial_id)
+        if record.status == "error" and status is None and not (record.error or "").startswith("lost:"):
+            # failed before Tune saved it (its worker's node went with a lost cluster, say): Tune will not run it
+            # again either, but sample it anew
+            record.error = f"{LOST_ERROR} (it had failed: {record.error})"
+            settled += 1
+            continue
+        if record.status not in ("running", "pending"):
+            continue  # ended
         if status is None:
             record.status, record.error = "error", LOST_ERROR
         elif status == "TERMINATED":

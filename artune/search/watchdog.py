@@ -106,9 +106,10 @@ def marked(token: str, directories: list[bytes]) -> list[int]:
     """The pids of the live processes whose environment holds the token, or that hold a file open under one of
     ``directories`` (this user's: others' cannot be read)."""
     mark = f"{TOKEN_VAR}={token}".encode()
+    driver = token.split("-", 1)[0]  # start_guard's token begins with the driver's pid: at its normal end it waits
     found = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
+        if not entry.isdigit() or int(entry) == os.getpid() or entry == driver:
             continue
         try:
             with open(f"/proc/{entry}/environ", "rb") as file:
