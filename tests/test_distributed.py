@@ -105,6 +105,9 @@ def test_a_search_of_two_worker_trials_finishes_every_trial(two_worker_search):
     trials = pq.read_table(run / "trials.parquet").to_pylist()
     assert len(trials) == 2 and all(t["status"] in ("completed", "stopped") for t in trials), trials
     assert {t["workers"] for t in trials} == {2}
+    assert "trial resources: 2 workers x (1 CPU, 0 GPU), data-parallel" in out, out[:2000]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["resources_per_trial"] == {"workers": 2, "cpu": 1, "gpu": 0}, manifest["resources_per_trial"]
     epochs = pq.read_table(run / "epochs.parquet").to_pylist()
     # every epoch trained the global batches: smoke.yaml's 20 batches of 8 x 32 tokens, over both workers
     assert all(e["tokens_seen"] == e["epoch"] * 20 * 8 * 32 and e["workers"] == 2 for e in epochs), epochs

@@ -203,7 +203,7 @@ def write_manifest(plan: Plan, corpus: Corpus, extra: dict[str, Any], new_comman
             "mode": s.mode,
             "epochs": s.epochs,
             "seed": s.seed,
-            "resources_per_trial": {"cpu": s.cpu, "gpu": s.gpu},
+            "resources_per_trial": {"workers": s.workers, "cpu": s.cpu, "gpu": s.gpu},  # cpu and gpu per worker
             "fixed": plan.space.fixed,
             # every run's searched knobs: an --extend that fixes a knob an earlier run searched (--set lr=...)
             # leaves it searched across the search, its earlier condition with it

@@ -18,6 +18,12 @@ if TYPE_CHECKING:
     from artune.results import TrialRecord
 
 
+def trial_resources(workers: int, cpu: float, gpu: float) -> str:
+    """``1 CPU, 0 GPU``, or for a data-parallel trial ``2 workers x (1 CPU, 0 GPU), data-parallel``."""
+    each = f"{cpu:g} CPU, {gpu:g} GPU"
+    return each if workers == 1 else f"{workers} workers x ({each}), data-parallel"
+
+
 def describe_plan(plan: Plan) -> str:
     s = plan.space.settings
     where = plan.address or "a local Ray instance started here (127.0.0.1, dashboard off)"
@@ -25,7 +31,7 @@ def describe_plan(plan: Plan) -> str:
     lines = [
         f"search {plan.name!r}{' (resume)' if plan.mode is Mode.RESUME else ''} on {where}",
         plan.space.describe(),
-        f"trial resources: {s.cpu:g} CPU, {s.gpu:g} GPU; concurrency: {concurrency}",
+        f"trial resources: {trial_resources(s.workers, s.cpu, s.gpu)}; concurrency: {concurrency}",
     ]
     if plan.repeats > 1:
         lines.append(
