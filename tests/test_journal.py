@@ -9,7 +9,7 @@ import json
 import pytest
 
 from artune.results import TrialRecord, read_records, write_tables
-from artune.search.journal import JOURNAL_FILE, Journal, merge_journal, replay
+from artune.search.journal import JOURNAL_FILE, Journal, merge_journal, replay, started_in
 from tests._searches import (
     Search,
     assert_every_trial_completed_once,
@@ -60,6 +60,19 @@ def test_merging_adds_what_the_tables_lack_and_keeps_what_they_hold(tmp_path):
     assert records["new"].status == "running" and sorted(records["new"].epochs) == [1]
     merge_journal(records, tmp_path / "elsewhere")  # no journal (a search begun before it had one): nothing added
     assert sorted(records["a"].epochs) == [1, 2, 3]
+
+
+def test_the_journal_says_which_run_each_trial_started_in(tmp_path):
+    """A trial killed before Ray copied its directory to the search's is still known as this run's (--resume
+    settles it as lost where Tune's saved state lacks it; it stayed running in the tables for ever, seen once)."""
+    first, extension = Journal(tmp_path, "tune"), Journal(tmp_path, "tune-2")
+    first.started(TrialRecord("a", {"lr": 0.01}, "running"))
+    extension.started(TrialRecord("b", {"lr": 0.02}, "running"))
+    extension.started(TrialRecord("c", {"lr": 0.03}, "running"))
+    first.close()
+    extension.close()
+    assert started_in(tmp_path, "tune") == {"a"} and started_in(tmp_path, "tune-2") == {"b", "c"}
+    assert started_in(tmp_path / "elsewhere", "tune") == set()
 
 
 def test_a_journal_left_open_is_not_pickled(tmp_path):

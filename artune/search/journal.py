@@ -21,15 +21,18 @@ class Journal:
     """Appends to ``<directory>/journal.jsonl``; each line is flushed to the OS as written, so a killed driver
     leaves every line it wrote (perhaps the last one cut short, which ``replay`` skips)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, run: str = "tune") -> None:
         self.path = directory / JOURNAL_FILE
+        self.run = run  # the Ray run (tune/, tune-2/ ...) the trials started in
         self._file: Optional[IO[str]] = None
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_file": None}  # the recorder that holds it is pickled into Tune's tuner.pkl
 
     def started(self, record: TrialRecord) -> None:
-        self._append({"trial_id": record.trial_id, "config": record.config, "config_id": record.config_id})
+        self._append(
+            {"trial_id": record.trial_id, "run": self.run, "config": record.config, "config_id": record.config_id}
+        )
 
     def epoch(self, trial_id: str, metrics: dict[str, Any]) -> None:
         self._append({"trial_id": trial_id, "epoch": metrics})
@@ -73,6 +76,23 @@ def replay(directory: Path) -> dict[str, TrialRecord]:
         elif "epoch" in line and trial_id in replayed:
             replayed[trial_id].add_epoch(line["epoch"])
     return replayed
+
+
+def started_in(directory: Path, run: str) -> set[str]:
+    """The trials the journal saw start in ``run``: Ray may not have copied their directories to the search's yet."""
+    started = set()
+    try:
+        text = (directory / JOURNAL_FILE).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return started
+    for raw in text.splitlines():
+        try:
+            line = json.loads(raw)
+            if line.get("run") == run and "config" in line:
+                started.add(line["trial_id"])
+        except (ValueError, TypeError, KeyError, AttributeError):
+            continue  # a line cut short by the kill
+    return started
 
 
 def add_missing_epochs(records: dict[str, TrialRecord], replayed: dict[str, TrialRecord]) -> None:

@@ -53,7 +53,7 @@ class Recorder(tune.Callback):
         runs = plan.manifest.data.get("runs", [])  # the search's earlier Ray runs, as the plan read them
         self.runs = runs if plan.run_name in runs else [*runs, plan.run_name]  # an extend's run is not recorded yet
         self.records: dict[str, TrialRecord] = read_records(plan.directory)  # a resumed search carries on its tables
-        self.journal = Journal(plan.directory)
+        self.journal = Journal(plan.directory, plan.run_name)
         self._written = 0.0
         self._study = study
         self.unfinished, self.cut_short = 0, []

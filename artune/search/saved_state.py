@@ -132,9 +132,10 @@ def settle_unsaved_trials(plan: Plan) -> None:
     """Before a resume, the tables' unfinished trials that Ray Tune will not run again, settled as its saved state
     says. A driver killed between Tune's saving of its state and the tables' next write leaves:
 
-    - a trial Ray started (its params.json, perhaps a result.json) that the state lacks (it started after Tune last
-      saved): Tune samples its configuration again under a new id, so this one never ends: recorded ``error``,
-      saying why (the live study's trial of it ends so too);
+    - a trial Ray started (its params.json, perhaps a result.json, or only its journal lines: Ray had not copied
+      its directory yet) that the state lacks (it started after Tune last saved): Tune samples its configuration
+      again under a new id, so this one never ends: recorded ``error``, saying why (the live study's trial of it
+      ends so too);
     - a trial the state holds TERMINATED (ASHA, or its last epoch) that the tables still call running: Tune does not
       run it again, so the resume would count it unfinished for ever: ``completed`` or ``stopped``.
 
@@ -144,7 +145,7 @@ def settle_unsaved_trials(plan: Plan) -> None:
     Ray's import is in recorder.py: this runs once Ray is up.
     """
     from artune.results import read_records, write_tables
-    from artune.search.journal import merge_journal
+    from artune.search.journal import merge_journal, started_in
     from artune.search.recorder import merge_ray_results, new_record
 
     saved = {} if plan.fresh_run else saved_trials(plan.tune_path)
@@ -160,9 +161,10 @@ def settle_unsaved_trials(plan: Plan) -> None:
                 records[trial_id] = new_record(trial_id, json.loads(params.read_text()), "running")
             except (OSError, ValueError):
                 continue  # cut short by the kill
+    started = started_in(plan.directory, plan.run_name)  # this run's, their directories copied to it or not yet
     settled = 0
     for trial_id, record in records.items():
-        if not (plan.tune_path / trial_id).is_dir():
+        if not (plan.tune_path / trial_id).is_dir() and trial_id not in started:
             continue  # a trial of an earlier run
         status = saved.get(trial_id)
         if record.status == "error" and status is None and not (record.error or "").startswith("lost:"):
