@@ -37,9 +37,13 @@ def test_replay_takes_each_trials_last_attempt_and_skips_a_line_cut_short(tmp_pa
     journal.close()
     with open(tmp_path / JOURNAL_FILE, "a") as f:
         f.write('{"trial_id": "b", "epoch": {"epo')  # the kill came inside this line's write
+    resumed = Journal(tmp_path)  # the next driver's lines start on a line of their own
+    resumed.epoch("a", metrics(4, 1.6))
+    resumed.close()
     replayed = replay(tmp_path)
     assert sorted(replayed) == ["a", "b"]
-    assert {e: m["valid_loss"] for e, m in replayed["a"].epochs.items()} == {1: 2.0, 2: 1.9, 3: 1.7}
+    assert sorted(replayed["a"].epochs) == [1, 2, 3, 4]
+    assert {e: m["valid_loss"] for e, m in replayed["a"].epochs.items()} == {1: 2.0, 2: 1.9, 3: 1.7, 4: 1.6}
     assert replayed["a"].config == {"lr": 0.01} and replayed["a"].config_id == "c1"
     assert replayed["b"].epochs == {} and replayed["b"].status == "running"
 

@@ -45,8 +45,19 @@ class Journal:
     def _append(self, line: dict[str, Any]) -> None:
         if self._file is None:
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the search's run
+            if not ends_a_line(self.path):  # a killed driver's last line, cut short: this one must not join it
+                self._file.write("\n")
         self._file.write(json.dumps(line, default=plain) + "\n")
         self._file.flush()
+
+
+def ends_a_line(path: Path) -> bool:
+    """Whether the file is empty or its last character ends a line."""
+    with open(path, "rb") as file:
+        if file.seek(0, 2) == 0:
+            return True
+        file.seek(-1, 2)
+        return file.read(1) == b"\n"
 
 
 def plain(value: Any) -> Any:
