@@ -55,6 +55,7 @@ def test_merging_adds_what_the_tables_lack_and_keeps_what_they_hold(tmp_path):
         journal.epoch("a", metrics(epoch, 2.0 - epoch / 10))
     journal.started(TrialRecord("new", {"lr": 0.03}, "running"))
     journal.epoch("new", metrics(1, 2.5))
+    journal.started(TrialRecord("silent", {"lr": 0.04}, "running"))  # killed before its first report
     journal.close()
     held = TrialRecord("a", {"lr": 0.01}, "running")
     held.epochs[1] = {**metrics(1, 1.9), "seconds": 4.0}  # the tables' row stays as written
@@ -62,6 +63,7 @@ def test_merging_adds_what_the_tables_lack_and_keeps_what_they_hold(tmp_path):
     merge_journal(records, tmp_path)
     assert sorted(records["a"].epochs) == [1, 2, 3] and records["a"].epochs[1]["seconds"] == 4.0
     assert records["new"].status == "running" and sorted(records["new"].epochs) == [1]
+    assert "silent" not in records  # nothing of it in the tables or the study: no row either
     merge_journal(records, tmp_path / "elsewhere")  # no journal (a search begun before it had one): nothing added
     assert sorted(records["a"].epochs) == [1, 2, 3]
 
