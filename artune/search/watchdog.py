@@ -5,9 +5,9 @@ idle workers) ends only once it notices the raylet gone, and has been seen adopt
 SIGKILLed driver (issue 28), holding memory and cores. The driver marks every process it starts from then on
 with a token in the environment (Ray's processes, and theirs, inherit it), and starts this guard in a process
 group of its own with a pipe from the driver as its stdin: end-of-file there means the driver is gone, by any
-death or by its normal end, after ``ray.shutdown``. The guard then ends every process that carries the token,
-or holds a file open under the instance's session directory (``guard_session``): SIGTERM, then SIGKILL to those
-left after a grace.
+death or by its normal end, after ``ray.shutdown``. The guard then ends every process that carries the token, or
+that Ray titled and that holds a file open under the instance's session directory (``guard_session``): SIGTERM,
+then SIGKILL to those left after a grace.
 
 Ray's processes are started in the guard's process group too (``ray_apart``), not the driver's: a signal to the
 driver's group (``kill -TERM -PGID``, what Slurm sends; a terminal's Ctrl-C) reaches the driver alone, which
@@ -103,8 +103,8 @@ def stop_guard(timeout: float = 2 * GRACE_S + 5) -> None:
 
 
 def marked(token: str, directories: list[bytes]) -> list[int]:
-    """The pids of the live processes whose environment holds the token, or that hold a file open under one of
-    ``directories`` (this user's: others' cannot be read)."""
+    """The pids of the live processes whose environment holds the token, or that Ray titled and that hold a file
+    open under one of ``directories`` (this user's: others' cannot be read)."""
     mark = f"{TOKEN_VAR}={token}".encode()
     driver = token.split("-", 1)[0]  # start_guard's token begins with the driver's pid: at its normal end it waits
     found = []
@@ -113,11 +113,21 @@ def marked(token: str, directories: list[bytes]) -> list[int]:
             continue
         try:
             with open(f"/proc/{entry}/environ", "rb") as file:
-                if mark in file.read().split(b"\0") or holds_a_file_under(entry, directories):
+                if mark in file.read().split(b"\0") or (ray_titled(entry) and holds_a_file_under(entry, directories)):
                     found.append(int(entry))
         except OSError:  # gone, or another user's
             pass
     return found
+
+
+RAY_TITLES = (b"ray::", b"ray-dashboard-")  # Ray 2.60's setproctitle calls: workers, agents, dashboard modules
+
+
+def ray_titled(pid: str) -> bool:
+    """Whether the process's title is one Ray gives its own (``ray::DashboardAgent``, ``ray::IDLE``): a user's
+    ``tail -f`` of a log in the session directory is not the instance's."""
+    with open(f"/proc/{pid}/cmdline", "rb") as file:
+        return file.read(64).startswith(RAY_TITLES)
 
 
 def holds_a_file_under(pid: str, directories: list[bytes]) -> bool:
