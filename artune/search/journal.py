@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, Any, Iterator, Optional
 
 from artune.results import TrialRecord
 
@@ -67,21 +67,27 @@ def plain(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-def replay(directory: Path) -> dict[str, TrialRecord]:
-    """Each journaled trial as its journal lines leave it: the configuration it started with and its epochs,
-    a retry's epochs replacing those of the attempt it retried (``TrialRecord.add_epoch``)."""
-    path = directory / JOURNAL_FILE
-    replayed: dict[str, TrialRecord] = {}
+def lines(directory: Path) -> Iterator[dict[str, Any]]:
+    """The journal's whole lines, in order (none where there is no journal): each names its ``trial_id``."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = (directory / JOURNAL_FILE).read_text(encoding="utf-8")
     except FileNotFoundError:
-        return replayed
+        return
     for raw in text.splitlines():
         try:
             line = json.loads(raw)
-            trial_id = line["trial_id"]
-        except (ValueError, TypeError, KeyError):
+        except ValueError:
             continue  # a line cut short by the kill
+        if isinstance(line, dict) and "trial_id" in line:
+            yield line
+
+
+def replay(directory: Path) -> dict[str, TrialRecord]:
+    """Each journaled trial as its journal lines leave it: the configuration it started with and its epochs,
+    a retry's epochs replacing those of the attempt it retried (``TrialRecord.add_epoch``)."""
+    replayed: dict[str, TrialRecord] = {}
+    for line in lines(directory):
+        trial_id = line["trial_id"]
         if "config" in line and trial_id not in replayed:
             replayed[trial_id] = TrialRecord(trial_id, line["config"], "running", config_id=line.get("config_id"))
         elif "epoch" in line and trial_id in replayed:
@@ -91,19 +97,7 @@ def replay(directory: Path) -> dict[str, TrialRecord]:
 
 def started_in(directory: Path, run: str) -> set[str]:
     """The trials the journal saw start in ``run``: Ray may not have copied their directories to the search's yet."""
-    started = set()
-    try:
-        text = (directory / JOURNAL_FILE).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return started
-    for raw in text.splitlines():
-        try:
-            line = json.loads(raw)
-            if line.get("run") == run and "config" in line:
-                started.add(line["trial_id"])
-        except (ValueError, TypeError, KeyError, AttributeError):
-            continue  # a line cut short by the kill
-    return started
+    return {line["trial_id"] for line in lines(directory) if "config" in line and line.get("run") == run}
 
 
 def add_missing_epochs(records: dict[str, TrialRecord], replayed: dict[str, TrialRecord]) -> None:
