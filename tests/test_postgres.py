@@ -196,6 +196,17 @@ def test_a_server_that_refuses_the_connection_is_one_line_before_anything_is_wri
     assert not processes_with_ray_tmpdir(os.environ["RAY_TMPDIR"])
 
 
+def test_a_server_that_never_answers_is_one_line_after_the_connect_timeout(space, tmp_path):
+    results = tmp_path / "nothing-here"
+    with socket.socket() as silent:  # the kernel completes the handshake; nothing ever reads or answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"postgresql://artune@127.0.0.1:{silent.getsockname()[1]}/postgres"
+        result = cli(*search_args({**space, "results": results}, "pg-silent", url))  # cli's timeout: a hang guard
+    assert_one_error_line(result, "--storage", "127.0.0.1", "no answer in 10 s", "?connect_timeout=N")
+    assert not results.exists()
+
+
 def test_a_server_lost_mid_search_ends_in_one_line_and_resume_finishes_it(server, space, ray_tmpdir):
     search = Search(*search_args(space, "pg-lost", server.url))
     search.wait_for(lambda: sum(map(len, search.epochs().values())) >= 1, 600, "a first epoch")

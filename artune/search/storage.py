@@ -48,6 +48,12 @@ def absolute_storage(url: str) -> str:
     return make_url(url).set(database=str(database.absolute())).render_as_string(hide_password=False)
 
 
+# A server that takes the connection and never answers (a firewall that drops, a stopped VM) is a line before
+# Ray starts, not a driver waiting on it; a URL's own ?connect_timeout= stands. Both drivers take it in seconds.
+CONNECT_TIMEOUT_S = 10
+TIMED_BACKENDS = ("postgresql", "mysql")
+
+
 @contextlib.contextmanager
 def existing_database(url: str) -> Iterator[Any]:
     """A connection to the database at ``url``, or None where it is a SQLite file not there yet: opened without
@@ -57,8 +63,13 @@ def existing_database(url: str) -> Iterator[Any]:
         yield None
         return
     from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
 
-    engine = create_engine(url)
+    parsed = make_url(url)
+    connect_args = {}
+    if parsed.get_backend_name() in TIMED_BACKENDS and "connect_timeout" not in parsed.query:
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+    engine = create_engine(url, connect_args=connect_args)
     try:
         with engine.connect() as connection:
             yield connection
@@ -131,6 +142,8 @@ def check_storage(url: str) -> None:
             pass
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy's and the driver's errors share no useful base
         first = (str(exc).strip().splitlines() or [""])[0]
+        if "timeout" in first.lower() and "connect_timeout" not in make_url(url).query:
+            first += f"; no answer in {CONNECT_TIMEOUT_S} s, and ?connect_timeout=N in the URL waits N s"
         raise SearchError(
             f"--storage {url!r}: the database cannot be reached ({type(exc).__name__}: {first})"
         ) from None
