@@ -63,7 +63,8 @@ def test_merging_adds_what_the_tables_lack_and_keeps_what_they_hold(tmp_path):
     merge_journal(records, tmp_path)
     assert sorted(records["a"].epochs) == [1, 2, 3] and records["a"].epochs[1]["seconds"] == 4.0
     assert records["new"].status == "running" and sorted(records["new"].epochs) == [1]
-    assert "silent" not in records  # nothing of it in the tables or the study: no row either
+    # killed before its first report, yet the live study holds it: a row, which --resume settles as it does the study's
+    assert records["silent"].status == "running" and not records["silent"].epochs
     merge_journal(records, tmp_path / "elsewhere")  # no journal (a search begun before it had one): nothing added
     assert sorted(records["a"].epochs) == [1, 2, 3]
 

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from artune.results import TRIALS_FILE
+from artune.search.saved_state import LOST_ERROR
 from tests._searches import Search, processes_with_ray_tmpdir, reap, write_small_corpus
 from tests.test_search import assert_one_error_line, cli
 
@@ -140,10 +141,16 @@ def search_args(space: dict, name: str, url: str) -> list[str]:
     ]
 
 
-def assert_truthful(url: str, name: str, directory: Path, samples: int) -> None:
-    """The study holds exactly one finished Optuna trial per artune trial, as the tables end it; none RUNNING."""
+def assert_truthful(url: str, name: str, directory: Path, samples: int, lost: bool = False) -> None:
+    """The study holds exactly one finished Optuna trial per artune trial, as the tables end it; none RUNNING.
+    With ``lost``: a trial started after Tune last saved its state (a kill) is sampled again under a new id, and
+    the one lost is recorded so (``error``, its Optuna trial FAIL), as tests/test_random_kill.py has it."""
     trials = pq.read_table(directory / TRIALS_FILE).to_pandas()
-    assert len(trials) == samples and (trials["status"] == "completed").all(), trials[["trial_id", "status"]]
+    completed = trials[trials["status"] == "completed"]
+    others = trials[trials["status"] != "completed"]
+    assert len(completed) == samples, trials[["trial_id", "status", "error"]]
+    assert (lost and others["error"].str.startswith(LOST_ERROR).all()) or others.empty, others[["trial_id", "error"]]
+    ends = {"completed": optuna.trial.TrialState.COMPLETE, "error": optuna.trial.TrialState.FAIL}
     study = optuna.load_study(study_name=name, storage=url)
     states = [t.state for t in study.get_trials(deepcopy=False)]
     assert optuna.trial.TrialState.RUNNING not in states, states
@@ -151,10 +158,12 @@ def assert_truthful(url: str, name: str, directory: Path, samples: int) -> None:
     for trial in study.get_trials(deepcopy=False):
         by_id.setdefault(trial.user_attrs["trial_id"], []).append(trial)
     assert sorted(by_id) == sorted(trials["trial_id"]), (sorted(by_id), list(trials["trial_id"]))
+    status = dict(zip(trials["trial_id"], trials["status"]))
     for trial_id, found in by_id.items():
         assert len(found) == 1, (trial_id, [t.state for t in found])
-        assert found[0].state == optuna.trial.TrialState.COMPLETE, (trial_id, found[0].state)
-        assert sorted(found[0].intermediate_values) == list(range(1, EPOCHS + 1)), found[0].intermediate_values
+        assert found[0].state == ends[status[trial_id]], (trial_id, status[trial_id], found[0].state)
+        if status[trial_id] == "completed":
+            assert sorted(found[0].intermediate_values) == list(range(1, EPOCHS + 1)), found[0].intermediate_values
 
 
 def test_two_searches_share_one_database_and_an_extend_grows_one(server, space):
@@ -184,7 +193,7 @@ def test_resume_after_the_driver_was_killed_leaves_the_study_truthful(server, sp
     reap(ray_tmpdir)  # the killed driver's Ray processes
     result = cli("--resume", "--name", "pg-kill", "--results-dir", str(space["results"]), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert_truthful(server.url, "pg-kill", space["results"] / "pg-kill", SAMPLES)
+    assert_truthful(server.url, "pg-kill", space["results"] / "pg-kill", SAMPLES, lost=True)
 
 
 def test_a_server_that_refuses_the_connection_is_one_line_before_anything_is_written(space, tmp_path):

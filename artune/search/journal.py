@@ -104,9 +104,7 @@ def add_missing_epochs(records: dict[str, TrialRecord], replayed: dict[str, Tria
     """Add to ``records`` the trials and epochs of ``replayed`` that they lack; what they hold stays as it is."""
     for trial_id, again in replayed.items():
         record = records.get(trial_id)
-        if record is None:  # started and reported within one table refresh before the driver died
-            if not again.epochs:
-                continue  # reported nothing: nothing of it was written anywhere else either
+        if record is None:  # started (the live study holds it), perhaps reported, since the tables' last write
             record = records[trial_id] = TrialRecord(trial_id, again.config, "running", config_id=again.config_id)
         for epoch in sorted(set(again.epochs) - set(record.epochs)):
             record.add_epoch(again.epochs[epoch])
