@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -57,17 +58,35 @@ def inputs(tmp_path_factory, shakespeare_path) -> dict:
     return {"space": str(root / "space.yaml"), "data": str(write_small_corpus(shakespeare_path, root / "small.txt"))}
 
 
-def fill(directory: Path) -> Path:
-    """Write a file until the file system is full; the file."""
-    filler = directory / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * (1 << 20))
-                f.flush()
-        except OSError:
-            pass
-    return filler
+class FullDisk:
+    """The file system of ``directory`` filled, and kept full until ``free()``: space a deletion or a truncation
+    frees (Ray removing an old checkpoint, copying a file over itself) is taken again at once, as a disk that
+    something else keeps filling would. Otherwise a write could find that space and the search go on."""
+
+    def __init__(self, directory: Path) -> None:
+        self.files = [directory / "filler", directory / "filler-again"]
+        self.stop = threading.Event()
+        self._take(self.files[0], 1 << 20)  # the first: at once
+        self.thread = threading.Thread(target=self._keep_full, daemon=True)
+        self.thread.start()
+
+    def _take(self, path: Path, chunk: int) -> None:
+        with open(path, "ab", buffering=0) as file:
+            while chunk >= 512:
+                try:
+                    file.write(b"\0" * chunk)
+                except OSError:
+                    chunk //= 8  # the last pages, in smaller writes
+
+    def _keep_full(self) -> None:
+        while not self.stop.wait(0.005):
+            self._take(self.files[1], 1 << 16)
+
+    def free(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        for path in self.files:
+            path.unlink(missing_ok=True)
 
 
 def run_until_the_storage_fails(inputs: dict, results: Path, break_storage) -> tuple[Search, int, list[str]]:
@@ -98,11 +117,14 @@ def resume_to_the_end(results: Path) -> None:
 
 def test_a_full_disk_stops_the_search_in_one_line_and_resume_finishes_it(tmpfs, inputs, ray_tmpdir):
     results = tmpfs / "results"
-    filler: list[Path] = []
-    _, _, errors = run_until_the_storage_fails(inputs, results, lambda: filler.append(fill(tmpfs)))
+    full: list[FullDisk] = []
+    try:
+        _, _, errors = run_until_the_storage_fails(inputs, results, lambda: full.append(FullDisk(tmpfs)))
+    finally:
+        for disk in full:
+            disk.free()
     assert "[Errno 28]" in errors[0] and str(tmpfs) in errors[0], errors[0]
     reap(ray_tmpdir)
-    filler[0].unlink()
     resume_to_the_end(results)
 
 
