@@ -1016,6 +1016,23 @@ def test_cli_resume_takes_its_settings_from_the_checkpoint_and_says_when_nothing
     assert state["epoch"] == 2 and state["config"]["d_model"] == 32 and state["config"]["epochs"] == 2
 
 
+def test_cli_time_budget_passes_its_deadline_to_the_trainer(small_text, capsys):
+    """The Trainer's own deadline tests run on a clock they control; here the command line's part: a budget far
+    off trains every epoch, one over before the first step trains none (exit 1), a bad one is refused."""
+    assert main(["--dataset", str(small_text), "--time-budget", "1h", *TINY_CLI, "--epochs", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert "epoch   2  train_loss" in out and "reached" not in out and not err
+    assert main(["--dataset", str(small_text), "--time-budget", "1e-9", *TINY_CLI]) == 1  # over as it starts
+    out, err = capsys.readouterr()
+    assert "epoch   1" not in out
+    assert err.strip().splitlines() == ["error: --time-budget 1e-9 ended before the first epoch: no model"]
+    assert main(["--dataset", str(small_text), "--time-budget", "soon", *TINY_CLI]) == 2
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines() == [
+        "error: --time-budget must be a positive duration such as 900, 90s, 15m or 1.5h, but got 'soon'"
+    ]
+
+
 def test_cli_resume_without_a_checkpoint_is_one_error_line(tmp_path, capsys):
     assert main(["--checkpoint-dir", str(tmp_path / "none"), "--resume"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()

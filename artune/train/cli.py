@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,6 +14,7 @@ import artune.train.checkpoint as checkpoint
 from artune import ArgumentParser, stdout_closed
 from artune.config import FIELD_NAMES, ConfigError, TrainConfig, add_config_arguments
 from artune.errors import CheckpointError, DivergedError, UserError
+from artune.humanize import parse_duration
 from artune.train.checkpoint import CHECKPOINT_FILE
 from artune.train.trainer import Metrics, Trainer
 
@@ -90,10 +92,26 @@ def main(argv: Optional[list[str]] = None) -> int:
         "--results-dir", help="with --from: where searches live (default: results, as for python -m artune.search)"
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads, at least 1 (default: torch's choice)")
+    parser.add_argument(
+        "--time-budget",
+        metavar="DURATION",
+        help="stop once this long has passed since the command started, start-up included (e.g. 900, 15m), "
+        "the lr decay fitted to the whole epochs that fit, as a search's trials are",
+    )
     add_config_arguments(parser)
     args = parser.parse_args(argv)
+    started = time.time()  # what a time budget counts from, as a search's does
     try:
         config = _config(args)
+        deadline = None
+        if args.time_budget is not None:
+            try:
+                deadline = started + parse_duration(args.time_budget)
+            except ValueError:
+                raise ConfigError(
+                    f"--time-budget must be a positive duration such as 900, 90s, 15m or 1.5h, "
+                    f"but got {args.time_budget!r}"
+                ) from None
         # Checked before the corpus is read or an epoch trained: a bad directory would otherwise
         # fail (or overwrite a checkpoint) only when the first epoch's checkpoint is written.
         if args.threads is not None and args.threads < 1:
@@ -144,7 +162,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                         f"{metrics['epoch']} ({exc.strerror or exc})"
                     ) from None
 
-        trainer.fit(report)
+        history = trainer.fit(report, deadline=deadline)
+        if deadline is not None and trainer.epoch < config.epochs:
+            if trainer.epoch == 0:  # as a search in whose budget no trial trained an epoch
+                print(
+                    f"error: --time-budget {args.time_budget} ended before the first epoch: no model",
+                    file=sys.stderr,
+                )
+                return 1
+            print(f"time budget {args.time_budget} reached after epoch {trainer.epoch} ({len(history)} trained here)")
     except (UserError, CheckpointError, DivergedError) as exc:  # a bad input, or a run that cannot go on
         print(f"error: {exc}", file=sys.stderr)
         return 2
