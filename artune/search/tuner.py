@@ -15,6 +15,7 @@ from ray.tune.search import ConcurrencyLimiter, Repeater
 from ray.tune.search.optuna import OptunaSearch
 
 from artune.compat import give_restored_tuner, repoint_searcher_state
+from artune.search.cutoff import BudgetCutoff, set_run_deadline
 from artune.search.manifest import run_number
 from artune.search.plan import Mode
 from artune.search.recorder import ENDED
@@ -43,6 +44,7 @@ def build_tuner(plan: Plan, corpus: Corpus, recorder: Recorder) -> tune.Tuner:
         # ends them: Tune's own stop of a running trial waits for its next report.
         time_budget = max(1.0, plan.time_budget_s - (time.monotonic() - plan.started) - BUDGET_END_S)
         deadline = time.time() + time_budget + DEADLINE_LAG_S
+    set_run_deadline(deadline)  # the searcher starts no trial this run's budget would end before its first rung
     # A trial Tune's saved state would continue, though the tables saw it end after Tune last saved it
     # (a killed driver): it is not trained again.
     resume = plan.mode is Mode.RESUME
@@ -141,11 +143,11 @@ def searcher(plan: Plan, recorder: Recorder) -> Any:
         storage=storage,
         study_name=plan.name,
     )
-    limited = ConcurrencyLimiter(search, max_concurrent=max(concurrency, plan.repeats))
+    limited: Any = ConcurrencyLimiter(search, max_concurrent=max(concurrency, plan.repeats))
     if plan.repeats > 1:
         # each sampled config runs `repeats` times (seeds seed, seed+1, ...); the sampler sees their mean
-        return Repeater(limited, repeat=plan.repeats, set_index=True)
-    return limited
+        limited = Repeater(limited, repeat=plan.repeats, set_index=True)
+    return BudgetCutoff(limited, grace_period=s.grace_period if s.scheduler == "asha" else 1)
 
 
 def scheduler(space: SearchSpace) -> Any:

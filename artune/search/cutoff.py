@@ -1,0 +1,88 @@
+"""No new trial that the time budget would end before its first rung: the searcher's last word near the budget.
+
+When the search's long trials end a little before the budget (a trial stops after the last whole epoch that
+fits), Tune would start the searcher's next trials in the time left, and the budget ended each before its first
+epoch: rows of nothing, and start-up work in the search's last seconds. ``BudgetCutoff`` wraps the searcher and
+suggests nothing once a new trial could not train ``grace_period`` epochs (ASHA's first rung) at the pace of the
+fastest epoch any trial has reported; the running trials go on to their end. Tune keeps that the searcher has
+finished in its saved state: a ``--resume`` of a run interrupted after that continues its unfinished trials and
+samples no more (``--extend`` does).
+
+The deadline is this driver's run's (``set_run_deadline``), not one kept in the searcher: Tune pickles the
+searcher into its saved state, and a ``--resume`` runs to a deadline of its own.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional, Union
+
+from ray.tune.search import Searcher
+
+_run_deadline: Optional[float] = None  # a time.time(): when this run's trials must have ended
+
+
+def set_run_deadline(deadline: Optional[float]) -> None:
+    global _run_deadline
+    _run_deadline = deadline
+
+
+class BudgetCutoff(Searcher):
+    """``searcher``, suggesting nothing once the budget could not hold a new trial's first ``grace_period``
+    epochs. ``clock`` is what the deadline is read against."""
+
+    def __init__(self, searcher: Searcher, grace_period: int, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+        self.searcher = searcher
+        self.grace_period = grace_period
+        self.clock = clock
+        self.fastest_epoch_s: Optional[float] = None  # of any trial's epochs: what a new trial would need at best
+
+    def too_late(self) -> bool:
+        """Whether a trial started now would meet the deadline before its first rung."""
+        if _run_deadline is None or self.fastest_epoch_s is None:
+            return False
+        return self.clock() + self.grace_period * self.fastest_epoch_s > _run_deadline
+
+    def suggest(self, trial_id: str) -> Optional[Union[dict, str]]:
+        if self.too_late():
+            # the search's last word: the running trials finish, then the search ends (a None, "not now", would
+            # leave Tune's loop waiting for an event until long past the budget once none runs; seen: 639 s of 40)
+            return Searcher.FINISHED
+        return self.searcher.suggest(trial_id)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        seconds = result.get("time_this_iter_s")
+        if isinstance(seconds, (int, float)) and seconds > 0:
+            self.fastest_epoch_s = seconds if self.fastest_epoch_s is None else min(self.fastest_epoch_s, seconds)
+        self.searcher.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        self.searcher.on_trial_complete(trial_id, result=result, error=error)
+
+    def set_search_properties(self, metric: Optional[str], mode: Optional[str], config: dict, **spec: Any) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        return self.searcher.set_max_concurrency(max_concurrent)
+
+    def add_evaluated_point(self, *args: Any, **kwargs: Any) -> None:
+        self.searcher.add_evaluated_point(*args, **kwargs)
+
+    def save(self, checkpoint_path: str) -> None:
+        self.searcher.save(checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.searcher.restore(checkpoint_path)
+
+    def get_state(self) -> dict:
+        return self.searcher.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self.searcher.set_state(state)
+
+    def on_pause(self, trial_id: str) -> None:
+        self.searcher.on_pause(trial_id)
+
+    def on_unpause(self, trial_id: str) -> None:
+        self.searcher.on_unpause(trial_id)
