@@ -123,6 +123,21 @@ def reap(ray_tmpdir: str) -> int:
     return len(killed)
 
 
+def signal_workers(ray_tmpdir: str, signum: int) -> list:
+    """Send ``signum`` to the workers (titled ``ray::ImplicitFunc.train``, ``ray::IDLE``, ...: the trials' actors,
+    idle workers; not Ray's ``ray::...Agent`` processes) of the instance under ``ray_tmpdir``; the processes reached."""
+    reached = []
+    for proc in processes_with_ray_tmpdir(ray_tmpdir):
+        try:
+            title = (proc.cmdline() or [""])[0]
+            if title.startswith("ray::") and not title.endswith("Agent"):
+                proc.send_signal(signum)
+                reached.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return reached
+
+
 def wait_for_ray_to_end(ray_tmpdir: str, timeout: float = 60) -> int:
     """How many processes of the instance(s) under ``ray_tmpdir`` outlive their driver by ``timeout``; those end."""
     deadline = time.monotonic() + timeout
@@ -240,6 +255,30 @@ class Search:
                 self.proc.kill()
                 pytest.fail(f"no {what} within {timeout:.0f} s:\n{self.stdout[-3000:]}\n{self.stderr[-3000:]}")
             time.sleep(0.2)
+
+    def hold_at(self, condition: Callable[[], bool], timeout: float, what: str, ray_tmpdir: str) -> None:
+        """wait_for, with the search's Ray workers (its trials) let run only in short slices between looks: frozen
+        (SIGSTOP) while the driver catches up and ``condition`` is asked, then let go (SIGCONT) for ``SLICE_S``. A
+        moment a few epochs long then cannot pass between two looks however fast the machine (a tiny trial's epoch
+        can take a tenth of a second; seen passing unseen at 0.2-s polling). Returns with the workers frozen: the
+        caller kills the driver, and ``reap`` ends them (SIGKILL ends a stopped process)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            frozen = signal_workers(ray_tmpdir, signal.SIGSTOP)
+            time.sleep(self.CATCH_UP_S)  # the driver takes in what the workers reported before they stopped
+            if condition():
+                return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                signal_workers(ray_tmpdir, signal.SIGCONT)
+                self.wait_for(condition, 0, what)  # fails, saying why
+            for proc in frozen:
+                try:
+                    proc.send_signal(signal.SIGCONT)
+                except psutil.NoSuchProcess:
+                    pass
+            time.sleep(self.SLICE_S)
+
+    SLICE_S, CATCH_UP_S = 0.05, 0.3
 
     def finish(self, timeout: float) -> int:
         try:

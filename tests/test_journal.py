@@ -117,7 +117,7 @@ def test_a_killed_search_whose_tables_and_ray_result_files_lost_its_epochs_resum
     def two_epochs_in() -> bool:
         return any(t["status"] == "RUNNING" and 2 <= t["epoch"] < EPOCHS for t in tune_state(directory).values())
 
-    search.wait_for(two_epochs_in, 300, "a running trial two epochs into Tune's saved state")
+    search.hold_at(two_epochs_in, 300, "a running trial two epochs into Tune's saved state", ray_tmpdir)
     search.proc.kill()
     search.finish(30)
     reap(ray_tmpdir)

@@ -167,7 +167,7 @@ def killed(tmp_path_factory, shakespeare_path, ray_tmpdir):
         halfway = any(t["status"] == "RUNNING" and 2 <= t["epoch"] < KILL_EPOCHS for t in state.values())
         return halfway and running_with_a_value(directory / "optuna.db")
 
-    search.wait_for(moment, 300, "a running trial two epochs in")
+    search.hold_at(moment, 300, "a running trial two epochs in", ray_tmpdir)
     search.proc.kill()
     search.finish(30)
     reap(ray_tmpdir)
