@@ -280,6 +280,11 @@ class Search:
 
     SLICE_S, CATCH_UP_S = 0.05, 0.3
 
+    @staticmethod
+    def release(ray_tmpdir: str) -> None:
+        """Let the workers ``hold_at`` froze run again (after the fault the test brings, where the search goes on)."""
+        signal_workers(ray_tmpdir, signal.SIGCONT)
+
     def finish(self, timeout: float) -> int:
         try:
             rc = self.proc.wait(timeout)

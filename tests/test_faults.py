@@ -98,8 +98,9 @@ def chain(tmp_path_factory, small_corpus, ray_tmpdir):
         epochs = search.epochs().values()
         return sum(map(len, epochs)) >= 3 and any(2 <= len(seen) < CHAIN_EPOCHS for seen in epochs)
 
-    search.wait_for(sigint_moment, 180, "three epoch lines, one of a trial halfway")
+    search.hold_at(sigint_moment, 180, "three epoch lines, one of a trial halfway", ray_tmpdir)
     search.proc.send_signal(signal.SIGINT)
+    search.release(ray_tmpdir)
     facts["sigint_rc"] = search.finish(120)
     facts["sigint_stderr"], facts["sigint_stdout"] = search.stderr, search.stdout
     facts["sigint_manifest"] = json.loads((directory / MANIFEST_FILE).read_text())
@@ -734,11 +735,12 @@ def test_sigterm_ends_the_driver_as_ctrl_c_does_with_143_and_resume_finishes_it(
     space.write_text(CHAIN_SPACE)
     common = ["--results-dir", str(tmp_path / "results"), "--name", "term", "--data", str(small_corpus)]
     search = Search(str(space), *common, env=CHAIN_ENV, job=to == "group")
-    search.wait_for(lambda: sum(map(len, search.epochs().values())) >= 2, 180, "two epoch lines")
+    search.hold_at(lambda: sum(map(len, search.epochs().values())) >= 2, 180, "two epoch lines", private_ray_tmpdir)
     if to == "group":
         os.killpg(search.proc.pid, signal.SIGTERM)
     else:
         search.proc.send_signal(signal.SIGTERM)
+    search.release(private_ray_tmpdir)
     rc = search.finish(120)
     assert rc == 143, (rc, search.stdout[-1000:], search.stderr[-2000:])
     assert "terminated (SIGTERM)" in search.stderr and "--resume --name term" in search.stderr, search.stderr[-2000:]
@@ -877,8 +879,9 @@ def test_resume_settles_trials_tune_saved_as_ended_or_never_saved(tmp_path, smal
     common = ["--results-dir", str(results), "--name", name, "--data", str(small_corpus)]
     try:
         search = Search(str(space), *common, env=CHAIN_ENV)
-        search.wait_for(lambda: sum(map(len, search.epochs().values())) >= 2, 180, "two epoch lines")
+        search.hold_at(lambda: sum(map(len, search.epochs().values())) >= 2, 180, "two epoch lines", private_ray_tmpdir)
         search.proc.send_signal(signal.SIGINT)
+        search.release(private_ray_tmpdir)
         assert search.finish(120) == 130, search.stderr[-2000:]
         wait_for_ray_to_end(private_ray_tmpdir)
 

@@ -89,11 +89,15 @@ class FullDisk:
             path.unlink(missing_ok=True)
 
 
-def run_until_the_storage_fails(inputs: dict, results: Path, break_storage) -> tuple[Search, int, list[str]]:
+def run_until_the_storage_fails(
+    inputs: dict, results: Path, break_storage, ray_tmpdir: str
+) -> tuple[Search, int, list[str]]:
     search = Search(inputs["space"], "--name", "s", "--results-dir", str(results), "--data", inputs["data"])
-    search.wait_for(lambda: sum(map(len, search.epochs().values())) >= 1, 600, "a first epoch")
+    # held, so that the search still has epochs to write when the storage breaks, however fast the machine
+    search.hold_at(lambda: sum(map(len, search.epochs().values())) >= 1, 600, "a first epoch", ray_tmpdir)
     trials_before = (results / "s" / "trials.parquet").read_bytes()
     break_storage()
+    search.release(ray_tmpdir)
     rc = search.finish(600)
     errors = [line for line in search.stderr.splitlines() if line.startswith("error:")]
     assert "Traceback" not in search.stderr, search.stderr[-4000:]
@@ -119,7 +123,7 @@ def test_a_full_disk_stops_the_search_in_one_line_and_resume_finishes_it(tmpfs, 
     results = tmpfs / "results"
     full: list[FullDisk] = []
     try:
-        _, _, errors = run_until_the_storage_fails(inputs, results, lambda: full.append(FullDisk(tmpfs)))
+        _, _, errors = run_until_the_storage_fails(inputs, results, lambda: full.append(FullDisk(tmpfs)), ray_tmpdir)
     finally:
         for disk in full:
             disk.free()
@@ -138,7 +142,7 @@ def test_an_immutable_results_directory_stops_the_search_in_one_line_and_resume_
         assert result.returncode == 0, result.stderr
 
     try:
-        _, _, errors = run_until_the_storage_fails(inputs, results, lambda: chattr("+i"))
+        _, _, errors = run_until_the_storage_fails(inputs, results, lambda: chattr("+i"), ray_tmpdir)
     finally:
         chattr("-i")
     assert "[Errno 1]" in errors[0] and str(results / "s") in errors[0], errors[0]
