@@ -101,6 +101,41 @@ def repoint_searcher_state(tune_path: Path) -> None:
     _atomic_save(state, str(tune_path), newest.name, f"tmp-{newest.name}")
 
 
+def forget_ended_running_trials(tune_path: Path, unfinished: frozenset[str]) -> frozenset[str]:
+    """Make Tune's saved searcher count as running only ``unfinished``: the trials its saved state will run again.
+
+    Tune saves its trials (``experiment_state-*.json``) and its searcher (``search_gen_state-*.json``: the
+    concurrency limit's running trials) as separate files, copied one after the other into the search's
+    directory: a driver killed between the copies, or a disk that filled during them, leaves a searcher that
+    counts as running trials the saved state holds as ended. Tune never tells the searcher of their end again:
+    with every slot of the limit so held, the resume suggested nothing and waited for ever (seen once after a
+    full disk; the test makes such a state). Each wrapper's ``live_trials`` (``ConcurrencyLimiter``'s, and
+    ``BudgetCutoff``'s, which is the same) is cut to ``unfinished``, the state rewritten whole as Tune writes
+    it. Returns the trials forgotten. Fallback where Tune's private layout differs: nothing forgotten (the
+    resume waits as public Ray would). Test: tests/test_faults.py (the settle test).
+    """
+    try:
+        from ray.tune.search.search_generator import SearchGenerator
+        from ray.tune.utils.util import _atomic_save, _load_newest_checkpoint
+    except ImportError:
+        return frozenset()
+    pattern = SearchGenerator.CKPT_FILE_TMPL.format("*")
+    state = _load_newest_checkpoint(str(tune_path), pattern)
+    forgotten: set[str] = set()
+    for key, wrapper in (state or {}).items():
+        live = wrapper.get("live_trials") if key.startswith("name:") and isinstance(wrapper, dict) else None
+        if not isinstance(live, set) or not live - unfinished:
+            continue
+        forgotten |= live - unfinished
+        wrapper["live_trials"] = live & unfinished
+        if isinstance(wrapper.get("num_unfinished_live_trials"), int):
+            wrapper["num_unfinished_live_trials"] = len(wrapper["live_trials"])
+    if forgotten:
+        newest = max(tune_path.glob(pattern))
+        _atomic_save(state, str(tune_path), newest.name, f"tmp-{newest.name}")
+    return frozenset(forgotten)
+
+
 def kill_local_monitor_first() -> None:
     """Kill the autoscaler monitor of the local Ray instance this process started, before ``ray.shutdown``.
 

@@ -63,6 +63,39 @@ def test_repointing_leaves_the_state_alone_where_tunes_helpers_have_moved(tmp_pa
     assert (tmp_path / "search_gen_state-1.json").read_bytes() == b"unchanged"
 
 
+def test_a_saved_searcher_forgets_the_running_trials_tunes_saved_state_holds_as_ended(tmp_path):
+    """Tune's own searcher (Optuna's, behind the concurrency limit and artune's cutoff, as a search builds it),
+    saved with two running trials; one of them forgotten, the state restored by Tune's own code."""
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    from artune.search.cutoff import BudgetCutoff
+
+    def generator() -> SearchGenerator:
+        space = {"lr": optuna.distributions.FloatDistribution(0.1, 1.0)}
+        optuna_search = OptunaSearch(space=space, metric="loss", mode="min")
+        return SearchGenerator(BudgetCutoff(ConcurrencyLimiter(optuna_search, max_concurrent=2), grace_period=1))
+
+    saved = generator()
+    assert saved.searcher.suggest("a") and saved.searcher.suggest("b") and saved.searcher.suggest("c") is None
+    saved.save_to_dir(str(tmp_path), "1")
+    assert compat.forget_ended_running_trials(tmp_path, frozenset({"a"})) == {"b"}
+    assert compat.forget_ended_running_trials(tmp_path, frozenset({"a"})) == frozenset()  # once
+    restored = generator()
+    restored.restore_from_dir(str(tmp_path))
+    limiter = restored.searcher.searcher
+    assert limiter.live_trials == {"a"} and limiter.num_unfinished_live_trials == 1
+    assert restored.searcher.suggest("d")  # the slot is free again
+
+
+def test_forgetting_leaves_the_state_alone_where_tunes_helpers_have_moved(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray.tune.search.search_generator", None)  # an ImportError on import
+    (tmp_path / "search_gen_state-1.json").write_bytes(b"unchanged")
+    assert compat.forget_ended_running_trials(tmp_path, frozenset()) == frozenset()
+    assert (tmp_path / "search_gen_state-1.json").read_bytes() == b"unchanged"
+
+
 def test_the_monitor_of_a_local_instance_goes_before_rays_shutdown_and_every_process_ends(
     monkeypatch, ray_env_restored
 ):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -14,12 +15,13 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, Repeater
 from ray.tune.search.optuna import OptunaSearch
 
-from artune.compat import give_restored_tuner, repoint_searcher_state
+from artune.compat import forget_ended_running_trials, give_restored_tuner, repoint_searcher_state
 from artune.search.cutoff import BudgetCutoff, set_run_deadline
 from artune.search.manifest import run_number
 from artune.search.plan import Mode
 from artune.search.recorder import ENDED
 from artune.search.report import mlflow_tracking_uri
+from artune.search.saved_state import saved_trials
 from artune.study import warm_start_storage
 from artune.trainable import PLACEMENT_GROUP_KEY, Workers, train_fn
 
@@ -68,6 +70,7 @@ def build_tuner(plan: Plan, corpus: Corpus, recorder: Recorder) -> tune.Tuner:
     warnings.filterwarnings("ignore", message="The reported value is ignored because this", category=UserWarning)
     if resume:
         repoint_searcher_state(plan.tune_path)
+        forget_stale_running_trials(plan)
         tuner = tune.Tuner.restore(str(plan.tune_path), trainable, resume_unfinished=True, resume_errored=True)
         give_restored_tuner(tuner, callbacks, time_budget)
         return tuner
@@ -101,6 +104,25 @@ def build_tuner(plan: Plan, corpus: Corpus, recorder: Recorder) -> tune.Tuner:
             ),
         ),
     )
+
+
+def forget_stale_running_trials(plan: Plan) -> None:
+    """The saved searcher made to wait for no trial that Tune's saved state holds as ended (compat.py says how a
+    kill or a full disk leaves it so); one line where it did."""
+    saved = saved_trials(plan.tune_path)
+    if not saved:
+        return
+    forgotten = forget_ended_running_trials(
+        plan.tune_path, frozenset(tid for tid, status in saved.items() if status != "TERMINATED")
+    )
+    if forgotten:
+        print(
+            f"warning: Ray Tune's saved searcher still counted {len(forgotten)} trial(s) as running that its saved "
+            f"state holds as ended ({', '.join(sorted(forgotten))}: the driver stopped between Tune's copies of the "
+            "two); the resume does not wait for them",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def trackers(plan: Plan) -> list[Any]:
