@@ -96,8 +96,9 @@ def test_a_cluster_lost_mid_search_ends_in_one_line_with_exit_3_and_resume_goes_
         search = Search(
             str(SMOKE), "--address", first.address, *common, "--epochs", "4", "--set", "batches_per_epoch=40"
         )
-        search.wait_for(lambda: search.epochs(), 240, "an epoch line")
+        search.hold_at(lambda: search.epochs(), 240, "an epoch line", private_ray_tmpdir)
         first.head_node.kill_raylet()
+        search.release(private_ray_tmpdir)
         rc = search.finish(120)
     finally:
         first.shutdown()
