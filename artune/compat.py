@@ -112,7 +112,7 @@ def forget_ended_running_trials(tune_path: Path, unfinished: frozenset[str]) -> 
     full disk; the test makes such a state). Each wrapper's ``live_trials`` (``ConcurrencyLimiter``'s, and
     ``BudgetCutoff``'s, which is the same) is cut to ``unfinished``, the state rewritten whole as Tune writes
     it. Returns the trials forgotten. Fallback where Tune's private layout differs: nothing forgotten (the
-    resume waits as public Ray would). Test: tests/test_faults.py (the settle test).
+    resume waits as public Ray would). Tests: tests/test_compat_ray.py, tests/test_faults.py (the settle test).
     """
     try:
         from ray.tune.search.search_generator import SearchGenerator
