@@ -261,7 +261,8 @@ class Search:
         (SIGSTOP) while the driver catches up and ``condition`` is asked, then let go (SIGCONT) for ``SLICE_S``. A
         moment a few epochs long then cannot pass between two looks however fast the machine (a tiny trial's epoch
         can take a tenth of a second; seen passing unseen at 0.2-s polling). Returns with the workers frozen: the
-        caller kills the driver, and ``reap`` ends them (SIGKILL ends a stopped process)."""
+        caller kills the driver (``reap`` ends them: SIGKILL ends a stopped process), or brings its fault and then
+        ``release``s them."""
         deadline = time.monotonic() + timeout
         while True:
             frozen = signal_workers(ray_tmpdir, signal.SIGSTOP)
