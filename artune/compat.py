@@ -110,7 +110,8 @@ def forget_ended_running_trials(tune_path: Path, unfinished: frozenset[str]) -> 
     counts as running trials the saved state holds as ended. Tune never tells the searcher of their end again:
     with every slot of the limit so held, the resume suggested nothing and waited for ever (seen once after a
     full disk; the test makes such a state). Each wrapper's ``live_trials`` (``ConcurrencyLimiter``'s, and
-    ``BudgetCutoff``'s, which is the same) is cut to ``unfinished``, the state rewritten whole as Tune writes
+    ``BudgetCutoff``'s, which is the same) is cut to ``unfinished`` (and the groups of repeats with a trial in it),
+    the state rewritten whole as Tune writes
     it. Returns the trials forgotten. Fallback where Tune's private layout differs: nothing forgotten (the
     resume waits as public Ray would). Tests: tests/test_compat_ray.py, tests/test_faults.py (the settle test).
     """
@@ -121,6 +122,14 @@ def forget_ended_running_trials(tune_path: Path, unfinished: frozenset[str]) -> 
         return frozenset()
     pattern = SearchGenerator.CKPT_FILE_TMPL.format("*")
     state = _load_newest_checkpoint(str(tune_path), pattern)
+    unfinished = set(unfinished)
+    for wrapper in (state or {}).values():
+        # With repeats, the limit counts a group of trials by its first trial's id: the group runs while one of its
+        # trials does, or while the Repeater has trials of it still to start.
+        for group in wrapper.get("_groups", []) if isinstance(wrapper, dict) else []:
+            members = getattr(group, "_trials", None)
+            if isinstance(members, dict) and (unfinished & set(members) or not group.full()):
+                unfinished.add(group.primary_trial_id)
     forgotten: set[str] = set()
     for key, wrapper in (state or {}).items():
         live = wrapper.get("live_trials") if key.startswith("name:") and isinstance(wrapper, dict) else None

@@ -89,6 +89,24 @@ def test_a_saved_searcher_forgets_the_running_trials_tunes_saved_state_holds_as_
     assert restored.searcher.suggest("d")  # the slot is free again
 
 
+def test_a_group_of_repeats_runs_while_one_of_its_trials_does(tmp_path):
+    """``repeats: 2``: the limit counts a group by its first trial's id; that trial ended, its second running."""
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter, Repeater, SearchGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    from artune.search.cutoff import BudgetCutoff
+
+    space = {"lr": optuna.distributions.FloatDistribution(0.1, 1.0)}
+    limited = ConcurrencyLimiter(OptunaSearch(space=space, metric="loss", mode="min"), max_concurrent=2)
+    saved = SearchGenerator(BudgetCutoff(Repeater(limited, repeat=2, set_index=True), grace_period=1))
+    assert all(saved.searcher.suggest(tid) for tid in "abcd") and saved.searcher.suggest("e") is None
+    assert limited.live_trials == {"a", "c"}  # the groups (a, b) and (c, d)
+    saved.save_to_dir(str(tmp_path), "1")
+    # a, c and d ended, b runs: the group (c, d) has ended, the group (a, b) has not
+    assert compat.forget_ended_running_trials(tmp_path, frozenset({"b"})) == {"c"}
+
+
 def test_forgetting_leaves_the_state_alone_where_tunes_helpers_have_moved(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray.tune.search.search_generator", None)  # an ImportError on import
     (tmp_path / "search_gen_state-1.json").write_bytes(b"unchanged")
