@@ -26,6 +26,7 @@ from artune.config import TrainConfig
 from artune.data import Corpus
 from artune.errors import NoCudaError  # noqa: F401  (re-exported)
 from artune.spaces import METRICS
+from artune.startup import collector_paused
 
 if TYPE_CHECKING:
     import torch
@@ -260,19 +261,20 @@ def _train(
     config: dict[str, Any], corpus: Optional[Corpus], deadline: Optional[float], tap: Optional[WarningTap]
 ) -> Optional[list[Metrics]]:
     """train_fn's training: inside Tune (``tap`` given) it reports, outside it returns the metrics."""
-    import torch
+    with collector_paused():  # a new worker imports torch here, and its optimizer torch's lazy modules: startup.py
+        import torch
 
-    from artune.train import DivergedError, Trainer
+        from artune.train import DivergedError, Trainer
 
-    in_tune = tap is not None
-    train_config = trial_config(config)
-    if in_tune:
-        remove_stale_staging()
-        cpus = _allocated_cpus()
-        if cpus:
-            torch.set_num_threads(cpus)  # match the CPUs Ray reserved, not the whole node
-    device = trial_device(train_config, in_tune)
-    trainer = Trainer(train_config, corpus, device=device)
+        in_tune = tap is not None
+        train_config = trial_config(config)
+        if in_tune:
+            remove_stale_staging()
+            cpus = _allocated_cpus()
+            if cpus:
+                torch.set_num_threads(cpus)  # match the CPUs Ray reserved, not the whole node
+        device = trial_device(train_config, in_tune)
+        trainer = Trainer(train_config, corpus, device=device)
 
     checkpoint = tune.get_checkpoint() if in_tune else None
     if checkpoint is not None:

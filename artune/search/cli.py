@@ -17,6 +17,7 @@ from artune.results import DEFAULT_RESULTS_DIR, MANIFEST_FILE
 from artune.search.plan import DEFAULT_SPACE, make_plan
 from artune.search.runtime import stop_on_sigterm, stop_ray, terminated
 from artune.spaces import SearchSettings
+from artune.startup import exit_without_collecting, pause_collector
 
 EXIT_BAD_INPUT = 2
 
@@ -140,10 +141,11 @@ def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> i
 
 def cli() -> Any:
     """The console entry point (``artune``, ``python -m artune.search``)."""
+    pause_collector()  # until the search starts (tune_search): see artune/startup.py
     code = main(started=LOADED_AT)  # the imports of this process count against a time budget too
     stop_ray()  # whatever path main left by, the local Ray instance goes with it (no-op if none)
     try:
         sys.stdout.flush()
     except BrokenPipeError:  # the last lines' reader went away
         code = stdout_closed()
-    sys.exit(code)
+    exit_without_collecting(code)

@@ -21,6 +21,7 @@ from artune.search.plan import SPACE_COPY, Mode, Plan
 from artune.search.report import budget_report, describe_plan, summarise
 from artune.search.runtime import ClusterWatch, init_ray, set_ray_environment, stop_ray, terminated
 from artune.search.saved_state import restore_saved_state, settle_unsaved_trials
+from artune.startup import resume_collector
 from artune.study import STUDY_FILE, storage_url
 
 if TYPE_CHECKING:
@@ -124,6 +125,7 @@ def tune_search(plan: Plan, corpus: Corpus) -> Outcome:
         plan.stopwatch.lap("study")
         tuner = build_tuner(tuner_plan(plan), corpus, recorder)
         tuning_started = plan.stopwatch.lap("tuner")  # the searcher, the corpus into Ray's object store
+        resume_collector()  # the start-up's objects (Ray Tune's modules, say) live to the end: artune/startup.py
         with ClusterWatch(plan) if plan.address else contextlib.nullcontext():
             try:
                 tuner.fit()  # Ray Tune catches Ctrl-C itself: fit then returns with trials left unfinished
