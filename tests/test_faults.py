@@ -123,10 +123,10 @@ def chain(tmp_path_factory, small_corpus, ray_tmpdir):
     common = ["--results-dir", str(results), "--name", name, "--data", str(small_corpus)]
     search = Search("--resume", *common, env=CHAIN_ENV)
 
-    first_ready = None
+    ready_looks = 0
 
     def kill_moment() -> bool:
-        nonlocal first_ready
+        nonlocal ready_looks
         # The resumed driver has continued every interrupted trial (the interrupted run's saved state
         # may already hold all that follows: a kill then would land before the resumed driver did anything) ...
         seen = search.epochs()
@@ -140,13 +140,15 @@ def chain(tmp_path_factory, small_corpus, ray_tmpdir):
             and any(t["status"] == "RUNNING" and 2 <= t["epoch"] < CHAIN_EPOCHS for t in state.values())
         ):
             return False
-        first_ready = first_ready or time.monotonic()
-        # ... and, for up to 5 s more, wait for epochs.parquet to lag that state (it is rewritten at most
-        # every Recorder.REFRESH_S seconds), as it often does at the moment a driver dies
-        return bool(lagging_trials(state, tables(directory)[1])) or time.monotonic() - first_ready > 5
+        ready_looks += 1
+        # ... and, for up to 3 looks (well inside those two epochs: a look lets the trials run SLICE_S), wait for
+        # epochs.parquet to lag that state (it is rewritten at most every Recorder.REFRESH_S), as it often does at
+        # the moment a driver dies
+        return bool(lagging_trials(state, tables(directory)[1])) or ready_looks >= 3
 
-    search.wait_for(kill_moment, 240, "a saved state with a finished trial and a running checkpointed one")
+    search.hold_at(kill_moment, 240, "a saved state with a finished trial and a running checkpointed one", ray_tmpdir)
     search.proc.kill()  # the driver alone, as the OOM killer would; its Ray instance is left to fend for itself
+    search.release(ray_tmpdir)
     search.finish(30)
     facts["resume1_epochs"] = search.epochs()
     facts["kill_state"] = tune_state(directory)
