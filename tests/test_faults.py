@@ -123,30 +123,33 @@ def chain(tmp_path_factory, small_corpus, ray_tmpdir):
     common = ["--results-dir", str(results), "--name", name, "--data", str(small_corpus)]
     search = Search("--resume", *common, env=CHAIN_ENV)
 
-    ready_looks = 0
-
     def kill_moment() -> bool:
-        nonlocal ready_looks
         # The resumed driver has continued every interrupted trial (the interrupted run's saved state
         # may already hold all that follows: a kill then would land before the resumed driver did anything) ...
         seen = search.epochs()
         if not all(tid in seen for tid in interrupted):
             return False
         # ... and Ray's saved state holds a finished trial and one halfway, two epochs in (so with a
-        # checkpoint: the latest epoch's may not be recorded yet) ...
+        # checkpoint: the latest epoch's may not be recorded yet)
         state = tune_state(directory)
-        if not (
-            any(t["status"] == "TERMINATED" for t in state.values())
-            and any(t["status"] == "RUNNING" and 2 <= t["epoch"] < CHAIN_EPOCHS for t in state.values())
-        ):
-            return False
-        ready_looks += 1
-        # ... and, for up to 3 looks (well inside those two epochs: a look lets the trials run SLICE_S), wait for
-        # epochs.parquet to lag that state (it is rewritten at most every Recorder.REFRESH_S), as it often does at
-        # the moment a driver dies
-        return bool(lagging_trials(state, tables(directory)[1])) or ready_looks >= 3
+        return any(t["status"] == "TERMINATED" for t in state.values()) and any(
+            t["status"] == "RUNNING" and 2 <= t["epoch"] < CHAIN_EPOCHS for t in state.values()
+        )
 
-    search.hold_at(kill_moment, 240, "a saved state with a finished trial and a running checkpointed one", ray_tmpdir)
+    what = "a saved state with a finished trial and a running checkpointed one"
+    search.hold_at(kill_moment, 240, what, ray_tmpdir)
+    # Then, for up to 3 s, the trials run at their pace again, and the kill comes as soon as epochs.parquet
+    # (rewritten at most every Recorder.REFRESH_S) lags the saved state, as it often does at the moment a driver
+    # dies; where that moment passes first, or the 3 s do, the kill comes at the next one held.
+    search.release(ray_tmpdir)
+    deadline = time.monotonic() + 3
+    while True:
+        if time.monotonic() > deadline or not kill_moment():
+            search.hold_at(kill_moment, 240, what, ray_tmpdir)
+            break
+        if lagging_trials(tune_state(directory), tables(directory)[1]):
+            break
+        time.sleep(0.05)
     search.proc.kill()  # the driver alone, as the OOM killer would; its Ray instance is left to fend for itself
     search.release(ray_tmpdir)
     search.finish(30)
