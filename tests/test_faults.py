@@ -123,7 +123,7 @@ def chain(tmp_path_factory, small_corpus, ray_tmpdir):
     common = ["--results-dir", str(results), "--name", name, "--data", str(small_corpus)]
     search = Search("--resume", *common, env=CHAIN_ENV)
 
-    def kill_moment() -> bool:
+    def kill_moment(first_epochs: range = range(2, CHAIN_EPOCHS)) -> bool:
         # The resumed driver has continued every interrupted trial (the interrupted run's saved state
         # may already hold all that follows: a kill then would land before the resumed driver did anything) ...
         seen = search.epochs()
@@ -133,16 +133,17 @@ def chain(tmp_path_factory, small_corpus, ray_tmpdir):
         # checkpoint: the latest epoch's may not be recorded yet)
         state = tune_state(directory)
         return any(t["status"] == "TERMINATED" for t in state.values()) and any(
-            t["status"] == "RUNNING" and 2 <= t["epoch"] < CHAIN_EPOCHS for t in state.values()
+            t["status"] == "RUNNING" and t["epoch"] in first_epochs for t in state.values()
         )
 
     what = "a saved state with a finished trial and a running checkpointed one"
-    search.hold_at(kill_moment, 240, what, ray_tmpdir)
-    # Then, for up to 3 s, the trials run at their pace again, and the kill comes as soon as epochs.parquet
-    # (rewritten at most every Recorder.REFRESH_S) lags the saved state, as it often does at the moment a driver
-    # dies; where that moment passes first, or the 3 s do, the kill comes at the next one held.
+    search.hold_at(lambda: kill_moment(range(2, 3)), 240, f"{what} at epoch 2", ray_tmpdir)
+    # Held where that moment begins, then for up to 5 s at the trials' own pace: the kill comes as soon as
+    # epochs.parquet (rewritten at most every Recorder.REFRESH_S) lags the saved state, as it often does at the
+    # moment a driver dies (held, the trials report too slowly for that); where the moment passes first, or the
+    # 5 s do, the kill comes at the next one held.
     search.release(ray_tmpdir)
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 5
     while True:
         if time.monotonic() > deadline or not kill_moment():
             search.hold_at(kill_moment, 240, what, ray_tmpdir)
