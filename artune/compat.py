@@ -111,9 +111,9 @@ def forget_ended_running_trials(tune_path: Path, unfinished: frozenset[str]) -> 
     with every slot of the limit so held, the resume suggested nothing and waited for ever (seen once after a
     full disk; the test makes such a state). Each wrapper's ``live_trials`` (``ConcurrencyLimiter``'s, and
     ``BudgetCutoff``'s, which is the same) is cut to ``unfinished`` (and the groups of repeats with a trial in it),
-    the state rewritten whole as Tune writes
-    it. Returns the trials forgotten. Fallback where Tune's private layout differs: nothing forgotten (the
-    resume waits as public Ray would). Tests: tests/test_compat_ray.py, tests/test_faults.py (the settle test).
+    the state rewritten whole as Tune writes it. Returns the trials forgotten. Fallback where Tune's private layout
+    differs: nothing forgotten (the resume waits as public Ray would). Tests: tests/test_compat_ray.py,
+    tests/test_faults.py (the settle test).
     """
     try:
         from ray.tune.search.search_generator import SearchGenerator

@@ -123,7 +123,7 @@ def chain(tmp_path_factory, small_corpus, ray_tmpdir):
     common = ["--results-dir", str(results), "--name", name, "--data", str(small_corpus)]
     search = Search("--resume", *common, env=CHAIN_ENV)
 
-    def kill_moment(first_epochs: range = range(2, CHAIN_EPOCHS)) -> bool:
+    def kill_moment(running_at: range = range(2, CHAIN_EPOCHS)) -> bool:
         # The resumed driver has continued every interrupted trial (the interrupted run's saved state
         # may already hold all that follows: a kill then would land before the resumed driver did anything) ...
         seen = search.epochs()
@@ -133,7 +133,7 @@ def chain(tmp_path_factory, small_corpus, ray_tmpdir):
         # checkpoint: the latest epoch's may not be recorded yet)
         state = tune_state(directory)
         return any(t["status"] == "TERMINATED" for t in state.values()) and any(
-            t["status"] == "RUNNING" and t["epoch"] in first_epochs for t in state.values()
+            t["status"] == "RUNNING" and t["epoch"] in running_at for t in state.values()
         )
 
     what = "a saved state with a finished trial and a running checkpointed one"
