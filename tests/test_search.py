@@ -856,7 +856,7 @@ def test_an_address_where_nothing_listens_fails_within_15_seconds(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_ctrl_c_before_the_search_began_leaves_nothing_and_the_name_free(tmp_path, shakespeare_path):
+def test_a_ctrl_c_before_the_search_began_leaves_nothing_and_the_name_free(tmp_path, shakespeare_path, ray_tmpdir):
     """Ctrl-C while Ray starts: nothing was recorded, so nothing is kept, and the same --name runs again."""
     import signal
 
@@ -874,10 +874,13 @@ def test_a_ctrl_c_before_the_search_began_leaves_nothing_and_the_name_free(tmp_p
         str(shakespeare_path),
     ]
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    give_up = time.monotonic() + 60
-    while not (results / "early").exists() and process.poll() is None and time.monotonic() < give_up:
+    # into ray.init, however fast the machine: its session directory (under this module's RAY_TMPDIR) is made
+    # as it begins; the manifest is written after it
+    session = Path(ray_tmpdir) / "ray" / "session_latest"
+    give_up = time.monotonic() + 120
+    while not session.exists() and process.poll() is None and time.monotonic() < give_up:
         time.sleep(0.01)
-    time.sleep(0.3)  # into ray.init, which takes seconds; the manifest is written after it
+    assert session.exists() and process.poll() is None, "the search never began ray.init"
     assert not (results / "early" / "manifest.json").exists()
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -82,10 +81,18 @@ def test_train_fn_outside_tune_returns_one_metrics_dict_per_epoch(corpus):
     assert history[1]["valid_loss"] < history[0]["valid_loss"] + 0.5
 
 
-def test_train_fn_ends_at_its_deadline_keeping_the_epochs_it_reported(corpus):
-    history = train_fn({**TINY, "epochs": 50, "batches_per_epoch": 200}, corpus=corpus, deadline=time.time() + 3)
+def test_train_fn_ends_at_its_deadline_keeping_the_epochs_it_reported(corpus, monkeypatch):
+    import functools
+
+    import artune.train
+    from tests.test_train import Clock
+
+    # on a clock the test controls (0.1 s a look, a step is one look: an epoch of 200 steps is about 20 s), so
+    # that how many epochs the deadline holds does not depend on the machine
+    monkeypatch.setattr(artune.train, "Trainer", functools.partial(artune.train.Trainer, clock=Clock(tick=0.1)))
+    history = train_fn({**TINY, "epochs": 50, "batches_per_epoch": 200}, corpus=corpus, deadline=50.0)
     assert 0 < len(history) < 50 and [m["epoch"] for m in history] == list(range(1, len(history) + 1))
-    assert train_fn({**TINY, "epochs": 2}, corpus=corpus, deadline=time.time()) == []  # past: nothing trains
+    assert train_fn({**TINY, "epochs": 2}, corpus=corpus, deadline=0.0) == []  # past: nothing trains
 
 
 def test_a_diverged_trial_reports_every_metric_a_search_can_rank_by(corpus):
