@@ -54,6 +54,10 @@ SPACES = {
         GOOD.replace("[1.0e-4, 1.0e-2]", "[0, 1.0e-2]"),
         ["{path}:13", "params.lr", "low > 0", "low=0"],
     ),
+    "cuda_without_a_gpu": (
+        GOOD.replace("device: cpu", "device: cuda"),
+        ["{path}: fixed.device", "device 'cuda' needs a GPU for each trial", "resources.gpu is 0"],
+    ),
     "empty_choice": (GOOD + "  d_model: {choice: []}\n", ["{path}:14", "params.d_model", "non-empty list"]),
     "int_step_0": (
         GOOD + "  d_model: {int: [32, 64], step: 0}\n",
@@ -99,6 +103,8 @@ SETS = {
     # a rule between a --set knob and the file's: the --set is named, not the file's line
     "d_model=65": ["error: --set d_model=65: fixed.d_model:", "n_heads must divide d_model, but got d_model=65"],
     # no token to continue: every trial's sample would fail
+    # a trial would train on a GPU that Ray did not reserve for it, or fail (with tracebacks) where there is none
+    "device=cuda": ["error: --set device=cuda: device 'cuda' needs a GPU for each trial", "--gpus-per-trial 1"],
     "prompt=": [
         "prompt must give at least one character token when sample_tokens > 0",
         "but got ''",

@@ -148,6 +148,7 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
             f"--repeats {repeats}: each repeat runs its config with the next seed, but seed is searched "
             f"({space.path}: params.seed): fix the seed (--set seed=N) or leave --repeats out"
         )
+    check_cuda_has_a_gpu(space, sets)
     compiles = any(value is True for value in possible_values(space, space_defaults(space), "compile"))  # not 'auto'
     compiler = missing_compiler() if not args.address and compiles else None
     if compiler:  # (a cluster's nodes have toolchains of their own: a trial there says what its node lacks)
@@ -390,6 +391,19 @@ def parse_sets(items: list[str]) -> dict[str, str]:
             raise SearchError(f"--set {key}: {unknown_key_message(key)}")
         values[key] = value.strip()
     return values
+
+
+def check_cuda_has_a_gpu(space: SearchSpace, sets: dict[str, Any]) -> None:
+    """``device: cuda`` in a trial that Ray gives no GPU would train on a GPU that Ray did not reserve for it, or
+    fail in every trial where the node has none: refused before Ray starts."""
+    if space.settings.gpu > 0 or "cuda" not in possible_values(space, space_defaults(space), "device"):
+        return
+    key = "params.device" if "device" in space.params else "fixed.device"
+    where = "--set device=cuda" if sets.get("device") == "cuda" else f"{space.path}: {key}"
+    raise SearchError(
+        f"{where}: device 'cuda' needs a GPU for each trial, but the trials get none (resources.gpu is 0): "
+        "add --gpus-per-trial 1 (resources: {gpu: 1}), or use device auto or cpu"
+    )
 
 
 def space_defaults(space: SearchSpace) -> TrainConfig:
