@@ -703,6 +703,20 @@ class Clock:
         return self.now
 
 
+def test_the_pace_a_deadline_plans_by_includes_each_epochs_report(small_text):
+    """A search's report writes and sends a checkpoint after every epoch: a pace without it fitted one epoch too
+    many to the deadline, which then cut that epoch with its lr still high."""
+    clock = Clock(tick=1.0)  # a step is one look: an epoch of 6 steps is about 7 s
+
+    def report(metrics) -> None:
+        clock.now += 10.0  # the checkpoint, as long as the epoch
+
+    trainer = Trainer(tiny(small_text, epochs=10, lr_schedule="linear", lr_min_ratio=0.0, warmup=0), clock=clock)
+    history = trainer.fit(report, deadline=100.0)
+    assert trainer.epoch_seconds > 10.0  # the report counted
+    assert 0 < len(history) < 10 and history[-1]["lr"] == 0.0  # the decay ended with the last epoch reported
+
+
 def test_a_decay_that_would_outlast_the_deadline_is_planned_to_end_there(small_text):
     trainer = Trainer(tiny(small_text, epochs=10, lr_schedule="linear", lr_min_ratio=0.0), clock=Clock())
     assert trainer.total_steps == 60

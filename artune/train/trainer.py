@@ -173,7 +173,9 @@ class Trainer:
                 break  # the cut epoch is neither reported nor checkpointed
             history.append(metrics)
             if callback is not None:
-                callback(metrics)
+                reported = self.clock()
+                callback(metrics)  # a search's report, with its checkpoint: part of every epoch's time
+                self.epoch_seconds += self.clock() - reported
         return history
 
     def fit_schedule_to(self, deadline: float, epoch_seconds: float) -> None:
