@@ -757,7 +757,8 @@ def test_sigterm_ends_the_driver_as_ctrl_c_does_with_143_and_resume_finishes_it(
     search.release(private_ray_tmpdir)
     rc = search.finish(120)
     assert rc == 143, (rc, search.stdout[-1000:], search.stderr[-2000:])
-    assert "terminated (SIGTERM)" in search.stderr and "--resume --name term" in search.stderr, search.stderr[-2000:]
+    resume = f"python -m artune.search --resume --name term --results-dir {tmp_path / 'results'}"  # the one that works
+    assert "terminated (SIGTERM)" in search.stderr and resume in search.stderr, search.stderr[-2000:]
     assert "SIGTERM received" not in search.stderr and "Traceback" not in search.stderr, search.stderr[-2000:]
     directory = tmp_path / "results" / "term"
     assert "finished" not in json.loads((directory / MANIFEST_FILE).read_text())

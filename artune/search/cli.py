@@ -129,9 +129,7 @@ def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> i
     except KeyboardInterrupt:
         by = "terminated (SIGTERM)" if terminated() else "interrupted"
         if plan is not None and (plan.directory / MANIFEST_FILE).exists():
-            print(
-                f"{by}: the tables hold every result so far; continue with --resume --name {plan.name}", file=sys.stderr
-            )
+            print(f"{by}: the tables hold every result so far; continue with: {plan.resume_command}", file=sys.stderr)
         else:
             print(f"{by} before the search began: nothing was written", file=sys.stderr)
         return EXIT_TERMINATED if terminated() else EXIT_INTERRUPTED

@@ -172,7 +172,7 @@ def open_study(recorder, plan: Plan) -> None:
 
 
 def report(plan: Plan, outcome: Outcome) -> int:
-    resume = f"python -m artune.search --resume --name {plan.name} --results-dir {plan.directory.parent}"
+    resume = plan.resume_command
     if outcome.storage_failure:
         print(
             f"error: the search's storage failed: {outcome.storage_failure}; the search stopped, its tables as last "

@@ -8,6 +8,7 @@ import datetime as dt
 import enum
 import os
 import re
+import shlex
 import sys
 import tempfile
 import time
@@ -93,6 +94,14 @@ class Plan:
     @property
     def tune_path(self) -> Path:
         return self.directory / self.run_name
+
+    @property
+    def resume_command(self) -> str:
+        """The command that continues this search, whatever directory it is in."""
+        return (
+            f"python -m artune.search --resume --name {self.name} "
+            f"--results-dir {shlex.quote(str(self.directory.parent))}"
+        )
 
 
 def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan:

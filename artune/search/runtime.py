@@ -238,7 +238,7 @@ class ClusterWatch:
         print(
             f"error: lost the Ray cluster at {p.address}: {what} ({where}) stopped answering "
             f"({exc.strerror or exc}); the tables hold every result so far; once the cluster is back, continue with: "
-            f"python -m artune.search --resume --name {p.name} --results-dir {p.directory.parent} --address HOST:PORT",
+            f"{p.resume_command} --address HOST:PORT",
             file=sys.stderr,
             flush=True,
         )

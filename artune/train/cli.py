@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 
 import artune.train.checkpoint as checkpoint
-from artune import ArgumentParser, stdout_closed
+from artune import LOADED_AT, ArgumentParser, stdout_closed
 from artune.config import FIELD_NAMES, ConfigError, TrainConfig, add_config_arguments
 from artune.errors import CheckpointError, DivergedError, UserError
 from artune.humanize import parse_duration
@@ -100,7 +100,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     add_config_arguments(parser)
     args = parser.parse_args(argv)
-    started = time.time()  # what a time budget counts from, as a search's does
+    # what a time budget counts from, as a search's does: the command's start (artune's import), torch's import included
+    started = time.time() - (time.monotonic() - LOADED_AT)
     try:
         config = _config(args)
         deadline = None
