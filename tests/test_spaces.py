@@ -184,7 +184,7 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
         ("fixed:\n  lr: {loguniform: [1e-4, 1e-2]}\n", 2, "move it to params"),
         ("search:\n  num_samples: 0\n", 2, r"search.num_samples: num_samples >= 1 must hold.*but got 0"),
         ("search:\n  resources: {cpu: 0}\n", 2, "cpu > 0 must hold"),
-        ("search:\n  resources:\n    cpu: 1\n    gpu: 1.5\n", 4, "above 1 must be whole"),
+        ("search:\n  resources:\n    cpu: 1\n    gpu: 1.5\n", 4, r"gpu <= 1 must hold \(GPUs per worker.*but got 1.5$"),
         ("search:\n  resources: {gpu: -1}\n", 2, "gpu >= 0"),
         ("search:\n  resources: {workers: 0}\n", 2, r"search.resources.workers: workers >= 1 must hold.*but got 0"),
         ("search:\n  resources: {workers: 1.5}\n", 2, "workers >= 1 must hold"),

@@ -110,8 +110,11 @@ def test_the_settings_the_command_line_overrides_are_named_once_in_search_settin
 
 def test_an_override_error_names_the_flag_the_user_typed(tmp_path: Path) -> None:
     space = load_space(write(tmp_path, GOOD))
-    with pytest.raises(SpaceError, match=r"^--gpus-per-trial: gpu >= 0 must hold, and a value above 1 must be whole"):
+    # one rule for every value above 1, whole or not (two rules that contradicted each other before)
+    with pytest.raises(SpaceError, match=r"^--gpus-per-trial: gpu <= 1 must hold \(GPUs per worker.*but got 1.5$"):
         space.with_overrides(OVERRIDE_FLAGS, gpu=1.5)
+    with pytest.raises(SpaceError, match=r"^--gpus-per-trial: gpu >= 0 must hold \(GPUs per worker\), but got -1"):
+        space.with_overrides(OVERRIDE_FLAGS, gpu=-1)
     with pytest.raises(SpaceError, match=r"^--cpus-per-trial: cpu > 0 must hold \(cpus per trial\), but got 0$"):
         space.with_overrides(OVERRIDE_FLAGS, cpu=0)
     with pytest.raises(SpaceError, match=r"^--workers-per-trial: workers >= 1 must hold .*, but got 0$"):

@@ -157,12 +157,7 @@ def check_settings(raw: dict[str, Any], sources: dict[str, str], errors: Errors)
         allow_none=True,
     )
     number("cpu", parse_number, lambda v: v > 0, "cpu > 0 must hold (cpus per trial)")
-    number(
-        "gpu",
-        parse_number,
-        lambda v: v >= 0 and (v <= 1 or v.is_integer()),
-        "gpu >= 0 must hold, and a value above 1 must be whole (gpus per trial)",
-    )
+    number("gpu", parse_number, lambda v: v >= 0, "gpu >= 0 must hold (GPUs per worker)")
     number("workers", as_int, lambda v: v >= 1, "workers >= 1 must hold (an integer: data-parallel workers per trial)")
     number("epochs", as_int, lambda v: v >= 1, "epochs >= 1 must hold (an integer)")
     number(
@@ -206,10 +201,10 @@ def check_settings(raw: dict[str, Any], sources: dict[str, str], errors: Errors)
             if from_cli("gpu")
             else f"resources: {{workers: {gpus}, gpu: 1}}"
         )
+        fix = f" (fix: {fix}, for {gpus} data-parallel workers)" if float(values["gpu"]).is_integer() else ""
         fail(
             "gpu",
-            f"gpu <= 1 must hold (GPUs per worker: each worker trains on one GPU), but got {show(raw['gpu'])} "
-            f"(fix: {fix}, for {gpus} data-parallel workers)",
+            f"gpu <= 1 must hold (GPUs per worker: each worker trains on one GPU), but got {show(raw['gpu'])}{fix}",
         )
         values.pop("gpu")
     trackers = tracker_names(raw["log"])
