@@ -123,3 +123,15 @@ def test_the_exit_codes_in_usage_are_the_search_commands():
     assert search("search_spaces/smoke.yaml", "--dry-run").returncode == 0
     bad = search("search_spaces/no_such_space.yaml", "--dry-run")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_the_search_space_example_is_a_space_the_loader_accepts(tmp_path):
+    """A reader copies it: it must load, and every config it can sample must be valid (it was refused once)."""
+    from artune.spaces import load_space
+
+    text = (DOCS / "search_spaces.md").read_text()
+    example = tmp_path / "example.yaml"
+    example.write_text(text.split("```yaml\n", 1)[1].split("```", 1)[0])
+    space = load_space(example)
+    space.check_configs()
+    assert {"d_model", "lr", "optimizer", "warmup"} <= set(space.params)
