@@ -158,7 +158,35 @@ def warm_start_storage(
     storage = optuna.storages.InMemoryStorage()
     s = space.settings
     study = optuna.create_study(storage=storage, study_name=name, direction=direction(s.mode))
+    if s.sampler == "grid":
+        return storage, add_grid_draws(study, records, space, s.metric)
     return storage, sync_study(study, records, space, s.metric)
+
+
+def add_grid_draws(study: optuna.Study, records: Iterable[TrialRecord], space: SearchSpace, metric: str) -> int:
+    """One trial per grid point the earlier runs drew; how many were added.
+
+    Optuna's grid sampler gives a study's k-th trial the k-th point of the grid as its seed shuffles it (an
+    extension keeps the seed: see ``make_sampler``), so the warm start must hold exactly one trial per earlier
+    draw for an extension to go on with the points not run yet. A draw is a configuration: its ``--repeats``
+    share one (one ``config_id``), and one stopped before its first epoch counts too, as a pruned trial with no
+    value (a grid sampler learns nothing from it). With a trial per replicate, an extension skipped points and
+    ran others twice.
+    """
+    drawn: set[str] = set()
+    for record in records:
+        draw = record.config_id or record.trial_id
+        if draw in drawn:
+            continue
+        drawn.add(draw)
+        trial = frozen_trial(record, space, metric)
+        if trial is None:
+            params, distributions = knobs(record, space)
+            trial = optuna.trial.create_trial(
+                state=TrialState.PRUNED, params=params, distributions=distributions, user_attrs=user_attrs(record)
+            )
+        study.add_trial(trial)
+    return len(drawn)
 
 
 class LiveStudy:

@@ -114,9 +114,39 @@ def test_extend_adds_exactly_k_trials_and_keeps_every_earlier_row(searched):
     assert after.manifest["runs"] == ["tune", "tune-2"] and after.manifest["num_samples"] == 6
 
 
+def test_an_extended_grid_goes_on_with_the_points_not_run_yet(tmp_path):
+    """Optuna's grid sampler gives its k-th trial the k-th point of the grid as its seed shuffles it: the warm start
+    holds one trial per earlier draw (two repeats share one; one stopped before its first epoch counts), so that an
+    extension runs the points not run yet. With a trial per replicate, it skipped points and ran others twice."""
+    lrs = [0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03]
+    space_file = tmp_path / "s.yaml"
+    space_file.write_text(SPACE.replace("[0.0003, 0.003, 0.01, 1000000.0]", str(lrs)))
+    space = load_space(space_file)
+
+    def draw(study: optuna.Study) -> float:
+        trial = study.ask()
+        space.define_by_run(trial)
+        return trial.params["lr"]
+
+    first = optuna.create_study(sampler=space.make_sampler(1))
+    drawn = [draw(first) for _ in range(3)]
+    records = []
+    for k, (lr, status, epochs) in enumerate(zip(drawn, ["completed", "stopped", "stopped"], [3, 1, 0])):
+        for seed in (0, 1):  # --repeats 2
+            record = TrialRecord(f"t{k}-{seed}", {"lr": lr, "seed": seed}, status, config_id=f"c{k}")
+            for epoch in range(1, epochs + 1):
+                record.epochs[epoch] = {"epoch": epoch, "valid_loss": 3.0, "valid_accuracy": 0.2, "seconds": 1.0}
+            records.append(record)
+    storage, n = warm_start_storage(records, space, "grid")
+    assert n == 3
+    extension = optuna.load_study(study_name="grid", storage=storage, sampler=space.make_sampler(2))
+    rest = [draw(extension) for _ in range(3)]
+    assert sorted(drawn + rest) == lrs, (drawn, rest)
+
+
 def test_the_warm_started_sampler_receives_the_earlier_trials(tmp_path):
     space_file = tmp_path / "s.yaml"
-    space_file.write_text(SPACE)
+    space_file.write_text(SPACE.replace("sampler: grid", "sampler: tpe"))  # a sampler that learns (grid: below)
     space = load_space(space_file)
     records = []
     for i, (lr, status) in enumerate(
