@@ -192,7 +192,8 @@ def resume(trainer: Trainer, checkpoint: "tune.Checkpoint", fresh: Callable[[], 
             return trainer
         except CheckpointError as exc:
             _warn(f"{exc}; trying the previous checkpoint")
-    # Ray keeps CheckpointConfig.num_to_keep checkpoints as checkpoint_NNNNNN siblings in the trial directory.
+    # Ray keeps CheckpointConfig.num_to_keep checkpoints as checkpoint_NNNNNN siblings in the trial directory
+    # (Ray 2.60.0: see artune/compat.py).
     older = sorted(
         (p for p in Path(checkpoint.path).parent.glob("checkpoint_*") if p.name < Path(checkpoint.path).name),
         reverse=True,
@@ -257,6 +258,12 @@ def train_fn(
     return None
 
 
+def diverged_metrics(epoch: int, exc: Exception) -> Metrics:
+    """A diverged trial's one report. Every metric a search can rank by is there, NaN: the searcher reads the
+    search's metric from each result."""
+    return {"epoch": epoch, "diverged": True, "error": str(exc), **dict.fromkeys(METRICS, float("nan"))}
+
+
 def _train(
     config: dict[str, Any], corpus: Optional[Corpus], deadline: Optional[float], tap: Optional[WarningTap]
 ) -> Optional[list[Metrics]]:
@@ -296,13 +303,7 @@ def _train(
     except DivergedError as exc:
         # A diverged trial is a result, not a fault: report it once (no checkpoint of the broken
         # weights) and end normally, so Tune spends no retry on it.
-        # Every metric a search can rank by is there, NaN: the searcher reads the search's metric from each result.
-        metrics = {
-            "epoch": trainer.epoch + 1,
-            "diverged": True,
-            "error": str(exc),
-            **dict.fromkeys(METRICS, float("nan")),
-        }
+        metrics = diverged_metrics(trainer.epoch + 1, exc)
         if tap is not None:
             tune.report({**metrics, **tap.drain()})
             return None
@@ -400,10 +401,5 @@ def train_worker(loop: dict[str, Any]) -> None:
         try:
             trainer.fit(report, loop["deadline"])
         except DivergedError as exc:  # on every rank at once: the loss is the global batches'
-            metrics = {
-                "epoch": trainer.epoch + 1,
-                "diverged": True,
-                "error": str(exc),
-                **dict.fromkeys(METRICS, float("nan")),
-            }
+            metrics = diverged_metrics(trainer.epoch + 1, exc)
             ray.train.report({**metrics, WORKERS_KEY: ranks.world_size, **placement, **tap.drain()}, checkpoint=None)

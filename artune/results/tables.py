@@ -111,6 +111,12 @@ class TrialRecord:
         elif self.status == "pending":
             self.status = "running"
 
+    def end(self, epochs: int) -> None:
+        """The trial ended without an error: ``completed`` where it trained all its ``epochs``, else ``stopped`` (by
+        the scheduler or the time budget); a diverged trial stays diverged."""
+        if self.status != "diverged":
+            self.status = "completed" if len(self.epochs) >= epochs else "stopped"
+
     def summary(self) -> dict[str, Any]:
         rows = [self.epochs[e] for e in sorted(self.epochs) if not self.epochs[e].get("diverged")]
         valid_loss = [r["valid_loss"] for r in rows if _finite(r.get("valid_loss"))]

@@ -47,8 +47,9 @@ class BudgetCutoff(Searcher):
 
     def suggest(self, trial_id: str) -> Optional[Union[dict, str]]:
         if self.too_late():
-            # the search's last word: the running trials finish, then the search ends (a None, "not now", would
-            # leave Tune's loop waiting for an event until long past the budget once none runs; seen: 639 s of 40)
+            # the search's last word: the running trials finish, then the search ends (a None, "not now", left
+            # Tune's loop waiting long past the budget once none ran: docs/experiments.md, the default search
+            # against its best configuration on both cores)
             return Searcher.FINISHED
         return self.searcher.suggest(trial_id)
 

@@ -307,7 +307,8 @@ def check_continuable(mode: Mode, manifest: Manifest, num_samples: Optional[int]
 def tune_began(tune_path: Path) -> bool:
     """Whether Ray Tune began the run, so that it can be restored: its ``tuner.pkl`` is whole and it saved its
     state once (it does before its first trial). Tune writes the Tuner in place: a kill in the write leaves it
-    empty or cut short (a pickle ends with its STOP opcode). Restored without a saved state, Tune runs one trial."""
+    empty or cut short (a pickle ends with its STOP opcode). Restored without a saved state, Tune runs one trial.
+    (Tune's file names as Ray 2.60.0 writes them: see artune/compat.py.)"""
     if not any(tune_path.glob("experiment_state-*.json")):
         return False
     try:

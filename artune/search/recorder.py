@@ -194,9 +194,7 @@ class Recorder(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.ended.add(trial.trial_id)
-        record = self._record(trial)
-        if record.status != "diverged":
-            record.status = "completed" if len(record.epochs) >= self.epochs else "stopped"
+        self._record(trial).end(self.epochs)
         self.write(force=True)
         self.progress.tick(trials, force=True)
 
@@ -244,7 +242,7 @@ class Recorder(tune.Callback):
                 self.cut_short.append(record)  # by Ctrl-C, or by the time budget
             elif trial.status == "TERMINATED":
                 if running:
-                    record.status = "completed" if len(record.epochs) >= self.epochs else "stopped"
+                    record.end(self.epochs)
             elif trial.status == "ERROR" and trial.trial_id in self.storage_failed:
                 self.unfinished += 1  # --resume runs it again (resume_errored), once the storage is fixed
             elif trial.status == "ERROR":
@@ -368,7 +366,8 @@ def describe_os_error(exc: OSError) -> str:
 
 def summarize_error(text: str) -> str:
     """The latest failure in a Tune error file, in one line: the exception's type and message (its
-    trace's last line), or for a lost actor (its node or process died) the reason Ray gives."""
+    trace's last line), or for a lost actor (its node or process died) the reason Ray gives. (The file's
+    ``Failure # N`` sections as Ray 2.60.0 writes them: see artune/compat.py.)"""
     latest = re.split(r"^Failure # \d+ .*$", text, flags=re.MULTILINE)[-1]  # the file holds every failure
     lines = [line.strip() for line in latest.splitlines() if line.strip()]
     if not lines:

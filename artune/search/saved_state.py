@@ -4,7 +4,7 @@ Tune writes its state into Ray's session directory, then copies it into the run 
 an atomic rename: a driver killed during the copy leaves the newest ``experiment_state-*.json`` (or
 its searcher's state beside it) empty or cut short, and Tune would resume from it without a word,
 losing the trials it listed, or fail on it. The staging copy outlives the driver: Ray never deletes
-a session directory.
+a session directory. (The layout of those files as Ray 2.60.0 writes them: see artune/compat.py.)
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def settle_unsaved_trials(plan: Plan) -> None:
         if status is None:
             record.status, record.error = "error", LOST_ERROR
         elif status == "TERMINATED":
-            record.status = "completed" if len(record.epochs) >= plan.space.settings.epochs else "stopped"
+            record.end(plan.space.settings.epochs)
         else:
             continue
         settled += 1
