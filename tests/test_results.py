@@ -181,6 +181,9 @@ def test_unknown_metric_lists_the_choices(search: Path) -> None:
     expected = r"unknown metric 'valid_perplexity': expected one of train_loss, .*valid_loss, .*best_valid_loss"
     with pytest.raises(ResultsError, match=expected):
         load(search).best(1, metric="valid_perplexity")
+    # the progress lines' short name for an accuracy
+    with pytest.raises(ResultsError, match=r"unknown metric 'valid_acc' \(did you mean 'valid_accuracy'\?\)"):
+        load(search).best(1, metric="valid_acc")
 
 
 def test_curves_pivot_epochs_per_trial(search: Path) -> None:

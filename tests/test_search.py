@@ -217,7 +217,16 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, shakespeare_path):
     assert result.returncode == 0, result.stderr
     assert "7 trials" in result.stdout and "seq_len" in result.stdout and "24" in result.stdout
     assert str(tmp_path / "r" / "plan") in result.stdout
+    assert result.stdout.splitlines()[-1].startswith("dry run: ")  # the plan reads as a run's: it says it was none
     assert not (tmp_path / "r").exists()
+
+
+def test_the_console_script_calls_itself_artune_in_its_usage_and_errors(tmp_path):
+    artune = Path(sys.executable).parent / "artune"
+    usage = subprocess.run([str(artune), "--help"], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 0 and usage.stdout.startswith("usage: artune "), usage.stdout[:200]
+    wrong = subprocess.run([str(artune), "--bogus"], capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2 and wrong.stderr.strip().endswith("(see artune --help)"), wrong.stderr
 
 
 def test_validating_a_search_loads_neither_ray_nor_torch_nor_pandas(tmp_path, shakespeare_path):

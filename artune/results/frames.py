@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from artune.config import AUTO_SWITCHES, FIELD_NAMES, TrainConfig, field_type
 from artune.errors import ResultsError
+from artune.humanize import did_you_mean
 from artune.results.tables import (
     DEFAULT_RESULTS_DIR,
     EPOCH_COLUMNS,
@@ -113,7 +114,10 @@ class SearchResults:
             per_trial = self.epochs.groupby(keys)[metric].agg(self.direction(metric)).rename(f"best_{metric}")
             values = self.trials[keys].merge(per_trial.reset_index(), on=keys, how="left")[f"best_{metric}"]
             return f"best_{metric}", values.set_axis(self.trials.index)
-        raise ResultsError(f"unknown metric {metric!r}: expected one of {', '.join(self._metric_choices())}")
+        choices = self._metric_choices()
+        # the progress lines' short names (valid_acc) as the columns' (valid_accuracy)
+        hint = did_you_mean(metric.replace("_acc", "_accuracy") if metric.endswith("_acc") else metric, choices)
+        raise ResultsError(f"unknown metric {metric!r}{hint}: expected one of {', '.join(choices)}")
 
     def epoch_metric(self, metric: Optional[str] = None) -> str:
         """The epochs column behind ``metric``: ``valid_loss`` for valid_loss, best_valid_loss or last_valid_loss."""

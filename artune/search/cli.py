@@ -24,7 +24,8 @@ EXIT_BAD_INPUT = 2
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
-        prog="python -m artune.search",
+        # the console script (`artune`) or the module: the name the user typed, in the usage line and the errors
+        prog="artune" if os.path.basename(sys.argv[0]) == "artune" else "python -m artune.search",
         description="Run a hyperparameter search over artune's trainer with Ray Tune and Optuna.",
     )
     parser.add_argument(
@@ -121,6 +122,7 @@ def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> i
             corpus = describe_corpus(plan)  # a bad corpus is an error line, not a plan
             print(describe_plan(plan))
             print(corpus)
+            print("dry run: the plan and its inputs are checked; nothing was started or written")
             return 0
         return run(plan)
     except UserError as exc:

@@ -18,7 +18,7 @@ from artune.search.corpus import load_plan_corpus
 from artune.search.lock import SearchLock
 from artune.search.manifest import TUNE_DIR, write_manifest
 from artune.search.plan import SPACE_COPY, Mode, Plan
-from artune.search.report import budget_report, describe_plan, summarise
+from artune.search.report import budget_report, describe_plan, next_steps, summarise
 from artune.search.runtime import ClusterWatch, init_ray, set_ray_environment, stop_ray, terminated
 from artune.search.saved_state import restore_saved_state, settle_unsaved_trials
 from artune.startup import resume_collector
@@ -192,4 +192,6 @@ def report(plan: Plan, outcome: Outcome) -> int:
     print(summary)
     if plan.time_budget_s:
         print(budget_report(plan, outcome.elapsed_s, outcome.spent, outcome.records))
+    if ok:
+        print(next_steps(plan))  # last: what to run next
     return EXIT_OK if ok else EXIT_NO_TRIAL_SUCCEEDED
