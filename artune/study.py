@@ -22,7 +22,8 @@ a trial of its own. A trial stopped before its first epoch ends PRUNED with no v
 The same records warm-start the sampler of a grown search (``--extend``): an in-memory storage
 holding every earlier ended trial is handed to ``OptunaSearch``, so the TPE sees the whole history.
 Left out of it is a trial stopped before its first epoch: it never trained, so it says nothing of
-its configuration, and a sampler would take it for a bad one.
+its configuration, and a sampler would take it for a bad one. The grid sampler's warm start is one trial
+per earlier draw instead (``add_grid_draws``): it numbers the grid's points by trial.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from optuna.trial import TrialState
 
 from artune.humanize import root_cause
 from artune.results import TrialRecord
+from artune.results.tables import LOST_ERROR
 from artune.spaces import SearchSpace
 
 STUDY_FILE = "optuna.db"
@@ -168,25 +170,34 @@ def add_grid_draws(study: optuna.Study, records: Iterable[TrialRecord], space: S
 
     Optuna's grid sampler gives a study's k-th trial the k-th point of the grid as its seed shuffles it (an
     extension keeps the seed: see ``make_sampler``), so the warm start must hold exactly one trial per earlier
-    draw for an extension to go on with the points not run yet. A draw is a configuration: its ``--repeats``
-    share one (one ``config_id``), and one stopped before its first epoch counts too, as a pruned trial with no
-    value (a grid sampler learns nothing from it). With a trial per replicate, an extension skipped points and
-    ran others twice.
+    draw for an extension to go on with the points not run yet. A draw's ``--repeats`` share its ``config_id``
+    and take the seeds seed, seed + 1, ...: a configuration drew as often as its most frequent seed ran (two
+    grid points that differ only in a knob their conditions switch off give one configuration, drawn twice).
+    A trial stopped before its first epoch counts too, as a pruned trial with no value (a grid sampler learns
+    nothing from it); a lost trial does not: its configuration was drawn again, as the same point. With a trial
+    per replicate, an extension skipped points and ran others twice.
     """
-    drawn: set[str] = set()
+    configs: dict[str, list[TrialRecord]] = {}
     for record in records:
-        draw = record.config_id or record.trial_id
-        if draw in drawn:
-            continue
-        drawn.add(draw)
-        trial = frozen_trial(record, space, metric)
-        if trial is None:
-            params, distributions = knobs(record, space)
-            trial = optuna.trial.create_trial(
-                state=TrialState.PRUNED, params=params, distributions=distributions, user_attrs=user_attrs(record)
-            )
-        study.add_trial(trial)
-    return len(drawn)
+        if not (record.error or "").startswith(LOST_ERROR):
+            configs.setdefault(record.config_id or record.trial_id, []).append(record)
+    added = 0
+    for runs in configs.values():
+        if "seed" not in space.params:  # (a searched seed allows no repeats: each run is a draw)
+            by_seed: dict[Any, list[TrialRecord]] = {}
+            for record in runs:
+                by_seed.setdefault(record.config.get("seed"), []).append(record)
+            runs = max(by_seed.values(), key=len)
+        for record in runs:
+            trial = frozen_trial(record, space, metric)
+            if trial is None:
+                params, distributions = knobs(record, space)
+                trial = optuna.trial.create_trial(
+                    state=TrialState.PRUNED, params=params, distributions=distributions, user_attrs=user_attrs(record)
+                )
+            study.add_trial(trial)
+            added += 1
+    return added
 
 
 class LiveStudy:

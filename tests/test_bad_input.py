@@ -56,7 +56,7 @@ SPACES = {
     ),
     "cuda_without_a_gpu": (
         GOOD.replace("device: cpu", "device: cuda"),
-        ["{path}: fixed.device", "device 'cuda' needs a GPU for each trial", "resources.gpu is 0"],
+        ["{path}:11: fixed.device", "device 'cuda' needs a GPU for each trial", "resources.gpu is 0"],
     ),
     "empty_choice": (GOOD + "  d_model: {choice: []}\n", ["{path}:14", "params.d_model", "non-empty list"]),
     "int_step_0": (

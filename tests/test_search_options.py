@@ -80,8 +80,8 @@ def machine_pace(tmp_path, shakespeare_path, batches: int) -> tuple[float, float
 def test_time_budget_ends_the_search_and_reports_the_budget_spent(tmp_path, shakespeare_path):
     # Epochs of several seconds: at the budget the running trials are mid-epoch. Tune's own stop of such a
     # trial waits for its next report (then kills it 15 s later); the trials' deadline ends them at once. The
-    # budget and the epochs follow this machine's pace, measured first: a fixed budget held one epoch on one
-    # machine and none on a machine 3x slower.
+    # budget and the epochs follow this machine's pace, measured first: a fixed budget that held an epoch on one
+    # machine held none on a slower one.
     wall, epoch_s, outside_s = machine_pace(tmp_path, shakespeare_path, batches=1500)
     slack = outside_s + 3.0  # what the command takes outside its budget, and a margin for the machine's noise
     # epochs longer than the slack (what a wait for the next report would cost shows), at least 1500 batches

@@ -144,6 +144,39 @@ def test_an_extended_grid_goes_on_with_the_points_not_run_yet(tmp_path):
     assert sorted(drawn + rest) == lrs, (drawn, rest)
 
 
+def test_an_extended_grid_counts_each_draw_of_a_configuration_its_conditions_collapse(tmp_path):
+    """Two grid points that differ only in a knob their condition switches off (warmup, where the optimizer is not
+    noam) are one configuration (one config_id) drawn twice: both draws count. A lost trial does not: the resume
+    drew its configuration again as the same point."""
+    from artune.results.tables import LOST_ERROR
+    from artune.search.recorder import config_id
+
+    space_file = tmp_path / "s.yaml"
+    space_file.write_text(
+        SPACE.replace("  optimizer: adamw\n", "").replace(
+            "  lr: {choice: [0.0003, 0.003, 0.01, 1000000.0]}",
+            "  optimizer: {choice: [adamw, noam]}\n  warmup: {choice: [100, 400], when: {optimizer: noam}}\n"
+            "  lr: {choice: [0.001, 0.003]}",
+        )
+    )
+    space = load_space(space_file)
+    first = optuna.create_study(sampler=space.make_sampler(1))
+    records = []
+    for k in range(6):
+        trial = first.ask()
+        space.define_by_run(trial)
+        config = {**trial.params, "seed": 0}
+        records.append(TrialRecord(f"t{k}", config, "stopped", config_id=config_id(config)))
+    assert len({r.config_id for r in records}) < 6  # some points collapsed into one configuration
+    lost = TrialRecord("lost", records[0].config, "error", LOST_ERROR, config_id=records[0].config_id)
+    storage, n = warm_start_storage([*records, lost], space, "grid")
+    assert n == 6
+    extension = optuna.load_study(study_name="grid", storage=storage, sampler=space.make_sampler(2))
+    for _ in range(2):
+        space.define_by_run(extension.ask())
+    assert [t.system_attrs["grid_id"] for t in extension.trials[n:]] == [6, 7]  # the two points not run yet
+
+
 def test_the_warm_started_sampler_receives_the_earlier_trials(tmp_path):
     space_file = tmp_path / "s.yaml"
     space_file.write_text(SPACE.replace("sampler: grid", "sampler: tpe"))  # a sampler that learns (grid: below)

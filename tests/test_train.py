@@ -711,10 +711,21 @@ def test_the_pace_a_deadline_plans_by_includes_each_epochs_report(small_text):
     def report(metrics) -> None:
         clock.now += 10.0  # the checkpoint, as long as the epoch
 
-    trainer = Trainer(tiny(small_text, epochs=10, lr_schedule="linear", lr_min_ratio=0.0, warmup=0), clock=clock)
-    history = trainer.fit(report, deadline=100.0)
-    assert trainer.epoch_seconds > 10.0  # the report counted
+    config = tiny(small_text, epochs=10, lr_schedule="linear", lr_min_ratio=0.0, warmup=0)
+    trainer = Trainer(config, clock=clock)
+    saved = []
+
+    def report_and_save(metrics) -> None:
+        saved.append(trainer.state_dict())  # inside the report, as a search's trial saves its checkpoint
+        report(metrics)
+
+    history = trainer.fit(report_and_save, deadline=100.0)
+    assert trainer.report_seconds >= 10.0  # the report counted
     assert 0 < len(history) < 10 and history[-1]["lr"] == 0.0  # the decay ended with the last epoch reported
+    # a trial resumed from a checkpoint plans by the report's time too (the report before the one it was saved in)
+    resumed = Trainer(config, clock=clock)
+    resumed.load_state_dict(saved[1])
+    assert resumed.report_seconds >= 10.0
 
 
 def test_a_decay_that_would_outlast_the_deadline_is_planned_to_end_there(small_text):

@@ -30,6 +30,9 @@ DEFAULT_RESULTS_DIR = "results"
 #   diverged   loss went NaN/inf        error    raised, after its retries
 #   running / pending                   the search was interrupted before the trial ended
 STATUSES = ("completed", "stopped", "diverged", "error", "running", "pending")
+# The error of a trial Ray started but Tune never saved before its search stopped: --resume's searcher, restored
+# from before it, drew the same configuration again under a new trial id (search/saved_state.py)
+LOST_ERROR = "lost: its search stopped before Ray Tune saved the trial, so --resume sampled it again under a new id"
 
 EPOCH_COLUMNS = {
     "trial_id": pa.string(),

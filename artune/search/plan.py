@@ -157,7 +157,8 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
             f"--repeats {repeats}: each repeat runs its config with the next seed, but seed is searched "
             f"({space.path}: params.seed): fix the seed (--set seed=N) or leave --repeats out"
         )
-    check_cuda_has_a_gpu(space, sets)
+    if mode is not Mode.RESUME:  # a resume runs as its search started (and may change no resources)
+        check_cuda_has_a_gpu(space)
     compiles = any(value is True for value in possible_values(space, space_defaults(space), "compile"))  # not 'auto'
     compiler = missing_compiler() if not args.address and compiles else None
     if compiler:  # (a cluster's nodes have toolchains of their own: a trial there says what its node lacks)
@@ -403,13 +404,16 @@ def parse_sets(items: list[str]) -> dict[str, str]:
     return values
 
 
-def check_cuda_has_a_gpu(space: SearchSpace, sets: dict[str, Any]) -> None:
+def check_cuda_has_a_gpu(space: SearchSpace) -> None:
     """``device: cuda`` in a trial that Ray gives no GPU would train on a GPU that Ray did not reserve for it, or
     fail in every trial where the node has none: refused before Ray starts."""
     if space.settings.gpu > 0 or "cuda" not in possible_values(space, space_defaults(space), "device"):
         return
-    key = "params.device" if "device" in space.params else "fixed.device"
-    where = "--set device=cuda" if sets.get("device") == "cuda" else f"{space.path}: {key}"
+    if "device" in space.params:
+        where = f"{space.path}:{space.params['device'].line}: params.device"
+    else:
+        source = space.sources.get("fixed.device", str(space.path))
+        where = source if source.startswith("--") else f"{source}: fixed.device"
     raise SearchError(
         f"{where}: device 'cuda' needs a GPU for each trial, but the trials get none (resources.gpu is 0): "
         "add --gpus-per-trial 1 (resources: {gpu: 1}), or use device auto or cpu"

@@ -78,13 +78,10 @@ def summarise(plan: Plan) -> tuple[str, bool]:
         if len(sample):
             lines.append(f"its last sample: {sample.iloc[-1]!r}")
     if not len(trials) or not (trials["epochs_completed"] > 0).any():
-        if counts.get("error"):
-            why = f"the error column of {plan.directory / TRIALS_FILE} says why each trial failed"
-        elif plan.time_budget_s:
-            why = "a longer --time-budget gives the trials time to"
-        else:
-            why = "no trial ended with an epoch"
-        lines.append(f"no trial trained an epoch: no result ({why})")
+        why = [f"the error column of {plan.directory / TRIALS_FILE} says why trials failed"] * bool(counts.get("error"))
+        why += ["trials diverged: their loss went NaN or infinite"] * bool(counts.get("diverged"))
+        why += ["a longer --time-budget gives the trials time to"] * bool(plan.time_budget_s)
+        lines.append("no trial trained an epoch: no result" + (f" ({'; '.join(why)})" if why else ""))
     lines.append(
         f"results: {plan.directory / TRIALS_FILE}, {plan.directory / EPOCHS_FILE}, {plan.directory / MANIFEST_FILE}"
     )

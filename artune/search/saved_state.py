@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from artune.errors import SearchError
+from artune.results.tables import LOST_ERROR
 from artune.search.runtime import ray_temp_dir
 
 if TYPE_CHECKING:
@@ -110,9 +111,6 @@ def restore_saved_state(plan: Plan) -> None:
         file=sys.stderr,
         flush=True,
     )
-
-
-LOST_ERROR = "lost: its search stopped before Ray Tune saved the trial, so --resume sampled it again under a new id"
 
 
 def saved_trials(tune_path: Path) -> Optional[dict[str, str]]:

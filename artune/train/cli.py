@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 
 import artune.train.checkpoint as checkpoint
-from artune import LOADED_AT, ArgumentParser, stdout_closed
+from artune import ArgumentParser, stdout_closed
 from artune.config import FIELD_NAMES, ConfigError, TrainConfig, add_config_arguments
 from artune.errors import CheckpointError, DivergedError, UserError
 from artune.humanize import parse_duration
@@ -60,7 +60,7 @@ def _config(args: Any) -> TrainConfig:
     return TrainConfig.from_dict({**base, **given})
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> int:
     """``python -m artune.train --d_model 128 --epochs 2 ...``: one configuration, no Ray."""
     parser = ArgumentParser(
         prog="python -m artune.train", description="Train one configuration without Ray and print each epoch."
@@ -100,14 +100,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     add_config_arguments(parser)
     args = parser.parse_args(argv)
-    # what a time budget counts from, as a search's does: the command's start (artune's import), torch's import included
-    started = time.time() - (time.monotonic() - LOADED_AT)
+    # A time budget counts from the command's start (``started``, a time.monotonic(): python -m artune.train gives
+    # artune's import, so torch's counts too, as in a search), or from this call where none is given.
+    began = time.time() - (0.0 if started is None else time.monotonic() - started)
     try:
         config = _config(args)
         deadline = None
         if args.time_budget is not None:
             try:
-                deadline = started + parse_duration(args.time_budget)
+                deadline = began + parse_duration(args.time_budget)
             except ValueError:
                 raise ConfigError(
                     f"--time-budget must be a positive duration such as 900, 90s, 15m or 1.5h, "

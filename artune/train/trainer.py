@@ -144,6 +144,9 @@ class Trainer:
         self.epoch = 0
         self.tokens_seen = 0
         self.epoch_seconds: Optional[float] = None  # the last epoch's, for the pace under a deadline (checkpointed)
+        # the last epoch's report (a search's checkpoint written and sent to Tune): part of the pace a deadline plans
+        # by. A checkpoint is written inside the report, so it keeps the report before (the epochs' are alike).
+        self.report_seconds = 0.0
         self._activations: dict[str, torch.Tensor] = {}
         self._grad_norm: Optional[torch.Tensor] = None  # the last step's gradient norm, before clipping
         self._compiling = False
@@ -166,7 +169,7 @@ class Trainer:
         history = []
         while self.epoch < self.config.epochs:
             if deadline is not None and self.epoch_seconds is not None:
-                self.fit_schedule_to(deadline, self.epoch_seconds)
+                self.fit_schedule_to(deadline, self.epoch_seconds + self.report_seconds)
             try:
                 metrics = self.run_epoch(deadline)
             except DeadlineReached:
@@ -174,8 +177,8 @@ class Trainer:
             history.append(metrics)
             if callback is not None:
                 reported = self.clock()
-                callback(metrics)  # a search's report, with its checkpoint: part of every epoch's time
-                self.epoch_seconds += self.clock() - reported
+                callback(metrics)
+                self.report_seconds = self.clock() - reported
         return history
 
     def fit_schedule_to(self, deadline: float, epoch_seconds: float) -> None:
@@ -433,6 +436,7 @@ class Trainer:
             "epoch": self.epoch,
             "tokens_seen": self.tokens_seen,
             "epoch_seconds": self.epoch_seconds,
+            "report_seconds": self.report_seconds,
             "eager_tokens_per_sec": self._eager_rate,  # compile: auto's, to compare a compiled epoch with
             "compile_declined": self._compile_declined,
             "plan_base": list(self.plan_base),
@@ -449,6 +453,7 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.tokens_seen = int(state["tokens_seen"])
         self.epoch_seconds = state.get("epoch_seconds")
+        self.report_seconds = float(state.get("report_seconds") or 0.0)  # absent in older checkpoints
         self._eager_rate = state.get("eager_tokens_per_sec")
         self._compile_declined = bool(state.get("compile_declined", False))
         # The schedule is planned again over this run's epochs, from the step the checkpoint reached. With
