@@ -325,19 +325,21 @@ def test_gpus_per_trial_refusal_is_the_only_line_on_stderr(gpu_refusal):
 
 
 @pytest.mark.slow
-def test_a_search_already_running_is_not_started_again(tmp_path, small_corpus):
+def test_a_search_already_running_is_not_started_again(tmp_path, small_corpus, ray_tmpdir):
     space = tmp_path / "space.yaml"
     space.write_text(GOOD)
     results = tmp_path / "results"
     args = ["--results-dir", str(results), "--name", "busy", "--data", str(small_corpus)]
     first = Search(str(space), *args)
     directory = results / "busy"
-    # the manifest is written under the lock, once Ray is up
-    first.wait_for(lambda: (directory / "manifest.json").exists(), 180, "the first search's manifest")
+    # the manifest is written under the lock, once Ray is up; its trial held while the two refusals run, so that
+    # the search cannot end first however fast the machine
+    first.hold_at(lambda: (directory / "manifest.json").exists(), 180, "the first search's manifest", ray_tmpdir)
     again = cli("--resume", *args, timeout=60)
     assert_one_error_line(again, "search 'busy' is running in another process", str(directory / ".lock"))
     fresh = cli(str(space), *args, timeout=60)
     assert_one_error_line(fresh, f"--name 'busy': {directory} already holds a search", "--resume", "--extend")
+    first.release(ray_tmpdir)
     # neither refusal disturbed the running search
     assert first.finish(240) == 0, first.stderr[-3000:]
     assert "search busy: 1 trial (1 completed)" in first.stdout

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import time
 from pathlib import Path
 
 import optuna
@@ -46,8 +45,8 @@ def study_trials(directory: Path, name: str) -> list[optuna.trial.FrozenTrial]:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory, shakespeare_path):
-    """The smoke search with both trackers, its study polled by this process until the search ends."""
+def live(tmp_path_factory, shakespeare_path, ray_tmpdir):
+    """The smoke search with both trackers, its study looked at by this process while a trial runs."""
     results = tmp_path_factory.mktemp("live")
     env = {"MLFLOW_TRACKING_URI": ""}  # the search's own mlruns/, whatever the shell has
     search = Search(
@@ -56,12 +55,13 @@ def live(tmp_path_factory, shakespeare_path):
         *("--log", "tensorboard", "--log", "mlflow"),
         env=env,
     )
-    database, seen = results / "live" / "optuna.db", False
-    deadline = time.monotonic() + 600  # a guard against a hang, not a speed
-    while search.proc.poll() is None and time.monotonic() < deadline:
-        seen = seen or running_with_a_value(database)
-        time.sleep(0.1)
-    rc = search.finish(60)
+    database = results / "live" / "optuna.db"
+    # the trials held between looks (hold_at), so that a trial's running epochs cannot pass unseen however fast
+    # the machine; the search fails the fixture where it ends first
+    search.hold_at(lambda: running_with_a_value(database), 600, "a running trial with a value", ray_tmpdir)
+    seen = running_with_a_value(database)
+    search.release(ray_tmpdir)
+    rc = search.finish(600)
     return {"rc": rc, "seen": seen, "stdout": search.stdout, "stderr": search.stderr, "directory": results / "live"}
 
 
