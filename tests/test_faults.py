@@ -815,12 +815,19 @@ TINY_SEARCH = ["--num-samples", "1", "--epochs", "1", "--set", "batches_per_epoc
 
 
 def kill_group_once(search: Search, ready: Callable[[], bool], before: Callable[[], bool], what: str) -> bool:
-    """SIGKILL the search's whole process group as soon as ``ready()`` holds, polling the filesystem; whether
-    ``before()`` still held just after the kill (the kill landed in the window). Fails if the search ends first."""
-    search.wait_for(ready, 180, what)
+    """SIGKILL the search's whole process group as soon as ``ready()`` holds (looked for every 10 ms); whether
+    ``before()`` still held at the kill (the kill landed in the window), asked while the group is stopped, so that
+    nothing moves between the look and the kill. Fails if the search ends first."""
+    deadline = time.monotonic() + 180
+    while not ready():
+        if search.proc.poll() is not None or time.monotonic() > deadline:
+            search.wait_for(ready, 0, what)  # fails, saying why
+        time.sleep(0.01)
+    os.killpg(search.proc.pid, signal.SIGSTOP)
+    inside = before()
     os.killpg(search.proc.pid, signal.SIGKILL)
     search.finish(30)
-    return before()
+    return inside
 
 
 def study_trials(directory: Path) -> list:
@@ -853,14 +860,13 @@ def test_a_kill_in_the_start_up_leaves_the_name_usable(tmp_path, small_corpus, p
         assert_one_error_line(resumed, "stopped in its start-up", "without --resume")
 
         search = Search(*command, *common)
-        kill_group_once(
+        fresh = kill_group_once(
             search,
             lambda: (directory / MANIFEST_FILE).exists(),
-            lambda: True,
+            lambda: not (directory / "tune" / "tuner.pkl").exists(),  # before Ray Tune began the run
             "manifest.json",
         )
         assert "holds only what a start-up stopped before the search began left" in search.stderr, search.stderr
-        fresh = not (directory / "tune" / "tuner.pkl").exists()
         resumed = Search("--resume", *common, "--data", str(small_corpus))
         assert resumed.finish(300) == 0, (resumed.stdout[-2000:], resumed.stderr[-3000:])
         if fresh:
