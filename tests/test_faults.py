@@ -669,7 +669,7 @@ LOST_EPOCHS = 10
 
 
 @pytest.mark.slow
-def test_a_node_lost_mid_search_costs_no_trial(cluster, tmp_path, small_corpus):
+def test_a_node_lost_mid_search_costs_no_trial(cluster, tmp_path, small_corpus, ray_tmpdir):
     cluster, worker = cluster
     space = tmp_path / "space.yaml"
     # 10 epochs of 150 batches: the two first trials overlap for several epochs even when one starts
@@ -698,8 +698,10 @@ def test_a_node_lost_mid_search_costs_no_trial(cluster, tmp_path, small_corpus):
     def two_trials_mid_training() -> bool:
         return sum(2 <= max(e) <= LOST_EPOCHS - 3 for e in search.epochs().values()) >= 2
 
-    search.wait_for(two_trials_mid_training, 240, f"two trials between epoch 2 and {LOST_EPOCHS - 3}")
+    # held there (hold_at): a fast machine's short epochs cannot carry a trial past the moment between two looks
+    search.hold_at(two_trials_mid_training, 240, f"two trials between epoch 2 and {LOST_EPOCHS - 3}", ray_tmpdir)
     cluster.remove_node(worker)
+    search.release(ray_tmpdir)
     rc = search.finish(300)
     assert rc == 0, search.stderr[-3000:]
     assert_every_trial_completed_once(tmp_path / "lost", 3, LOST_EPOCHS)
