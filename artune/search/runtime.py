@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -9,7 +10,7 @@ import socket
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Iterator
 from urllib.parse import urlparse
 
 from artune.compat import keep_local_ray_on_loopback, kill_local_monitor_first
@@ -37,6 +38,41 @@ def stop_on_sigterm() -> None:
         signal.raise_signal(signal.SIGINT)  # to Tune's Ctrl-C handler while it runs, else a KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
+
+
+@contextlib.contextmanager
+def interrupts_kept() -> Iterator[None]:
+    """A Ctrl-C while Ray starts is raised where the start returns, if Python lost it on the way.
+
+    Python raises KeyboardInterrupt wherever the main thread is when the key comes. Inside the hook a fork runs
+    in the parent (logging's lock release, as Ray's ``Popen`` of each of its processes forks), an exception is
+    printed as ignored, and the search went on as if no key had been pressed (seen in CI). Each press is also
+    noted here and raised again once the start returns, and Python's report of the one it ignored is left out.
+    Only the main thread sets handlers; a SIGINT ignored (a shell's background job) is left ignored."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield
+        return
+    pressed = threading.Event()
+    report_unraisable = sys.unraisablehook
+
+    def interrupt(signum: int, frame: object) -> None:
+        pressed.set()
+        previous(signum, frame)  # Python's own: KeyboardInterrupt
+
+    def unraisable(info: Any) -> None:
+        if not (pressed.is_set() and issubclass(info.exc_type, KeyboardInterrupt)):
+            report_unraisable(info)  # (the press is raised below: no traceback of it on the terminal)
+
+    signal.signal(signal.SIGINT, interrupt)
+    sys.unraisablehook = unraisable
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = report_unraisable
+    if pressed.is_set():
+        raise KeyboardInterrupt
 
 
 def terminated() -> bool:
@@ -114,45 +150,46 @@ def init_ray(plan: Plan) -> None:
 
     # ray.init takes seconds (a local instance: tens of seconds on a busy machine) and says nothing meanwhile
     print(f"connecting to {plan.address}..." if plan.address else "starting a local Ray instance...", flush=True)
-    if plan.address:
-        try:
-            ray.init(address=plan.address, logging_level=logging.ERROR, log_to_driver=False)
-        except Exception as exc:  # noqa: BLE001 - whatever Ray raises, the user gets one line and nothing is left
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            hint = (
-                "; a driver must run on a node of the cluster (or go through ray job submit)"
-                if "node info" in str(exc).lower()
-                else ""
-                if token_auth_enabled()
-                else "; if the head uses Ray's token authentication, set RAY_AUTH_MODE=token (with the head's "
-                "token in ~/.ray/auth_token or RAY_AUTH_TOKEN)"
-            )
-            raise SearchError(
-                f"--address {plan.address}: Ray could not connect ({type(exc).__name__}: {first}){hint}"
-            ) from None
-        if not token_auth_enabled():
-            print(
-                f"warning: connected to {plan.address} with Ray's token authentication off (RAY_AUTH_MODE is not "
-                "'token'): anyone who reaches the cluster can run code on it; keep it on a private network",
-                file=sys.stderr,
-                flush=True,
-            )
-    else:
-        # A private instance ("local": never a cluster that `ray start` left running here), no dashboard; its
-        # processes end with the driver, however it ends, and apart from its process group (see watchdog.py).
-        start_guard()
-        try:
-            with ray_apart():
-                context = ray.init(
-                    address="local", include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False
+    with interrupts_kept():  # a Ctrl-C while Ray starts its processes is never lost
+        if plan.address:
+            try:
+                ray.init(address=plan.address, logging_level=logging.ERROR, log_to_driver=False)
+            except Exception as exc:  # noqa: BLE001 - whatever Ray raises, the user gets one line and nothing is left
+                first = (str(exc).strip().splitlines() or [""])[0][:300]
+                hint = (
+                    "; a driver must run on a node of the cluster (or go through ray job submit)"
+                    if "node info" in str(exc).lower()
+                    else ""
+                    if token_auth_enabled()
+                    else "; if the head uses Ray's token authentication, set RAY_AUTH_MODE=token (with the head's "
+                    "token in ~/.ray/auth_token or RAY_AUTH_TOKEN)"
                 )
-            guard_session(context.address_info.get("session_dir") or "")
-        except Exception as exc:  # noqa: BLE001 - whatever Ray raises, the user gets one line and nothing is left
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise SearchError(
-                f"Ray could not start a local instance ({type(exc).__name__}: {first}); "
-                f"its logs are under {ray_temp_dir()}"
-            ) from None
+                raise SearchError(
+                    f"--address {plan.address}: Ray could not connect ({type(exc).__name__}: {first}){hint}"
+                ) from None
+            if not token_auth_enabled():
+                print(
+                    f"warning: connected to {plan.address} with Ray's token authentication off (RAY_AUTH_MODE is not "
+                    "'token'): anyone who reaches the cluster can run code on it; keep it on a private network",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        else:
+            # A private instance ("local": never a cluster that `ray start` left running here), no dashboard; its
+            # processes end with the driver, however it ends, and apart from its process group (see watchdog.py).
+            start_guard()
+            try:
+                with ray_apart():
+                    context = ray.init(
+                        address="local", include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False
+                    )
+                guard_session(context.address_info.get("session_dir") or "")
+            except Exception as exc:  # noqa: BLE001 - whatever Ray raises, the user gets one line and nothing is left
+                first = (str(exc).strip().splitlines() or [""])[0][:300]
+                raise SearchError(
+                    f"Ray could not start a local instance ({type(exc).__name__}: {first}); "
+                    f"its logs are under {ray_temp_dir()}"
+                ) from None
     stop_on_sigterm()  # again: ray.init put Ray's own handler in its place
     check_fits_a_node(plan)
 

@@ -1,0 +1,51 @@
+"""The Ray runtime's start (artune/search/runtime.py): a Ctrl-C while Ray starts is never lost."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import pytest
+
+from artune.search.runtime import interrupts_kept
+
+
+class InterruptedWhenDeleted:
+    """Takes a Ctrl-C in ``__del__``, where Python prints an exception as ignored and goes on, as it does in the
+    hook a fork runs in the parent (logging's lock release, when Ray's ``Popen`` starts a process)."""
+
+    def __del__(self) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+
+def test_a_ctrl_c_python_ignored_while_ray_started_is_raised_where_the_start_returns(capsys):
+    went_on = False
+    hook = sys.unraisablehook
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_kept():
+            InterruptedWhenDeleted()  # deleted at once: Python ignores its KeyboardInterrupt
+            went_on = True
+    assert went_on  # (what a search did: it ran on as if no key had been pressed)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and sys.unraisablehook is hook
+    assert "Traceback" not in capsys.readouterr().err  # the ignored one is not reported: it is raised
+
+
+def test_a_ctrl_c_is_raised_at_once_and_without_one_nothing_is():
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_kept():
+            signal.raise_signal(signal.SIGINT)
+            pytest.fail("the start went on after a Ctrl-C")
+    with interrupts_kept():
+        pass
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_ctrl_c_that_the_shell_ignores_stays_ignored():
+    """A background job's SIGINT is ignored: the start leaves it so."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with interrupts_kept():
+            signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
