@@ -15,6 +15,9 @@ Sections:
              batch 12): tokens/s, and model-FLOPs utilisation (MFU) against the fp32 matmul
              ceiling, the best FLOP/s of square matmuls of a few sizes measured in each round;
              also the FLOP/s of the model's own weight matmuls alone, the most a step could reach.
+  attention  forward and backward of causal attention, scaled_dot_product_attention against the
+             explicit matmuls and softmax that artune uses on a CPU up to seq_len 64
+             (artune.models.causal_attention), at one thread and at --threads, for a few shapes.
   compile    the Trainer eager against compile: true at the small shape, rounds interleaved:
              tokens/s and MFU; and a new trial's first step, which holds the compilation, with an
              empty inductor cache and with a filled one; the training time that pays it back.
@@ -53,7 +56,10 @@ from artune.train import Trainer, matmul_rate
 
 SMALL = dict(d_model=128, n_layers=4, n_heads=4, seq_len=64, batch_size=12)
 ORIGIN = dict(d_model=512, n_layers=6, n_heads=8, seq_len=512)  # TrainConfig's defaults; batch 16
-SECTIONS = ["trainer", "compile", "sampler", "precision", "search", "ddp"]
+SECTIONS = ["trainer", "attention", "compile", "sampler", "precision", "search", "ddp"]
+# (batch, heads, seq_len, head_dim): the small shape, the default search's two widths, and longer contexts
+ATTENTION_SHAPES = [(12, 4, 64, 32), (16, 4, 64, 24), (16, 4, 64, 32), (12, 4, 32, 32), (12, 4, 128, 32)]
+ATTENTION_SHAPES += [(12, 4, 256, 32)]
 
 
 def matmul_ceiling(sizes: tuple[int, ...] = (256, 512, 1024, 2048)) -> tuple[float, int]:
@@ -148,6 +154,45 @@ def bench_trainer(corpus: Any, rounds: int, steps: int) -> dict[str, Any]:
         / shape_rate,
         "step_ms": 1000 * SMALL["batch_size"] * SMALL["seq_len"] / o,
     }
+
+
+def bench_attention(rounds: int, threads: int) -> list[dict[str, Any]]:
+    from artune.models import explicit_causal_attention
+
+    def seconds(attend: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor) -> float:
+        n = max(10, int(1.5e8 / q.numel() / q.shape[-2]))
+        for _ in range(3):
+            attend(q, k, v).backward(grad)
+        start = time.perf_counter()
+        for _ in range(n):
+            attend(q, k, v).backward(grad)
+        return (time.perf_counter() - start) / n
+
+    def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    rows = []
+    for B, H, T, D in ATTENTION_SHAPES:
+        qkv = torch.randn(B, T, 3, H, D).permute(2, 0, 3, 1, 4)  # strided as the model's
+        q, k, v = (t.clone().requires_grad_() for t in qkv.unbind(0))
+        grad = torch.randn(B, H, T, D)
+        for n_threads in sorted({1, threads}):
+            torch.set_num_threads(n_threads)
+            fused, explicit = [], []
+            for _ in range(rounds):  # interleaved
+                fused.append(seconds(sdpa, q, k, v, grad))
+                explicit.append(seconds(explicit_causal_attention, q, k, v, grad))
+            rows.append(
+                {
+                    "shape": [B, H, T, D],
+                    "threads": n_threads,
+                    "sdpa_ms": 1000 * min(fused),
+                    "explicit_ms": 1000 * min(explicit),
+                    "ratio": min(fused) / min(explicit),
+                }
+            )
+    torch.set_num_threads(threads)
+    return rows
 
 
 def _first_step_seconds(config: TrainConfig, corpus: Any) -> tuple[float, Trainer]:
@@ -405,6 +450,14 @@ def main(argv: list[str] | None = None) -> int:
             "artune's step "
             f"runs them at {r['artune_share_of_model_matmul_rate']:.0%} of that"
         )
+    if "attention" in args.sections:
+        report["attention"] = bench_attention(min(args.rounds, 3), args.threads)
+        for row in report["attention"]:
+            B, H, T, D = row["shape"]
+            print(
+                f"attention  B {B} H {H} T {T} head {D}, {row['threads']} thread(s): sdpa {row['sdpa_ms']:.2f} ms  "
+                f"explicit {row['explicit_ms']:.2f} ms  explicit {row['ratio']:.2f}x as fast"
+            )
     if "compile" in args.sections:
         r = report["compile"] = bench_compile(corpus, args.rounds, args.steps, knobs)
         print(

@@ -251,3 +251,46 @@ def test_swiglu_gradients_are_autograds_own():
     (mine,) = torch.autograd.grad(_SwiGLU.apply(h), h, grad)
     (theirs,) = torch.autograd.grad(_swiglu(h), h, grad)
     torch.testing.assert_close(mine, theirs)
+
+
+def _qkv(length: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
+    """Queries, keys and values ``(B, H, T, head_dim)`` strided as the model makes them (one qkv tensor, permuted)."""
+    qkv = torch.randn(3, length, 3, 4, 8, dtype=dtype, generator=torch.Generator().manual_seed(length))
+    return tuple(t.requires_grad_() for t in qkv.permute(2, 0, 3, 1, 4).clone().unbind(0))
+
+
+@pytest.mark.parametrize("length", [1, 5, 64])
+def test_explicit_attention_on_a_cpu_is_sdpas_own_with_its_gradients(length):
+    """Short float32 contexts on a CPU take the explicit matmuls: the same attention as SDPA's, forward and backward."""
+    from artune.models import EXPLICIT_ATTENTION_MAX_LEN, causal_attention
+
+    assert length <= EXPLICIT_ATTENTION_MAX_LEN
+    q, k, v = _qkv(length)
+    mine, theirs = causal_attention(q, k, v), torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(mine)
+    for a, b in zip(torch.autograd.grad(mine, (q, k, v), grad), torch.autograd.grad(theirs, (q, k, v), grad)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("length", "dtype"), [(65, torch.float32), (64, torch.float64), (64, torch.bfloat16)])
+def test_attention_keeps_sdpa_for_long_contexts_and_other_dtypes(length, dtype):
+    from artune.models import causal_attention
+
+    q, k, v = _qkv(length, dtype)
+    with torch.no_grad():
+        assert torch.equal(
+            causal_attention(q, k, v), torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        )
+
+
+def test_explicit_attention_drops_attention_weights_in_training():
+    from artune.models import causal_attention
+
+    q, k, v = _qkv(16)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        dropped = causal_attention(q, k, v, dropout_p=0.5)
+        torch.manual_seed(3)
+        assert torch.equal(causal_attention(q, k, v, dropout_p=0.5), dropped)  # seeded: reproducible
+        assert not torch.allclose(dropped, causal_attention(q, k, v))
