@@ -58,8 +58,14 @@ SMALL = dict(d_model=128, n_layers=4, n_heads=4, seq_len=64, batch_size=12)
 ORIGIN = dict(d_model=512, n_layers=6, n_heads=8, seq_len=512)  # TrainConfig's defaults; batch 16
 SECTIONS = ["trainer", "attention", "compile", "sampler", "precision", "search", "ddp"]
 # (batch, heads, seq_len, head_dim): the small shape, the default search's two widths, and longer contexts
-ATTENTION_SHAPES = [(12, 4, 64, 32), (16, 4, 64, 24), (16, 4, 64, 32), (12, 4, 32, 32), (12, 4, 128, 32)]
-ATTENTION_SHAPES += [(12, 4, 256, 32)]
+ATTENTION_SHAPES = [
+    (12, 4, 64, 32),
+    (16, 4, 64, 24),
+    (16, 4, 64, 32),
+    (12, 4, 32, 32),
+    (12, 4, 128, 32),
+    (12, 4, 256, 32),
+]
 
 
 def matmul_ceiling(sizes: tuple[int, ...] = (256, 512, 1024, 2048)) -> tuple[float, int]:
