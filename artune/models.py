@@ -3,9 +3,9 @@
 Batch-first throughout: token ids are ``(B, T)``, activations ``(B, T, C)`` with ``C = d_model``.
 Pre-norm blocks, a GELU, SwiGLU or squared-ReLU feed-forward, positions either learned (a table
 added to the token embedding, GPT-2's) or rotary (RoPE: each head's queries and keys rotated by
-their position, Su et al. 2021), causal attention through ``scaled_dot_product_attention``, and an
-output layer tied to the token embedding (fewer parameters, and the better choice on a corpus as
-small as Tiny Shakespeare).
+their position, Su et al. 2021), causal attention (``scaled_dot_product_attention``, or explicit
+matmuls for short contexts on a CPU: ``causal_attention``), and an output layer tied to the token
+embedding (fewer parameters, and the better choice on a corpus as small as Tiny Shakespeare).
 The model sees only its own ``ModelConfig``.
 """
 
