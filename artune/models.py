@@ -113,7 +113,7 @@ EXPLICIT_ATTENTION_MAX_LEN = 64
 def _causal_mask(seq_len: int) -> torch.Tensor:
     """``(T, T)``: 0 where a position may attend, -inf above the diagonal (its future)."""
     with torch.inference_mode(False):  # a normal tensor, wherever it is first made
-        return torch.full((seq_len, seq_len), float("-inf")).triu(1)
+        return torch.full((seq_len, seq_len), float("-inf"), dtype=torch.float32, device="cpu").triu(1)
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
@@ -121,9 +121,9 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_
 
     ``scaled_dot_product_attention``, except for short float32 contexts on a CPU in eager mode: there
     its fused kernel hardly uses a second core, while the same attention as two batched matmuls and a
-    softmax runs 1.5x as fast on two threads and no slower on one (the scores, ``B * H * T * T``, are
-    small; see docs/benchmarks.md, 'Attention on a CPU'). Longer contexts, GPUs, autocast and
-    torch.compile (which fuses SDPA itself) keep SDPA.
+    softmax runs 1.4-1.7x as fast on two threads and about as fast on one (the scores, ``B * H * T * T``,
+    are small; see docs/benchmarks.md, 'Attention on a CPU'). Longer contexts, GPUs, other dtypes (bf16
+    under autocast) and torch.compile (which fuses SDPA itself) keep SDPA.
     """
     if (
         q.shape[-2] > EXPLICIT_ATTENTION_MAX_LEN

@@ -16,8 +16,10 @@ Sections:
              ceiling, the best FLOP/s of square matmuls of a few sizes measured in each round;
              also the FLOP/s of the model's own weight matmuls alone, the most a step could reach.
   attention  forward and backward of causal attention, scaled_dot_product_attention against the
-             explicit matmuls and softmax that artune uses on a CPU up to seq_len 64
-             (artune.models.causal_attention), at one thread and at --threads, for a few shapes.
+             explicit matmuls and softmax that artune uses on a CPU for contexts up to 64 tokens
+             (artune.models.causal_attention), at one thread and at --threads, for a few shapes;
+             then a Trainer's step with each (the small shape and the default search's trial),
+             alternating in --rounds epochs of 60 steps (medians).
   compile    the Trainer eager against compile: true at the small shape, rounds interleaved:
              tokens/s and MFU; and a new trial's first step, which holds the compilation, with an
              empty inductor cache and with a filled one; the training time that pays it back.
@@ -195,6 +197,46 @@ def bench_attention(rounds: int, threads: int) -> list[dict[str, Any]]:
                     "sdpa_ms": 1000 * min(fused),
                     "explicit_ms": 1000 * min(explicit),
                     "ratio": min(fused) / min(explicit),
+                }
+            )
+    torch.set_num_threads(threads)
+    return rows
+
+
+# The default search's trial: its fixed knobs at d_model 128 (search_spaces/default.yaml)
+DEFAULT_TRIAL = dict(SMALL, batch_size=16, position_encoding="rope", activation="swiglu", weight_decay=0.1)
+
+
+def bench_attention_in_trainer(corpus: Any, rounds: int, threads: int, steps: int = 60) -> list[dict[str, Any]]:
+    """A Trainer's step with SDPA everywhere against the same Trainer with explicit attention, alternating."""
+    import artune.models
+
+    explicit_max = artune.models.EXPLICIT_ATTENTION_MAX_LEN
+    rows = []
+    for name, shape in (("small", SMALL), ("default_trial", DEFAULT_TRIAL)):
+        for n_threads in sorted({1, threads}):
+            torch.set_num_threads(n_threads)
+            config = TrainConfig(**shape, optimizer="adamw", epochs=1, device="cpu", batches_per_epoch=3)
+            trainer = Trainer(config, corpus)
+            trainer.train_epoch()  # warm-up
+            trainer.config = TrainConfig(**{**config.to_dict(), "batches_per_epoch": steps})
+            ms: dict[str, list[float]] = {"sdpa": [], "explicit": []}
+            try:
+                for _ in range(rounds):
+                    for form, longest in (("sdpa", 0), ("explicit", explicit_max)):
+                        artune.models.EXPLICIT_ATTENTION_MAX_LEN = longest  # read at each call
+                        ms[form].append(1000 * trainer.train_epoch()[3] / steps)
+            finally:
+                artune.models.EXPLICIT_ATTENTION_MAX_LEN = explicit_max
+            sdpa, explicit = statistics.median(ms["sdpa"]), statistics.median(ms["explicit"])
+            rows.append(
+                {
+                    "shape": name,
+                    "threads": n_threads,
+                    "sdpa_step_ms": sdpa,
+                    "explicit_step_ms": explicit,
+                    "speedup": sdpa / explicit,
+                    "rounds": ms,
                 }
             )
     torch.set_num_threads(threads)
@@ -463,6 +505,13 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"attention  B {B} H {H} T {T} head {D}, {row['threads']} thread(s): sdpa {row['sdpa_ms']:.2f} ms  "
                 f"explicit {row['explicit_ms']:.2f} ms  explicit {row['ratio']:.2f}x as fast"
+            )
+        report["attention_in_trainer"] = bench_attention_in_trainer(corpus, args.rounds, args.threads)
+        for row in report["attention_in_trainer"]:
+            print(
+                f"attention  the Trainer, {row['shape']} shape, {row['threads']} thread(s): a step with sdpa "
+                f"{row['sdpa_step_ms']:.1f} ms, explicit {row['explicit_step_ms']:.1f} ms (medians): "
+                f"{row['speedup']:.3f}x"
             )
     if "compile" in args.sections:
         r = report["compile"] = bench_compile(corpus, args.rounds, args.steps, knobs)

@@ -260,17 +260,26 @@ def _qkv(length: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor,
 
 
 @pytest.mark.parametrize("length", [1, 5, 64])
-def test_explicit_attention_on_a_cpu_is_sdpas_own_with_its_gradients(length):
-    """Short float32 contexts on a CPU take the explicit matmuls: the same attention as SDPA's, forward and backward."""
-    from artune.models import EXPLICIT_ATTENTION_MAX_LEN, causal_attention
+def test_explicit_attention_is_sdpas_own_with_its_gradients(length):
+    from artune.models import explicit_causal_attention
 
-    assert length <= EXPLICIT_ATTENTION_MAX_LEN
     q, k, v = _qkv(length)
-    mine, theirs = causal_attention(q, k, v), torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    mine = explicit_causal_attention(q, k, v)
+    theirs = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
     torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
     grad = torch.randn_like(mine)
     for a, b in zip(torch.autograd.grad(mine, (q, k, v), grad), torch.autograd.grad(theirs, (q, k, v), grad)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("length", [5, 64])
+def test_short_float32_contexts_on_a_cpu_take_the_explicit_attention(length):
+    from artune.models import EXPLICIT_ATTENTION_MAX_LEN, causal_attention, explicit_causal_attention
+
+    assert length <= EXPLICIT_ATTENTION_MAX_LEN
+    q, k, v = _qkv(length)
+    with torch.no_grad():
+        assert torch.equal(causal_attention(q, k, v), explicit_causal_attention(q, k, v))
 
 
 @pytest.mark.parametrize(("length", "dtype"), [(65, torch.float32), (64, torch.float64), (64, torch.bfloat16)])
@@ -284,13 +293,20 @@ def test_attention_keeps_sdpa_for_long_contexts_and_other_dtypes(length, dtype):
         )
 
 
-def test_explicit_attention_drops_attention_weights_in_training():
-    from artune.models import causal_attention
+def test_explicit_attention_drops_attention_weights_and_scales_the_rest():
+    """Values that are the identity make the output the attention weights: each is dropped, or kept / (1 - p)."""
+    from artune.models import explicit_causal_attention
 
-    q, k, v = _qkv(16)
+    q, k, _ = _qkv(8)  # head width 8 = T, so that the values can be the identity
+    identity = torch.eye(8).expand(3, 4, 8, 8)
     with torch.no_grad():
+        weights = explicit_causal_attention(q, k, identity)
         torch.manual_seed(3)
-        dropped = causal_attention(q, k, v, dropout_p=0.5)
+        dropped = explicit_causal_attention(q, k, identity, dropout_p=0.5)
         torch.manual_seed(3)
-        assert torch.equal(causal_attention(q, k, v, dropout_p=0.5), dropped)  # seeded: reproducible
-        assert not torch.allclose(dropped, causal_attention(q, k, v))
+        assert torch.equal(explicit_causal_attention(q, k, identity, dropout_p=0.5), dropped)  # seeded: reproducible
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 4, 8))
+    assert (weights.triu(1) == 0).all()  # no weight on a future position
+    kept = dropped != 0
+    assert 0.3 < kept[weights > 0].float().mean() < 0.7
+    torch.testing.assert_close(dropped[kept], weights[kept] / 0.5)
