@@ -109,7 +109,7 @@ class _Rotate(torch.autograd.Function):
 EXPLICIT_ATTENTION_MAX_LEN = 64
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=EXPLICIT_ATTENTION_MAX_LEN)  # one per length: sampling grows the context by one
 def _causal_mask(seq_len: int) -> torch.Tensor:
     """``(T, T)``: 0 where a position may attend, -inf above the diagonal (its future)."""
     with torch.inference_mode(False):  # a normal tensor, wherever it is first made
