@@ -628,6 +628,12 @@ def test_a_corrupt_only_checkpoint_restarts_the_trial_from_epoch_1(ray_local, tm
 @pytest.fixture(scope="module")
 def cluster(ray_tmpdir):
     cluster_utils = pytest.importorskip("ray.cluster_utils")
+    import ray
+
+    # The corrupt-checkpoint tests' instance (ray_local, torn down only at the module's end) goes first: with it
+    # still up in this process, the search below stalled once its node was lost (one core, twice in two runs)
+    if ray.is_initialized():
+        ray.shutdown()
     # A head with one CPU and one logical GPU, a worker node with one CPU; each its own GCS/raylet processes.
     cluster = cluster_utils.Cluster(
         initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1, "include_dashboard": False}
