@@ -142,7 +142,9 @@ def explicit_causal_attention(
     B, H, T, D = q.shape
     keys = k.reshape(B * H, T, D).transpose(1, 2)
     scores = torch.baddbmm(_causal_mask(T).to(q).expand(B * H, T, T), q.reshape(B * H, T, D), keys, alpha=D**-0.5)
-    weights = F.dropout(scores.softmax(dim=-1), dropout_p) if dropout_p else scores.softmax(dim=-1)
+    weights = scores.softmax(dim=-1)
+    if dropout_p:
+        weights = F.dropout(weights, dropout_p)
     return torch.bmm(weights, v.reshape(B * H, T, D)).view(B, H, T, D)
 
 

@@ -510,8 +510,10 @@ def test_tables_killed_mid_write_always_load_whole(tmp_path):
 # --- 6. a corrupt checkpoint, in a real Tune run
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def ray_local(ray_tmpdir, ray_env_restored):
+    """An in-process instance for TestCorruptCheckpoint's Tuners, which ends with that class: a second instance in
+    this process beside the cluster tests' nodes stalled the node-lost search on one core."""
     ray = pytest.importorskip("ray")
     # address="local": a new instance even if a cluster's address file is about
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
@@ -598,28 +600,30 @@ def uninterrupted(ckpt_corpus):
 
 
 @pytest.mark.slow
-def test_a_corrupt_latest_checkpoint_resumes_from_the_previous_one(ray_local, tmp_path, ckpt_corpus, uninterrupted):
-    expected = uninterrupted
-    callback = corrupt_then_kill(epoch=3)
-    result = run_with_checkpoints(tmp_path, ckpt_corpus, callback, keep=2)
-    assert callback.killed and result.error is None
-    # epoch 3's checkpoint is unreadable: the trial went back to epoch 2's and trained epoch 3 again
-    assert callback.epochs_seen == [1, 2, 3, 3, 4]
-    assert result.metrics["epoch"] == 4
-    assert result.metrics["valid_loss"] == pytest.approx(expected[-1]["valid_loss"], abs=1e-6)
-    assert result.metrics["train_loss"] == pytest.approx(expected[-1]["train_loss"], abs=1e-6)
+@pytest.mark.usefixtures("ray_local")
+class TestCorruptCheckpoint:
+    """A trial killed after its latest checkpoint was truncated, in a real Tune run on ``ray_local``."""
 
+    def test_a_corrupt_latest_checkpoint_resumes_from_the_previous_one(self, tmp_path, ckpt_corpus, uninterrupted):
+        expected = uninterrupted
+        callback = corrupt_then_kill(epoch=3)
+        result = run_with_checkpoints(tmp_path, ckpt_corpus, callback, keep=2)
+        assert callback.killed and result.error is None
+        # epoch 3's checkpoint is unreadable: the trial went back to epoch 2's and trained epoch 3 again
+        assert callback.epochs_seen == [1, 2, 3, 3, 4]
+        assert result.metrics["epoch"] == 4
+        assert result.metrics["valid_loss"] == pytest.approx(expected[-1]["valid_loss"], abs=1e-6)
+        assert result.metrics["train_loss"] == pytest.approx(expected[-1]["train_loss"], abs=1e-6)
 
-@pytest.mark.slow
-def test_a_corrupt_only_checkpoint_restarts_the_trial_from_epoch_1(ray_local, tmp_path, ckpt_corpus, uninterrupted):
-    expected = uninterrupted
-    callback = corrupt_then_kill(epoch=3)
-    result = run_with_checkpoints(tmp_path, ckpt_corpus, callback, keep=1)
-    assert callback.killed and result.error is None
-    assert callback.epochs_seen == [1, 2, 3, 1, 2, 3, 4]
-    assert result.metrics["epoch"] == 4
-    # started over with the same seed: the same run as one never interrupted
-    assert result.metrics["valid_loss"] == pytest.approx(expected[-1]["valid_loss"], abs=1e-6)
+    def test_a_corrupt_only_checkpoint_restarts_the_trial_from_epoch_1(self, tmp_path, ckpt_corpus, uninterrupted):
+        expected = uninterrupted
+        callback = corrupt_then_kill(epoch=3)
+        result = run_with_checkpoints(tmp_path, ckpt_corpus, callback, keep=1)
+        assert callback.killed and result.error is None
+        assert callback.epochs_seen == [1, 2, 3, 1, 2, 3, 4]
+        assert result.metrics["epoch"] == 4
+        # started over with the same seed: the same run as one never interrupted
+        assert result.metrics["valid_loss"] == pytest.approx(expected[-1]["valid_loss"], abs=1e-6)
 
 
 # --- 5. a cluster node lost mid-search
@@ -630,10 +634,9 @@ def cluster(ray_tmpdir):
     cluster_utils = pytest.importorskip("ray.cluster_utils")
     import ray
 
-    # The corrupt-checkpoint tests' instance (ray_local, torn down only at the module's end) goes first: with it
-    # still up in this process, the search below stalled once its node was lost (one core, twice in two runs)
-    if ray.is_initialized():
-        ray.shutdown()
+    # With another instance still up in this process (ray_local's, before it ended with its class), the search
+    # below stalled once its node was lost (one core, twice in two runs)
+    assert not ray.is_initialized(), "an earlier fixture left a Ray instance up in the test process"
     # A head with one CPU and one logical GPU, a worker node with one CPU; each its own GCS/raylet processes.
     cluster = cluster_utils.Cluster(
         initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1, "include_dashboard": False}
