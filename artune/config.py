@@ -24,7 +24,7 @@ def _doc(text: str, **kwargs: Any) -> Any:
     return field(metadata={"doc": text}, **kwargs)
 
 
-OPTIMIZERS = ("adam", "adamw", "noam")
+OPTIMIZERS = ("adam", "adamw", "noam", "muon")
 TOKENIZERS = ("character", "basic_english")
 LOADERS = ("shuffled", "sequential")
 DEVICES = ("auto", "cpu", "cuda")
@@ -71,10 +71,12 @@ class TrainConfig:
     )
     # --- optimisation
     optimizer: str = _doc(
-        "'adam' (origin), 'adamw' or 'noam' (warm-up then step**-0.5, scaled by d_model**-0.5)", default="adam"
+        "'adam' (origin), 'adamw', 'noam' (warm-up then step**-0.5, scaled by d_model**-0.5), or 'muon' "
+        "(Muon on the blocks' weight matrices, AdamW on the rest; lr and weight_decay as AdamW's)",
+        default="adam",
     )
     lr: float = _doc("learning rate (for noam: the multiplier of its schedule)", default=1e-3)
-    weight_decay: float = _doc("weight decay (decoupled for adamw)", default=0.0)
+    weight_decay: float = _doc("weight decay (decoupled for adamw and muon)", default=0.0)
     adam_beta2: Optional[float] = _doc("Adam's second-moment decay (beta2); none = 0.999 (0.98 for noam)", default=None)
     warmup: int = _doc("linear warm-up steps (noam: its warm-up, must be > 0)", default=0)
     lr_schedule: str = _doc(

@@ -59,7 +59,7 @@ def train(net: GPT, step, steps: range) -> None:
 def test_the_same_parameters_and_lr_as_torch_optim_step_for_step(name, device):
     config = CONFIGS[name]
     ours, theirs = model(device), model(device)
-    opt = make_optimizer(config, ours.parameters(), STEPS)
+    opt = make_optimizer(config, ours, STEPS)
     ref, sched = torch_optimizer(config, theirs, STEPS)
 
     def ours_step():
@@ -83,18 +83,18 @@ def test_the_same_parameters_and_lr_as_torch_optim_step_for_step(name, device):
 def test_a_state_saved_by_torch_optim_or_by_itself_resumes_the_same_run(name):
     config = CONFIGS[name]
     straight = model()
-    opt = make_optimizer(config, straight.parameters(), STEPS)
+    opt = make_optimizer(config, straight, STEPS)
     train(straight, lambda: (opt.step(), opt.zero_grad()), range(STEPS))
 
     # the first half by torch.optim (a checkpoint of an earlier artune), the rest by artune
     half = model()
     ref, sched = torch_optimizer(config, half, STEPS)
     train(half, lambda: (ref.step(), sched.step(), ref.zero_grad()), range(STEPS // 2))
-    resumed = make_optimizer(config, half.parameters(), STEPS)
+    resumed = make_optimizer(config, half, STEPS)
     resumed.load_state_dict({**ref.state_dict(), "steps_taken": sched.state_dict()["last_epoch"]})
     # its own state, saved and put back into a new optimizer mid-run
     train(half, lambda: (resumed.step(), resumed.zero_grad()), range(STEPS // 2, STEPS - 2))
-    again = make_optimizer(config, half.parameters(), STEPS)
+    again = make_optimizer(config, half, STEPS)
     again.load_state_dict(resumed.state_dict())
     train(half, lambda: (again.step(), again.zero_grad()), range(STEPS - 2, STEPS))
 
@@ -158,7 +158,7 @@ def test_frozen_parameters_gradients_now_and_then_and_two_dtypes_as_torch_optim(
 def test_a_state_of_another_model_is_refused():
     net = model()
     n = len(list(net.parameters()))
-    opt = make_optimizer(CONFIGS["adam"], net.parameters(), STEPS)
+    opt = make_optimizer(CONFIGS["adam"], net, STEPS)
     # torch.optim keeps a parameter's state from its first step
     train(net, lambda: (opt.step(), opt.zero_grad()), range(1))
     state = opt.state_dict()
@@ -171,3 +171,86 @@ def test_a_state_of_another_model_is_refused():
         ValueError, match=r"the optimizer state of parameter 0 has shape \(3,\), the model's is \(20, 16\)"
     ):
         opt.load_state_dict(state)
+
+
+# --- muon: torch.optim's Muon on the blocks' weight matrices, fused AdamW on the rest
+
+MUON = TrainConfig(optimizer="muon", lr=3e-3, weight_decay=0.1, adam_beta2=0.95, warmup=3, lr_schedule="cosine")
+
+
+def torch_muon(config: TrainConfig, net: GPT, total_steps: int):
+    """The usual way to run Muon (Moonshot's RMS matching) beside AdamW, each scheduled by a LambdaLR."""
+    matrices = [p for name, p in net.named_parameters() if name.startswith("blocks.") and p.ndim == 2]
+    others = [p for name, p in net.named_parameters() if not (name.startswith("blocks.") and p.ndim == 2)]
+    muon = torch.optim.Muon(matrices, lr=config.lr, weight_decay=config.weight_decay, adjust_lr_fn="match_rms_adamw")
+    adamw = torch.optim.AdamW(
+        others, lr=config.lr, betas=(0.9, config.adam_beta2), weight_decay=config.weight_decay, fused=True
+    )
+    schedule = lr_lambda(config, total_steps)
+    return [(opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)) for opt in (muon, adamw)]
+
+
+def test_muon_steps_the_blocks_matrices_and_adamw_the_rest():
+    net = model()
+    opt = make_optimizer(MUON, net, STEPS)
+    names = {p: name for name, p in net.named_parameters()}
+    assert [names[p] for p in opt.muon.param_groups[0]["params"]] == [
+        "blocks.0.attn.qkv.weight",
+        "blocks.0.attn.proj.weight",
+        "blocks.0.ff.up.weight",
+        "blocks.0.ff.down.weight",
+    ]
+    # the token embedding (which the output layer shares: once), the learned positions and the norms
+    others = [names[p] for p in opt.optimizer.param_groups[0]["params"]]
+    assert others[:2] == ["tok_emb.weight", "pos_emb.weight"] and all("ln" in name for name in others[2:])
+    assert len(others) + 4 == len(list(net.parameters()))
+    assert opt.optimizer.defaults["fused"] and opt.betas == (0.9, 0.95)
+
+
+def test_muon_gives_the_same_parameters_and_lr_as_torch_optim_step_for_step():
+    ours, theirs = model(), model()
+    opt = make_optimizer(MUON, ours, STEPS)
+    ref = torch_muon(MUON, theirs, STEPS)
+
+    def theirs_step():
+        for o, schedule in ref:
+            o.step()
+            schedule.step()
+            o.zero_grad()
+
+    for i in range(STEPS):
+        train(ours, lambda: (opt.step(), opt.zero_grad()), range(i, i + 1))
+        train(theirs, theirs_step, range(i, i + 1))
+        assert opt.lr == ref[0][0].param_groups[0]["lr"] == ref[1][0].param_groups[0]["lr"], i
+        for a, b in zip(ours.parameters(), theirs.parameters()):
+            assert torch.equal(a, b), i
+
+
+def test_a_muon_state_resumes_the_same_run():
+    straight = model()
+    opt = make_optimizer(MUON, straight, STEPS)
+    train(straight, lambda: (opt.step(), opt.zero_grad()), range(STEPS))
+
+    half = model()
+    first = make_optimizer(MUON, half, STEPS)
+    train(half, lambda: (first.step(), first.zero_grad()), range(STEPS // 2))
+    again = make_optimizer(MUON, half, STEPS)
+    again.load_state_dict(first.state_dict())
+    train(half, lambda: (again.step(), again.zero_grad()), range(STEPS // 2, STEPS))
+
+    assert again.lr == opt.lr and again.steps_taken == STEPS
+    for a, b in zip(straight.parameters(), half.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_adam_and_muon_refuse_each_others_state_and_muon_a_state_of_another_model():
+    adam, muon = make_optimizer(CONFIGS["adamw"], model(), STEPS), make_optimizer(MUON, net := model(), STEPS)
+    train(net, lambda: (muon.step(), muon.zero_grad()), range(1))
+    with pytest.raises(ValueError, match="not Muon's"):
+        muon.load_state_dict(adam.state_dict())
+    with pytest.raises(ValueError, match="not Adam's"):
+        adam.load_state_dict(muon.state_dict())
+    state = muon.state_dict()
+    state["muon"]["state"][0] = {"momentum_buffer": torch.zeros(3)}
+    with pytest.raises(ValueError, match=r"parameter 0 has shape \(3,\), the model's is \(48, 16\)"):
+        muon.load_state_dict(state)

@@ -305,8 +305,9 @@ def test_fit_after_the_last_epoch_does_nothing(small_text):
         dict(train_loader="shuffled", dataloader_shuffle_with_replacement=False, dropout=0.2),
         dict(train_loader="shuffled", dataloader_shuffle_with_replacement=True, dropout=0.2),
         dict(train_loader="sequential", dropout=0.2, optimizer="noam", lr=0.5, warmup=5),
+        dict(train_loader="shuffled", dropout=0.2, optimizer="muon", lr=1e-2, weight_decay=0.1),
     ],
-    ids=["shuffled", "with-replacement", "sequential-noam"],
+    ids=["shuffled", "with-replacement", "sequential-noam", "shuffled-muon"],
 )
 def test_resume_is_exact(small_text, tmp_path, overrides):
     config = tiny(small_text, epochs=3, batches_per_epoch=6, **overrides)
@@ -794,7 +795,12 @@ def test_noam_refuses_a_second_schedule():
 
 @pytest.mark.parametrize(
     ("optimizer", "lr", "kind"),
-    [("adam", 1e-2, torch.optim.Adam), ("adamw", 1e-2, torch.optim.AdamW), ("noam", 2.0, torch.optim.Adam)],
+    [
+        ("adam", 1e-2, torch.optim.Adam),
+        ("adamw", 1e-2, torch.optim.AdamW),
+        ("noam", 2.0, torch.optim.Adam),
+        ("muon", 1e-2, torch.optim.AdamW),  # and Muon on the blocks' matrices
+    ],
 )
 def test_every_optimizer_trains(small_text, optimizer, lr, kind):
     config = tiny(small_text, optimizer=optimizer, lr=lr, warmup=5, batches_per_epoch=30, weight_decay=0.01)

@@ -134,7 +134,7 @@ class Trainer:
         # (0, 0) but in a run resumed with another epoch size: the epoch and step it resumed at.
         self.plan_base = (0, 0)
         self.total_steps = self.steps_at(config.epochs)
-        self.optimizer = make_optimizer(config, self.model.parameters(), self.total_steps)
+        self.optimizer = make_optimizer(config, self.model, self.total_steps)
         # The batch order has its own generator, so it is the same whatever else draws random numbers.
         self.generator = torch.Generator().manual_seed(config.seed)
         # The corpus's numpy arrays (read-only when Ray hands them over) become tensors here: a copy of
