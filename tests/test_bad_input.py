@@ -97,7 +97,7 @@ SETS = {
     # fits the train split (~1M tokens) but not the valid split (~111k): the valid split is checked too
     "seq_len=150000": ["the valid split", "fewer than seq_len + 1 = 150001", "smaller seq_len"],
     "tokenizer=bpe": ["--set tokenizer=bpe", "tokenizer must be one of character, basic_english, but got 'bpe'"],
-    "optimizer=sgd": ["--set optimizer=sgd", "optimizer must be one of adam, adamw, noam, but got 'sgd'"],
+    "optimizer=sgd": ["--set optimizer=sgd", "optimizer must be one of adam, adamw, noam, muon, but got 'sgd'"],
     "device=tpu": ["--set device=tpu", "device must be one of auto, cpu, cuda", "did you mean 'cpu'"],
     "seed=-3": ["--set seed=-3", "0 <= seed < 2**63 must hold, but got seed=-3"],
     # a rule between a --set knob and the file's: the --set is named, not the file's line

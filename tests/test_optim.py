@@ -207,6 +207,31 @@ def test_muon_steps_the_blocks_matrices_and_adamw_the_rest():
     assert opt.optimizer.defaults["fused"] and opt.betas == (0.9, 0.95)
 
 
+@pytest.mark.parametrize("position_encoding", ["learned", "rope"])
+@pytest.mark.parametrize("activation", ["gelu", "swiglu", "relu2"])
+def test_muon_and_adamw_step_every_parameter_once_whatever_the_model(position_encoding, activation):
+    net = GPT(
+        ModelConfig(
+            vocab_size=20,
+            seq_len=8,
+            d_model=16,
+            n_layers=3,
+            n_heads=2,
+            d_ff=32,
+            position_encoding=position_encoding,
+            activation=activation,
+        )
+    )
+    opt = make_optimizer(MUON, net, STEPS)
+    muon, adamw = opt.muon.param_groups[0]["params"], opt.optimizer.param_groups[0]["params"]
+    stepped = [id(p) for p in muon + adamw]
+    assert sorted(stepped) == sorted(id(p) for p in net.parameters())  # each once; the tied output layer too
+    names = {id(p): name for name, p in net.named_parameters()}
+    # each block's attention and feed-forward matrices (the gated unit's two as one), and nothing else
+    assert len(muon) == 4 * 3 and all(p.ndim == 2 and names[id(p)].startswith("blocks.") for p in muon)
+    assert all(p.ndim == 1 or not names[id(p)].startswith("blocks.") for p in adamw)
+
+
 def test_muon_gives_the_same_parameters_and_lr_as_torch_optim_step_for_step():
     ours, theirs = model(), model()
     opt = make_optimizer(MUON, ours, STEPS)

@@ -807,6 +807,7 @@ def test_every_optimizer_trains(small_text, optimizer, lr, kind):
     trainer = Trainer(config)
     # adamw: decoupled weight decay; adam and noam: L2, as the origin; all fused
     assert type(trainer.optimizer.optimizer) is kind and trainer.optimizer.optimizer.defaults["fused"]
+    assert (type(getattr(trainer.optimizer, "muon", None)) is torch.optim.Muon) == (optimizer == "muon")
     before, _ = trainer.validate()
     (metrics,) = trainer.fit()
     assert metrics["valid_loss"] < before - 0.5, (before, metrics["valid_loss"])
