@@ -105,11 +105,12 @@ class _Rotate(torch.autograd.Function):
         return _turn(grad, back), None, None
 
 
-# The longest context that attention computes as explicit matmuls on a CPU (see causal_attention).
-EXPLICIT_ATTENTION_MAX_LEN = 64
+# The longest contexts that attention computes as explicit matmuls on a CPU, in float32 and in bf16
+# (see causal_attention).
+EXPLICIT_ATTENTION_MAX_LEN = {torch.float32: 64, torch.bfloat16: 512}
 
 
-@functools.lru_cache(maxsize=EXPLICIT_ATTENTION_MAX_LEN)  # one per length: sampling grows the context by one
+@functools.lru_cache(maxsize=64)  # one per length: sampling grows the context by one
 def _causal_mask(seq_len: int) -> torch.Tensor:
     """``(T, T)``: 0 where a position may attend, -inf above the diagonal (its future)."""
     with torch.inference_mode(False):  # a normal tensor, wherever it is first made
@@ -119,16 +120,16 @@ def _causal_mask(seq_len: int) -> torch.Tensor:
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
     """Causal softmax attention of ``(B, H, T, head_dim)`` queries, keys and values.
 
-    ``scaled_dot_product_attention``, except for short float32 contexts on a CPU in eager mode: there
-    its fused kernel hardly uses a second core, while the same attention as two batched matmuls and a
-    softmax runs 1.4-1.7x as fast on two threads and about as fast on one (the scores, ``B * H * T * T``,
-    are small; see docs/benchmarks.md, 'Attention on a CPU'). Longer contexts, GPUs, other dtypes (bf16
-    under autocast) and torch.compile (which fuses SDPA itself) keep SDPA.
+    ``scaled_dot_product_attention``, except on a CPU in eager mode for short float32 contexts (its fused
+    kernel hardly uses a second core there, while the same attention as two batched matmuls and a softmax
+    runs 1.4-1.7x as fast on two threads and about as fast on one: the scores, ``B * H * T * T``, are
+    small) and for bf16 ones up to 512 tokens (under autocast: its bf16 kernel is several times slower
+    than bf16 matmuls). See docs/benchmarks.md, 'Attention on a CPU'. Longer contexts, GPUs, other dtypes
+    and torch.compile (which fuses SDPA itself) keep SDPA.
     """
     if (
-        q.shape[-2] > EXPLICIT_ATTENTION_MAX_LEN
-        or q.device.type != "cpu"
-        or q.dtype != torch.float32
+        q.device.type != "cpu"
+        or q.shape[-2] > EXPLICIT_ATTENTION_MAX_LEN.get(q.dtype, 0)
         or torch.compiler.is_compiling()
     ):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)

@@ -16,10 +16,11 @@ Sections:
              ceiling, the best FLOP/s of square matmuls of a few sizes measured in each round;
              also the FLOP/s of the model's own weight matmuls alone, the most a step could reach.
   attention  forward and backward of causal attention, scaled_dot_product_attention against the
-             explicit matmuls and softmax that artune uses on a CPU for contexts up to 64 tokens
-             (artune.models.causal_attention), at one thread and at --threads, for a few shapes;
-             then a Trainer's step with each (the small shape and the default search's trial),
-             alternating in --rounds epochs of 60 steps (medians).
+             explicit matmuls and softmax that artune uses on a CPU for float32 contexts up to 64
+             tokens and bf16 ones up to 512 (artune.models.causal_attention), in float32 and bf16, at
+             one thread and at --threads, for a few shapes; then a Trainer's step with each (the small
+             shape and the default search's trial, fp32 and bf16 autocast), alternating in --rounds
+             epochs of 60 steps (medians).
   compile    the Trainer eager against compile: true at the small shape, rounds interleaved:
              tokens/s and MFU; and a new trial's first step, which holds the compilation, with an
              empty inductor cache and with a filled one; the training time that pays it back.
@@ -39,6 +40,7 @@ Sections:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -67,6 +69,7 @@ ATTENTION_SHAPES = [
     (12, 4, 32, 32),
     (12, 4, 128, 32),
     (12, 4, 256, 32),
+    (4, 8, 512, 64),
 ]
 
 
@@ -180,10 +183,10 @@ def bench_attention(rounds: int, threads: int) -> list[dict[str, Any]]:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
     rows = []
-    for B, H, T, D in ATTENTION_SHAPES:
-        qkv = torch.randn(B, T, 3, H, D).permute(2, 0, 3, 1, 4)  # strided as the model's
+    for dtype, (B, H, T, D) in itertools.product((torch.float32, torch.bfloat16), ATTENTION_SHAPES):
+        qkv = torch.randn(B, T, 3, H, D, dtype=dtype).permute(2, 0, 3, 1, 4)  # strided as the model's
         q, k, v = (t.clone().requires_grad_() for t in qkv.unbind(0))
-        grad = torch.randn(B, H, T, D)
+        grad = torch.randn(B, H, T, D, dtype=dtype)
         for n_threads in sorted({1, threads}):
             torch.set_num_threads(n_threads)
             fused, explicit = [], []
@@ -192,6 +195,7 @@ def bench_attention(rounds: int, threads: int) -> list[dict[str, Any]]:
                 explicit.append(seconds(explicit_causal_attention, q, k, v, grad))
             rows.append(
                 {
+                    "dtype": str(dtype).removeprefix("torch."),
                     "shape": [B, H, T, D],
                     "threads": n_threads,
                     "sdpa_ms": 1000 * min(fused),
@@ -213,17 +217,20 @@ def bench_attention_in_trainer(corpus: Any, rounds: int, threads: int, steps: in
 
     explicit_max = artune.models.EXPLICIT_ATTENTION_MAX_LEN
     rows = []
-    for name, shape in (("small", SMALL), ("default_trial", DEFAULT_TRIAL)):
+    shapes = (("small", SMALL), ("default_trial", DEFAULT_TRIAL))
+    for precision, (name, shape) in itertools.product(("fp32", "bf16"), shapes):
         for n_threads in sorted({1, threads}):
             torch.set_num_threads(n_threads)
-            config = TrainConfig(**shape, optimizer="adamw", epochs=1, device="cpu", batches_per_epoch=3)
+            config = TrainConfig(
+                **shape, optimizer="adamw", epochs=1, device="cpu", batches_per_epoch=3, precision=precision
+            )
             trainer = Trainer(config, corpus)
             trainer.train_epoch()  # warm-up
             trainer.config = TrainConfig(**{**config.to_dict(), "batches_per_epoch": steps})
             ms: dict[str, list[float]] = {"sdpa": [], "explicit": []}
             try:
                 for _ in range(rounds):
-                    for form, longest in (("sdpa", 0), ("explicit", explicit_max)):
+                    for form, longest in (("sdpa", {}), ("explicit", explicit_max)):
                         artune.models.EXPLICIT_ATTENTION_MAX_LEN = longest  # read at each call
                         ms[form].append(1000 * trainer.train_epoch()[3] / steps)
             finally:
@@ -231,6 +238,7 @@ def bench_attention_in_trainer(corpus: Any, rounds: int, threads: int, steps: in
             sdpa, explicit = statistics.median(ms["sdpa"]), statistics.median(ms["explicit"])
             rows.append(
                 {
+                    "precision": precision,
                     "shape": name,
                     "threads": n_threads,
                     "sdpa_step_ms": sdpa,
@@ -503,13 +511,15 @@ def main(argv: list[str] | None = None) -> int:
         for row in report["attention"]:
             B, H, T, D = row["shape"]
             print(
-                f"attention  B {B} H {H} T {T} head {D}, {row['threads']} thread(s): sdpa {row['sdpa_ms']:.2f} ms  "
+                f"attention  {row['dtype']} B {B} H {H} T {T} head {D}, {row['threads']} thread(s): "
+                f"sdpa {row['sdpa_ms']:.2f} ms  "
                 f"explicit {row['explicit_ms']:.2f} ms  explicit {row['ratio']:.2f}x as fast"
             )
         report["attention_in_trainer"] = bench_attention_in_trainer(corpus, args.rounds, args.threads)
         for row in report["attention_in_trainer"]:
             print(
-                f"attention  the Trainer, {row['shape']} shape, {row['threads']} thread(s): a step with sdpa "
+                f"attention  the Trainer, {row['precision']}, {row['shape']} shape, {row['threads']} thread(s): "
+                "a step with sdpa "
                 f"{row['sdpa_step_ms']:.1f} ms, explicit {row['explicit_step_ms']:.1f} ms (medians): "
                 f"{row['speedup']:.3f}x"
             )

@@ -272,17 +272,40 @@ def test_explicit_attention_is_sdpas_own_with_its_gradients(length):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("length", [5, 64])
-def test_short_float32_contexts_on_a_cpu_take_the_explicit_attention(length):
+@pytest.mark.parametrize("length", [1, 5, 64, 300])
+def test_explicit_attention_in_bf16_is_sdpa_to_bf16s_precision(length):
+    """In bf16, and under bf16 autocast as a trial runs it, against SDPA in float32 (its gradients too)."""
+    from artune.models import explicit_causal_attention
+
+    q, k, v = _qkv(length)
+    grad = torch.randn(3, 4, length, 8)
+    exact = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    exact_grads = torch.autograd.grad(exact, (q, k, v), grad)
+    for autocast in (False, True):
+        half = [t.detach().bfloat16().requires_grad_() for t in (q, k, v)]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            mine = explicit_causal_attention(*half)
+        assert mine.dtype == torch.bfloat16
+        torch.testing.assert_close(mine.float(), exact, atol=3e-2, rtol=3e-2)
+        for a, b in zip(torch.autograd.grad(mine, half, grad.bfloat16()), exact_grads):
+            torch.testing.assert_close(a.float(), b, atol=6e-2, rtol=6e-2)
+
+
+@pytest.mark.parametrize(
+    ("length", "dtype"), [(5, torch.float32), (64, torch.float32), (64, torch.bfloat16), (512, torch.bfloat16)]
+)
+def test_short_float32_and_bf16_contexts_on_a_cpu_take_the_explicit_attention(length, dtype):
     from artune.models import EXPLICIT_ATTENTION_MAX_LEN, causal_attention, explicit_causal_attention
 
-    assert length <= EXPLICIT_ATTENTION_MAX_LEN
-    q, k, v = _qkv(length)
+    assert length <= EXPLICIT_ATTENTION_MAX_LEN[dtype]
+    q, k, v = _qkv(length, dtype)
     with torch.no_grad():
         assert torch.equal(causal_attention(q, k, v), explicit_causal_attention(q, k, v))
 
 
-@pytest.mark.parametrize(("length", "dtype"), [(65, torch.float32), (64, torch.float64), (64, torch.bfloat16)])
+@pytest.mark.parametrize(
+    ("length", "dtype"), [(65, torch.float32), (64, torch.float64), (64, torch.float16), (513, torch.bfloat16)]
+)
 def test_attention_keeps_sdpa_for_long_contexts_and_other_dtypes(length, dtype):
     from artune.models import causal_attention
 
