@@ -120,17 +120,17 @@ def _causal_mask(seq_len: int) -> torch.Tensor:
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
     """Causal softmax attention of ``(B, H, T, head_dim)`` queries, keys and values.
 
-    ``scaled_dot_product_attention``, except on a CPU in eager mode for short float32 contexts (its fused
+    ``scaled_dot_product_attention``, except on a CPU for short float32 contexts in eager mode (its fused
     kernel hardly uses a second core there, while the same attention as two batched matmuls and a softmax
     runs 1.4-1.7x as fast on two threads and about as fast on one: the scores, ``B * H * T * T``, are
-    small) and for bf16 ones up to 512 tokens (under autocast: its bf16 kernel is several times slower
-    than bf16 matmuls). See docs/benchmarks.md, 'Attention on a CPU'. Longer contexts, GPUs, other dtypes
-    and torch.compile (which fuses SDPA itself) keep SDPA.
+    small; compiled, the two are level) and for bf16 ones up to 512 tokens, eager or compiled (under
+    autocast: its bf16 kernel is several times slower than bf16 matmuls). See docs/benchmarks.md,
+    'Attention on a CPU'. Longer contexts, GPUs and other dtypes keep SDPA.
     """
     if (
         q.device.type != "cpu"
         or q.shape[-2] > EXPLICIT_ATTENTION_MAX_LEN.get(q.dtype, 0)
-        or torch.compiler.is_compiling()
+        or (q.dtype == torch.float32 and torch.compiler.is_compiling())
     ):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
     return explicit_causal_attention(q, k, v, dropout_p)

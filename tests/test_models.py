@@ -303,6 +303,20 @@ def test_short_float32_and_bf16_contexts_on_a_cpu_take_the_explicit_attention(le
         assert torch.equal(causal_attention(q, k, v), explicit_causal_attention(q, k, v))
 
 
+@pytest.mark.parametrize(("dtype", "explicit"), [(torch.bfloat16, True), (torch.float32, False)])
+def test_compiled_bf16_keeps_the_explicit_attention_and_compiled_float32_takes_sdpa(monkeypatch, dtype, explicit):
+    """Under torch.compile (as dynamo traces it, is_compiling() is true) bf16 stays explicit: SDPA's bf16 kernel is
+    slow compiled too; float32's two forms are level compiled, and Inductor fuses SDPA itself."""
+    from artune.models import causal_attention, explicit_causal_attention
+
+    q, k, v = _qkv(64, dtype)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    with torch.no_grad():
+        form = explicit_causal_attention if explicit else torch.nn.functional.scaled_dot_product_attention
+        kwargs = {} if explicit else {"is_causal": True}
+        assert torch.equal(causal_attention(q, k, v), form(q, k, v, **kwargs))
+
+
 @pytest.mark.parametrize(
     ("length", "dtype"), [(65, torch.float32), (64, torch.float64), (64, torch.float16), (513, torch.bfloat16)]
 )

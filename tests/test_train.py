@@ -1189,3 +1189,15 @@ def test_auto_precision_picks_bf16_on_a_cpu_only_where_it_is_measured_faster(mon
     monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: native)
     monkeypatch.setattr(device_module, "cpu_bf16_speedup", lambda d_model: speedup)
     assert resolve_precision("auto", torch.device("cpu"), 256) == expected
+
+
+@pytest.mark.parametrize(("precision", "used"), [("fp32", "fp32"), ("bf16", "bf16")])
+def test_each_epoch_says_the_precision_it_trained_in(small_text, precision, used):
+    metrics = Trainer(tiny(small_text, precision=precision, epochs=1)).run_epoch()
+    assert metrics["precision_used"] == used
+
+
+def test_auto_precisions_epochs_say_what_it_resolved_to_here(small_text):
+    trainer = Trainer(tiny(small_text, precision="auto", epochs=1))
+    expected = {torch.float32: "fp32", torch.bfloat16: "bf16"}[resolve_precision("auto", torch.device("cpu"), 32)]
+    assert trainer.run_epoch()["precision_used"] == expected

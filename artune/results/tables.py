@@ -47,6 +47,7 @@ EPOCH_COLUMNS = {
     "sample": pa.string(),
     "seconds": pa.float64(),
     "compiled": pa.bool_(),
+    "precision_used": pa.string(),  # 'fp32' or 'bf16': what precision resolved to (null in tables written before it)
     "workers": pa.int64(),  # the data-parallel workers that trained the epoch (1: one process)
 }
 TRIAL_SUMMARY_COLUMNS = {

@@ -10,6 +10,8 @@ import torch
 from artune.compat import cpu_has_native_bf16
 from artune.config import ConfigError
 
+# What a resolved precision is called in an epoch's metrics (the precision knob's own names)
+PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 # bf16 autocast also casts activations and keeps fp32 master weights: its matmuls must be clearly
 # faster than fp32's to make the whole step faster.
 BF16_MIN_SPEEDUP = 1.3

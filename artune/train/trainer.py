@@ -33,7 +33,7 @@ from artune.train.compile import (
     note_compile_did_not_pay,
     note_compile_failed,
 )
-from artune.train.device import resolve_device, resolve_precision
+from artune.train.device import PRECISION_NAMES, resolve_device, resolve_precision
 from artune.train.diagnostics import activation_hooks, activation_stats, param_grad_stats
 from artune.train.plan import epoch_batches, epochs_that_fit, steps_per_epoch
 from artune.train.ranks import Ranks
@@ -278,6 +278,7 @@ class Trainer:
             "tokens_per_sec": tokens / train_seconds if train_seconds > 0 else float("nan"),
             "lr": self.optimizer.last_lr,  # of the epoch's last step
             "compiled": self.compiled,
+            "precision_used": PRECISION_NAMES[self.autocast_dtype],
             "sample": self.sample(),
         }
         if self.config.compile == "auto":
