@@ -110,11 +110,21 @@ class _Rotate(torch.autograd.Function):
 EXPLICIT_ATTENTION_MAX_LEN = {torch.float32: 64, torch.bfloat16: 512}
 
 
-@functools.lru_cache(maxsize=64)  # one per length: sampling grows the context by one
 def _causal_mask(seq_len: int) -> torch.Tensor:
     """``(T, T)``: 0 where a position may attend, -inf above the diagonal (its future)."""
+    if torch.compiler.is_compiling():
+        return _make_causal_mask(seq_len)  # a constant of the compiled graph (dynamo does not trace the cache)
+    return _cached_causal_mask(seq_len)
+
+
+def _make_causal_mask(seq_len: int) -> torch.Tensor:
+    return torch.full((seq_len, seq_len), float("-inf"), dtype=torch.float32, device="cpu").triu(1)
+
+
+@functools.lru_cache(maxsize=64)  # one per length: sampling grows the context by one
+def _cached_causal_mask(seq_len: int) -> torch.Tensor:
     with torch.inference_mode(False):  # a normal tensor, wherever it is first made
-        return torch.full((seq_len, seq_len), float("-inf"), dtype=torch.float32, device="cpu").triu(1)
+        return _make_causal_mask(seq_len)
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:

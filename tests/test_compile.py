@@ -137,3 +137,15 @@ def test_auto_keeps_the_compiled_model_where_it_is_faster(small_text, new_proces
     eager.load_checkpoint(path)
     for mine, theirs in zip(eager.model.parameters(), trainer.model.parameters()):
         assert torch.equal(mine, theirs)
+
+
+def test_auto_leaves_bf16_autocast_on_a_cpu_eager(small_text, new_process) -> None:
+    """With two one-thread trials at once, compiled bf16 steps on a CPU were no faster than eager: auto never pays."""
+    fp32, bf16 = (
+        trainer_on(PaceClock(eager=1.0, compiled=0.5), config(small_text, precision=p)) for p in ("fp32", "bf16")
+    )
+    for trainer in (fp32, bf16):
+        trainer.run_epoch()  # a pace to judge by
+    assert fp32.compile_pays()
+    assert not bf16.compile_pays()
+    assert not bf16.run_epoch()["compiled"]

@@ -21,6 +21,10 @@ AUTO_COMPILE_AFTER_S = {"cpu": 180.0, "cuda": 30.0}
 # ...and keeps it only where its steps then train this much faster than the eager ones did: a smaller gain is
 # within the pace's spread between epochs on a shared machine, too little to tell from none.
 AUTO_COMPILE_MIN_SPEEDUP = 1.05
+# ...and leaves bf16 autocast on a CPU eager: with a search's two one-thread trials at once its compiled steps
+# were no faster than eager (0.99x; 0.68x with dropout), and the compilation was lost (docs/experiments.md,
+# 'bf16 on a CPU').
+AUTO_COMPILE_EAGER = {("cpu", torch.bfloat16)}
 # An epoch's first steps are left out of its pace: the compiled model's first call compiles it, and the next
 # may still warm up (CUDA graphs record on it), so both epochs are timed from the same step on.
 PACE_SKIPS_STEPS = 2
@@ -55,6 +59,7 @@ def _compile_afresh_for_a_new_shape(shape: tuple) -> None:
 def auto_compile_pays(
     shape: tuple,
     device_type: str,
+    autocast_dtype: torch.dtype,
     *,
     missing_compiler: Optional[str],
     epoch: int,
@@ -62,7 +67,13 @@ def auto_compile_pays(
     epoch_seconds: Optional[float],
 ) -> bool:
     """compile: auto's choice before an epoch (see ``AUTO_COMPILE_AFTER_S``): whether to compile now."""
-    if missing_compiler or _compile_failed or shape in _slower_compiled or device_type not in AUTO_COMPILE_AFTER_S:
+    if (
+        missing_compiler
+        or _compile_failed
+        or shape in _slower_compiled
+        or device_type not in AUTO_COMPILE_AFTER_S
+        or (device_type, autocast_dtype) in AUTO_COMPILE_EAGER
+    ):
         return False
     if _compiled_shape == shape:
         return True  # this process compiled the same shape: torch.compile's cache holds it, nothing to pay

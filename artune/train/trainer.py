@@ -233,6 +233,7 @@ class Trainer:
             and auto_compile_pays(
                 self.compile_key,
                 self.device.type,
+                self.autocast_dtype,
                 missing_compiler=self.missing_compiler,
                 epoch=self.epoch,
                 planned_epochs=self.planned_epochs,
