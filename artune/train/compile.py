@@ -22,8 +22,8 @@ AUTO_COMPILE_AFTER_S = {"cpu": 180.0, "cuda": 30.0}
 # within the pace's spread between epochs on a shared machine, too little to tell from none.
 AUTO_COMPILE_MIN_SPEEDUP = 1.05
 # ...and leaves bf16 autocast on a CPU eager: with a search's two one-thread trials at once its compiled steps
-# were no faster than eager (0.99x; 0.68x with dropout), and the compilation was lost (docs/experiments.md,
-# 'bf16 on a CPU').
+# were no faster than eager, and the compilation was lost (docs/experiments.md, 'bf16 on a CPU that multiplies
+# it natively').
 AUTO_COMPILE_EAGER = {("cpu", torch.bfloat16)}
 # An epoch's first steps are left out of its pace: the compiled model's first call compiles it, and the next
 # may still warm up (CUDA graphs record on it), so both epochs are timed from the same step on.
