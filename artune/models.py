@@ -121,7 +121,7 @@ def _make_causal_mask(seq_len: int) -> torch.Tensor:
     return torch.full((seq_len, seq_len), float("-inf"), dtype=torch.float32, device="cpu").triu(1)
 
 
-@functools.lru_cache(maxsize=64)  # one per length: sampling grows the context by one
+@functools.lru_cache(maxsize=64)  # one per length: sampling grows the context by one (the last 64 lengths kept)
 def _cached_causal_mask(seq_len: int) -> torch.Tensor:
     with torch.inference_mode(False):  # a normal tensor, wherever it is first made
         return _make_causal_mask(seq_len)
@@ -131,11 +131,10 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_
     """Causal softmax attention of ``(B, H, T, head_dim)`` queries, keys and values.
 
     ``scaled_dot_product_attention``, except on a CPU for short float32 contexts in eager mode (its fused
-    kernel hardly uses a second core there, while the same attention as two batched matmuls and a softmax
-    runs 1.4-1.7x as fast on two threads and about as fast on one: the scores, ``B * H * T * T``, are
-    small; compiled, the two are level) and for bf16 ones up to 512 tokens, eager or compiled (under
-    autocast: its bf16 kernel is several times slower than bf16 matmuls). See docs/benchmarks.md,
-    'Attention on a CPU'. Longer contexts, GPUs and other dtypes keep SDPA.
+    kernel hardly uses a second core there, while two batched matmuls and a softmax split well: the scores,
+    ``B * H * T * T``, are small; compiled, the two are level) and for bf16 ones up to 512 tokens, eager or
+    compiled (its bf16 kernel is several times slower than bf16 matmuls). See docs/benchmarks.md, 'Attention
+    on a CPU'. Longer contexts, GPUs and other dtypes keep SDPA.
     """
     if (
         q.device.type != "cpu"

@@ -17,10 +17,10 @@ Sections:
              also the FLOP/s of the model's own weight matmuls alone, the most a step could reach.
   attention  forward and backward of causal attention, scaled_dot_product_attention against the
              explicit matmuls and softmax that artune uses on a CPU for float32 contexts up to 64
-             tokens and bf16 ones up to 512 (artune.models.causal_attention), in float32 and bf16, at
-             one thread and at --threads, for a few shapes; then a Trainer's step with each (the small
-             shape and the default search's trial, fp32 and bf16 autocast), alternating in --rounds
-             epochs of 60 steps (medians).
+             tokens and bf16 ones up to 512 (artune.models.causal_attention), at one thread and at
+             --threads, for a few shapes; then a Trainer's step with each (the small shape and the
+             default search's trial), alternating in --rounds epochs of 60 steps (medians). In
+             float32, and in bf16 (autocast in the Trainer) where the CPU multiplies it natively.
   compile    the Trainer eager against compile: true at the small shape, rounds interleaved:
              tokens/s and MFU; and a new trial's first step, which holds the compilation, with an
              empty inductor cache and with a filled one; the training time that pays it back.
@@ -167,6 +167,13 @@ def bench_trainer(corpus: Any, rounds: int, steps: int) -> dict[str, Any]:
     }
 
 
+def attention_dtypes() -> tuple[torch.dtype, ...]:
+    """float32, and bf16 where the CPU multiplies it natively (elsewhere oneDNN's bf16 path is far too slow to time)."""
+    from artune.compat import cpu_has_native_bf16
+
+    return (torch.float32, torch.bfloat16) if cpu_has_native_bf16() else (torch.float32,)
+
+
 def bench_attention(rounds: int, threads: int) -> list[dict[str, Any]]:
     from artune.models import explicit_causal_attention
 
@@ -183,7 +190,7 @@ def bench_attention(rounds: int, threads: int) -> list[dict[str, Any]]:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
     rows = []
-    for dtype, (B, H, T, D) in itertools.product((torch.float32, torch.bfloat16), ATTENTION_SHAPES):
+    for dtype, (B, H, T, D) in itertools.product(attention_dtypes(), ATTENTION_SHAPES):
         qkv = torch.randn(B, T, 3, H, D, dtype=dtype).permute(2, 0, 3, 1, 4)  # strided as the model's
         q, k, v = (t.clone().requires_grad_() for t in qkv.unbind(0))
         grad = torch.randn(B, H, T, D, dtype=dtype)
@@ -218,7 +225,8 @@ def bench_attention_in_trainer(corpus: Any, rounds: int, threads: int, steps: in
     explicit_max = artune.models.EXPLICIT_ATTENTION_MAX_LEN
     rows = []
     shapes = (("small", SMALL), ("default_trial", DEFAULT_TRIAL))
-    for precision, (name, shape) in itertools.product(("fp32", "bf16"), shapes):
+    precisions = ["fp32", "bf16"][: len(attention_dtypes())]
+    for precision, (name, shape) in itertools.product(precisions, shapes):
         for n_threads in sorted({1, threads}):
             torch.set_num_threads(n_threads)
             config = TrainConfig(

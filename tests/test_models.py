@@ -281,13 +281,13 @@ def test_explicit_attention_in_bf16_is_sdpa_to_bf16s_precision(length):
     grad = torch.randn(3, 4, length, 8)
     exact = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
     exact_grads = torch.autograd.grad(exact, (q, k, v), grad)
-    for autocast in (False, True):
-        half = [t.detach().bfloat16().requires_grad_() for t in (q, k, v)]
+    for autocast in (False, True):  # bf16 tensors; float32 ones that autocast casts in its matmuls
+        given = [t.detach().to(torch.float32 if autocast else torch.bfloat16).requires_grad_() for t in (q, k, v)]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            mine = explicit_causal_attention(*half)
+            mine = explicit_causal_attention(*given)
         assert mine.dtype == torch.bfloat16
         torch.testing.assert_close(mine.float(), exact, atol=3e-2, rtol=3e-2)
-        for a, b in zip(torch.autograd.grad(mine, half, grad.bfloat16()), exact_grads):
+        for a, b in zip(torch.autograd.grad(mine, given, grad.bfloat16()), exact_grads):
             torch.testing.assert_close(a.float(), b, atol=6e-2, rtol=6e-2)
 
 

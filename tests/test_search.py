@@ -109,6 +109,7 @@ def test_smoke_search_writes_one_row_per_trial_and_per_trial_epoch(smoke):
     ):
         assert column in epochs.columns, column
     assert epochs["compiled"].dtype == bool and not epochs["compiled"].any()  # reported by each epoch; smoke is eager
+    assert (epochs["precision_used"] == "fp32").all()  # smoke.yaml sets none: the default, fp32
     stopped = trials[trials.status == "stopped"]
     assert (stopped["epochs_completed"] < 3).all()
     best = trials.loc[trials["best_valid_loss"].idxmin()]

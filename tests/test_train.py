@@ -43,6 +43,7 @@ METRIC_KEYS = {
     "sample",
     "seconds",
     "compiled",
+    "precision_used",
 }
 
 
@@ -103,10 +104,14 @@ def test_learns_tiny_shakespeare_below_its_unigram_entropy(shakespeare_path):
     assert metrics["sample"].startswith("It is") and len(metrics["sample"]) == len("It is") + 10
 
 
-@pytest.mark.parametrize(("positions", "activation"), [("learned", "gelu"), ("rope", "swiglu")])
-def test_compiled_training_sees_one_batch_shape_and_matches_eager(small_text, positions, activation):
+@pytest.mark.parametrize(
+    ("positions", "activation", "precision", "rel"),
+    [("learned", "gelu", "fp32", 1e-3), ("rope", "swiglu", "fp32", 1e-3), ("rope", "swiglu", "bf16", 2e-2)],
+)
+def test_compiled_training_sees_one_batch_shape_and_matches_eager(small_text, positions, activation, precision, rel):
     """With compile, the epoch's partial last batch is skipped (a new shape would recompile the model);
-    the compiled model's losses are the eager model's (rope and swiglu compile a form of their own)."""
+    the compiled model's losses are the eager model's (rope and swiglu compile a form of their own; bf16 on a
+    CPU compiles its explicit attention, within bf16's rounding)."""
     config = tiny(
         small_text,
         batch_size=24,
@@ -115,6 +120,7 @@ def test_compiled_training_sees_one_batch_shape_and_matches_eager(small_text, po
         sample_tokens=0,
         position_encoding=positions,
         activation=activation,
+        precision=precision,
     )
     eager, compiled = Trainer(config), Trainer(dataclasses.replace(config, compile=True))
     sizes = [x.shape[0] for x, _ in Trainer(config)._batches()]
@@ -126,8 +132,8 @@ def test_compiled_training_sees_one_batch_shape_and_matches_eager(small_text, po
     assert set(seen) == {torch.Size([24, 16])} and tokens == len(sizes[:-1]) * 24 * 16
     eager.config = dataclasses.replace(config, batches_per_epoch=len(sizes) - 1)
     eager_loss, _, eager_tokens, _ = eager.train_epoch()
-    assert eager_tokens == tokens and loss == pytest.approx(eager_loss, rel=1e-3)
-    assert compiled.validate() == pytest.approx(eager.validate(), rel=1e-3)
+    assert eager_tokens == tokens and loss == pytest.approx(eager_loss, rel=rel)
+    assert compiled.validate() == pytest.approx(eager.validate(), rel=rel)
 
 
 def test_compile_on_a_split_without_one_whole_batch_is_refused_not_trained_on_nothing(small_text):
