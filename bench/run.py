@@ -57,13 +57,17 @@ from artune.batches import shuffled_batches, valid_batches
 from artune.config import ConfigError, TrainConfig
 from artune.data import load_corpus
 from artune.train import Trainer, matmul_rate
+from artune.train.device import PRECISION_NAMES
 
+REPO = Path(__file__).resolve().parent.parent
 SMALL = dict(d_model=128, n_layers=4, n_heads=4, seq_len=64, batch_size=12)
 ORIGIN = dict(d_model=512, n_layers=6, n_heads=8, seq_len=512)  # TrainConfig's defaults; batch 16
 SECTIONS = ["trainer", "attention", "compile", "sampler", "precision", "search", "ddp"]
-# (batch, heads, seq_len, head_dim): the small shape, the default search's two widths, and longer contexts
+# (batch, heads, seq_len, head_dim): the small shape, the default search's trial (windows of 256 since
+# 2026-12-06; of 64 at its two widths before), and other contexts
 ATTENTION_SHAPES = [
     (12, 4, 64, 32),
+    (4, 4, 256, 32),
     (16, 4, 64, 24),
     (16, 4, 64, 32),
     (12, 4, 32, 32),
@@ -214,8 +218,23 @@ def bench_attention(rounds: int, threads: int) -> list[dict[str, Any]]:
     return rows
 
 
-# The default search's trial: its fixed knobs at d_model 128 (search_spaces/default.yaml)
-DEFAULT_TRIAL = dict(SMALL, batch_size=16, position_encoding="rope", activation="swiglu", weight_decay=0.1)
+# The default search's trial: its fixed shape knobs, read from search_spaces/default.yaml, at d_model 128
+DEFAULT_TRIAL_KNOBS = (
+    "seq_len",
+    "batch_size",
+    "n_layers",
+    "n_heads",
+    "position_encoding",
+    "activation",
+    "weight_decay",
+)
+
+
+def default_trial() -> dict[str, Any]:
+    from artune.spaces import load_space
+
+    fixed = load_space(str(REPO / "search_spaces" / "default.yaml")).fixed
+    return {"d_model": 128, **{knob: fixed[knob] for knob in DEFAULT_TRIAL_KNOBS}}
 
 
 def bench_attention_in_trainer(corpus: Any, rounds: int, threads: int, steps: int = 60) -> list[dict[str, Any]]:
@@ -224,8 +243,8 @@ def bench_attention_in_trainer(corpus: Any, rounds: int, threads: int, steps: in
 
     explicit_max = artune.models.EXPLICIT_ATTENTION_MAX_LEN
     rows = []
-    shapes = (("small", SMALL), ("default_trial", DEFAULT_TRIAL))
-    precisions = ["fp32", "bf16"][: len(attention_dtypes())]
+    shapes = (("small", SMALL), ("default_trial", default_trial()))
+    precisions = [PRECISION_NAMES[dtype] for dtype in attention_dtypes()]
     for precision, (name, shape) in itertools.product(precisions, shapes):
         for n_threads in sorted({1, threads}):
             torch.set_num_threads(n_threads)
@@ -314,7 +333,7 @@ def bench_compile(corpus: Any, rounds: int, steps: int, knobs: dict[str, Any] | 
                         json.dumps(compiled_config.to_dict()),
                         str(torch.get_num_threads()),
                     ],
-                    cwd=Path(__file__).resolve().parent.parent,
+                    cwd=REPO,
                     capture_output=True,
                     text=True,
                     check=True,
