@@ -26,7 +26,8 @@ def test_a_tracker_whose_package_is_missing_is_refused_in_one_line_naming_the_ex
     result = without(module, str(SMOKE), "--results-dir", str(tmp_path), "--name", "t", "--log", tracker)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert result.stderr.strip().splitlines() == [
-        f"error: --log: {tracker} needs {module}, which is not installed (fix: pip install 'artune[{tracker}]')"
+        f"error: --log: {tracker} needs {module}, which is not installed "
+        f"(fix: pip install -e '.[{tracker}]' in artune's clone)"
     ]
     assert not (tmp_path / "t").exists()  # refused before anything was made, Ray included
 

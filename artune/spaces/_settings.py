@@ -187,10 +187,8 @@ def check_settings(raw: dict[str, Any], sources: dict[str, str], errors: Errors)
         elif mode not in ("min", "max"):
             fail("mode", f"mode must be min or max, but got {show(mode)}")
         elif mode != expected:
-            # Blame the one the user just typed on the command line, if either.
-            blamed = "metric" if from_cli("metric") and not from_cli("mode") else "mode"
             better = "lower" if expected == "min" else "higher"
-            fail(blamed, f"{values['metric']} is better when {better}, so mode must be {expected}, but got mode={mode}")
+            fail("mode", f"{values['metric']} is better when {better}, so mode must be {expected}, but got mode={mode}")
         else:
             values["mode"] = mode
     if values.get("gpu", 0) > 1:
@@ -217,7 +215,8 @@ def check_settings(raw: dict[str, Any], sources: dict[str, str], errors: Errors)
                 fail("log", f"log must name {' or '.join(TRACKERS)}, but got {show(name)}{hint}")
             elif importlib.util.find_spec(TRACKERS[name][0]) is None:
                 module, extra = TRACKERS[name]
-                fail("log", f"{name} needs {module}, which is not installed (fix: pip install 'artune[{extra}]')")
+                fix = f"pip install -e '.[{extra}]' in artune's clone"
+                fail("log", f"{name} needs {module}, which is not installed (fix: {fix})")
         if all(name in TRACKERS and importlib.util.find_spec(TRACKERS[name][0]) for name in trackers):
             values["log"] = trackers
     sampler = values.get("sampler")
@@ -231,7 +230,7 @@ def check_settings(raw: dict[str, Any], sources: dict[str, str], errors: Errors)
         values.pop("sampler")
     if values.get("scheduler") == "asha" and "grace_period" in values and "epochs" in values:
         if values["grace_period"] > values["epochs"]:
-            blamed = "epochs" if from_cli("epochs") and not from_cli("grace_period") else "grace_period"
+            blamed = "epochs" if from_cli("epochs") else "grace_period"  # blame what was typed on the command line
             fail(
                 blamed,
                 "grace_period <= epochs must hold (ASHA's max_t is epochs), "
