@@ -22,9 +22,13 @@ def test_the_test_command_is_the_one_ci_runs():
 
 
 def test_the_install_puts_cpu_torch_first_as_ci_does():
-    """.ci/run follows the README's install: the CPU wheel of torch, then the package."""
-    cpu = README.index("pip install torch --index-url https://download.pytorch.org/whl/cpu")
+    """The README's install: torch's CPU wheel (in the range pyproject.toml allows), then the package; .ci/run
+    installs torch before the package too."""
+    cpu = README.index('pip install "torch>=2.13,<2.14" --index-url https://download.pytorch.org/whl/cpu')
     assert cpu < README.index('pip install -e ".[dev]"')
+    assert '"torch>=2.13,<2.14"' in (REPO / "pyproject.toml").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    assert ci.index("pip install --quiet torch==2.13.") < ci.index('pip install --quiet -e ".[dev]"')
 
 
 def test_every_docs_page_is_linked_from_the_readme():
