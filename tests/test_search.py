@@ -786,8 +786,27 @@ def test_a_knob_searched_under_a_condition_can_also_keep_its_default(tmp_path):
         "  optimizer: {choice: [adam, noam]}\n  seq_len: {choice: [32, 64], when: {optimizer: noam}}\n"
     )
     space = load_space(path)
-    fixed = TrainConfig.from_dict(space.fixed)
-    assert sorted(possible_values(space, fixed, "seq_len")) == [32, 64, TrainConfig().seq_len]
+    assert sorted(possible_values(space, "seq_len")) == [32, 64, TrainConfig().seq_len]
+
+
+@pytest.mark.parametrize(
+    ("fixed", "params"),
+    [
+        ("{optimizer: noam, n_heads: 2}", "  warmup: {int: [100, 400]}\n"),  # TrainConfig's warmup 0 is never trained
+        ("{d_model: 100}", "  n_heads: {choice: [4, 10]}\n"),  # TrainConfig's 8 heads do not divide 100
+    ],
+)
+def test_a_valid_space_is_planned_though_its_fixed_knobs_alone_would_not_make_a_valid_config(
+    tmp_path, shakespeare_path, fixed, params
+):
+    """The plan's checks read each knob's own values; the fixed knobs are never checked against defaults that the
+    searched ones replace in every trial."""
+    from artune.search import load_plan_corpus, make_plan, parse_args
+
+    path = tmp_path / "space.yaml"
+    path.write_text(f"search: {{num_samples: 2, epochs: 1}}\nfixed: {fixed}\nparams:\n{params}")
+    plan = make_plan(parse_args([str(path), "--results-dir", str(tmp_path), "--data", str(shakespeare_path)]))
+    assert load_plan_corpus(plan).vocab_size > 0
 
 
 def test_the_manifest_records_the_condition_of_each_conditional_knob(tmp_path, shakespeare_path):

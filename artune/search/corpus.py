@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from artune.errors import CorpusError, NotFetched, SearchError, UnknownTokenError
-from artune.search.plan import Mode, Plan, possible_values, space_defaults
+from artune.search.plan import Mode, Plan, possible_values
 
 if TYPE_CHECKING:
     from artune.data import Corpus
@@ -17,14 +17,15 @@ def load_plan_corpus(plan: Plan, fetch: bool = True) -> Corpus:
     from artune.data import check_fits, load_corpus
     from artune.tokenizers import get_tokenizer
 
-    fixed = space_defaults(plan.space)
+    space = plan.space
+    tokenizer = space.baseline("tokenizer")
     try:
-        corpus = load_corpus(fixed.dataset, fixed.tokenizer, plan.data_dir, fetch=fetch)
+        corpus = load_corpus(space.baseline("dataset"), tokenizer, plan.data_dir, fetch=fetch)
         # The loaders' needs grow with seq_len and with batch_size, each alone: the largest of each is the test.
-        seq_len, batch_size = (int(max(possible_values(plan.space, fixed, key))) for key in ("seq_len", "batch_size"))
-        whole_batches = any(possible_values(plan.space, fixed, "compile"))  # true or 'auto'
-        for train_loader in sorted(set(possible_values(plan.space, fixed, "train_loader"))):
-            for valid_loader in sorted(set(possible_values(plan.space, fixed, "valid_loader"))):
+        seq_len, batch_size = (int(max(possible_values(space, key))) for key in ("seq_len", "batch_size"))
+        whole_batches = any(possible_values(space, "compile"))  # true or 'auto'
+        for train_loader in sorted(set(possible_values(space, "train_loader"))):
+            for valid_loader in sorted(set(possible_values(space, "valid_loader"))):
                 check_fits(
                     corpus,
                     seq_len,
@@ -37,10 +38,10 @@ def load_plan_corpus(plan: Plan, fetch: bool = True) -> Corpus:
         if not fetch:
             raise
         raise SearchError(str(exc)) from None
-    samples = max(possible_values(plan.space, fixed, "sample_tokens")) > 0
-    for prompt in possible_values(plan.space, fixed, "prompt"):
+    samples = max(possible_values(space, "sample_tokens")) > 0
+    for prompt in possible_values(space, "prompt"):
         try:
-            tokens = corpus.vocabulary.encode(get_tokenizer(fixed.tokenizer)(prompt))
+            tokens = corpus.vocabulary.encode(get_tokenizer(tokenizer)(prompt))
         except UnknownTokenError as exc:
             raise SearchError(
                 f"prompt {prompt!r} (the greedy sample's start): {exc}; give one this corpus can "
@@ -48,7 +49,7 @@ def load_plan_corpus(plan: Plan, fetch: bool = True) -> Corpus:
             ) from None
         if samples and not tokens:
             raise SearchError(
-                f"prompt must give at least one {fixed.tokenizer} token when sample_tokens > 0 (the "
+                f"prompt must give at least one {tokenizer} token when sample_tokens > 0 (the "
                 f"greedy sample continues it), but got {prompt!r}; give one, e.g. --set prompt=..., or "
                 "--set sample_tokens=0"
             )

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from artune.config import FIELD_NAMES, TrainConfig, coerce, compiler_message, missing_compiler, unknown_key_message
+from artune.config import FIELD_NAMES, coerce, compiler_message, missing_compiler, unknown_key_message
 from artune.errors import SearchError
 from artune.results import EPOCHS_FILE, MANIFEST_FILE, TRIALS_FILE
 from artune.search.lock import LOCK_FILE, held_elsewhere
@@ -159,7 +159,7 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
         )
     if mode is not Mode.RESUME:  # a resume runs as its search started (and may change no resources)
         check_cuda_has_a_gpu(space)
-    compiles = any(value is True for value in possible_values(space, space_defaults(space), "compile"))  # not 'auto'
+    compiles = any(value is True for value in possible_values(space, "compile"))  # not 'auto'
     compiler = missing_compiler() if not args.address and compiles else None
     if compiler:  # (a cluster's nodes have toolchains of their own: a trial there says what its node lacks)
         raise SearchError(compiler_message(compiler, turn_off="--set compile=false"))
@@ -407,7 +407,7 @@ def parse_sets(items: list[str]) -> dict[str, str]:
 def check_cuda_has_a_gpu(space: SearchSpace) -> None:
     """``device: cuda`` in a trial that Ray gives no GPU would train on a GPU that Ray did not reserve for it, or
     fail in every trial where the node has none: refused before Ray starts."""
-    if space.settings.gpu > 0 or "cuda" not in possible_values(space, space_defaults(space), "device"):
+    if space.settings.gpu > 0 or "cuda" not in possible_values(space, "device"):
         return
     if "device" in space.params:
         where = f"{space.path}:{space.params['device'].line}: params.device"
@@ -420,16 +420,13 @@ def check_cuda_has_a_gpu(space: SearchSpace) -> None:
     )
 
 
-def space_defaults(space: SearchSpace) -> TrainConfig:
-    """Every knob the space does not search: its fixed value, else TrainConfig's default."""
-    return TrainConfig.from_dict({k: v for k, v in space.fixed.items() if k in FIELD_NAMES})
-
-
-def possible_values(space: SearchSpace, fixed: TrainConfig, key: str) -> list[Any]:
+def possible_values(space: SearchSpace, key: str) -> list[Any]:
     """The values a knob can take in a search: its choices or its bounds (and, searched under a condition, its
-    default), or its fixed value."""
+    baseline), or its baseline: the fixed value, else TrainConfig's default. Knob by knob, not a TrainConfig of
+    the fixed knobs alone: that would check them against defaults no trial trains with (a fixed ``optimizer:
+    noam`` with a searched ``warmup``, say)."""
     dist = space.params.get(key)
     if dist is None:
-        return [getattr(fixed, key)]
+        return [space.baseline(key)]
     values = list(dist.values) if dist.kind == "choice" else [dist.low, dist.high]
-    return values + [getattr(fixed, key)] * bool(dist.when)  # where its condition is off, the knob keeps its default
+    return values + [space.baseline(key)] * bool(dist.when)  # where its condition is off, the knob keeps its baseline
