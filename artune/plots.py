@@ -27,7 +27,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from artune.errors import ResultsError, SpaceError
-from artune.results import SearchResults, knob_cell, knob_type
+from artune.results import SPACE_COPY, SearchResults, knob_cell, knob_type
 from artune.spaces import Distribution, load_space
 
 BEST_COLOR = "tab:red"
@@ -401,18 +401,20 @@ def _best_position(results: SearchResults, name: str, values: pd.Series) -> Opti
 
 
 def _space_params(results: SearchResults) -> dict[str, Distribution]:
-    """The searched knobs of the space file the search recorded, where it is still there with the bytes it
-    had (``space_sha256``); else none. A relative path is tried from the working directory, then from the
-    directory the results directory sits in (where the search ran, with the default ``results/``)."""
+    """The searched knobs of the space the search started with, with the bytes it had (``space_sha256``): its
+    copy in the search's directory, else the file the manifest records; else none. An older manifest's relative
+    path is tried from the working directory, then from the directory the results directory sits in (where the
+    search ran, with the default ``results/``)."""
     recorded, sha = results.manifest.get("space_file"), results.manifest.get("space_sha256")
     if not recorded or not sha or results.path is None:
         return {}
     path = Path(recorded)
     if not path.is_absolute() and not path.is_file():
         path = results.path.parent.parent / path
-    try:
-        if hashlib.sha256(path.read_bytes()).hexdigest() != sha:
-            return {}  # edited since: what its knobs are now may not be what the trials sampled
-        return dict(load_space(path).params)
-    except (OSError, SpaceError):
-        return {}
+    for candidate in (results.path / SPACE_COPY, path):
+        try:
+            if hashlib.sha256(candidate.read_bytes()).hexdigest() == sha:  # else edited since: not what was sampled
+                return dict(load_space(candidate).params)
+        except (OSError, SpaceError):
+            continue
+    return {}

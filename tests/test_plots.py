@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from artune.config import TrainConfig
 from artune.plots import knob_axes, log_ticks, metric_vs_knobs, parallel_coordinates, tick_labels
-from artune.results import MANIFEST_FILE, TrialRecord, load, write_json_atomic, write_tables
+from artune.results import MANIFEST_FILE, SPACE_COPY, TrialRecord, load, write_json_atomic, write_tables
 
 REPO = Path(__file__).resolve().parent.parent
 PARAMS = ["d_model", "n_layers", "lr", "grad_norm_clip", "dataloader_shuffle_with_replacement"]
@@ -136,6 +136,14 @@ def test_a_relative_space_file_is_found_from_where_the_search_ran(tmp_path: Path
     manifest = json.loads((directory / MANIFEST_FILE).read_text())
     write_json_atomic({**manifest, "space_file": "space.yaml"}, directory / MANIFEST_FILE)
     monkeypatch.chdir(directory)  # not where the search ran
+    assert knob_axes(load(directory))["d_model"].choices == (64, 32)
+
+
+def test_the_space_is_read_from_the_copy_the_search_keeps_where_its_file_is_gone(tmp_path: Path) -> None:
+    """A search's directory keeps the space it started with (space.yaml): a moved search, or one whose file
+    was deleted since, still has its choices' order."""
+    directory = write_search(tmp_path / "results" / "knobs")
+    (tmp_path / "results" / "space.yaml").rename(directory / SPACE_COPY)
     assert knob_axes(load(directory))["d_model"].choices == (64, 32)
 
 

@@ -124,6 +124,7 @@ def test_smoke_search_writes_a_manifest_and_loads_for_notebooks(smoke, shakespea
     assert manifest["corpus"]["vocab_size"] == 65
     assert set(manifest["versions"]) >= {"artune", "ray", "optuna", "torch"}
     assert manifest["space_file"].endswith("smoke.yaml") and len(manifest["space_sha256"]) == 64
+    assert Path(manifest["space_file"]).is_absolute()  # a --resume from another directory checks the same file
     assert manifest["started"] and manifest["finished"] and manifest["commands"]
     timings = manifest["timings"]  # where the start-up went, phase by phase (bench search prints them)
     phases = ["plan_s", "corpus_s", "ray_init_s", "study_s", "tuner_s"]
@@ -805,8 +806,10 @@ def test_a_valid_space_is_planned_though_its_fixed_knobs_alone_would_not_make_a_
 
     path = tmp_path / "space.yaml"
     path.write_text(f"search: {{num_samples: 2, epochs: 1}}\nfixed: {fixed}\nparams:\n{params}")
-    plan = make_plan(parse_args([str(path), "--results-dir", str(tmp_path), "--data", str(shakespeare_path)]))
+    argv = [str(path), "--results-dir", str(tmp_path), "--data", str(shakespeare_path)]
+    plan = make_plan(parse_args(argv))
     assert load_plan_corpus(plan).vocab_size > 0
+    assert plan.command[1:] == ["-m", "artune.search", *argv]  # what the manifest records: these arguments
 
 
 def test_the_manifest_records_the_condition_of_each_conditional_knob(tmp_path, shakespeare_path):

@@ -23,6 +23,7 @@ from artune.config import AUTO_SWITCHES, FIELD_NAMES, FIELDS, field_type
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
 MANIFEST_FILE = "manifest.json"
+SPACE_COPY = "space.yaml"  # the space file a search started with, kept in its directory
 DEFAULT_RESULTS_DIR = "results"
 
 # Trial statuses, as written in trials.parquet:

@@ -102,6 +102,7 @@ def parse_duration(text: str) -> float:
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as given: the manifest records it
     if args.log is not None:  # --log a --log b, or --log a,b: the setting's tuple (as SearchSettings reads it)
         args.log = tuple(dict.fromkeys(name.strip() for value in args.log for name in value.split(",") if name.strip()))
     return args

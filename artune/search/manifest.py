@@ -224,7 +224,8 @@ def write_manifest(plan: Plan, corpus: Corpus, extra: dict[str, Any], new_comman
             "address": plan.address,
         }
     )
-    manifest.setdefault("space_file", str(plan.space.path))  # the file the search started from
+    # the file the search started from, absolute: a --resume from another directory checks the same file
+    manifest.setdefault("space_file", str(plan.space.path.resolve()))
     runs = manifest.setdefault("runs", [])
     if plan.run_name not in runs:
         runs.append(plan.run_name)

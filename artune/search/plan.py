@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from artune.config import FIELD_NAMES, coerce, compiler_message, missing_compiler, unknown_key_message
 from artune.errors import SearchError
-from artune.results import EPOCHS_FILE, MANIFEST_FILE, TRIALS_FILE
+from artune.results import EPOCHS_FILE, MANIFEST_FILE, SPACE_COPY, TRIALS_FILE
 from artune.search.lock import LOCK_FILE, held_elsewhere
 from artune.search.manifest import TUNE_DIR, Manifest
 from artune.search.runtime import check_address
@@ -36,7 +36,6 @@ from artune.study import STUDY_FILE, storage_url
 
 DEFAULT_SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "default.yaml"
 NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-SPACE_COPY = "space.yaml"  # the space file a search started with, kept in its directory
 # What a search's start-up writes before its manifest: all a command killed in that window leaves
 STARTUP_FILES = {LOCK_FILE, SPACE_COPY, STUDY_FILE, f"{STUDY_FILE}-journal"}
 
@@ -183,7 +182,7 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
         repeats=repeats,
         time_budget_s=space.settings.time_budget,
         started=started,
-        command=[sys.executable, "-m", "artune.search", *sys.argv[1:]],
+        command=[sys.executable, "-m", "artune.search", *getattr(args, "argv", sys.argv[1:])],
         run_name=run_name,
         restore_state_from=restore_state_from,
         takeover=takeover,
