@@ -27,6 +27,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from artune.errors import ResultsError, SpaceError
+from artune.files import written_atomically
 from artune.results import SPACE_COPY, SearchResults, knob_cell, knob_type
 from artune.spaces import Distribution, load_space
 
@@ -217,9 +218,8 @@ def write_plots(
     paths = []
     for filename, plot in zip(PLOT_FILES, (learning_curves, metric_vs_knobs, parallel_coordinates)):
         path = Path(directory) / filename
-        tmp = path.with_name(f".{filename}.{os.getpid()}.tmp")  # atomic, like the tables: never half a PNG
-        plot(results, metric).savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
+        with written_atomically(path) as tmp:  # like the tables: never half a PNG
+            plot(results, metric).savefig(tmp, format="png", dpi=dpi)
         paths.append(path)
     return paths
 

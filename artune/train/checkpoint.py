@@ -15,6 +15,7 @@ import torch
 from artune.config import FIELDS, TrainConfig, ff_width
 from artune.data import Corpus
 from artune.errors import CheckpointError
+from artune.files import written_atomically
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -110,9 +111,8 @@ def save(state: dict[str, Any], directory: str | os.PathLike) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CHECKPOINT_FILE
-    tmp = directory / f".{CHECKPOINT_FILE}.{os.getpid()}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with written_atomically(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 
