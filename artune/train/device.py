@@ -37,6 +37,11 @@ def resolve_precision(name: str, device: torch.device, d_model: int = 512) -> to
     (:func:`cpu_bf16_speedup`).
     """
     if name == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError(
+                f"precision 'bf16' needs a GPU that computes in bf16, but {torch.cuda.get_device_name(device)} "
+                "does not; use precision 'auto' or 'fp32'"
+            )
         return torch.bfloat16
     if name != "auto":
         return torch.float32
