@@ -61,6 +61,18 @@ def check_space(space: SearchSpace, errors: Errors, unknown: frozenset = frozens
             f"workers <= batch_size must hold (each worker takes rows of every batch), "
             f"but got workers={workers}, batch_size={batch_size}",
         )
+    elif "batch_size" in space.params and workers > 1:
+        dist = space.params["batch_size"]
+        values = list(dist.values) if dist.kind == "choice" else [dist.low]
+        values += [batch_size] * bool(dist.when)  # where its condition is off, the knob keeps its baseline
+        smallest = min((v for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 1), default=None)
+        if smallest is not None and smallest < workers:
+            errors.add(
+                f"{space.path}:{dist.line}",
+                "params.batch_size",
+                f"workers <= batch_size must hold for every batch_size a trial can get (each worker takes rows of "
+                f"every batch), but got workers={workers} and batch_size {smallest}",
+            )
     cycle = find_cycle(space.params)
     if cycle:
         first = space.params[cycle[0]]
