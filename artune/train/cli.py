@@ -120,7 +120,13 @@ def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> i
             raise ConfigError(f"--threads must be >= 1, but got {args.threads}")
         if args.checkpoint_dir and config.is_save_models:
             directory = Path(args.checkpoint_dir)
-            existing = next(p for p in (directory, *directory.absolute().parents) if p.exists())
+            try:
+                existing = next(p for p in (directory, *directory.absolute().parents) if p.exists())
+            except OSError as exc:  # a parent this user may not look into (EACCES)
+                raise ConfigError(
+                    f"--checkpoint-dir {directory}: cannot look into it ({exc.strerror or exc}); "
+                    "choose another --checkpoint-dir"
+                ) from None
             if not existing.is_dir():
                 raise ConfigError(
                     f"--checkpoint-dir {directory}: {existing} is a file, not a directory; "

@@ -398,17 +398,22 @@ class Trainer:
         tokens = 0
         hooks = activation_hooks(self.model, self._activations) if c.is_log_model_activations else []
         ranks = self.ranks
-        for i, (x, y) in enumerate(valid_batches(self.valid_tokens, c.valid_loader, c.batch_size, c.seq_len, c.seed)):
-            if i % ranks.world_size != ranks.rank:
-                continue  # another rank's batch: together they validate on the whole split
-            with self._autocast():
-                logits = self.model(x)  # eager: a compiled eval graph costs more than the one pass it speeds up
-            loss_sum += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
-            correct += (logits.argmax(dim=-1) == y).sum()
-            tokens += y.numel()
-            for hook in hooks:  # activation statistics from the first batch are enough
+        try:
+            batches = valid_batches(self.valid_tokens, c.valid_loader, c.batch_size, c.seq_len, c.seed)
+            for i, (x, y) in enumerate(batches):
+                if i % ranks.world_size != ranks.rank:
+                    continue  # another rank's batch: together they validate on the whole split
+                with self._autocast():
+                    logits = self.model(x)  # eager: a compiled eval graph costs more than the one pass it speeds up
+                loss_sum += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
+                correct += (logits.argmax(dim=-1) == y).sum()
+                tokens += y.numel()
+                for hook in hooks:  # activation statistics from the first batch are enough
+                    hook.remove()
+                hooks = []
+        finally:
+            for hook in hooks:  # a rank that got no batch (fewer than the ranks), or a failed pass
                 hook.remove()
-            hooks = []
         if ranks.distributed:
             total_loss, total_correct, tokens = ranks.sum(loss_sum, correct, tokens)
             return total_loss / tokens, total_correct / tokens
