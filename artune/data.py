@@ -103,8 +103,8 @@ def resolve_dataset(
         if data_dir is not None and not Path(data_dir).expanduser().exists():
             # an explicit path that is not there is a typo, not a cache directory to create
             raise CorpusError(
-                f"data path not found: {Path(data_dir).expanduser().absolute()}; give a text file or the directory "
-                f"holding {TINY_SHAKESPEARE_FILE}"
+                f"data path (--data) not found: {Path(data_dir).expanduser().absolute()}; give a text file or the "
+                f"directory holding {TINY_SHAKESPEARE_FILE}"
             )
         root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
         if root.is_file():

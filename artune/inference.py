@@ -21,7 +21,7 @@ import torch
 import artune.train.checkpoint as checkpoint
 from artune import __version__, plural
 from artune.config import ConfigError, TrainConfig
-from artune.errors import CheckpointError, UserError
+from artune.errors import CheckpointError, UnknownTokenError, UserError
 from artune.models import GPT, ModelConfig
 from artune.tokenizers import Vocabulary, get_tokenizer
 from artune.train.trainer import model_config
@@ -89,7 +89,10 @@ class LoadedModel:
             raise UserError(f"temperature >= 0 must hold, but got temperature={temperature}")
         if top_k is not None and top_k < 1:
             raise UserError(f"top_k >= 1 must hold (or none), but got top_k={top_k}")
-        ids = self.tokenizer.encode(prompt)
+        try:
+            ids = self.tokenizer.encode(prompt)
+        except UnknownTokenError as exc:
+            raise UnknownTokenError(f"prompt {prompt!r}: {exc}") from None
         if tokens == 0:
             return prompt
         if not ids:

@@ -897,7 +897,7 @@ def test_activation_hooks_are_removed_after_validation(small_text):
 
 
 def test_prompt_with_an_unknown_token_is_refused_naming_it(small_text):
-    with pytest.raises(UnknownTokenError, match=r"1 token\(s\) not in the vocabulary .*: '€'"):
+    with pytest.raises(UnknownTokenError, match=r"^prompt 'It is €' .*1 token\(s\) not in the vocabulary .*: '€'"):
         Trainer(tiny(small_text, prompt="It is €"))
 
 

@@ -21,7 +21,7 @@ import artune.train.checkpoint as checkpoint
 from artune.batches import valid_batches
 from artune.config import ConfigError, TrainConfig, compiler_message, missing_compiler
 from artune.data import Corpus, check_fits, load_corpus
-from artune.errors import DeadlineReached, DivergedError
+from artune.errors import DeadlineReached, DivergedError, UnknownTokenError
 from artune.models import GPT, ModelConfig
 from artune.optim import lr_lambda, make_optimizer
 from artune.tokenizers import get_tokenizer
@@ -104,7 +104,10 @@ class Trainer:
             whole_batches=config.whole_batches,
         )
         tokenize = get_tokenizer(config.tokenizer)
-        self.prompt_ids = self.corpus.vocabulary.encode(tokenize(config.prompt))  # unknown tokens: an error
+        try:
+            self.prompt_ids = self.corpus.vocabulary.encode(tokenize(config.prompt))
+        except UnknownTokenError as exc:
+            raise UnknownTokenError(f"prompt {config.prompt!r} (the greedy sample's start): {exc}") from None
         if config.sample_tokens > 0 and not self.prompt_ids:
             raise ConfigError(
                 f"prompt must give at least one {config.tokenizer} token when sample_tokens > 0, "
