@@ -213,13 +213,16 @@ def resume(trainer: Trainer, checkpoint: "tune.Checkpoint", fresh: Callable[[], 
 @dataclass(frozen=True)
 class Workers:
     """A trial trained by ``count`` data-parallel workers, each with ``cpu`` CPUs and ``gpu`` GPUs; ``metric``
-    and ``mode`` rank its checkpoints, as the search's CheckpointConfig does for a one-process trial."""
+    and ``mode`` rank its checkpoints, as the search's CheckpointConfig does for a one-process trial.
+    ``run_path``: the Tune run's directory, which holds a directory per trial named by its id (the search's
+    ``trial_dirname_creator``); Ray Train's run for the trial is stored there."""
 
     count: int = 1
     cpu: float = 1.0
     gpu: float = 0.0
     metric: str = "valid_loss"
     mode: str = "min"
+    run_path: str = ""
 
 
 def train_fn(
@@ -334,7 +337,8 @@ def fit_data_parallel(
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    storage = tune.get_context().get_storage()  # where the trial's result.json goes: the search's own directory
+    if not workers.run_path:
+        raise ValueError("a data-parallel trial needs Workers.run_path, the Tune run's directory")
     per_worker = {"CPU": workers.cpu, **({"GPU": workers.gpu} if workers.gpu else {})}
     trainer = TorchTrainer(
         train_worker,
@@ -344,9 +348,9 @@ def fit_data_parallel(
         ),
         torch_config=TorchConfig(backend="nccl" if workers.gpu > 0 else "gloo"),
         run_config=RunConfig(
-            name=storage.trial_dir_name,
-            storage_path=storage.experiment_fs_path,
-            storage_filesystem=storage.storage_filesystem,
+            # Ray's documented way into Tune: a Train run named after the trial, in the trial's own directory
+            name=tune.get_context().get_trial_id(),
+            storage_path=workers.run_path,
             callbacks=[TuneReportCallback()],
             failure_config=FailureConfig(max_failures=WORKER_GROUP_RESTARTS),
             checkpoint_config=CheckpointConfig(

@@ -51,7 +51,7 @@ def build_tuner(plan: Plan, corpus: Corpus, recorder: Recorder) -> tune.Tuner:
     # (a killed driver): it is not trained again.
     resume = plan.mode is Mode.RESUME
     ended = frozenset(tid for tid, r in recorder.records.items() if r.status in ENDED) if resume else frozenset()
-    workers = Workers(s.workers, s.cpu, s.gpu, s.metric, s.mode)
+    workers = Workers(s.workers, s.cpu, s.gpu, s.metric, s.mode, run_path=str(plan.tune_path))
     trainable = tune.with_resources(
         tune.with_parameters(train_fn, corpus=corpus, deadline=deadline, ended=ended, workers=workers),
         trial_resources(plan.space),
