@@ -66,5 +66,9 @@ class CheckpointError(ArtuneError, RuntimeError):
     """A checkpoint file is missing, truncated, corrupt or from another configuration."""
 
 
+class StorageError(ArtuneError, RuntimeError):
+    """The search's results directory or its study's database could not be written (the search exits 4)."""
+
+
 class NoCudaError(ArtuneError, RuntimeError):
     """Ray allocated a GPU to the trial but torch cannot see CUDA."""

@@ -71,5 +71,19 @@ def root_cause(exc: BaseException) -> str:
     while exc.__cause__ is not None and id(exc.__cause__) not in seen:
         exc = exc.__cause__
         seen.add(id(exc))
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first}"
+    return f"{type(exc).__name__}: {first_line(exc)}"
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An OSError in a line: its errno, the OS's reason and the file."""
+    return f"[Errno {exc.errno}] {exc.strerror}: {exc.filename}" if exc.errno else str(exc)
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message, its first line only (a driver's or a server's message may run to pages)."""
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
+def show_knob(value: Any) -> str:
+    """A knob's value in a status line: a float to three significant digits (0.00401), anything else as it is."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

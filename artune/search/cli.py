@@ -11,7 +11,7 @@ import typing
 from typing import Any, Optional
 
 from artune import LOADED_AT, ArgumentParser, stdout_closed
-from artune.errors import UserError
+from artune.errors import StorageError, UserError
 from artune.humanize import parse_duration as _parse_duration
 from artune.results import DEFAULT_RESULTS_DIR, MANIFEST_FILE
 from artune.search.plan import DEFAULT_SPACE, make_plan
@@ -111,7 +111,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> int:
     """The command. ``started``: the ``time.monotonic()`` its time budget counts from (default: now)."""
     from artune.search.corpus import describe_corpus
-    from artune.search.driver import EXIT_INTERRUPTED, EXIT_TERMINATED, run
+    from artune.search.driver import EXIT_INTERRUPTED, EXIT_STORAGE_FAILED, EXIT_TERMINATED, run
     from artune.search.report import describe_plan
 
     args = parse_args(argv)
@@ -129,6 +129,9 @@ def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> i
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except StorageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_STORAGE_FAILED
     except KeyboardInterrupt:
         by = "terminated (SIGTERM)" if terminated() else "interrupted"
         if plan is not None and (plan.directory / MANIFEST_FILE).exists():

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Optional
 
 from artune import plural
-from artune.errors import SearchError
+from artune.errors import SearchError, StorageError
+from artune.humanize import describe_os_error, first_line
 from artune.results import EPOCHS_FILE, MANIFEST_FILE, TRIALS_FILE
 from artune.search.corpus import load_plan_corpus
 from artune.search.lock import SearchLock
@@ -69,7 +70,12 @@ def search_directory(plan: Plan) -> Iterator[None]:
             if plan.takeover:
                 take_over(plan)
             if plan.mode is Mode.NEW:
-                shutil.copyfile(plan.space.path, plan.directory / SPACE_COPY)
+                try:
+                    shutil.copyfile(plan.space.path, plan.directory / SPACE_COPY)
+                except OSError as exc:
+                    raise StorageError(
+                        f"{plan.directory}: the space file cannot be copied there ({describe_os_error(exc)})"
+                    ) from None
             if plan.restore_state_from:
                 restore_saved_state(plan)
             yield
@@ -116,12 +122,15 @@ def tune_search(plan: Plan, corpus: Corpus) -> Outcome:
 
         recorder = Recorder(plan)
         open_study(recorder, plan)
-        write_manifest(
-            plan,
-            corpus,
-            {{Mode.NEW: "started", Mode.RESUME: "resumed", Mode.EXTEND: "extended"}[plan.mode]: started},
-            new_command=True,
-        )
+        try:
+            write_manifest(
+                plan,
+                corpus,
+                {{Mode.NEW: "started", Mode.RESUME: "resumed", Mode.EXTEND: "extended"}[plan.mode]: started},
+                new_command=True,
+            )
+        except OSError as exc:  # nothing has trained: the search's directory goes (a new one) or stays as it was
+            raise StorageError(f"{plan.directory}: the manifest cannot be written ({describe_os_error(exc)})") from None
         plan.stopwatch.lap("study")
         tuner = build_tuner(tuner_plan(plan), corpus, recorder)
         tuning_started = plan.stopwatch.lap("tuner")  # the searcher, the corpus into Ray's object store
@@ -143,9 +152,13 @@ def tune_search(plan: Plan, corpus: Corpus) -> Outcome:
                 "startup_s": round(tuning_started - plan.started, 3),
                 "tuning_s": round(finished - tuning_started, 3),
             }
-            write_manifest(
-                plan, corpus, {"finished": dt.datetime.now().isoformat(timespec="seconds"), "timings": timings}
-            )
+            try:
+                write_manifest(
+                    plan, corpus, {"finished": dt.datetime.now().isoformat(timespec="seconds"), "timings": timings}
+                )
+            except OSError as exc:  # the tables hold every trial: the search is reported as its storage failing
+                what = f"{plan.directory}: the manifest cannot be written ({describe_os_error(exc)})"
+                recorder.storage_fails(what, in_loop=False)
     finally:
         stop_ray()  # a no-op where ray.init never ran or failed
     return Outcome(interrupted, finished - plan.started, recorder.spent, recorder.records, recorder.storage_failure)
@@ -165,7 +178,7 @@ def open_study(recorder, plan: Plan) -> None:
     try:
         recorder.study  # noqa: B018 - opened on first use
     except Exception as exc:  # noqa: BLE001 - whatever the database says, before the search has written anything
-        first = (str(exc).splitlines() or [""])[0]
+        first = first_line(exc)
         raise SearchError(
             f"--storage {plan.storage}: the Optuna study cannot be opened there ({type(exc).__name__}: {first})"
         ) from None

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from artune.config import FIELD_NAMES, coerce, compiler_message, missing_compiler, unknown_key_message
 from artune.errors import SearchError
+from artune.humanize import first_line
 from artune.results import EPOCHS_FILE, MANIFEST_FILE, SPACE_COPY, TRIALS_FILE
 from artune.search.lock import LOCK_FILE, held_elsewhere
 from artune.search.manifest import TUNE_DIR, Manifest
@@ -329,7 +330,7 @@ def check_tables(directory: Path, mode: Mode) -> None:
         try:
             pq.read_table(path)
         except Exception as exc:  # noqa: BLE001 - pyarrow's errors share no base narrower than Exception
-            first = (str(exc).splitlines() or [""])[0]
+            first = first_line(exc)
             raise SearchError(
                 f"{mode.flag}: {path} cannot be read ({type(exc).__name__}: {first}); the search's record is "
                 "damaged: restore the file from a copy, or start a new search under another --name"

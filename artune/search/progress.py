@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Any, Optional
 
+from artune.humanize import show_knob
+
 TTY_EVERY_S = 2.0
 PLAIN_EVERY_S = 30.0
 DONE = ("TERMINATED", "ERROR")
@@ -49,7 +51,7 @@ class Progress:
 
     def trial_started(self, trial_id: str, knobs: dict[str, Any], after: int = 0) -> None:
         """A trial's start, with its searched knobs; ``after``: the epoch a continued trial goes on from."""
-        shown = " ".join(f"{k}={_fmt(v)}" for k, v in knobs.items())
+        shown = " ".join(f"{k}={show_knob(v)}" for k, v in knobs.items())
         started = f"continues after epoch {after}" if after else "started"
         self.say(f"[{trial_id}] {started}: {shown}" if shown else f"[{trial_id}] {started}")
 
@@ -126,7 +128,3 @@ def _clock(seconds: float) -> str:
     seconds = int(seconds)
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from ray import tune
 
 from artune.config import FIELD_NAMES
-from artune.humanize import root_cause
+from artune.humanize import describe_os_error, root_cause
 from artune.results import EPOCH_COLUMNS, TrialRecord, read_records, write_tables
 from artune.search.journal import Journal, add_missing_epochs, merge_journal
 from artune.search.progress import Progress
@@ -78,6 +78,8 @@ class Recorder(tune.Callback):
         self.ended, self.spent = set(), {}
         self.storage_failure, self.storage_failed = None, set()
         for handler in logging.getLogger("ray").handlers:  # Ray's one handler: Tune's loggers propagate to it
+            for earlier in [f for f in handler.filters if isinstance(f, StorageFailureLogs)]:
+                handler.removeFilter(earlier)  # an earlier search's in this process (a notebook's)
             handler.addFilter(StorageFailureLogs(self))
         self.records = read_records(self.directory)
         # The tables are refreshed every REFRESH_S: a driver killed in between may have missed
@@ -358,10 +360,6 @@ def study_write_error(storage: str, exc: Exception) -> str:
     """Why the study's write failed: for a SQLite file, the OS's reason where its directory takes no write."""
     cause = sqlite_write_error(storage)
     return describe_os_error(cause) if cause is not None else root_cause(exc)
-
-
-def describe_os_error(exc: OSError) -> str:
-    return f"[Errno {exc.errno}] {exc.strerror}: {exc.filename}" if exc.errno else str(exc)
 
 
 def summarize_error(text: str) -> str:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from artune import plural
+from artune.humanize import show_knob
 from artune.results import DEFAULT_RESULTS_DIR, EPOCHS_FILE, MANIFEST_FILE, TRIALS_FILE
 from artune.search.plan import SPACE_COPY, Mode, Plan
 
@@ -68,7 +69,7 @@ def summarise(plan: Plan) -> tuple[str, bool]:
     best = results.best(1)
     if len(best):
         row = best.iloc[0]
-        knobs = ", ".join(f"{k}={_fmt(row[k])}" for k in plan.space.params)
+        knobs = ", ".join(f"{k}={show_knob(row[k])}" for k in plan.space.params)
         column, _ = results.metric_column()
         lines.append(
             f"best trial {row['trial_id']}: {column.replace('_', ' ', 1)} {row[column]:.4f} after "
@@ -121,7 +122,3 @@ def budget_report(plan: Plan, elapsed: float, spent: dict[str, list[float]], rec
             f"({total / budget:.1%} of the budget)"
         )
     return "\n".join(lines)
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)

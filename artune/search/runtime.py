@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 
 from artune.compat import keep_local_ray_on_loopback, kill_local_monitor_first
 from artune.errors import SearchError
+from artune.humanize import first_line
 from artune.search.watchdog import guard_session, ray_apart, start_guard, stop_guard
 
 if TYPE_CHECKING:
@@ -155,7 +156,7 @@ def init_ray(plan: Plan) -> None:
             try:
                 ray.init(address=plan.address, logging_level=logging.ERROR, log_to_driver=False)
             except Exception as exc:  # noqa: BLE001 - whatever Ray raises, the user gets one line and nothing is left
-                first = (str(exc).strip().splitlines() or [""])[0][:300]
+                first = first_line(exc)[:300]
                 hint = (
                     "; a driver must run on a node of the cluster (or go through ray job submit)"
                     if "node info" in str(exc).lower()
@@ -185,7 +186,7 @@ def init_ray(plan: Plan) -> None:
                     )
                 guard_session(context.address_info.get("session_dir") or "")
             except Exception as exc:  # noqa: BLE001 - whatever Ray raises, the user gets one line and nothing is left
-                first = (str(exc).strip().splitlines() or [""])[0][:300]
+                first = first_line(exc)[:300]
                 raise SearchError(
                     f"Ray could not start a local instance ({type(exc).__name__}: {first}); "
                     f"its logs are under {ray_temp_dir()}"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from artune.errors import SearchError
+from artune.humanize import first_line
 
 
 def sqlite_file(url: str) -> Optional[Path]:
@@ -141,7 +142,7 @@ def check_storage(url: str) -> None:
         with existing_database(url):
             pass
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy's and the driver's errors share no useful base
-        first = (str(exc).strip().splitlines() or [""])[0]
+        first = first_line(exc)
         if "timeout" in first.lower() and "connect_timeout" not in make_url(url).query:
             first += f"; no answer in {CONNECT_TIMEOUT_S} s, and ?connect_timeout=N in the URL waits N s"
         raise SearchError(
@@ -159,7 +160,7 @@ def check_study_readable(url: str, flag: str) -> None:
             if connection is not None:
                 inspect(connection).get_table_names()
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy's errors share no useful base; the user gets one line
-        first = (str(exc).splitlines() or [""])[0]
+        first = first_line(exc)
         raise SearchError(
             f"{flag}: the Optuna study's database {sqlite_file(url) or url} cannot be read "
             f"({type(exc).__name__}: {first}); restore it from a copy, or start a new search under another --name"
