@@ -28,7 +28,6 @@ per earlier draw instead (``add_grid_draws``): it numbers the grid's points by t
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from pathlib import Path
@@ -38,8 +37,7 @@ import optuna
 from optuna.trial import TrialState
 
 from artune.humanize import root_cause
-from artune.results import TrialRecord
-from artune.results.tables import LOST_ERROR
+from artune.results.tables import LOST_ERROR, TrialRecord, finite_number
 from artune.spaces import SearchSpace
 
 STUDY_FILE = "optuna.db"
@@ -96,11 +94,11 @@ def frozen_trial(record: TrialRecord, space: SearchSpace, metric: str) -> Option
     epochs = [record.epochs[e] for e in sorted(record.epochs) if not record.epochs[e].get("diverged")]
     if state == TrialState.PRUNED and not epochs:
         return None
-    intermediate = {int(m["epoch"]): float(m[metric]) for m in epochs if _finite(m.get(metric))}
+    intermediate = {int(m["epoch"]): float(m[metric]) for m in epochs if finite_number(m.get(metric))}
     value = None
     if state == TrialState.COMPLETE:
         value = epochs[-1].get(metric) if epochs else None
-        if not _finite(value):
+        if not finite_number(value):
             state = TrialState.FAIL
             value = None
     params, distributions = knobs(record, space)
@@ -257,7 +255,7 @@ class LiveStudy:
     def report(self, record: TrialRecord, metrics: dict[str, Any]) -> None:
         """An epoch of a running trial: its metric as the intermediate value of step ``epoch``."""
         value = metrics.get(self.metric)
-        if metrics.get("diverged") or not _finite(value) or "epoch" not in metrics:
+        if metrics.get("diverged") or not finite_number(value) or "epoch" not in metrics:
             return
         if record.trial_id not in self.open:
             self.start(record)
@@ -323,7 +321,3 @@ class LiveStudy:
                 file=sys.stderr,
                 flush=True,
             )
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

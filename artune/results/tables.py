@@ -124,9 +124,9 @@ class TrialRecord:
 
     def summary(self) -> dict[str, Any]:
         rows = [self.epochs[e] for e in sorted(self.epochs) if not self.epochs[e].get("diverged")]
-        valid_loss = [r["valid_loss"] for r in rows if _finite(r.get("valid_loss"))]
-        valid_acc = [r["valid_accuracy"] for r in rows if _finite(r.get("valid_accuracy"))]
-        speeds = [r["tokens_per_sec"] for r in rows if _finite(r.get("tokens_per_sec"))]
+        valid_loss = [r["valid_loss"] for r in rows if finite_number(r.get("valid_loss"))]
+        valid_acc = [r["valid_accuracy"] for r in rows if finite_number(r.get("valid_accuracy"))]
+        speeds = [r["tokens_per_sec"] for r in rows if finite_number(r.get("tokens_per_sec"))]
         return {
             "epochs_completed": len(rows),
             "last_valid_loss": rows[-1]["valid_loss"] if rows else None,
@@ -140,8 +140,9 @@ class TrialRecord:
         }
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+def finite_number(value: Any) -> bool:
+    """A metric's value that counts: a finite int or float (not a bool, not NaN, not None)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def trials_table(records: Iterable[TrialRecord]) -> pa.Table:
