@@ -39,6 +39,11 @@ params:
 SPACES = {
     # name: (file text, fragments the one error line must hold; {path} is the file)
     "empty": ("", ["{path}:1", "the file is empty"]),
+    # the space names its corpus, and the command gives --data too: one of them would be ignored
+    "dataset_and_data": (
+        GOOD.replace("  seq_len: 32\n", "  seq_len: 32\n  dataset: corpus.txt\n"),
+        ["--data", "{path}:7: fixed.dataset (corpus.txt) both name the corpus", "leave --data out"],
+    ),
     "not_a_mapping": ("- search\n- params\n", ["{path}:1", "top level must be a mapping"]),
     "yaml_syntax": (GOOD.replace("batch_size: 8", "batch_size: 8: 9"), ["{path}:7:", "YAML syntax"]),
     "duplicate_key": (

@@ -385,6 +385,15 @@ def data_as_set(
     if data_file and "dataset" in sets:
         raise SearchError(f"--data {data} and --set dataset={sets['dataset']} both name the corpus: give one")
     on_default_corpus = space.fixed.get("dataset", "tiny_shakespeare") == "tiny_shakespeare"
+    dataset = sets.get("dataset", space.fixed.get("dataset", "tiny_shakespeare"))
+    if data is not None and mode is Mode.NEW and dataset != "tiny_shakespeare":
+        # --data is Tiny Shakespeare's directory or a corpus file of its own: the space's corpus would win unseen
+        if "dataset" in sets:
+            where, fix = f"--set dataset={dataset}", "give one"
+        else:
+            where = f"{space.sources.get('fixed.dataset', str(space.path))}: fixed.dataset ({dataset})"
+            fix = "leave --data out, or the dataset out of the space"
+        raise SearchError(f"--data {data} and {where} both name the corpus: {fix}")
     if data_file and (started_on_file if mode is not Mode.NEW else on_default_corpus):
         return {**sets, "dataset": str(data_file.absolute())}
     return sets
