@@ -12,7 +12,7 @@ from typing import Iterator
 def written_atomically(path: Path) -> Iterator[Path]:
     """A temporary path beside ``path`` (``.NAME.<pid>.tmp``) for the block to write; moved onto ``path`` when the
     block ends, and removed where it fails (a full disk, say), so that no partial file is left behind. A killed
-    process may still leave one: a search removes those of its directory when it starts again."""
+    process may still leave one (a search removes those of its tables and manifest when it starts again)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp

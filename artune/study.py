@@ -37,7 +37,7 @@ import optuna
 from optuna.trial import TrialState
 
 from artune.humanize import root_cause
-from artune.results.tables import LOST_ERROR, TrialRecord, finite_number
+from artune.results.tables import LOST_PREFIX, TrialRecord, finite_number
 from artune.spaces import SearchSpace
 
 STUDY_FILE = "optuna.db"
@@ -177,7 +177,7 @@ def add_grid_draws(study: optuna.Study, records: Iterable[TrialRecord], space: S
     """
     configs: dict[str, list[TrialRecord]] = {}
     for record in records:
-        if not (record.error or "").startswith(LOST_ERROR):
+        if not (record.error or "").startswith(LOST_PREFIX):  # an older artune's lost trials too
             configs.setdefault(record.config_id or record.trial_id, []).append(record)
     added = 0
     for runs in configs.values():

@@ -33,7 +33,10 @@ DEFAULT_RESULTS_DIR = "results"
 STATUSES = ("completed", "stopped", "diverged", "error", "running", "pending")
 # The error of a trial Ray started but Tune never saved before its search stopped: --resume's searcher, restored
 # from before it, drew the same configuration again under a new trial id (search/saved_state.py)
-LOST_ERROR = "lost: its search stopped before Ray Tune saved the trial, so --resume sampled it again under a new id"
+LOST_PREFIX = "lost:"  # what every version's lost trial's error starts with (the text after it has changed)
+LOST_ERROR = (
+    f"{LOST_PREFIX} its search stopped before Ray Tune saved the trial, so --resume sampled it again under a new id"
+)
 
 EPOCH_COLUMNS = {
     "trial_id": pa.string(),

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from artune.errors import SearchError
-from artune.results.tables import LOST_ERROR
+from artune.results.tables import LOST_ERROR, LOST_PREFIX
 from artune.search.runtime import ray_temp_dir
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ def settle_unsaved_trials(plan: Plan) -> None:
         if not (plan.tune_path / trial_id).is_dir() and trial_id not in started:
             continue  # a trial of an earlier run
         status = saved.get(trial_id)
-        if record.status == "error" and status is None and not (record.error or "").startswith(LOST_ERROR):
+        if record.status == "error" and status is None and not (record.error or "").startswith(LOST_PREFIX):
             # failed before Tune saved it (its worker's node went with a lost cluster, say): Tune will not run it
             # again either, but sample it anew
             record.error = f"{LOST_ERROR} (it had failed: {record.error})"

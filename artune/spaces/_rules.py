@@ -67,11 +67,13 @@ def check_space(space: SearchSpace, errors: Errors, unknown: frozenset = frozens
         values += [batch_size] * bool(dist.when)  # where its condition is off, the knob keeps its baseline
         smallest = min((v for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 1), default=None)
         if smallest is not None and smallest < workers:
+            given = space.sources.get("search.workers", "")
+            from_flag = f" ({given})" if given.startswith("--") else ""
             errors.add(
                 f"{space.path}:{dist.line}",
                 "params.batch_size",
                 f"workers <= batch_size must hold for every batch_size a trial can get (each worker takes rows of "
-                f"every batch), but got workers={workers} and batch_size {smallest}",
+                f"every batch), but got workers={workers}{from_flag} and batch_size {smallest}",
             )
     cycle = find_cycle(space.params)
     if cycle:

@@ -37,7 +37,7 @@ def resolve_precision(name: str, device: torch.device, d_model: int = 512) -> to
     (:func:`cpu_bf16_speedup`).
     """
     if name == "bf16":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if device.type == "cuda" and not _cuda_bf16(device):
             raise ConfigError(
                 f"precision 'bf16' needs a GPU that computes in bf16, but {torch.cuda.get_device_name(device)} "
                 "does not; use precision 'auto' or 'fp32'"
@@ -50,6 +50,12 @@ def resolve_precision(name: str, device: torch.device, d_model: int = 512) -> to
     if device.type == "cpu" and cpu_has_native_bf16() and cpu_bf16_speedup(d_model) >= BF16_MIN_SPEEDUP:
         return torch.bfloat16
     return torch.float32
+
+
+def _cuda_bf16(device: torch.device) -> bool:
+    """Whether autocast takes bf16 on this GPU: the check autocast itself makes, on this device."""
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported()
 
 
 def matmul_rate(m: int, k: int, n: int, dtype: torch.dtype = torch.float32, seconds: float = 0.2) -> float:
