@@ -778,7 +778,6 @@ def test_ray_results_merged_into_the_tables_never_bring_back_a_failed_attempts_e
 
 def test_a_knob_searched_under_a_condition_can_also_keep_its_default(tmp_path):
     """Where its condition is off, a conditional knob keeps TrainConfig's default: the corpus check covers that too."""
-    from artune.search import possible_values
     from artune.spaces import load_space
 
     path = tmp_path / "space.yaml"
@@ -787,7 +786,7 @@ def test_a_knob_searched_under_a_condition_can_also_keep_its_default(tmp_path):
         "  optimizer: {choice: [adam, noam]}\n  seq_len: {choice: [32, 64], when: {optimizer: noam}}\n"
     )
     space = load_space(path)
-    assert sorted(possible_values(space, "seq_len")) == [32, 64, TrainConfig().seq_len]
+    assert sorted(space.possible_values("seq_len")) == [32, 64, TrainConfig().seq_len]
 
 
 @pytest.mark.parametrize(
@@ -829,6 +828,24 @@ def test_the_manifest_records_the_condition_of_each_conditional_knob(tmp_path, s
     manifest = json.loads((plan.directory / "manifest.json").read_text())
     assert manifest["params"] == ["optimizer", "seq_len"]
     assert manifest["conditions"] == {"seq_len": {"optimizer": ["noam"]}}
+
+
+def test_a_manifest_that_cannot_be_read_or_written_is_a_storage_error_naming_the_search(tmp_path, shakespeare_path):
+    """What the CLI turns into one line and exit 4 (a traceback after a whole search, before)."""
+    from artune.errors import StorageError
+    from artune.search import load_plan_corpus, make_plan, parse_args, write_manifest
+
+    args = [str(SMOKE), "--results-dir", str(tmp_path / "r"), "--name", "m", "--data", str(shakespeare_path)]
+    plan = make_plan(parse_args(args))
+    corpus = load_plan_corpus(plan)
+    (plan.directory / "manifest.json").mkdir(parents=True)  # where the file should be, something it cannot be
+    with pytest.raises(StorageError, match=rf"^{plan.directory}: the manifest cannot be read \(\[Errno 21\]"):
+        write_manifest(plan, corpus, {})
+    (plan.directory / "manifest.json").rmdir()
+    (plan.directory / f".manifest.json.{os.getpid()}.tmp").mkdir()  # the atomic write's own file, taken
+    with pytest.raises(StorageError, match=rf"^{plan.directory}: the manifest cannot be written \(\[Errno 21\]"):
+        write_manifest(plan, corpus, {"finished": "now"})
+    assert not (plan.directory / "manifest.json").exists()
 
 
 def test_a_results_dir_that_is_not_a_directory_is_refused(tmp_path):

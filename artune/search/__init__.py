@@ -15,7 +15,7 @@ from artune.errors import SearchError
 from artune.search.cli import build_parser, cli, main, parse_args
 from artune.search.corpus import load_plan_corpus
 from artune.search.manifest import write_manifest
-from artune.search.plan import SPACE_COPY, Mode, Plan, make_plan, parse_sets, possible_values
+from artune.search.plan import SPACE_COPY, Mode, Plan, make_plan, parse_sets
 from artune.search.runtime import stop_ray
 from artune.search.saved_state import check_saved_state
 
@@ -41,7 +41,6 @@ __all__ = [
     "make_plan",
     "parse_args",
     "parse_sets",
-    "possible_values",
     "stop_ray",
     "write_manifest",
     *_LAZY,

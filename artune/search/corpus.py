@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from artune.errors import CorpusError, NotFetched, SearchError, UnknownTokenError
-from artune.search.plan import Mode, Plan, possible_values
+from artune.search.plan import Mode, Plan
 
 if TYPE_CHECKING:
     from artune.data import Corpus
@@ -22,10 +22,10 @@ def load_plan_corpus(plan: Plan, fetch: bool = True) -> Corpus:
     try:
         corpus = load_corpus(space.baseline("dataset"), tokenizer, plan.data_dir, fetch=fetch)
         # The loaders' needs grow with seq_len and with batch_size, each alone: the largest of each is the test.
-        seq_len, batch_size = (int(max(possible_values(space, key))) for key in ("seq_len", "batch_size"))
-        whole_batches = any(possible_values(space, "compile"))  # true or 'auto'
-        for train_loader in sorted(set(possible_values(space, "train_loader"))):
-            for valid_loader in sorted(set(possible_values(space, "valid_loader"))):
+        seq_len, batch_size = (int(max(space.possible_values(key))) for key in ("seq_len", "batch_size"))
+        whole_batches = any(space.possible_values("compile"))  # true or 'auto'
+        for train_loader in sorted(set(space.possible_values("train_loader"))):
+            for valid_loader in sorted(set(space.possible_values("valid_loader"))):
                 check_fits(
                     corpus,
                     seq_len,
@@ -38,8 +38,8 @@ def load_plan_corpus(plan: Plan, fetch: bool = True) -> Corpus:
         if not fetch:
             raise
         raise SearchError(str(exc)) from None
-    samples = max(possible_values(space, "sample_tokens")) > 0
-    for prompt in possible_values(space, "prompt"):
+    samples = max(space.possible_values("sample_tokens")) > 0
+    for prompt in space.possible_values("prompt"):
         try:
             tokens = corpus.vocabulary.encode(get_tokenizer(tokenizer)(prompt))
         except UnknownTokenError as exc:

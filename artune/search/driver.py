@@ -122,15 +122,13 @@ def tune_search(plan: Plan, corpus: Corpus) -> Outcome:
 
         recorder = Recorder(plan)
         open_study(recorder, plan)
-        try:
-            write_manifest(
-                plan,
-                corpus,
-                {{Mode.NEW: "started", Mode.RESUME: "resumed", Mode.EXTEND: "extended"}[plan.mode]: started},
-                new_command=True,
-            )
-        except OSError as exc:  # nothing has trained: the search's directory goes (a new one) or stays as it was
-            raise StorageError(f"{plan.directory}: the manifest cannot be written ({describe_os_error(exc)})") from None
+        # a StorageError here: nothing has trained, and a new search's directory goes (search_directory)
+        write_manifest(
+            plan,
+            corpus,
+            {{Mode.NEW: "started", Mode.RESUME: "resumed", Mode.EXTEND: "extended"}[plan.mode]: started},
+            new_command=True,
+        )
         plan.stopwatch.lap("study")
         tuner = build_tuner(tuner_plan(plan), corpus, recorder)
         tuning_started = plan.stopwatch.lap("tuner")  # the searcher, the corpus into Ray's object store
@@ -156,9 +154,8 @@ def tune_search(plan: Plan, corpus: Corpus) -> Outcome:
                 write_manifest(
                     plan, corpus, {"finished": dt.datetime.now().isoformat(timespec="seconds"), "timings": timings}
                 )
-            except OSError as exc:  # the tables hold every trial: the search is reported as its storage failing
-                what = f"{plan.directory}: the manifest cannot be written ({describe_os_error(exc)})"
-                recorder.storage_fails(what, in_loop=False)
+            except StorageError as exc:  # the tables hold every trial: reported as the storage failing, exit 4
+                recorder.storage_fails(str(exc), in_loop=False)
     finally:
         stop_ray()  # a no-op where ray.init never ran or failed
     return Outcome(interrupted, finished - plan.started, recorder.spent, recorder.records, recorder.storage_failure)

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from artune import __version__
-from artune.errors import SearchError, SpaceError
+from artune.errors import SearchError, SpaceError, StorageError
+from artune.humanize import describe_os_error
 from artune.results import MANIFEST_FILE, write_json_atomic
 from artune.search.storage import sqlite_file
 from artune.spaces import OVERRIDE_FLAGS, SearchSpace, load_space
@@ -182,9 +183,13 @@ def versions() -> dict[str, str]:
 
 
 def write_manifest(plan: Plan, corpus: Corpus, extra: dict[str, Any], new_command: bool = False) -> None:
-    """Record the run ``plan`` describes in the search's manifest, with ``extra`` (its start or end time)."""
+    """Record the run ``plan`` describes in the search's manifest, with ``extra`` (its start or end time); a
+    StorageError where the file cannot be read back or written."""
     path = plan.directory / MANIFEST_FILE
-    manifest = json.loads(path.read_text()) if path.exists() else {}
+    try:
+        manifest = json.loads(path.read_text()) if path.exists() else {}
+    except OSError as exc:
+        raise StorageError(f"{plan.directory}: the manifest cannot be read ({describe_os_error(exc)})") from None
     s = plan.space.settings
     manifest.update(
         {
@@ -236,4 +241,7 @@ def write_manifest(plan: Plan, corpus: Corpus, extra: dict[str, Any], new_comman
     if "finished" in extra:
         manifest["finished_runs"] = sorted({*manifest.get("finished_runs", []), plan.run_name})
     manifest.update(extra)
-    write_json_atomic(manifest, path)
+    try:
+        write_json_atomic(manifest, path)
+    except OSError as exc:
+        raise StorageError(f"{plan.directory}: the manifest cannot be written ({describe_os_error(exc)})") from None

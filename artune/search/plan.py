@@ -159,7 +159,7 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
         )
     if mode is not Mode.RESUME:  # a resume runs as its search started (and may change no resources)
         check_cuda_has_a_gpu(space)
-    compiles = any(value is True for value in possible_values(space, "compile"))  # not 'auto'
+    compiles = any(value is True for value in space.possible_values("compile"))  # not 'auto'
     compiler = missing_compiler() if not args.address and compiles else None
     if compiler:  # (a cluster's nodes have toolchains of their own: a trial there says what its node lacks)
         raise SearchError(compiler_message(compiler, turn_off="--set compile=false"))
@@ -384,7 +384,6 @@ def data_as_set(
         )
     if data_file and "dataset" in sets:
         raise SearchError(f"--data {data} and --set dataset={sets['dataset']} both name the corpus: give one")
-    on_default_corpus = space.fixed.get("dataset", "tiny_shakespeare") == "tiny_shakespeare"
     dataset = sets.get("dataset", space.fixed.get("dataset", "tiny_shakespeare"))
     if data is not None and mode is Mode.NEW and dataset != "tiny_shakespeare":
         # --data is Tiny Shakespeare's directory or a corpus file of its own: the space's corpus would win unseen
@@ -394,7 +393,7 @@ def data_as_set(
             where = f"{space.sources.get('fixed.dataset', str(space.path))}: fixed.dataset ({dataset})"
             fix = "leave --data out, or the dataset out of the space"
         raise SearchError(f"--data {data} and {where} both name the corpus: {fix}")
-    if data_file and (started_on_file if mode is not Mode.NEW else on_default_corpus):
+    if data_file and (mode is Mode.NEW or started_on_file):  # a new search's corpus is Tiny Shakespeare here
         return {**sets, "dataset": str(data_file.absolute())}
     return sets
 
@@ -416,7 +415,7 @@ def parse_sets(items: list[str]) -> dict[str, str]:
 def check_cuda_has_a_gpu(space: SearchSpace) -> None:
     """``device: cuda`` in a trial that Ray gives no GPU would train on a GPU that Ray did not reserve for it, or
     fail in every trial where the node has none: refused before Ray starts."""
-    if space.settings.gpu > 0 or "cuda" not in possible_values(space, "device"):
+    if space.settings.gpu > 0 or "cuda" not in space.possible_values("device"):
         return
     if "device" in space.params:
         where = f"{space.path}:{space.params['device'].line}: params.device"
@@ -427,15 +426,3 @@ def check_cuda_has_a_gpu(space: SearchSpace) -> None:
         f"{where}: device 'cuda' needs a GPU for each trial, but the trials get none (resources.gpu is 0): "
         "add --gpus-per-trial 1 (resources: {gpu: 1}), or use device auto or cpu"
     )
-
-
-def possible_values(space: SearchSpace, key: str) -> list[Any]:
-    """The values a knob can take in a search: its choices or its bounds (and, searched under a condition, its
-    baseline), or its baseline: the fixed value, else TrainConfig's default. Knob by knob, not a TrainConfig of
-    the fixed knobs alone: that would check them against defaults no trial trains with (a fixed ``optimizer:
-    noam`` with a searched ``warmup``, say)."""
-    dist = space.params.get(key)
-    if dist is None:
-        return [space.baseline(key)]
-    values = list(dist.values) if dist.kind == "choice" else [dist.low, dist.high]
-    return values + [space.baseline(key)] * bool(dist.when)  # where its condition is off, the knob keeps its baseline

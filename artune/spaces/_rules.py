@@ -63,8 +63,7 @@ def check_space(space: SearchSpace, errors: Errors, unknown: frozenset = frozens
         )
     elif "batch_size" in space.params and workers > 1:
         dist = space.params["batch_size"]
-        values = list(dist.values) if dist.kind == "choice" else [dist.low]
-        values += [batch_size] * bool(dist.when)  # where its condition is off, the knob keeps its baseline
+        values = space.possible_values("batch_size")
         smallest = min((v for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 1), default=None)
         if smallest is not None and smallest < workers:
             given = space.sources.get("search.workers", "")

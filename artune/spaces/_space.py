@@ -98,6 +98,16 @@ class SearchSpace:
             return self.settings.epochs
         return FIELDS[name].default
 
+    def possible_values(self, name: str) -> list[Any]:
+        """The values a knob can take in a trial: its choices or its bounds (and, searched under a condition, its
+        baseline), or its baseline. Knob by knob, not a TrainConfig of the fixed knobs alone: that would check
+        them against defaults no trial trains with (a fixed ``optimizer: noam`` with a searched ``warmup``)."""
+        dist = self.params.get(name)
+        if dist is None:
+            return [self.baseline(name)]
+        values = list(dist.values) if dist.kind == "choice" else [dist.low, dist.high]
+        return values + [self.baseline(name)] * bool(dist.when)  # where its condition is off: the baseline
+
     def holds(self, when: dict[str, tuple], sampled: dict[str, Any]) -> bool:
         """Whether a condition holds for the values sampled so far (a knob not sampled: its baseline)."""
         return all((sampled[k] if k in sampled else self.baseline(k)) in allowed for k, allowed in when.items())
