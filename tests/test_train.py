@@ -1087,13 +1087,13 @@ def test_cli_from_a_search_trains_its_best_trial_again(smoke_search, shakespeare
 
     results = load(directory)
     best = results.trial()
-    again = _cli("--from", str(directory), "--data", str(shakespeare_path.parent))
+    again = _cli("--from", str(directory), "--data", str(shakespeare_path))
     assert again.returncode == 0, again.stderr
     assert f"the configuration of trial {best['trial_id']} of search smoke; changed here: nothing" in again.stdout
     trained = [float(v) for v in re.findall(r"valid_loss (\S+)", again.stdout)]
     searched = results.epochs[results.epochs["trial_id"] == best["trial_id"]].sort_values("epoch")["valid_loss"]
     assert trained == pytest.approx(searched.round(4).tolist(), abs=1e-4)
-    longer = _cli("--from", str(directory), "--epochs", "1", "--d_model", "32", "--data", str(shakespeare_path.parent))
+    longer = _cli("--from", str(directory), "--epochs", "1", "--d_model", "32", "--data", str(shakespeare_path))
     assert longer.returncode == 0, longer.stderr
     assert "changed here: d_model=32, epochs=1" in longer.stdout and "epoch   2" not in longer.stdout
 
@@ -1152,6 +1152,33 @@ def test_cli_data_names_the_corpus_as_in_the_search_command(small_text, capsys, 
     out = capsys.readouterr().out
     assert "epoch   1  train_loss" in out
     assert "18,000 train / 2,000 valid tokens" in out  # small_text, not the default corpus's 1,003,854 train tokens
+
+
+def test_cli_data_file_is_the_dataset_its_checkpoint_records(small_text, tmp_path, capsys):
+    """As in a search's trials: the checkpoint names the file trained on, not Tiny Shakespeare."""
+    assert main(["--data", str(small_text), "--checkpoint-dir", str(tmp_path), *TINY_CLI]) == 0
+    assert torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)["config"]["dataset"] == str(small_text.absolute())
+    capsys.readouterr()
+    # resumed without --data, the run reads the file its checkpoint names
+    assert main(["--checkpoint-dir", str(tmp_path), "--resume", "--epochs", "2"]) == 0
+    assert "epoch   2  train_loss" in capsys.readouterr().out
+
+
+def test_cli_data_that_another_dataset_would_leave_unread_is_refused_naming_both(small_text, tmp_path, capsys):
+    assert main(["--data", str(small_text), "--dataset", str(small_text), *TINY_CLI]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"error: --data {small_text} and --dataset {small_text} both name the corpus: give one"
+
+    assert main(["--data", str(small_text), "--checkpoint-dir", str(tmp_path), *TINY_CLI]) == 0
+    capsys.readouterr()
+    directory = str(small_text.parent)  # a directory: Tiny Shakespeare's, where the checkpoint trained on a file
+    assert main(["--checkpoint-dir", str(tmp_path), "--resume", "--epochs", "2", "--data", directory]) == 2
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines() == [
+        f"error: --data {directory} is not a file, and the checkpoint in {tmp_path} trained on the file "
+        f"{small_text.absolute()}: give that file (or a copy of it) with --data, or leave --data out"
+    ]
+    assert "epoch" not in out
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -13,6 +13,7 @@ import torch
 import artune.train.checkpoint as checkpoint
 from artune import ArgumentParser, stdout_closed
 from artune.config import FIELD_NAMES, ConfigError, TrainConfig, add_config_arguments
+from artune.data import TINY_SHAKESPEARE
 from artune.errors import CheckpointError, DivergedError, UserError
 from artune.humanize import parse_duration
 from artune.train.checkpoint import CHECKPOINT_FILE
@@ -42,7 +43,7 @@ def _config(args: Any) -> TrainConfig:
         path, state = checkpoint.read(args.checkpoint_dir, torch.device("cpu"))
         if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
             raise CheckpointError(f"{path}: not an artune checkpoint (no settings in it)")
-        base = state["config"]
+        base, origin = state["config"], f"the checkpoint in {args.checkpoint_dir}"
     elif args.from_search is not None:
         # pyarrow and pandas only for --from: the trainer's import (in every trial) goes without them
         from artune.results import DEFAULT_RESULTS_DIR, load
@@ -55,9 +56,30 @@ def _config(args: Any) -> TrainConfig:
         trial = args.trial or results.trial()["trial_id"]
         changed = ", ".join(f"{k}={v}" for k, v in given.items()) or "nothing"
         print(f"the configuration of trial {trial} of search {results.name}; changed here: {changed}")
+        origin = f"trial {trial} of search {results.name}"
     else:
-        base = {}
-    return TrainConfig.from_dict({**base, **given})
+        base, origin = {}, ""
+    return TrainConfig.from_dict({**base, **given, **data_as_dataset(args.data_dir, base, given, origin)})
+
+
+def data_as_dataset(data: Optional[str], base: dict[str, Any], given: dict[str, Any], origin: str) -> dict[str, str]:
+    """``--data FILE`` as the ``dataset`` knob, so that the checkpoint records the corpus trained on (as a
+    search's trials do). ``--data`` that another ``dataset`` would leave unread is refused, naming both."""
+    if data is None:
+        return {}
+    path = Path(data).expanduser()
+    if "dataset" in given and given["dataset"] != TINY_SHAKESPEARE:
+        raise ConfigError(f"--data {data} and --dataset {given['dataset']} both name the corpus: give one")
+    if path.is_file():
+        return {"dataset": str(path.absolute())}
+    dataset = base.get("dataset", TINY_SHAKESPEARE)
+    if dataset != TINY_SHAKESPEARE and "dataset" not in given:
+        # --data is Tiny Shakespeare's directory here: the checkpoint's or the trial's own corpus file would win
+        raise ConfigError(
+            f"--data {data} is not a file, and {origin} trained on the file {dataset}: give that file (or a copy "
+            "of it) with --data, or leave --data out"
+        )
+    return {}
 
 
 def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> int:
