@@ -201,6 +201,30 @@ def test_the_search_driver_never_imports_torch(tmp_path, shakespeare_path):
     assert json.loads((tmp_path / "notorch" / "manifest.json").read_text())["versions"]["torch"]
 
 
+def test_a_search_in_a_notebooks_process_gives_its_sigterm_handler_back(tmp_path, shakespeare_path, capsys):
+    """In-process (a notebook's kernel): SIGTERM ends the search as Ctrl-C only while it runs, and a SIGTERM noted by
+    an earlier search does not end the next one."""
+    import signal
+
+    from artune.search import main, runtime
+
+    def kernels_own(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, kernels_own)
+    try:
+        runtime._TERMINATED.set()  # an earlier search in this process was terminated
+        with runtime.sigterm_as_interrupt():
+            assert not runtime.terminated() and signal.getsignal(signal.SIGTERM) is not kernels_own
+        assert signal.getsignal(signal.SIGTERM) is kernels_own
+        args = [str(SMOKE), "--dry-run", "--results-dir", str(tmp_path), "--data", str(shakespeare_path)]
+        assert main(args) == 0
+        assert signal.getsignal(signal.SIGTERM) is kernels_own
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        runtime._TERMINATED.clear()
+
+
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, shakespeare_path):
     result = cli(
         str(SMOKE),

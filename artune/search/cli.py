@@ -15,7 +15,7 @@ from artune.errors import StorageError, UserError
 from artune.humanize import parse_duration as _parse_duration
 from artune.results import DEFAULT_RESULTS_DIR, MANIFEST_FILE
 from artune.search.plan import DEFAULT_SPACE, make_plan
-from artune.search.runtime import stop_on_sigterm, stop_ray, terminated
+from artune.search.runtime import sigterm_as_interrupt, stop_ray, terminated
 from artune.spaces import SearchSettings
 from artune.startup import exit_without_collecting, pause_collector
 
@@ -110,13 +110,17 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> int:
     """The command. ``started``: the ``time.monotonic()`` its time budget counts from (default: now)."""
+    args = parse_args(argv)
+    with sigterm_as_interrupt():
+        return _main(args, started)
+
+
+def _main(args: argparse.Namespace, started: Optional[float]) -> int:
     from artune.search.corpus import describe_corpus
     from artune.search.driver import EXIT_INTERRUPTED, EXIT_STORAGE_FAILED, EXIT_TERMINATED, run
     from artune.search.report import describe_plan
 
-    args = parse_args(argv)
     plan = None
-    stop_on_sigterm()
     try:
         plan = make_plan(args, started)
         if args.dry_run:

@@ -42,6 +42,20 @@ def stop_on_sigterm() -> None:
 
 
 @contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """One search's SIGTERM handling (:func:`stop_on_sigterm`): the process's own handler comes back after it, and
+    the next search in the same process (a notebook's) starts with no SIGTERM noted."""
+    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    _TERMINATED.clear()
+    stop_on_sigterm()
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
 def interrupts_kept() -> Iterator[None]:
     """A Ctrl-C while Ray starts is raised where the start returns, if Python lost it on the way.
 
