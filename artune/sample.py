@@ -101,6 +101,9 @@ def _device(name: str) -> str:
         raise UserError(f"--device must be cpu, cuda or cuda:N, but got {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: torch sees no CUDA device here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise UserError(f"--device {name}: torch sees {count} CUDA device(s) here, cuda:0 to cuda:{count - 1}")
     return name
 
 

@@ -206,6 +206,14 @@ def test_a_search_with_no_finished_epoch_is_one_line(tmp_path):
     assert "finished no epoch" in one_error_line(run("artune.sample", directory, "--trial", "a1"))
 
 
+def test_a_device_this_machine_lacks_is_one_line_naming_it(search):
+    """cuda:N past the GPUs torch sees (on a machine with none: any CUDA device), and a name torch does not know."""
+    missing = f"cuda:{torch.cuda.device_count()}"
+    line = one_error_line(run("artune.sample", search, "--device", missing))
+    assert line.startswith(f"error: --device {missing}: torch sees ") and "CUDA device" in line, line
+    assert "--device must be cpu, cuda or cuda:N" in one_error_line(run("artune.sample", search, "--device", "gpu"))
+
+
 def test_an_export_target_that_is_not_empty_is_left_alone(search, tmp_path):
     out = tmp_path / "taken"
     out.mkdir()
