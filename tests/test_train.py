@@ -1115,12 +1115,34 @@ def test_cli_checkpoint_dir_where_nothing_can_be_written_is_one_error_line(small
     check), the first checkpoint's write fails, and that is one line too, not a traceback."""
     checkpoint_dir = "/proc/artune-checkpoints"
     code = main(["--dataset", str(small_text), "--checkpoint-dir", checkpoint_dir, *TINY_CLI])
-    assert code == 2
     _, err = capsys.readouterr()
     (line,) = err.strip().splitlines()
-    assert line.startswith(f"error: --checkpoint-dir {checkpoint_dir}: ") and (
-        "cannot write the checkpoint of epoch 1 (" in line or "/proc is not writable" in line
-    ), line
+    assert line.startswith(f"error: --checkpoint-dir {checkpoint_dir}: ")
+    if os.access("/proc", os.W_OK):  # root: the write fails, a storage failure (exit 4, as a search's)
+        assert code == 4 and "cannot write the checkpoint of epoch 1 (" in line, (code, line)
+    else:  # a bad input, refused before training
+        assert code == 2 and "/proc is not writable" in line, (code, line)
+
+
+def test_cli_a_run_that_diverges_is_one_line_and_exit_1_as_a_search_whose_trials_all_diverged(small_text, capsys):
+    assert (
+        main(
+            [
+                "--dataset",
+                str(small_text),
+                *TINY_CLI,
+                "--lr",
+                "1e6",
+                "--grad_norm_clip",
+                "1e9",
+                "--batches_per_epoch",
+                "40",
+            ]
+        )
+        == 1
+    )
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: training loss became ") and "lr=1000000.0" in line, line
 
 
 def test_cli_refuses_to_overwrite_a_checkpoint_without_resume_and_continues_it_with_resume(

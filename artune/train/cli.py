@@ -14,7 +14,7 @@ import artune.train.checkpoint as checkpoint
 from artune import ArgumentParser, stdout_closed
 from artune.config import FIELD_NAMES, ConfigError, TrainConfig, add_config_arguments
 from artune.data import TINY_SHAKESPEARE
-from artune.errors import CheckpointError, DivergedError, UserError
+from artune.errors import CheckpointError, DivergedError, StorageError, UserError
 from artune.humanize import parse_duration
 from artune.train.checkpoint import CHECKPOINT_FILE
 from artune.train.trainer import Metrics, Trainer
@@ -187,7 +187,7 @@ def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> i
                 try:
                     trainer.save_checkpoint(args.checkpoint_dir)
                 except OSError as exc:  # a full disk, an unwritable directory: the last good checkpoint stays
-                    raise CheckpointError(
+                    raise StorageError(
                         f"--checkpoint-dir {args.checkpoint_dir}: cannot write the checkpoint of epoch "
                         f"{metrics['epoch']} ({exc.strerror or exc})"
                     ) from None
@@ -201,9 +201,15 @@ def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> i
                 )
                 return 1
             print(f"time budget {args.time_budget} reached after epoch {trainer.epoch} ({len(history)} trained here)")
-    except (UserError, CheckpointError, DivergedError) as exc:  # a bad input, or a run that cannot go on
+    except (UserError, CheckpointError) as exc:  # a bad input: a setting, the corpus, the checkpoint to resume
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except DivergedError as exc:  # the run failed, as a search whose every trial diverged (exit 1 there too)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except StorageError as exc:  # a checkpoint could not be written (exit 4, as a search's storage): the last stays
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
