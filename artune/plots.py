@@ -28,7 +28,7 @@ from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from artune.errors import ResultsError, SpaceError
 from artune.files import written_atomically
-from artune.results import SPACE_COPY, SearchResults, knob_cell, knob_type
+from artune.results import SPACE_COPY, SearchResults, knob_type
 from artune.spaces import Distribution, load_space
 
 BEST_COLOR = "tab:red"
@@ -247,7 +247,7 @@ def knob_axes(results: SearchResults) -> dict[str, KnobAxis]:
 def knob_axis(knob: str, values: pd.Series, dist: Optional[Distribution] = None) -> KnobAxis:
     """The axis of one knob: as ``dist`` (its entry in the space file) samples it, else as its values read."""
     if dist is not None and dist.kind == "choice":
-        return KnobAxis("choice", choices=tuple(knob_cell(knob, v) for v in dist.values))
+        return KnobAxis("choice", choices=tuple(dist.values))  # as load() gives the column: compile's True, 'auto'
     if dist is not None:
         kind = "int" if dist.kind == "int" else "float"
         return KnobAxis(kind, log=dist.kind == "loguniform" or dist.log, bounds=(dist.low, dist.high))
@@ -276,7 +276,9 @@ def knob_positions(values: pd.Series, axis: Optional[KnobAxis] = None) -> tuple[
     if axis.kind == "choice":
         order = list(axis.choices) if axis.choices is not None else []
         # a value the space does not list (a knob --set on an --extend, say) goes after its choices
-        order += sorted(v for v in dict.fromkeys(values.dropna().tolist()) if v not in order)
+        # (by type, then value: compile's column holds True, False and 'auto', which do not compare)
+        unlisted = (v for v in dict.fromkeys(values.dropna().tolist()) if v not in order)
+        order += sorted(unlisted, key=lambda v: (type(v).__name__, v))
         if values.isna().any() and None not in order:
             order.append(None)
         index = {v: i for i, v in enumerate(order) if v is not None}

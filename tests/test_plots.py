@@ -178,6 +178,37 @@ def test_parallel_coordinates_take_the_space_files_order(search: Path) -> None:
     assert labels == {"64": 0.0, "32": 1.0}
 
 
+@pytest.mark.parametrize("space", [True, False])
+def test_a_searched_switch_of_bools_and_auto_is_one_category_per_value(tmp_path: Path, space: bool) -> None:
+    """compile's column holds True, False and 'auto', which do not sort together: a category each, in the space's
+    order where its file is there, else bools before text."""
+    directory = tmp_path / "switch"
+    directory.mkdir()
+    records = []
+    for trial_id, (compile_, loss) in {"a": (True, 2.0), "b": (False, 1.9), "c": ("auto", 1.8)}.items():
+        record = TrialRecord(trial_id, TrainConfig(compile=compile_, n_heads=2, epochs=1).to_dict())
+        record.add_epoch({"epoch": 1, "valid_loss": loss, "valid_accuracy": 0.5, "train_loss": loss})
+        record.status = "completed"
+        records.append(record)
+    write_tables(directory, records)
+    manifest = {"name": "switch", "metric": "valid_loss", "mode": "min", "params": ["compile"]}
+    if space:
+        path = tmp_path / "space.yaml"
+        path.write_text(SPACE.split("params:")[0] + "params:\n  compile: {choice: [auto, true, false]}\n")
+        manifest |= {"space_file": str(path), "space_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    write_json_atomic(manifest, directory / MANIFEST_FILE)
+    results = load(directory)
+    labels = ["auto", "True", "False"] if space else ["False", "True", "auto"]
+    _, axes = panels(results)
+    assert ticks(axes["compile"]) == ([0, 1, 2], labels)
+    ax = parallel_coordinates(results).axes[0]
+    assert sorted((t.get_position()[1], t.get_text()) for t in ax.texts if round(t.get_position()[0]) == 1) == [
+        (0.0, labels[0]),
+        (0.5, labels[1]),
+        (1.0, labels[2]),
+    ]
+
+
 @pytest.mark.parametrize(
     ("low", "high", "expected"),
     [
