@@ -75,8 +75,11 @@ def root_cause(exc: BaseException) -> str:
 
 
 def describe_os_error(exc: OSError) -> str:
-    """An OSError in a line: its errno, the OS's reason and the file."""
-    return f"[Errno {exc.errno}] {exc.strerror}: {exc.filename}" if exc.errno else str(exc)
+    """An OSError in a line: its errno, the OS's reason and the file (where the error names one: pyarrow's do not)."""
+    if not exc.errno:
+        return str(exc)
+    named = f": {exc.filename}" if exc.filename is not None else ""
+    return f"[Errno {exc.errno}] {exc.strerror}{named}" + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
 
 
 def first_line(exc: BaseException) -> str:

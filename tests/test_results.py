@@ -121,6 +121,25 @@ def test_load_of_a_corrupt_table_names_the_file(tmp_path: Path) -> None:
         load(tmp_path)
 
 
+def test_a_manifest_that_cannot_be_read_or_is_not_an_object_is_a_results_error_naming_it(search: Path, tmp_path):
+    for name, make in [("unreadable", lambda path: path.mkdir()), ("a list", lambda path: path.write_text("[]"))]:
+        directory = tmp_path / name
+        directory.mkdir()
+        (directory / TRIALS_FILE).write_bytes((search / TRIALS_FILE).read_bytes())
+        make(directory / MANIFEST_FILE)
+        with pytest.raises(ResultsError, match=rf"^{directory / MANIFEST_FILE}: (cannot be read|not a search's)"):
+            load(directory)
+
+
+def test_an_os_error_is_described_with_the_files_it_names_and_none_it_does_not() -> None:
+    from artune.humanize import describe_os_error
+
+    full = "Error writing bytes to file. Detail: [errno 28] No space left on device"
+    assert describe_os_error(OSError(28, full)) == f"[Errno 28] {full}"  # pyarrow's: no file named
+    assert describe_os_error(OSError(28, "No space left on device", "/r/t.parquet")).endswith("device: /r/t.parquet")
+    assert describe_os_error(OSError(2, "No such file", "a", None, "b")) == "[Errno 2] No such file: a -> b"
+
+
 # --- best, curves, summary
 
 

@@ -292,6 +292,12 @@ def load(path_or_name: str | os.PathLike, results_dir: str | os.PathLike = DEFAU
         manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     except json.JSONDecodeError as error:
         raise ResultsError(f"{manifest_path}: not valid JSON ({error})") from None
+    except OSError as error:  # another user's search (EACCES), or not a file
+        raise ResultsError(f"{manifest_path}: cannot be read ({error.strerror or error})") from None
+    if not isinstance(manifest, dict):
+        raise ResultsError(
+            f"{manifest_path}: not a search's manifest (a JSON {type(manifest).__name__}, not an object)"
+        )
     trials = _read_table(path / TRIALS_FILE)
     missing = [c for c in ("trial_id", "status") if c not in trials]
     if missing:
