@@ -37,9 +37,9 @@ PLOT_FILES = ("learning_curves.png", "metric_vs_knobs.png", "parallel_coordinate
 
 def learning_curves(results: SearchResults, metric: Optional[str] = None) -> Figure:
     """One line per trial of ``metric`` per epoch; the trial with the best value drawn on top, in red."""
-    metric = results.epoch_metric(metric)
-    curves = results.curves(metric)
-    name, _ = results.metric_column(metric)  # what best() ranks by: best_valid_loss for valid_loss
+    column = results.epoch_metric(metric)  # the per-epoch values drawn: valid_loss for last_valid_loss too
+    curves = results.curves(column)
+    name, _ = results.metric_column(metric)  # what best() ranks by, as the summary and the other plots do
     best = results.best(1, metric)
     best_key = _trial_key(best.iloc[0]) if len(best) else None
     if best_key not in curves.columns:  # no epoch rows for it (a trial with none, or a table mid-rewrite)
@@ -85,7 +85,7 @@ def learning_curves(results: SearchResults, metric: Optional[str] = None) -> Fig
     else:
         ax.legend(fontsize=8)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="epoch", ylabel=metric, title=f"{results.name}: {metric} per epoch ({curves.shape[1]} trials)")
+    ax.set(xlabel="epoch", ylabel=column, title=f"{results.name}: {column} per epoch ({curves.shape[1]} trials)")
     ax.grid(alpha=0.3)
     return fig
 

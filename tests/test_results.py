@@ -408,6 +408,24 @@ def test_learning_curves_highlight_the_best_trial(search: Path) -> None:
     assert len(ax.get_lines()) == 5
 
 
+def test_learning_curves_by_the_last_value_highlight_the_trial_the_summary_ranks_first(tmp_path: Path) -> None:
+    """--metric last_valid_loss: a trial that ended at 2.0 beats one that reached 1.0 and ended at 3.0."""
+    records = []
+    for trial_id, losses in {"early": (1.0, 3.0), "steady": (2.0, 2.0)}.items():
+        record = TrialRecord(trial_id, {"n_heads": 2})
+        for epoch, loss in enumerate(losses, 1):
+            record.add_epoch({"epoch": epoch, "valid_loss": loss, "valid_accuracy": 0.5, "train_loss": loss})
+        record.status = "completed"
+        records.append(record)
+    write_tables(tmp_path, records)
+    results = load(tmp_path)
+    assert results.best(1, "last_valid_loss")["trial_id"].tolist() == ["steady"]
+    ax = learning_curves(results, "last_valid_loss").axes[0]
+    (best,) = [line for line in ax.get_lines() if line.get_label().startswith("best: ")]
+    assert best.get_label() == "best: steady (last_valid_loss 2)" and best.get_ydata().tolist() == [2.0, 2.0]
+    assert ax.get_ylabel() == "valid_loss"
+
+
 def test_learning_curves_of_a_best_trial_without_epoch_rows(tmp_path: Path) -> None:
     """Its summary can be newer than the epochs (a table read mid-rewrite), or its epochs missing."""
     directory = fx.build_search(tmp_path / "s")
