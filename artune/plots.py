@@ -99,7 +99,7 @@ def metric_vs_knobs(results: SearchResults, metric: Optional[str] = None) -> Fig
     name, values = results.metric_column(metric)
     knobs = results.params
     kinds = knob_axes(results)
-    has_value = values.notna().to_numpy()
+    has_value = has_finite_value(values)
     best = _best_position(results, name, values)
     columns = min(max(len(knobs), 1), 3)
     rows = -(-max(len(knobs), 1) // columns)
@@ -163,8 +163,8 @@ def parallel_coordinates(results: SearchResults, metric: Optional[str] = None) -
     """
     name, values = results.metric_column(metric)
     knobs = results.params
-    keep = values.notna()
-    trials, values = results.trials[keep], values[keep]  # a trial without a value has no colour
+    keep = has_finite_value(values)
+    trials, values = results.trials[keep], values[keep]  # a trial without a (finite) value has no colour
     axes_names = [name, *knobs]
     # a conditional knob a trial did not sample: its line has a gap on that axis
     kinds = knob_axes(results)
@@ -395,7 +395,13 @@ def _trial_key(row: pd.Series) -> Any:
     return (row["search"], row["trial_id"]) if "search" in row.index else row["trial_id"]
 
 
+def has_finite_value(values: pd.Series) -> np.ndarray:
+    """Which trials the plots place: an infinite loss (a validation that overflowed) has no colour or position."""
+    return np.isfinite(values.to_numpy(dtype=float, na_value=np.nan))
+
+
 def _best_position(results: SearchResults, name: str, values: pd.Series) -> Optional[int]:
+    values = values.where(has_finite_value(values))
     if not values.notna().any():
         return None
     label = values.idxmin() if results.direction(name) == "min" else values.idxmax()

@@ -474,6 +474,21 @@ def test_parallel_coordinates_colour_by_the_metric(search: Path) -> None:
     assert len(lines) == 5 and all(0 <= y <= 1 for ys in lines for y in ys)
 
 
+def test_a_trial_with_an_infinite_metric_is_left_out_of_the_plots_colours_and_counts(tmp_path: Path) -> None:
+    """A validation that overflowed: +inf would stretch the colour scale over every other trial."""
+    directory = fx.build_search(tmp_path / "s")
+    trials = pq.read_table(directory / TRIALS_FILE).to_pandas()
+    trials.loc[trials["trial_id"] == "t0", "best_valid_loss"] = float("inf")
+    trials.to_parquet(directory / TRIALS_FILE)
+    results = load(directory)
+    ax, colorbar = parallel_coordinates(results).axes
+    assert len(ax.get_lines()) == 4 and np.isfinite(colorbar.get_ylim()).all()
+    finite = results.trials["best_valid_loss"][np.isfinite(results.trials["best_valid_loss"])]
+    assert colorbar.get_ylim() == pytest.approx((finite.min(), finite.max()))
+    panel = [a for a in metric_vs_knobs(results).axes if a.axison][0]
+    assert len(panel.collections[0].get_offsets()) == 4
+
+
 def test_plots_of_compared_searches_need_a_directory(search: Path, tmp_path: Path) -> None:
     both = compare(search, fx.build_search(tmp_path / "other"))
     with pytest.raises(ResultsError, match="directory="):
