@@ -98,7 +98,10 @@ def _device(name: str) -> str:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"--device must be cpu, cuda or cuda:N, but got {name!r}") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index is not None):
+        # mps, xpu, meta...: torch names them, but artune's trainer and models run on a CPU or a CUDA GPU
+        raise UserError(f"--device must be cpu, cuda or cuda:N, but got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: torch sees no CUDA device here")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():

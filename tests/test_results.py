@@ -552,6 +552,24 @@ def test_cli_of_a_missing_search_is_one_error_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
+def test_cli_interrupted_while_it_writes_the_figures_exits_130_and_keeps_the_last_ones(tmp_path: Path, monkeypatch):
+    """Ctrl-C halfway through a figure's write (the press raised there): no traceback, the figure as it was."""
+    from matplotlib.figure import Figure
+
+    directory = fx.build_search(tmp_path / "s")
+    assert main([str(directory)]) == 0
+    before = (directory / "learning_curves.png").read_bytes()
+
+    def pressed(fig, path, **kwargs):
+        Path(path).write_bytes(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", pressed)
+    assert main([str(directory), "--metric", "train_loss"]) == 130
+    assert (directory / "learning_curves.png").read_bytes() == before
+    assert not list(directory.glob(".*.tmp"))
+
+
 def test_cli_of_an_unknown_metric_is_one_error_line(search: Path, capsys: pytest.CaptureFixture) -> None:
     assert main([str(search), "--metric", "perplexity"]) == 2
     err = capsys.readouterr().err

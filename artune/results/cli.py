@@ -71,4 +71,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (OSError, ResultsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a figure half-written is a temporary file, never the last figure (files.py)
+        return 130
     return 0
