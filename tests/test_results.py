@@ -320,6 +320,12 @@ def test_compare_warns_of_searches_on_different_corpora(tmp_path: Path) -> None:
         compare(search, other)
 
 
+def test_compare_of_a_compared_stack_is_an_error_not_a_mix_of_searches(search: Path, tmp_path: Path) -> None:
+    both = compare(search, fx.build_search(tmp_path / "other"))
+    with pytest.raises(ResultsError, match=r"compare\(\) of a compare\(\)'s stack: pass the searches themselves"):
+        compare(both, fx.build_search(tmp_path / "third"))
+
+
 def test_compare_of_one_search_twice_is_an_error(search: Path) -> None:
     with pytest.raises(ResultsError, match="twice"):
         compare(search, search)

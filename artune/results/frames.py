@@ -339,6 +339,8 @@ def compare(
     if not searches:
         raise ResultsError("compare() needs at least one search, but got none")
     loaded = [s if isinstance(s, SearchResults) else load(s, results_dir) for s in searches]
+    if any(results.path is None for results in loaded):  # its rows carry a search column of their own
+        raise ResultsError("compare() of a compare()'s stack: pass the searches themselves, compare(a, b, c)")
     paths = [r.path.resolve() for r in loaded if r.path is not None]
     twice = [str(p) for p in dict.fromkeys(paths) if paths.count(p) > 1]
     if twice:
