@@ -34,7 +34,6 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
 CARD_FILE = "README.md"
-RUNS = ["tune"]  # a manifest without its runs: the search's first (and only) Ray run
 
 
 @dataclass(frozen=True)
@@ -150,8 +149,7 @@ def from_search(
     row = results.trial(trial_id)
     trial_id = str(row["trial_id"])
     epochs = results.trial_epochs(trial_id)  # epoch -> the metric's value, best first
-    runs = results.manifest.get("runs", RUNS)
-    path, state = best_checkpoint(results.path, runs, trial_id, list(epochs))
+    path, state = best_checkpoint(results.path, results.runs, trial_id, list(epochs))
     loaded = from_state(state, path, device)
     epoch = int(state["epoch"])
     loaded.origin = {

@@ -62,12 +62,6 @@ def direction(mode: str) -> str:
     return "minimize" if mode == "min" else "maximize"
 
 
-def open_study(url: str, name: str, mode: str) -> optuna.Study:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = get_storage(url)
-    return optuna.create_study(storage=storage, study_name=name, direction=direction(mode), load_if_exists=True)
-
-
 SCHEMA_TRIES = 5
 
 

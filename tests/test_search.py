@@ -765,16 +765,16 @@ def test_a_copied_search_extends_its_own_study_and_leaves_the_originals_alone(sm
 def test_the_recorder_pickles_without_the_study_it_was_given(tmp_path, shakespeare_path):
     """Tune pickles the callbacks into tuner.pkl, and --resume unpickles them: a search moved since must not
     reach for the study file at its old path (that failed, with a traceback, before Tune began)."""
+    import optuna
     from ray import cloudpickle
 
     from artune.search import Recorder, make_plan, parse_args
-    from artune.study import open_study
 
     plan = make_plan(
         parse_args([str(SMOKE), "--results-dir", str(tmp_path / "r"), "--name", "p", "--data", str(shakespeare_path)])
     )
     plan.directory.mkdir(parents=True)
-    recorder = Recorder(plan, open_study(plan.storage, plan.name, "min"))
+    recorder = Recorder(plan, optuna.create_study(storage=plan.storage, study_name=plan.name, direction="minimize"))
     pickled = cloudpickle.dumps(recorder)
     shutil.move(plan.directory, tmp_path / "moved")
     assert cloudpickle.loads(pickled).records == {}

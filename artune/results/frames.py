@@ -26,6 +26,7 @@ from artune.results.tables import (
     MANIFEST_FILE,
     STATUSES,
     TRIALS_FILE,
+    TUNE_DIR,
     knob_value,
 )
 
@@ -61,6 +62,11 @@ class SearchResults:
     @property
     def metric(self) -> str:
         return self.manifest.get("metric", "valid_loss")
+
+    @property
+    def runs(self) -> list[str]:
+        """The search's Ray runs (directories), first to last: ``tune``, then one per ``--extend``."""
+        return list(self.manifest.get("runs", [TUNE_DIR]))  # a manifest before runs were recorded: its only one
 
     @property
     def mode(self) -> str:

@@ -24,6 +24,7 @@ TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
 MANIFEST_FILE = "manifest.json"
 SPACE_COPY = "space.yaml"  # the space file a search started with, kept in its directory
+TUNE_DIR = "tune"  # a search's first Ray run; its k-th extension is tune-(k+1)
 DEFAULT_RESULTS_DIR = "results"
 
 # Trial statuses, as written in trials.parquet:

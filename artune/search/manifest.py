@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from artune import __version__
 from artune.errors import SearchError, SpaceError, StorageError
 from artune.humanize import describe_os_error
-from artune.results import MANIFEST_FILE, write_json_atomic
+from artune.results import MANIFEST_FILE, TUNE_DIR, write_json_atomic
 from artune.search.storage import sqlite_file
 from artune.spaces import OVERRIDE_FLAGS, SearchSpace, load_space
 from artune.study import STUDY_FILE, storage_url
@@ -24,8 +24,6 @@ from artune.study import STUDY_FILE, storage_url
 if TYPE_CHECKING:
     from artune.data import Corpus
     from artune.search.plan import Plan
-
-TUNE_DIR = "tune"  # a search's first Ray run; its k-th extension is tune-(k+1)
 
 
 def run_number(run_name: str) -> int:
