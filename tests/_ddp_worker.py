@@ -8,6 +8,7 @@ single-process run the others are compared with.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -22,25 +23,29 @@ from artune.train.ranks import Ranks
 
 
 def config() -> TrainConfig:
-    return TrainConfig(
-        dataset="tiny_shakespeare",
-        tokenizer="character",
-        seq_len=16,
-        batch_size=8,
-        batches_per_epoch=6,
-        epochs=2,
-        d_model=32,
-        n_layers=1,
-        n_heads=2,
-        dropout=0.0,
-        lr=3e-3,
-        optimizer="adamw",
-        sample_tokens=0,
-        device="cpu",
-        compile=False,
-        valid_loader="sequential",
-        seed=7,
-    )
+    """The test's config, with the knobs of $DDP_WORKER_CONFIG (a JSON object) where a test gives some."""
+    return TrainConfig.from_dict({**BASE.to_dict(), **json.loads(os.environ.get("DDP_WORKER_CONFIG", "{}"))})
+
+
+BASE = TrainConfig(
+    dataset="tiny_shakespeare",
+    tokenizer="character",
+    seq_len=16,
+    batch_size=8,
+    batches_per_epoch=6,
+    epochs=2,
+    d_model=32,
+    n_layers=1,
+    n_heads=2,
+    dropout=0.0,
+    lr=3e-3,
+    optimizer="adamw",
+    sample_tokens=0,
+    device="cpu",
+    compile=False,
+    valid_loader="sequential",
+    seed=7,
+)
 
 
 class RecordingTrainer(Trainer):

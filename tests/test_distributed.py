@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import psutil
 import pyarrow.parquet as pq
@@ -20,10 +21,13 @@ REPO = Path(__file__).resolve().parent.parent
 GUARD_S = 300  # a hang guard, not a pace
 
 
-def _ranks(world_size: int, out: Path, shakespeare_path: Path, deadlines: tuple = ()) -> list[dict]:
-    """Run tests/_ddp_worker.py as ``world_size`` real processes (rank r until ``deadlines[r]``); each rank's record."""
+def _ranks(
+    world_size: int, out: Path, shakespeare_path: Path, deadlines: tuple = (), knobs: Optional[dict] = None
+) -> list[dict]:
+    """Run tests/_ddp_worker.py as ``world_size`` real processes (rank r until ``deadlines[r]``, its config changed
+    by ``knobs``); each rank's record."""
     out.mkdir()
-    env = {**os.environ, "ARTUNE_DATA_DIR": str(shakespeare_path.parent)}
+    env = {**os.environ, "ARTUNE_DATA_DIR": str(shakespeare_path.parent), "DDP_WORKER_CONFIG": json.dumps(knobs or {})}
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "tests._ddp_worker", str(rank), str(world_size), str(out)]
@@ -63,6 +67,22 @@ def test_two_workers_reach_the_loss_of_one(one_and_two):
             assert shared["tokens_seen"] == single["tokens_seen"]  # every rank's tokens
     # the ranks agree on every metric they report
     assert [m["valid_loss"] for m in ranks[0]["history"]] == [m["valid_loss"] for m in ranks[1]["history"]]
+
+
+def test_a_last_batch_of_fewer_rows_than_workers_trains_as_in_one_process(tmp_path, shakespeare_path):
+    """Whole shuffled epochs of a short text end in a batch of one row at some offsets: the rank without a row
+    adds nothing (its mean loss over nothing was NaN, and every such epoch was taken for a divergence)."""
+    text = tmp_path / "short.txt"
+    text.write_text(shakespeare_path.read_text(encoding="utf-8")[:400], encoding="utf-8")
+    knobs = {"dataset": str(text), "batch_size": 4, "batches_per_epoch": None, "epochs": 6, "valid_loader": "shuffled"}
+    (one,) = _ranks(1, tmp_path / "one", shakespeare_path, knobs=knobs)
+    ranks = _ranks(2, tmp_path / "two", shakespeare_path, knobs=knobs)
+    assert any(batch.shape[0] == 1 for batch in one["seen"])  # the case: a last batch of one row
+    for rank in ranks:
+        assert [m["epoch"] for m in rank["history"]] == [1, 2, 3, 4, 5, 6]
+        for single, shared in zip(one["history"], rank["history"]):
+            assert shared["train_loss"] == pytest.approx(single["train_loss"], abs=1e-3)
+            assert shared["tokens_seen"] == single["tokens_seen"]
 
 
 def test_a_deadline_one_rank_sees_passed_stops_every_rank_at_the_same_step(tmp_path, shakespeare_path):

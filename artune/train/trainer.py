@@ -342,9 +342,10 @@ class Trainer:
             self._grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
             self.optimizer.step()  # and the lr schedule's
             n = y.numel()
-            loss_sum += loss.detach() * n
-            correct += (logits.detach().argmax(dim=-1) == y).sum()
-            tokens += n
+            if n:  # a rank's share of a short last batch may be empty: its mean loss over nothing is NaN
+                loss_sum += loss.detach() * n
+                correct += (logits.detach().argmax(dim=-1) == y).sum()
+                tokens += n
             if (step + 1) % DIVERGENCE_CHECK_EVERY == 0 and not ranks.all_true(
                 bool(torch.isfinite(loss_sum)), self.device
             ):
