@@ -52,9 +52,11 @@ class RecordingTrainer(Trainer):
     """Keeps the rows of every batch this rank trained on; trains as the Trainer does."""
 
     seen: list[torch.Tensor]
+    dropout_states: list[torch.Tensor]
 
     def _forward_backward(self, x, y, weight=1.0):  # type: ignore[no-untyped-def]
         self.seen.append(x.clone())
+        self.dropout_states.append(torch.get_rng_state())  # what this step's dropout masks are drawn from
         return super()._forward_backward(x, y, weight)
 
 
@@ -65,9 +67,11 @@ def main(rank: int, world_size: int, out: Path, deadline: Optional[float] = None
         rendezvous = f"file://{(out / 'rendezvous').resolve()}"
         dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world_size)
     trainer = RecordingTrainer(config(), ranks=Ranks.of_process_group())
-    trainer.seen = []
+    trainer.seen, trainer.dropout_states = [], []
     history = trainer.fit(deadline=deadline)
-    torch.save({"history": history, "seen": trainer.seen}, out / f"rank{rank}.pt")
+    torch.save(
+        {"history": history, "seen": trainer.seen, "dropout_states": trainer.dropout_states}, out / f"rank{rank}.pt"
+    )
     if world_size > 1:
         dist.destroy_process_group()
     # gloo's run-loop thread may drop the last reference to a collective's tensor only after this, and if the

@@ -85,6 +85,19 @@ def test_a_last_batch_of_fewer_rows_than_workers_trains_as_in_one_process(tmp_pa
             assert shared["tokens_seen"] == single["tokens_seen"]
 
 
+def test_each_rank_draws_dropout_masks_of_its_own_from_the_seed_epoch_and_rank(tmp_path, shakespeare_path):
+    """The same random state on every rank gave rank 1's rows rank 0's masks. Each epoch's state comes from the
+    seed, epoch and rank alone (the same in a second run), so a run resumed at an epoch draws what it would have."""
+    knobs = {"dropout": 0.2, "epochs": 2}
+    rank0, rank1 = _ranks(2, tmp_path / "two", shakespeare_path, knobs=knobs)
+    firsts = [rank["dropout_states"][0] for rank in (rank0, rank1)]
+    assert not torch.equal(*firsts)
+    again, _ = _ranks(2, tmp_path / "again", shakespeare_path, knobs=knobs)
+    assert all(torch.equal(a, b) for a, b in zip(again["dropout_states"], rank0["dropout_states"]))
+    second_epoch = len(rank0["dropout_states"]) // 2
+    assert not torch.equal(rank0["dropout_states"][0], rank0["dropout_states"][second_epoch])
+
+
 def test_a_deadline_one_rank_sees_passed_stops_every_rank_at_the_same_step(tmp_path, shakespeare_path):
     # rank 1's clock is past its deadline, rank 0's far from it: both stop before the first step (a rank that
     # went on alone would wait for the other in its gradients' all-reduce until the guard's timeout)

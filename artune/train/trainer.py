@@ -316,6 +316,10 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         tokens = 0
         c = self.config
+        if self.ranks.distributed and c.dropout > 0:
+            # each rank's own dropout masks (one seed repeated rank 0's masks on every rank's rows), drawn from the
+            # seed, epoch and rank alone, so that a resumed epoch draws the masks the run would have drawn
+            torch.manual_seed(hash((c.seed, self.epoch, self.ranks.rank)))
         clip = c.grad_norm_clip
         compiling, self._compiling, self._compile_seconds = self._compiling, False, 0.0
         start = time.perf_counter()
