@@ -102,8 +102,8 @@ class TrainConfig:
     seed: int = _doc("seeds model init, batch order and dropout", default=0)
     device: str = _doc("'auto', 'cpu' or 'cuda'", default="auto")
     precision: str = _doc(
-        "'fp32', 'bf16' (autocast) or 'auto' (bf16 where the GPU supports it, or where the CPU's bf16 matmuls "
-        "are native and faster)",
+        "'fp32', 'bf16' (autocast) or 'auto' (bf16 where the GPU computes in it natively, or where the CPU's bf16 "
+        "matmuls are native and faster)",
         default="fp32",
     )
     compile: Union[bool, str] = _doc(

@@ -45,17 +45,18 @@ def resolve_precision(name: str, device: torch.device, d_model: int = 512) -> to
         return torch.bfloat16
     if name != "auto":
         return torch.float32
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == "cuda":  # bf16 where the GPU computes in it (Ampere on); a V100's or T4's emulation is slower
+        return torch.bfloat16 if _cuda_bf16(device, including_emulation=False) else torch.float32
     if device.type == "cpu" and cpu_has_native_bf16() and cpu_bf16_speedup(d_model) >= BF16_MIN_SPEEDUP:
         return torch.bfloat16
     return torch.float32
 
 
-def _cuda_bf16(device: torch.device) -> bool:
-    """Whether autocast takes bf16 on this GPU: the check autocast itself makes, on this device."""
+def _cuda_bf16(device: torch.device, including_emulation: bool = True) -> bool:
+    """Whether autocast takes bf16 on this GPU (the check autocast itself makes, on this device); with
+    ``including_emulation=False``, whether the GPU computes in bf16 natively."""
     with torch.cuda.device(device):
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=including_emulation)
 
 
 def matmul_rate(m: int, k: int, n: int, dtype: torch.dtype = torch.float32, seconds: float = 0.2) -> float:
