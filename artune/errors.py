@@ -51,7 +51,8 @@ class UnknownTokenError(UserError):
 
 
 class DivergedError(ArtuneError, RuntimeError):
-    """The training loss became NaN or infinite; no checkpoint of the broken weights is written."""
+    """The training loss, or the validation loss after an epoch, became NaN or infinite; no checkpoint of the broken
+    weights is written."""
 
 
 class DeadlineReached(ArtuneError, RuntimeError):

@@ -831,6 +831,15 @@ def test_divergence_raises_and_calls_back_nothing(small_text):
     assert seen == [] and trainer.epoch == 0
 
 
+def test_weights_broken_by_an_epochs_last_step_are_a_divergence_before_the_epoch_is_reported(small_text):
+    """The training loss of the step that broke them was finite: the validation's is not."""
+    trainer = Trainer(tiny(small_text, lr=1e30, grad_norm_clip=1e9, batches_per_epoch=1))
+    seen = []
+    with pytest.raises(DivergedError, match=r"^validation loss became nan after epoch 1 \(lr=1e\+30\)"):
+        trainer.fit(callback=seen.append)
+    assert seen == [] and trainer.epoch == 0
+
+
 # --- validation and seeds
 
 

@@ -270,8 +270,13 @@ class Trainer:
             self._check_compile = True
         start, begun = time.perf_counter(), self.clock()
         train_loss, train_accuracy, tokens, train_seconds = self.train_epoch(deadline)
-        self.epoch += 1
         valid_loss, valid_accuracy = self.validate()
+        if not math.isfinite(valid_loss):  # the epoch's last steps broke the weights: as a training loss that did
+            raise DivergedError(
+                f"validation loss became {valid_loss} after epoch {self.epoch + 1} "
+                f"(lr={self.config.lr}); the run is stopped and no checkpoint is written"
+            )
+        self.epoch += 1
         metrics: Metrics = {
             "epoch": self.epoch,
             "train_loss": train_loss,
