@@ -165,6 +165,13 @@ def ff_width(d_model: int, d_ff: Optional[int], activation: str) -> int:
     return 8 * -(-(8 * d_model) // 24) if activation == "swiglu" else 4 * d_model
 
 
+def beta2_of(adam_beta2: Optional[float], optimizer: str) -> float:
+    """Adam's second-moment decay: ``adam_beta2``, or where it is none 0.999 (0.98 for noam, as the paper's)."""
+    if adam_beta2 is not None:
+        return adam_beta2
+    return 0.98 if optimizer == "noam" else 0.999
+
+
 FIELDS = {f.name: f for f in fields(TrainConfig)}
 FIELD_NAMES = tuple(FIELDS)
 _HINTS = get_type_hints(TrainConfig)

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from artune.config import TrainConfig
+from artune.config import TrainConfig, beta2_of
 
 Schedule = Callable[[int], float]
 
@@ -203,7 +203,7 @@ def muon_matrices(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramet
 def make_optimizer(config: TrainConfig, model: nn.Module, total_steps: int) -> Adam:
     """The run's optimizer for ``model``'s parameters, its lr following ``lr_lambda`` over ``total_steps``."""
     schedule = lr_lambda(config, total_steps)
-    beta2 = config.adam_beta2 if config.adam_beta2 is not None else 0.98 if config.optimizer == "noam" else 0.999
+    beta2 = beta2_of(config.adam_beta2, config.optimizer)
     if config.optimizer == "muon":
         matrices, others = muon_matrices(model)
         return Muon(

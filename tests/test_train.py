@@ -575,12 +575,13 @@ def test_a_checkpoint_of_another_activation_is_refused(small_text, tmp_path):
 
 
 def test_a_checkpoint_without_a_knob_added_since_resumes_only_with_its_default(small_text, tmp_path):
-    """A run saved before ``adam_beta2`` existed trained with the default; another value is refused."""
+    """A run saved before ``adam_beta2`` existed trained with the default; another value is refused, naming the
+    beta2 that default was (none: the optimizer's own)."""
     trainer = Trainer(tiny(small_text, optimizer="adamw"))
     state = trainer.state_dict()
     del state["config"]["adam_beta2"]
     torch.save(state, tmp_path / "checkpoint.pt")
-    with pytest.raises(CheckpointError, match=re.escape("trained with adam_beta2=None (this run: adam_beta2=0.95)")):
+    with pytest.raises(CheckpointError, match=re.escape("trained with adam_beta2=0.999 (this run: adam_beta2=0.95)")):
         Trainer(tiny(small_text, optimizer="adamw", adam_beta2=0.95)).load_checkpoint(tmp_path)
     Trainer(tiny(small_text, optimizer="adamw")).load_checkpoint(tmp_path)
 
@@ -616,6 +617,13 @@ def test_a_checkpoint_resumes_whether_the_feed_forward_width_is_given_or_left_to
     Trainer(tiny(small_text)).load_checkpoint(path)
     with pytest.raises(CheckpointError, match=re.escape("trained with d_ff=128 (this run: d_ff=64)")):
         Trainer(tiny(small_text, d_ff=64)).load_checkpoint(path)
+
+
+def test_a_checkpoint_resumes_whether_adams_beta2_is_given_or_left_to_the_optimizers_own(small_text, tmp_path):
+    path = Trainer(tiny(small_text)).save_checkpoint(tmp_path / "default")  # adam_beta2 none: adamw's 0.999
+    Trainer(tiny(small_text, adam_beta2=0.999)).load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=re.escape("trained with adam_beta2=0.999 (this run: adam_beta2=0.98)")):
+        Trainer(tiny(small_text, adam_beta2=0.98)).load_checkpoint(path)
 
 
 def test_a_checkpoint_of_another_corpus_with_the_same_vocabulary_is_refused(small_text, tmp_path):

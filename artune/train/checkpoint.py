@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import torch
 
-from artune.config import FIELDS, TrainConfig, ff_width
+from artune.config import FIELDS, TrainConfig, beta2_of, ff_width
 from artune.data import Corpus
 from artune.errors import CheckpointError
 from artune.files import written_atomically
@@ -70,6 +70,9 @@ def check_resumable(state: Any, config: TrainConfig, corpus: Corpus) -> None:
         # none is a width of d_model's: compare that width with the one given
         for settings in (saved, now):
             settings["d_ff"] = ff_width(settings["d_model"], settings.get("d_ff"), settings["activation"])
+    if saved and (saved.get("adam_beta2") is None) != (now["adam_beta2"] is None):
+        for settings in (saved, now):  # likewise none is the optimizer's own beta2
+            settings["adam_beta2"] = beta2_of(settings.get("adam_beta2"), settings["optimizer"])
     differ = [key for key in RESUME_MUST_MATCH if key in saved and saved[key] != now[key]]
     if differ:
         raise CheckpointError(
