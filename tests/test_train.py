@@ -254,6 +254,21 @@ def test_compile_auto_trains_on_eagerly_where_torch_compile_fails(small_text, tm
     assert not Trainer(config).compile_pays()
 
 
+def test_compile_true_with_a_compiler_that_fails_is_an_error_line_naming_the_way_out(small_text, tmp_path, monkeypatch):
+    """A C++ compiler that is there (so the config's check passes) but fails whatever it compiles."""
+    broken = tmp_path / "g++"
+    broken.write_text("#!/bin/sh\necho 'g++: internal compiler error' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CXX", str(broken))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # nothing compiled before
+    result = _cli("--dataset", str(small_text), *TINY_CLI, "--compile", "true")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    line = result.stderr.strip().splitlines()[-1]  # after what the compiler itself said
+    assert line.startswith("error: compile true: torch.compile failed in the first step (") and line.endswith(
+        "use compile auto (which trains eagerly where compiling fails) or false"
+    ), line
+
+
 def test_compile_auto_without_a_cpp_compiler_trains_eagerly(small_text, tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
     monkeypatch.setattr(compile_module, "_compiled_shape", None)

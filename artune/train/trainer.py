@@ -22,6 +22,7 @@ from artune.batches import valid_batches
 from artune.config import ConfigError, TrainConfig, compiler_message, missing_compiler
 from artune.data import Corpus, check_fits, load_corpus
 from artune.errors import DeadlineReached, DivergedError, UnknownTokenError
+from artune.humanize import first_line
 from artune.models import GPT, ModelConfig
 from artune.optim import lr_lambda, make_optimizer
 from artune.tokenizers import get_tokenizer
@@ -152,7 +153,7 @@ class Trainer:
         self.report_seconds = 0.0
         self._activations: dict[str, torch.Tensor] = {}
         self._grad_norm: Optional[torch.Tensor] = None  # the last step's gradient norm, before clipping
-        self._compiling = False
+        self._compiling = self.compiled  # compile: true compiles in the first step
         self._compile_seconds = 0.0  # what the epoch's first step took over the others, where it compiled
         # compile: auto's check of what compiling gained: the last eager epoch's tokens/s (past its first
         # PACE_SKIPS_STEPS steps, on ``clock``), whether a compiled epoch is still to be compared with it, and
@@ -343,8 +344,14 @@ class Trainer:
             try:
                 logits, loss = self._forward_backward(x, y, weight)
             except Exception as exc:  # torch.compile's own (a compiler that does not work, say) in its first step
-                if not (compiling and step == 0 and c.compile == "auto"):
+                if not (compiling and step == 0):
                     raise
+                if c.compile != "auto":
+                    raise ConfigError(
+                        f"compile true: torch.compile failed in the first step ({type(exc).__name__}: "
+                        f"{first_line(exc)[:300]}); fix the C++ compiler (CXX), or use compile auto (which trains "
+                        "eagerly where compiling fails) or false"
+                    ) from None
                 self._train_eagerly(exc)
                 logits, loss = self._forward_backward(x, y, weight)
             # the norm before clipping
