@@ -153,6 +153,25 @@ def forget_ended_running_trials(tune_path: Path, unfinished: frozenset[str]) -> 
     return frozenset(forgotten)
 
 
+def ray_auto_address() -> Optional[str]:
+    """The cluster that ``ray.init(address="auto")`` would join: ``RAY_ADDRESS``, else the one ``ray start`` last
+    started on this machine, else any running here (Ray's ``get_ray_address_from_environment``, which has no public
+    counterpart). artune checks it before Ray connects: Ray itself retries a cluster that does not answer (a stale
+    ``ray_current_cluster``) for minutes. Raises LookupError where Ray finds none. Fallback where the function has
+    moved: None, and Ray resolves ``auto`` itself as it connects. Test: tests/test_compat_ray.py.
+    """
+    try:
+        from ray._private.services import get_ray_address_from_environment
+    except ImportError:
+        return None
+    try:
+        return get_ray_address_from_environment("auto", None)
+    except ConnectionError:  # "Could not find any running Ray instance"
+        raise LookupError("no Ray cluster found") from None
+    except Exception:  # noqa: BLE001 - a Ray whose lookup changed: it resolves auto itself, as it connects
+        return None
+
+
 def kill_local_monitor_first() -> None:
     """Kill the autoscaler monitor of the local Ray instance this process started, before ``ray.shutdown``.
 

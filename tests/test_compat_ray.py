@@ -33,6 +33,15 @@ def test_the_loopback_setting_falls_back_to_the_environment_where_rays_constant_
     assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
 
 
+def test_address_auto_is_the_cluster_ray_would_join_or_left_to_ray_where_its_lookup_moved(monkeypatch):
+    from ray._private import services
+
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    assert compat.ray_auto_address() == "127.0.0.1:1"
+    monkeypatch.delattr(services, "get_ray_address_from_environment")
+    assert compat.ray_auto_address() is None
+
+
 def test_a_tuner_takes_new_callbacks_and_a_new_budget_through_its_private_configs(tmp_path):
     """ray#41364 is open: what give_restored_tuner sets is on Ray's own Tuner (built here, not fitted)."""
     from ray import tune

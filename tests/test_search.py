@@ -928,6 +928,14 @@ def test_an_address_where_nothing_listens_fails_within_15_seconds(tmp_path):
     assert_one_error_line(result, "nothing answers there")
 
 
+def test_address_auto_where_nothing_answers_fails_in_seconds_naming_rays_choice(tmp_path):
+    """--address auto joins RAY_ADDRESS (or the cluster ray start left here): Ray retries a dead one for minutes."""
+    address = f"127.0.0.1:{free_port()}"
+    result = cli(str(SMOKE), "--address", "auto", "--results-dir", str(tmp_path), env={"RAY_ADDRESS": address})
+    assert_one_error_line(result, f"--address auto: Ray's choice {address}: nothing answers there")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_a_ctrl_c_before_the_search_began_leaves_nothing_and_the_name_free(tmp_path, shakespeare_path, ray_tmpdir):
     """Ctrl-C while Ray starts: nothing was recorded, so nothing is kept, and the same --name runs again."""

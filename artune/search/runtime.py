@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 from urllib.parse import urlparse
 
-from artune.compat import keep_local_ray_on_loopback, kill_local_monitor_first
+from artune.compat import keep_local_ray_on_loopback, kill_local_monitor_first, ray_auto_address
 from artune.errors import SearchError
 from artune.humanize import first_line
 from artune.search.watchdog import guard_session, ray_apart, start_guard, stop_guard
@@ -109,6 +109,15 @@ def token_auth_enabled() -> bool:
 def check_address(address: str) -> None:
     """Fail in seconds when nothing answers at ``address`` (Ray alone retries for minutes)."""
     if address == "auto":
+        try:
+            found = ray_auto_address()
+        except LookupError:
+            raise SearchError(
+                "--address auto: Ray finds no cluster here (RAY_ADDRESS is unset, and no ray start runs on this "
+                "machine); start one with ray start --head, or give the cluster's --address HOST:6379"
+            ) from None
+        if found is not None:
+            check_answers(found, "--address auto: Ray's choice")
         return
     if address.startswith("ray://"):
         # Through Ray's client, Tune runs on the cluster, and with it the callback that writes the tables and
@@ -124,19 +133,24 @@ def check_address(address: str) -> None:
             f"--address {address}: that is the dashboard's address (what ray job submit takes); give the "
             "cluster's: HOST:6379"
         )
+    check_answers(address, "--address")
+
+
+def check_answers(address: str, label: str) -> None:
+    """Refuse ``address`` (after ``label`` in the message) where it is not HOST:PORT or nothing answers there."""
     try:
         parsed = urlparse(address if "://" in address else f"tcp://{address}")
         host, port = parsed.hostname, parsed.port  # .port raises on a port that is not a number in 0-65535
     except ValueError:
         host = port = None
     if not host or not port:
-        raise SearchError(f"--address {address!r}: expected HOST:PORT (e.g. 10.0.0.5:6379)")
+        raise SearchError(f"{label} {address!r}: expected HOST:PORT (e.g. 10.0.0.5:6379)")
     try:
         with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
             pass
     except OSError as exc:
         raise SearchError(
-            f"--address {address}: nothing answers there ({exc.strerror or exc}); "
+            f"{label} {address}: nothing answers there ({exc.strerror or exc}); "
             "is the head running (ray start --head) and the port open?"
         ) from None
 
@@ -174,6 +188,8 @@ def init_ray(plan: Plan) -> None:
                 hint = (
                     "; a driver must run on a node of the cluster (or go through ray job submit)"
                     if "node info" in str(exc).lower()
+                    else "; start one with ray start --head, or give the cluster's --address HOST:6379"
+                    if "could not find any running ray instance" in str(exc).lower()  # --address auto, alone here
                     else ""
                     if token_auth_enabled()
                     else "; if the head uses Ray's token authentication, set RAY_AUTH_MODE=token (with the head's "
