@@ -743,6 +743,15 @@ def test_resume_keeps_the_settings_the_search_started_with_and_refuses_new_ones(
     assert planned.returncode == 0 and "5 epochs each" in planned.stdout, (planned.stdout, planned.stderr)
 
 
+def test_an_extends_plan_names_its_run_and_the_seed_its_sampler_draws_with(smoke, tmp_path):
+    copy_of_smoke(smoke, tmp_path)
+    args = ["--extend", "--num-samples", "2", "--name", "smoke", "--results-dir", str(tmp_path), "--dry-run"]
+    planned = cli(*args, timeout=60)
+    assert planned.returncode == 0, planned.stderr
+    assert planned.stdout.startswith("search 'smoke' (extend: run 2) on "), planned.stdout[:200]
+    assert "sampler tpe (seed 1: 0 + 1, as run 2 draws anew)" in planned.stdout, planned.stdout
+
+
 @pytest.mark.slow
 def test_a_copied_search_extends_its_own_study_and_leaves_the_originals_alone(smoke, tmp_path):
     """The manifest records the study's absolute path; a search moved or copied since uses the optuna.db it holds."""

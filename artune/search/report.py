@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from artune import plural
 from artune.humanize import show_knob
 from artune.results import DEFAULT_RESULTS_DIR, EPOCHS_FILE, MANIFEST_FILE, TRIALS_FILE
+from artune.search.manifest import run_number
 from artune.search.plan import SPACE_COPY, Mode, Plan
 
 SHORT_BUDGET_S = 60.0  # a time budget under this is warned of: start-up alone takes seconds
@@ -25,13 +26,17 @@ def trial_resources(workers: int, cpu: float, gpu: float) -> str:
     return each if workers == 1 else f"{workers} workers x ({each}), data-parallel"
 
 
+MODE_NOTE = {Mode.NEW: "", Mode.RESUME: " (resume)", Mode.EXTEND: " (extend: run {run})"}
+
+
 def describe_plan(plan: Plan) -> str:
     s = plan.space.settings
+    run = run_number(plan.run_name)
     where = plan.address or "a local Ray instance started here (127.0.0.1, dashboard off)"
     concurrency = s.max_concurrent or "the cluster trial slots"
     lines = [
-        f"search {plan.name!r}{' (resume)' if plan.mode is Mode.RESUME else ''} on {where}",
-        plan.space.describe(),
+        f"search {plan.name!r}{MODE_NOTE[plan.mode].format(run=run)} on {where}",
+        plan.space.describe(run),
         f"trial resources: {trial_resources(s.workers, s.cpu, s.gpu)}; concurrency: {concurrency}",
     ]
     if plan.repeats > 1:

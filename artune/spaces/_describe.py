@@ -7,14 +7,17 @@ from typing import TYPE_CHECKING
 
 from artune import plural
 from artune.humanize import format_duration, show, show_number
+from artune.spaces._sample import sampler_seed
 
 if TYPE_CHECKING:
     from artune.spaces._space import SearchSpace
 
 
-def describe(space: SearchSpace) -> str:
-    """A readable plan of the sweep, for ``--dry-run``."""
+def describe(space: SearchSpace, run: int = 1) -> str:
+    """A readable plan of the sweep's ``run``-th run (``--extend``'s are 2, 3, ...), for ``--dry-run``."""
     s = space.settings
+    seed = sampler_seed(space, run)
+    seeded = f"seed {seed}" if seed == s.seed else f"seed {seed}: {s.seed} + {run - 1}, as run {run} draws anew"
     slots = "as many at a time as the cluster fits" if s.max_concurrent is None else f"{s.max_concurrent} at a time"
     scheduler = (
         f"asha (grace_period {s.grace_period}, reduction_factor {show_number(s.reduction_factor)}, max_t {s.epochs})"
@@ -29,7 +32,7 @@ def describe(space: SearchSpace) -> str:
     lines = [
         f"search space {space.path} (sha256 {space.text_sha256[:12]})",
         f"  {plural(s.num_samples, 'trial')}, {slots}; {resources}; {plural(s.epochs, 'epoch')} each",
-        f"  metric {s.metric} ({s.mode}); sampler {s.sampler} (seed {s.seed}); scheduler {scheduler}",
+        f"  metric {s.metric} ({s.mode}); sampler {s.sampler} ({seeded}); scheduler {scheduler}",
     ]
     if s.time_budget:
         lines.append(

@@ -57,6 +57,15 @@ def grid(space: SearchSpace) -> dict[str, list]:
     return {name: dist.grid_values() for name, dist in space.params.items()}
 
 
+def sampler_seed(space: SearchSpace, run: int = 1) -> int | None:
+    """The seed of the ``run``-th run's sampler (see :func:`make_sampler`)."""
+    s = space.settings
+    # An extension's k-th run draws anew (seed + k - 1), but for the grid: its k-th trial runs the k-th
+    # point of the grid as the seed shuffles it, so the same shuffle makes the warm-started trials (numbered
+    # first) the points already run and an extension's trials the points after them.
+    return None if s.seed is None else (s.seed + (0 if s.sampler == "grid" else run - 1)) % 2**32
+
+
 def make_sampler(space: SearchSpace, run: int = 1) -> optuna.samplers.BaseSampler:
     """The Optuna sampler the settings name, seeded with ``settings.seed`` for a search's first run and
     ``seed + run - 1`` for the ``run``-th (``--extend``): a sampler that draws without looking at the
@@ -64,10 +73,7 @@ def make_sampler(space: SearchSpace, run: int = 1) -> optuna.samplers.BaseSample
     import optuna
 
     s = space.settings
-    # An extension's k-th run draws anew (seed + k - 1), but for the grid: its k-th trial runs the k-th
-    # point of the grid as the seed shuffles it, so the same shuffle makes the warm-started trials (numbered
-    # first) the points already run and an extension's trials the points after them.
-    seed = None if s.seed is None else (s.seed + (0 if s.sampler == "grid" else run - 1)) % 2**32
+    seed = sampler_seed(space, run)
     with warnings.catch_warnings():
         # group=True and QMCSampler are marked experimental; that is not news to a user of a sweep.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

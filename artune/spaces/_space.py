@@ -138,6 +138,6 @@ class SearchSpace:
         """Build a TrainConfig for every corner of the space; raise SpaceError naming the lines at fault."""
         _corners.check_configs(self)
 
-    def describe(self) -> str:
-        """A readable plan of the sweep, for ``--dry-run``."""
-        return _describe.describe(self)
+    def describe(self, run: int = 1) -> str:
+        """A readable plan of the sweep's ``run``-th run, for ``--dry-run``."""
+        return _describe.describe(self, run)
