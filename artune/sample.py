@@ -29,8 +29,11 @@ def open_model(
         return from_export(source, device)
     try:
         results = load(source, results_dir)
-    except FileNotFoundError as exc:
-        raise UserError(f"{exc}; or an exported model directory (python -m artune.export)") from None
+    except FileNotFoundError as exc:  # "no trials.parquet in X or Y: ...": where it looked for a search
+        looked = str(exc).partition(":")[0]
+        raise UserError(
+            f"{source}: neither a search ({looked}) nor an exported model (python -m artune.export writes one)"
+        ) from None
     return from_search(results, trial_id, device)
 
 
@@ -79,6 +82,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                 raise UserError(f"{flag} must be >= {low}, but got {value}")
         if not args.temperature >= 0:
             raise UserError(f"--temperature must be >= 0, but got {args.temperature}")
+        drawn_only = [f for f, v in (("--top-k", args.top_k), ("--seed", args.seed)) if v is not None]
+        if drawn_only and args.temperature == 0:  # greedy decoding takes the likeliest token: nothing is drawn
+            raise UserError(
+                f"{' and '.join(drawn_only)} shape the draws of --temperature: give --temperature T > 0 too"
+            )
         loaded = open_model(args.search, args.trial, args.results_dir, _device(args.device))
         print(describe(loaded), file=sys.stderr, flush=True)
         print(loaded.generate(args.prompt, args.tokens, args.temperature, args.top_k, args.seed), flush=True)

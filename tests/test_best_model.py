@@ -215,6 +215,19 @@ def test_a_device_this_machine_lacks_is_one_line_naming_it(search):
         assert "--device must be cpu, cuda or cuda:N" in one_error_line(run("artune.sample", search, "--device", name))
 
 
+def test_a_path_that_is_neither_a_search_nor_an_export_is_one_line_saying_where_it_looked(tmp_path):
+    line = one_error_line(run("artune.sample", tmp_path / "nosuch"))
+    assert line == (
+        f"error: {tmp_path / 'nosuch'}: neither a search (no trials.parquet in {tmp_path / 'nosuch'}) "
+        "nor an exported model (python -m artune.export writes one)"
+    )
+
+
+def test_top_k_or_seed_without_a_temperature_is_one_line_not_silently_greedy(search):
+    line = one_error_line(run("artune.sample", search, "--top-k", "5", "--seed", "1"))
+    assert line == "error: --top-k and --seed shape the draws of --temperature: give --temperature T > 0 too"
+
+
 def test_an_export_target_that_is_not_empty_is_left_alone(search, tmp_path):
     out = tmp_path / "taken"
     out.mkdir()
