@@ -496,8 +496,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a knob of the compile section's model and batch, e.g. the default search's trial: "
-        "--compile-set batch_size=16 --compile-set position_encoding=rope --compile-set activation=swiglu",
+        help="a knob of the compile section's model and batch, e.g. the default search's trial: --compile-set "
+        "seq_len=256 --compile-set batch_size=4 --compile-set position_encoding=rope --compile-set activation=swiglu",
     )
     parser.add_argument("--json", default=str(Path(__file__).parent / "out" / "bench.json"))
     args = parser.parse_args(argv)
