@@ -55,7 +55,13 @@ STARTED_ATTRS = {"status": "running", "epochs_completed": 0, "tokens_per_sec": N
 
 
 def storage_url(directory: Path, storage: Optional[str] = None) -> str:
-    return storage or f"sqlite:///{Path(directory).resolve() / STUDY_FILE}"
+    """``storage``, else the SQLite URL of the study beside a search's tables. Built by SQLAlchemy, which quotes
+    what a URL would read otherwise (a directory named ``a?b`` is not the database ``a`` with a query)."""
+    from sqlalchemy.engine import URL
+
+    if storage:
+        return storage
+    return URL.create("sqlite", database=str(Path(directory).resolve() / STUDY_FILE)).render_as_string(False)
 
 
 def direction(mode: str) -> str:

@@ -323,3 +323,17 @@ def test_a_killed_drivers_running_trial_is_ended_by_the_next_run_and_one_never_c
         ("o", TrialState.PRUNED, "running"),
     ]
     assert trials[0].intermediate_values == {1: 3.0} and trials[1].intermediate_values == {1: 3.0}
+
+
+def test_the_study_beside_a_search_in_a_directory_with_url_characters_is_that_directorys(tmp_path):
+    """A results directory named a?b (or with % or @ in it): the URL reads back as that file, not another."""
+    from sqlalchemy.engine import make_url
+
+    from artune.study import STUDY_FILE, storage_url
+
+    for name in ("a?b", "c%41", "x@y:z"):
+        url = storage_url(tmp_path / name)
+        assert make_url(url).database == str((tmp_path / name / STUDY_FILE).resolve()), url
+        (tmp_path / name).mkdir()
+        optuna.create_study(storage=url, study_name="s")
+        assert (tmp_path / name / STUDY_FILE).exists()
