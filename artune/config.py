@@ -132,10 +132,17 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Build from a flat dict (as Ray hands it over); unknown keys are an error."""
-        unknown = [k for k in values if k not in FIELD_NAMES]
-        if unknown:
-            raise ConfigError("; ".join(unknown_key_message(k) for k in unknown))
-        return cls(**{k: coerce(k, v) for k, v in values.items()})
+        errors = [unknown_key_message(k) for k in values if k not in FIELD_NAMES]
+        coerced = {}
+        for key, value in values.items():
+            if key in FIELD_NAMES:
+                try:
+                    coerced[key] = coerce(key, value)
+                except ConfigError as exc:  # every bad value at once, as validation_errors reports the rules
+                    errors.append(str(exc))
+        if errors:
+            raise ConfigError("; ".join(errors))
+        return cls(**coerced)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

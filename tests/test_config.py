@@ -199,6 +199,14 @@ def test_several_errors_are_reported_together():
 # --- from_dict coercion (YAML, Ray and CLI values)
 
 
+def test_every_unknown_key_and_value_of_the_wrong_type_is_reported_at_once():
+    with pytest.raises(ConfigError) as error:
+        TrainConfig.from_dict({"lr": "abc", "d_model": "x", "bogus": 1})
+    assert str(error.value) == (
+        "unknown key 'bogus'; lr must be a number, but got 'abc'; d_model must be an integer, but got 'x'"
+    )
+
+
 def test_from_dict_coerces_text():
     c = TrainConfig.from_dict(
         {

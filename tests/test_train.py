@@ -1208,6 +1208,22 @@ def test_cli_data_names_the_corpus_as_in_the_search_command(small_text, capsys, 
     assert "18,000 train / 2,000 valid tokens" in out  # small_text, not the default corpus's 1,003,854 train tokens
 
 
+def test_cli_resume_of_a_checkpoint_whose_settings_this_artune_does_not_know_names_the_file(
+    small_text, tmp_path, capsys
+):
+    assert main(["--dataset", str(small_text), "--checkpoint-dir", str(tmp_path), *TINY_CLI]) == 0
+    state = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    state["config"]["lr_warmup_shape"] = "exponential"  # a knob of a newer artune
+    torch.save(state, tmp_path / CHECKPOINT_FILE)
+    capsys.readouterr()
+    assert main(["--checkpoint-dir", str(tmp_path), "--resume", "--epochs", "2"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        f"error: {tmp_path / CHECKPOINT_FILE}: its settings hold 'lr_warmup_shape', which this artune does not "
+        "know; resume it with the artune that wrote it, or start afresh"
+    )
+
+
 def test_cli_data_file_is_the_dataset_its_checkpoint_records(small_text, tmp_path, capsys):
     """As in a search's trials: the checkpoint names the file trained on, not Tiny Shakespeare."""
     assert main(["--data", str(small_text), "--checkpoint-dir", str(tmp_path), *TINY_CLI]) == 0

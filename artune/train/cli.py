@@ -44,6 +44,12 @@ def _config(args: Any) -> TrainConfig:
         if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
             raise CheckpointError(f"{path}: not an artune checkpoint (no settings in it)")
         base, origin = state["config"], f"the checkpoint in {args.checkpoint_dir}"
+        unknown = [key for key in base if key not in FIELD_NAMES]
+        if unknown:  # written by a newer artune, most likely
+            raise CheckpointError(
+                f"{path}: its settings hold {', '.join(map(repr, unknown))}, which this artune does not know; "
+                "resume it with the artune that wrote it, or start afresh"
+            )
     elif args.from_search is not None:
         # pyarrow and pandas only for --from: the trainer's import (in every trial) goes without them
         from artune.results import DEFAULT_RESULTS_DIR, load
