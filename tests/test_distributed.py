@@ -98,6 +98,12 @@ def test_each_rank_draws_dropout_masks_of_its_own_from_the_seed_epoch_and_rank(t
     assert not torch.equal(rank0["dropout_states"][0], rank0["dropout_states"][second_epoch])
 
 
+def test_workers_train_eagerly_with_compile_true_and_need_no_compiler(tmp_path, shakespeare_path, monkeypatch):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
+    ranks = _ranks(2, tmp_path / "two", shakespeare_path, knobs={"compile": True, "epochs": 1})
+    assert [[m["compiled"] for m in rank["history"]] for rank in ranks] == [[False], [False]]
+
+
 def test_a_deadline_one_rank_sees_passed_stops_every_rank_at_the_same_step(tmp_path, shakespeare_path):
     # rank 1's clock is past its deadline, rank 0's far from it: both stop before the first step (a rank that
     # went on alone would wait for the other in its gradients' all-reduce until the guard's timeout)

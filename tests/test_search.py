@@ -225,6 +225,15 @@ def test_a_search_in_a_notebooks_process_gives_its_sigterm_handler_back(tmp_path
         runtime._TERMINATED.clear()
 
 
+def test_data_parallel_trials_with_compile_true_need_no_compiler_in_the_plan(tmp_path, shakespeare_path):
+    """Their workers train eagerly (docs/search_spaces.md): a missing C++ compiler refuses one-process trials only."""
+    args = [str(SMOKE), "--set", "compile=true", "--data", str(shakespeare_path), "--dry-run"]
+    env = {"CXX": str(tmp_path / "no" / "g++")}
+    two = cli(*args, "--workers-per-trial", "2", "--results-dir", str(tmp_path), env=env, timeout=60)
+    assert two.returncode == 0, two.stderr
+    assert_one_error_line(cli(*args, "--results-dir", str(tmp_path), env=env, timeout=60), "needs a C++ compiler")
+
+
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, shakespeare_path):
     result = cli(
         str(SMOKE),

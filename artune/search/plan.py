@@ -159,7 +159,8 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
         )
     if mode is not Mode.RESUME:  # a resume runs as its search started (and may change no resources)
         check_cuda_has_a_gpu(space)
-    compiles = any(value is True for value in space.possible_values("compile"))  # not 'auto'
+    # not 'auto'; and data-parallel trials train eagerly
+    compiles = space.settings.workers == 1 and any(value is True for value in space.possible_values("compile"))
     compiler = missing_compiler() if not args.address and compiles else None
     if compiler:  # (a cluster's nodes have toolchains of their own: a trial there says what its node lacks)
         raise SearchError(compiler_message(compiler, turn_off="--set compile=false"))

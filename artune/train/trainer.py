@@ -91,8 +91,9 @@ class Trainer:
                 f"batch_size >= workers must hold (each worker takes rows of every batch), "
                 f"but got batch_size={config.batch_size}, workers={self.ranks.world_size}"
             )
-        # what compiling needs: with compile: auto, a missing compiler means training eagerly
-        self.missing_compiler = missing_compiler() if config.compile else None
+        # what compiling needs: with compile: auto, a missing compiler means training eagerly; data-parallel
+        # workers train eagerly whatever compile says (docs/search_spaces.md), and need none
+        self.missing_compiler = missing_compiler() if config.compile and not self.ranks.distributed else None
         if config.compile is True and self.missing_compiler:
             raise ConfigError(compiler_message(self.missing_compiler))
         self.corpus = corpus if corpus is not None else load_corpus(config.dataset, config.tokenizer, data_dir)
