@@ -158,7 +158,8 @@ def metric_vs_knobs(results: SearchResults, metric: Optional[str] = None) -> Fig
 def parallel_coordinates(results: SearchResults, metric: Optional[str] = None) -> Figure:
     """A line per trial across the metric and every searched knob, each scaled to [0, 1], coloured by the metric.
 
-    Numeric knobs spanning more than a decade are scaled on a log axis; a categorical knob's values
+    Each knob's axis is as :func:`knob_axes` gives it (a log axis where the space samples the knob on a log
+    scale, or without the space file where its values span more than a decade); a categorical knob's values
     sit at evenly spaced positions. The best trials are drawn last, on top.
     """
     name, values = results.metric_column(metric)
@@ -291,6 +292,8 @@ def knob_positions(values: pd.Series, axis: Optional[KnobAxis] = None) -> tuple[
 
 def set_knob_axis(ax: Any, axis: KnobAxis, labels: Optional[list[str]], x: np.ndarray) -> None:
     """Ticks a reader can read: a tick per category, integers on an int axis, 1-2-5 steps on a log axis."""
+    if labels == []:  # a search with no trial yet: no category to show, and no range to set
+        return
     if labels is not None:
         long = sum(len(label) for label in labels) > 24
         ax.set_xticks(range(len(labels)), labels, rotation=30 if long else 0, ha="right" if long else "center")

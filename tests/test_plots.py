@@ -227,3 +227,17 @@ def test_tick_labels_are_short() -> None:
     assert tick_labels([0.001, 0.002, 0.01]) == ["0.001", "0.002", "0.01"]
     assert tick_labels([1e-4, 1e-3, 1e-2]) == ["1e-4", "1e-3", "1e-2"]
     assert tick_labels([1e-1, 1e6]) == ["1e-1", "1e6"]
+
+
+def test_a_search_with_no_trial_yet_draws_its_figures_without_a_warning(tmp_path: Path) -> None:
+    """A category axis with no category (matplotlib warned of a singular range, which the CLI printed)."""
+    import warnings
+
+    from artune.plots import write_plots
+
+    write_tables(tmp_path, [])
+    manifest = {"name": "empty", "metric": "valid_loss", "mode": "min", "params": ["optimizer", "lr"]}
+    write_json_atomic(manifest, tmp_path / MANIFEST_FILE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(write_plots(load(tmp_path))) == 3
