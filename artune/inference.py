@@ -227,7 +227,7 @@ def write_export(loaded: LoadedModel, out: str | os.PathLike) -> Path:
         (staging / CONFIG_FILE).write_text(json.dumps(settings, indent=2) + "\n")
         vocab = {"tokenizer": loaded.tokenizer.name, "separator": loaded.tokenizer.separator}
         (staging / VOCAB_FILE).write_text(json.dumps({**vocab, "tokens": loaded.tokenizer.vocabulary.itos}) + "\n")
-        (staging / CARD_FILE).write_text(model_card(loaded))
+        (staging / CARD_FILE).write_text(model_card(loaded), encoding="utf-8")  # a prompt or sample in any script
         os.replace(staging, out)  # onto an empty directory too
     finally:
         shutil.rmtree(staging, ignore_errors=True)
