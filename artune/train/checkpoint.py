@@ -6,6 +6,7 @@ A Trainer's ``state_dict`` lists what it saves; these are the rules and the file
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -16,6 +17,7 @@ from artune.config import FIELDS, TrainConfig, beta2_of, ff_width
 from artune.data import Corpus
 from artune.errors import CheckpointError
 from artune.files import written_atomically
+from artune.train.plan import steps_per_epoch
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -83,6 +85,16 @@ def check_resumable(state: Any, config: TrainConfig, corpus: Corpus) -> None:
             + "); a resumed run continues the "
             "same training: give the same settings, or start afresh"
         )
+
+
+def saved_epoch_steps(state: dict[str, Any], config: TrainConfig, train_tokens: int) -> int:
+    """The checkpoint's epoch size: ``config``'s, with the epoch-size settings the checkpoint recorded (its
+    corpus, loader, batch and window are this run's, or it was refused)."""
+    saved = state.get("config", {})
+    then = dataclasses.replace(
+        config, compile_mode="default", **{k: saved[k] for k in ("batches_per_epoch", "compile") if k in saved}
+    )
+    return steps_per_epoch(then, train_tokens)
 
 
 def optimizer_state(state: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,6 @@ runs one configuration on its own for debugging.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import time
@@ -274,10 +273,7 @@ class Trainer:
         train_loss, train_accuracy, tokens, train_seconds = self.train_epoch(deadline)
         valid_loss, valid_accuracy = self.validate()
         if not math.isfinite(valid_loss):  # the epoch's last steps broke the weights: as a training loss that did
-            raise DivergedError(
-                f"validation loss became {valid_loss} after epoch {self.epoch + 1} "
-                f"(lr={self.config.lr}); the run is stopped and no checkpoint is written"
-            )
+            raise self._diverged(f"validation loss became {valid_loss} after epoch {self.epoch + 1}")
         self.epoch += 1
         metrics: Metrics = {
             "epoch": self.epoch,
@@ -388,11 +384,11 @@ class Trainer:
         if compiling and steps > 1:
             self._compile_seconds = max(0.0, first_step - (seconds - first_step) / (steps - 1))
         if not math.isfinite(mean_loss):
-            raise DivergedError(
-                f"training loss became {mean_loss} in epoch {self.epoch + 1} "
-                f"(lr={self.config.lr}); the run is stopped and no checkpoint is written"
-            )
+            raise self._diverged(f"training loss became {mean_loss} in epoch {self.epoch + 1}")
         return mean_loss, correct.item() / max(tokens, 1), tokens, seconds
+
+    def _diverged(self, what: str) -> DivergedError:
+        return DivergedError(f"{what} (lr={self.config.lr}); the run is stopped and no checkpoint is written")
 
     def _forward_backward(
         self, x: torch.Tensor, y: torch.Tensor, weight: float = 1.0
@@ -487,20 +483,11 @@ class Trainer:
         # The schedule is planned again over this run's epochs, from the step the checkpoint reached. With
         # the epoch size it was trained at, the plan is the one an uninterrupted run has; with another
         # (batches_per_epoch or compile changed), the remaining epochs are counted at the new size.
-        if self._saved_epoch_steps(state) == self.epoch_steps:
+        if checkpoint.saved_epoch_steps(state, self.config, len(self.corpus.train)) == self.epoch_steps:
             self.plan_base = tuple(int(v) for v in state.get("plan_base", (0, 0)))
         else:
             self.plan_base = (self.epoch, self.optimizer.steps_taken)
         self._plan(self.steps_at(self.config.epochs))
-
-    def _saved_epoch_steps(self, state: dict[str, Any]) -> int:
-        """The checkpoint's epoch size: this run's, with the epoch-size settings the checkpoint recorded
-        (its corpus, loader, batch and window are this run's, or it was refused)."""
-        saved = state.get("config", {})
-        then = dataclasses.replace(
-            self.config, compile_mode="default", **{k: saved[k] for k in ("batches_per_epoch", "compile") if k in saved}
-        )
-        return steps_per_epoch(then, len(self.corpus.train))
 
     def save_checkpoint(self, directory: str | os.PathLike) -> Path:
         """Write ``checkpoint.pt`` atomically: a crash mid-write leaves the previous file intact."""
