@@ -68,7 +68,7 @@ class CheckpointError(ArtuneError, RuntimeError):
 
 
 class StorageError(ArtuneError, RuntimeError):
-    """The search's results directory or its study's database could not be written (the search exits 4)."""
+    """A search's results directory or study database, or a checkpoint, could not be written (the CLIs exit 4)."""
 
 
 class NoCudaError(ArtuneError, RuntimeError):

@@ -1156,6 +1156,30 @@ def test_cli_checkpoint_dir_where_nothing_can_be_written_is_one_error_line(small
         assert code == 2 and "/proc is not writable" in line, (code, line)
 
 
+def test_cli_a_checkpoint_the_disk_cannot_take_is_one_line_exit_4_naming_the_os_error(small_text, tmp_path):
+    """A file-size limit stands for a full disk: torch's writer reported it as a RuntimeError and a traceback."""
+    import resource
+    import signal
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    command = [sys.executable, "-m", "artune.train", "--threads", "1", "--dataset", str(small_text), *TINY_CLI]
+    result = subprocess.run(
+        [*command, "--checkpoint-dir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limited,
+    )
+    assert result.returncode == 4 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert line == f"error: --checkpoint-dir {tmp_path}: cannot write the checkpoint of epoch 1 (File too large)"
+    assert list(tmp_path.iterdir()) == []  # nor a partial file
+
+
 def test_cli_a_run_that_diverges_is_one_line_and_exit_1_as_a_search_whose_trials_all_diverged(small_text, capsys):
     assert (
         main(

@@ -126,9 +126,33 @@ def save(state: dict[str, Any], directory: str | os.PathLike) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CHECKPOINT_FILE
-    with written_atomically(path) as tmp:
-        torch.save(state, tmp)
+    with written_atomically(path) as tmp, open(tmp, "wb") as file:
+        writes = _WriteErrors(file)
+        try:
+            torch.save(state, writes)
+        except RuntimeError:  # torch's writer reports a failed write as its own error, without the OS's
+            if writes.error is not None:
+                raise writes.error from None  # a full disk: ENOSPC, the file named
+            raise
     return path
+
+
+class _WriteErrors:
+    """A file whose failed write (a full disk, a file-size limit) is kept, for ``save`` to raise as the OSError
+    it was: ``torch.save`` turns it into a RuntimeError that names neither the errno nor the file."""
+
+    def __init__(self, file: Any) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc if exc.filename is not None else OSError(exc.errno, exc.strerror, self.file.name)
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def read(path: str | os.PathLike, device: torch.device) -> tuple[Path, Any]:
