@@ -950,8 +950,10 @@ def test_address_auto_where_nothing_answers_fails_in_seconds_naming_rays_choice(
     """--address auto joins RAY_ADDRESS (or the cluster ray start left here): Ray retries a dead one for minutes."""
     address = f"127.0.0.1:{free_port()}"
     result = cli(str(SMOKE), "--address", "auto", "--results-dir", str(tmp_path), env={"RAY_ADDRESS": address})
-    assert_one_error_line(result, f"--address auto: Ray's choice {address}: nothing answers there")
+    assert_one_error_line(result, f"--address auto (RAY_ADDRESS): {address}: nothing answers there")
     assert list(tmp_path.iterdir()) == []
+    client = cli(str(SMOKE), "--address", "auto", "--results-dir", str(tmp_path), env={"RAY_ADDRESS": "ray://h:1"})
+    assert_one_error_line(client, "--address auto (RAY_ADDRESS): ray://h:1: Ray's client runs the search's Tune loop")
 
 
 @pytest.mark.slow

@@ -106,8 +106,9 @@ def token_auth_enabled() -> bool:
     return os.environ.get("RAY_AUTH_MODE", "disabled").lower() == "token"
 
 
-def check_address(address: str) -> None:
-    """Fail in seconds when nothing answers at ``address`` (Ray alone retries for minutes)."""
+def check_address(address: str, label: str = "--address") -> None:
+    """Fail in seconds when nothing answers at ``address`` (Ray alone retries for minutes); ``auto``: at the
+    cluster Ray would join. ``label``: what the message calls the address."""
     if address == "auto":
         try:
             found = ray_auto_address()
@@ -117,23 +118,24 @@ def check_address(address: str) -> None:
                 "machine); start one with ray start --head, or give the cluster's --address HOST:6379"
             ) from None
         if found is not None:
-            check_answers(found, "--address auto: Ray's choice")
+            where = "RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else "the cluster ray start runs here"
+            check_address(found, f"--address auto ({where}):")
         return
     if address.startswith("ray://"):
         # Through Ray's client, Tune runs on the cluster, and with it the callback that writes the tables and
         # the study: they would be written on the head (or nowhere), while this driver, seeing no result,
         # would write its empty tables over the search's at a time budget's end.
         raise SearchError(
-            f"--address {address}: Ray's client runs the search's Tune loop on the cluster, where "
+            f"{label} {address}: Ray's client runs the search's Tune loop on the cluster, where "
             "artune cannot keep its tables; run the search as a Ray job on the head (ray job submit, "
             "see docs/cluster.md) or on a node of the cluster with --address HOST:6379"
         )
     if address.startswith(("http://", "https://")):
         raise SearchError(
-            f"--address {address}: that is the dashboard's address (what ray job submit takes); give the "
+            f"{label} {address}: that is the dashboard's address (what ray job submit takes); give the "
             "cluster's: HOST:6379"
         )
-    check_answers(address, "--address")
+    check_answers(address, label)
 
 
 def check_answers(address: str, label: str) -> None:
