@@ -341,17 +341,17 @@ class Trainer:
             try:
                 logits, loss = self._forward_backward(x, y, weight)
             except Exception as exc:  # torch.compile's own (a compiler that does not work, say) in its first step
-                if not (compiling and step == 0):
+                if not (compiling and step == 0) or isinstance(exc, torch.OutOfMemoryError):  # memory: not compiling's
                     raise
                 if c.compile != "auto":
+                    compiler = "Triton" if self.device.type == "cuda" else "the C++ compiler (CXX)"
                     raise ConfigError(
                         f"compile true: torch.compile failed in the first step ({type(exc).__name__}: "
-                        f"{first_line(exc)[:300]}); fix the C++ compiler (CXX), or use compile auto (which trains "
-                        "eagerly where compiling fails) or false"
+                        f"{first_line(exc)[:300]}); fix {compiler}, or use compile auto (which trains eagerly where "
+                        "compiling fails) or false"
                     ) from None
                 self._train_eagerly(exc)
                 logits, loss = self._forward_backward(x, y, weight)
-            # the norm before clipping
             self._grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
             self.optimizer.step()  # and the lr schedule's
             n = y.numel()
