@@ -12,7 +12,7 @@ from typing import Optional
 from artune import ArgumentParser, stdout_closed
 from artune.errors import CheckpointError, UserError
 from artune.inference import LoadedModel, from_export, from_search, is_export
-from artune.results import DEFAULT_RESULTS_DIR, load
+from artune.results import DEFAULT_RESULTS_DIR, TRIALS_FILE, load
 
 
 def open_model(
@@ -29,10 +29,10 @@ def open_model(
         return from_export(source, device)
     try:
         results = load(source, results_dir)
-    except FileNotFoundError as exc:  # "no trials.parquet in X or Y: ...": where it looked for a search
-        looked = str(exc).partition(":")[0]
+    except FileNotFoundError as exc:  # its filename: where it looked for a search
         raise UserError(
-            f"{source}: neither a search ({looked}) nor an exported model (python -m artune.export writes one)"
+            f"{source}: neither a search (no {TRIALS_FILE} in {exc.filename}) nor an exported model "
+            "(python -m artune.export writes one)"
         ) from None
     return from_search(results, trial_id, device)
 

@@ -216,11 +216,12 @@ def test_a_device_this_machine_lacks_is_one_line_naming_it(search):
 
 
 def test_a_path_that_is_neither_a_search_nor_an_export_is_one_line_saying_where_it_looked(tmp_path):
-    line = one_error_line(run("artune.sample", tmp_path / "nosuch"))
-    assert line == (
-        f"error: {tmp_path / 'nosuch'}: neither a search (no trials.parquet in {tmp_path / 'nosuch'}) "
-        "nor an exported model (python -m artune.export writes one)"
-    )
+    for name in ("nosuch", "run:1"):  # a colon in the path, as in the message's own
+        line = one_error_line(run("artune.sample", tmp_path / name))
+        assert line == (
+            f"error: {tmp_path / name}: neither a search (no trials.parquet in {tmp_path / name}) "
+            "nor an exported model (python -m artune.export writes one)"
+        )
 
 
 def test_top_k_or_seed_without_a_temperature_is_one_line_not_silently_greedy(search):

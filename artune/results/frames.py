@@ -285,7 +285,9 @@ def resolve_results_path(path_or_name: str | os.PathLike, results_dir: str | os.
     if (candidate / TRIALS_FILE).exists():
         return candidate
     where = f"{path}" if candidate == path else f"{path} or {candidate}"
-    raise FileNotFoundError(f"no {TRIALS_FILE} in {where}: is it a finished or running search?")
+    error = FileNotFoundError(f"no {TRIALS_FILE} in {where}: is it a finished or running search?")
+    error.filename = where  # where it looked, for a caller's own message
+    raise error
 
 
 def load(path_or_name: str | os.PathLike, results_dir: str | os.PathLike = DEFAULT_RESULTS_DIR) -> SearchResults:
