@@ -122,12 +122,18 @@ def test_load_of_a_corrupt_table_names_the_file(tmp_path: Path) -> None:
 
 
 def test_a_manifest_that_cannot_be_read_or_is_not_an_object_is_a_results_error_naming_it(search: Path, tmp_path):
-    for name, make in [("unreadable", lambda path: path.mkdir()), ("a list", lambda path: path.write_text("[]"))]:
+    for name, make in [
+        ("unreadable", lambda path: path.mkdir()),
+        ("a list", lambda path: path.write_text("[]")),
+        ("not UTF-8", lambda path: path.write_bytes(b'{"name": "\xff"}')),
+    ]:
         directory = tmp_path / name
         directory.mkdir()
         (directory / TRIALS_FILE).write_bytes((search / TRIALS_FILE).read_bytes())
         make(directory / MANIFEST_FILE)
-        with pytest.raises(ResultsError, match=rf"^{directory / MANIFEST_FILE}: (cannot be read|not a search's)"):
+        with pytest.raises(
+            ResultsError, match=rf"^{directory / MANIFEST_FILE}: (cannot be read|not a search's|not valid)"
+        ):
             load(directory)
 
 

@@ -298,7 +298,7 @@ def load(path_or_name: str | os.PathLike, results_dir: str | os.PathLike = DEFAU
     manifest_path = path / MANIFEST_FILE
     try:
         manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    except json.JSONDecodeError as error:
+    except ValueError as error:  # not JSON, or not UTF-8
         raise ResultsError(f"{manifest_path}: not valid JSON ({error})") from None
     except OSError as error:  # another user's search (EACCES), or not a file
         raise ResultsError(f"{manifest_path}: cannot be read ({error.strerror or error})") from None

@@ -50,12 +50,15 @@ class Manifest:
         if not path.exists():
             raise SearchError(f"{flag}: no search named {directory.name!r} in {directory.parent} (no {MANIFEST_FILE})")
         try:
-            return cls(directory, json.loads(path.read_text()))
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                raise ValueError(f"a JSON {type(data).__name__}, not an object")
         except (OSError, ValueError) as exc:
             raise SearchError(
                 f"{flag}: {path} cannot be read ({exc}); it is the search's record, "
                 "so it cannot be continued: start a new search under another --name"
             ) from None
+        return cls(directory, data)
 
     @property
     def runs(self) -> list[str]:
