@@ -1128,6 +1128,11 @@ def test_cli_from_a_search_trains_its_best_trial_again(smoke_search, shakespeare
     longer = _cli("--from", str(directory), "--epochs", "1", "--d_model", "32", "--data", str(shakespeare_path))
     assert longer.returncode == 0, longer.stderr
     assert "changed here: d_model=32, epochs=1" in longer.stdout and "epoch   2" not in longer.stdout
+    other = directory.parent / "other.txt"  # another corpus is a change too
+    other.write_text(shakespeare_path.read_text(encoding="utf-8")[:20000], encoding="utf-8")
+    elsewhere = _cli("--from", str(directory), "--epochs", "1", "--data", str(other))
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert f"changed here: epochs=1, dataset={other.absolute()}" in elsewhere.stdout, elsewhere.stdout
 
 
 def test_cli_trial_without_from_and_from_with_resume_are_one_error_line(tmp_path):
@@ -1262,6 +1267,8 @@ def test_cli_data_that_another_dataset_would_leave_unread_is_refused_naming_both
     assert main(["--data", str(small_text), "--dataset", str(small_text), *TINY_CLI]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line == f"error: --data {small_text} and --dataset {small_text} both name the corpus: give one"
+    assert main(["--data", str(small_text), "--dataset", "tiny_shakespeare", *TINY_CLI]) == 2  # a file: one read
+    assert "both name the corpus" in capsys.readouterr().err
 
     assert main(["--data", str(small_text), "--checkpoint-dir", str(tmp_path), *TINY_CLI]) == 0
     capsys.readouterr()

@@ -60,12 +60,15 @@ def _config(args: Any) -> TrainConfig:
             raise ConfigError(f"--from {args.from_search}: {exc}") from None
         base = results.config(args.trial).to_dict()
         trial = args.trial or results.trial()["trial_id"]
-        changed = ", ".join(f"{k}={v}" for k, v in given.items()) or "nothing"
-        print(f"the configuration of trial {trial} of search {results.name}; changed here: {changed}")
         origin = f"trial {trial} of search {results.name}"
     else:
         base, origin = {}, ""
-    return TrainConfig.from_dict({**base, **given, **data_as_dataset(args.data_dir, base, given, origin)})
+    corpus = data_as_dataset(args.data_dir, base, given, origin)
+    if args.from_search is not None:  # the flags given, and the corpus where --data names another
+        changes = {**given, **{k: v for k, v in corpus.items() if base.get(k) != v}}
+        changed = ", ".join(f"{k}={v}" for k, v in changes.items()) or "nothing"
+        print(f"the configuration of {origin}; changed here: {changed}")
+    return TrainConfig.from_dict({**base, **given, **corpus})
 
 
 def data_as_dataset(data: Optional[str], base: dict[str, Any], given: dict[str, Any], origin: str) -> dict[str, str]:
@@ -74,7 +77,7 @@ def data_as_dataset(data: Optional[str], base: dict[str, Any], given: dict[str, 
     if data is None:
         return {}
     path = Path(data).expanduser()
-    if "dataset" in given and given["dataset"] != TINY_SHAKESPEARE:
+    if "dataset" in given and (path.is_file() or given["dataset"] != TINY_SHAKESPEARE):
         raise ConfigError(f"--data {data} and --dataset {given['dataset']} both name the corpus: give one")
     if path.is_file():
         return {"dataset": str(path.absolute())}
