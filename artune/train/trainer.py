@@ -322,7 +322,7 @@ class Trainer:
         if self.ranks.distributed and c.dropout > 0:
             # each rank's own dropout masks (one seed repeated rank 0's masks on every rank's rows), drawn from the
             # seed, epoch and rank alone, so that a resumed epoch draws the masks the run would have drawn
-            torch.manual_seed(hash((c.seed, self.epoch, self.ranks.rank)))
+            torch.manual_seed(((c.seed * 1_000_003 + self.epoch) * 65_537 + self.ranks.rank) % 2**63)
         clip = c.grad_norm_clip
         compiling, self._compiling, self._compile_seconds = self._compiling, False, 0.0
         start = time.perf_counter()
