@@ -12,7 +12,6 @@ Optuna and pandas are imported when called.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from artune.errors import ResultsError
@@ -39,24 +38,17 @@ def open_study(results: SearchResults) -> optuna.Study:
     ``manifest.json`` records; a ResultsError where there is none."""
     import optuna
 
-    from artune.study import STUDY_FILE, storage_url
+    from artune.study import STUDY_FILE, sqlite_file, storage_url
 
     beside = results.path / STUDY_FILE if results.path is not None else None
     here = beside is not None and beside.exists()
     storage = storage_url(results.path) if here else results.manifest.get("storage")
-    if storage is None or not study_exists(storage):
+    database = sqlite_file(storage) if storage is not None else None  # None for a server's: asked as it opens
+    if storage is None or (database is not None and not database.exists()):
         where = beside if beside is not None else "(compared searches have no one study)"
         raise ResultsError(f"no Optuna study at {where}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.load_study(study_name=results.manifest.get("study_name", results.name), storage=storage)
-
-
-def study_exists(storage: str) -> bool:
-    """Whether a SQLite URL's database file is there (a server's database: it is asked when opened)."""
-    from sqlalchemy.engine import make_url
-
-    url = make_url(storage)
-    return url.get_backend_name() != "sqlite" or Path(url.database or "").exists()
 
 
 def param_importances(results_or_study: SearchResults | optuna.Study) -> pd.Series:

@@ -29,9 +29,9 @@ def open_model(
         return from_export(source, device)
     try:
         results = load(source, results_dir)
-    except FileNotFoundError as exc:  # its filename: where it looked for a search
+    except FileNotFoundError as exc:  # where: where it looked for a search
         raise UserError(
-            f"{source}: neither a search (no {TRIALS_FILE} in {exc.filename}) nor an exported model "
+            f"{source}: neither a search (no {TRIALS_FILE} in {getattr(exc, 'where', source)}) nor an exported model "
             "(python -m artune.export writes one)"
         ) from None
     return from_search(results, trial_id, device)

@@ -64,6 +64,14 @@ def storage_url(directory: Path, storage: Optional[str] = None) -> str:
     return URL.create("sqlite", database=str(Path(directory).resolve() / STUDY_FILE)).render_as_string(False)
 
 
+def sqlite_file(url: str) -> Optional[Path]:
+    """The database file of a SQLite URL (None for another database; the URL is checked by check_storage)."""
+    from sqlalchemy.engine import make_url  # Optuna's storage layer
+
+    parsed = make_url(url)
+    return Path(parsed.database or ":memory:") if parsed.get_backend_name() == "sqlite" else None
+
+
 def direction(mode: str) -> str:
     return "minimize" if mode == "min" else "maximize"
 

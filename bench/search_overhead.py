@@ -88,6 +88,8 @@ def calibrate(epoch_s: float, short: int = 20, long: int = 80) -> int:
 def measure(trials: int = 8, concurrency: int = 2, epoch_s: float = 5.0, batches_per_epoch: int | None = None) -> dict:
     import pyarrow.parquet as pq
 
+    from artune.results import TUNE_DIR
+
     if batches_per_epoch is None:
         batches_per_epoch = calibrate(epoch_s)
     with tempfile.TemporaryDirectory(prefix="artune-bench-") as tmp:
@@ -107,7 +109,7 @@ def measure(trials: int = 8, concurrency: int = 2, epoch_s: float = 5.0, batches
         directory = Path(tmp) / "overhead"
         epochs = pq.read_table(directory / "epochs.parquet").to_pandas()
         manifest = json.loads((directory / "manifest.json").read_text())
-        setup = trial_setup_seconds(directory / "tune")
+        setup = trial_setup_seconds(directory / TUNE_DIR)
     train_seconds = float(epochs["seconds"].sum())
     ideal = train_seconds / concurrency
     timings = manifest["timings"]

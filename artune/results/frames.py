@@ -286,7 +286,7 @@ def resolve_results_path(path_or_name: str | os.PathLike, results_dir: str | os.
         return candidate
     where = f"{path}" if candidate == path else f"{path} or {candidate}"
     error = FileNotFoundError(f"no {TRIALS_FILE} in {where}: is it a finished or running search?")
-    error.filename = where  # where it looked, for a caller's own message
+    error.where = where  # where it looked, for a caller's own message (its str stays the message)
     raise error
 
 
@@ -349,7 +349,7 @@ def compare(
     loaded = [s if isinstance(s, SearchResults) else load(s, results_dir) for s in searches]
     if any(results.path is None for results in loaded):  # its rows carry a search column of their own
         raise ResultsError("compare() of a compare()'s stack: pass the searches themselves, compare(a, b, c)")
-    paths = [r.path.resolve() for r in loaded if r.path is not None]
+    paths = [r.path.resolve() for r in loaded]
     twice = [str(p) for p in dict.fromkeys(paths) if paths.count(p) > 1]
     if twice:
         raise ResultsError(f"compare() got the search in {twice[0]} twice")

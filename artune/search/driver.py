@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Iterator, Optional
 from artune import plural
 from artune.errors import SearchError, StorageError
 from artune.humanize import describe_os_error, first_line
-from artune.results import EPOCHS_FILE, MANIFEST_FILE, TRIALS_FILE
+from artune.results import EPOCHS_FILE, MANIFEST_FILE, TRIALS_FILE, TUNE_DIR
 from artune.search.corpus import load_plan_corpus
 from artune.search.lock import SearchLock
-from artune.search.manifest import TUNE_DIR, write_manifest
+from artune.search.manifest import write_manifest
 from artune.search.plan import SPACE_COPY, Mode, Plan
 from artune.search.report import budget_report, describe_plan, next_steps, summarise
 from artune.search.runtime import ClusterWatch, init_ray, set_ray_environment, stop_ray, terminated

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import IO, Any, Iterator, Optional
 
-from artune.results import TrialRecord
+from artune.results import TUNE_DIR, TrialRecord
 
 JOURNAL_FILE = "journal.jsonl"
 
@@ -21,7 +21,7 @@ class Journal:
     """Appends to ``<directory>/journal.jsonl``; each line is flushed to the OS as written, so a killed driver
     leaves every line it wrote (perhaps the last one cut short, which ``replay`` skips)."""
 
-    def __init__(self, directory: Path, run: str = "tune") -> None:
+    def __init__(self, directory: Path, run: str = TUNE_DIR) -> None:
         self.path = directory / JOURNAL_FILE
         self.run = run  # the Ray run (tune/, tune-2/ ...) the trials started in
         self._file: Optional[IO[str]] = None

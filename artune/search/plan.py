@@ -19,9 +19,9 @@ from typing import Any, Optional
 from artune.config import FIELD_NAMES, coerce, compiler_message, missing_compiler, unknown_key_message
 from artune.errors import SearchError
 from artune.humanize import first_line
-from artune.results import EPOCHS_FILE, MANIFEST_FILE, SPACE_COPY, TRIALS_FILE
+from artune.results import EPOCHS_FILE, MANIFEST_FILE, SPACE_COPY, TRIALS_FILE, TUNE_DIR
 from artune.search.lock import LOCK_FILE, held_elsewhere
-from artune.search.manifest import TUNE_DIR, Manifest
+from artune.search.manifest import Manifest
 from artune.search.runtime import check_address
 from artune.search.saved_state import check_saved_state
 from artune.search.storage import (

@@ -11,14 +11,7 @@ from typing import Any, Optional
 
 from artune.errors import SearchError
 from artune.humanize import first_line
-
-
-def sqlite_file(url: str) -> Optional[Path]:
-    """The database file of a SQLite URL (None for another database; the URL is checked by check_storage)."""
-    from sqlalchemy.engine import make_url  # Optuna's storage layer
-
-    parsed = make_url(url)
-    return Path(parsed.database or ":memory:") if parsed.get_backend_name() == "sqlite" else None
+from artune.study import sqlite_file
 
 
 def sqlite_write_error(url: str) -> Optional[OSError]:
