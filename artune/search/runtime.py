@@ -45,14 +45,15 @@ def stop_on_sigterm() -> None:
 def sigterm_as_interrupt() -> Iterator[None]:
     """One search's SIGTERM handling (:func:`stop_on_sigterm`): the process's own handler comes back after it, and
     the next search in the same process (a notebook's) starts with no SIGTERM noted."""
-    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    main = threading.current_thread() is threading.main_thread()  # only its handlers can be set
+    previous = signal.getsignal(signal.SIGTERM) if main else None
     _TERMINATED.clear()
     stop_on_sigterm()
     try:
         yield
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if main:  # (None: a handler set outside Python, which cannot be put back; the default is the nearest)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 @contextlib.contextmanager
