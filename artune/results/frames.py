@@ -26,8 +26,8 @@ from artune.results.tables import (
     MANIFEST_FILE,
     STATUSES,
     TRIALS_FILE,
-    TUNE_DIR,
     knob_value,
+    manifest_runs,
 )
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class SearchResults:
     @property
     def runs(self) -> list[str]:
         """The search's Ray runs (directories), first to last: ``tune``, then one per ``--extend``."""
-        return list(self.manifest.get("runs", [TUNE_DIR]))  # a manifest before runs were recorded: its only one
+        return manifest_runs(self.manifest)
 
     @property
     def mode(self) -> str:

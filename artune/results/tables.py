@@ -69,6 +69,11 @@ TRIAL_SUMMARY_COLUMNS = {
 _ARROW = {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string()}
 
 
+def manifest_runs(manifest: dict[str, Any]) -> list[str]:
+    """A search's Ray runs (directories), first to last: ``tune``, then one per ``--extend``."""
+    return list(manifest.get("runs", [TUNE_DIR]))  # a manifest from before runs were recorded: its only one
+
+
 def knob_type(name: str) -> pa.DataType:
     return pa.string() if name in AUTO_SWITCHES else _ARROW[field_type(name)[0]]
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from artune import __version__
 from artune.errors import SearchError, SpaceError, StorageError
 from artune.humanize import describe_os_error
-from artune.results import MANIFEST_FILE, TUNE_DIR, write_json_atomic
+from artune.results import MANIFEST_FILE, TUNE_DIR, manifest_runs, write_json_atomic
 from artune.search.storage import sqlite_file
 from artune.spaces import OVERRIDE_FLAGS, SearchSpace, load_space
 from artune.study import STUDY_FILE, storage_url
@@ -62,7 +62,7 @@ class Manifest:
 
     @property
     def runs(self) -> list[str]:
-        return self.data.get("runs", [TUNE_DIR])
+        return manifest_runs(self.data)
 
     @property
     def next_run(self) -> str:
