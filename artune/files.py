@@ -1,4 +1,5 @@
-"""Writing a file all at once: readers (and a crash) see the previous file or the new one, never half of one."""
+"""Writing a file all at once: readers (and a crash, or a power loss) see the previous file or the new one, never
+half of one."""
 
 from __future__ import annotations
 
@@ -12,12 +13,37 @@ from typing import Iterator
 def written_atomically(path: Path) -> Iterator[Path]:
     """A temporary path beside ``path`` (``.NAME.<pid>.tmp``) for the block to write; moved onto ``path`` when the
     block ends, and removed where it fails (a full disk, say), so that no partial file is left behind. A killed
-    process may still leave one (a search removes those of its tables and manifest when it starts again)."""
+    process may still leave one (a search removes those of its tables and manifest when it starts again).
+
+    The data reaches the disk before the rename, and the rename before this returns: without the first, a power
+    loss soon after can leave an empty file under the new name (the rename's journal entry lands first)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
+        _sync(tmp)
         os.replace(tmp, path)
+        _sync(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):  # the write's own error is the one to report
             tmp.unlink(missing_ok=True)
         raise
+
+
+
+def _sync(path: Path) -> None:
+    """Flush a file's writes, or a directory's entries, to the disk. A directory's is best effort: some platforms
+    and file systems cannot open or flush one (Windows, some network mounts), and there the rename stands as is."""
+    directory = path.is_dir()
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if directory:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:
+            raise
+    finally:
+        os.close(fd)
