@@ -1039,3 +1039,37 @@ def test_a_study_database_that_does_not_read_is_refused_in_one_line_before_ray_s
     result = cli("--extend", "--name", "smoke", "--num-samples", "1", "--results-dir", str(tmp_path / "r"), timeout=120)
     assert_one_error_line(result, "--extend", str(directory / "optuna.db"), "cannot be read", "another --name")
     assert "Ray" not in result.stdout and not (directory / "tune-2").exists()
+
+
+def test_a_command_refused_the_lock_leaves_the_directory_of_the_one_that_holds_it(tmp_path, shakespeare_path):
+    """Two commands can both find a name free before either takes its lock: the one refused it removed the
+    directory the other was starting its search in."""
+    import fcntl
+
+    from artune.errors import SearchError
+    from artune.search import make_plan, parse_args
+    from artune.search.driver import search_directory
+
+    plan = make_plan(parse_args([str(SMOKE), "--results-dir", str(tmp_path / "r"), "--name", "race"]))
+    plan.directory.mkdir(parents=True)  # the other command, a moment earlier: its directory and its lock
+    (plan.directory / "space.yaml").write_text("the other's")
+    with open(plan.directory / ".lock", "a+") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SearchError, match="running in another process"):
+            with search_directory(plan):
+                pass
+        assert (plan.directory / "space.yaml").read_text() == "the other's"
+
+
+@pytest.mark.slow
+def test_a_search_directory_whose_lock_cannot_be_taken_is_one_line_and_exit_4(smoke, tmp_path, shakespeare_path):
+    """--resume of a search whose directory is read-only or immutable: the lock file cannot be opened (a traceback
+    before). A directory in the lock file's place fails its open as those do, even for root."""
+    directory = copy_of_smoke(smoke, tmp_path / "r")
+    (directory / ".lock").unlink(missing_ok=True)
+    (directory / ".lock").mkdir()
+    result = cli("--resume", "--name", "smoke", "--results-dir", str(tmp_path / "r"), timeout=120)
+    assert result.returncode == 4 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{directory}: the search's lock cannot be taken" in lines[0], lines
+    assert "must be writable" in lines[0]

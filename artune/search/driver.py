@@ -56,7 +56,8 @@ def run(plan: Plan) -> int:
 def search_directory(plan: Plan) -> Iterator[None]:
     """The search's directory, made and locked for this process. A directory this command made is removed
     where it ends before the manifest is written (a refusal, a failure, a Ctrl-C): nothing was run. So is one
-    a killed start-up left (``plan.takeover``), taken over."""
+    a killed start-up left (``plan.takeover``), taken over. Only while this process holds its lock: two commands
+    can both find a name free (or a start-up's leftover), and the one refused the lock leaves the other's."""
     created = not plan.directory.exists() or plan.takeover
     try:
         plan.directory.mkdir(parents=True, exist_ok=True)
@@ -64,8 +65,10 @@ def search_directory(plan: Plan) -> Iterator[None]:
         raise SearchError(
             f"--results-dir {plan.directory.parent}: cannot create {plan.directory} ({exc.strerror or exc})"
         ) from None
+    locked = False  # a directory another process holds the lock of is that process's, whoever made it
     try:
         with SearchLock(plan.directory):
+            locked = True
             remove_interrupted_writes(plan)
             if plan.takeover:
                 take_over(plan)
@@ -80,7 +83,7 @@ def search_directory(plan: Plan) -> Iterator[None]:
                 restore_saved_state(plan)
             yield
     except BaseException:
-        if created and not (plan.directory / MANIFEST_FILE).exists():
+        if created and locked and not (plan.directory / MANIFEST_FILE).exists():
             shutil.rmtree(plan.directory, ignore_errors=True)
         raise
 

@@ -6,7 +6,8 @@ import fcntl
 from pathlib import Path
 from typing import IO, Any, Optional
 
-from artune.errors import SearchError
+from artune.errors import SearchError, StorageError
+from artune.humanize import describe_os_error
 
 LOCK_FILE = ".lock"
 
@@ -17,7 +18,13 @@ class SearchLock:
         self.handle: Optional[IO[str]] = None
 
     def __enter__(self) -> SearchLock:
-        self.handle = open(self.path, "a+")
+        try:
+            self.handle = open(self.path, "a+")
+        except OSError as exc:  # a read-only or immutable search directory, say
+            raise StorageError(
+                f"{self.path.parent}: the search's lock cannot be taken ({describe_os_error(exc)}); "
+                "the search's directory must be writable"
+            ) from None
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -34,9 +41,11 @@ class SearchLock:
 def held_elsewhere(directory: Path) -> bool:
     """Whether a live process holds the search's lock (the kernel drops a dead process's flock)."""
     path = directory / LOCK_FILE
-    if not path.exists():
+    try:
+        handle = open(path)  # flock needs no write access; "r" creates nothing (a dry run writes nothing)
+    except OSError:  # none yet, or one that cannot be opened: SearchLock says why where it takes the lock
         return False
-    with open(path, "a+") as handle:
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
