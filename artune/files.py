@@ -29,7 +29,6 @@ def written_atomically(path: Path) -> Iterator[Path]:
         raise
 
 
-
 def _sync(path: Path) -> None:
     """Flush a file's writes, or a directory's entries, to the disk. A directory's is best effort: some platforms
     and file systems cannot open or flush one (Windows, some network mounts), and there the rename stands as is."""
