@@ -54,3 +54,36 @@ def test_the_guard_takes_rays_processes_under_the_session_and_leaves_a_users(tmp
         for proc in (agent, idle, module, user, worker):
             proc.kill()
             proc.wait()
+
+
+APART = """
+import os, signal, sys, time
+from artune.search import watchdog
+
+signal.signal(signal.SIGTERM, signal.default_int_handler)  # as the search's CLI takes it (sigterm_as_interrupt)
+
+watchdog.start_guard()
+own = os.getpgrp()
+try:
+    with watchdog.ray_apart():  # where ray.init runs: this process in the guard's group
+        assert os.getpgrp() != own
+        os.killpg(own, getattr(signal, sys.argv[1]))  # a terminal's Ctrl-C, or Slurm's kill -TERM -PGID
+        time.sleep(60)
+    print("not interrupted")
+except KeyboardInterrupt:
+    print("interrupted", os.getpgrp() == own)
+finally:
+    watchdog.stop_guard()
+"""
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_to_the_drivers_group_reaches_it_while_ray_starts_apart(tmp_path, signame):
+    """For Ray's start the driver sits in the guard's process group: a signal to its own group (empty then) reached
+    no one, and the search ran to its end. Here the driver leads a group of its own, as a shell's job does."""
+    script = tmp_path / "apart.py"
+    script.write_text(APART)
+    result = subprocess.run(
+        [sys.executable, str(script), signame], capture_output=True, text=True, timeout=60, preexec_fn=os.setpgrp
+    )
+    assert result.stdout.split() == ["interrupted", "True"], (result.stdout, result.stderr[-2000:])

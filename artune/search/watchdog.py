@@ -11,10 +11,12 @@ then SIGKILL to those left after a grace.
 
 Ray's processes are started in the guard's process group too (``ray_apart``), not the driver's: a signal to the
 driver's group (``kill -TERM -PGID``, what Slurm sends; a terminal's Ctrl-C) reaches the driver alone, which
-stops the search in order and Ray with it, rather than killing Ray under a driver that is still saving.
+stops the search in order and Ray with it, rather than killing Ray under a driver that is still saving. While
+the driver is in the guard's group for Ray's start, a relay stays in its own and passes such signals on to it.
 No Ray API is involved: nothing here depends on its version.
 
-Run as a script (``python -I watchdog.py TOKEN``): the guard imports nothing of artune's, so it starts at once.
+Run as a script (``python -I watchdog.py TOKEN``, or ``--relay PID``): it imports nothing of artune's, so it starts
+at once.
 """
 
 from __future__ import annotations
@@ -58,13 +60,19 @@ def ray_apart() -> Iterator[None]:
     """Around ``ray.init``: the processes it starts (and theirs) join the guard's process group, not the driver's.
 
     A process joins another group of its session with setpgid; the driver joins the guard's for the time of the
-    start, then goes back. A session leader (started by setsid) cannot change its group: Ray's processes then
-    share its group, as without this.
+    start, then goes back. Meanwhile a relay holds its place in its own group: a Ctrl-C, or a ``kill -INT -PGID``,
+    sent to that group in those seconds reached no one (the search then ran to its end). A session leader
+    (started by setsid) cannot change its group: Ray's processes then share its group, as without this.
     """
+    if _guard is None or os.getsid(0) == os.getpid():  # no guard, or a session leader
+        yield
+        return
     own = os.getpgrp()
+    relay = start_relay()
     try:
-        os.setpgid(0, _guard.pid)  # type: ignore[union-attr]
-    except (AttributeError, OSError):  # no guard, or a session leader
+        os.setpgid(0, _guard.pid)
+    except OSError:
+        stop_relay(relay)
         yield
         return
     try:
@@ -72,6 +80,34 @@ def ray_apart() -> Iterator[None]:
     finally:
         with contextlib.suppress(OSError):
             os.setpgid(0, 0 if own == os.getpid() else own)  # 0: a group of its own again, as it led one
+        stop_relay(relay)
+
+
+RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)  # what a terminal or a scheduler sends
+
+
+def start_relay() -> subprocess.Popen:
+    """A process in this one's group that passes the signals of ``RELAYED`` on to it, until its stdin closes.
+    Returns once its handlers are in place (it says so on its stdout)."""
+    relay = subprocess.Popen(
+        [sys.executable, "-I", os.path.abspath(__file__), "--relay", str(os.getpid())],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if k != TOKEN_VAR},  # not Ray's: the guard leaves it be
+    )
+    relay.stdout.read(1)  # type: ignore[union-attr]
+    return relay
+
+
+def stop_relay(relay: subprocess.Popen) -> None:
+    """End the relay; a signal it passed on before it ended has been sent (it ends only at end-of-file)."""
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        relay.stdin.close()  # type: ignore[union-attr]
+        relay.wait(5)
+    if relay.poll() is None:
+        relay.kill()
+        relay.wait()
 
 
 def guard_session(directory: str) -> None:
@@ -172,6 +208,18 @@ def alive(pid: int) -> bool:
         return False
 
 
+def relay(pid: int) -> None:
+    def forward(signum: int, frame: object) -> None:
+        with contextlib.suppress(OSError):  # the driver gone: its stdin's end-of-file follows
+            os.kill(pid, signum)
+
+    for signum in RELAYED:
+        signal.signal(signum, forward)
+    sys.stdout.buffer.write(b"+")
+    sys.stdout.buffer.flush()
+    sys.stdin.buffer.read()  # until the driver is back in its group (or gone); a signal interrupts it, then it goes on
+
+
 def main(token: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the driver's to handle; the guard waits for its end
     said = sys.stdin.buffer.read()  # blocks until the driver closes the pipe or dies; guard_session's lines
@@ -179,4 +227,7 @@ def main(token: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "--relay":
+        relay(int(sys.argv[2]))
+    else:
+        main(sys.argv[1])
