@@ -527,9 +527,18 @@ def test_extend_refuses_an_unfinished_search_and_resume_a_storage_that_is_not_th
         resumed.stdout,
         resumed.stderr,
     )  # not replayed
-    # another --storage points a moved search at its study; one with no database there would be a new, empty study
+    # another --storage points a moved search at its study; one with no database there, or a database without the
+    # study, would be a new, empty study
+    import optuna
+
     moved = tmp_path / "moved.db"
-    moved.write_bytes(b"")
+    optuna.create_study(storage=f"sqlite:///{moved}", study_name="other")
+    assert_one_error_line(
+        cli("--resume", "--storage", f"sqlite:///{moved}", *common, timeout=60),
+        f"--storage (sqlite:///{moved} holds no study 'torn'",
+        "cannot change",
+    )
+    optuna.create_study(storage=f"sqlite:///{moved}", study_name="torn")
     assert cli("--resume", "--storage", f"sqlite:///{moved}", *common, timeout=60).returncode == 0
     missing = f"sqlite:///{tmp_path}/missing.db"
     assert_one_error_line(

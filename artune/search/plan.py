@@ -356,12 +356,16 @@ def check_resumed_as_started(
     ]
     changed += ["--repeats"] * (args.repeats is not None and args.repeats != repeats)
     recorded = manifest.storage()
-    database = (
-        sqlite_file(args.storage) if args.storage is not None and args.storage != (recorded or args.storage) else None
-    )
-    if database is not None and not database.exists():
-        # the way to point a search at a study kept elsewhere, but a database that is not there would be a new study
-        changed.append(f"--storage (no database at {args.storage}; the study is in {recorded})")
+    if args.storage is not None and args.storage != (recorded or args.storage):
+        # the way to point a search at its study kept elsewhere (a moved database), but a database that is not there,
+        # or that holds no study of this name, would be a new, empty study, the search's trials left in the other
+        database = sqlite_file(args.storage)
+        if database is not None and not database.exists():
+            changed.append(f"--storage (no database at {args.storage}; the study is in {recorded})")
+        else:
+            check_study_readable(args.storage, "--storage")
+            if not study_exists(args.storage, name):
+                changed.append(f"--storage ({args.storage} holds no study {name!r}; the study is in {recorded})")
     if changed:
         raise SearchError(
             f"--resume continues search {name!r} as it started, so {', '.join(changed)} cannot change; "
