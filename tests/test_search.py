@@ -1082,3 +1082,58 @@ def test_a_search_directory_whose_lock_cannot_be_taken_is_one_line_and_exit_4(sm
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{directory}: the search's lock cannot be taken" in lines[0], lines
     assert "must be writable" in lines[0]
+
+
+def finished_search(tmp_path: Path, space_text: str, *args: str) -> Path:
+    """A finished search's directory as the driver leaves it (its space, manifest and corpus), without running it."""
+    from artune.search import SPACE_COPY, load_plan_corpus, make_plan, parse_args, write_manifest
+
+    space = tmp_path / "s.yaml"
+    space.write_text(space_text)
+    plan = make_plan(parse_args([str(space), "--results-dir", str(tmp_path / "r"), "--name", "m", *args]))
+    plan.directory.mkdir(parents=True)
+    shutil.copy(space, plan.directory / SPACE_COPY)
+    write_manifest(plan, load_plan_corpus(plan), {"finished": "then"})
+    return plan.directory
+
+
+TINY = "search: {num_samples: 1, epochs: 1}\nfixed: {d_model: 16, n_layers: 1, n_heads: 2}\n"
+
+
+def test_extend_on_another_machine_finds_tiny_shakespeare_as_a_new_search_does(tmp_path, shakespeare_path):
+    """The recorded corpus path gone (the search copied from another machine): --extend read it as --data and said
+    "data path (--data) not found" though no --data was given; ARTUNE_DATA_DIR finds it, its sha256 checked."""
+    directory = finished_search(tmp_path, TINY, "--data", str(shakespeare_path.parent))
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["corpus"]["source"] = "/home/alice/.cache/artune/tiny_shakespeare.txt"
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    common = ["--extend", "--num-samples", "1", "--name", "m", "--results-dir", str(tmp_path / "r"), "--dry-run"]
+    result = cli(*common, env={**os.environ, "ARTUNE_DATA_DIR": str(shakespeare_path.parent)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"corpus: {shakespeare_path}" in result.stdout, result.stdout
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "tiny_shakespeare.txt").write_text(shakespeare_path.read_text()[:50_000])
+    result = cli(*common, env={**os.environ, "ARTUNE_DATA_DIR": str(other)})
+    assert_one_error_line(result, "is not the one search 'm' started with")
+
+
+def test_resume_from_another_directory_reads_the_corpus_file_the_space_names_relative_to_where_it_began(
+    tmp_path, small_corpus
+):
+    """A space's dataset relative to the working directory: the printed resume command ("whatever directory it is
+    in") failed from any other with "dataset file not found"."""
+    began = tmp_path / "began"
+    began.mkdir()
+    shutil.copy(small_corpus, began / "corpus.txt")
+    cwd = os.getcwd()
+    os.chdir(began)
+    try:
+        directory = finished_search(tmp_path, TINY.replace("n_heads: 2}", "n_heads: 2, dataset: corpus.txt}"))
+    finally:
+        os.chdir(cwd)
+    common = ["--extend", "--num-samples", "1", "--name", "m", "--results-dir", str(tmp_path / "r"), "--dry-run"]
+    result = cli(*common)  # from the repository's directory
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"corpus: {began / 'corpus.txt'}" in result.stdout, result.stdout
+    assert json.loads((directory / "manifest.json").read_text())["fixed"]["dataset"] == "corpus.txt"

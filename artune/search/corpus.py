@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from artune.errors import CorpusError, NotFetched, SearchError, UnknownTokenError
@@ -14,13 +15,20 @@ if TYPE_CHECKING:
 def load_plan_corpus(plan: Plan, fetch: bool = True) -> Corpus:
     """The corpus every trial trains on, encoded once, and checked against every setting the space can give:
     the windows and batches fit, the prompt's tokens are in its vocabulary. (``fetch``: see load_corpus.)"""
-    from artune.data import check_fits, load_corpus
+    from artune.data import TINY_SHAKESPEARE, check_fits, load_corpus
     from artune.tokenizers import get_tokenizer
 
     space = plan.space
     tokenizer = space.baseline("tokenizer")
+    dataset = space.baseline("dataset")
+    source = plan.manifest.corpus.get("source")
+    resumed = plan.mode is not Mode.NEW
+    if resumed and dataset != TINY_SHAKESPEARE and not Path(dataset).expanduser().is_file() and source:
+        # a corpus file the space names relative to the directory the search started from, resumed from another:
+        # the file the search read (its sha256 is checked below); the trials' dataset knob stays as it was
+        dataset = source if Path(source).is_file() else dataset
     try:
-        corpus = load_corpus(space.baseline("dataset"), tokenizer, plan.data_dir, fetch=fetch)
+        corpus = load_corpus(dataset, tokenizer, plan.data_dir, fetch=fetch)
         # The loaders' needs grow with seq_len and with batch_size, each alone: the largest of each is the test.
         seq_len, batch_size = (int(max(space.possible_values(key))) for key in ("seq_len", "batch_size"))
         whole_batches = any(space.possible_values("compile"))  # true or 'auto'

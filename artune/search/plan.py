@@ -170,8 +170,11 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
     if mode is not Mode.NEW:
         check_study_readable(storage, mode.flag)
     data = args.data
-    if mode is not Mode.NEW and data is None and manifest.corpus.get("source"):
-        data = manifest.corpus["source"]  # the corpus the search started with
+    source = manifest.corpus.get("source")
+    if mode is not Mode.NEW and data is None and source and Path(source).exists():
+        # the corpus the search started with; where it is gone (the search copied to another machine), the corpus
+        # is found as a new search finds it (ARTUNE_DATA_DIR, the cache), and its sha256 must be the recorded one
+        data = source
     return Plan(
         space=space,
         name=name,
