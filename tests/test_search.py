@@ -389,6 +389,15 @@ def test_a_results_dir_that_cannot_be_created_is_one_line(tmp_path):
         assert "cannot create a directory in /proc" in line or "/proc is not writable" in line, line  # root / not
 
 
+def test_a_name_that_is_a_file_in_the_results_dir_is_one_line(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "x").write_text("a user's file")
+    for dry_run in ([], ["--dry-run"]):
+        result = cli(str(SMOKE), "--results-dir", str(tmp_path / "r"), "--name", "x", *dry_run, timeout=60)
+        assert_one_error_line(result, f"--name 'x': {tmp_path / 'r' / 'x'} is a file", "choose another --name")
+    assert (tmp_path / "r" / "x").read_text() == "a user's file"
+
+
 def test_resume_with_a_corrupt_manifest_or_a_missing_space_file_is_one_line(tmp_path):
     directory = torn_search(tmp_path, staged_trial=None)
     (directory / "tune" / "experiment_state-2026-01-01_00-01-00.json").write_text('{"trial_data": []}')
@@ -1137,3 +1146,23 @@ def test_resume_from_another_directory_reads_the_corpus_file_the_space_names_rel
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"corpus: {began / 'corpus.txt'}" in result.stdout, result.stdout
     assert json.loads((directory / "manifest.json").read_text())["fixed"]["dataset"] == "corpus.txt"
+
+
+@pytest.mark.slow
+def test_a_resume_whose_tables_cannot_be_written_as_it_settles_them_is_one_line(smoke, tmp_path):
+    """Before a resume the tables' unfinished trials are settled as Tune saved them, and written: a storage still
+    failing there was a traceback (Ray up), not the storage's one line and exit 4."""
+    from artune.errors import StorageError
+    from artune.results import read_records, write_tables
+    from artune.search import make_plan, parse_args
+    from artune.search.saved_state import settle_unsaved_trials
+
+    directory = copy_of_smoke(smoke, tmp_path / "r")
+    records = read_records(directory)
+    next(iter(records.values())).status = "running"  # the tables a driver killed before their last write left
+    write_tables(directory, records.values())
+    plan = make_plan(parse_args(["--resume", "--name", "smoke", "--results-dir", str(tmp_path / "r")]))
+    (directory / f".epochs.parquet.{os.getpid()}.tmp").mkdir()  # the write's file cannot be made, even by root
+    with pytest.raises(StorageError, match=f"{directory}: the tables cannot be written") as failed:
+        settle_unsaved_trials(plan)
+    assert "Is a directory" in str(failed.value) and plan.resume_command in str(failed.value)

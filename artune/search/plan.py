@@ -246,6 +246,8 @@ def check_results_dir(path: Path) -> Path:
 def check_new(directory: Path, name: str, storage: Optional[str]) -> bool:
     """A new search takes a name that neither its results directory nor its --storage holds yet; True where the
     directory holds only what a start-up killed before the search began left: the new search takes it over."""
+    if directory.exists() and not directory.is_dir():
+        raise SearchError(f"--name {name!r}: {directory} is a file, not a search's directory; choose another --name")
     takeover = directory.exists() and any(directory.iterdir())
     if takeover and not startup_leftover(directory, name, storage):
         raise SearchError(

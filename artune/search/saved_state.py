@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from artune.errors import SearchError
+from artune.errors import SearchError, StorageError
+from artune.humanize import describe_os_error
 from artune.results.tables import LOST_ERROR, LOST_PREFIX
 from artune.search.runtime import ray_temp_dir
 
@@ -181,4 +182,10 @@ def settle_unsaved_trials(plan: Plan) -> None:
             continue
         settled += 1
     if settled:
-        write_tables(plan.directory, records.values())
+        try:
+            write_tables(plan.directory, records.values())
+        except OSError as exc:  # the storage still failing, say: one line and exit 4, as a failure in the search
+            raise StorageError(
+                f"the search's storage failed: {plan.directory}: the tables cannot be written "
+                f"({describe_os_error(exc)}); once that is fixed, continue with: {plan.resume_command}"
+            ) from None
