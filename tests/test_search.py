@@ -1166,3 +1166,29 @@ def test_a_resume_whose_tables_cannot_be_written_as_it_settles_them_is_one_line(
     with pytest.raises(StorageError, match=f"{directory}: the tables cannot be written") as failed:
         settle_unsaved_trials(plan)
     assert "Is a directory" in str(failed.value) and plan.resume_command in str(failed.value)
+
+
+@pytest.mark.slow
+def test_an_extend_interrupted_before_it_began_says_nothing_was_added(tmp_path, shakespeare_path):
+    """A Ctrl-C to an --extend's process group while Ray starts (the extension not in the manifest yet) pointed at
+    --resume, which continues the finished search and nothing of the extension."""
+    import signal
+
+    from tests._searches import Search
+
+    directory = finished_search(tmp_path, TINY, "--data", str(shakespeare_path))
+    search = Search("--extend", "--num-samples", "1", "--name", "m", "--results-dir", str(tmp_path / "r"), job=True)
+    deadline = time.monotonic() + 120
+    while not search.stdout.strip():  # the plan, printed just before Ray starts
+        assert search.proc.poll() is None and time.monotonic() < deadline, search.stderr[-3000:]
+        time.sleep(0.01)
+    search.proc.send_signal(signal.SIGSTOP)  # the driver held while the manifest is looked at and the key pressed
+    began = "tune-2" in json.loads((directory / "manifest.json").read_text())["runs"]
+    os.killpg(search.proc.pid, signal.SIGINT)  # the terminal's Ctrl-C: to the job's process group
+    search.proc.send_signal(signal.SIGCONT)
+    assert not began, "the interrupt came after the extension began"
+    assert search.finish(120) == 130, search.stderr[-3000:]
+    assert search.stderr.strip().splitlines()[-1] == (
+        "interrupted before the extension began: nothing was added; run the --extend command again"
+    ), search.stderr[-3000:]
+    assert json.loads((directory / "manifest.json").read_text())["runs"] == ["tune"]

@@ -14,7 +14,7 @@ from artune import LOADED_AT, ArgumentParser, stdout_closed
 from artune.errors import StorageError, UserError
 from artune.humanize import parse_duration as _parse_duration
 from artune.results import DEFAULT_RESULTS_DIR, MANIFEST_FILE
-from artune.search.plan import DEFAULT_SPACE, make_plan
+from artune.search.plan import DEFAULT_SPACE, Mode, Plan, make_plan
 from artune.search.runtime import sigterm_as_interrupt, stop_ray, terminated
 from artune.spaces import SearchSettings
 from artune.startup import exit_without_collecting, pause_collector
@@ -138,13 +138,28 @@ def _main(args: argparse.Namespace, started: Optional[float]) -> int:
         return EXIT_STORAGE_FAILED
     except KeyboardInterrupt:
         by = "terminated (SIGTERM)" if terminated() else "interrupted"
-        if plan is not None and (plan.directory / MANIFEST_FILE).exists():
+        if plan is not None and plan.mode is Mode.EXTEND and not extension_recorded(plan):
+            print(
+                f"{by} before the extension began: nothing was added; run the --extend command again", file=sys.stderr
+            )
+        elif plan is not None and (plan.directory / MANIFEST_FILE).exists():
             print(f"{by}: the tables hold every result so far; continue with: {plan.resume_command}", file=sys.stderr)
         else:
             print(f"{by} before the search began: nothing was written", file=sys.stderr)
         return EXIT_TERMINATED if terminated() else EXIT_INTERRUPTED
     except BrokenPipeError:
         return stdout_closed()
+
+
+def extension_recorded(plan: Plan) -> bool:
+    """Whether the manifest holds the --extend's run yet (it is written once Ray is up and the study open): before,
+    --resume would continue the finished search, and nothing of the extension."""
+    from artune.search.manifest import Manifest
+
+    try:
+        return plan.run_name in Manifest.read(plan.directory, plan.mode.flag).runs
+    except (UserError, OSError):
+        return False
 
 
 def cli() -> Any:
