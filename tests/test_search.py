@@ -408,26 +408,28 @@ def test_resume_with_a_corrupt_manifest_or_a_missing_space_file_is_one_line(tmp_
         assert_one_error_line(cli(*common, timeout=60), "manifest.json cannot be read", "another --name")
 
 
-@pytest.mark.slow
 def test_a_storage_that_cannot_hold_the_study_is_one_line_and_leaves_no_search(tmp_path, shakespeare_path):
-    """A database Optuna cannot open is found once Ray runs: one line, exit 2, and the name stays free."""
+    """A database Optuna cannot open is found before Ray starts (it was once Ray ran; and a dry run passed it):
+    one line, exit 2, and the name stays free."""
     not_a_database = tmp_path / "notes.db"
     not_a_database.write_text("not a database\n" * 100)
     results = tmp_path / "r"
-    result = cli(
-        str(SMOKE),
-        "--name",
-        "x",
-        "--results-dir",
-        str(results),
-        "--data",
-        str(shakespeare_path),
-        "--storage",
-        f"sqlite:///{not_a_database}",
-        timeout=300,
-    )
-    assert_one_error_line(result, f"--storage sqlite:///{not_a_database}", "the Optuna study cannot be opened there")
-    assert not (results / "x").exists()
+    for dry_run in (["--dry-run"], []):
+        result = cli(
+            str(SMOKE),
+            "--name",
+            "x",
+            "--results-dir",
+            str(results),
+            "--data",
+            str(shakespeare_path),
+            "--storage",
+            f"sqlite:///{not_a_database}",
+            *dry_run,
+            timeout=300,
+        )
+        assert_one_error_line(result, f"--storage: the Optuna study's database {not_a_database} cannot be read")
+        assert "starting" not in result.stdout and not (results / "x").exists()
 
 
 def test_a_results_dir_that_cannot_be_looked_up_is_one_line(tmp_path, shakespeare_path):

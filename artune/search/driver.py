@@ -22,6 +22,7 @@ from artune.search.plan import SPACE_COPY, Mode, Plan
 from artune.search.report import budget_report, describe_plan, next_steps, summarise
 from artune.search.runtime import ClusterWatch, init_ray, set_ray_environment, stop_ray, terminated
 from artune.search.saved_state import restore_saved_state, settle_unsaved_trials
+from artune.search.storage import sqlite_write_error
 from artune.startup import resume_collector
 from artune.study import STUDY_FILE, storage_url
 
@@ -178,10 +179,15 @@ def open_study(recorder, plan: Plan) -> None:
     try:
         recorder.study  # noqa: B018 - opened on first use
     except Exception as exc:  # noqa: BLE001 - whatever the database says, before the search has written anything
+        own = plan.storage == storage_url(plan.directory)  # no --storage: the optuna.db in the search's directory
+        where = f"{plan.directory / STUDY_FILE}" if own else f"--storage {plan.storage}"
+        cause = sqlite_write_error(plan.storage)  # its directory full or read-only: the storage failing, exit 4
+        if cause is not None:
+            raise StorageError(
+                f"{where}: the Optuna study cannot be written there ({describe_os_error(cause)})"
+            ) from None
         first = first_line(exc)
-        raise SearchError(
-            f"--storage {plan.storage}: the Optuna study cannot be opened there ({type(exc).__name__}: {first})"
-        ) from None
+        raise SearchError(f"{where}: the Optuna study cannot be opened there ({type(exc).__name__}: {first})") from None
 
 
 def report(plan: Plan, outcome: Outcome) -> int:

@@ -167,8 +167,8 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
     if args.address:
         check_address(args.address)
     storage = storage_url(directory, args.storage or manifest.storage())
-    if mode is not Mode.NEW:
-        check_study_readable(storage, mode.flag)
+    if mode is not Mode.NEW or args.storage:  # a database already there must read as one (a text file, say)
+        check_study_readable(storage, mode.flag if mode is not Mode.NEW else "--storage")
     data = args.data
     source = manifest.corpus.get("source")
     if mode is not Mode.NEW and data is None and source and Path(source).exists():
