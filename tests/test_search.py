@@ -1194,3 +1194,14 @@ def test_an_extend_interrupted_before_it_began_says_nothing_was_added(tmp_path, 
         "interrupted before the extension began: nothing was added; run the --extend command again"
     ), search.stderr[-3000:]
     assert json.loads((directory / "manifest.json").read_text())["runs"] == ["tune"]
+
+
+@pytest.mark.parametrize(("file", "start"), [("my smoke.yaml", "my-smoke-"), ("_x.yaml", "x-"), ("ü.yaml", "search-")])
+def test_a_space_file_whose_name_is_no_search_name_still_names_the_search(tmp_path, file, start, shakespeare_path):
+    """Without --name a search is named after its space file: one named "my smoke.yaml" was refused, the error
+    blaming a --name that was never given."""
+    space = tmp_path / file
+    shutil.copy(SMOKE, space)
+    result = cli(str(space), "--results-dir", str(tmp_path / "r"), "--data", str(shakespeare_path), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"search '{start}20"), result.stdout

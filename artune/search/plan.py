@@ -115,7 +115,7 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
     if args.storage:
         check_storage(args.storage)
         args.storage = absolute_storage(args.storage)
-    name = check_name(args.name or f"{space_path.stem}-{dt.datetime.now():%Y%m%d-%H%M%S}")
+    name = check_name(args.name or default_name(space_path))
     directory = results_dir / name
     run_name, restore_state_from, takeover, fresh_run = TUNE_DIR, None, False, False
     if mode is Mode.NEW:
@@ -194,6 +194,13 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
         fresh_run=fresh_run,
         overrides=overrides,
     )
+
+
+def default_name(space_path: Path) -> str:
+    """A new search's name where --name is not given: the space file's name (the characters a name may hold) and the
+    time, e.g. ``smoke-20261206-203000``."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", space_path.stem).lstrip("_.-")[:80] or "search"
+    return f"{stem}-{dt.datetime.now():%Y%m%d-%H%M%S}"
 
 
 def check_mode(args: argparse.Namespace) -> Mode:
