@@ -525,6 +525,25 @@ def test_truncated_checkpoint_raises_naming_the_file(small_text, tmp_path):
         trainer.load_checkpoint(broken)
 
 
+def test_a_checkpoint_that_is_no_checkpoint_is_one_line_without_torchs_advice_to_run_its_code(small_text, tmp_path):
+    """torch.load's weights-only refusal advised loading the file with weights_only=False (running its code), over
+    several lines; artune never does. Its reason stays."""
+    import os
+
+    trainer = Trainer(tiny(small_text, batches_per_epoch=1))
+    garbage, hostile = tmp_path / "garbage.pt", tmp_path / "hostile.pt"
+    garbage.write_text("garbage\n")
+    torch.save({"run": os.getcwd}, hostile)  # a pickle that would call a function
+    for path, reason in ((garbage, "Unsupported operand"), (hostile, "unsupported GLOBAL posix.getcwd")):
+        with pytest.raises(CheckpointError) as refused:
+            trainer.load_checkpoint(path)
+        message = str(refused.value)
+        assert (
+            message.startswith(f"{path}: cannot load checkpoint (not a checkpoint artune wrote") and reason in message
+        )
+        assert "\n" not in message and "weights_only` set to `False`" not in message and "file an issue" not in message
+
+
 def test_missing_checkpoint_raises_naming_the_file(small_text, tmp_path):
     trainer = Trainer(tiny(small_text, batches_per_epoch=1))
     with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / CHECKPOINT_FILE}: checkpoint file not found")):

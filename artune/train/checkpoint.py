@@ -17,6 +17,7 @@ from artune.config import FIELDS, TrainConfig, beta2_of, ff_width
 from artune.data import Corpus
 from artune.errors import CheckpointError
 from artune.files import written_atomically
+from artune.humanize import first_line
 from artune.train.plan import steps_per_epoch
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -165,7 +166,26 @@ def read(path: str | os.PathLike, device: torch.device) -> tuple[Path, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: checkpoint file not found") from None
     except Exception as exc:  # noqa: BLE001 (torch.load's many kinds: a truncated zip, a refused unpickling, ...)
-        raise CheckpointError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path}: cannot load checkpoint ({load_failure(exc)})") from None
+
+
+# torch.load's weights-only refusal wraps its reason in advice artune's loading never takes (weights_only=False,
+# which runs the file's code: see docs/cluster.md, 'Security') and a request to file an issue
+_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation of torch.load")
+
+
+def load_failure(exc: Exception) -> str:
+    """Why ``torch.load`` failed, in a line: a weights-only refusal's own reason, or the first sentence of another."""
+    text = str(exc)
+    if "Weights only load failed" in text:
+        lines = [line.strip().rstrip(".") for line in text.splitlines()]
+        reason = "; ".join(line for line in lines if line and not line.startswith(_TORCH_ADVICE)) or "no reason given"
+        return (
+            f"not a checkpoint artune wrote, or a damaged one: {reason}; artune loads only tensors and plain data "
+            "(torch.load's weights_only), never a pickle's code"
+        )
+    first = first_line(exc).split(". ", 1)[0].rstrip(".")  # torch's zip reader adds a paragraph of guesses
+    return f"{type(exc).__name__}: {first}" + (": corrupt or truncated" if "zip archive" in first else "")
 
 
 @contextlib.contextmanager
