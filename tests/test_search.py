@@ -977,6 +977,21 @@ def test_address_auto_where_nothing_answers_fails_in_seconds_naming_rays_choice(
     assert_one_error_line(client, "--address auto (RAY_ADDRESS): ray://h:1: Ray's client runs the search's Tune loop")
 
 
+def test_an_address_from_ray_address_is_called_ray_address_in_errors(tmp_path):
+    """RAY_ADDRESS stands in for --address; its errors blamed a --address never given ("RAY_ADDRESS is unset" when
+    it was auto)."""
+    address = f"127.0.0.1:{free_port()}"
+    for value, fragment in (
+        (address, f"RAY_ADDRESS {address}: nothing answers there"),
+        ("bogus", "RAY_ADDRESS 'bogus': expected HOST:PORT"),
+        ("ray://h:1", "RAY_ADDRESS ray://h:1: Ray's client runs"),
+    ):
+        result = cli(str(SMOKE), "--results-dir", str(tmp_path), "--dry-run", env={"RAY_ADDRESS": value}, timeout=60)
+        assert_one_error_line(result, fragment)
+    given = cli(str(SMOKE), "--address", address, "--results-dir", str(tmp_path), env={"RAY_ADDRESS": "bogus"})
+    assert_one_error_line(given, f"--address {address}: nothing answers there")  # the flag wins, and is named
+
+
 @pytest.mark.slow
 def test_a_ctrl_c_before_the_search_began_leaves_nothing_and_the_name_free(tmp_path, shakespeare_path, ray_tmpdir):
     """Ctrl-C while Ray starts: nothing was recorded, so nothing is kept, and the same --name runs again."""

@@ -49,7 +49,6 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument(
         "--address",
-        default=os.environ.get("RAY_ADDRESS"),
         help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)",
     )
     parser.add_argument(
@@ -103,6 +102,9 @@ def parse_duration(text: str) -> float:
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as given: the manifest records it
+    args.address_label = "--address"  # what messages call the address: where the user gave it
+    if args.address is None and os.environ.get("RAY_ADDRESS"):
+        args.address, args.address_label = os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
     if args.log is not None:  # --log a --log b, or --log a,b: the setting's tuple (as SearchSettings reads it)
         args.log = tuple(dict.fromkeys(name.strip() for value in args.log for name in value.split(",") if name.strip()))
     return args

@@ -86,6 +86,7 @@ class Plan:
     takeover: bool = False  # a new search in the directory a start-up killed before its manifest left
     fresh_run: bool = False  # a resumed run that was stopped before Ray Tune began it: it starts anew
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # {"settings": ..., "set": ...} given
+    address_label: str = "--address"  # or RAY_ADDRESS, where the address came from there
     stopwatch: Stopwatch = field(init=False)
 
     def __post_init__(self) -> None:
@@ -164,8 +165,9 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
     compiler = missing_compiler() if not args.address and compiles else None
     if compiler:  # (a cluster's nodes have toolchains of their own: a trial there says what its node lacks)
         raise SearchError(compiler_message(compiler, turn_off="--set compile=false"))
+    address_label = getattr(args, "address_label", "--address")
     if args.address:
-        check_address(args.address)
+        check_address(args.address, address_label)
     storage = storage_url(directory, args.storage or manifest.storage())
     if mode is not Mode.NEW or args.storage:  # a database already there must read as one (a text file, say)
         check_study_readable(storage, mode.flag if mode is not Mode.NEW else "--storage")
@@ -183,6 +185,7 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
         manifest=manifest,
         data_dir=data,
         address=args.address,
+        address_label=address_label,
         storage=storage,
         repeats=repeats,
         time_budget_s=space.settings.time_budget,

@@ -114,13 +114,15 @@ def check_address(address: str, label: str = "--address") -> None:
         try:
             found = ray_auto_address()
         except LookupError:
+            unset = "" if os.environ.get("RAY_ADDRESS") else "RAY_ADDRESS is unset, and "
             raise SearchError(
-                "--address auto: Ray finds no cluster here (RAY_ADDRESS is unset, and no ray start runs on this "
-                "machine); start one with ray start --head, or give the cluster's --address HOST:6379"
+                f"{label} auto: Ray finds no cluster here ({unset}no ray start runs on this machine); start one "
+                "with ray start --head, or give the cluster's --address HOST:6379"
             ) from None
         if found is not None:
-            where = "RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else "the cluster ray start runs here"
-            check_address(found, f"--address auto ({where}):")
+            given = os.environ.get("RAY_ADDRESS", "auto") != "auto"  # Ray's lookup: RAY_ADDRESS, else ray start's
+            where = "RAY_ADDRESS" if given else "the cluster ray start runs here"
+            check_address(found, f"{label} auto ({where}):")
         return
     if address.startswith("ray://"):
         # Through Ray's client, Tune runs on the cluster, and with it the callback that writes the tables and
@@ -199,7 +201,7 @@ def init_ray(plan: Plan) -> None:
                     "token in ~/.ray/auth_token or RAY_AUTH_TOKEN)"
                 )
                 raise SearchError(
-                    f"--address {plan.address}: Ray could not connect ({type(exc).__name__}: {first}){hint}"
+                    f"{plan.address_label} {plan.address}: Ray could not connect ({type(exc).__name__}: {first}){hint}"
                 ) from None
             if not token_auth_enabled():
                 print(
