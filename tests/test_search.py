@@ -1220,3 +1220,14 @@ def test_a_space_file_whose_name_is_no_search_name_still_names_the_search(tmp_pa
     result = cli(str(space), "--results-dir", str(tmp_path / "r"), "--data", str(shakespeare_path), "--dry-run")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"search '{start}20"), result.stdout
+
+
+@pytest.mark.slow
+def test_a_resumes_budget_report_lists_only_the_trials_it_ran(smoke, tmp_path):
+    """The report of a resume's time budget listed the trials an earlier command had ended, at 0 epochs, as if the
+    budget had cut them before they began."""
+    copy_of_smoke(smoke, tmp_path / "r")
+    result = cli("--resume", "--name", "smoke", "--results-dir", str(tmp_path / "r"), "--time-budget", "10m")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = result.stdout[result.stdout.index("time budget 600 s: used") :].splitlines()
+    assert not [line for line in report[1:] if line.startswith("  ") and "of the budget" in line], report

@@ -60,6 +60,7 @@ class Recorder(tune.Callback):
         self.ended: set[str] = set()  # trials Tune reported ended (complete or error) in this run
         self.run_trials: list[str] = []  # the trials of this run, as Tune had them at its end
         self.spent: dict[str, list[float]] = {}  # the seconds of each epoch trained in this run, by trial
+        self.ended_before: set[str] = set()  # trials an earlier command ended: a resume does not train them again
         self.storage_failure: Optional[str] = None  # the search's storage failed: what, in one line
         self.storage_failed: set[str] = set()  # trials that failed only because the storage did
         s = plan.space.settings
@@ -90,6 +91,7 @@ class Recorder(tune.Callback):
         for record in self.records.values():
             for metrics in record.epochs.values():
                 self.progress.epoch(record.trial_id, metrics)
+        self.ended_before = {trial_id for trial_id, record in self.records.items() if record.status in ENDED}
 
     def finish(self, budget_spent: bool) -> int:
         """After fit: how many trials were left unfinished (the search was interrupted).
@@ -158,9 +160,9 @@ class Recorder(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self._record(trial)
-        self.spent.setdefault(trial.trial_id, [])
         if record.status in ENDED:  # a resumed trial the tables saw end ends at once (train_fn's `ended`)
             return
+        self.spent.setdefault(trial.trial_id, [])
         record.status, record.error = "running", None  # an errored trial --resume runs again starts clean
         self.append(self.journal.started, record)
         self.study.start(record)
@@ -231,9 +233,8 @@ class Recorder(tune.Callback):
         self.run_trials = [trial.trial_id for trial in trials]
         for trial in trials:
             record = self._record(trial)
-            self.spent.setdefault(
-                trial.trial_id, []
-            )  # the budget's report lists a trial the budget cut before it began
+            if trial.trial_id not in self.ended_before:  # the budget's report lists one it cut before it began
+                self.spent.setdefault(trial.trial_id, [])
             running = record.status in ("running", "pending")
             if (
                 trial.status == "TERMINATED"
