@@ -1231,3 +1231,15 @@ def test_a_resumes_budget_report_lists_only_the_trials_it_ran(smoke, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = result.stdout[result.stdout.index("time budget 600 s: used") :].splitlines()
     assert not [line for line in report[1:] if line.startswith("  ") and "of the budget" in line], report
+
+
+def test_an_edited_copy_of_the_searchs_space_is_refused_naming_the_change(tmp_path, shakespeare_path):
+    """results/NAME/space.yaml is what --resume and --extend read: edited, it ran silently (only the original file
+    the manifest names was compared)."""
+    directory = finished_search(tmp_path, TINY, "--data", str(shakespeare_path))
+    copy = directory / "space.yaml"
+    copy.write_text(copy.read_text().replace("d_model: 16", "d_model: 32"))
+    common = ["--name", "m", "--results-dir", str(tmp_path / "r"), "--dry-run"]
+    for flag in (["--extend", "--num-samples", "1"], ["--resume"]):
+        result = cli(*flag, *common, timeout=60)
+        assert_one_error_line(result, f"{flag[0]}: {copy} changed since search 'm' started", "d_model: 16 -> 32")

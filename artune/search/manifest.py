@@ -5,6 +5,7 @@ The one home of that replay and of the fallbacks for manifests written by older 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -131,6 +132,24 @@ class Manifest:
         ):
             return storage_url(self.directory)
         return url
+
+    def check_copy_unchanged(self, copy: SearchSpace, flag: str) -> None:
+        """Refuse to go on from the search's own copy of its space (``space.yaml``, what --resume and --extend read)
+        where it was edited since the search started: its trials so far did not run it."""
+        recorded = self.data.get("space_sha256")
+        if not recorded or copy.text_sha256 == recorded:
+            return
+        original = Path(self.data.get("space_file", ""))
+        changes: list[str] = []
+        if original.is_file() and sha256_file(original) == recorded:
+            with contextlib.suppress(SpaceError):
+                changes = space_changes(load_space(original), copy)
+        what = "; ".join(changes) if changes else f"sha256 {copy.text_sha256[:12]}, recorded {recorded[:12]}"
+        raise SearchError(
+            f"{flag}: {copy.path} changed since search {self.data.get('name')!r} started ({what}); restore it"
+            + (f" (a copy of {original})" if original.is_file() else "")
+            + ", or start a new search under another --name"
+        )
 
     def check_space_unchanged(self, started_with: SearchSpace) -> None:
         """Refuse to resume a search whose space file was edited since it started, naming the change."""

@@ -127,6 +127,7 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
         manifest = Manifest.read(directory, mode.flag)
         space = load_space(directory / SPACE_COPY)  # the space the search started with
         check_same_space(args.space, directory, mode)
+        manifest.check_copy_unchanged(space, mode.flag)
         if mode is Mode.RESUME:
             manifest.check_space_unchanged(space)
         run_name = manifest.runs[-1] if mode is Mode.RESUME else manifest.next_run
