@@ -38,7 +38,8 @@ params:
 
 SPACES = {
     # name: (file text, fragments the one error line must hold; {path} is the file)
-    "empty": ("", ["{path}:1", "the file is empty"]),
+    "empty": ("", ["{path}:1", "the file is empty", "at least one of its sections search:, fixed:, params:"]),
+    "only comments": ("# a sweep, to come\n", ["{path}:1", "the file is empty (or only comments)"]),
     # the space names its corpus, and the command gives --data too: one of them would be ignored
     "dataset_and_data": (
         GOOD.replace("  seq_len: 32\n", "  seq_len: 32\n  dataset: corpus.txt\n"),

@@ -53,7 +53,10 @@ def load_space(path: str | Path) -> SearchSpace:
             f"{label}:{line}", show(key), f"keys must be unique, but got {show(key)} again (first at line {first})"
         )
     if document is None:
-        rule = "the file is empty, but a search space needs a params: section (see search_spaces/README.md)"
+        rule = (
+            "the file is empty (or only comments), but a search space holds at least one of its sections search:, "
+            "fixed:, params: (see docs/search_spaces.md)"
+        )
         errors.add(f"{label}:1", None, rule)
         errors.raise_if_any()
     if not isinstance(document, dict):
