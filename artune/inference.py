@@ -123,8 +123,28 @@ class LoadedModel:
         return idx
 
 
+def check_device(device: str | torch.device, label: str = "device") -> torch.device:
+    """``device`` as torch's, where a model can load: a CPU, or a CUDA GPU torch sees (``label`` names it in the
+    one-line refusal: torch's own is an AssertionError, or an error deep in loading)."""
+    name = str(device)
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda") or (parsed.type == "cpu" and parsed.index is not None):
+        # mps, xpu, meta...: torch names them, but artune's trainer and models run on a CPU or a CUDA GPU
+        raise UserError(f"{label} must be cpu, cuda or cuda:N, but got {name!r}")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{label} {name}: torch sees no CUDA device here")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise UserError(f"{label} {name}: torch sees {count} CUDA device(s) here, cuda:0 to cuda:{count - 1}")
+    return parsed
+
+
 def from_state(state: Any, path: Path, device: str | torch.device = "cpu") -> LoadedModel:
     """The model an artune checkpoint (as :func:`artune.train.checkpoint.read` gives it) holds."""
+    check_device(device)
     if not isinstance(state, dict) or not {"config", "vocabulary", "model"} <= set(state):
         raise CheckpointError(f"{path}: not an artune checkpoint (no config, vocabulary and model in it)")
     if state.get("format") != checkpoint.CHECKPOINT_FORMAT:
@@ -238,6 +258,7 @@ def from_export(directory: str | os.PathLike, device: str | torch.device = "cpu"
     """The model :func:`write_export` wrote to ``directory``."""
     from safetensors.torch import load_model
 
+    check_device(device)
     directory = Path(directory)
     settings, vocab = _read_json(directory / CONFIG_FILE), _read_json(directory / VOCAB_FILE)
     try:

@@ -11,7 +11,7 @@ from typing import Optional
 
 from artune import ArgumentParser, stdout_closed
 from artune.errors import CheckpointError, UserError
-from artune.inference import LoadedModel, from_export, from_search, is_export
+from artune.inference import LoadedModel, check_device, from_export, from_search, is_export
 from artune.results import DEFAULT_RESULTS_DIR, TRIALS_FILE, load
 
 
@@ -101,20 +101,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _device(name: str) -> str:
-    import torch
-
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index is not None):
-        # mps, xpu, meta...: torch names them, but artune's trainer and models run on a CPU or a CUDA GPU
-        raise UserError(f"--device must be cpu, cuda or cuda:N, but got {name!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: torch sees no CUDA device here")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        count = torch.cuda.device_count()
-        raise UserError(f"--device {name}: torch sees {count} CUDA device(s) here, cuda:0 to cuda:{count - 1}")
+    check_device(name, "--device")
     return name
 
 

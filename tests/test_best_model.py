@@ -215,6 +215,21 @@ def test_a_device_this_machine_lacks_is_one_line_naming_it(search):
         assert "--device must be cpu, cuda or cuda:N" in one_error_line(run("artune.sample", search, "--device", name))
 
 
+def test_the_notebook_api_refuses_a_device_or_trial_it_lacks_as_the_cli_does(search):
+    """best_model(device="cuda") on a machine without CUDA was torch's bare AssertionError ("Torch not compiled with
+    CUDA enabled"); trial_epochs of a trial the search lacks was {} where model() names the search's trials."""
+    from artune.errors import ResultsError, UserError
+
+    results = load(search)
+    missing = f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(UserError, match=f"^device {missing}: torch sees .*CUDA device"):
+        results.best_model(device=missing)
+    with pytest.raises(UserError, match="^device must be cpu, cuda or cuda:N, but got 'meta'"):
+        results.best_model(device="meta")
+    with pytest.raises(ResultsError, match=f"^no trial 'nope' in {search / TRIALS_FILE} \\(its trials: "):
+        results.trial_epochs("nope")
+
+
 def test_a_path_that_is_neither_a_search_nor_an_export_is_one_line_saying_where_it_looked(tmp_path):
     for name in ("nosuch", "run:1"):  # a colon in the path, as in the message's own
         line = one_error_line(run("artune.sample", tmp_path / name))

@@ -164,19 +164,23 @@ class SearchResults:
                     f"{TRIALS_FILE}), so it has no model"
                 )
             return best.iloc[0]
-        rows = self.trials[self.trials["trial_id"] == trial_id]
-        if rows.empty:
-            ids = ", ".join(self.trials["trial_id"].head(10))
-            raise ResultsError(f"no trial {trial_id!r} in {self.path / TRIALS_FILE} (its trials: {ids})")
-        row = rows.iloc[0]
+        self._check_trial(trial_id)
+        row = self.trials[self.trials["trial_id"] == trial_id].iloc[0]
         if not self.trial_epochs(trial_id):
             raise ResultsError(
                 f"trial {trial_id} of {self.path} finished no epoch ({row['status']}), so it has no model"
             )
         return row
 
+    def _check_trial(self, trial_id: str) -> None:
+        if not (self.trials["trial_id"] == trial_id).any():
+            ids = ", ".join(self.trials["trial_id"].head(10))
+            where = self.path / TRIALS_FILE if self.path is not None else "the compared searches"
+            raise ResultsError(f"no trial {trial_id!r} in {where} (its trials: {ids})")
+
     def trial_epochs(self, trial_id: str) -> dict[int, float]:
         """A trial's finished epochs and their value of the search's metric, best first."""
+        self._check_trial(trial_id)
         column = self.epoch_metric()
         rows = self.epochs[self.epochs["trial_id"] == trial_id].dropna(subset=[column])
         ranked = rows.sort_values([column, "epoch"], ascending=[self.mode == "min", True], kind="stable")
