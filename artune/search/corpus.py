@@ -22,11 +22,11 @@ def load_plan_corpus(plan: Plan, fetch: bool = True) -> Corpus:
     tokenizer = space.baseline("tokenizer")
     dataset = space.baseline("dataset")
     source = plan.manifest.corpus.get("source")
-    resumed = plan.mode is not Mode.NEW
-    if resumed and dataset != TINY_SHAKESPEARE and not Path(dataset).expanduser().is_file() and source:
+    moved = dataset != TINY_SHAKESPEARE and not Path(dataset).expanduser().is_file()
+    if plan.mode is not Mode.NEW and moved and source and Path(source).is_file():
         # a corpus file the space names relative to the directory the search started from, resumed from another:
         # the file the search read (its sha256 is checked below); the trials' dataset knob stays as it was
-        dataset = source if Path(source).is_file() else dataset
+        dataset = source
     try:
         corpus = load_corpus(dataset, tokenizer, plan.data_dir, fetch=fetch)
         # The loaders' needs grow with seq_len and with batch_size, each alone: the largest of each is the test.
