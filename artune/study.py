@@ -282,7 +282,7 @@ class LiveStudy:
     def end(self, record: TrialRecord, state: Optional[TrialState] = None) -> bool:
         """Give the trial its final state: its status's, or ``state`` where the status has none."""
         key = (record.trial_id, record.status)
-        if key in self.known:
+        if key in self.known and record.trial_id not in self.open:  # open: a resume ran it again, and it ended so again
             return False
         final = frozen_trial(record, self.space, self.metric)
         optuna_id = self.open.pop(record.trial_id, None)

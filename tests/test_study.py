@@ -325,6 +325,30 @@ def test_a_killed_drivers_running_trial_is_ended_by_the_next_run_and_one_never_c
     assert trials[0].intermediate_values == {1: 3.0} and trials[1].intermediate_values == {1: 3.0}
 
 
+def test_an_errored_trial_a_resume_ran_again_that_fails_again_is_not_left_running(tmp_path):
+    """--resume runs errored trials again; one that failed again stayed RUNNING in the study for ever (its end and
+    the search's settling took the known (trial, error) pair for done)."""
+    from artune.study import LiveStudy
+
+    space_file = tmp_path / "s.yaml"
+    space_file.write_text(SPACE)
+    space = load_space(space_file)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    record = TrialRecord("x", {"lr": 0.003, "seed": 0}, "running")
+    first = LiveStudy(url, "e", space, "valid_loss", "min")
+    first.start(record)
+    record.status, record.error = "error", "RuntimeError: boom"
+    assert first.sync([record]) == 1
+    resumed = LiveStudy(url, "e", space, "valid_loss", "min")
+    record.status, record.error = "running", None  # the Recorder's on_trial_start
+    resumed.start(record)
+    record.status, record.error = "error", "RuntimeError: boom"
+    assert resumed.sync([record]) == 1 and resumed.sync([record]) == 0
+    resumed.settle({"x": record})
+    trials = optuna.load_study(study_name="e", storage=url).trials
+    assert [(t.state, t.user_attrs["status"]) for t in trials] == [(TrialState.FAIL, "error")] * 2
+
+
 def test_the_study_beside_a_search_in_a_directory_with_url_characters_is_that_directorys(tmp_path):
     """A results directory named a?b (or with % or @ in it): the URL reads back as that file, not another."""
     from sqlalchemy.engine import make_url
