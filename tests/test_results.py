@@ -448,6 +448,29 @@ def test_learning_curves_of_a_best_trial_without_epoch_rows(tmp_path: Path) -> N
     assert main([str(directory)]) == 0
 
 
+def test_a_condition_on_a_knob_left_unset_holds_for_the_trials_that_left_it_unset(tmp_path: Path) -> None:
+    """`when: {d_ff: none}`: pandas reads a none back as <NA>, which isin([None]) never matched, so every trial
+    counted as not having sampled the knob and the plots dropped them all."""
+    directory = fx.build_search(tmp_path / "s")  # d_ff is none in every trial (TrainConfig's default)
+    rewrite_manifest(directory, conditions={"dataloader_shuffle_with_replacement": {"d_ff": [None, 256]}})
+    assert load(directory).active("dataloader_shuffle_with_replacement").all()
+    rewrite_manifest(directory, conditions={"dataloader_shuffle_with_replacement": {"d_ff": [256]}})
+    assert not load(directory).active("dataloader_shuffle_with_replacement").any()
+
+
+def test_compared_searches_trials_are_active_by_their_own_searchs_knobs_and_conditions(tmp_path: Path) -> None:
+    """compare() of searches with different conditions applied none, and drew each trial at the default of a knob
+    its own search never searched."""
+    knob = "dataloader_shuffle_with_replacement"
+    a, b = fx.build_search(tmp_path / "a"), fx.build_search(tmp_path / "b")
+    rewrite_manifest(a, name="a", conditions={knob: {"optimizer": ["adamw"]}})
+    rewrite_manifest(b, name="b", params=[p for p in fx.PARAMS if p != knob], conditions={})
+    both = compare(a, b)
+    active = both.active(knob)
+    assert both.trials.loc[active, ["search", "trial_id"]].values.tolist() == [["a", "t2"], ["a", "t4"], ["a", "t5"]]
+    assert both.active("d_model").all()
+
+
 def test_plots_leave_out_the_trials_that_did_not_sample_a_conditional_knob(tmp_path: Path) -> None:
     """Where its condition was off, a trial's column holds TrainConfig's default, which no one chose."""
     directory = fx.build_search(tmp_path / "s")

@@ -78,10 +78,29 @@ class SearchResults:
         fixed one or TrainConfig's default), which the search did not choose; plots leave it out."""
         import pandas as pd
 
+        by_search = self.manifest.get("by_search")
+        if by_search is None:
+            return self._conditions_hold(self.manifest.get("conditions", {}).get(knob, {}))
+        # compare()'s stack: each row by its own search's params and conditions (a knob another search searched
+        # was not sampled in this one's trials)
+        on = pd.Series(False, index=self.trials.index)
+        for name, searched in by_search.items():
+            if knob in searched["params"]:
+                on |= (self.trials["search"] == name) & self._conditions_hold(searched["conditions"].get(knob, {}))
+        return on
+
+    def _conditions_hold(self, conditions: dict[str, list[Any]]) -> pd.Series:
+        """Per trial, whether every ``parent: [allowed values]`` holds (``None`` among them: the knob unset)."""
+        import pandas as pd
+
         on = pd.Series(True, index=self.trials.index)
-        for parent, allowed in self.manifest.get("conditions", {}).get(knob, {}).items():
+        for parent, allowed in conditions.items():
             if parent in self.trials:
-                on &= self.trials[parent].isin(allowed)
+                column = self.trials[parent]
+                holds = column.isin([value for value in allowed if value is not None])
+                if any(value is None for value in allowed):  # pandas reads a none back as <NA> or NaN
+                    holds |= column.isna()
+                on &= holds
         return on
 
     @property
@@ -379,9 +398,10 @@ def compare(
         "mode": first.mode,
         "params": list(dict.fromkeys(p for results in loaded for p in results.params)),
     }
-    conditions = [results.manifest.get("conditions", {}) for results in loaded]
-    if all(c == conditions[0] for c in conditions):  # else each search's own: none applied to the stack
-        manifest["conditions"] = conditions[0]
+    manifest["by_search"] = {  # what active() reads: each search's own knobs and conditions
+        name: {"params": results.params, "conditions": results.manifest.get("conditions", {})}
+        for name, results in zip(names, loaded)
+    }
     return SearchResults(None, stack([r.trials for r in loaded]), stack([r.epochs for r in loaded]), manifest)
 
 
