@@ -52,6 +52,9 @@ _STATES = {
 # A live trial's user attributes as it starts (its trial_id besides): those that its end leaves as they are
 # cost no write then (each is a database commit on the driver's thread).
 STARTED_ATTRS = {"status": "running", "epochs_completed": 0, "tokens_per_sec": None, "error": None}
+# the error of an attempt of a trial that failed and was retried from its start, in the study alone (the tables keep
+# the retry's epochs)
+RETRIED_ERROR = "failed, then retried from its start (no checkpoint); the retry is the study's next trial of this id"
 
 
 def storage_url(directory: Path, storage: Optional[str] = None) -> str:
@@ -292,6 +295,15 @@ class LiveStudy:
         if optuna_id is None:  # never started here (a search from before the study was live)
             if final is None:
                 return False
+            self.study.add_trial(final)
+            return True
+        if final is not None and set(written) - set(final.intermediate_values):
+            # Ray retried it from its start (no checkpoint to go on from), and the retry ended before the failed
+            # attempt's last epoch: an intermediate value cannot be taken back, so the attempt ends as the failure
+            # it was, and the retry is a trial of its own
+            self.storage.set_trial_user_attr(optuna_id, "status", "error")
+            self.storage.set_trial_user_attr(optuna_id, "error", RETRIED_ERROR)
+            self.storage.set_trial_state_values(optuna_id, TrialState.FAIL)
             self.study.add_trial(final)
             return True
         if final is not None:

@@ -349,6 +349,37 @@ def test_an_errored_trial_a_resume_ran_again_that_fails_again_is_not_left_runnin
     assert [(t.state, t.user_attrs["status"]) for t in trials] == [(TrialState.FAIL, "error")] * 2
 
 
+def test_a_trial_retried_from_its_start_keeps_no_epoch_of_its_failed_attempt_in_the_study(tmp_path):
+    """Without checkpoints Ray retries a failed trial from epoch 1; a retry that ended sooner (ASHA) kept the failed
+    attempt's later intermediate values, which the tables had dropped, in its study trial."""
+    from artune.study import RETRIED_ERROR, LiveStudy
+
+    space_file = tmp_path / "s.yaml"
+    space_file.write_text(SPACE)
+    space = load_space(space_file)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    live = LiveStudy(url, "r", space, "valid_loss", "min")
+    record = TrialRecord("x", {"lr": 0.003, "seed": 0}, "running")
+    live.start(record)
+    for epoch, loss in [(1, 3.0), (2, 2.9), (3, 2.8), (1, 3.1)]:  # the attempt's three epochs, then the retry's one
+        record.add_epoch(epoch_row(epoch, loss))
+        live.report(record, record.epochs[epoch])
+    assert set(record.epochs) == {1}
+    record.status = "stopped"  # ASHA stopped the retry after its first epoch
+    assert live.sync([record]) == 1 and live.sync([record]) == 0
+    attempt, retry = optuna.load_study(study_name="r", storage=url).trials
+    assert (attempt.state, attempt.user_attrs["status"], attempt.user_attrs["error"]) == (
+        TrialState.FAIL,
+        "error",
+        RETRIED_ERROR,
+    )
+    assert (retry.state, retry.intermediate_values, retry.user_attrs["status"]) == (
+        TrialState.PRUNED,
+        {1: 3.1},
+        "stopped",
+    )
+
+
 def test_the_study_beside_a_search_in_a_directory_with_url_characters_is_that_directorys(tmp_path):
     """A results directory named a?b (or with % or @ in it): the URL reads back as that file, not another."""
     from sqlalchemy.engine import make_url
