@@ -36,8 +36,14 @@ PLOT_FILES = ("learning_curves.png", "metric_vs_knobs.png", "parallel_coordinate
 
 
 def learning_curves(results: SearchResults, metric: Optional[str] = None) -> Figure:
-    """One line per trial of ``metric`` per epoch; the trial with the best value drawn on top, in red."""
-    column = results.epoch_metric(metric)  # the per-epoch values drawn: valid_loss for last_valid_loss too
+    """One line per trial of ``metric`` per epoch; the trial with the best value drawn on top, in red. A metric with
+    no value per epoch (``epochs_completed``, ``tokens_seen``): the curves of the search's own, the best by it."""
+    try:
+        column = results.epoch_metric(metric)  # the per-epoch values drawn: valid_loss for last_valid_loss too
+    except ResultsError:
+        if metric is None or metric not in results.trials:
+            raise
+        column = results.epoch_metric()
     curves = results.curves(column)
     name, _ = results.metric_column(metric)  # what best() ranks by, as the summary and the other plots do
     best = results.best(1, metric)

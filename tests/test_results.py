@@ -16,7 +16,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from artune.config import FIELD_NAMES
-from artune.plots import knob_positions, learning_curves, metric_vs_knobs, parallel_coordinates, write_plots
+from artune.plots import (
+    PLOT_FILES,
+    knob_positions,
+    learning_curves,
+    metric_vs_knobs,
+    parallel_coordinates,
+    write_plots,
+)
 from artune.results import (
     EPOCHS_FILE,
     MANIFEST_FILE,
@@ -603,6 +610,19 @@ def test_cli_interrupted_while_it_writes_the_figures_exits_130_and_keeps_the_las
     assert main([str(directory), "--metric", "train_loss"]) == 130
     assert (directory / "learning_curves.png").read_bytes() == before
     assert not list(directory.glob(".*.tmp"))
+
+
+def test_cli_of_a_metric_with_no_value_per_epoch_draws_every_figure(tmp_path: Path) -> None:
+    """--metric epochs_completed, one the CLI offers: it printed the summary, then exited 2 with no figure (the
+    learning curves had no per-epoch column of it); they draw the search's own metric, the best by the asked one."""
+    directory = fx.build_search(tmp_path / "s")
+    assert main([str(directory), "--metric", "epochs_completed"]) == 0
+    assert all((directory / name).stat().st_size > 0 for name in PLOT_FILES)
+    ax = learning_curves(load(directory), "epochs_completed").axes[0]
+    assert ax.get_ylabel() == "valid_loss"
+    assert [line.get_label() for line in ax.get_lines() if line.get_label().startswith("best")] == [
+        "best: t0 (epochs_completed 4)"
+    ]
 
 
 def test_cli_of_an_unknown_metric_is_one_error_line(search: Path, capsys: pytest.CaptureFixture) -> None:
