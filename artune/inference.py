@@ -192,7 +192,8 @@ def best_checkpoint(directory: Path, runs: list[str], trial_id: str, ranked: lis
 
     The trial's directory is ``<run>/<trial_id>`` under one of the search's runs (a resume continues a run,
     an --extend adds one). Ray names checkpoints by their order, not their epoch, so each is read for the
-    epoch it holds. A kept checkpoint that does not read is an error: it may be the best one.
+    epoch it holds. A kept checkpoint that does not read is an error where it may be the best one, that is unless
+    one that reads holds the trial's best epoch.
     """
     trial_dirs = [directory / run / trial_id for run in runs if (directory / run / trial_id).is_dir()]
     found = sorted(p for d in trial_dirs for p in d.glob(f"checkpoint_*/{checkpoint.CHECKPOINT_FILE}"))
@@ -202,11 +203,20 @@ def best_checkpoint(directory: Path, runs: list[str], trial_id: str, ranked: lis
             f"trial {trial_id} has no checkpoint in {where} (was is_save_models false, or the directory removed?)"
         )
     by_epoch: dict[int, tuple[Path, Any]] = {}
+    unreadable: list[CheckpointError] = []
     for path in found:
-        path, state = checkpoint.read(path, torch.device("cpu"))
+        try:
+            path, state = checkpoint.read(path, torch.device("cpu"))
+        except CheckpointError as exc:
+            unreadable.append(exc)
+            continue
         if not isinstance(state, dict) or "epoch" not in state:
             raise CheckpointError(f"{path}: not an artune checkpoint (no epoch in it)")
         by_epoch[int(state["epoch"])] = (path, state)
+    if ranked and ranked[0] in by_epoch:
+        return by_epoch[ranked[0]]
+    if unreadable:
+        raise unreadable[0]
     for epoch in ranked:
         if epoch in by_epoch:
             return by_epoch[epoch]

@@ -273,3 +273,16 @@ def test_a_corrupt_export_is_one_line_naming_it(search, tmp_path):
     assert str(weights) in line
     with pytest.raises(Exception, match="cannot load the weights"):
         from_export(out)
+
+
+def test_a_corrupt_checkpoint_that_is_not_the_best_does_not_keep_the_best_from_loading(search, tmp_path):
+    """Every kept checkpoint is read for the epoch it holds: one damaged that held another epoch blocked the best."""
+    copy = tmp_path / "copy"
+    shutil.copytree(search, copy, ignore=shutil.ignore_patterns(".lock"))
+    best = load(copy).best_model().origin
+    kept = sorted(Path(best["checkpoint"]).parent.parent.glob("checkpoint_*/checkpoint.pt"))
+    others = [path for path in kept if str(path) != best["checkpoint"]]
+    assert others, kept  # the smoke search's best trial keeps more than its best epoch's
+    others[0].write_bytes(others[0].read_bytes()[:100])
+    loaded = load(copy).best_model()
+    assert (loaded.origin["checkpoint"], loaded.origin["epoch"]) == (best["checkpoint"], best["epoch"])
