@@ -182,7 +182,7 @@ def from_search(
         "mode": results.mode,
         "value": epochs[epoch],
         "corpus": {**results.manifest.get("corpus", {}), "sha256": state.get("corpus_sha256")},
-        "checkpoint": str(path),
+        "checkpoint": str(path.resolve()),  # as search_path: an export names it wherever it is read
     }
     return loaded
 

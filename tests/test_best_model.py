@@ -286,3 +286,19 @@ def test_a_corrupt_checkpoint_that_is_not_the_best_does_not_keep_the_best_from_l
     others[0].write_bytes(others[0].read_bytes()[:100])
     loaded = load(copy).best_model()
     assert (loaded.origin["checkpoint"], loaded.origin["epoch"]) == (best["checkpoint"], best["epoch"])
+
+
+def test_an_export_names_its_checkpoint_by_an_absolute_path(search, tmp_path):
+    """A search given relative to the working directory: the export's origin named the checkpoint relative to it
+    (its search_path was absolute), a path that means nothing where the export is read."""
+    out = tmp_path / "model"
+    result = subprocess.run(
+        [sys.executable, "-m", "artune.export", search.name, str(out)],
+        cwd=search.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    origin = json.loads((out / CONFIG_FILE).read_text())["origin"]
+    assert Path(origin["checkpoint"]).is_absolute() and Path(origin["checkpoint"]).is_file(), origin
