@@ -242,6 +242,7 @@ class KnobAxis:
     log: bool = False
     choices: Optional[tuple] = None  # a choice's values as its column holds them, in the space's order
     bounds: Optional[tuple[float, float]] = None  # a range's low and high, where the space file gives them
+    step: int = 1  # an int range's step, where the space file gives one
 
 
 def knob_axes(results: SearchResults) -> dict[str, KnobAxis]:
@@ -257,7 +258,8 @@ def knob_axis(knob: str, values: pd.Series, dist: Optional[Distribution] = None)
         return KnobAxis("choice", choices=tuple(dist.values))  # as load() gives the column: compile's True, 'auto'
     if dist is not None:
         kind = "int" if dist.kind == "int" else "float"
-        return KnobAxis(kind, log=dist.kind == "loguniform" or dist.log, bounds=(dist.low, dist.high))
+        step = int(dist.step) if dist.kind == "int" and dist.step else 1
+        return KnobAxis(kind, log=dist.kind == "loguniform" or dist.log, bounds=(dist.low, dist.high), step=step)
     if is_categorical(values):
         return KnobAxis("choice")
     try:
@@ -320,8 +322,8 @@ def set_knob_axis(ax: Any, axis: KnobAxis, labels: Optional[list[str]], x: np.nd
         return
     if axis.kind == "int":
         shown = np.unique(np.rint(finite))
-        if axis.bounds is not None and high - low + 1 <= 8:
-            shown = np.arange(int(low), int(high) + 1)  # every value the space allows
+        if axis.bounds is not None and (high - low) // axis.step + 1 <= 8:
+            shown = np.arange(int(low), int(high) + 1, axis.step)  # every value the space allows (low is its low)
         if 0 < len(shown) <= 8:
             ax.set_xticks(shown, [str(int(v)) for v in shown])
         else:

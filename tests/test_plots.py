@@ -110,6 +110,18 @@ def test_an_int_knob_has_integer_ticks(search: Path) -> None:
     assert ticks(axes["n_layers"]) == ([1, 2], ["1", "2"])  # not 1.2, 1.4
 
 
+def test_an_int_knob_with_a_step_has_ticks_only_at_the_values_it_allows(tmp_path: Path) -> None:
+    """`int: [1, 5], step: 2` was ticked at 1, 2, 3, 4, 5: values the space never draws."""
+    directory = write_search(tmp_path / "knobs")
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE.replace("n_layers: {int: [1, 2]}", "n_layers: {int: [1, 5], step: 2}"))
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    manifest["space_sha256"] = hashlib.sha256(space.read_bytes()).hexdigest()
+    write_json_atomic(manifest, directory / MANIFEST_FILE)
+    _, axes = panels(load(directory))
+    assert ticks(axes["n_layers"]) == ([1, 3, 5], ["1", "3", "5"])
+
+
 def test_a_loguniform_knob_is_a_log_axis_with_labels_that_do_not_overlap(search: Path) -> None:
     fig, axes = panels(load(search))
     ax = axes["lr"]
