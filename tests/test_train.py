@@ -777,6 +777,37 @@ def test_the_pace_a_deadline_plans_by_includes_each_epochs_report(small_text):
     assert resumed.report_seconds >= 10.0
 
 
+@pytest.mark.parametrize("deadline", [64.5, 72.0, 78.0, 85.5])
+def test_a_trial_resumed_under_a_deadline_plans_as_the_run_never_stopped(small_text, tmp_path, deadline):
+    """The checkpoint kept where the plan began, not where a deadline had ended it: the resumed trial planned anew
+    from its whole epochs, lengthening the plan without the margin an uninterrupted run's waits for, its lr higher.
+    The clock's pace: a slow first epoch, then fast ones."""
+
+    def run(stop_after=None):
+        clock = Clock(tick=1.0)
+        config = tiny(small_text, epochs=12, batches_per_epoch=5, lr_schedule="cosine", sample_tokens=0)
+        trainer, seen = Trainer(config, clock=clock), []
+
+        def report(metrics) -> None:
+            seen.append((metrics["epoch"], metrics["lr"], trainer.planned_epochs))
+            clock.tick = 3.0 if trainer.epoch < 1 else 1.0
+            if stop_after is not None and trainer.epoch == stop_after:
+                trainer.save_checkpoint(tmp_path / "stopped")
+                raise KeyboardInterrupt
+
+        clock.tick = 3.0
+        try:
+            trainer.fit(report, deadline=deadline)
+        except KeyboardInterrupt:  # the search's trial ends here: its process, and the clock's look that ends a report
+            clock()
+            trainer = Trainer(config, clock=clock)
+            trainer.load_checkpoint(tmp_path / "stopped")
+            trainer.fit(report, deadline=deadline)
+        return seen
+
+    assert run(stop_after=2) == run()
+
+
 def test_a_decay_that_would_outlast_the_deadline_is_planned_to_end_there(small_text):
     trainer = Trainer(tiny(small_text, epochs=10, lr_schedule="linear", lr_min_ratio=0.0), clock=Clock())
     assert trainer.total_steps == 60

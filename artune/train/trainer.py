@@ -171,6 +171,8 @@ class Trainer:
         """Train the remaining epochs. Past ``deadline`` (a time on ``clock``) it stops mid-epoch, and
         returns the epochs finished (and passed to ``callback``) before it."""
         history = []
+        if deadline is None:  # a plan a deadline shortened (in a run this one resumes) ends with the run again
+            self._plan(self.steps_at(self.config.epochs))
         while self.epoch < self.config.epochs:
             if deadline is not None and self.epoch_seconds is not None:
                 self.fit_schedule_to(deadline, self.epoch_seconds + self.report_seconds)
@@ -464,6 +466,7 @@ class Trainer:
             "eager_tokens_per_sec": self._eager_rate,  # compile: auto's, to compare a compiled epoch with
             "compile_declined": self._compile_declined,
             "plan_base": list(self.plan_base),
+            "total_steps": self.total_steps,  # the plan a deadline may have shortened
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": checkpoint.rng_states(self.generator, self.device),
@@ -483,11 +486,16 @@ class Trainer:
         # The schedule is planned again over this run's epochs, from the step the checkpoint reached. With
         # the epoch size it was trained at, the plan is the one an uninterrupted run has; with another
         # (batches_per_epoch or compile changed), the remaining epochs are counted at the new size.
+        # A plan a deadline shortened is the uninterrupted run's too (its epochs unchanged): kept, so that the next
+        # epoch lengthens it by the same rule (fit plans the whole run again where no deadline comes).
+        saved_total = state.get("total_steps")  # absent in older checkpoints
         if checkpoint.saved_epoch_steps(state, self.config, len(self.corpus.train)) == self.epoch_steps:
             self.plan_base = tuple(int(v) for v in state.get("plan_base", (0, 0)))
+            same_epochs = state["config"].get("epochs") == self.config.epochs
+            self._plan(int(saved_total) if same_epochs and saved_total else self.steps_at(self.config.epochs))
         else:
             self.plan_base = (self.epoch, self.optimizer.steps_taken)
-        self._plan(self.steps_at(self.config.epochs))
+            self._plan(self.steps_at(self.config.epochs))
 
     def save_checkpoint(self, directory: str | os.PathLike) -> Path:
         """Write ``checkpoint.pt`` atomically: a crash mid-write leaves the previous file intact."""
