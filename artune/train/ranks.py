@@ -32,6 +32,16 @@ class Ranks:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """The training step's model: DistributedDataParallel's wrapper where several workers train it."""
+        if not self.distributed:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        # the model's buffers are constants (no batch statistics): nothing to send before every step
+        device_ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
+
     @property
     def is_first(self) -> bool:
         """Rank 0: the one that writes checkpoints and whose report stands for the trial."""

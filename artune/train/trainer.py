@@ -120,8 +120,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         shape = model_config(config, self.corpus.vocab_size)
         self.model = GPT(shape).to(self.device)
-        # the training step's model: DDP's wrapper around it with several workers
-        self.eager = self._data_parallel(self.model) if self.ranks.distributed else self.model
+        self.eager = self.ranks.wrap(self.model, self.device)  # the training step's
         self.forward = self.eager  # compiled from the start, or later with compile: auto
         self.compile_key = (
             shape,
@@ -223,13 +222,6 @@ class Trainer:
     @property
     def compiled(self) -> bool:
         return self.forward is not self.eager
-
-    def _data_parallel(self, model: torch.nn.Module) -> torch.nn.Module:
-        from torch.nn.parallel import DistributedDataParallel
-
-        device_ids = [self.device.index] if self.device.type == "cuda" else None
-        # the model's buffers are constants (no batch statistics): nothing to send before every step
-        return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
 
     def compile_pays(self) -> bool:
         """compile: auto's choice before each epoch (see ``AUTO_COMPILE_AFTER_S``): whether to compile now."""
