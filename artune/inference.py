@@ -275,18 +275,37 @@ def from_export(directory: str | os.PathLike, device: str | torch.device = "cpu"
         if settings.get("format") != EXPORT_FORMAT:
             raise CheckpointError(f"export format {settings.get('format')!r} is not this artune's ({EXPORT_FORMAT})")
         config = TrainConfig.from_dict(settings["train_config"])
-        vocabulary = Vocabulary(vocab["tokens"])
         model = GPT(ModelConfig(**settings["model"]))
-        tokenizer = Tokenizer(vocab["tokenizer"], vocabulary, vocab["separator"])
+        origin = settings.get("origin", {})
+        if not isinstance(origin, dict):
+            raise TypeError(f"origin must be an object, but got {type(origin).__name__}")
     except (KeyError, TypeError, ValueError, CheckpointError) as exc:
         what = f"{type(exc).__name__}: {exc}"
         raise CheckpointError(f"{directory / CONFIG_FILE}: not an artune export ({what})") from None
+    tokenizer = _export_tokenizer(vocab, model.cfg.vocab_size, directory / VOCAB_FILE)
     path = directory / WEIGHTS_FILE
     try:
         load_model(model, path)
     except Exception as exc:  # noqa: BLE001 (safetensors' own errors, a truncated file, another shape)
         raise CheckpointError(f"{path}: cannot load the weights ({type(exc).__name__}: {exc})") from None
-    return LoadedModel(model.to(device).eval(), tokenizer, config, dict(settings.get("origin", {})))
+    return LoadedModel(model.to(device).eval(), tokenizer, config, dict(origin))
+
+
+def _export_tokenizer(vocab: dict[str, Any], vocab_size: int, path: Path) -> Tokenizer:
+    """The tokenizer ``vocab.json`` describes, checked against the model: a token list of another length decodes
+    every id as another token, and prints fluent-looking nonsense."""
+    tokens, name, separator = vocab.get("tokens"), vocab.get("tokenizer"), vocab.get("separator")
+    if not isinstance(tokens, list) or not all(isinstance(token, str) for token in tokens):
+        raise CheckpointError(f"{path}: not an artune export's vocabulary (tokens must be a list of strings)")
+    if len(tokens) != vocab_size:
+        raise CheckpointError(f"{path}: holds {len(tokens)} tokens, but the model's vocabulary has {vocab_size}")
+    try:
+        get_tokenizer(name)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    if not isinstance(separator, str):
+        raise CheckpointError(f"{path}: separator must be a string, but got {separator!r}")
+    return Tokenizer(name, Vocabulary(tokens), separator)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

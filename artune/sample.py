@@ -42,10 +42,9 @@ def describe(loaded: LoadedModel) -> str:
     o = loaded.origin
     if not o:
         return "a model with no record of its search"
-    return (
-        f"search {o.get('search')}, trial {o.get('trial_id')}, epoch {o.get('epoch')}: "
-        f"{o.get('metric')} {o.get('value'):.4f}"
-    )
+    value = o.get("value")
+    shown = f"{value:.4f}" if isinstance(value, (int, float)) else str(value)
+    return f"search {o.get('search')}, trial {o.get('trial_id')}, epoch {o.get('epoch')}: {o.get('metric')} {shown}"
 
 
 def add_source_options(parser: ArgumentParser) -> None:

@@ -275,6 +275,25 @@ def test_a_corrupt_export_is_one_line_naming_it(search, tmp_path):
         from_export(out)
 
 
+@pytest.mark.parametrize(
+    ("file", "edit", "fragment"),
+    [
+        (VOCAB_FILE, lambda v: {**v, "tokens": v["tokens"][1:]}, "tokens, but the model's vocabulary has"),
+        (VOCAB_FILE, lambda v: {**v, "tokenizer": "bpe"}, "tokenizer must be one of"),
+        (VOCAB_FILE, lambda v: {**v, "separator": None}, "separator must be a string"),
+        (CONFIG_FILE, lambda c: {**c, "origin": [1]}, "origin must be an object"),
+    ],
+)
+def test_an_export_with_a_damaged_vocabulary_or_origin_is_one_line(search, tmp_path, file, edit, fragment):
+    """A vocabulary one token short loaded and printed fluent nonsense (every id decoded as its neighbour); another
+    tokenizer, a separator of null or an origin that is not an object was a traceback."""
+    out = tmp_path / "model"
+    assert run("artune.export", search, out).returncode == 0
+    (out / file).write_text(json.dumps(edit(json.loads((out / file).read_text()))))
+    line = one_error_line(run("artune.sample", out))
+    assert str(out / file) in line and fragment in line, line
+
+
 def test_a_corrupt_checkpoint_that_is_not_the_best_does_not_keep_the_best_from_loading(search, tmp_path):
     """Every kept checkpoint is read for the epoch it holds: one damaged that held another epoch blocked the best."""
     copy = tmp_path / "copy"
