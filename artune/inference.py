@@ -114,7 +114,10 @@ class LoadedModel:
         else:
             generator.manual_seed(seed)
         for _ in range(tokens):
-            logits = self.model(idx[:, -self.config.seq_len :])[:, -1].float() / temperature  # (1, V)
+            logits = self.model(idx[:, -self.config.seq_len :])[:, -1].double()  # (1, V)
+            # shifted to a top of 0 and divided in float64: a tiny temperature sends the rest towards -inf (a greedy
+            # draw), where the float32 division overflowed to inf (or took the temperature for 0): NaN probabilities
+            logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
             if top_k is not None and top_k < logits.shape[-1]:
                 kth = torch.topk(logits, top_k).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))

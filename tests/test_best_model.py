@@ -127,6 +127,8 @@ def test_drawn_text_is_seeded_and_kept_to_the_top_k(search):
     first = loaded.generate("ROMEO:", 30, temperature=1.0, top_k=3, seed=7)
     assert first == loaded.generate("ROMEO:", 30, temperature=1.0, top_k=3, seed=7)
     assert loaded.generate("ROMEO:", 30, temperature=1.0, top_k=1, seed=7) == loaded.generate("ROMEO:", 30)
+    # a temperature so small that logits over it overflow: a greedy draw (it was a RuntimeError from multinomial)
+    assert loaded.generate("ROMEO:", 30, temperature=1e-300, seed=7) == loaded.generate("ROMEO:", 30)
 
 
 def test_an_export_samples_the_same_text_and_loads_without_ray(search, tmp_path):
