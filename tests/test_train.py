@@ -1303,6 +1303,42 @@ def test_cli_resume_of_a_checkpoint_whose_settings_this_artune_does_not_know_nam
     )
 
 
+def test_cli_resume_of_a_checkpoint_whose_settings_break_a_rule_or_that_is_empty_names_the_file(
+    small_text, tmp_path, capsys
+):
+    """A damaged checkpoint's settings blamed no file ("error: d_model must be an integer"), as if a flag had been
+    wrong; an empty checkpoint said "EOFError: " and nothing more."""
+    assert main(["--dataset", str(small_text), "--checkpoint-dir", str(tmp_path), *TINY_CLI]) == 0
+    state = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    state["config"]["d_model"] = "x"
+    torch.save(state, tmp_path / CHECKPOINT_FILE)
+    capsys.readouterr()
+    assert main(["--checkpoint-dir", str(tmp_path), "--resume", "--epochs", "2"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {tmp_path / CHECKPOINT_FILE}: its settings do not load (d_model must be"), line
+    (tmp_path / CHECKPOINT_FILE).write_bytes(b"")
+    assert main(["--checkpoint-dir", str(tmp_path), "--resume", "--epochs", "2"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert (
+        line
+        == f"error: {tmp_path / CHECKPOINT_FILE}: cannot load checkpoint (an empty file: a copy or a write cut short?)"
+    )
+
+
+def test_cli_dataset_file_is_recorded_absolute_and_resumes_from_another_directory(
+    small_text, tmp_path, capsys, monkeypatch
+):
+    """--dataset small.txt, relative: the checkpoint kept it so, and --resume from another directory read another
+    (or no) file."""
+    monkeypatch.chdir(small_text.parent)
+    assert main(["--dataset", small_text.name, "--checkpoint-dir", str(tmp_path), *TINY_CLI]) == 0
+    assert torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)["config"]["dataset"] == str(small_text)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["--checkpoint-dir", str(tmp_path), "--resume", "--epochs", "2"]) == 0
+    assert "epoch   2  train_loss" in capsys.readouterr().out
+
+
 def test_cli_data_file_is_the_dataset_its_checkpoint_records(small_text, tmp_path, capsys):
     """As in a search's trials: the checkpoint names the file trained on, not Tiny Shakespeare."""
     assert main(["--data", str(small_text), "--checkpoint-dir", str(tmp_path), *TINY_CLI]) == 0

@@ -161,6 +161,8 @@ def read(path: str | os.PathLike, device: torch.device) -> tuple[Path, Any]:
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_FILE
+    if path.is_file() and path.stat().st_size == 0:  # torch's EOFError says nothing
+        raise CheckpointError(f"{path}: cannot load checkpoint (an empty file: a copy or a write cut short?)")
     try:
         return path, torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
