@@ -52,9 +52,11 @@ _STATES = {
 # A live trial's user attributes as it starts (its trial_id besides): those that its end leaves as they are
 # cost no write then (each is a database commit on the driver's thread).
 STARTED_ATTRS = {"status": "running", "epochs_completed": 0, "tokens_per_sec": None, "error": None}
-# the error of an attempt of a trial that failed and was retried from its start, in the study alone (the tables keep
-# the retry's epochs)
-RETRIED_ERROR = "failed, then retried from its start (no checkpoint); the retry is the study's next trial of this id"
+# The status and error of a trial's attempt that went back to an earlier epoch (Ray retried it from its last
+# checkpoint, or from its first where it keeps none): in the study alone, whose values cannot be taken back (the
+# tables drop the attempt's later epochs); the rest of the trial is the study's next trial of this id.
+RESTARTED_STATUS = "restarted"
+RESTARTED_ERROR = "went back to an earlier epoch (no checkpoint of its last); the study's next trial of this id goes on"
 
 
 def storage_url(directory: Path, storage: Optional[str] = None) -> str:
@@ -105,7 +107,7 @@ def frozen_trial(record: TrialRecord, space: SearchSpace, metric: str) -> Option
     epochs = [record.epochs[e] for e in sorted(record.epochs) if not record.epochs[e].get("diverged")]
     if state == TrialState.PRUNED and not epochs:
         return None
-    intermediate = {int(m["epoch"]): float(m[metric]) for m in epochs if finite_number(m.get(metric))}
+    intermediate = intermediate_values(record, metric)
     value = None
     if state == TrialState.COMPLETE:
         value = epochs[-1].get(metric) if epochs else None
@@ -121,6 +123,15 @@ def frozen_trial(record: TrialRecord, space: SearchSpace, metric: str) -> Option
         intermediate_values=intermediate,
         user_attrs=user_attrs(record),
     )
+
+
+def intermediate_values(record: TrialRecord, metric: str, before: Optional[int] = None) -> dict[int, float]:
+    """A trial's finite ``metric`` by epoch (its diverged epoch left out), the epochs ``before`` one where given."""
+    return {
+        int(e): float(m[metric])
+        for e, m in sorted(record.epochs.items())
+        if not m.get("diverged") and finite_number(m.get(metric)) and (before is None or e < before)
+    }
 
 
 def knobs(record: TrialRecord, space: SearchSpace) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -229,6 +240,7 @@ class LiveStudy:
         self.waiting: set[str] = set()
         self.written: dict[str, dict[int, float]] = {}  # the intermediate values written, by artune trial id
         self.known: set[tuple[Any, Any]] = set()  # (trial id, status) of the ended trials
+        self.started_here: set[str] = set()  # trials this run started (a resume's run of an errored trial again)
         self._failed_write = False
         for trial in self.storage.get_all_trials(self.study_id, deepcopy=False):
             trial_id = trial.user_attrs.get("trial_id")
@@ -245,23 +257,35 @@ class LiveStudy:
         trial_id = record.trial_id
         if (trial_id, record.status) in self.known:
             return  # a resumed search's trial that had ended: it ends at once (train_fn's `ended`)
+        self.started_here.add(trial_id)
         try:
             if trial_id in self.open:
                 if trial_id in self.waiting:
                     self.storage.set_trial_state_values(self.open[trial_id], TrialState.RUNNING)
                     self.waiting.discard(trial_id)
                 return
-            params, distributions = knobs(record, self.space)
-            template = optuna.trial.create_trial(
-                state=TrialState.RUNNING,
-                params=params,
-                distributions=distributions,
-                user_attrs={**STARTED_ATTRS, "trial_id": trial_id},
-            )
-            self.open[trial_id] = self.storage.create_new_trial(self.study_id, template_trial=template)
-            self.written[trial_id] = {}
+            self._open(record, {})
         except Exception as exc:  # noqa: BLE001 - a live write is best effort; the trial's end writes it whole
             self._warn(exc)
+
+    def _open(self, record: TrialRecord, intermediate: dict[int, float]) -> None:
+        """A new RUNNING Optuna trial for ``record``, holding ``intermediate`` values already."""
+        params, distributions = knobs(record, self.space)
+        template = optuna.trial.create_trial(
+            state=TrialState.RUNNING,
+            params=params,
+            distributions=distributions,
+            user_attrs={**STARTED_ATTRS, "trial_id": record.trial_id},
+            intermediate_values=intermediate,
+        )
+        self.open[record.trial_id] = self.storage.create_new_trial(self.study_id, template_trial=template)
+        self.written[record.trial_id] = dict(intermediate)
+
+    def _restarted(self, optuna_id: int) -> None:
+        """End an attempt whose epochs the trial went back on (see RESTARTED_ERROR)."""
+        self.storage.set_trial_user_attr(optuna_id, "status", RESTARTED_STATUS)
+        self.storage.set_trial_user_attr(optuna_id, "error", RESTARTED_ERROR)
+        self.storage.set_trial_state_values(optuna_id, TrialState.FAIL)
 
     def report(self, record: TrialRecord, metrics: dict[str, Any]) -> None:
         """An epoch of a running trial: its metric as the intermediate value of step ``epoch``."""
@@ -272,9 +296,13 @@ class LiveStudy:
             self.start(record)
         if record.trial_id not in self.open:
             return
+        epoch = int(metrics["epoch"])
         try:
-            self.storage.set_trial_intermediate_value(self.open[record.trial_id], int(metrics["epoch"]), float(value))
-            self.written[record.trial_id][int(metrics["epoch"])] = float(value)
+            if epoch <= max(self.written[record.trial_id], default=0):  # back to an earlier epoch: a new attempt
+                self._restarted(self.open.pop(record.trial_id))
+                self._open(record, intermediate_values(record, self.metric, before=epoch))
+            self.storage.set_trial_intermediate_value(self.open[record.trial_id], epoch, float(value))
+            self.written[record.trial_id][epoch] = float(value)
         except Exception as exc:  # noqa: BLE001 - as in start
             self._warn(exc)
 
@@ -285,7 +313,8 @@ class LiveStudy:
     def end(self, record: TrialRecord, state: Optional[TrialState] = None) -> bool:
         """Give the trial its final state: its status's, or ``state`` where the status has none."""
         key = (record.trial_id, record.status)
-        if key in self.known and record.trial_id not in self.open:  # open: a resume ran it again, and it ended so again
+        reopened = record.trial_id in self.open and record.trial_id in self.started_here  # run again, ended so again
+        if key in self.known and not reopened:
             return False
         final = frozen_trial(record, self.space, self.metric)
         optuna_id = self.open.pop(record.trial_id, None)
@@ -298,12 +327,8 @@ class LiveStudy:
             self.study.add_trial(final)
             return True
         if final is not None and set(written) - set(final.intermediate_values):
-            # Ray retried it from its start (no checkpoint to go on from), and the retry ended before the failed
-            # attempt's last epoch: an intermediate value cannot be taken back, so the attempt ends as the failure
-            # it was, and the retry is a trial of its own
-            self.storage.set_trial_user_attr(optuna_id, "status", "error")
-            self.storage.set_trial_user_attr(optuna_id, "error", RETRIED_ERROR)
-            self.storage.set_trial_state_values(optuna_id, TrialState.FAIL)
+            # epochs the trial went back on that a live write missed (its restart's first epoch diverged, say)
+            self._restarted(optuna_id)
             self.study.add_trial(final)
             return True
         if final is not None:

@@ -349,10 +349,12 @@ def test_an_errored_trial_a_resume_ran_again_that_fails_again_is_not_left_runnin
     assert [(t.state, t.user_attrs["status"]) for t in trials] == [(TrialState.FAIL, "error")] * 2
 
 
-def test_a_trial_retried_from_its_start_keeps_no_epoch_of_its_failed_attempt_in_the_study(tmp_path):
-    """Without checkpoints Ray retries a failed trial from epoch 1; a retry that ended sooner (ASHA) kept the failed
-    attempt's later intermediate values, which the tables had dropped, in its study trial."""
-    from artune.study import RETRIED_ERROR, LiveStudy
+@pytest.mark.parametrize("then", ["stopped", "completed"])
+def test_a_trial_that_went_back_to_an_earlier_epoch_keeps_no_value_of_the_attempt_it_replaced(tmp_path, then):
+    """Without checkpoints Ray retries a failed trial from epoch 1 (and a resume restarts an interrupted one so):
+    its study trial kept the failed attempt's later values, and step 1 took the retry's value over the attempt's.
+    The attempt ends FAIL as restarted, the retry is a trial of its own with the epochs the tables keep."""
+    from artune.study import RESTARTED_ERROR, RESTARTED_STATUS, LiveStudy
 
     space_file = tmp_path / "s.yaml"
     space_file.write_text(SPACE)
@@ -361,23 +363,73 @@ def test_a_trial_retried_from_its_start_keeps_no_epoch_of_its_failed_attempt_in_
     live = LiveStudy(url, "r", space, "valid_loss", "min")
     record = TrialRecord("x", {"lr": 0.003, "seed": 0}, "running")
     live.start(record)
-    for epoch, loss in [(1, 3.0), (2, 2.9), (3, 2.8), (1, 3.1)]:  # the attempt's three epochs, then the retry's one
+    epochs = [(1, 3.0), (2, 2.9), (3, 2.8), (1, 3.1)] + ([(2, 2.95), (3, 2.85)] if then == "completed" else [])
+    for epoch, loss in epochs:  # the attempt's three epochs, then the retry's
         record.add_epoch(epoch_row(epoch, loss))
         live.report(record, record.epochs[epoch])
-    assert set(record.epochs) == {1}
-    record.status = "stopped"  # ASHA stopped the retry after its first epoch
+    record.end(3)  # ASHA stopped the retry after its first epoch, or it trained all three
+    assert record.status == then
     assert live.sync([record]) == 1 and live.sync([record]) == 0
     attempt, retry = optuna.load_study(study_name="r", storage=url).trials
-    assert (attempt.state, attempt.user_attrs["status"], attempt.user_attrs["error"]) == (
-        TrialState.FAIL,
-        "error",
-        RETRIED_ERROR,
+    assert (attempt.state, attempt.intermediate_values) == (TrialState.FAIL, {1: 3.0, 2: 2.9, 3: 2.8})
+    assert (attempt.user_attrs["status"], attempt.user_attrs["error"]) == (RESTARTED_STATUS, RESTARTED_ERROR)
+    assert retry.intermediate_values == frozen_trial(record, space, "valid_loss").intermediate_values
+    assert (retry.state, retry.user_attrs["status"]) == (
+        (TrialState.PRUNED, "stopped") if then == "stopped" else (TrialState.COMPLETE, "completed")
     )
-    assert (retry.state, retry.intermediate_values, retry.user_attrs["status"]) == (
-        TrialState.PRUNED,
-        {1: 3.1},
-        "stopped",
-    )
+
+
+def test_a_trial_resumed_from_a_checkpoint_behind_its_last_epoch_goes_on_with_the_epochs_before_it(tmp_path):
+    """A driver killed between an epoch's study write and Tune's save of its checkpoint: the trial goes on from the
+    checkpoint before, and the restart's trial holds the epochs up to it."""
+    from artune.study import LiveStudy
+
+    space_file = tmp_path / "s.yaml"
+    space_file.write_text(SPACE)
+    space = load_space(space_file)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    live = LiveStudy(url, "k", space, "valid_loss", "min")
+    record = TrialRecord("x", {"lr": 0.003, "seed": 0}, "running")
+    live.start(record)
+    for epoch, loss in [(1, 3.0), (2, 2.9), (3, 2.8), (3, 2.75)]:  # epoch 3 again, from epoch 2's checkpoint
+        record.add_epoch(epoch_row(epoch, loss))
+        live.report(record, record.epochs[epoch])
+    record.end(3)
+    live.sync([record])
+    _attempt, retry = optuna.load_study(study_name="k", storage=url).trials
+    assert retry.intermediate_values == {1: 3.0, 2: 2.9, 3: 2.75} and retry.value == 2.75
+
+
+def test_an_errored_trial_left_open_by_a_killed_resume_is_not_ended_twice(tmp_path):
+    """A resume ran an errored trial again (a new RUNNING trial), then its driver was killed with the tables still
+    saying error: the next run's first sync ended that open trial as the old error, and its restart opened another."""
+    from artune.study import LiveStudy
+
+    space_file = tmp_path / "s.yaml"
+    space_file.write_text(SPACE)
+    space = load_space(space_file)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    record = TrialRecord("x", {"lr": 0.003, "seed": 0}, "running")
+    first = LiveStudy(url, "e", space, "valid_loss", "min")
+    first.start(record)
+    record.status, record.error = "error", "RuntimeError: boom"
+    first.sync([record])
+    killed = LiveStudy(url, "e", space, "valid_loss", "min")
+    record.status = "running"
+    killed.start(record)  # then the driver dies; the tables still say error
+    record.status = "error"
+    again = LiveStudy(url, "e", space, "valid_loss", "min")
+    assert again.sync([record]) == 0  # not the open trial's end: Tune runs it again
+    record.status, record.error = "running", None
+    again.start(record)
+    record.status, record.error = "completed", None
+    record.add_epoch(epoch_row(1, 3.0))
+    again.sync([record])
+    trials = optuna.load_study(study_name="e", storage=url).trials
+    assert [(t.state, t.user_attrs["status"]) for t in trials] == [
+        (TrialState.FAIL, "error"),
+        (TrialState.COMPLETE, "completed"),
+    ]
 
 
 def test_the_study_beside_a_search_in_a_directory_with_url_characters_is_that_directorys(tmp_path):
