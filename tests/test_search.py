@@ -1076,24 +1076,55 @@ def test_a_study_database_that_does_not_read_is_refused_in_one_line_before_ray_s
     assert "Ray" not in result.stdout and not (directory / "tune-2").exists()
 
 
-def test_a_command_refused_the_lock_leaves_the_directory_of_the_one_that_holds_it(tmp_path, shakespeare_path):
+def test_a_command_refused_the_lock_leaves_the_directory_of_the_one_that_holds_it(
+    tmp_path, shakespeare_path, monkeypatch
+):
     """Two commands can both find a name free before either takes its lock: the one refused it removed the
-    directory the other was starting its search in."""
+    directory the other was starting its search in. The other command takes the lock between this one's making of
+    the directory and its own try at the lock."""
     import fcntl
 
     from artune.errors import SearchError
-    from artune.search import make_plan, parse_args
-    from artune.search.driver import search_directory
+    from artune.search import driver, make_plan, parse_args
 
     plan = make_plan(parse_args([str(SMOKE), "--results-dir", str(tmp_path / "r"), "--name", "race"]))
-    plan.directory.mkdir(parents=True)  # the other command, a moment earlier: its directory and its lock
-    (plan.directory / "space.yaml").write_text("the other's")
-    with open(plan.directory / ".lock", "a+") as other:
-        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with pytest.raises(SearchError, match="running in another process"):
-            with search_directory(plan):
-                pass
-        assert (plan.directory / "space.yaml").read_text() == "the other's"
+    held = []
+
+    class Raced(driver.SearchLock):
+        def __enter__(self):
+            other = open(self.path, "a+")  # the other command, a moment earlier: its lock and its first file
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.append(other)
+            (self.path.parent / "space.yaml").write_text("the other's")
+            return super().__enter__()
+
+    monkeypatch.setattr(driver, "SearchLock", Raced)
+    with pytest.raises(SearchError, match="running in another process"):
+        with driver.search_directory(plan):
+            pass
+    assert (plan.directory / "space.yaml").read_text() == "the other's"
+    held[0].close()
+
+
+def test_a_file_system_that_refuses_locks_is_one_line(tmp_path, monkeypatch):
+    """flock on a mount without locks (NFS without its lock service: ENOLCK; a read-only open there: EBADF) was a
+    traceback from the plan's look at the lock, and from taking it."""
+    import errno
+    import fcntl
+
+    from artune.errors import StorageError
+    from artune.search.lock import SearchLock, held_elsewhere
+
+    (tmp_path / ".lock").write_text("")
+
+    def refused(handle, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", refused)
+    assert held_elsewhere(tmp_path) is False
+    with pytest.raises(StorageError, match=f"^{tmp_path}: the search's lock cannot be taken .*No locks available"):
+        with SearchLock(tmp_path):
+            pass
 
 
 @pytest.mark.slow

@@ -66,10 +66,8 @@ def search_directory(plan: Plan) -> Iterator[None]:
         raise SearchError(
             f"--results-dir {plan.directory.parent}: cannot create {plan.directory} ({exc.strerror or exc})"
         ) from None
-    locked = False  # a directory another process holds the lock of is that process's, whoever made it
-    try:
-        with SearchLock(plan.directory):
-            locked = True
+    with SearchLock(plan.directory):  # refused: the directory is the other process's, whoever made it
+        try:
             remove_interrupted_writes(plan)
             if plan.takeover:
                 take_over(plan)
@@ -83,10 +81,10 @@ def search_directory(plan: Plan) -> Iterator[None]:
             if plan.restore_state_from:
                 restore_saved_state(plan)
             yield
-    except BaseException:
-        if created and locked and not (plan.directory / MANIFEST_FILE).exists():
-            shutil.rmtree(plan.directory, ignore_errors=True)
-        raise
+        except BaseException:
+            if created and not (plan.directory / MANIFEST_FILE).exists():  # under the lock: no one else is in it
+                shutil.rmtree(plan.directory, ignore_errors=True)
+            raise
 
 
 def take_over(plan: Plan) -> None:

@@ -21,10 +21,7 @@ class SearchLock:
         try:
             self.handle = open(self.path, "a+")
         except OSError as exc:  # a read-only or immutable search directory, say
-            raise StorageError(
-                f"{self.path.parent}: the search's lock cannot be taken ({describe_os_error(exc)}); "
-                "the search's directory must be writable"
-            ) from None
+            raise self._refused(exc) from None
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -32,7 +29,16 @@ class SearchLock:
             raise SearchError(
                 f"search {self.path.parent.name!r} is running in another process (lock {self.path})"
             ) from None
+        except OSError as exc:  # a file system without locks (an NFS mount without its lock service, say)
+            self.handle.close()
+            raise self._refused(exc) from None
         return self
+
+    def _refused(self, exc: OSError) -> StorageError:
+        return StorageError(
+            f"{self.path.parent}: the search's lock cannot be taken ({describe_os_error(exc)}); "
+            "the search's directory must be writable, on a file system that locks files"
+        )
 
     def __exit__(self, *exc: Any) -> None:
         self.handle.close()
@@ -42,7 +48,8 @@ def held_elsewhere(directory: Path) -> bool:
     """Whether a live process holds the search's lock (the kernel drops a dead process's flock)."""
     path = directory / LOCK_FILE
     try:
-        handle = open(path)  # flock needs no write access; "r" creates nothing (a dry run writes nothing)
+        # "r+" creates nothing (a dry run writes nothing); write access, as NFS's exclusive lock needs
+        handle = open(path, "r+")
     except OSError:  # none yet, or one that cannot be opened: SearchLock says why where it takes the lock
         return False
     with handle:
@@ -50,5 +57,7 @@ def held_elsewhere(directory: Path) -> bool:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return True
+        except OSError:  # a lock this file system refuses: SearchLock says so where it takes the lock
+            return False
         fcntl.flock(handle, fcntl.LOCK_UN)
     return False
