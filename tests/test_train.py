@@ -1316,6 +1316,10 @@ def test_cli_resume_of_a_checkpoint_whose_settings_break_a_rule_or_that_is_empty
     assert main(["--checkpoint-dir", str(tmp_path), "--resume", "--epochs", "2"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: {tmp_path / CHECKPOINT_FILE}: its settings do not load (d_model must be"), line
+    state["config"]["d_model"], state["config"]["precision"] = 32, "fp16"  # a flag sets this one right
+    torch.save(state, tmp_path / CHECKPOINT_FILE)
+    assert main(["--checkpoint-dir", str(tmp_path), "--resume", "--epochs", "2", "--precision", "fp32"]) == 0
+    capsys.readouterr()
     (tmp_path / CHECKPOINT_FILE).write_bytes(b"")
     assert main(["--checkpoint-dir", str(tmp_path), "--resume", "--epochs", "2"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
@@ -1337,6 +1341,16 @@ def test_cli_dataset_file_is_recorded_absolute_and_resumes_from_another_director
     capsys.readouterr()
     assert main(["--checkpoint-dir", str(tmp_path), "--resume", "--epochs", "2"]) == 0
     assert "epoch   2  train_loss" in capsys.readouterr().out
+
+
+def test_cli_default_dataset_is_not_a_file_of_its_name_in_the_working_directory(
+    shakespeare_path, tmp_path, capsys, monkeypatch
+):
+    (tmp_path / "tiny_shakespeare").write_text("a file named as the default dataset: not the corpus")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ARTUNE_DATA_DIR", str(shakespeare_path.parent))
+    assert main(["--checkpoint-dir", str(tmp_path / "ck"), *TINY_CLI]) == 0
+    assert torch.load(tmp_path / "ck" / CHECKPOINT_FILE, weights_only=True)["config"]["dataset"] == "tiny_shakespeare"
 
 
 def test_cli_data_file_is_the_dataset_its_checkpoint_records(small_text, tmp_path, capsys):

@@ -33,9 +33,9 @@ def _config(args: Any) -> TrainConfig:
     """The run's TrainConfig: the flags given, over the settings of the checkpoint resumed (--resume) or of a
     search's trial (--from), else over TrainConfig's defaults."""
     given = {name: getattr(args, name) for name in FIELD_NAMES if getattr(args, name) is not None}
-    dataset = Path(given.get("dataset", TINY_SHAKESPEARE)).expanduser()
-    if given.get("dataset") != TINY_SHAKESPEARE and dataset.is_file():  # as the checkpoint records it: absolute, so
-        given["dataset"] = str(dataset.absolute())  # that --resume from another directory reads the same file
+    dataset = given.get("dataset", TINY_SHAKESPEARE)
+    if dataset != TINY_SHAKESPEARE and Path(dataset).expanduser().is_file():  # recorded absolute, so that a resume
+        given["dataset"] = str(Path(dataset).expanduser().absolute())  # from another directory reads the same file
     if args.trial is not None and args.from_search is None:
         raise ConfigError(f"--trial {args.trial} needs --from SEARCH")
     if args.resume and args.from_search is not None:
@@ -54,9 +54,12 @@ def _config(args: Any) -> TrainConfig:
                 "resume it with the artune that wrote it, or start afresh"
             )
         try:
-            TrainConfig.from_dict(base)
-        except ConfigError as exc:  # a damaged or hand-edited checkpoint: the file, not a flag, is to blame
-            raise CheckpointError(f"{path}: its settings do not load ({exc})") from None
+            TrainConfig.from_dict({**base, **given})  # a flag may set right what the file holds wrong
+        except ConfigError as exc:
+            try:
+                TrainConfig.from_dict(base)
+            except ConfigError:  # a damaged or hand-edited checkpoint: the file, not a flag, is to blame
+                raise CheckpointError(f"{path}: its settings do not load ({exc})") from None
     elif args.from_search is not None:
         # pyarrow and pandas only for --from: the trainer's import (in every trial) goes without them
         from artune.results import DEFAULT_RESULTS_DIR, load
