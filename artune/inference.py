@@ -304,7 +304,7 @@ def _export_tokenizer(vocab: dict[str, Any], vocab_size: int, path: Path) -> Tok
         raise CheckpointError(f"{path}: holds {len(tokens)} tokens, but the model's vocabulary has {vocab_size}")
     try:
         get_tokenizer(name)
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:  # TypeError: a name that is no string (a list, unhashable)
         raise CheckpointError(f"{path}: {exc}") from None
     if not isinstance(separator, str):
         raise CheckpointError(f"{path}: separator must be a string, but got {separator!r}")

@@ -282,6 +282,7 @@ def test_a_corrupt_export_is_one_line_naming_it(search, tmp_path):
     [
         (VOCAB_FILE, lambda v: {**v, "tokens": v["tokens"][1:]}, "tokens, but the model's vocabulary has"),
         (VOCAB_FILE, lambda v: {**v, "tokenizer": "bpe"}, "tokenizer must be one of"),
+        (VOCAB_FILE, lambda v: {**v, "tokenizer": ["character"]}, "unhashable type"),
         (VOCAB_FILE, lambda v: {**v, "separator": None}, "separator must be a string"),
         (CONFIG_FILE, lambda c: {**c, "origin": [1]}, "origin must be an object"),
     ],

@@ -84,6 +84,11 @@ def test_a_signal_to_the_drivers_group_reaches_it_while_ray_starts_apart(tmp_pat
     script = tmp_path / "apart.py"
     script.write_text(APART)
     result = subprocess.run(
-        [sys.executable, str(script), signame], capture_output=True, text=True, timeout=60, preexec_fn=os.setpgrp
+        [sys.executable, "-X", "dev", str(script), signame],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=os.setpgrp,
     )
     assert result.stdout.split() == ["interrupted", "True"], (result.stdout, result.stderr[-2000:])
+    assert "ResourceWarning" not in result.stderr, result.stderr[-2000:]  # the relay's pipes closed

@@ -108,6 +108,7 @@ def stop_relay(relay: subprocess.Popen) -> None:
     if relay.poll() is None:
         relay.kill()
         relay.wait()
+    relay.stdout.close()  # type: ignore[union-attr]
 
 
 def guard_session(directory: str) -> None:
@@ -211,7 +212,8 @@ def alive(pid: int) -> bool:
 def relay(pid: int) -> None:
     def forward(signum: int, frame: object) -> None:
         with contextlib.suppress(OSError):  # the driver gone: its stdin's end-of-file follows
-            os.kill(pid, signum)
+            if os.getpgid(pid) != os.getpgrp():  # back in this group, the driver has the signal itself
+                os.kill(pid, signum)
 
     for signum in RELAYED:
         signal.signal(signum, forward)
