@@ -299,7 +299,8 @@ class LiveStudy:
         epoch = int(metrics["epoch"])
         try:
             if epoch <= max(self.written[record.trial_id], default=0):  # back to an earlier epoch: a new attempt
-                self._restarted(self.open.pop(record.trial_id))
+                self._restarted(self.open[record.trial_id])  # (a write that fails leaves it open: ended later)
+                del self.open[record.trial_id]
                 self._open(record, intermediate_values(record, self.metric, before=epoch))
             self.storage.set_trial_intermediate_value(self.open[record.trial_id], epoch, float(value))
             self.written[record.trial_id][epoch] = float(value)

@@ -379,6 +379,39 @@ def test_a_trial_that_went_back_to_an_earlier_epoch_keeps_no_value_of_the_attemp
     )
 
 
+def test_a_restart_whose_write_fails_leaves_no_attempt_running(tmp_path, monkeypatch):
+    """The replaced attempt left the open trials before its end was written: a write that failed then (a database
+    another reader holds locked) left it RUNNING for good."""
+    from artune.study import LiveStudy
+
+    space_file = tmp_path / "s.yaml"
+    space_file.write_text(SPACE)
+    space = load_space(space_file)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    live = LiveStudy(url, "w", space, "valid_loss", "min")
+    record = TrialRecord("x", {"lr": 0.003, "seed": 0}, "running")
+    live.start(record)
+    real, failed = live.storage.set_trial_user_attr, []
+
+    def locked_once(*args):
+        if not failed:
+            failed.append(args)
+            raise RuntimeError("database is locked")
+        return real(*args)
+
+    for epoch, loss in [(1, 3.0), (2, 2.9), (3, 2.8), (1, 3.1), (2, 2.95), (3, 2.85)]:
+        if (epoch, loss) == (1, 3.1):
+            monkeypatch.setattr(live.storage, "set_trial_user_attr", locked_once)
+        record.add_epoch(epoch_row(epoch, loss))
+        live.report(record, record.epochs[epoch])
+    record.end(3)
+    live.sync([record])
+    live.settle({"x": record})
+    trials = optuna.load_study(study_name="w", storage=url).trials
+    assert failed and TrialState.RUNNING not in {t.state for t in trials}, [(t.state, t.user_attrs) for t in trials]
+    assert trials[-1].state == TrialState.COMPLETE and trials[-1].intermediate_values == {1: 3.1, 2: 2.95, 3: 2.85}
+
+
 def test_a_trial_resumed_from_a_checkpoint_behind_its_last_epoch_goes_on_with_the_epochs_before_it(tmp_path):
     """A driver killed between an epoch's study write and Tune's save of its checkpoint: the trial goes on from the
     checkpoint before, and the restart's trial holds the epochs up to it."""

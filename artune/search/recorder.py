@@ -103,15 +103,20 @@ class Recorder(tune.Callback):
             for record in self.cut_short:
                 record.status = "stopped"
             self.cut_short = []
-            self.write(force=True)
+            self.write(force=True, in_loop=False)  # Tune's loop has ended: a failure is reported, not signalled
         left = self.unfinished + len(self.cut_short)
         self.progress.close(sum(self.records[tid].status in (*ENDED, "error") for tid in self.run_trials))
         if self.storage_failure:
             return max(left, 1)  # nothing more is written: --resume, once fixed, takes the study up by trial id
-        if left:
-            self.study.pause()  # Ctrl-C: --resume continues them
-        else:
-            self.study.settle(self.records)
+        try:
+            if left:
+                self.study.pause()  # Ctrl-C: --resume continues them
+            else:
+                self.study.settle(self.records)
+        except Exception as exc:  # noqa: BLE001 - as in write: the database's errors share no useful base
+            why = study_write_error(self.storage, exc)
+            self.storage_fails(f"the Optuna study's database {self.storage} cannot be written ({why})", in_loop=False)
+            return max(left, 1)
         return left
 
     def write(self, force: bool = False, in_loop: bool = True) -> None:
