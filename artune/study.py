@@ -52,11 +52,11 @@ _STATES = {
 # A live trial's user attributes as it starts (its trial_id besides): those that its end leaves as they are
 # cost no write then (each is a database commit on the driver's thread).
 STARTED_ATTRS = {"status": "running", "epochs_completed": 0, "tokens_per_sec": None, "error": None}
-# The status and error of a trial's attempt that went back to an earlier epoch (Ray retried it from its last
-# checkpoint, or from its first where it keeps none): in the study alone, whose values cannot be taken back (the
-# tables drop the attempt's later epochs); the rest of the trial is the study's next trial of this id.
+# The status and error of a trial's attempt whose retry (from an earlier epoch: its last checkpoint, or its first
+# where it keeps none) ended before the attempt's last epoch: in the study alone, whose values cannot be taken back
+# (the tables drop the attempt's later epochs); the retry is the study's next trial of this id.
 RESTARTED_STATUS = "restarted"
-RESTARTED_ERROR = "went back to an earlier epoch (no checkpoint of its last); the study's next trial of this id goes on"
+RESTARTED_ERROR = "retried from an earlier epoch, and the retry ended sooner: the study's next trial of this id"
 
 
 def storage_url(directory: Path, storage: Optional[str] = None) -> str:
@@ -107,7 +107,7 @@ def frozen_trial(record: TrialRecord, space: SearchSpace, metric: str) -> Option
     epochs = [record.epochs[e] for e in sorted(record.epochs) if not record.epochs[e].get("diverged")]
     if state == TrialState.PRUNED and not epochs:
         return None
-    intermediate = intermediate_values(record, metric)
+    intermediate = {int(m["epoch"]): float(m[metric]) for m in epochs if finite_number(m.get(metric))}
     value = None
     if state == TrialState.COMPLETE:
         value = epochs[-1].get(metric) if epochs else None
@@ -123,15 +123,6 @@ def frozen_trial(record: TrialRecord, space: SearchSpace, metric: str) -> Option
         intermediate_values=intermediate,
         user_attrs=user_attrs(record),
     )
-
-
-def intermediate_values(record: TrialRecord, metric: str, before: Optional[int] = None) -> dict[int, float]:
-    """A trial's finite ``metric`` by epoch (its diverged epoch left out), the epochs ``before`` one where given."""
-    return {
-        int(e): float(m[metric])
-        for e, m in sorted(record.epochs.items())
-        if not m.get("diverged") and finite_number(m.get(metric)) and (before is None or e < before)
-    }
 
 
 def knobs(record: TrialRecord, space: SearchSpace) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -264,22 +255,21 @@ class LiveStudy:
                     self.storage.set_trial_state_values(self.open[trial_id], TrialState.RUNNING)
                     self.waiting.discard(trial_id)
                 return
-            self._open(record, {})
+            self._open(record)
         except Exception as exc:  # noqa: BLE001 - a live write is best effort; the trial's end writes it whole
             self._warn(exc)
 
-    def _open(self, record: TrialRecord, intermediate: dict[int, float]) -> None:
-        """A new RUNNING Optuna trial for ``record``, holding ``intermediate`` values already."""
+    def _open(self, record: TrialRecord) -> None:
+        """A new RUNNING Optuna trial for ``record``."""
         params, distributions = knobs(record, self.space)
         template = optuna.trial.create_trial(
             state=TrialState.RUNNING,
             params=params,
             distributions=distributions,
             user_attrs={**STARTED_ATTRS, "trial_id": record.trial_id},
-            intermediate_values=intermediate,
         )
         self.open[record.trial_id] = self.storage.create_new_trial(self.study_id, template_trial=template)
-        self.written[record.trial_id] = dict(intermediate)
+        self.written[record.trial_id] = {}
 
     def _restarted(self, optuna_id: int) -> None:
         """End an attempt whose epochs the trial went back on (see RESTARTED_ERROR)."""
@@ -296,12 +286,11 @@ class LiveStudy:
             self.start(record)
         if record.trial_id not in self.open:
             return
+        # An epoch at or before one written comes from a retry (from the trial's last checkpoint, or its first epoch
+        # where it keeps none): its value takes the attempt's place, as in the tables; see end() for a retry that
+        # stops short of the attempt's last epoch.
         epoch = int(metrics["epoch"])
         try:
-            if epoch <= max(self.written[record.trial_id], default=0):  # back to an earlier epoch: a new attempt
-                self._restarted(self.open[record.trial_id])  # (a write that fails leaves it open: ended later)
-                del self.open[record.trial_id]
-                self._open(record, intermediate_values(record, self.metric, before=epoch))
             self.storage.set_trial_intermediate_value(self.open[record.trial_id], epoch, float(value))
             self.written[record.trial_id][epoch] = float(value)
         except Exception as exc:  # noqa: BLE001 - as in start
@@ -328,7 +317,8 @@ class LiveStudy:
             self.study.add_trial(final)
             return True
         if final is not None and set(written) - set(final.intermediate_values):
-            # epochs the trial went back on that a live write missed (its restart's first epoch diverged, say)
+            # a retry that ended before the attempt's last epoch (ASHA, the budget): the attempt's later values cannot
+            # be taken back, so it ends as the attempt it was, and the retry is a trial of its own
             self._restarted(optuna_id)
             self.study.add_trial(final)
             return True

@@ -350,10 +350,11 @@ def test_an_errored_trial_a_resume_ran_again_that_fails_again_is_not_left_runnin
 
 
 @pytest.mark.parametrize("then", ["stopped", "completed"])
-def test_a_trial_that_went_back_to_an_earlier_epoch_keeps_no_value_of_the_attempt_it_replaced(tmp_path, then):
-    """Without checkpoints Ray retries a failed trial from epoch 1 (and a resume restarts an interrupted one so):
-    its study trial kept the failed attempt's later values, and step 1 took the retry's value over the attempt's.
-    The attempt ends FAIL as restarted, the retry is a trial of its own with the epochs the tables keep."""
+def test_a_trial_retried_from_an_earlier_epoch_holds_the_epochs_the_tables_keep(tmp_path, then):
+    """Without checkpoints Ray retries a failed trial from epoch 1 (a resume restarts an interrupted one so too).
+    A retry that reaches the attempt's last epoch takes its values' places in the same trial, as in the tables, one
+    Optuna trial per artune trial. One that ended sooner (ASHA) kept the attempt's later values, which the tables
+    had dropped: the attempt ends FAIL as restarted, and the retry is a trial of its own."""
     from artune.study import RESTARTED_ERROR, RESTARTED_STATUS, LiveStudy
 
     space_file = tmp_path / "s.yaml"
@@ -370,67 +371,27 @@ def test_a_trial_that_went_back_to_an_earlier_epoch_keeps_no_value_of_the_attemp
     record.end(3)  # ASHA stopped the retry after its first epoch, or it trained all three
     assert record.status == then
     assert live.sync([record]) == 1 and live.sync([record]) == 0
-    attempt, retry = optuna.load_study(study_name="r", storage=url).trials
-    assert (attempt.state, attempt.intermediate_values) == (TrialState.FAIL, {1: 3.0, 2: 2.9, 3: 2.8})
-    assert (attempt.user_attrs["status"], attempt.user_attrs["error"]) == (RESTARTED_STATUS, RESTARTED_ERROR)
-    assert retry.intermediate_values == frozen_trial(record, space, "valid_loss").intermediate_values
-    assert (retry.state, retry.user_attrs["status"]) == (
-        (TrialState.PRUNED, "stopped") if then == "stopped" else (TrialState.COMPLETE, "completed")
+    trials = optuna.load_study(study_name="r", storage=url).trials
+    expected = frozen_trial(record, space, "valid_loss")
+    if then == "completed":
+        (trial,) = trials
+        assert (trial.state, trial.intermediate_values, trial.value) == (
+            TrialState.COMPLETE,
+            {1: 3.1, 2: 2.95, 3: 2.85},
+            2.85,
+        )
+        return
+    attempt, retry = trials
+    assert (attempt.state, attempt.user_attrs["status"], attempt.user_attrs["error"]) == (
+        TrialState.FAIL,
+        RESTARTED_STATUS,
+        RESTARTED_ERROR,
     )
-
-
-def test_a_restart_whose_write_fails_leaves_no_attempt_running(tmp_path, monkeypatch):
-    """The replaced attempt left the open trials before its end was written: a write that failed then (a database
-    another reader holds locked) left it RUNNING for good."""
-    from artune.study import LiveStudy
-
-    space_file = tmp_path / "s.yaml"
-    space_file.write_text(SPACE)
-    space = load_space(space_file)
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    live = LiveStudy(url, "w", space, "valid_loss", "min")
-    record = TrialRecord("x", {"lr": 0.003, "seed": 0}, "running")
-    live.start(record)
-    real, failed = live.storage.set_trial_user_attr, []
-
-    def locked_once(*args):
-        if not failed:
-            failed.append(args)
-            raise RuntimeError("database is locked")
-        return real(*args)
-
-    for epoch, loss in [(1, 3.0), (2, 2.9), (3, 2.8), (1, 3.1), (2, 2.95), (3, 2.85)]:
-        if (epoch, loss) == (1, 3.1):
-            monkeypatch.setattr(live.storage, "set_trial_user_attr", locked_once)
-        record.add_epoch(epoch_row(epoch, loss))
-        live.report(record, record.epochs[epoch])
-    record.end(3)
-    live.sync([record])
-    live.settle({"x": record})
-    trials = optuna.load_study(study_name="w", storage=url).trials
-    assert failed and TrialState.RUNNING not in {t.state for t in trials}, [(t.state, t.user_attrs) for t in trials]
-    assert trials[-1].state == TrialState.COMPLETE and trials[-1].intermediate_values == {1: 3.1, 2: 2.95, 3: 2.85}
-
-
-def test_a_trial_resumed_from_a_checkpoint_behind_its_last_epoch_goes_on_with_the_epochs_before_it(tmp_path):
-    """A driver killed between an epoch's study write and Tune's save of its checkpoint: the trial goes on from the
-    checkpoint before, and the restart's trial holds the epochs up to it."""
-    from artune.study import LiveStudy
-
-    space_file = tmp_path / "s.yaml"
-    space_file.write_text(SPACE)
-    space = load_space(space_file)
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    live = LiveStudy(url, "k", space, "valid_loss", "min")
-    record = TrialRecord("x", {"lr": 0.003, "seed": 0}, "running")
-    live.start(record)
-    for epoch, loss in [(1, 3.0), (2, 2.9), (3, 2.8), (3, 2.75)]:  # epoch 3 again, from epoch 2's checkpoint
-        record.add_epoch(epoch_row(epoch, loss))
-        live.report(record, record.epochs[epoch])
-    record.end(3)
-    live.sync([record])
-    _attempt, retry = optuna.load_study(study_name="k", storage=url).trials
-    assert retry.intermediate_values == {1: 3.0, 2: 2.9, 3: 2.75} and retry.value == 2.75
+    assert (retry.state, retry.intermediate_values, retry.user_attrs["status"]) == (
+        TrialState.PRUNED,
+        expected.intermediate_values,
+        "stopped",
+    )
 
 
 def test_an_errored_trial_left_open_by_a_killed_resume_is_not_ended_twice(tmp_path):
