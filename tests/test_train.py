@@ -1425,6 +1425,58 @@ def test_auto_precision_picks_bf16_on_a_cpu_only_where_it_is_measured_faster(mon
     assert resolve_precision("auto", torch.device("cpu"), 256) == expected
 
 
+def test_the_bf16_probe_measures_one_thread_and_leaves_the_processs_threads_as_they_were(monkeypatch):
+    """On several threads, other processes' load split the probe's matmuls unevenly: auto chose bf16 or fp32 at
+    random from one process to the next on a busy machine whose bf16 matmuls are several times faster."""
+    threads_seen = []
+
+    def rate(m, k, n, dtype=torch.float32, seconds=0.2):
+        threads_seen.append(torch.get_num_threads())
+        return 2.0 if dtype == torch.bfloat16 else 1.0
+
+    monkeypatch.setattr(device_module, "matmul_rate", rate)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert device_module.cpu_bf16_speedup.__wrapped__(64) == 2.0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert threads_seen and set(threads_seen) == {1}
+
+
+def test_a_resume_under_precision_auto_goes_on_in_the_precision_its_checkpoint_trained_in(
+    small_text, tmp_path, monkeypatch
+):
+    """Another process's probe may choose otherwise (a trial's retry, train --resume): the run went on in fp32
+    after two epochs in bf16, and not as it would have."""
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(device_module, "cpu_bf16_speedup", lambda d_model: 5.0)  # this process: bf16 pays
+    config = tiny(small_text, precision="auto", epochs=3, batches_per_epoch=6)
+    straight = Trainer(config).fit()
+    assert [m["precision_used"] for m in straight] == ["bf16"] * 3
+    first = Trainer(dataclasses.replace(config, epochs=2))
+    first.fit()
+    path = first.save_checkpoint(tmp_path)
+    monkeypatch.setattr(device_module, "cpu_bf16_speedup", lambda d_model: 1.0)  # the next: it does not
+    resumed = Trainer(config)
+    assert resumed.autocast_dtype == torch.float32
+    resumed.load_checkpoint(path)
+    (third,) = resumed.fit()
+    assert third["precision_used"] == "bf16"
+    for key in ("train_loss", "valid_loss", "train_accuracy", "valid_accuracy"):
+        assert third[key] == pytest.approx(straight[2][key], abs=1e-6, rel=0), key
+    # where the run's precision is set, or this machine has no fast bf16, the resume takes its own
+    assert Trainer(dataclasses.replace(config, precision="fp32")).autocast_dtype == torch.float32
+    explicit = Trainer(dataclasses.replace(config, precision="fp32"))
+    explicit.load_checkpoint(path)
+    assert explicit.autocast_dtype == torch.float32
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: False)
+    elsewhere = Trainer(config)
+    elsewhere.load_checkpoint(path)
+    assert elsewhere.autocast_dtype == torch.float32
+
+
 @pytest.mark.parametrize(("precision", "used"), [("fp32", "fp32"), ("bf16", "bf16")])
 def test_each_epoch_says_the_precision_it_trained_in(small_text, precision, used):
     metrics = Trainer(tiny(small_text, precision=precision, epochs=1)).run_epoch()

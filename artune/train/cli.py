@@ -17,6 +17,7 @@ from artune.data import TINY_SHAKESPEARE
 from artune.errors import CheckpointError, DivergedError, StorageError, UserError
 from artune.humanize import parse_duration
 from artune.train.checkpoint import CHECKPOINT_FILE
+from artune.train.device import PRECISION_NAMES
 from artune.train.trainer import Metrics, Trainer
 
 
@@ -197,7 +198,8 @@ def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> i
         print(
             f"{trainer.model.num_parameters():,} parameters, vocabulary {trainer.corpus.vocab_size}, "
             f"{len(trainer.corpus.train):,} train / {len(trainer.corpus.valid):,} valid tokens, "
-            f"device {trainer.device}"
+            f"device {trainer.device}, precision {PRECISION_NAMES[trainer.autocast_dtype]}"
+            + (" (auto)" if config.precision == "auto" else "")
         )
 
         def report(metrics: Metrics) -> None:

@@ -12,6 +12,7 @@ from artune.config import ConfigError
 
 # What a resolved precision is called in an epoch's metrics (the precision knob's own names)
 PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+PRECISIONS = {name: dtype for dtype, name in PRECISION_NAMES.items()}
 # bf16 autocast also casts activations and keeps fp32 master weights: its matmuls must be clearly
 # faster than fp32's to make the whole step faster.
 BF16_MIN_SPEEDUP = 1.3
@@ -52,6 +53,20 @@ def resolve_precision(name: str, device: torch.device, d_model: int = 512) -> to
     return torch.float32
 
 
+def resumed_precision(saved: object, name: str, device: torch.device, resolved: torch.dtype) -> torch.dtype:
+    """A resumed run's autocast dtype: under precision 'auto', the one its checkpoint trained in (``saved``), as the
+    run would have gone on; another process's probe may choose otherwise. Not bf16 where this device lacks fast bf16
+    (a resume on other hardware, whose bits differ anyway): there, and without ``saved``, ``resolved`` stands."""
+    dtype = PRECISIONS.get(saved) if isinstance(saved, str) else None
+    if name != "auto" or dtype is None:
+        return resolved
+    if dtype == torch.bfloat16 and not (
+        _cuda_bf16(device, including_emulation=False) if device.type == "cuda" else cpu_has_native_bf16()
+    ):
+        return resolved
+    return dtype
+
+
 def _cuda_bf16(device: torch.device, including_emulation: bool = True) -> bool:
     """Whether autocast takes bf16 on this GPU (the check autocast itself makes, on this device); with
     ``including_emulation=False``, whether the GPU computes in bf16 natively."""
@@ -73,12 +88,19 @@ def matmul_rate(m: int, k: int, n: int, dtype: torch.dtype = torch.float32, seco
 
 @functools.lru_cache(maxsize=None)
 def cpu_bf16_speedup(d_model: int, tokens: int = 1024, seconds: float = 0.05) -> float:
-    """bf16 matmul throughput over fp32 on this process's threads, for a ``(tokens, d) x (d, 4d)`` product.
+    """bf16 matmul throughput over fp32 on one CPU thread, for a ``(tokens, d) x (d, 4d)`` product.
 
-    Measured once per width and process: three interleaved rounds of ``seconds`` per dtype, the best of each.
+    Measured once per width and process: three interleaved rounds of ``seconds`` per dtype, the best of each. On one
+    thread whatever the process's count: the ratio is the core's own, and on several threads other processes' load
+    splits the probe's matmuls unevenly, so that auto chose at random (docs/experiments.md, 'the bf16 probe').
     """
-    best = {torch.float32: 0.0, torch.bfloat16: 0.0}
-    for _ in range(3):
-        for dtype in best:
-            best[dtype] = max(best[dtype], matmul_rate(tokens, d_model, 4 * d_model, dtype, seconds))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        best = {torch.float32: 0.0, torch.bfloat16: 0.0}
+        for _ in range(3):
+            for dtype in best:
+                best[dtype] = max(best[dtype], matmul_rate(tokens, d_model, 4 * d_model, dtype, seconds))
+    finally:
+        torch.set_num_threads(threads)
     return best[torch.bfloat16] / best[torch.float32]

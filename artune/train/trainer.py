@@ -33,7 +33,7 @@ from artune.train.compile import (
     note_compile_did_not_pay,
     note_compile_failed,
 )
-from artune.train.device import PRECISION_NAMES, resolve_device, resolve_precision
+from artune.train.device import PRECISION_NAMES, resolve_device, resolve_precision, resumed_precision
 from artune.train.diagnostics import activation_hooks, activation_stats, param_grad_stats
 from artune.train.plan import epoch_batches, epochs_that_fit, steps_per_epoch
 from artune.train.ranks import Ranks
@@ -118,18 +118,9 @@ class Trainer:
         self.device = device if device is not None else resolve_device(config.device)
         self.autocast_dtype = resolve_precision(config.precision, self.device, config.d_model)
         torch.manual_seed(config.seed)
-        shape = model_config(config, self.corpus.vocab_size)
-        self.model = GPT(shape).to(self.device)
+        self.model = GPT(model_config(config, self.corpus.vocab_size)).to(self.device)
         self.eager = self.ranks.wrap(self.model, self.device)  # the training step's
         self.forward = self.eager  # compiled from the start, or later with compile: auto
-        self.compile_key = (
-            shape,
-            config.batch_size,
-            config.seq_len,
-            config.compile_mode,
-            self.device,
-            self.autocast_dtype,
-        )
         if config.compile is True and not self.ranks.distributed:
             self.compile()
         self.epoch_steps = steps_per_epoch(config, len(self.corpus.train))
@@ -213,6 +204,11 @@ class Trainer:
             self.optimizer.schedule = lr_lambda(self.config, total)
 
     # --- compiling
+
+    @property
+    def compile_key(self) -> tuple:  # what a compiled step is for: model shape, batch, window, mode, device, dtype
+        c = self.config
+        return (self.model.cfg, c.batch_size, c.seq_len, c.compile_mode, self.device, self.autocast_dtype)
 
     def compile(self) -> None:
         """Train through torch.compile from the next step on (validation and sampling stay eager)."""
@@ -459,6 +455,7 @@ class Trainer:
             "compile_declined": self._compile_declined,
             "plan_base": list(self.plan_base),
             "total_steps": self.total_steps,  # the plan a deadline may have shortened
+            "precision_used": PRECISION_NAMES[self.autocast_dtype],  # what precision auto resolved to
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": checkpoint.rng_states(self.generator, self.device),
@@ -475,11 +472,14 @@ class Trainer:
         self.report_seconds = float(state.get("report_seconds") or 0.0)  # absent in older checkpoints
         self._eager_rate = state.get("eager_tokens_per_sec")
         self._compile_declined = bool(state.get("compile_declined", False))
-        # The schedule is planned again over this run's epochs, from the step the checkpoint reached. With
-        # the epoch size it was trained at, the plan is the one an uninterrupted run has; with another
-        # (batches_per_epoch or compile changed), the remaining epochs are counted at the new size.
-        # A plan a deadline shortened is the uninterrupted run's too (its epochs unchanged): kept, so that the next
-        # epoch lengthens it by the same rule (fit plans the whole run again where no deadline comes).
+        used = resumed_precision(state.get("precision_used"), self.config.precision, self.device, self.autocast_dtype)
+        if used != self.autocast_dtype:  # auto's probe chose otherwise here: the run goes on as it trained
+            self.autocast_dtype = used
+            if self.compiled:
+                self.compile()  # for this dtype
+        # The schedule is planned again from the step the checkpoint reached: at the epoch size it trained at, as an
+        # uninterrupted run plans it (a plan a deadline shortened is kept: the next epoch lengthens it by the same
+        # rule); at another (batches_per_epoch or compile changed), the epochs left are counted at the new size.
         saved_total = state.get("total_steps")  # absent in older checkpoints
         if checkpoint.saved_epoch_steps(state, self.config, len(self.corpus.train)) == self.epoch_steps:
             self.plan_base = tuple(int(v) for v in state.get("plan_base", (0, 0)))
