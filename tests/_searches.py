@@ -262,8 +262,9 @@ class Search:
         moment a few epochs long then cannot pass between two looks however fast the machine (a tiny trial's epoch
         can take a tenth of a second; seen passing unseen at 0.2-s polling). Returns with the workers frozen: the
         caller kills the driver (``reap`` ends them: SIGKILL ends a stopped process), or brings its fault and then
-        ``release``s them."""
-        deadline = time.monotonic() + timeout
+        ``release``s them. ``timeout`` counts the time the workers run: held, they run ``SLICE_S`` of every
+        ``SLICE_S + CATCH_UP_S``, so the wall-clock wait is that many times longer (a hang guard, on any machine)."""
+        deadline = time.monotonic() + timeout * (self.SLICE_S + self.CATCH_UP_S) / self.SLICE_S
         while True:
             frozen = signal_workers(ray_tmpdir, signal.SIGSTOP)
             time.sleep(self.CATCH_UP_S)  # the driver takes in what the workers reported before they stopped

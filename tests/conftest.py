@@ -86,7 +86,7 @@ def smoke_search(tmp_path_factory, shakespeare_path):
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1200,  # a hang guard: under 2 minutes on 2 cores, several times that on one slow core
         env=os.environ.copy(),
     )
     return result, results_dir / "smoke"

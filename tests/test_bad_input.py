@@ -282,9 +282,9 @@ def test_compile_without_a_cpp_compiler_is_refused_before_any_trial(refused):
 
 def test_a_ray_client_address_is_refused_naming_the_ways_that_work(refused):
     """Through Ray's client, Tune (and the callback that writes the tables) would run on the cluster."""
-    result, _, seconds = refused["outcome"]["ray_client"]
+    result, _, _ = refused["outcome"]["ray_client"]
     check(refused, "ray_client", "ray://127.0.0.1:", "ray job submit", "--address HOST:6379")
-    assert seconds < 15
+    assert result.stdout == "", result.stdout  # refused with the plan, before any word of Ray (or a connection)
 
 
 # --- cases that start Ray or a search
@@ -293,7 +293,6 @@ def test_a_ray_client_address_is_refused_naming_the_ways_that_work(refused):
 @pytest.fixture(scope="module")
 def gpu_refusal(tmp_path_factory, small_corpus, ray_tmpdir):
     results = tmp_path_factory.mktemp("gpu") / "results"
-    start = time.monotonic()
     result = cli(
         str(SMOKE),
         "--gpus-per-trial",
@@ -305,14 +304,14 @@ def gpu_refusal(tmp_path_factory, small_corpus, ray_tmpdir):
         "--data",
         str(small_corpus),
         env={"RAY_ADDRESS": ""},
-        timeout=120,
+        timeout=900,  # a hang guard: a local Ray instance starts and stops (tens of seconds on a slow machine)
     )
-    return result, results, time.monotonic() - start, wait_for_ray_to_end(ray_tmpdir)
+    return result, results, wait_for_ray_to_end(ray_tmpdir)
 
 
 @pytest.mark.slow
 def test_gpus_per_trial_on_a_cluster_without_gpus_is_refused_before_any_trial(gpu_refusal):
-    result, results, seconds, left = gpu_refusal
+    result, results, left = gpu_refusal
     assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-2000:])
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
@@ -322,7 +321,6 @@ def test_gpus_per_trial_on_a_cluster_without_gpus_is_refused_before_any_trial(gp
     assert " epoch " not in result.stdout  # no trial ran
     assert not results.exists() or not any(results.iterdir())
     assert left == 0, "the local Ray instance outlived the refused command"
-    assert seconds < 90
 
 
 @pytest.mark.slow

@@ -18,8 +18,8 @@ def cluster(private_ray_tmpdir, monkeypatch):
     # A head and a worker node, each its own set of processes (GCS, raylet, workers), one CPU each.
     head = {"num_cpus": 1, "include_dashboard": False}
     cluster = cluster_utils.Cluster(initialize_head=True, head_node_args=head)
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
+    cluster.add_node(num_cpus=1, wait=False)
+    cluster.wait_for_nodes(timeout=300)  # cluster_utils waits 30 s by default: a slow machine's node may take longer
     yield cluster
     cluster.shutdown()
 

@@ -331,10 +331,12 @@ def test_a_resumed_driver_records_its_results_its_ctrl_c_and_its_time_budget(tmp
     # A budget that holds a resume's start-up and its first epochs on this machine, however fast it is: twice
     # what the last resume took to train two.
     budget = max(30, math.ceil(2 * pace))
-    started = time.monotonic()
     search = Search("--resume", "--time-budget", f"{budget}s", *common, env=CHAIN_ENV)
-    assert search.finish(max(120, 4 * budget)) == 0, search.stderr[-2000:]
-    assert time.monotonic() - started < budget + max(20, pace)  # the resumed run's budget ended it
+    assert search.finish(max(600, 4 * budget)) == 0, search.stderr[-2000:]
+    # the resumed run's budget ended it: by the driver's own clock (the interpreter's imports and Ray's shutdown,
+    # outside it, move with the machine's load)
+    timings = json.loads((directory / MANIFEST_FILE).read_text())["timings"]
+    assert timings["startup_s"] + timings["tuning_s"] < budget + max(20, pace), timings
     trials, rows = tables(directory)
     assert len(trials) == 2 and set(trials["status"]) == {"stopped"}, trials[["trial_id", "status"]]
     for trial_id in trials["trial_id"]:
@@ -641,8 +643,8 @@ def cluster(ray_tmpdir):
     cluster = cluster_utils.Cluster(
         initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1, "include_dashboard": False}
     )
-    worker = cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
+    worker = cluster.add_node(num_cpus=1, wait=False)
+    cluster.wait_for_nodes(timeout=300)  # cluster_utils waits 30 s by default: a slow machine's node may take longer
     yield cluster, worker
     cluster.shutdown()
     reap(ray_tmpdir)
@@ -711,7 +713,7 @@ def test_a_node_lost_mid_search_costs_no_trial(cluster, tmp_path, small_corpus, 
     search.hold_at(two_trials_mid_training, 240, f"two trials between epoch 2 and {LOST_EPOCHS - 3}", ray_tmpdir)
     cluster.remove_node(worker)
     search.release(ray_tmpdir)
-    rc = search.finish(300)
+    rc = search.finish(900)  # a hang guard: the rest trains on the head's one CPU
     assert rc == 0, search.stderr[-3000:]
     assert_every_trial_completed_once(tmp_path / "lost", 3, LOST_EPOCHS)
     state = tune_state(tmp_path / "lost")

@@ -30,7 +30,7 @@ def test_gpu_check_dry_run_on_cpu(shakespeare_path, tmp_path):
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,  # a hang guard: two compilations on a slow machine's one core
         env={**os.environ, "ARTUNE_DATA_DIR": str(shakespeare_path.parent)},
     )
     assert result.returncode == 0, result.stderr[-2000:]

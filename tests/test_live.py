@@ -58,7 +58,7 @@ def live(tmp_path_factory, shakespeare_path, ray_tmpdir):
     database = results / "live" / "optuna.db"
     # the trials held between looks (hold_at), so that a trial's running epochs cannot pass unseen however fast
     # the machine; the search fails the fixture where it ends first
-    search.hold_at(lambda: running_with_a_value(database), 600, "a running trial with a value", ray_tmpdir)
+    search.hold_at(lambda: running_with_a_value(database), 300, "a running trial with a value", ray_tmpdir)
     seen = running_with_a_value(database)
     search.release(ray_tmpdir)
     rc = search.finish(600)

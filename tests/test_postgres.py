@@ -187,7 +187,7 @@ def test_two_searches_share_one_database_and_an_extend_grows_one(server, space):
 
 def test_resume_after_the_driver_was_killed_leaves_the_study_truthful(server, space, ray_tmpdir):
     search = Search(*search_args(space, "pg-kill", server.url))
-    search.hold_at(lambda: sum(map(len, search.epochs().values())) >= 1, 600, "a first epoch", ray_tmpdir)
+    search.hold_at(lambda: sum(map(len, search.epochs().values())) >= 1, 300, "a first epoch", ray_tmpdir)
     os.killpg(search.proc.pid, signal.SIGKILL)
     search.finish(60)
     reap(ray_tmpdir)  # the killed driver's Ray processes
@@ -218,7 +218,7 @@ def test_a_server_that_never_answers_is_one_line_after_the_connect_timeout(space
 
 def test_a_server_lost_mid_search_ends_in_one_line_and_resume_finishes_it(server, space, ray_tmpdir):
     search = Search(*search_args(space, "pg-lost", server.url))
-    search.hold_at(lambda: sum(map(len, search.epochs().values())) >= 1, 600, "a first epoch", ray_tmpdir)
+    search.hold_at(lambda: sum(map(len, search.epochs().values())) >= 1, 300, "a first epoch", ray_tmpdir)
     server.stop()
     search.release(ray_tmpdir)
     try:

@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "search_spaces" / "smoke.yaml"
 
 
-def cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+def cli(*args: str, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The search CLI run to its end; ``timeout`` is a hang guard, generous for a slow machine's one core."""
     return subprocess.run(
         [sys.executable, "-m", "artune.search", *args],
         cwd=REPO,
@@ -960,11 +961,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_an_address_where_nothing_listens_fails_within_15_seconds(tmp_path):
-    start = time.monotonic()
-    result = cli(str(SMOKE), "--address", f"127.0.0.1:{free_port()}", "--results-dir", str(tmp_path), timeout=60)
-    assert time.monotonic() - start < 15
+def test_an_address_where_nothing_listens_fails_before_ray_is_asked(tmp_path):
+    """Ray's own connection retries a dead address for minutes: artune's probe refuses it with the plan."""
+    result = cli(str(SMOKE), "--address", f"127.0.0.1:{free_port()}", "--results-dir", str(tmp_path), timeout=120)
     assert_one_error_line(result, "nothing answers there")
+    assert result.stdout == "", result.stdout  # no plan, no "connecting to": ray.init never ran
 
 
 def test_address_auto_where_nothing_answers_fails_in_seconds_naming_rays_choice(tmp_path):
@@ -1020,7 +1021,7 @@ def test_a_ctrl_c_before_the_search_began_leaves_nothing_and_the_name_free(tmp_p
     assert session.exists() and process.poll() is None, "the search never began ray.init"
     assert not (results / "early" / "manifest.json").exists()
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    _, err = process.communicate(timeout=300)  # a hang guard: Ray's start, then its stop, on a slow machine
     assert process.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "interrupted before the search began: nothing was written" in err, err[-3000:]
     assert not (results / "early").exists()
@@ -1235,7 +1236,7 @@ def test_an_extend_interrupted_before_it_began_says_nothing_was_added(tmp_path, 
     os.killpg(search.proc.pid, signal.SIGINT)  # the terminal's Ctrl-C: to the job's process group
     search.proc.send_signal(signal.SIGCONT)
     assert not began, "the interrupt came after the extension began"
-    assert search.finish(120) == 130, search.stderr[-3000:]
+    assert search.finish(300) == 130, (search.stdout[-3000:], search.stderr[-3000:])
     assert search.stderr.strip().splitlines()[-1] == (
         "interrupted before the extension began: nothing was added; run the --extend command again"
     ), search.stderr[-3000:]

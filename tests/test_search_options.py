@@ -88,16 +88,20 @@ def test_time_budget_ends_the_search_and_reports_the_budget_spent(tmp_path, shak
     batches = max(1500, math.ceil(1500 * 2 * slack / epoch_s))
     epoch_s *= batches / 1500
     budget = math.ceil(wall - outside_s + epoch_s * 2.5)  # a trial's start-up and first epoch, then 1.5 epochs more
-    start = time.monotonic()
     result = cli(
         str(SMOKE),
         *("--results-dir", str(tmp_path), "--name", "budget", "--data", str(shakespeare_path)),
         *("--num-samples", "50", "--epochs", "20", "--set", f"batches_per_epoch={batches}"),
         *("--time-budget", f"{budget}s"),
+        timeout=budget + 900,  # a hang guard only: the budget follows this machine's pace
     )
-    wall = time.monotonic() - start
     assert result.returncode == 0, result.stderr[-3000:]
-    assert wall < budget + slack, f"the search ran {wall:.0f} s on a {budget} s budget (epochs of {epoch_s:.0f} s)"
+    # The budget holds the command's start-up and its tuning (the driver's own clock, in the manifest); the time
+    # outside them (the interpreter's imports, Ray's shutdown) moves with the machine's load, so it is left out
+    # here, and so is the slack kept for it: 3 s for the noise, against epochs at least twice the slack.
+    timings = json.loads((tmp_path / "budget" / "manifest.json").read_text())["timings"]
+    spent = timings["startup_s"] + timings["tuning_s"]
+    assert spent < budget + 3.0, f"the search spent {spent:.1f} s of a {budget} s budget (epochs of {epoch_s:.0f} s)"
     assert f"time budget {budget} s: used " in result.stdout
     assert "of the budget)" in result.stdout and "best trial " in result.stdout
     results = load(tmp_path / "budget")

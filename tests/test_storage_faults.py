@@ -94,7 +94,13 @@ def run_until_the_storage_fails(
 ) -> tuple[Search, int, list[str]]:
     search = Search(inputs["space"], "--name", "s", "--results-dir", str(results), "--data", inputs["data"])
     # held, so that the search still has epochs to write when the storage breaks, however fast the machine
-    search.hold_at(lambda: sum(map(len, search.epochs().values())) >= 1, 600, "a first epoch", ray_tmpdir)
+    # the epoch line is printed just before the tables are first written
+    search.hold_at(
+        lambda: sum(map(len, search.epochs().values())) >= 1 and (results / "s" / "trials.parquet").exists(),
+        300,
+        "a first epoch in the tables",
+        ray_tmpdir,
+    )
     trials_before = (results / "s" / "trials.parquet").read_bytes()
     break_storage()
     search.release(ray_tmpdir)

@@ -225,7 +225,8 @@ def test_compile_auto_switches_to_the_compiled_model_between_epochs(small_text, 
     # the pace a deadline plans by leaves the compilation (in the epoch's first step, seconds against the
     # milliseconds of 4 steps) out: judged against that epoch's own seconds, not against another epoch's pace,
     # which a moment's stall of this machine could make as slow
-    assert paces[1] < history[1]["seconds"] / 3 and paces[2] < history[1]["seconds"] / 3
+    assert paces[1] < history[1]["seconds"] / 3
+    assert paces[2] == pytest.approx(history[2]["seconds"], abs=0.01)  # epoch 3 compiled nothing: its pace is its own
     eager = Trainer(dataclasses.replace(config, compile=False)).fit()
     assert [m["train_loss"] for m in history] == pytest.approx([m["train_loss"] for m in eager], rel=1e-3)
     assert not any(m["compiled"] for m in eager)
