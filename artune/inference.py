@@ -261,6 +261,8 @@ def write_export(loaded: LoadedModel, out: str | os.PathLike) -> Path:
         vocab = {"tokenizer": loaded.tokenizer.name, "separator": loaded.tokenizer.separator}
         (staging / VOCAB_FILE).write_text(json.dumps({**vocab, "tokens": loaded.tokenizer.vocabulary.itos}) + "\n")
         (staging / CARD_FILE).write_text(model_card(loaded), encoding="utf-8")  # a prompt or sample in any script
+        # safetensors writes its file for its owner alone: readable as the export's other files are (the umask's)
+        os.chmod(staging / WEIGHTS_FILE, (staging / CONFIG_FILE).stat().st_mode & 0o777)
         os.replace(staging, out)  # onto an empty directory too
     finally:
         shutil.rmtree(staging, ignore_errors=True)

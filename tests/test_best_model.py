@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -131,11 +132,21 @@ def test_drawn_text_is_seeded_and_kept_to_the_top_k(search):
     assert loaded.generate("ROMEO:", 30, temperature=1e-300, seed=7) == loaded.generate("ROMEO:", 30)
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_an_export_samples_the_same_text_and_loads_without_ray(search, tmp_path):
     out = tmp_path / "model"
     exported = run("artune.export", search, out)
     assert exported.returncode == 0, exported.stderr
     assert sorted(p.name for p in out.iterdir()) == ["README.md", CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE]
+    # safetensors wrote the weights for their owner alone (0600): a serving process of another user could not read
+    assert {(out / name).stat().st_mode & 0o777 for name in (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE)} == {
+        0o666 & ~current_umask()
+    }
     assert json.loads((out / VOCAB_FILE).read_text())["tokenizer"] == "character"
     card = (out / "README.md").read_text()
     corpus = json.loads((search / MANIFEST_FILE).read_text())["corpus"]
