@@ -86,6 +86,15 @@ def test_with_fixed_coerces_and_moves_searched_knobs(tmp_path: Path) -> None:
         space.with_fixed({"seq_len": "abc"})
     with pytest.raises(SpaceError, match="--epochs"):
         space.with_fixed({"epochs": "3"})
+    # a fixed value that breaks its rule whatever is sampled is wrong on its own: said so, not as one of the sampled
+    # configs ("a config this space can sample is invalid ... (and 31 more such configs)")
+    smoke = load_space(Path(__file__).resolve().parent.parent / "search_spaces" / "smoke.yaml")
+    with pytest.raises(SpaceError) as refused_alone:
+        smoke.with_fixed({"precision": "bf61"}).check_configs()
+    assert str(refused_alone.value) == (
+        "--set precision=bf61: fixed.precision: precision must be one of auto, fp32, bf16, but got 'bf61' "
+        "(did you mean 'bf16'?)"
+    )
     with pytest.raises(SpaceError, match="can never hold"):
         load_space(write(tmp_path, CONDITIONAL, "c.yaml")).with_fixed({"optimizer": "adam"})
 

@@ -49,6 +49,9 @@ def check_configs(space: SearchSpace) -> None:
                 found.setdefault(_blame(space, message, sampled), []).append(message)
     errors = Errors()
     for (where, key_name), messages in found.items():
+        if key_name.startswith("fixed.") and len(set(messages)) == 1:  # the fixed value alone breaks the rule
+            errors.add(where, key_name, messages[0])
+            continue
         more = f" (and {len(messages) - 1} more such configs)" if len(messages) > 1 else ""
         errors.add(where, key_name, f"a config this space can sample is invalid: {messages[0]}{more}")
     errors.raise_if_any()
