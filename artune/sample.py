@@ -84,7 +84,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         drawn_only = [f for f, v in (("--top-k", args.top_k), ("--seed", args.seed)) if v is not None]
         if drawn_only and args.temperature == 0:  # greedy decoding takes the likeliest token: nothing is drawn
             raise UserError(
-                f"{' and '.join(drawn_only)} shape the draws of --temperature: give --temperature T > 0 too"
+                f"{' and '.join(drawn_only)} {'shape' if len(drawn_only) > 1 else 'shapes'} the draws of "
+                "--temperature: give --temperature T > 0 too"
             )
         loaded = open_model(args.search, args.trial, args.results_dir, _device(args.device))
         print(describe(loaded), file=sys.stderr, flush=True)

@@ -255,6 +255,8 @@ def test_a_path_that_is_neither_a_search_nor_an_export_is_one_line_saying_where_
 def test_top_k_or_seed_without_a_temperature_is_one_line_not_silently_greedy(search):
     line = one_error_line(run("artune.sample", search, "--top-k", "5", "--seed", "1"))
     assert line == "error: --top-k and --seed shape the draws of --temperature: give --temperature T > 0 too"
+    line = one_error_line(run("artune.sample", search, "--seed", "1"))
+    assert line == "error: --seed shapes the draws of --temperature: give --temperature T > 0 too"
 
 
 def test_an_export_target_that_is_not_empty_is_left_alone(search, tmp_path):
