@@ -929,7 +929,10 @@ def test_resume_settles_trials_tune_saved_as_ended_or_never_saved(tmp_path, smal
         ended = []
         for i, (trial_json, runtime_json) in enumerate(state["trial_data"]):
             trial = json.loads(trial_json)
-            if trial["trial_id"] in running and (directory / "tune" / trial["trial_id"] / "result.json").exists():
+            result = directory / "tune" / trial["trial_id"] / "result.json"
+            # with a result in it: Ray makes the file as the trial starts (a busy machine's trial may have none yet),
+            # and the trial copied from this one below must have an epoch for the resume to take into the tables
+            if trial["trial_id"] in running and result.exists() and result.read_text().strip():
                 ended.append(trial["trial_id"])
                 state["trial_data"][i] = [json.dumps({**trial, "status": "TERMINATED"}), runtime_json]
         if not ended:
