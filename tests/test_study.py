@@ -325,9 +325,8 @@ def test_a_killed_drivers_running_trial_is_ended_by_the_next_run_and_one_never_c
     assert trials[0].intermediate_values == {1: 3.0} and trials[1].intermediate_values == {1: 3.0}
 
 
-def test_an_errored_trial_a_resume_ran_again_that_fails_again_is_not_left_running(tmp_path):
-    """--resume runs errored trials again; one that failed again stayed RUNNING in the study for ever (its end and
-    the search's settling took the known (trial, error) pair for done)."""
+def a_study_with_an_errored_trial(tmp_path):
+    """A search's study (its url and space) in which trial x started, then ended in an error: what a resume finds."""
     from artune.study import LiveStudy
 
     space_file = tmp_path / "s.yaml"
@@ -339,6 +338,15 @@ def test_an_errored_trial_a_resume_ran_again_that_fails_again_is_not_left_runnin
     first.start(record)
     record.status, record.error = "error", "RuntimeError: boom"
     assert first.sync([record]) == 1
+    return url, space, record
+
+
+def test_an_errored_trial_a_resume_ran_again_that_fails_again_is_not_left_running(tmp_path):
+    """--resume runs errored trials again; one that failed again stayed RUNNING in the study for ever (its end and
+    the search's settling took the known (trial, error) pair for done)."""
+    from artune.study import LiveStudy
+
+    url, space, record = a_study_with_an_errored_trial(tmp_path)
     resumed = LiveStudy(url, "e", space, "valid_loss", "min")
     record.status, record.error = "running", None  # the Recorder's on_trial_start
     resumed.start(record)
@@ -399,15 +407,7 @@ def test_an_errored_trial_left_open_by_a_killed_resume_is_not_ended_twice(tmp_pa
     saying error: the next run's first sync ended that open trial as the old error, and its restart opened another."""
     from artune.study import LiveStudy
 
-    space_file = tmp_path / "s.yaml"
-    space_file.write_text(SPACE)
-    space = load_space(space_file)
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    record = TrialRecord("x", {"lr": 0.003, "seed": 0}, "running")
-    first = LiveStudy(url, "e", space, "valid_loss", "min")
-    first.start(record)
-    record.status, record.error = "error", "RuntimeError: boom"
-    first.sync([record])
+    url, space, record = a_study_with_an_errored_trial(tmp_path)
     killed = LiveStudy(url, "e", space, "valid_loss", "min")
     record.status = "running"
     killed.start(record)  # then the driver dies; the tables still say error
