@@ -34,6 +34,14 @@ class ResultsError(UserError):
     """A results directory, table or metric cannot be read. The message names the file or value and the fix."""
 
 
+class ResultsNotFound(ResultsError, FileNotFoundError):
+    """No search's tables where a search was named; a FileNotFoundError too. ``where``: where it looked."""
+
+    def __init__(self, message: str, where: str) -> None:
+        super().__init__(message)
+        self.where = where
+
+
 class CorpusError(UserError):
     """A corpus cannot be found, fetched, read or used. The message names the file, rule and value."""
 

@@ -222,6 +222,10 @@ def write_plots(
         if results.path is None:
             raise ResultsError("compared searches have no directory of their own: pass write_plots(..., directory=DIR)")
         directory = results.path
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ResultsError(f"{directory}: the figures cannot be written there ({exc.strerror or exc})") from None
     paths = []
     for filename, plot in zip(PLOT_FILES, (learning_curves, metric_vs_knobs, parallel_coordinates)):
         path = Path(directory) / filename

@@ -120,6 +120,20 @@ def test_load_by_name_under_results_dir(search: Path) -> None:
 def test_load_of_a_missing_search_names_both_places(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"no trials\.parquet in nowhere or .*nowhere"):
         load("nowhere", results_dir=tmp_path)
+    with pytest.raises(ResultsError, match=r"no trials\.parquet in nowhere"):  # a notebook's except ResultsError
+        load("nowhere", results_dir=tmp_path)
+
+
+def test_a_trial_without_an_epoch_has_the_searchs_workers_and_no_seconds(tmp_path: Path) -> None:
+    """An errored trial that trained no epoch had no workers (the column became float64 with NaN in pandas, the
+    good trials' counts too) and NaN seconds."""
+    write_tables(tmp_path, fx.records())  # t5: an error before its first epoch
+    write_json_atomic(fx.manifest(), tmp_path / MANIFEST_FILE)
+    trials = load(tmp_path).trials.set_index("trial_id")
+    assert trials["workers"].dtype == np.int64 and trials.loc["t5", "workers"] == 1
+    assert trials.loc["t5", "seconds"] == 0.0 and trials.loc["t0", "seconds"] == 8.0
+    write_tables(tmp_path, fx.records(), workers=2)  # a data-parallel search: the trial was to have two
+    assert load(tmp_path).trials.set_index("trial_id").loc["t5", "workers"] == 2
 
 
 def test_load_of_a_corrupt_table_names_the_file(tmp_path: Path) -> None:
@@ -216,6 +230,33 @@ def test_unknown_metric_lists_the_choices(search: Path) -> None:
     # the progress lines' short name for an accuracy
     with pytest.raises(ResultsError, match=r"unknown metric 'valid_acc' \(did you mean 'valid_accuracy'\?\)"):
         load(search).best(1, metric="valid_acc")
+
+
+def test_metric_errors_count_the_per_layer_statistics_and_suggest_a_name(tmp_path: Path) -> None:
+    """With per-layer statistics logged, an unknown metric's line listed every grad_norm/... column (1,600
+    characters); the learning curves' error gave no "did you mean"; workers, a resource, was offered as a metric."""
+    records = fx.records()
+    for record in records:
+        for metrics in record.epochs.values():
+            metrics.update({"grad_norm/total": 1.0, "grad_norm/blocks.0": 0.5, "param_norm/blocks.0": 2.0})
+    write_tables(tmp_path, records)
+    write_json_atomic(fx.manifest(), tmp_path / MANIFEST_FILE)
+    results = load(tmp_path)
+    with pytest.raises(ResultsError) as error:
+        results.best(1, metric="valid_perplexity")
+    message = str(error.value)
+    assert "and 3 per-layer statistics (grad_norm/..., param_norm/...)" in message and "blocks.0" not in message
+    assert "valid_loss" in message and "workers" not in message
+    with pytest.raises(ResultsError, match="unknown metric 'workers'"):
+        results.best(1, metric="workers")
+    with pytest.raises(ResultsError, match=r"no per-epoch values of 'valid_acc' \(did you mean 'valid_accuracy'\?\)"):
+        learning_curves(results, "valid_acc")
+
+
+def test_active_of_an_unknown_knob_is_refused(search: Path) -> None:
+    """A typo in the knob's name answered that every trial had sampled it."""
+    with pytest.raises(ResultsError, match=r"unknown knob 'd_modle' \(did you mean 'd_model'\?\)"):
+        load(search).active("d_modle")
 
 
 def test_curves_pivot_epochs_per_trial(search: Path) -> None:
@@ -529,6 +570,15 @@ def test_a_trial_with_an_infinite_metric_is_left_out_of_the_plots_colours_and_co
     assert colorbar.get_ylim() == pytest.approx((finite.min(), finite.max()))
     panel = [a for a in metric_vs_knobs(results).axes if a.axison][0]
     assert len(panel.collections[0].get_offsets()) == 4
+
+
+def test_plots_are_written_into_a_directory_made_for_them(search: Path, tmp_path: Path) -> None:
+    """A directory that did not exist failed on a hidden temporary file's name; one that cannot be made is named."""
+    paths = write_plots(load(search), directory=tmp_path / "figures" / "today")
+    assert [p.name for p in paths] == list(PLOT_FILES) and all(p.stat().st_size > 5000 for p in paths)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ResultsError, match=r"a_file/figures: the figures cannot be written there"):
+        write_plots(load(search), directory=tmp_path / "a_file" / "figures")
 
 
 def test_plots_of_compared_searches_need_a_directory(search: Path, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from artune.config import AUTO_SWITCHES, FIELD_NAMES, TrainConfig, field_type
-from artune.errors import ResultsError
+from artune.errors import ResultsError, ResultsNotFound
 from artune.humanize import did_you_mean
 from artune.results.tables import (
     DEFAULT_RESULTS_DIR,
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 # The metrics that get better as they rise; every other (losses, seconds) gets better as it falls.
 # Used only for a metric other than the search's own, whose direction manifest.json records.
 _RISING = ("accuracy", "tokens_per_sec", "epochs_completed", "tokens_seen")
-_NOT_METRICS = {"trial_id", "epoch", "config_id", "search", *FIELD_NAMES}
+_NOT_METRICS = {"trial_id", "epoch", "config_id", "search", "workers", *FIELD_NAMES}
 
 
 @dataclass
@@ -78,6 +78,9 @@ class SearchResults:
         fixed one or TrainConfig's default), which the search did not choose; plots leave it out."""
         import pandas as pd
 
+        if knob not in FIELD_NAMES:
+            hint = did_you_mean(knob, FIELD_NAMES)
+            raise ResultsError(f"unknown knob {knob!r}{hint}: expected a TrainConfig field, as the tables' columns")
         by_search = self.manifest.get("by_search")
         if by_search is None:
             return self._conditions_hold(self.manifest.get("conditions", {}).get(knob, {}))
@@ -140,9 +143,8 @@ class SearchResults:
             values = self.trials[keys].merge(per_trial.reset_index(), on=keys, how="left")[f"best_{metric}"]
             return f"best_{metric}", values.set_axis(self.trials.index)
         choices = self._metric_choices()
-        # the progress lines' short names (valid_acc) as the columns' (valid_accuracy)
-        hint = did_you_mean(metric.replace("_acc", "_accuracy") if metric.endswith("_acc") else metric, choices)
-        raise ResultsError(f"unknown metric {metric!r}{hint}: expected one of {', '.join(choices)}")
+        hint = _metric_hint(metric, choices)
+        raise ResultsError(f"unknown metric {metric!r}{hint}: expected one of {_listed(choices)}")
 
     def epoch_metric(self, metric: Optional[str] = None) -> str:
         """The epochs column behind ``metric``: ``valid_loss`` for valid_loss, best_valid_loss or last_valid_loss."""
@@ -151,7 +153,8 @@ class SearchResults:
         for candidate in (metric, metric.removeprefix("best_"), metric.removeprefix("last_")):
             if candidate in columns:
                 return candidate
-        raise ResultsError(f"no per-epoch values of {metric!r}: expected one of {', '.join(columns)}")
+        hint = _metric_hint(metric, columns)
+        raise ResultsError(f"no per-epoch values of {metric!r}{hint}: expected one of {_listed(columns)}")
 
     def best(self, k: int = 1, metric: Optional[str] = None) -> pd.DataFrame:
         """The ``k`` best trials, best first, by the search's metric and mode (trials without a value left out).
@@ -280,6 +283,18 @@ class SearchResults:
         return list(dict.fromkeys([*_numeric_columns(self.epochs), *_numeric_columns(self.trials)]))
 
 
+def _metric_hint(metric: str, choices: list[str]) -> str:
+    # the progress lines' short names (valid_acc) as the columns' (valid_accuracy)
+    return did_you_mean(metric.replace("_acc", "_accuracy") if metric.endswith("_acc") else metric, choices)
+
+
+def _listed(choices: list[str]) -> str:
+    """The metrics by name, the per-layer statistics (``grad_norm/...``: dozens, when logged) counted instead."""
+    named = [c for c in choices if "/" not in c]
+    layers = len(choices) - len(named)
+    return ", ".join(named) + (f" and {layers} per-layer statistics (grad_norm/..., param_norm/...)" if layers else "")
+
+
 def _plain(value: Any) -> Any:
     """A table cell as TrainConfig takes it: None for pandas' missing values, Python scalars for numpy's."""
     import pandas as pd
@@ -308,9 +323,7 @@ def resolve_results_path(path_or_name: str | os.PathLike, results_dir: str | os.
     if (candidate / TRIALS_FILE).exists():
         return candidate
     where = f"{path}" if candidate == path else f"{path} or {candidate}"
-    error = FileNotFoundError(f"no {TRIALS_FILE} in {where}: is it a finished or running search?")
-    error.where = where  # where it looked, for a caller's own message (its str stays the message)
-    raise error
+    raise ResultsNotFound(f"no {TRIALS_FILE} in {where}: is it a finished or running search?", where)
 
 
 def load(path_or_name: str | os.PathLike, results_dir: str | os.PathLike = DEFAULT_RESULTS_DIR) -> SearchResults:

@@ -131,7 +131,8 @@ class TrialRecord:
         if self.status != "diverged":
             self.status = "completed" if len(self.epochs) >= epochs else "stopped"
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, workers: int = 1) -> dict[str, Any]:
+        """The trial's row of trials.parquet; ``workers``: the search's, for a trial that trained no epoch."""
         rows = [self.epochs[e] for e in sorted(self.epochs) if not self.epochs[e].get("diverged")]
         valid_loss = [r["valid_loss"] for r in rows if finite_number(r.get("valid_loss"))]
         valid_acc = [r["valid_accuracy"] for r in rows if finite_number(r.get("valid_accuracy"))]
@@ -143,9 +144,9 @@ class TrialRecord:
             "last_valid_accuracy": rows[-1]["valid_accuracy"] if rows else None,
             "best_valid_accuracy": max(valid_acc) if valid_acc else None,
             "tokens_per_sec": sum(speeds) / len(speeds) if speeds else None,
-            "seconds": sum(r.get("seconds", 0.0) for r in rows) if rows else None,
+            "seconds": sum(r.get("seconds", 0.0) for r in rows),
             "error": self.error,
-            "workers": (rows[-1].get("workers") or 1) if rows else None,
+            "workers": (rows[-1].get("workers") or 1) if rows else workers,
         }
 
 
@@ -154,12 +155,12 @@ def finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def trials_table(records: Iterable[TrialRecord]) -> pa.Table:
+def trials_table(records: Iterable[TrialRecord], workers: int = 1) -> pa.Table:
     rows = []
     for record in records:
         row = {"trial_id": record.trial_id, "status": record.status, "config_id": record.config_id}
         row.update({name: knob_cell(name, record.config.get(name)) for name in FIELD_NAMES})
-        row.update(record.summary())
+        row.update(record.summary(workers))
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=trials_schema())
 
@@ -191,11 +192,12 @@ def write_json_atomic(data: dict[str, Any], path: Path) -> None:
         tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def write_tables(directory: Path, records: Iterable[TrialRecord]) -> None:
+def write_tables(directory: Path, records: Iterable[TrialRecord], workers: int = 1) -> None:
+    """The two tables; ``workers``: the search's data-parallel workers a trial (resources.workers)."""
     records = list(records)
     # epochs first: a reader between the two writes sees no trial summary newer than its epochs
     write_atomic(epochs_table(records), directory / EPOCHS_FILE)
-    write_atomic(trials_table(records), directory / TRIALS_FILE)
+    write_atomic(trials_table(records, workers), directory / TRIALS_FILE)
 
 
 def read_records(directory: Path) -> dict[str, TrialRecord]:

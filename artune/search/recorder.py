@@ -127,7 +127,7 @@ class Recorder(tune.Callback):
         now = time.monotonic()
         if force or now - self._written >= self.REFRESH_S:
             try:
-                write_tables(self.directory, self.records.values())
+                write_tables(self.directory, self.records.values(), self.space.settings.workers)
             except OSError as exc:
                 return self.storage_fails(
                     f"{self.directory}: the tables cannot be written ({describe_os_error(exc)})", in_loop

@@ -183,7 +183,7 @@ def settle_unsaved_trials(plan: Plan) -> None:
         settled += 1
     if settled:
         try:
-            write_tables(plan.directory, records.values())
+            write_tables(plan.directory, records.values(), plan.space.settings.workers)
         except OSError as exc:  # the storage still failing, say: one line and exit 4, as a failure in the search
             raise StorageError(
                 f"the search's storage failed: {plan.directory}: the tables cannot be written "
