@@ -21,7 +21,9 @@ def build_parser() -> ArgumentParser:
         prog="python -m artune.export",
         description="Write a search's best model (best trial, best epoch) to a directory that loads without Ray.",
     )
-    parser.add_argument("search", metavar="SEARCH", help="a results directory, or a search name under --results-dir")
+    parser.add_argument(
+        "search", metavar="SEARCH", help="a results directory, a search name under --results-dir, or an export"
+    )
     parser.add_argument("out", metavar="OUT", help="the directory to write: new, or empty")
     add_source_options(parser)
     return parser

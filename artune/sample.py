@@ -88,8 +88,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                 "--temperature: give --temperature T > 0 too"
             )
         loaded = open_model(args.search, args.trial, args.results_dir, _device(args.device))
+        # generated before the origin line: a prompt the vocabulary cannot encode is one line on stderr
+        text = loaded.generate(args.prompt, args.tokens, args.temperature, args.top_k, args.seed)
         print(describe(loaded), file=sys.stderr, flush=True)
-        print(loaded.generate(args.prompt, args.tokens, args.temperature, args.top_k, args.seed), flush=True)
+        print(text, flush=True)
     except (UserError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

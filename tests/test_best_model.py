@@ -205,6 +205,12 @@ def test_an_unknown_trial_is_one_line(search, tmp_path):
     one_error_line(run("artune.train", "--from", search, "--trial", "nosuch"))
 
 
+def test_a_prompt_outside_the_vocabulary_is_one_line(search):
+    """The model's origin line was printed before the prompt was encoded: two lines on stderr (a review)."""
+    line = one_error_line(run("artune.sample", search, "--prompt", "\u20ac"))
+    assert "'\u20ac'" in line or "\u20ac" in line, line
+
+
 def test_a_search_with_no_finished_epoch_is_one_line(tmp_path):
     directory = tmp_path / "empty"
     directory.mkdir()

@@ -92,3 +92,48 @@ def test_a_signal_to_the_drivers_group_reaches_it_while_ray_starts_apart(tmp_pat
     )
     assert result.stdout.split() == ["interrupted", "True"], (result.stdout, result.stderr[-2000:])
     assert "ResourceWarning" not in result.stderr, result.stderr[-2000:]  # the relay's pipes closed
+
+
+HOLD_AN_INSTANCE = """
+import sys, ray
+context = ray.init(address="local", include_dashboard=False, num_cpus=1)
+print(context.address_info["gcs_address"], flush=True)
+sys.stdin.read()  # until the test closes it
+ray.shutdown()
+"""
+
+
+@pytest.mark.parametrize("token", ["4242-0123456789abcdef", None])
+def test_auto_refuses_another_searchs_private_instance(token):
+    """Ray's --address auto joins any instance running here, a search's private one too (found by a review: a
+    dry run with --address auto took the other search's instance, which ends with that search). A `ray start`
+    cluster carries no token and is taken."""
+    from artune.errors import SearchError
+    from artune.search.runtime import refuse_private_instance
+    from artune.search.watchdog import private_instance_driver
+
+    env = {k: v for k, v in os.environ.items() if k not in (TOKEN_VAR, "RAY_ADDRESS")}
+    if token:
+        env[TOKEN_VAR] = token  # as start_guard marks what the driver starts
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_AN_INSTANCE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        address = holder.stdout.readline().strip()  # host:port of its GCS
+        assert address.rpartition(":")[2].isdigit(), address
+        port = int(address.rpartition(":")[2])
+        if token:
+            assert private_instance_driver(port) == 4242
+            with pytest.raises(
+                SearchError,
+                match=rf"--address auto: the Ray instance Ray finds here \({address}\) "
+                r"is the private one of another artune search \(driver pid 4242\)",
+            ):
+                refuse_private_instance(address, "--address auto")
+        else:
+            assert private_instance_driver(port) is None
+            refuse_private_instance(address, "--address auto")  # taken
+        assert private_instance_driver(port + 1) is None  # no GCS there
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=120)

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 from artune.compat import keep_local_ray_on_loopback, kill_local_monitor_first, ray_auto_address
 from artune.errors import SearchError
 from artune.humanize import first_line
-from artune.search.watchdog import guard_session, ray_apart, start_guard, stop_guard
+from artune.search.watchdog import guard_session, private_instance_driver, ray_apart, start_guard, stop_guard
 
 if TYPE_CHECKING:
     from artune.search.plan import Plan
@@ -121,6 +121,8 @@ def check_address(address: str, label: str = "--address") -> None:
             ) from None
         if found is not None:
             given = os.environ.get("RAY_ADDRESS", "auto") != "auto"  # Ray's lookup: RAY_ADDRESS, else ray start's
+            if not given:
+                refuse_private_instance(found, f"{label} auto")
             where = "RAY_ADDRESS" if given else "the cluster ray start runs here"
             check_address(found, f"{label} auto ({where}):")
         return
@@ -139,6 +141,24 @@ def check_address(address: str, label: str = "--address") -> None:
             "cluster's: HOST:6379"
         )
     check_answers(address, label)
+
+
+def refuse_private_instance(address: str, label: str) -> None:
+    """Refuse the Ray instance at ``address`` where it is another artune search's private one (which ends with
+    that search, taking this one's trials with it). Ray's ``auto`` joins any instance it finds running here."""
+    driver = private_instance_driver(_port(address))
+    if driver is not None:
+        raise SearchError(
+            f"{label}: the Ray instance Ray finds here ({address}) is the private one of another artune search "
+            f"(driver pid {driver}), which ends with it; start a cluster with ray start --head, or leave --address "
+            "out for a private instance of this search's own"
+        )
+
+
+def _port(address: str) -> int:
+    """The port of a HOST:PORT Ray found (0 where it has none)."""
+    port = address.rpartition(":")[2]
+    return int(port) if port.isdigit() else 0
 
 
 def check_answers(address: str, label: str) -> None:

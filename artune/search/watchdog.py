@@ -157,6 +157,33 @@ def marked(token: str, directories: list[bytes]) -> list[int]:
     return found
 
 
+def private_instance_driver(port: int) -> Optional[int]:
+    """The pid of the artune search whose private local instance has its GCS on ``port``, or None where no marked
+    process of an instance names that GCS (a ``ray start`` cluster is unmarked). Ray's ``auto`` joins any instance
+    it finds running here (by the ``--gcs-address`` its raylet was started with), a search's private one too,
+    which ends with that search."""
+    if not sys.platform.startswith("linux"):
+        return None
+    suffix = f":{port}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as file:
+                args = file.read().split(b"\0")
+            if not any(a.startswith((b"--gcs-address=", b"--gcs_address=")) and a.endswith(suffix) for a in args):
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as file:
+                for variable in file.read().split(b"\0"):
+                    name, _, token = variable.partition(b"=")
+                    if name == TOKEN_VAR.encode():
+                        driver = token.split(b"-", 1)[0]  # start_guard's token begins with the driver's pid
+                        return int(driver) if driver.isdigit() else 0
+        except OSError:  # gone, or another user's
+            continue
+    return None
+
+
 RAY_TITLES = (b"ray::", b"ray-dashboard-")  # Ray 2.60's setproctitle calls: workers, agents, dashboard modules
 
 
