@@ -178,6 +178,7 @@ def refused(tmp_path_factory, shakespeare_path):
         cases[f"data:{name}"] = ([str(SMOKE), "--data", str(data / name)], NO_NETWORK)
     for name in ("missing.txt", "upper.txt"):  # a dry run checks the corpus as the search will
         cases[f"dry-run:{name}"] = ([str(SMOKE), "--data", str(data / name), "--dry-run"], NO_NETWORK)
+    cases["set:dataset=missing"] = ([str(SMOKE), "--set", f"dataset={data / 'missing.txt'}"], NO_NETWORK)
     cases["ray_client"] = ([str(SMOKE), "--address", f"ray://127.0.0.1:{free_port()}"], {})
     cases["no_compiler"] = (
         [str(SMOKE), "--set", "compile=true", "--data", str(shakespeare_path)],
@@ -248,6 +249,13 @@ def test_a_missing_corpus_file(refused):
     missing = refused["data"] / "missing.txt"
     check(refused, "data:missing.txt", "not found", str(missing))
     assert not missing.exists()
+
+
+def test_a_missing_corpus_file_given_by_set_names_the_set(refused):
+    """--set dataset=FILE gave "dataset file not found: FILE" without naming the option (a review)."""
+    missing = refused["data"] / "missing.txt"
+    line = check(refused, "set:dataset=missing", "not found")
+    assert line.startswith(f"error: --set dataset={missing}: fixed.dataset: dataset file not found: {missing}"), line
 
 
 def test_an_empty_corpus_file(refused):

@@ -97,6 +97,12 @@ def test_with_fixed_coerces_and_moves_searched_knobs(tmp_path: Path) -> None:
     )
     with pytest.raises(SpaceError, match="can never hold"):
         load_space(write(tmp_path, CONDITIONAL, "c.yaml")).with_fixed({"optimizer": "adam"})
+    # a --set that breaks a rule with a searched knob is named, not the searched knob's line of the file (a review)
+    with pytest.raises(SpaceError) as with_searched:
+        smoke.with_fixed({"n_heads": "3"}).check_configs()
+    assert str(with_searched.value).startswith("--set n_heads=3: fixed.n_heads: a config this space can sample is "), (
+        str(with_searched.value)
+    )
 
 
 def test_the_settings_the_command_line_overrides_are_named_once_in_search_settings() -> None:

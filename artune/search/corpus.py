@@ -28,7 +28,13 @@ def load_plan_corpus(plan: Plan, fetch: bool = True) -> Corpus:
         # the file the search read (its sha256 is checked below); the trials' dataset knob stays as it was
         dataset = source
     try:
-        corpus = load_corpus(dataset, tokenizer, plan.data_dir, fetch=fetch)
+        try:
+            corpus = load_corpus(dataset, tokenizer, plan.data_dir, fetch=fetch)
+        except CorpusError as exc:
+            where = space.sources.get("fixed.dataset")  # the space file's line, or the --set, that named the corpus
+            if where is None or isinstance(exc, NotFetched):
+                raise
+            raise CorpusError(f"{where}: fixed.dataset: {exc}") from None
         # The loaders' needs grow with seq_len and with batch_size, each alone: the largest of each is the test.
         seq_len, batch_size = (int(max(space.possible_values(key))) for key in ("seq_len", "batch_size"))
         whole_batches = any(space.possible_values("compile"))  # true or 'auto'

@@ -87,16 +87,20 @@ def _condition_knobs(space: SearchSpace, *names: str) -> set[str]:
 
 
 def _blame(space: SearchSpace, message: str, sampled: dict[str, Any]) -> tuple[str, str]:
-    """The file line of the first knob a TrainConfig error mentions: a searched one, else a fixed one
-    (one given on the command line first: what the user just typed)."""
+    """Where a TrainConfig error is to be fixed: the first knob it mentions that was given on the command line
+    (``--set``: what the user just typed), else the file line of a searched one it mentions, else of a fixed one."""
 
     def mentioned(name: str) -> bool:
         return re.search(rf"\b{re.escape(name)}\b", message) is not None
 
+    typed = [name for name in space.fixed if space.sources.get(f"fixed.{name}", "").startswith("--")]
+    for name in typed:
+        if mentioned(name):
+            return space.sources[f"fixed.{name}"], f"fixed.{name}"
     for name in space.params:
         if name in sampled and mentioned(name):
             return f"{space.path}:{space.params[name].line}", f"params.{name}"
-    for name in sorted(space.fixed, key=lambda name: not space.sources.get(f"fixed.{name}", "").startswith("--")):
+    for name in space.fixed:
         if mentioned(name):
             return space.sources.get(f"fixed.{name}", f"{space.path}:1"), f"fixed.{name}"
     if mentioned("epochs"):
