@@ -139,6 +139,7 @@ OPTIONS = {
 NAMES = {
     # beyond tests/test_search.py's ../x, /abs and a/b
     "..": ["--name '..'", "no path"],
+    "": ["--name ''", "a search name is"],  # was replaced by the default name (a review)
     ".hidden": ["--name '.hidden'", "starting with a letter or digit"],
     "a b": ["--name 'a b'"],
     "x" * 101: ["--name 'xxxx"],

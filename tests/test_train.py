@@ -1189,6 +1189,7 @@ def test_cli_from_a_search_trains_its_best_trial_again(smoke_search, shakespeare
 def test_cli_trial_without_from_and_from_with_resume_are_one_error_line(tmp_path):
     for args, words in [
         (["--trial", "abc"], "--trial abc needs --from SEARCH"),
+        (["--results-dir", "elsewhere"], "--results-dir elsewhere needs --from SEARCH"),  # was ignored (a review)
         (["--from", "x", "--resume", "--checkpoint-dir", str(tmp_path)], "give one"),
         (["--from", str(tmp_path / "nosuch")], "--from "),
     ]:

@@ -116,7 +116,7 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
     if args.storage:
         check_storage(args.storage)
         args.storage = absolute_storage(args.storage)
-    name = check_name(args.name or default_name(space_path))
+    name = check_name(default_name(space_path) if args.name is None else args.name)
     directory = results_dir / name
     run_name, restore_state_from, takeover, fresh_run = TUNE_DIR, None, False, False
     if mode is Mode.NEW:

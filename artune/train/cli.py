@@ -39,6 +39,8 @@ def _config(args: Any) -> TrainConfig:
         given["dataset"] = str(Path(dataset).expanduser().absolute())  # from another directory reads the same file
     if args.trial is not None and args.from_search is None:
         raise ConfigError(f"--trial {args.trial} needs --from SEARCH")
+    if args.results_dir is not None and args.from_search is None:
+        raise ConfigError(f"--results-dir {args.results_dir} needs --from SEARCH (where to find the search)")
     if args.resume and args.from_search is not None:
         raise ConfigError("--resume continues its checkpoint's settings; --from starts a search's afresh: give one")
     if args.resume:
