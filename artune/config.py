@@ -416,7 +416,8 @@ def validation_errors(config: TrainConfig) -> list[str]:
 
 
 def add_config_arguments(parser: Any) -> None:
-    """Add one ``--<field>`` option per TrainConfig field to an argparse parser, docs as help.
+    """Add one ``--<field>`` option per TrainConfig field to an argparse parser, docs as help; a field with an
+    underscore is also ``--<field-with-hyphens>``, as the command's other options are spelled.
 
     Values stay text here and are converted by ``coerce``, so the CLI and a YAML file share
     one set of rules and one set of error messages.
@@ -424,8 +425,11 @@ def add_config_arguments(parser: Any) -> None:
     group = parser.add_argument_group("training configuration (TrainConfig)")
     for name in FIELD_NAMES:
         default = FIELDS[name].default
+        hyphens = name.replace("_", "-")
         group.add_argument(
             f"--{name}",
+            *([f"--{hyphens}"] if hyphens != name else []),
+            dest=name,
             default=None,
             metavar=field_type(name)[0].__name__.upper(),
             help=f"{field_doc(name)} (default: {default!r})",

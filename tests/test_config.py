@@ -316,6 +316,16 @@ def test_arguments_are_coerced():
     assert config_from_arguments(args) == TrainConfig(lr=3e-3, d_model=64, n_heads=4, compile=True, prompt="To be")
 
 
+def test_a_knob_takes_hyphens_as_the_other_options_do():
+    """--checkpoint-dir beside --batches_per_epoch: --batches-per-epoch was 'unrecognized arguments' (a review)."""
+    args = _parser().parse_args(
+        ["--batches-per-epoch", "3", "--seq_len", "16", "--dataloader-shuffle-with-replacement", "true"]
+    )
+    assert config_from_arguments(args) == TrainConfig(
+        batches_per_epoch=3, seq_len=16, dataloader_shuffle_with_replacement=True
+    )
+
+
 def test_config_round_trips_through_argparse():
     original = TrainConfig(
         dataset="some/file.txt",
