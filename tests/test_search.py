@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -772,6 +773,16 @@ def test_resume_keeps_the_settings_the_search_started_with_and_refuses_new_ones(
     (directory / "manifest.json").write_text(json.dumps(manifest))
     planned = cli(*common, timeout=60)
     assert planned.returncode == 0 and "5 epochs each" in planned.stdout, (planned.stdout, planned.stderr)
+
+
+def test_resume_of_a_finished_search_says_nothing_was_left(smoke, tmp_path):
+    """It reprinted the summary and exited 0 without a word that nothing had run (a review)."""
+    directory = copy_of_smoke(smoke, tmp_path)
+    before = (directory / "trials.parquet").read_bytes()
+    resumed = cli("--resume", "--name", "smoke", "--results-dir", str(tmp_path))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "nothing was left to resume: every trial of search 'smoke' had ended" in resumed.stdout, resumed.stdout
+    assert pq.read_table(directory / "trials.parquet").equals(pq.read_table(io.BytesIO(before)))
 
 
 def test_an_extends_plan_names_its_run_and_the_seed_its_sampler_draws_with(smoke, tmp_path):

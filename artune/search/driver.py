@@ -206,6 +206,11 @@ def report(plan: Plan, outcome: Outcome) -> int:
         )
         return EXIT_TERMINATED if terminated() else EXIT_INTERRUPTED
     summary, ok = summarise(plan)
+    if plan.mode is Mode.RESUME and not outcome.spent:  # no trial started here: each had ended before
+        print(
+            f"nothing was left to resume: every trial of search {plan.name!r} had ended "
+            "(--extend --num-samples N adds trials)"
+        )
     print(summary)
     if plan.time_budget_s:
         print(budget_report(plan, outcome.elapsed_s, outcome.spent, outcome.records))
