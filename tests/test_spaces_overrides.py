@@ -103,6 +103,11 @@ def test_with_fixed_coerces_and_moves_searched_knobs(tmp_path: Path) -> None:
     assert str(with_searched.value).startswith("--set n_heads=3: fixed.n_heads: a config this space can sample is "), (
         str(with_searched.value)
     )
+    # where some of the searched values fit the --set, the searched knob's line is where to look
+    with pytest.raises(
+        SpaceError, match=r"smoke\.yaml:\d+: params\.d_model: a config this space can sample is invalid"
+    ):
+        smoke.with_fixed({"n_heads": "64"}).check_configs()
 
 
 def test_the_settings_the_command_line_overrides_are_named_once_in_search_settings() -> None:

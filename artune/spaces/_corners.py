@@ -31,7 +31,8 @@ def check_configs(space: SearchSpace) -> None:
         combos: Any = itertools.product(*(corners[n] for n in names))
     else:
         combos = _pairwise(space, names, corners)
-    found: dict[tuple[str, str], list[str]] = {}  # (line, knob): the rule each invalid config broke there
+    broken: list[tuple[str, dict[str, Any]]] = []  # the rule each invalid config broke, and the config
+    invalid = 0
     seen: set[tuple] = set()
     for combo in combos:
         sampled: dict[str, Any] = {}
@@ -45,8 +46,13 @@ def check_configs(space: SearchSpace) -> None:
         try:
             space.config_for(sampled)
         except (ConfigError, ValueError, TypeError, OverflowError, ArithmeticError) as error:
-            for message in str(error).split("; "):
-                found.setdefault(_blame(space, message, sampled), []).append(message)
+            broken += [(message, sampled) for message in str(error).split("; ")]
+            invalid += 1
+    # where no config the space can sample is valid, a --set that the errors name is the one to change
+    none_valid = invalid == len(seen)
+    found: dict[tuple[str, str], list[str]] = {}  # (line, knob): the rule each invalid config broke there
+    for message, sampled in broken:
+        found.setdefault(_blame(space, message, sampled, none_valid), []).append(message)
     errors = Errors()
     for (where, key_name), messages in found.items():
         if key_name.startswith("fixed.") and len(set(messages)) == 1:  # the fixed value alone breaks the rule
@@ -86,21 +92,22 @@ def _condition_knobs(space: SearchSpace, *names: str) -> set[str]:
     return found
 
 
-def _blame(space: SearchSpace, message: str, sampled: dict[str, Any]) -> tuple[str, str]:
-    """Where a TrainConfig error is to be fixed: the first knob it mentions that was given on the command line
-    (``--set``: what the user just typed), else the file line of a searched one it mentions, else of a fixed one."""
+def _blame(space: SearchSpace, message: str, sampled: dict[str, Any], none_valid: bool) -> tuple[str, str]:
+    """Where a TrainConfig error is to be fixed: the file line of the first searched knob it mentions, else of a
+    fixed one (one given on the command line first: what the user just typed). Where no config the space can
+    sample is valid (``none_valid``), a ``--set`` it mentions comes first: no value of the searched knob fits it."""
 
     def mentioned(name: str) -> bool:
         return re.search(rf"\b{re.escape(name)}\b", message) is not None
 
     typed = [name for name in space.fixed if space.sources.get(f"fixed.{name}", "").startswith("--")]
-    for name in typed:
+    for name in typed if none_valid else []:
         if mentioned(name):
             return space.sources[f"fixed.{name}"], f"fixed.{name}"
     for name in space.params:
         if name in sampled and mentioned(name):
             return f"{space.path}:{space.params[name].line}", f"params.{name}"
-    for name in space.fixed:
+    for name in sorted(space.fixed, key=lambda name: name not in typed):
         if mentioned(name):
             return space.sources.get(f"fixed.{name}", f"{space.path}:1"), f"fixed.{name}"
     if mentioned("epochs"):
