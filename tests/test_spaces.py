@@ -126,6 +126,18 @@ def line_of(message: str, name: str = "space.yaml") -> list[int]:
     return [int(m) for m in re.findall(rf"{re.escape(name)}:(\d+)", message)]
 
 
+def test_numbers_are_decimal_as_yaml_1_2_reads_them(tmp_path: Path) -> None:
+    """012 was octal 10, 1:30 base-60 90, 0b11 binary 3: YAML 1.1's, not what a search-space file means."""
+    space = load_space(write(tmp_path, "fixed:\n  n_layers: 012\n  seq_len: 0x20\n  lr: 1.5e-3\n  dropout: .1\n"))
+    assert (space.fixed["n_layers"], space.fixed["seq_len"], space.fixed["lr"], space.fixed["dropout"]) == (
+        12,
+        32,
+        1.5e-3,
+        0.1,
+    )
+    assert yaml.safe_load("a: 1:30") == {"a": 90}  # PyYAML's own loader is left as it is
+
+
 def test_missing_file_and_directory(tmp_path: Path) -> None:
     with pytest.raises(SpaceError, match=r"nope\.yaml: search-space file not found"):
         load_space(tmp_path / "nope.yaml")
@@ -145,6 +157,9 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
         ("params:\n  lr: [1, 2\n  x: 1\n", 3, "YAML syntax"),
         ("params:\n  lr: {choice: [1e-3]}\n  lr: {choice: [1e-2]}\n", 3, r"keys must be unique.*first at line 2"),
         ("search:\n  seed: 1\n  epochs: 2\n  seed: 2\nparams: {}\n", 4, "keys must be unique"),
+        # YAML 1.1 read 1:30 as 90 (base 60) and 012 as 10 (octal): text here, which the rules refuse or read as 12
+        ("search:\n  time_budget: 1:30\nparams: {}\n", 2, r"time_budget must be a positive duration.*got '1:30'"),
+        ("search:\n  num_samples: 1:00\nparams: {}\n", 2, r"num_samples >= 1 must hold.*got '1:00'"),
         (
             "params:\n  lr: !!python/object/apply:os.system [ls]\n",
             2,
