@@ -506,6 +506,18 @@ def test_a_condition_on_a_knob_left_unset_holds_for_the_trials_that_left_it_unse
     assert not load(directory).active("dataloader_shuffle_with_replacement").any()
 
 
+def test_a_condition_on_a_stepped_uniforms_value_holds_within_rounding(tmp_path: Path) -> None:
+    """A trial sampled 0.15 of a 0.05-step uniform as 0.15000000000000002, which isin([0.15]) did not match: the
+    plots left out the trials that had sampled the conditional knob."""
+    records = fx.records()
+    for record in records:
+        record.config["dropout"] = 3 * 0.05 if record.trial_id in ("t0", "t3") else 0.2
+    write_tables(tmp_path, records)
+    write_json_atomic({**fx.manifest(), "conditions": {"n_layers": {"dropout": [0.15]}}}, tmp_path / MANIFEST_FILE)
+    results = load(tmp_path)
+    assert results.trials.loc[results.active("n_layers"), "trial_id"].tolist() == ["t0", "t3"]
+
+
 def test_compared_searches_trials_are_active_by_their_own_searchs_knobs_and_conditions(tmp_path: Path) -> None:
     """compare() of searches with different conditions applied none, and drew each trial at the default of a knob
     its own search never searched."""

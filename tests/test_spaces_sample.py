@@ -110,6 +110,31 @@ def test_samplers_are_seeded(tmp_path: Path) -> None:
     assert draws[0] == draws[1]
 
 
+STEPPED_CONDITION = """search: {sampler: random, seed: 0}
+params:
+  dropout: {uniform: [0, 0.3], step: 0.05}
+  n_layers: {int: [1, 3], when: {dropout: [0.15, 0.3]}}
+"""
+
+
+def test_a_condition_on_a_stepped_uniform_holds_at_its_sampled_steps(tmp_path: Path) -> None:
+    """Optuna samples the step 0.15 as 0.15000000000000002, which the condition's 0.15 did not match: the knob was
+    sampled at 0.3 only (a review; the grid and the corner check use the exact 0.15)."""
+    space = load_space(write(tmp_path, STEPPED_CONDITION))
+    study = optuna.create_study(sampler=space.make_sampler())
+    with_knob = set()
+    for _ in range(60):
+        trial = study.ask()
+        space.define_by_run(trial)
+        if "n_layers" in trial.params:
+            with_knob.add(round(trial.params["dropout"], 9))
+        study.tell(trial, 0.0)
+    assert with_knob == {0.15, 0.3}
+    assert space.holds({"dropout": (0.15,)}, {"dropout": 3 * 0.05}) and not space.holds(
+        {"dropout": (0.15,)}, {"dropout": 0.2}
+    )
+
+
 def test_sampling_order_puts_conditions_after_their_knobs(tmp_path: Path) -> None:
     space = load_space(write(tmp_path, CONDITIONAL))
     assert list(space.params) == ["optimizer", "warmup", "d_model"]

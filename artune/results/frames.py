@@ -94,6 +94,7 @@ class SearchResults:
 
     def _conditions_hold(self, conditions: dict[str, list[Any]]) -> pd.Series:
         """Per trial, whether every ``parent: [allowed values]`` holds (``None`` among them: the knob unset)."""
+        import numpy as np
         import pandas as pd
 
         on = pd.Series(True, index=self.trials.index)
@@ -101,6 +102,10 @@ class SearchResults:
             if parent in self.trials:
                 column = self.trials[parent]
                 holds = column.isin([value for value in allowed if value is not None])
+                numbers = [v for v in allowed if isinstance(v, (int, float)) and not isinstance(v, bool)]
+                if numbers and pd.api.types.is_float_dtype(column):  # a stepped uniform's 0.15000000000000002
+                    close = np.isclose(column.to_numpy(float)[:, None], np.array(numbers, float)[None, :], rtol=1e-9)
+                    holds |= pd.Series(close.any(axis=1), index=column.index)
                 if any(value is None for value in allowed):  # pandas reads a none back as <NA> or NaN
                     holds |= column.isna()
                 on &= holds

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -110,7 +111,7 @@ class SearchSpace:
 
     def holds(self, when: dict[str, tuple], sampled: dict[str, Any]) -> bool:
         """Whether a condition holds for the values sampled so far (a knob not sampled: its baseline)."""
-        return all((sampled[k] if k in sampled else self.baseline(k)) in allowed for k, allowed in when.items())
+        return all(one_of(sampled[k] if k in sampled else self.baseline(k), allowed) for k, allowed in when.items())
 
     def active(self, config: dict[str, Any]) -> list[str]:
         """The searched knobs that ``define_by_run`` samples for a config (conditionals whose ``when`` holds)."""
@@ -141,3 +142,14 @@ class SearchSpace:
     def describe(self, run: int = 1) -> str:
         """A readable plan of the sweep's ``run``-th run, for ``--dry-run``."""
         return _describe.describe(self, run)
+
+
+def one_of(value: Any, allowed: Any) -> bool:
+    """Whether ``value`` is one of ``allowed``; a float within rounding of an allowed number counts (a stepped
+    uniform's 0.05 steps sample 0.15000000000000002, which a condition writes 0.15)."""
+    if value in allowed:
+        return True
+    return isinstance(value, float) and any(
+        isinstance(a, (int, float)) and not isinstance(a, bool) and math.isclose(value, a, rel_tol=1e-9)
+        for a in allowed
+    )
