@@ -225,6 +225,23 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
             "grid sampler needs a finite set",
         ),
         ("params:\n  warmup: {int: [1, 9], when: {optimizer: noam}}\n", 2, "can never hold"),
+        # a value the knob is never sampled as, beside one it is (a typo); a continuous knob's equality; off its steps
+        (
+            "params:\n  optimizer: {choice: [noam, adamw]}\n"
+            "  warmup: {int: [1, 9], when: {optimizer: [noam, adamww]}}\n",
+            3,
+            r"params\.warmup\.when\.optimizer: optimizer is choice \[.*\], so it is never \['adamww'\]",
+        ),
+        (
+            "params:\n  dropout: {uniform: [0, 0.2]}\n  warmup: {int: [1, 9], when: {dropout: 0.1}}\n",
+            3,
+            r"a condition on a continuous knob holds only by chance, since dropout is uniform \[0, 0\.2\]; give",
+        ),
+        (
+            "params:\n  dropout: {uniform: [0, 0.2], step: 0.05}\n  warmup: {int: [1, 9], when: {dropout: 0.07}}\n",
+            3,
+            "the condition can never hold, since dropout is uniform",
+        ),
         ("params:\n  warmup: {int: [1, 9], when: {optimiser: noam}}\n", 2, r"did you mean 'optimizer'"),
         (
             "params:\n  a: 1\n  lr: {uniform: [0.1, 1]}\n  warmup: {int: [1, 9], when: {optimizer: bogus}}\n",

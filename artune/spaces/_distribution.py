@@ -97,4 +97,7 @@ class Distribution:
             return False
         if self.kind == "int":
             return float(value).is_integer() and (int(value) - int(self.low)) % int(self.step) == 0
+        if self.kind == "uniform" and self.step is not None:  # on the grid, within rounding (0.15 of 0.05 steps)
+            steps = (value - self.low) / self.step
+            return abs(steps - round(steps)) < 1e-6
         return True

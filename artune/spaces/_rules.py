@@ -27,16 +27,27 @@ def check_space(space: SearchSpace, errors: Errors, unknown: frozenset = frozens
             key = f"params.{name}.when.{knob}"
             if knob in space.params:
                 other = space.params[knob]
-                possible = any(other.can_take(v) for v in allowed) or (
-                    other.when is not None and space.baseline(knob) in allowed
-                )
-                if not possible:
+                # a value the knob cannot be sampled as: a typo beside a good one, or a number off its steps
+                never = [v for v in allowed if not other.can_take(v)]
+                if other.when is not None:  # where its own condition is off, the knob keeps its baseline
+                    never = [v for v in never if v != space.baseline(knob)]
+                if other.kind in ("uniform", "loguniform") and other.step is None:
+                    errors.add(
+                        where,
+                        key,
+                        f"a condition on a continuous knob holds only by chance, since {knob} is {other.describe()}; "
+                        f"give {knob} a step, or make it a choice",
+                    )
+                elif len(never) == len(allowed):
                     errors.add(
                         where,
                         key,
                         f"the condition can never hold, since {knob} is {other.describe()}, "
                         f"but got {show(list(allowed))}",
                     )
+                elif never:
+                    rule = f"{knob} is {other.describe()}, so it is never {show(never)}, but the condition has it"
+                    errors.add(where, key, rule)
             elif space.baseline(knob) not in allowed:
                 if knob in space.fixed:
                     origin = "fixed"
