@@ -173,6 +173,12 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
         ("params:\n  d_model: {choice: []}\n", 2, "non-empty list"),
         ("params:\n\n  n_layers: {int: [1, 4], step: 0}\n", 3, "step >= 1 must hold"),
         ("params:\n  n_layers: {int: [1, 4], step: 2}\n", 2, r"multiple of step.*fix: high=3"),
+        ("params:\n  lr: {uniform: [0.1, 1], step: 0.4}\n", 2, r"high - low must be a multiple of step, but got"),
+        (
+            "params:\n  dropout: {uniform: [0, 1], step: 1e-6}\n",
+            2,
+            r"a step gives at most 100000 values \(leave step out for a continuous uniform\), .*: 1000001 values",
+        ),
         ("params:\n  n_layers: {int: [1.5, 4]}\n", 2, "int bounds must be integers"),
         ("params:\n  lr: {uniform: [a, b]}\n", 2, "uniform bounds must be finite numbers, but got \\['a', 'b'\\]"),
         ("params:\n  lr: {uniform: 0.1}\n", 2, r"needs \[low, high\]"),

@@ -215,10 +215,14 @@ def _distribution(name: str, spec: dict, where: str, line: int, errors: Errors) 
             errors.add(where, f"{key}.step", f"step > 0 must hold, but got {show(spec['step'])}")
             return None
         ratio = (high - low) / step
+        # at most GRID_LIMIT steps whatever the sampler: a step that fine is a continuous uniform (no step)
         if abs(ratio - round(ratio)) > 1e-6 or ratio > GRID_LIMIT:
+            values = f"low={show_number(low)}, high={show_number(high)}, step={show_number(step)}"
             rule = (
-                f"high - low must be a multiple of step (at most {GRID_LIMIT} steps), "
-                f"but got low={show_number(low)}, high={show_number(high)}, step={show_number(step)}"
+                f"high - low must be a multiple of step, but got {values}"
+                if abs(ratio - round(ratio)) > 1e-6
+                else f"a step gives at most {GRID_LIMIT} values (leave step out for a continuous uniform), "
+                f"but got {values}: {round(ratio) + 1} values"
             )
             errors.add(where, f"{key}.step", rule)
             return None
