@@ -20,16 +20,16 @@ def written_atomically(path: Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
-        _sync(tmp)
+        sync(tmp)
         os.replace(tmp, path)
-        _sync(path.parent)
+        sync(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):  # the write's own error is the one to report
             tmp.unlink(missing_ok=True)
         raise
 
 
-def _sync(path: Path) -> None:
+def sync(path: Path) -> None:
     """Flush a file's writes, or a directory's entries, to the disk. A directory's is best effort: some platforms
     and file systems cannot open or flush one (Windows, some network mounts), and there the rename stands as is."""
     directory = path.is_dir()

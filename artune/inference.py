@@ -22,8 +22,11 @@ import artune.train.checkpoint as checkpoint
 from artune import __version__, plural
 from artune.config import ConfigError, TrainConfig
 from artune.errors import CheckpointError, UnknownTokenError, UserError
+from artune.files import sync
+from artune.humanize import first_line
 from artune.models import GPT, ModelConfig
 from artune.tokenizers import Vocabulary, get_tokenizer
+from artune.train.checkpoint import shape_errors
 from artune.train.trainer import model_config
 
 if TYPE_CHECKING:
@@ -241,15 +244,23 @@ def write_export(loaded: LoadedModel, out: str | os.PathLike) -> Path:
     """Write ``loaded`` to the directory ``out`` (new, or empty): the whole directory appears at once, or none."""
     from safetensors.torch import save_model
 
-    out = Path(out)
+    given, out = out, Path(out).absolute()  # "." has no name to stage beside
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out}: exists and is not an empty directory; choose another OUT, or remove it first")
+        raise UserError(f"{given}: exists and is not an empty directory; choose another OUT, or remove it first")
+    for parent in out.parents:  # a file where a directory is to be: say which, not "File exists"
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"{given}: {parent} is a file, not a directory; choose another OUT")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.{os.getpid()}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        save_model(loaded.model, str(staging / WEIGHTS_FILE), metadata={"format": "artune", "artune": __version__})
+        try:
+            save_model(loaded.model, str(staging / WEIGHTS_FILE), metadata={"format": "artune", "artune": __version__})
+        except Exception as exc:  # noqa: BLE001 - safetensors' own error for a write that failed (a full disk)
+            if isinstance(exc, OSError):
+                raise
+            raise OSError(first_line(exc)) from None
         settings = {
             "format": EXPORT_FORMAT,
             "artune": __version__,
@@ -263,7 +274,10 @@ def write_export(loaded: LoadedModel, out: str | os.PathLike) -> Path:
         (staging / CARD_FILE).write_text(model_card(loaded), encoding="utf-8")  # a prompt or sample in any script
         # safetensors writes its file for its owner alone: readable as the export's other files are (the umask's)
         os.chmod(staging / WEIGHTS_FILE, (staging / CONFIG_FILE).stat().st_mode & 0o777)
+        for path in (*staging.iterdir(), staging):  # on the disk before the rename: whole after a crash too
+            sync(path)
         os.replace(staging, out)  # onto an empty directory too
+        sync(out.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
@@ -284,7 +298,7 @@ def from_export(directory: str | os.PathLike, device: str | torch.device = "cpu"
         origin = settings.get("origin", {})
         if not isinstance(origin, dict):
             raise TypeError(f"origin must be an object, but got {type(origin).__name__}")
-    except (KeyError, TypeError, ValueError, CheckpointError) as exc:
+    except (KeyError, TypeError, ValueError, ArithmeticError, RuntimeError, CheckpointError) as exc:
         what = f"{type(exc).__name__}: {exc}"
         raise CheckpointError(f"{directory / CONFIG_FILE}: not an artune export ({what})") from None
     tokenizer = _export_tokenizer(vocab, model.cfg.vocab_size, directory / VOCAB_FILE)
@@ -292,7 +306,7 @@ def from_export(directory: str | os.PathLike, device: str | torch.device = "cpu"
     try:
         load_model(model, path)
     except Exception as exc:  # noqa: BLE001 (safetensors' own errors, a truncated file, another shape)
-        raise CheckpointError(f"{path}: cannot load the weights ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path}: cannot load the weights ({shape_errors(exc)})") from None
     return LoadedModel(model.to(device).eval(), tokenizer, config, dict(origin))
 
 
@@ -310,7 +324,11 @@ def _export_tokenizer(vocab: dict[str, Any], vocab_size: int, path: Path) -> Tok
         raise CheckpointError(f"{path}: {exc}") from None
     if not isinstance(separator, str):
         raise CheckpointError(f"{path}: separator must be a string, but got {separator!r}")
-    return Tokenizer(name, Vocabulary(tokens), separator)
+    try:
+        vocabulary = Vocabulary(tokens)
+    except ValueError as exc:  # a token listed twice
+        raise CheckpointError(f"{path}: {exc}") from None
+    return Tokenizer(name, vocabulary, separator)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -34,6 +34,10 @@ class ModelConfig:
     activation: str = "gelu"  # or "swiglu", "relu2"
 
     def __post_init__(self) -> None:
+        dimensions = ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads", "d_ff")
+        small = [f"{name}={getattr(self, name)}" for name in dimensions if getattr(self, name) < 1]
+        if small:  # an export's config.json edited by hand, say
+            raise ValueError(f"every dimension must be at least 1, but got {', '.join(small)}")
         if self.d_model % self.n_heads:
             raise ValueError(f"n_heads must divide d_model, but got d_model={self.d_model}, n_heads={self.n_heads}")
         if self.position_encoding not in ("learned", "rope"):

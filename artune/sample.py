@@ -5,6 +5,7 @@ The text goes to stdout, alone; where the model came from goes to stderr.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from typing import Optional
@@ -79,8 +80,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         for flag, value, low in (("--tokens", args.tokens, 0), ("--top-k", args.top_k, 1)):
             if value is not None and value < low:
                 raise UserError(f"{flag} must be >= {low}, but got {value}")
-        if not args.temperature >= 0:
-            raise UserError(f"--temperature must be >= 0, but got {args.temperature}")
+        if not 0 <= args.temperature < math.inf:
+            raise UserError(f"--temperature must be a finite number >= 0, but got {args.temperature}")
         drawn_only = [f for f, v in (("--top-k", args.top_k), ("--seed", args.seed)) if v is not None]
         if drawn_only and args.temperature == 0:  # greedy decoding takes the likeliest token: nothing is drawn
             raise UserError(

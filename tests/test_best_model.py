@@ -7,13 +7,23 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from artune.inference import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, best_checkpoint, from_export
+from artune.errors import UserError
+from artune.inference import (
+    CONFIG_FILE,
+    VOCAB_FILE,
+    WEIGHTS_FILE,
+    best_checkpoint,
+    from_export,
+    is_export,
+    write_export,
+)
 from artune.results import MANIFEST_FILE, TRIALS_FILE, TrialRecord, load, write_json_atomic, write_tables
 from artune.train import Trainer
 
@@ -304,6 +314,12 @@ def test_a_corrupt_export_is_one_line_naming_it(search, tmp_path):
         (VOCAB_FILE, lambda v: {**v, "tokenizer": ["character"]}, "unhashable type"),
         (VOCAB_FILE, lambda v: {**v, "separator": None}, "separator must be a string"),
         (CONFIG_FILE, lambda c: {**c, "origin": [1]}, "origin must be an object"),
+        # a review: each was a traceback
+        (VOCAB_FILE, lambda v: {**v, "tokens": [v["tokens"][0], *v["tokens"][:-1]]}, "must not list a token twice"),
+        (CONFIG_FILE, lambda c: {**c, "model": {**c["model"], "n_heads": 0}}, "every dimension must be at least 1"),
+        (CONFIG_FILE, lambda c: {**c, "model": {**c["model"], "seq_len": -1}}, "seq_len=-1"),
+        # weights of another shape: torch's dozen lines of them, the first named and the rest counted
+        (CONFIG_FILE, lambda c: {**c, "model": {**c["model"], "d_model": 2 * c["model"]["d_model"]}}, "more)"),
     ],
 )
 def test_an_export_with_a_damaged_vocabulary_or_origin_is_one_line(search, tmp_path, file, edit, fragment):
@@ -313,7 +329,50 @@ def test_an_export_with_a_damaged_vocabulary_or_origin_is_one_line(search, tmp_p
     assert run("artune.export", search, out).returncode == 0
     (out / file).write_text(json.dumps(edit(json.loads((out / file).read_text()))))
     line = one_error_line(run("artune.sample", out))
-    assert str(out / file) in line and fragment in line, line
+    assert str(out / file) in line or str(out / WEIGHTS_FILE) in line, line
+    assert fragment in line, line
+
+
+def test_an_export_goes_to_an_empty_current_directory_and_refuses_a_file_on_its_path(search, tmp_path, monkeypatch):
+    """OUT "." (an empty directory) failed with "Device or resource busy"; a file where a directory is to be, with
+    "File exists" (a review)."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    loaded = load(search).best_model()
+    assert write_export(loaded, ".") == here and is_export(here)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError, match=r"a_file is a file, not a directory"):
+        write_export(loaded, tmp_path / "a_file" / "model")
+
+
+def test_an_export_onto_a_full_disk_is_one_line_and_leaves_nothing(search):
+    """safetensors' own error for a full disk was a traceback and exit 1 (a review)."""
+    from tests.test_storage_faults import FullDisk, mount
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = Path(tempfile.mkdtemp(prefix="artune-tmpfs-"))
+    mounted = mount("-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk))
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    full = None
+    try:
+        full = FullDisk(disk)
+        line = one_error_line(run("artune.export", search, disk / "model"))
+        assert "cannot write the export" in line and "No space left on device" in line, line
+        assert {p.name for p in disk.iterdir()} <= {f.name for f in full.files}  # no model, no staging directory
+    finally:
+        if full is not None:
+            full.free()
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=60)
+        shutil.rmtree(disk, ignore_errors=True)
+
+
+def test_a_temperature_that_is_not_finite_is_one_line(search):
+    assert "--temperature must be a finite number" in one_error_line(
+        run("artune.sample", search, "--temperature", "inf")
+    )
 
 
 def test_a_corrupt_checkpoint_that_is_not_the_best_does_not_keep_the_best_from_loading(search, tmp_path):

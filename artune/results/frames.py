@@ -202,6 +202,8 @@ class SearchResults:
     def _check_trial(self, trial_id: str) -> None:
         if not (self.trials["trial_id"] == trial_id).any():
             ids = ", ".join(self.trials["trial_id"].head(10))
+            if len(self.trials) > 10:
+                ids += f" and {len(self.trials) - 10} more"
             where = self.path / TRIALS_FILE if self.path is not None else "the compared searches"
             raise ResultsError(f"no trial {trial_id!r} in {where} (its trials: {ids})")
 

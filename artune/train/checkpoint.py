@@ -198,4 +198,13 @@ def refusals_name(path: Path) -> Iterator[None]:
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path}: checkpoint does not fit this configuration ({exc})") from None
+        raise CheckpointError(f"{path}: checkpoint does not fit this configuration ({shape_errors(exc)})") from None
+
+
+def shape_errors(exc: BaseException) -> str:
+    """A state that does not load, in one line: torch's ``load_state_dict`` lists every tensor that does not fit on
+    a line of its own (a dozen, for another ``d_model``); the first is named, the rest counted."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if len(lines) <= 2:
+        return f"{type(exc).__name__}: {' '.join(lines)}"
+    return f"{type(exc).__name__}: {lines[0]} {lines[1]} (and {len(lines) - 2} more)"
