@@ -231,6 +231,12 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
             "grid sampler needs a finite set",
         ),
         ("params:\n  warmup: {int: [1, 9], when: {optimizer: noam}}\n", 2, "can never hold"),
+        # a typo in a fixed value that a condition reads: the typo's line, not "the condition can never hold"
+        (
+            "fixed:\n  optimizer: nom\nparams:\n  warmup: {int: [1, 9], when: {optimizer: noam}}\n",
+            2,
+            r"fixed\.optimizer: optimizer must be one of .*but got 'nom' \(did you mean 'noam'\?\)",
+        ),
         # a value the knob is never sampled as, beside one it is (a typo); a continuous knob's equality; off its steps
         (
             "params:\n  optimizer: {choice: [noam, adamw]}\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
+from artune.config import ConfigError, TrainConfig
 from artune.humanize import show
 from artune.spaces._errors import Errors
 
@@ -49,6 +50,10 @@ def check_space(space: SearchSpace, errors: Errors, unknown: frozenset = frozens
                     rule = f"{knob} is {other.describe()}, so it is never {show(never)}, but the condition has it"
                     errors.add(where, key, rule)
             elif space.baseline(knob) not in allowed:
+                wrong = fixed_value_error(knob, space.fixed[knob]) if knob in space.fixed else None
+                if wrong is not None:  # a typo in the fixed value: that line is the one to fix, not the condition
+                    errors.add(space.sources.get(f"fixed.{knob}", f"{space.path}:1"), f"fixed.{knob}", wrong)
+                    continue
                 if knob in space.fixed:
                     origin = "fixed"
                 elif knob == "epochs":
@@ -155,3 +160,14 @@ def sampling_order(params: dict[str, Distribution]) -> dict[str, Distribution]:
     for name in params:
         place(name)
     return ordered
+
+
+def fixed_value_error(knob: str, value: object) -> Optional[str]:
+    """What is wrong with a fixed knob's value by itself (``optimizer: nom``), or None: the rules of its own field,
+    not those that read another knob (``n_heads`` must divide ``d_model``)."""
+    try:
+        TrainConfig.from_dict({knob: value})
+    except (ConfigError, ValueError, TypeError) as error:
+        own = [m for m in str(error).split("; ") if m.startswith(f"{knob} must be")]
+        return own[0] if own else None
+    return None
