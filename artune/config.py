@@ -257,12 +257,13 @@ def unknown_key_message(key: str) -> str:
 
 
 def as_int(value: Any) -> int:
-    """An integer from YAML, the CLI or Ray: 3, 3.0 and '3' are 3; True and 3.5 raise ValueError."""
-    if isinstance(value, bool):
+    """An integer from YAML, the CLI or Ray: 3, 3.0 and '3' are 3; True, 3.5, 1e30 (a float past 2**53, not exactly
+    an integer) and one past int64 (what torch and Optuna hold) raise ValueError."""
+    if isinstance(value, bool) or (isinstance(value, int) and not -(2**63) <= value < 2**63):
         raise ValueError(value)
     if isinstance(value, int):
         return value
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)
     if isinstance(value, str):
         try:
@@ -270,7 +271,7 @@ def as_int(value: Any) -> int:
         except ValueError:
             pass
         else:
-            if number.is_integer():
+            if number.is_integer() and abs(number) < 2**53:
                 return int(number)
     raise ValueError(value)
 

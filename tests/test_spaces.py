@@ -180,6 +180,10 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
             r"a step gives at most 100000 values \(leave step out for a continuous uniform\), .*: 1000001 values",
         ),
         ("params:\n  n_layers: {int: [1.5, 4]}\n", 2, "int bounds must be integers"),
+        # a float past 2**53 is no exact integer, and torch and Optuna hold int64: 1e30 was 10**30 and some (a review)
+        ("params:\n  warmup: {int: [0, 1e20]}\n", 2, r"int bounds must be integers \(within int64\)"),
+        ("params:\n  warmup: {int: [0, 100000000000000000000]}\n", 2, r"int bounds must be integers"),
+        ("fixed:\n  d_model: 1e30\n", 2, r"fixed\.d_model: d_model must be an integer, but got 1e\+30"),
         ("params:\n  lr: {uniform: [a, b]}\n", 2, "uniform bounds must be finite numbers, but got \\['a', 'b'\\]"),
         ("params:\n  lr: {uniform: 0.1}\n", 2, r"needs \[low, high\]"),
         ("params:\n  d_model: {uniform: [32, 64]}\n", 2, r"d_model is an integer \(fix: use \{int"),

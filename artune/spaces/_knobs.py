@@ -164,7 +164,7 @@ def _distribution(name: str, spec: dict, where: str, line: int, errors: Errors) 
         errors.add(where, f"{key}.{kind}", f"{kind} needs [low, high], but got {show(bounds)}")
         return None
     convert = as_int if kind == "int" else parse_number
-    rule = "integers" if kind == "int" else "finite numbers"
+    rule = "integers (within int64)" if kind == "int" else "finite numbers"
     try:
         low, high = convert(bounds[0]), convert(bounds[1])
     except ValueError:
