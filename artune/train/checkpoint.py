@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -187,7 +188,9 @@ def load_failure(exc: Exception) -> str:
             "(torch.load's weights_only), never a pickle's code"
         )
     first = first_line(exc).split(". ", 1)[0].rstrip(".")  # torch's zip reader adds a paragraph of guesses
-    return f"{type(exc).__name__}: {first}" + (": corrupt or truncated" if "zip archive" in first else "")
+    # a zip cut short: torch's reader says "zip archive", or seeks past the end (EINVAL, "Invalid argument")
+    cut = "zip archive" in first or (isinstance(exc, OSError) and exc.errno == errno.EINVAL)
+    return f"{type(exc).__name__}: {first}" + (": corrupt or truncated" if cut else "")
 
 
 @contextlib.contextmanager
