@@ -109,7 +109,7 @@ def test_auto_refuses_another_searchs_private_instance(token):
     dry run with --address auto took the other search's instance, which ends with that search). A `ray start`
     cluster carries no token and is taken."""
     from artune.errors import SearchError
-    from artune.search.runtime import refuse_private_instance
+    from artune.search.runtime import refuse_another_searchs_instance
     from artune.search.watchdog import private_instance_driver
 
     env = {k: v for k, v in os.environ.items() if k not in (TOKEN_VAR, "RAY_ADDRESS")}
@@ -129,10 +129,10 @@ def test_auto_refuses_another_searchs_private_instance(token):
                 match=rf"--address auto: the Ray instance Ray finds here \({address}\) "
                 r"is the private one of another artune search \(driver pid 4242\)",
             ):
-                refuse_private_instance(address, "--address auto")
+                refuse_another_searchs_instance(address, "--address auto")
         else:
             assert private_instance_driver(port) is None
-            refuse_private_instance(address, "--address auto")  # taken
+            refuse_another_searchs_instance(address, "--address auto")  # taken
         assert private_instance_driver(port + 1) is None  # no GCS there
     finally:
         holder.stdin.close()

@@ -122,7 +122,7 @@ def check_address(address: str, label: str = "--address") -> None:
         if found is not None:
             given = os.environ.get("RAY_ADDRESS", "auto") != "auto"  # Ray's lookup: RAY_ADDRESS, else ray start's
             if not given:
-                refuse_private_instance(found, f"{label} auto")
+                refuse_another_searchs_instance(found, f"{label} auto")
             where = "RAY_ADDRESS" if given else "the cluster ray start runs here"
             check_address(found, f"{label} auto ({where}):")
         return
@@ -143,7 +143,7 @@ def check_address(address: str, label: str = "--address") -> None:
     check_answers(address, label)
 
 
-def refuse_private_instance(address: str, label: str) -> None:
+def refuse_another_searchs_instance(address: str, label: str) -> None:
     """Refuse the Ray instance at ``address`` where it is another artune search's private one (which ends with
     that search, taking this one's trials with it). Ray's ``auto`` joins any instance it finds running here."""
     driver = private_instance_driver(_port(address))
