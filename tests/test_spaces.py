@@ -157,6 +157,12 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
         ("params:\n  lr: [1, 2\n  x: 1\n", 3, "YAML syntax"),
         ("params:\n  lr: {choice: [1e-3]}\n  lr: {choice: [1e-2]}\n", 3, r"keys must be unique.*first at line 2"),
         ("search:\n  seed: 1\n  epochs: 2\n  seed: 2\nparams: {}\n", 4, "keys must be unique"),
+        # each error names its key, these two too (a review)
+        (
+            "search:\n  resources: {workers: 9}\nfixed: {batch_size: 4}\n",
+            2,
+            r"space\.yaml:2: search\.resources\.workers: workers <= batch_size must hold",
+        ),
         # YAML 1.1 read 1:30 as 90 (base 60) and 012 as 10 (octal): text here, which the rules refuse or read as 12
         ("search:\n  time_budget: 1:30\nparams: {}\n", 2, r"time_budget must be a positive duration.*got '1:30'"),
         ("search:\n  num_samples: 1:00\nparams: {}\n", 2, r"num_samples >= 1 must hold.*got '1:00'"),

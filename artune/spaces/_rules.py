@@ -71,9 +71,10 @@ def check_space(space: SearchSpace, errors: Errors, unknown: frozenset = frozens
     # each data-parallel worker takes rows of every global batch: one with none would have nothing to train
     # (a batch_size below 1 is the config's own error, named where it was given)
     if "batch_size" not in space.params and isinstance(batch_size, int) and 1 <= batch_size < workers:
+        source = space.sources.get("search.workers", f"{space.path}:1")
         errors.add(
-            space.sources.get("search.workers", f"{space.path}:1"),
-            None,
+            source,
+            None if source.startswith("--") else "search.resources.workers",  # a flag names itself
             f"workers <= batch_size must hold (each worker takes rows of every batch), "
             f"but got workers={workers}, batch_size={batch_size}",
         )
@@ -116,7 +117,8 @@ def check_space(space: SearchSpace, errors: Errors, unknown: frozenset = frozens
         if size > GRID_LIMIT:
             rule = f"the grid must have at most {GRID_LIMIT} points, but got {size}"
             rule += " (fix: fewer values, or another sampler)"
-            errors.add(space.sources.get("search.sampler", f"{space.path}:1"), None, rule)
+            source = space.sources.get("search.sampler", f"{space.path}:1")
+            errors.add(source, None if source.startswith("--") else "search.sampler", rule)
 
 
 def find_cycle(params: dict[str, Distribution]) -> Optional[list[str]]:
