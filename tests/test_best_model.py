@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -348,25 +347,16 @@ def test_an_export_goes_to_an_empty_current_directory_and_refuses_a_file_on_its_
 
 def test_an_export_onto_a_full_disk_is_one_line_and_leaves_nothing(search):
     """safetensors' own error for a full disk was a traceback and exit 1 (a review)."""
-    from tests.test_storage_faults import FullDisk, mount
+    from tests.test_storage_faults import FullDisk, mounted_tmpfs
 
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    disk = Path(tempfile.mkdtemp(prefix="artune-tmpfs-"))
-    mounted = mount("-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk))
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    full = None
-    try:
+    with mounted_tmpfs("4m") as disk:
         full = FullDisk(disk)
-        line = one_error_line(run("artune.export", search, disk / "model"))
-        assert "cannot write the export" in line and "No space left on device" in line, line
-        assert {p.name for p in disk.iterdir()} <= {f.name for f in full.files}  # no model, no staging directory
-    finally:
-        if full is not None:
+        try:
+            line = one_error_line(run("artune.export", search, disk / "model"))
+            assert "cannot write the export" in line and "No space left on device" in line, line
+            assert {p.name for p in disk.iterdir()} <= {f.name for f in full.files}  # no model, no staging directory
+        finally:
             full.free()
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=60)
-        shutil.rmtree(disk, ignore_errors=True)
 
 
 def test_a_temperature_that_is_not_finite_is_one_line(search):

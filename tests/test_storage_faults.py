@@ -8,12 +8,14 @@ Mounting needs root (CI runs as root); elsewhere the module is skipped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import tempfile
 import threading
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -37,18 +39,28 @@ def mount(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["mount", *args], capture_output=True, text=True, timeout=60)
 
 
-@pytest.fixture
-def tmpfs():
-    """A 64 MiB tmpfs of the test's own: room for the search, until the test takes it away."""
+@contextlib.contextmanager
+def mounted_tmpfs(size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``64m``) of the test's own; the test is skipped where none can be mounted (it needs
+    root)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     path = Path(tempfile.mkdtemp(prefix="artune-tmpfs-"))
-    result = mount("-t", "tmpfs", "-o", "size=64m", "tmpfs", str(path))
+    result = mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path))
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    yield path
-    subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=60)
-    shutil.rmtree(path, ignore_errors=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=60)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def tmpfs():
+    """A 64 MiB tmpfs of the test's own: room for the search, until the test takes it away."""
+    with mounted_tmpfs("64m") as path:
+        yield path
 
 
 @pytest.fixture(scope="module")
