@@ -1,8 +1,11 @@
-"""The Ray runtime's start (artune/search/runtime.py): a Ctrl-C while Ray starts is never lost."""
+"""The Ray runtime's start (artune/search/runtime.py): a Ctrl-C while Ray starts is never lost; the environment it
+sets before Ray is imported."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import sys
 
 import pytest
@@ -49,3 +52,25 @@ def test_a_ctrl_c_that_the_shell_ignores_stays_ignored():
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+# mlflow's own list of the variables that turn its telemetry off in CI and tests (mlflow/telemetry/utils.py)
+_QUIET = ("PYTEST_CURRENT_TEST", "CI", "GITHUB_ACTIONS", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")
+
+
+@pytest.mark.parametrize("log", [(), ("mlflow",)])
+def test_mlflow_that_ray_tune_imports_keeps_its_telemetry_off_unless_the_search_logs_to_it(tmp_path, log):
+    """Ray Tune's usage tagging of a Tuner's callbacks imports mlflow wherever it is installed; mlflow's import
+    writes an installation id under ~/.config/mlflow for its telemetry. A search that never logs to MLflow
+    leaves none; one that does (``log: [mlflow]``) keeps mlflow's own default."""
+    pytest.importorskip("mlflow")
+    script = (
+        "from types import SimpleNamespace as N\n"
+        "from artune.search.runtime import set_ray_environment\n"
+        f"set_ray_environment(N(address='127.0.0.1:1', space=N(settings=N(log={log!r}))))\n"
+        "import mlflow\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in _QUIET} | {"HOME": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300)
+    written = (tmp_path / ".config" / "mlflow" / "telemetry.json").exists()
+    assert written == ("mlflow" in log)

@@ -196,6 +196,10 @@ def set_ray_environment(plan: Plan) -> None:
     # of that result: the search would end in a ValueError. artune checks the metric's name before Ray
     # starts (spaces.METRICS), and the searcher and ASHA take a result without it as such.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    if "mlflow" not in plan.space.settings.log:
+        # Ray Tune's usage tagging of callbacks imports mlflow wherever it is installed, and mlflow's import starts
+        # its telemetry (an installation id written under ~/.config/mlflow): not for a search that never uses it.
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def init_ray(plan: Plan) -> None:
