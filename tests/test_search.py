@@ -1118,6 +1118,24 @@ def test_a_command_refused_the_lock_leaves_the_directory_of_the_one_that_holds_i
     held[0].close()
 
 
+def test_a_start_that_fails_removes_the_results_folders_it_made_and_keeps_the_others(tmp_path):
+    """A search refused after its directory was made (a cluster that wants a token, say) left the --results-dir
+    it had made, empty, where the same refusal before it left nothing."""
+    from artune.errors import SearchError
+    from artune.search import driver, make_plan, parse_args
+
+    for results, kept in ((tmp_path / "new" / "deeper", tmp_path), (tmp_path / "old", tmp_path / "old")):
+        (tmp_path / "old").mkdir(exist_ok=True)
+        (tmp_path / "old" / "notes.txt").write_text("a user's")
+        plan = make_plan(parse_args([str(SMOKE), "--results-dir", str(results), "--name", "refused"]))
+        with pytest.raises(SearchError, match="refused"):
+            with driver.search_directory(plan):
+                assert (plan.directory / "space.yaml").exists()
+                raise SearchError("refused")
+        assert not plan.directory.exists() and kept.exists()
+        assert not (tmp_path / "new").exists() and (tmp_path / "old" / "notes.txt").exists()
+
+
 def test_a_file_system_that_refuses_locks_is_one_line(tmp_path, monkeypatch):
     """flock on a mount without locks (NFS without its lock service: ENOLCK; a read-only open there: EBADF) was a
     traceback from the plan's look at the lock, and from taking it."""

@@ -55,11 +55,13 @@ def run(plan: Plan) -> int:
 
 @contextlib.contextmanager
 def search_directory(plan: Plan) -> Iterator[None]:
-    """The search's directory, made and locked for this process. A directory this command made is removed
-    where it ends before the manifest is written (a refusal, a failure, a Ctrl-C): nothing was run. So is one
+    """The search's directory, made and locked for this process. A directory this command made (and the
+    --results-dir folders it made for it, left empty) is removed where it ends before the manifest is written
+    (a refusal, a failure, a Ctrl-C): nothing was run. So is one
     a killed start-up left (``plan.takeover``), taken over. Only while this process holds its lock: two commands
     can both find a name free (or a start-up's leftover), and the one refused the lock leaves the other's."""
     created = not plan.directory.exists() or plan.takeover
+    made = [p for p in plan.directory.parents if not p.exists()]  # --results-dir's folders this command makes
     try:
         plan.directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -84,6 +86,9 @@ def search_directory(plan: Plan) -> Iterator[None]:
         except BaseException:
             if created and not (plan.directory / MANIFEST_FILE).exists():  # under the lock: no one else is in it
                 shutil.rmtree(plan.directory, ignore_errors=True)
+                for folder in made:  # innermost first; one another search has written in meanwhile stays
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
             raise
 
 
