@@ -65,3 +65,38 @@ def test_without_a_budget_or_past_one_run_it_suggests_as_the_searcher_does():
         assert restored.suggest("b") is not None
     finally:
         set_run_deadline(None)
+
+
+def test_past_the_deadline_or_before_any_epoch_at_the_pace_of_trials_cut_short_no_trial_starts(deadline):
+    """A budget shorter than the first epochs: the trials ended at the deadline without one, and Tune started the
+    searcher's next ones in the seconds left and after (a review: 6 of 8 trials started with nothing left)."""
+    now = [deadline - 100.0]
+    cutoff = searcher(grace_period=1, now=now)
+    assert cutoff.suggest("a") is not None and cutoff.suggest("b") is not None
+    now[0] = deadline - 20.0
+    cutoff.on_trial_complete("a")  # cut at its own deadline after 80 s, without an epoch
+    assert cutoff.epoch_over_s == 80.0
+    assert cutoff.suggest("c") == Searcher.FINISHED  # an epoch takes over 80 s; 20 are left
+    now[0] = deadline - 100.0
+    assert cutoff.suggest("c") is not None  # 100 s left: it might fit
+    now[0] = deadline + 1.0
+    fresh = searcher(grace_period=1, now=now)
+    assert fresh.suggest("d") == Searcher.FINISHED  # past the deadline, whatever is known of epochs
+    cutoff.on_trial_complete("b", error=True)  # an error says nothing of an epoch's length
+    assert cutoff.epoch_over_s == 80.0
+
+
+def test_a_searcher_saved_before_the_start_times_were_kept_restores_and_a_resume_forgets_them(deadline):
+    now = [deadline - 500.0]
+    cutoff = searcher(grace_period=1, now=now)
+    assert cutoff.suggest("a") is not None and "a" in cutoff.started_at
+    cutoff.clock = time.time  # (a lambda does not pickle)
+    restored = pickle.loads(pickle.dumps(cutoff))
+    assert restored.started_at == {} and restored.epoch_over_s is None
+    older = pickle.loads(pickle.dumps(cutoff))
+    del older.__dict__["epoch_over_s"], older.__dict__["started_at"]  # as an earlier version saved it
+    again = pickle.loads(pickle.dumps(older))
+    again.clock = lambda: now[0]
+    assert again.suggest("b") is not None and again.started_at == {"b": now[0]}
+    again.on_trial_complete("a")  # started in the earlier run: no start time here, so nothing learned
+    assert again.epoch_over_s is None

@@ -1080,6 +1080,23 @@ def test_a_budget_under_a_minute_is_warned_of_and_a_search_without_an_epoch_exit
 
 
 @pytest.mark.slow
+def test_no_trial_starts_after_trials_the_budget_ended_before_their_first_epoch(tmp_path, shakespeare_path):
+    """Epochs longer than the budget: the first two trials end at its deadline without one, and Tune started the
+    next two in the seconds left (a review saw 6 of 8 trials of the default start so). At most the first two run,
+    however fast the machine: no epoch can end in 25 s."""
+    import pandas as pd
+
+    result = cli(
+        str(SMOKE), "--time-budget", "25s", "--set", "batches_per_epoch=100000", "--results-dir", str(tmp_path),
+        "--name", "long", "--data", str(shakespeare_path),
+    )  # fmt: skip
+    assert result.returncode == 1, (result.stdout[-2000:], result.stderr[-2000:])
+    trials = pd.read_parquet(tmp_path / "long" / "trials.parquet")
+    assert len(trials) <= 2 and result.stdout.count("started:") <= 2, result.stdout[-3000:]
+    assert set(trials.status) <= {"stopped"}
+
+
+@pytest.mark.slow
 def test_a_study_database_that_does_not_read_is_refused_in_one_line_before_ray_starts(smoke, tmp_path):
     directory = copy_of_smoke(smoke, tmp_path / "r")
     (directory / "optuna.db").write_bytes(b"not a database, but long enough to be read as one " * 40)

@@ -4,9 +4,10 @@ When the search's long trials end a little before the budget (a trial stops afte
 fits), Tune would start the searcher's next trials in the time left, and the budget ended each before its first
 epoch: rows of nothing, and start-up work in the search's last seconds. ``BudgetCutoff`` wraps the searcher and
 suggests nothing once a new trial could not train ``grace_period`` epochs (ASHA's first rung) at the pace of the
-fastest epoch any trial has reported; the running trials go on to their end. Tune keeps that the searcher has
-finished in its saved state: a ``--resume`` of a run interrupted after that continues its unfinished trials and
-samples no more (``--extend`` does).
+fastest epoch any trial has reported (before any, at the pace of the shortest run of a trial that ended without
+one: its epoch was longer), and none past the deadline; the running trials go on to their end. Tune keeps that
+the searcher has finished in its saved state: a ``--resume`` of a run interrupted after that continues its
+unfinished trials and samples no more (``--extend`` does).
 
 The deadline is this driver's run's (``set_run_deadline``), not one kept in the searcher: Tune pickles the
 searcher into its saved state, and a ``--resume`` runs to a deadline of its own.
@@ -38,12 +39,25 @@ class BudgetCutoff(Searcher):
         self.searcher = searcher
         self.grace_period = grace_period
         self.fastest_epoch_s: Optional[float] = None  # of any trial's epochs: what a new trial would need at best
+        self.__setstate__({})
+
+    def __getstate__(self) -> dict:
+        # the start times stay with this run: a resume's clock would count the time the search was stopped
+        return {k: v for k, v in self.__dict__.items() if k != "started_at"}
+
+    def __setstate__(self, state: dict) -> None:
+        # a searcher saved before these were kept lacks them (Tune restores the searcher from its saved state)
+        self.__dict__.update({"epoch_over_s": None, "started_at": {}, **state})
+        self.epoch_over_s: Optional[float]  # the shortest run of a trial that ended without an epoch: one is longer
+        self.started_at: dict[str, float]  # the trials suggested that have reported no epoch, and when
 
     def too_late(self) -> bool:
         """Whether a trial started now would meet the deadline before its first rung."""
-        if _run_deadline is None or self.fastest_epoch_s is None:
+        if _run_deadline is None:
             return False
-        return self.clock() + self.grace_period * self.fastest_epoch_s > _run_deadline
+        now = self.clock()
+        epoch_s = self.fastest_epoch_s if self.fastest_epoch_s is not None else self.epoch_over_s
+        return now >= _run_deadline or (epoch_s is not None and now + self.grace_period * epoch_s > _run_deadline)
 
     def suggest(self, trial_id: str) -> Optional[Union[dict, str]]:
         if self.too_late():
@@ -51,15 +65,23 @@ class BudgetCutoff(Searcher):
             # Tune's loop waiting long past the budget once none ran: docs/experiments.md, the default search
             # against its best configuration on both cores)
             return Searcher.FINISHED
-        return self.searcher.suggest(trial_id)
+        suggested = self.searcher.suggest(trial_id)
+        if isinstance(suggested, dict):
+            self.started_at[trial_id] = self.clock()
+        return suggested
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.started_at.pop(trial_id, None)
         seconds = result.get("time_this_iter_s")
         if isinstance(seconds, (int, float)) and seconds > 0:
             self.fastest_epoch_s = seconds if self.fastest_epoch_s is None else min(self.fastest_epoch_s, seconds)
         self.searcher.on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        started = self.started_at.pop(trial_id, None)
+        if started is not None and not error:  # it ran to its deadline (or a stop) without an epoch
+            ran = self.clock() - started
+            self.epoch_over_s = ran if self.epoch_over_s is None else min(self.epoch_over_s, ran)
         self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
     def set_search_properties(self, metric: Optional[str], mode: Optional[str], config: dict, **spec: Any) -> bool:
