@@ -33,6 +33,31 @@ def test_a_ctrl_c_python_ignored_while_ray_started_is_raised_where_the_start_ret
     assert "Traceback" not in capsys.readouterr().err  # the ignored one is not reported: it is raised
 
 
+class TerminatedWhenDeleted:
+    """Ray's SIGTERM handler (``sys.exit(signum)``, set by ``ray.init``) run in ``__del__``, where Python prints the
+    SystemExit as ignored and goes on, as in the hook a fork runs in the parent."""
+
+    def __del__(self) -> None:
+        sys.exit(signal.SIGTERM)
+
+
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_a_sigterm_python_ignored_while_ray_started_is_raised_where_the_start_returns(capsys, sigint):
+    """The search ran to its end after a SIGTERM in Ray's start, with a traceback of the ignored exit (a review)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if sigint == "ignored" else None
+    try:
+        went_on = False
+        with pytest.raises(SystemExit) as exit_:
+            with interrupts_kept():
+                TerminatedWhenDeleted()
+                went_on = True
+        assert went_on and exit_.value.code == signal.SIGTERM
+        assert "Traceback" not in capsys.readouterr().err
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def test_a_ctrl_c_is_raised_at_once_and_without_one_nothing_is():
     with pytest.raises(KeyboardInterrupt):
         with interrupts_kept():

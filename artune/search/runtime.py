@@ -58,18 +58,20 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 @contextlib.contextmanager
 def interrupts_kept() -> Iterator[None]:
-    """A Ctrl-C while Ray starts is raised where the start returns, if Python lost it on the way.
+    """A Ctrl-C or a SIGTERM while Ray starts is raised where the start returns, if Python lost it on the way.
 
     Python raises KeyboardInterrupt wherever the main thread is when the key comes. Inside the hook a fork runs
     in the parent (logging's lock release, as Ray's ``Popen`` of each of its processes forks), an exception is
     printed as ignored, and the search went on as if no key had been pressed (seen in CI). Each press is also
     noted here and raised again once the start returns, and Python's report of the one it ignored is left out.
-    Only the main thread sets handlers; a SIGINT ignored (a shell's background job) is left ignored."""
-    previous = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+    So is the SystemExit of Ray's own SIGTERM handler, which ``ray.init`` sets for the start (the search ran to
+    its end after a SIGTERM and a traceback). Only the main thread sets handlers; a SIGINT ignored (a shell's
+    background job) is left ignored."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    pressed = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+    pressed, terminated_here = threading.Event(), threading.Event()
     report_unraisable = sys.unraisablehook
 
     def interrupt(signum: int, frame: object) -> None:
@@ -77,16 +79,22 @@ def interrupts_kept() -> Iterator[None]:
         previous(signum, frame)  # Python's own: KeyboardInterrupt
 
     def unraisable(info: Any) -> None:
-        if not (pressed.is_set() and issubclass(info.exc_type, KeyboardInterrupt)):
+        if issubclass(info.exc_type, SystemExit) and getattr(info.exc_value, "code", None) == signal.SIGTERM:
+            terminated_here.set()  # raised below
+        elif not (pressed.is_set() and issubclass(info.exc_type, KeyboardInterrupt)):
             report_unraisable(info)  # (the press is raised below: no traceback of it on the terminal)
 
-    signal.signal(signal.SIGINT, interrupt)
+    if callable(previous):
+        signal.signal(signal.SIGINT, interrupt)
     sys.unraisablehook = unraisable
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if callable(previous):
+            signal.signal(signal.SIGINT, previous)
         sys.unraisablehook = report_unraisable
+    if terminated_here.is_set():
+        raise SystemExit(signal.SIGTERM)
     if pressed.is_set():
         raise KeyboardInterrupt
 
@@ -204,10 +212,25 @@ def set_ray_environment(plan: Plan) -> None:
 
 def init_ray(plan: Plan) -> None:
     """Start the private local instance, or connect to ``plan.address``, and check that a trial fits a node."""
-    import ray
-
     # ray.init takes seconds (a local instance: tens of seconds on a busy machine) and says nothing meanwhile
     print(f"connecting to {plan.address}..." if plan.address else "starting a local Ray instance...", flush=True)
+    try:
+        start_ray(plan)
+        stop_on_sigterm()  # again: ray.init put Ray's own handler in its place
+    except SystemExit as exc:
+        # Ray's handler, from ray.init's first line on, is sys.exit(SIGTERM): the driver ended with exit 15 and no
+        # word. A SIGTERM here ends the start as one before it or after it does (Ctrl-C's way, exit 143).
+        if exc.code != signal.SIGTERM:
+            raise
+        _TERMINATED.set()
+        raise KeyboardInterrupt from None
+    check_fits_a_node(plan)
+
+
+def start_ray(plan: Plan) -> None:
+    """``ray.init``: the private local instance, or ``plan.address``; whatever fails is one line."""
+    import ray
+
     with interrupts_kept():  # a Ctrl-C while Ray starts its processes is never lost
         if plan.address:
             try:
@@ -250,8 +273,6 @@ def init_ray(plan: Plan) -> None:
                     f"Ray could not start a local instance ({type(exc).__name__}: {first}); "
                     f"its logs are under {ray_temp_dir()}"
                 ) from None
-    stop_on_sigterm()  # again: ray.init put Ray's own handler in its place
-    check_fits_a_node(plan)
 
 
 def check_fits_a_node(plan: Plan) -> None:
