@@ -1161,6 +1161,31 @@ def test_a_start_that_fails_removes_the_results_folders_it_made_and_keeps_the_ot
         assert not (tmp_path / "new").exists() and (tmp_path / "old" / "notes.txt").exists()
 
 
+@pytest.mark.slow
+def test_a_running_search_is_named_running_by_every_command_that_would_touch_it(smoke, tmp_path):
+    """--extend of a running search said it was interrupted and to --resume it; a new search under its name, to
+    --resume or --extend it (a review). Each names the running search first."""
+    import fcntl
+
+    from artune.errors import SearchError
+    from artune.search import make_plan, parse_args
+
+    directory = copy_of_smoke(smoke, tmp_path / "r")
+    (directory / "manifest.json").write_text(
+        (directory / "manifest.json").read_text().replace('"finished"', '"was_finished"')
+    )  # as a running search's manifest: its run not finished
+    with open(directory / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the other process's
+        for args, flag in (
+            (["--extend", "--name", "smoke", "--num-samples", "1"], "--extend: "),
+            (["--resume", "--name", "smoke"], "--resume: "),
+            ([str(SMOKE), "--name", "smoke"], "--name 'smoke': "),
+        ):
+            with pytest.raises(SearchError) as refused:
+                make_plan(parse_args([*args, "--results-dir", str(tmp_path / "r")]))
+            assert str(refused.value).startswith(flag) and "running in another process" in str(refused.value)
+
+
 def test_a_file_system_that_refuses_locks_is_one_line(tmp_path, monkeypatch):
     """flock on a mount without locks (NFS without its lock service: ENOLCK; a read-only open there: EBADF) was a
     traceback from the plan's look at the lock, and from taking it."""

@@ -125,6 +125,11 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
         space = load_space(space_path)
     else:
         manifest = Manifest.read(directory, mode.flag)
+        if held_elsewhere(directory):  # before the checks that would take a running search for an interrupted one
+            raise SearchError(
+                f"{mode.flag}: search {name!r} is running in another process (lock {directory / LOCK_FILE}); "
+                "wait for it to end"
+            )
         space = load_space(directory / SPACE_COPY)  # the space the search started with
         check_same_space(args.space, directory, mode)
         manifest.check_copy_unchanged(space, mode.flag)
@@ -214,7 +219,7 @@ def check_mode(args: argparse.Namespace) -> Mode:
         )
     mode = Mode.RESUME if args.resume else Mode.EXTEND if args.extend else Mode.NEW
     if mode is not Mode.NEW and not args.name:
-        raise SearchError(f"{mode.flag} needs --name: the name of the search to continue")
+        raise SearchError(f"{mode.flag} needs --name: the name of the search to {mode.flag[2:]}")
     return mode
 
 
@@ -260,13 +265,13 @@ def check_new(directory: Path, name: str, storage: Optional[str]) -> bool:
     if directory.exists() and not directory.is_dir():
         raise SearchError(f"--name {name!r}: {directory} is a file, not a search's directory; choose another --name")
     takeover = directory.exists() and any(directory.iterdir())
+    if takeover and held_elsewhere(directory):  # running, or in its start-up, in another process
+        raise SearchError(f"--name {name!r}: the search is running in another process (lock {directory / LOCK_FILE})")
     if takeover and not startup_leftover(directory, name, storage):
         raise SearchError(
             f"--name {name!r}: {directory} already holds a search; use --resume to continue it, "
             "--extend to grow it, or choose another --name"
         )
-    if takeover and held_elsewhere(directory):  # a search in its start-up, in another process
-        raise SearchError(f"--name {name!r}: the search is running in another process (lock {directory / LOCK_FILE})")
     if storage and study_exists(storage, name) and not takeover:
         raise SearchError(
             f"--name {name!r}: the database {storage} already holds a study of that name (another "
