@@ -735,11 +735,30 @@ The actor died because its node has died. Node Id: 56ddcef9a56db8021cafa179db15c
 """
 
 
+# ... and when its worker process was killed (from a review's run: SIGKILL to the trial's worker, three times)
+WORKER_LOST_ERROR = """Failure # 1 (occurred at 2026-12-07_05-15-31)
+The actor died unexpectedly before finishing this task.
+	class_name: ImplicitFunc
+	actor_id: 4ca765f5773d072a6edd561e01000000
+	pid: 21155
+	namespace: a8fac7c6-70a0-4054-a75b-5ba986c062aa
+	ip: 127.0.0.1
+The actor is dead because its worker process has died. Worker exit type: SYSTEM_ERROR Worker exit detail: Worker \
+unexpectedly exits with a connection error code 2. End of file. Some common causes include: (1) the process was killed \
+by the OOM killer due to high memory usage, (2) ray stop --force was called, or (3) the worker crashed unexpectedly.
+"""
+
+
 def test_the_error_row_of_a_lost_trial_says_its_node_died():
     from artune.search import summarize_error
 
     assert summarize_error(NODE_LOST_ERROR) == (
-        "The actor died because its node has died (the actor's node was terminated expectedly: received SIGTERM)"
+        "ActorDiedError: The actor died because its node has died (the actor's node was terminated expectedly: "
+        "received SIGTERM)"
+    )
+    assert summarize_error(WORKER_LOST_ERROR) == (
+        "ActorDiedError: The actor is dead because its worker process has died. Worker exit type: SYSTEM_ERROR "
+        "Worker exit detail: Worker unexpectedly exits with a connection error code 2. End of file"
     )
     retried = (
         "Failure # 1 (occurred at x)\nTraceback\nValueError: boom\n"

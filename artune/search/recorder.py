@@ -370,14 +370,17 @@ def study_write_error(storage: str, exc: Exception) -> str:
 
 def summarize_error(text: str) -> str:
     """The latest failure in a Tune error file, in one line: the exception's type and message (its
-    trace's last line), or for a lost actor (its node or process died) the reason Ray gives. (The file's
-    ``Failure # N`` sections as Ray 2.60.0 writes them: see artune/compat.py.)"""
+    trace's last line), or for a lost actor (its node or process died) Ray's ActorDiedError and the reason it
+    gives, without its advice on the usual causes. (The file's ``Failure # N`` sections as Ray 2.60.0 writes
+    them: see artune/compat.py.)"""
     latest = re.split(r"^Failure # \d+ .*$", text, flags=re.MULTILINE)[-1]  # the file holds every failure
     lines = [line.strip() for line in latest.splitlines() if line.strip()]
     if not lines:
         return "unknown error"
-    reason = next((line for line in lines if line.startswith("The actor died because")), None)
+    reason = next(
+        (line for line in lines if line.startswith(("The actor died because", "The actor is dead because"))), None
+    )
     if reason is not None:
-        reason = reason.split(" Node Id")[0].rstrip(".")
-        return reason if reason in lines[-1] else f"{reason} ({lines[-1]})"
+        reason = reason.split(" Node Id")[0].split(" Some common causes")[0].rstrip(".")
+        return f"ActorDiedError: {reason}" + ("" if reason in lines[-1] else f" ({lines[-1]})")
     return lines[-1]
