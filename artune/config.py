@@ -252,7 +252,7 @@ KNOWN_AS = {
 
 def unknown_key_message(key: str) -> str:
     close = [KNOWN_AS[key]] if key in KNOWN_AS else difflib.get_close_matches(key, FIELD_NAMES, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    hint = f" (did you mean '{close[0]}'?)" if close else " (the keys: docs/configuration.md)"
     return f"unknown key '{key}'{hint}"
 
 
@@ -487,7 +487,9 @@ def reference_markdown() -> str:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--markdown"]:
+    if sys.argv[1:] in (["-h"], ["--help"]):
+        print("python -m artune.config [--markdown]: the configuration reference, as a table or as its docs page")
+    elif sys.argv[1:] == ["--markdown"]:
         sys.stdout.write(reference_markdown())
     elif sys.argv[1:]:
         given = " ".join(sys.argv[1:])

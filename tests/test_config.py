@@ -203,7 +203,8 @@ def test_every_unknown_key_and_value_of_the_wrong_type_is_reported_at_once():
     with pytest.raises(ConfigError) as error:
         TrainConfig.from_dict({"lr": "abc", "d_model": "x", "bogus": 1})
     assert str(error.value) == (
-        "unknown key 'bogus'; lr must be a number, but got 'abc'; d_model must be an integer, but got 'x'"
+        "unknown key 'bogus' (the keys: docs/configuration.md); lr must be a number, but got 'abc'; d_model must be an "
+        "integer, but got 'x'"
     )
 
 
@@ -391,3 +392,15 @@ def test_help_lists_every_field_with_its_doc_and_default():
 def test_the_feed_forward_width_defaults_to_the_same_weights_for_every_activation(d_model, d_ff, activation, width):
     """none is 4 * d_model; swiglu's third matrix makes it 8/3 * d_model, rounded up to a multiple of 8."""
     assert TrainConfig(d_model=d_model, n_heads=4, d_ff=d_ff, activation=activation).ff_width == width
+
+
+def test_the_reference_command_answers_help_and_refuses_anything_else():
+    """``python -m artune.config --help`` was refused as an unknown argument, exit 2."""
+    import subprocess
+    import sys
+
+    run = [sys.executable, "-m", "artune.config"]
+    helped = subprocess.run([*run, "--help"], capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and "--markdown" in helped.stdout, helped.stderr
+    refused = subprocess.run([*run, "--bogus"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.startswith("error: "), refused.stderr
