@@ -33,7 +33,7 @@ def describe_plan(plan: Plan) -> str:
     s = plan.space.settings
     run = run_number(plan.run_name)
     where = plan.address or "a local Ray instance started here (127.0.0.1, dashboard off)"
-    concurrency = s.max_concurrent or "the cluster trial slots"
+    concurrency = s.max_concurrent or "the cluster's trial slots"
     lines = [
         f"search {plan.name!r}{MODE_NOTE[plan.mode].format(run=run)} on {where}",
         plan.space.describe(run),
@@ -122,6 +122,9 @@ def budget_report(plan: Plan, elapsed: float, spent: dict[str, list[float]], rec
     lines = [f"time budget {budget:.0f} s: used {elapsed:.0f} s ({elapsed / budget:.0%})"]
     for trial_id, seconds in sorted(spent.items(), key=lambda item: -sum(item[1])):
         total, epochs = sum(seconds), plural(len(seconds), "epoch")
+        if not seconds:  # it ran, but the budget ended it before its first epoch did
+            lines.append(f"  {trial_id}  {records[trial_id].status:<9} no whole epoch: the budget ended its first")
+            continue
         lines.append(
             f"  {trial_id}  {records[trial_id].status:<9} {epochs:>10}  {total:7.1f} s  "
             f"({total / budget:.1%} of the budget)"
