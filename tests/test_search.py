@@ -255,6 +255,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, shakespeare_path):
     assert "7 trials" in result.stdout and "seq_len" in result.stdout and "24" in result.stdout
     assert str(tmp_path / "r" / "plan") in result.stdout
     assert result.stdout.splitlines()[-1].startswith("dry run: ")  # the plan reads as a run's: it says it was none
+    assert "on a local Ray instance that it would start here" in result.stdout.splitlines()[0]  # ("started here")
     assert not (tmp_path / "r").exists()
 
 

@@ -127,7 +127,7 @@ def _main(args: argparse.Namespace, started: Optional[float]) -> int:
         plan = make_plan(args, started)
         if args.dry_run:
             corpus = describe_corpus(plan)  # a bad corpus is an error line, not a plan
-            print(describe_plan(plan))
+            print(describe_plan(plan, dry_run=True))
             print(corpus)
             print("dry run: the plan and its inputs are checked; nothing was started or written")
             return 0

@@ -29,10 +29,11 @@ def trial_resources(workers: int, cpu: float, gpu: float) -> str:
 MODE_NOTE = {Mode.NEW: "", Mode.RESUME: " (resume)", Mode.EXTEND: " (extend: run {run})"}
 
 
-def describe_plan(plan: Plan) -> str:
+def describe_plan(plan: Plan, dry_run: bool = False) -> str:
     s = plan.space.settings
     run = run_number(plan.run_name)
-    where = plan.address or "a local Ray instance started here (127.0.0.1, dashboard off)"
+    local = "that it would start" if dry_run else "started"
+    where = plan.address or f"a local Ray instance {local} here (127.0.0.1, dashboard off)"
     concurrency = s.max_concurrent or "the cluster's trial slots"
     lines = [
         f"search {plan.name!r}{MODE_NOTE[plan.mode].format(run=run)} on {where}",
