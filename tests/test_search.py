@@ -1189,6 +1189,23 @@ def test_a_running_search_is_named_running_by_every_command_that_would_touch_it(
             assert str(refused.value).startswith(flag) and "running in another process" in str(refused.value)
 
 
+@pytest.mark.slow
+def test_an_interrupt_with_no_trial_running_says_so(smoke, tmp_path, capsys):
+    """A SIGTERM just after the last epoch said "0 trials unfinished; ... continue with --resume" (a review)."""
+    from artune.search import driver, make_plan, parse_args, runtime
+
+    copy_of_smoke(smoke, tmp_path / "r")
+    plan = make_plan(parse_args(["--resume", "--name", "smoke", "--results-dir", str(tmp_path / "r")]))
+    runtime._TERMINATED.set()  # as the SIGTERM handler notes it
+    try:
+        for interrupted, said in ((0, "no trial was running;"), (2, "2 trials unfinished;")):
+            assert driver.report(plan, driver.Outcome(interrupted, 1.0, {}, {})) == driver.EXIT_TERMINATED
+            err = capsys.readouterr().err
+            assert err.startswith(f"terminated (SIGTERM): {said} the tables hold every result so far; continue with: ")
+    finally:
+        runtime._TERMINATED.clear()
+
+
 def test_a_file_system_that_refuses_locks_is_one_line(tmp_path, monkeypatch):
     """flock on a mount without locks (NFS without its lock service: ENOLCK; a read-only open there: EBADF) was a
     traceback from the plan's look at the lock, and from taking it."""

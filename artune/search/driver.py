@@ -204,11 +204,8 @@ def report(plan: Plan, outcome: Outcome) -> int:
         return EXIT_STORAGE_FAILED
     if outcome.interrupted or terminated():
         by = "terminated (SIGTERM)" if terminated() else "interrupted"
-        print(
-            f"{by}: {plural(outcome.interrupted, 'trial')} unfinished; the tables hold every result so far; "
-            f"continue with: {resume}",
-            file=sys.stderr,
-        )
+        left = f"{plural(outcome.interrupted, 'trial')} unfinished" if outcome.interrupted else "no trial was running"
+        print(f"{by}: {left}; the tables hold every result so far; continue with: {resume}", file=sys.stderr)
         return EXIT_TERMINATED if terminated() else EXIT_INTERRUPTED
     summary, ok = summarise(plan)
     if plan.mode is Mode.RESUME and not outcome.spent:  # no trial started here: each had ended before
