@@ -100,3 +100,16 @@ def test_a_searcher_saved_before_the_start_times_were_kept_restores_and_a_resume
     assert again.suggest("b") is not None and again.started_at == {"b": now[0]}
     again.on_trial_complete("a")  # started in the earlier run: no start time here, so nothing learned
     assert again.epoch_over_s is None
+
+
+def test_a_trial_stopped_on_its_epochs_result_counts_as_an_epoch_not_as_a_trial_without_one(deadline):
+    """Tune hands the result a scheduler stops a trial on (ASHA's max_t, a rung's cut) to on_trial_complete only:
+    it was taken for a trial that trained no epoch, its start-up and wait included (a review)."""
+    now = [deadline - 300.0]
+    cutoff = searcher(grace_period=1, now=now)
+    assert cutoff.suggest("a") is not None
+    now[0] = deadline - 170.0  # 100 s of start-up and waiting, then a 30-s epoch
+    cutoff.on_trial_complete("a", {"valid_loss": 2.0, "training_iteration": 1, "time_this_iter_s": 30.0})
+    assert cutoff.fastest_epoch_s == 30.0 and cutoff.epoch_over_s is None
+    now[0] = deadline - 120.0
+    assert cutoff.suggest("b") is not None  # four epochs would fit

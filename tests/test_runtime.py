@@ -99,3 +99,41 @@ def test_mlflow_that_ray_tune_imports_keeps_its_telemetry_off_unless_the_search_
     subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300)
     written = (tmp_path / ".config" / "mlflow" / "telemetry.json").exists()
     assert written == ("mlflow" in log)
+
+
+def test_a_start_that_fails_after_a_lost_sigterm_ends_as_the_sigterm_does():
+    """ray.init failing once a SIGTERM had reached its processes too: the failure's line and exit 2, not 143."""
+    with pytest.raises(SystemExit) as exit_:
+        with interrupts_kept():
+            TerminatedWhenDeleted()
+            raise RuntimeError("Ray could not start")
+    assert exit_.value.code == signal.SIGTERM
+    with pytest.raises(RuntimeError):  # without a signal, the failure is the failure
+        with interrupts_kept():
+            raise RuntimeError("Ray could not start")
+
+
+def test_a_sigterm_in_rays_start_leaves_artunes_handler_and_one_with_sigint_ignored_still_ends(monkeypatch):
+    """Ray's own handler (sys.exit) stayed after a SIGTERM in its start: a second SIGTERM ended the driver with exit
+    15 and no word. And with SIGINT ignored (a shell's background job), a SIGTERM only noted itself."""
+    from types import SimpleNamespace
+
+    from artune.search import runtime
+
+    def rays_start(plan):
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))  # as ray.init's first line does
+        raise SystemExit(signal.SIGTERM)
+
+    monkeypatch.setattr(runtime, "start_ray", rays_start)
+    with runtime.sigterm_as_interrupt():
+        with pytest.raises(KeyboardInterrupt):
+            runtime.init_ray(SimpleNamespace(address=None))
+        assert runtime.terminated() and signal.getsignal(signal.SIGTERM).__name__ == "terminate"
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with runtime.sigterm_as_interrupt():
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGTERM)
+            assert runtime.terminated()
+    finally:
+        signal.signal(signal.SIGINT, previous)

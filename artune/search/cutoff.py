@@ -71,18 +71,23 @@ class BudgetCutoff(Searcher):
         return suggested
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        self.started_at.pop(trial_id, None)
-        seconds = result.get("time_this_iter_s")
-        if isinstance(seconds, (int, float)) and seconds > 0:
-            self.fastest_epoch_s = seconds if self.fastest_epoch_s is None else min(self.fastest_epoch_s, seconds)
+        self._epoch_seen(trial_id, result)
         self.searcher.on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        # (a result Tune's scheduler stopped the trial on, ASHA's max_t or a rung's cut, comes here only)
+        self._epoch_seen(trial_id, result or {})
         started = self.started_at.pop(trial_id, None)
         if started is not None and not error:  # it ran to its deadline (or a stop) without an epoch
             ran = self.clock() - started
             self.epoch_over_s = ran if self.epoch_over_s is None else min(self.epoch_over_s, ran)
         self.searcher.on_trial_complete(trial_id, result=result, error=error)
+
+    def _epoch_seen(self, trial_id: str, result: dict) -> None:
+        seconds = result.get("time_this_iter_s")
+        if isinstance(seconds, (int, float)) and seconds > 0:
+            self.started_at.pop(trial_id, None)
+            self.fastest_epoch_s = seconds if self.fastest_epoch_s is None else min(self.fastest_epoch_s, seconds)
 
     def set_search_properties(self, metric: Optional[str], mode: Optional[str], config: dict, **spec: Any) -> bool:
         return self.searcher.set_search_properties(metric, mode, config, **spec)

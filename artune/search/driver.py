@@ -164,6 +164,9 @@ def tune_search(plan: Plan, corpus: Corpus) -> Outcome:
             except StorageError as exc:  # the tables hold every trial: reported as the storage failing, exit 4
                 recorder.storage_fails(str(exc), in_loop=False)
     finally:
+        cutoff = sys.modules.get("artune.search.cutoff")  # (imported with Ray Tune, once Ray is up)
+        if cutoff is not None:
+            cutoff.set_run_deadline(None)  # the searcher's cut-off is this run's: a notebook's next search has its own
         stop_ray()  # a no-op where ray.init never ran or failed
     return Outcome(interrupted, finished - plan.started, recorder.spent, recorder.records, recorder.storage_failure)
 

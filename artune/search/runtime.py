@@ -36,6 +36,8 @@ def stop_on_sigterm() -> None:
 
     def terminate(signum: int, frame: object) -> None:
         _TERMINATED.set()
+        if not callable(signal.getsignal(signal.SIGINT)):  # SIGINT ignored (a shell's background job): it would be
+            raise KeyboardInterrupt
         signal.raise_signal(signal.SIGINT)  # to Tune's Ctrl-C handler while it runs, else a KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
@@ -89,6 +91,9 @@ def interrupts_kept() -> Iterator[None]:
     sys.unraisablehook = unraisable
     try:
         yield
+    except Exception:  # a start that failed after a signal was lost in it: the signal is what the user sees
+        if not (terminated_here.is_set() or pressed.is_set()):
+            raise
     finally:
         if callable(previous):
             signal.signal(signal.SIGINT, previous)
@@ -216,7 +221,6 @@ def init_ray(plan: Plan) -> None:
     print(f"connecting to {plan.address}..." if plan.address else "starting a local Ray instance...", flush=True)
     try:
         start_ray(plan)
-        stop_on_sigterm()  # again: ray.init put Ray's own handler in its place
     except SystemExit as exc:
         # Ray's handler, from ray.init's first line on, is sys.exit(SIGTERM): the driver ended with exit 15 and no
         # word. A SIGTERM here ends the start as one before it or after it does (Ctrl-C's way, exit 143).
@@ -224,6 +228,8 @@ def init_ray(plan: Plan) -> None:
             raise
         _TERMINATED.set()
         raise KeyboardInterrupt from None
+    finally:
+        stop_on_sigterm()  # again, however the start ended: ray.init put Ray's own handler in its place
     check_fits_a_node(plan)
 
 
