@@ -11,6 +11,15 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config):
+    """Ray's token (~/.ray/auth_token), made once before any test: each local ray.init makes it where it is
+    missing, with a plain write, and two pytest-xdist workers' first instances on a fresh machine would race
+    on it (one instance's later processes reading the other's token). Only in the controlling process."""
+    ray = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    if not hasattr(config, "workerinput") and ray and not (Path.home() / ".ray" / "auth_token").exists():
+        subprocess.run([ray, "get-auth-token", "--generate"], capture_output=True, timeout=120)
+
+
 @pytest.fixture(scope="session")
 def shakespeare_path() -> Path:
     """The shared, checksummed copy of Tiny Shakespeare (so no test needs the network), or the one in
