@@ -350,8 +350,8 @@ def test_a_search_already_running_is_not_started_again(tmp_path, small_corpus, r
     first.hold_at(lambda: (directory / "manifest.json").exists(), 180, "the first search's manifest", ray_tmpdir)
     again = cli("--resume", *args, timeout=60)
     assert_one_error_line(again, "search 'busy' is running in another process", str(directory / ".lock"))
-    fresh = cli(str(space), *args, timeout=60)
-    assert_one_error_line(fresh, f"--name 'busy': {directory} already holds a search", "--resume", "--extend")
+    fresh = cli(str(space), *args, timeout=60)  # (it said "already holds a search; use --resume", refused too)
+    assert_one_error_line(fresh, "--name 'busy': the search is running in another process", str(directory / ".lock"))
     first.release(ray_tmpdir)
     # neither refusal disturbed the running search
     assert first.finish(240) == 0, first.stderr[-3000:]
