@@ -14,6 +14,15 @@ import pytest
 from artune.search.runtime import interrupts_kept
 
 
+@pytest.fixture(autouse=True)
+def pythons_own_ctrl_c():
+    """Each test starts from Python's own SIGINT handler, as a search's driver does: a Tuner run earlier in this
+    process (another test file's, on the same pytest-xdist worker) leaves Ray Tune's in its place."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 class InterruptedWhenDeleted:
     """Takes a Ctrl-C in ``__del__``, where Python prints an exception as ignored and goes on, as it does in the
     hook a fork runs in the parent (logging's lock release, when Ray's ``Popen`` starts a process)."""
