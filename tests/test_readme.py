@@ -25,7 +25,7 @@ def test_the_install_puts_cpu_torch_first_as_ci_does():
     """The README's install: torch's CPU wheel (in the range pyproject.toml allows), then the package; .ci/run
     installs torch before the package too."""
     cpu = README.index('pip install "torch>=2.13,<2.14" --index-url https://download.pytorch.org/whl/cpu')
-    assert cpu < README.index('pip install -e ".[dev]"')
+    assert cpu < README.index("pip install -e .  ") < README.index('pip install -e ".[dev]"')  # to use it; the tests
     assert '"torch>=2.13,<2.14"' in (REPO / "pyproject.toml").read_text()
     ci = (REPO / ".ci" / "run").read_text()
     assert ci.index("pip install --quiet torch==2.13.") < ci.index('pip install --quiet -e ".[dev]"')
