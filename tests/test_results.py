@@ -674,6 +674,18 @@ def test_cli_interrupted_while_it_writes_the_figures_exits_130_and_keeps_the_las
     assert not list(directory.glob(".*.tmp"))
 
 
+def test_cli_that_cannot_write_a_figure_exits_4_in_one_line_and_keeps_the_others(tmp_path: Path, capsys) -> None:
+    """A write that fails (here a directory where the second figure goes; a full disk alike) is the storage's
+    failure, exit 4 as a search's, not a bad input's 2: one line naming the directory, the figure before it written."""
+    directory = fx.build_search(tmp_path / "s")
+    (directory / PLOT_FILES[1]).mkdir()
+    assert main([str(directory)]) == 4
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {directory}: the figures cannot be written there (") and len(err.splitlines()) == 1
+    assert (directory / PLOT_FILES[0]).read_bytes()[:8] == PNG_MAGIC
+    assert not list(directory.glob(".*.tmp"))
+
+
 def test_cli_of_a_metric_with_no_value_per_epoch_draws_every_figure(tmp_path: Path) -> None:
     """--metric epochs_completed, one the CLI offers: it printed the summary, then exited 2 with no figure (the
     learning curves had no per-epoch column of it); they draw the search's own metric, the best by the asked one."""

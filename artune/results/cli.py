@@ -64,7 +64,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(describe(results, args.metric, args.top), flush=True)
         from artune.plots import write_plots  # matplotlib only once the summary is out
 
-        for path in write_plots(results, args.metric):
+        try:
+            written = write_plots(results, args.metric)
+        except OSError as error:  # the disk, not the input (full, read-only): exit 4, as a search's storage failing
+            print(
+                f"error: {results.path}: the figures cannot be written there ({error.strerror or error})",
+                file=sys.stderr,
+            )
+            return 4
+        for path in written:
             print(f"wrote {path}", flush=True)
     except BrokenPipeError:  # the output piped into `head`, say
         return stdout_closed()
