@@ -33,12 +33,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         loaded = open_model(args.search, args.trial, args.results_dir)
-        out = write_export(loaded, args.out)
-    except (UserError, CheckpointError) as exc:
+        try:
+            out = write_export(loaded, args.out)
+        except OSError as exc:  # the disk, not the input (full, read-only): exit 4, as a search's storage failing
+            print(f"error: {args.out}: cannot write the export ({exc.strerror or exc})", file=sys.stderr)
+            return 4
+    except (UserError, CheckpointError, OSError) as exc:  # an OSError here is the search's files failing to read
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: {args.out}: cannot write the export ({exc.strerror or exc})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

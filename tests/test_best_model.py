@@ -35,8 +35,8 @@ def run(module: str, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def one_error_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 2, (result.stdout, result.stderr)
+def one_error_line(result: subprocess.CompletedProcess, code: int = 2) -> str:
+    assert result.returncode == code, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: ")
@@ -346,13 +346,14 @@ def test_an_export_goes_to_an_empty_current_directory_and_refuses_a_file_on_its_
 
 
 def test_an_export_onto_a_full_disk_is_one_line_and_leaves_nothing(search):
-    """safetensors' own error for a full disk was a traceback and exit 1 (a review)."""
+    """safetensors' own error for a full disk was a traceback and exit 1 (a review); it is exit 4, as a search's
+    storage failing."""
     from tests.test_storage_faults import FullDisk, mounted_tmpfs
 
     with mounted_tmpfs("4m") as disk:
         full = FullDisk(disk)
         try:
-            line = one_error_line(run("artune.export", search, disk / "model"))
+            line = one_error_line(run("artune.export", search, disk / "model"), code=4)  # the disk's, not the input's
             assert "cannot write the export" in line and "No space left on device" in line, line
             assert {p.name for p in disk.iterdir()} <= {f.name for f in full.files}  # no model, no staging directory
         finally:
