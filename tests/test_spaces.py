@@ -106,6 +106,22 @@ def test_a_space_file_reads_as_documented(tmp_path: Path) -> None:
     assert len(space.text_sha256) == 64
 
 
+@pytest.mark.parametrize(
+    ("samples", "concurrent", "line"),
+    [
+        (8, "2", "8 trials, 2 at a time;"),
+        (3, "5", "3 trials, all at once;"),
+        (1, "2", "1 trial;"),
+        (4, "null", "4 trials, as many at a time as the cluster fits;"),
+    ],
+)
+def test_the_dry_run_says_how_many_trials_run_at_once(tmp_path: Path, samples: int, concurrent: str, line: str) -> None:
+    text = GOOD.replace("num_samples: 8", f"num_samples: {samples}").replace(
+        "max_concurrent: 2", f"max_concurrent: {concurrent}"
+    )
+    assert f"  {line} 1 cpu + 0 gpu per trial" in load_space(write(tmp_path, text)).describe()
+
+
 def test_defaults_and_fixed_values_under_params(tmp_path: Path) -> None:
     space = load_space(write(tmp_path, "params:\n  lr: {loguniform: ['1e-4', 1.0e-2]}\n  seq_len: 32\n"))
     assert space.fixed == {"seq_len": 32}  # a plain value under params is fixed

@@ -18,7 +18,12 @@ def describe(space: SearchSpace, run: int = 1) -> str:
     s = space.settings
     seed = sampler_seed(space, run)
     seeded = f"seed {seed}" if seed == s.seed else f"seed {seed}: {s.seed} + {run - 1}, as run {run} draws anew"
-    slots = "as many at a time as the cluster fits" if s.max_concurrent is None else f"{s.max_concurrent} at a time"
+    if s.max_concurrent is None:
+        slots = ", as many at a time as the cluster fits"
+    elif s.max_concurrent < s.num_samples:
+        slots = f", {s.max_concurrent} at a time"
+    else:  # "1 trial, 2 at a time" would promise what one trial cannot do
+        slots = ", all at once" if s.num_samples > 1 else ""
     scheduler = (
         f"asha (grace_period {s.grace_period}, reduction_factor {show_number(s.reduction_factor)}, max_t {s.epochs})"
         if s.scheduler == "asha"
@@ -31,7 +36,7 @@ def describe(space: SearchSpace, run: int = 1) -> str:
         )
     lines = [
         f"search space {space.path} (sha256 {space.text_sha256[:12]})",
-        f"  {plural(s.num_samples, 'trial')}, {slots}; {resources}; {plural(s.epochs, 'epoch')} each",
+        f"  {plural(s.num_samples, 'trial')}{slots}; {resources}; {plural(s.epochs, 'epoch')} each",
         f"  metric {s.metric} ({s.mode}); sampler {s.sampler} ({seeded}); scheduler {scheduler}",
     ]
     if s.time_budget:
