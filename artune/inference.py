@@ -9,6 +9,7 @@ finds that epoch's checkpoint among the ones Ray kept, and reads an export writt
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -267,6 +268,8 @@ def write_export(loaded: LoadedModel, out: str | os.PathLike) -> Path:
             "train_config": loaded.config.to_dict(),
             "model": dataclasses.asdict(loaded.model.cfg),
             "origin": loaded.origin,
+            # safetensors checks its header and sizes, not its numbers: a flipped bit would load as another weight
+            "weights_sha256": file_sha256(staging / WEIGHTS_FILE),
         }
         (staging / CONFIG_FILE).write_text(json.dumps(settings, indent=2) + "\n")
         vocab = {"tokenizer": loaded.tokenizer.name, "separator": loaded.tokenizer.separator}
@@ -303,11 +306,38 @@ def from_export(directory: str | os.PathLike, device: str | torch.device = "cpu"
         raise CheckpointError(f"{directory / CONFIG_FILE}: not an artune export ({what})") from None
     tokenizer = _export_tokenizer(vocab, model.cfg.vocab_size, directory / VOCAB_FILE)
     path = directory / WEIGHTS_FILE
+    _check_weights(path, settings.get("weights_sha256"), directory / CONFIG_FILE)
     try:
         load_model(model, path)
     except Exception as exc:  # noqa: BLE001 (safetensors' own errors, a truncated file, another shape)
         raise CheckpointError(f"{path}: cannot load the weights ({shape_errors(exc)})") from None
     return LoadedModel(model.to(device).eval(), tokenizer, config, dict(origin))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_weights(path: Path, recorded: Any, config: Path) -> None:
+    """The weights are the bytes the export wrote (an export from before artune recorded their sha256 loads
+    unchecked)."""
+    if recorded is None:
+        return
+    if not isinstance(recorded, str):
+        raise CheckpointError(f"{config}: weights_sha256 must be a string, but got {recorded!r}")
+    try:
+        actual = file_sha256(path)
+    except OSError:
+        return  # missing or unreadable: safetensors' own load says so, in the line a damaged file gets
+    if actual != recorded:
+        raise CheckpointError(
+            f"{path}: cannot load the weights (their sha256 is {actual[:12]}..., not the {recorded[:12]}... that "
+            f"{CONFIG_FILE} records: the file changed after the export; damaged, or replaced)"
+        )
 
 
 def _export_tokenizer(vocab: dict[str, Any], vocab_size: int, path: Path) -> Tokenizer:
