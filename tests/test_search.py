@@ -259,6 +259,16 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, shakespeare_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_a_dry_run_with_repeats_says_that_max_concurrent_counts_groups(tmp_path, shakespeare_path):
+    """With --repeats, max_concurrent counts groups of replicates (up to max(max_concurrent, R) drawn ahead): the
+    header said "concurrency: 2" where three groups of three trials were drawn ahead."""
+    args = ("--dry-run", "--results-dir", str(tmp_path), "--data", str(shakespeare_path))
+    result = cli(str(SMOKE), *args, "--repeats", "3")
+    assert result.returncode == 0, result.stderr
+    assert "concurrency: 3 configurations' groups, as many of their trials as the slots hold" in result.stdout
+    assert "concurrency: 2\n" in cli(str(SMOKE), *args).stdout  # (smoke.yaml's max_concurrent)
+
+
 def test_the_console_script_calls_itself_artune_in_its_usage_and_errors(tmp_path):
     artune = Path(sys.executable).parent / "artune"
     usage = subprocess.run([str(artune), "--help"], capture_output=True, text=True, timeout=60)
