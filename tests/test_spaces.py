@@ -110,7 +110,7 @@ def test_a_space_file_reads_as_documented(tmp_path: Path) -> None:
     ("samples", "concurrent", "line"),
     [
         (8, "2", "8 trials, 2 at a time;"),
-        (3, "5", "3 trials, all at once;"),
+        (3, "5", "3 trials, as many at a time as the cluster fits;"),
         (1, "2", "1 trial;"),
         (4, "null", "4 trials, as many at a time as the cluster fits;"),
     ],

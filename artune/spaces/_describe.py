@@ -18,12 +18,10 @@ def describe(space: SearchSpace, run: int = 1) -> str:
     s = space.settings
     seed = sampler_seed(space, run)
     seeded = f"seed {seed}" if seed == s.seed else f"seed {seed}: {s.seed} + {run - 1}, as run {run} draws anew"
-    if s.max_concurrent is None:
-        slots = ", as many at a time as the cluster fits"
-    elif s.max_concurrent < s.num_samples:
+    if s.max_concurrent is not None and s.max_concurrent < s.num_samples:
         slots = f", {s.max_concurrent} at a time"
-    else:  # "1 trial, 2 at a time" would promise what one trial cannot do
-        slots = ", all at once" if s.num_samples > 1 else ""
+    else:  # no limit, or one that never binds ("1 trial, 2 at a time" promised what one trial cannot do)
+        slots = ", as many at a time as the cluster fits" if s.num_samples > 1 else ""
     scheduler = (
         f"asha (grace_period {s.grace_period}, reduction_factor {show_number(s.reduction_factor)}, max_t {s.epochs})"
         if s.scheduler == "asha"
