@@ -269,6 +269,33 @@ def test_a_dry_run_with_repeats_says_that_max_concurrent_counts_groups(tmp_path,
     assert "concurrency: 2\n" in cli(str(SMOKE), *args).stdout  # (smoke.yaml's max_concurrent)
 
 
+@pytest.mark.parametrize(
+    ("settings", "repeats", "slots", "expected"),
+    [
+        ({"max_concurrent": None}, 1, None, None),  # before Ray starts, without max_concurrent: not known yet
+        ({"max_concurrent": None}, 1, 4, 4),  # the cluster's trial slots
+        ({"max_concurrent": None}, 3, 2, 3),  # with --repeats, one whole group of replicates at least
+        ({"max_concurrent": 2}, 1, 8, 2),
+        ({"max_concurrent": 2}, 3, 8, 3),
+        ({"max_concurrent": 8, "workers": 2}, 1, 3, 3),  # data-parallel trials: no more than the slots
+        ({"max_concurrent": 8, "workers": 2}, 1, None, 8),
+    ],
+)
+def test_the_plan_says_how_many_trials_or_groups_run_at_once(
+    tmp_path, shakespeare_path, settings, repeats, slots, expected
+):
+    """One rule for the searcher's ConcurrencyLimiter and the header's concurrency (they were written twice)."""
+    import dataclasses
+
+    from artune.search import make_plan, parse_args
+
+    plan = make_plan(parse_args([str(SMOKE), "--results-dir", str(tmp_path), "--data", str(shakespeare_path)]))
+    space = plan.space
+    plan.space = dataclasses.replace(space, settings=dataclasses.replace(space.settings, **settings))
+    plan.repeats = repeats
+    assert plan.concurrency(slots) == expected
+
+
 def test_the_console_script_calls_itself_artune_in_its_usage_and_errors(tmp_path):
     artune = Path(sys.executable).parent / "artune"
     usage = subprocess.run([str(artune), "--help"], capture_output=True, text=True, timeout=60)

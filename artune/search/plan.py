@@ -96,6 +96,19 @@ class Plan:
     def tune_path(self) -> Path:
         return self.directory / self.run_name
 
+    def concurrency(self, slots: Optional[int] = None) -> Optional[int]:
+        """What the searcher lets run at once: max_concurrent, else the cluster's trial ``slots`` (None where neither
+        is known, as before Ray starts). Data-parallel trials no more than the slots: Tune counts such a trial as next
+        to nothing, and past the slots its workers would only wait for others'. With --repeats it counts
+        configurations' groups of replicates, at least one whole group."""
+        s = self.space.settings
+        concurrency = s.max_concurrent or slots
+        if concurrency is None:
+            return None
+        if s.workers > 1 and slots is not None:
+            concurrency = min(concurrency, slots)
+        return max(concurrency, self.repeats)
+
     @property
     def resume_command(self) -> str:
         """The command that continues this search, whatever directory it is in."""

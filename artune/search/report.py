@@ -34,11 +34,11 @@ def describe_plan(plan: Plan, dry_run: bool = False) -> str:
     run = run_number(plan.run_name)
     local = "that it would start" if dry_run else "started"
     where = plan.address or f"a local Ray instance {local} here (127.0.0.1, dashboard off)"
-    concurrency = s.max_concurrent or "the cluster's trial slots"
-    if plan.repeats > 1 and s.max_concurrent:  # max_concurrent counts groups then (artune/search/tuner.py)
-        concurrency = (
-            f"{max(s.max_concurrent, plan.repeats)} configurations' groups, as many of their trials as the slots hold"
-        )
+    concurrency = plan.concurrency()  # the cluster's slots are known once Ray has started
+    if concurrency is None:
+        concurrency = "the cluster's trial slots"
+    elif plan.repeats > 1:
+        concurrency = f"{concurrency} configurations' groups, as many of their trials as the slots hold"
     lines = [
         f"search {plan.name!r}{MODE_NOTE[plan.mode].format(run=run)} on {where}",
         plan.space.describe(run),

@@ -145,13 +145,9 @@ def trackers(plan: Plan) -> list[Any]:
 
 
 def searcher(plan: Plan, recorder: Recorder) -> Any:
-    """OptunaSearch over the space, at most the cluster's trial slots at a time; each config ``repeats`` times."""
+    """OptunaSearch over the space, as many trials at a time as ``Plan.concurrency`` says; each config ``repeats``
+    times."""
     s = plan.space.settings
-    slots = trial_slots(plan.space, ray.cluster_resources())
-    concurrency = s.max_concurrent or slots
-    if s.workers > 1:
-        # Tune counts such a trial as next to nothing: past the slots, its workers would only wait for others'
-        concurrency = min(concurrency, slots)
     # The searcher's own in-memory study; with --extend it starts out holding every earlier trial,
     # so the sampler is warm-started from the search's whole history.
     storage, warm = warm_start_storage(recorder.records.values(), plan.space, plan.name)
@@ -165,7 +161,9 @@ def searcher(plan: Plan, recorder: Recorder) -> Any:
         storage=storage,
         study_name=plan.name,
     )
-    limited: Any = ConcurrencyLimiter(search, max_concurrent=max(concurrency, plan.repeats))
+    limited: Any = ConcurrencyLimiter(
+        search, max_concurrent=plan.concurrency(trial_slots(plan.space, ray.cluster_resources()))
+    )
     if plan.repeats > 1:
         # each sampled config runs `repeats` times (seeds seed, seed+1, ...); the sampler sees their mean
         limited = Repeater(limited, repeat=plan.repeats, set_index=True)
