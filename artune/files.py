@@ -1,9 +1,10 @@
-"""Writing a file all at once: readers (and a crash, or a power loss) see the previous file or the new one, never
-half of one."""
+"""Files on disk: writing one all at once (readers, and a crash or a power loss, see the previous file or the new
+one, never half of one), and a file's sha256."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from pathlib import Path
 from typing import Iterator
@@ -46,3 +47,12 @@ def sync(path: Path) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of the file's bytes, read a block at a time (a model's weights may not fit twice in memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

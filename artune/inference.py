@@ -9,7 +9,6 @@ finds that epoch's checkpoint among the ones Ray kept, and reads an export writt
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ import artune.train.checkpoint as checkpoint
 from artune import __version__, plural
 from artune.config import ConfigError, TrainConfig
 from artune.errors import CheckpointError, UnknownTokenError, UserError
-from artune.files import sync
+from artune.files import file_sha256, sync
 from artune.humanize import first_line
 from artune.models import GPT, ModelConfig
 from artune.tokenizers import Vocabulary, get_tokenizer
@@ -312,14 +311,6 @@ def from_export(directory: str | os.PathLike, device: str | torch.device = "cpu"
     except Exception as exc:  # noqa: BLE001 (safetensors' own errors, a truncated file, another shape)
         raise CheckpointError(f"{path}: cannot load the weights ({shape_errors(exc)})") from None
     return LoadedModel(model.to(device).eval(), tokenizer, config, dict(origin))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_weights(path: Path, recorded: Any, config: Path) -> None:

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from artune.errors import UserError
+from artune.errors import CheckpointError, UserError
 from artune.inference import (
     CONFIG_FILE,
     VOCAB_FILE,
@@ -304,6 +304,22 @@ def test_a_corrupt_export_is_one_line_naming_it(search, tmp_path):
     assert str(weights) in line
     with pytest.raises(Exception, match="cannot load the weights"):
         from_export(out)
+
+
+def test_an_export_whose_weights_cannot_be_read_is_one_line_naming_the_file(search, tmp_path):
+    """The sha256 check leaves a file it cannot read (gone, or a directory in its place) to safetensors' own load,
+    whose error names the file: neither is a traceback, nor reported as weights that changed."""
+    out = tmp_path / "model"
+    assert run("artune.export", search, out).returncode == 0
+    weights = out / WEIGHTS_FILE
+    weights.unlink()
+    with pytest.raises(CheckpointError, match="cannot load the weights") as missing:
+        from_export(out)
+    weights.mkdir()
+    with pytest.raises(CheckpointError, match="cannot load the weights") as directory:
+        from_export(out)
+    for error in (missing, directory):
+        assert str(weights) in str(error.value) and "changed after the export" not in str(error.value)
 
 
 def test_an_export_whose_weights_changed_by_one_bit_is_one_line_and_an_older_export_loads(search, tmp_path):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import platform
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from artune import __version__
 from artune.errors import SearchError, SpaceError, StorageError
+from artune.files import file_sha256
 from artune.humanize import describe_os_error
 from artune.results import MANIFEST_FILE, TUNE_DIR, manifest_runs, write_json_atomic
 from artune.search.storage import sqlite_file
@@ -141,7 +141,7 @@ class Manifest:
             return
         original = Path(self.data.get("space_file", ""))
         changes: list[str] = []
-        if original.is_file() and sha256_file(original) == recorded:
+        if original.is_file() and file_sha256(original) == recorded:
             with contextlib.suppress(SpaceError):
                 changes = space_changes(load_space(original), copy)
         what = "; ".join(changes) if changes else f"sha256 {copy.text_sha256[:12]}, recorded {recorded[:12]}"
@@ -154,7 +154,7 @@ class Manifest:
     def check_space_unchanged(self, started_with: SearchSpace) -> None:
         """Refuse to resume a search whose space file was edited since it started, naming the change."""
         original = Path(self.data.get("space_file", ""))
-        if not original.is_file() or sha256_file(original) == self.data.get("space_sha256"):
+        if not original.is_file() or file_sha256(original) == self.data.get("space_sha256"):
             return
         try:
             changes = space_changes(started_with, load_space(original))
@@ -180,10 +180,6 @@ def space_changes(old: SearchSpace, new: SearchSpace) -> list[str]:
             if a.get(key, "<absent>") != b.get(key, "<absent>"):
                 changes.append(f"{section}.{key}: {a.get(key, '<absent>')} -> {b.get(key, '<absent>')}")
     return changes
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def versions() -> dict[str, str]:
