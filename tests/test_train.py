@@ -530,14 +530,21 @@ def test_truncated_checkpoint_raises_naming_the_file(small_text, tmp_path):
 
 def test_a_checkpoint_that_is_no_checkpoint_is_one_line_without_torchs_advice_to_run_its_code(small_text, tmp_path):
     """torch.load's weights-only refusal advised loading the file with weights_only=False (running its code), over
-    several lines; artune never does. Its reason stays."""
+    several lines; artune never does. Its reason stays. For a class's object (a checkpoint another tool pickled
+    with its arguments, say) torch words it otherwise, and that advice, numbered, was kept."""
+    import argparse
     import os
 
     trainer = Trainer(tiny(small_text, batches_per_epoch=1))
-    garbage, hostile = tmp_path / "garbage.pt", tmp_path / "hostile.pt"
+    garbage, hostile, foreign = tmp_path / "garbage.pt", tmp_path / "hostile.pt", tmp_path / "foreign.pt"
     garbage.write_text("garbage\n")
     torch.save({"run": os.getcwd}, hostile)  # a pickle that would call a function
-    for path, reason in ((garbage, "Unsupported operand"), (hostile, "unsupported GLOBAL posix.getcwd")):
+    torch.save({"args": argparse.Namespace(lr=0.1)}, foreign)  # an object of a class
+    for path, reason in (
+        (garbage, "Unsupported operand"),
+        (hostile, "unsupported GLOBAL posix.getcwd"),
+        (foreign, "GLOBAL argparse.Namespace was not an allowed global by default;"),
+    ):
         with pytest.raises(CheckpointError) as refused:
             trainer.load_checkpoint(path)
         message = str(refused.value)
@@ -545,6 +552,7 @@ def test_a_checkpoint_that_is_no_checkpoint_is_one_line_without_torchs_advice_to
             message.startswith(f"{path}: cannot load checkpoint (not a checkpoint artune wrote") and reason in message
         )
         assert "\n" not in message and "weights_only` set to `False`" not in message and "file an issue" not in message
+        assert "add_safe_globals" not in message and "\x1b" not in message and "(2)" not in message, message
 
 
 def test_missing_checkpoint_raises_naming_the_file(small_text, tmp_path):

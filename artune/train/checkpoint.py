@@ -173,16 +173,29 @@ def read(path: str | os.PathLike, device: torch.device) -> tuple[Path, Any]:
 
 
 # torch.load's weights-only refusal wraps its reason in advice artune's loading never takes (weights_only=False,
-# which runs the file's code: see docs/cluster.md, 'Security') and a request to file an issue
-_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation of torch.load")
+# which runs the file's code: see docs/cluster.md, 'Security'; allowlisting the file's classes) and a request to
+# file an issue; its wording differs for a function and for a class's object (checked on torch 2.13)
+_TORCH_ADVICE = (
+    "Weights only load failed",
+    "Please file an issue",
+    "Check the documentation of torch.load",
+    "In PyTorch 2.6",
+    "(1) In PyTorch 2.6",
+    "(2) Alternatively",
+)
 
 
 def load_failure(exc: Exception) -> str:
     """Why ``torch.load`` failed, in a line: a weights-only refusal's own reason, or the first sentence of another."""
     text = str(exc)
     if "Weights only load failed" in text:
-        lines = [line.strip().rstrip(".") for line in text.splitlines()]
-        reason = "; ".join(line for line in lines if line and not line.startswith(_TORCH_ADVICE)) or "no reason given"
+        lines = [line.strip() for line in text.splitlines()]
+        reasons = [
+            line.removeprefix("WeightsUnpickler error: ").split(" Please use ", 1)[0].rstrip(".")
+            for line in lines
+            if line and not line.startswith(_TORCH_ADVICE)
+        ]
+        reason = "; ".join(reasons) or "no reason given"
         return (
             f"not a checkpoint artune wrote, or a damaged one: {reason}; artune loads only tensors and plain data "
             "(torch.load's weights_only), never a pickle's code"
