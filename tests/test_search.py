@@ -266,6 +266,8 @@ def test_a_dry_run_with_repeats_says_that_max_concurrent_counts_groups(tmp_path,
     result = cli(str(SMOKE), *args, "--repeats", "3")
     assert result.returncode == 0, result.stderr
     assert "concurrency: 3 configurations' groups, as many of their trials as the slots hold" in result.stdout
+    # the space's line said "4 trials, 2 at a time" above "12 trials in all"
+    assert "  4 configurations x 3 repeats = 12 trials; 1 cpu" in result.stdout, result.stdout
     assert "concurrency: 2\n" in cli(str(SMOKE), *args).stdout  # (smoke.yaml's max_concurrent)
 
 

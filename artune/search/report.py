@@ -41,7 +41,7 @@ def describe_plan(plan: Plan, dry_run: bool = False) -> str:
         concurrency = f"{concurrency} configurations' groups, as many of their trials as the slots hold"
     lines = [
         f"search {plan.name!r}{MODE_NOTE[plan.mode].format(run=run)} on {where}",
-        plan.space.describe(run),
+        plan.space.describe(run, plan.repeats),
         f"trial resources: {trial_resources(s.workers, s.cpu, s.gpu)}; concurrency: {concurrency}",
     ]
     if plan.repeats > 1:

@@ -13,8 +13,10 @@ if TYPE_CHECKING:
     from artune.spaces._space import SearchSpace
 
 
-def describe(space: SearchSpace, run: int = 1) -> str:
-    """A readable plan of the sweep's ``run``-th run (``--extend``'s are 2, 3, ...), for ``--dry-run``."""
+def describe(space: SearchSpace, run: int = 1, repeats: int = 1) -> str:
+    """A readable plan of the sweep's ``run``-th run (``--extend``'s are 2, 3, ...), for ``--dry-run``; with
+    ``repeats`` (``--repeats``) ``num_samples`` counts configurations, and the search's header says how many of
+    their groups run at once."""
     s = space.settings
     seed = sampler_seed(space, run)
     seeded = f"seed {seed}" if seed == s.seed else f"seed {seed}: {s.seed} + {run - 1}, as run {run} draws anew"
@@ -32,9 +34,12 @@ def describe(space: SearchSpace, run: int = 1) -> str:
         resources = (
             f"{s.workers} data-parallel workers per trial, each {show_number(s.cpu)} cpu + {show_number(s.gpu)} gpu"
         )
+    trials = plural(s.num_samples, "trial") + slots
+    if repeats > 1:  # "4 trials, 2 at a time" where 8 trials ran, 2 groups of replicates (or more) at a time
+        trials = f"{plural(s.num_samples, 'configuration')} x {repeats} repeats = {s.num_samples * repeats} trials"
     lines = [
         f"search space {space.path} (sha256 {space.text_sha256[:12]})",
-        f"  {plural(s.num_samples, 'trial')}{slots}; {resources}; {plural(s.epochs, 'epoch')} each",
+        f"  {trials}; {resources}; {plural(s.epochs, 'epoch')} each",
         f"  metric {s.metric} ({s.mode}); sampler {s.sampler} ({seeded}); scheduler {scheduler}",
     ]
     if s.time_budget:

@@ -139,9 +139,9 @@ class SearchSpace:
         """Build a TrainConfig for every corner of the space; raise SpaceError naming the lines at fault."""
         _corners.check_configs(self)
 
-    def describe(self, run: int = 1) -> str:
-        """A readable plan of the sweep's ``run``-th run, for ``--dry-run``."""
-        return _describe.describe(self, run)
+    def describe(self, run: int = 1, repeats: int = 1) -> str:
+        """A readable plan of the sweep's ``run``-th run, each configuration ``repeats`` times, for ``--dry-run``."""
+        return _describe.describe(self, run, repeats)
 
 
 def one_of(value: Any, allowed: Any) -> bool:
