@@ -298,6 +298,26 @@ def test_the_plan_says_how_many_trials_or_groups_run_at_once(
     assert plan.concurrency(slots) == expected
 
 
+def test_a_grid_search_of_more_trials_than_points_is_refused_before_ray_starts(tmp_path, shakespeare_path):
+    """Optuna's grid sampler draws points again once its grid is exhausted: a grid of four points with the default
+    num_samples (16) trained each point four times, the same model each time, and said nothing."""
+    space = tmp_path / "grid.yaml"
+    space.write_text(
+        "search: {sampler: grid, epochs: 1}\nfixed: {n_heads: 2}\n"
+        "params:\n  d_model: {choice: [32, 64]}\n  n_layers: {int: [1, 2]}\n"
+    )
+    args = (str(space), "--dry-run", "--results-dir", str(tmp_path), "--data", str(shakespeare_path))
+    default = cli(*args)
+    assert default.returncode == 2 and default.stderr.strip() == (
+        f"error: {space}:1: search.num_samples: the grid has 4 points, a trial each, but num_samples is 16: the "
+        "other 12 would train points already trained (fix: num_samples: 4; --repeats R runs each R times)"
+    )
+    flag = cli(*args, "--num-samples", "5")
+    assert flag.returncode == 2 and flag.stderr.startswith("error: --num-samples: the grid has 4 points"), flag.stderr
+    assert cli(*args, "--num-samples", "4").returncode == 0
+    assert cli(*args, "--num-samples", "4", "--repeats", "2", "--set", "seed=1").returncode == 0
+
+
 def test_the_console_script_calls_itself_artune_in_its_usage_and_errors(tmp_path):
     artune = Path(sys.executable).parent / "artune"
     usage = subprocess.run([str(artune), "--help"], capture_output=True, text=True, timeout=60)

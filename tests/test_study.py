@@ -51,16 +51,12 @@ def searched(tmp_path_factory, shakespeare_path):
     assert first.returncode == 0, first.stderr[-3000:]
     before = load(root / "truth")
     study_before = optuna.load_study(study_name="truth", storage=f"sqlite:///{root / 'truth' / 'optuna.db'}")
-    trials_before = study_before.get_trials()
-    extended = cli(
-        "--results-dir", str(root), "--name", "truth", "--extend", "--num-samples", "2", "--data", str(shakespeare_path)
-    )
-    return root / "truth", before, trials_before, extended
+    return root / "truth", before, study_before.get_trials()
 
 
 @pytest.mark.slow
 def test_the_study_records_pruned_complete_and_failed_trials_truthfully(searched):
-    directory, before, trials, _ = searched
+    directory, before, trials = searched
     by_id = {t.user_attrs["trial_id"]: t for t in trials}
     assert len(trials) == 4 and set(by_id) == set(before.trials["trial_id"])
     states = {t.state for t in trials}
@@ -88,7 +84,7 @@ def test_the_study_records_pruned_complete_and_failed_trials_truthfully(searched
 
 @pytest.mark.slow
 def test_the_diverged_trial_is_a_row_not_a_crash(searched):
-    _, before, _, _ = searched
+    _, before, _ = searched
     diverged = before.trials[before.trials.status == "diverged"]
     assert len(diverged) == 1
     row = diverged.iloc[0]
@@ -97,8 +93,22 @@ def test_the_diverged_trial_is_a_row_not_a_crash(searched):
 
 
 @pytest.mark.slow
-def test_extend_adds_exactly_k_trials_and_keeps_every_earlier_row(searched):
-    directory, before, trials_before, extended = searched
+def test_extend_adds_exactly_k_trials_and_keeps_every_earlier_row(tmp_path, shakespeare_path):
+    """A grid of six points (one lr diverges), four run first: an extension by three would train a point again,
+    and is refused before anything starts; by two it runs the two points not run yet."""
+    space = tmp_path / "grid.yaml"
+    space.write_text(SPACE.replace("[0.0003, 0.003, 0.01, 1000000.0]", "[0.0003, 0.003, 0.01, 1000000.0, 0.001, 0.02]"))
+    common = ("--results-dir", str(tmp_path), "--name", "truth", "--data", str(shakespeare_path))
+    first = cli(str(space), *common)
+    assert first.returncode == 0, first.stderr[-3000:]
+    directory = tmp_path / "truth"
+    before = load(directory)
+    past = cli(*common, "--extend", "--num-samples", "3")
+    assert past.returncode == 2 and past.stderr.strip().splitlines() == [
+        "error: --num-samples: the grid has 6 points and the search's earlier runs drew 4: 2 left, but num_samples "
+        "is 3: the other 1 would train points already trained (fix: --num-samples 2)"
+    ], past.stderr
+    extended = cli(*common, "--extend", "--num-samples", "2")
     assert extended.returncode == 0, extended.stderr[-3000:]
     assert "sampler warm-started from 4 earlier trials" in extended.stdout
     after = load(directory)
@@ -112,6 +122,7 @@ def test_extend_adds_exactly_k_trials_and_keeps_every_earlier_row(searched):
     assert len(study.trials) == 6
     assert TrialState.RUNNING not in {t.state for t in study.trials}
     assert after.manifest["runs"] == ["tune", "tune-2"] and after.manifest["num_samples"] == 6
+    assert sorted(after.trials["lr"]) == [0.0003, 0.001, 0.003, 0.01, 0.02, 1e6]  # each point once
 
 
 def test_an_extended_grid_goes_on_with_the_points_not_run_yet(tmp_path):

@@ -172,6 +172,8 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
     if overrides["set"]:
         space = space.with_fixed(overrides["set"])
     space.check_configs()
+    if mode is not Mode.RESUME:  # (a resume draws what its run started to)
+        space.check_grid_fits(grid_points_drawn(directory) if mode is Mode.EXTEND else 0)
     if repeats > 1 and "seed" in space.params:
         raise SearchError(
             f"--repeats {repeats}: each repeat runs its config with the next seed, but seed is searched "
@@ -370,6 +372,17 @@ def check_tables(directory: Path, mode: Mode) -> None:
                 f"{mode.flag}: {path} cannot be read ({type(exc).__name__}: {first}); the search's record is "
                 "damaged: restore the file from a copy, or start a new search under another --name"
             ) from None
+
+
+def grid_points_drawn(directory: Path) -> int:
+    """How many configurations a search's trials trained: the grid points its runs drew (replicates share their
+    config_id, and a lost trial's configuration was drawn again as the same point)."""
+    import pyarrow.parquet as pq
+
+    path = directory / TRIALS_FILE
+    if not path.exists() or "config_id" not in pq.read_schema(path).names:  # (an older artune's table)
+        return 0
+    return len(set(pq.read_table(path, columns=["config_id"]).column("config_id").to_pylist()) - {None})
 
 
 def check_resumed_as_started(

@@ -1,7 +1,9 @@
-"""The rules that span a space's sections: conditions that can hold, no cycles, a finite grid."""
+"""The rules that span a space's sections: conditions that can hold, no cycles, a finite grid that holds the
+trials."""
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Optional
 
 from artune.config import ConfigError, TrainConfig
@@ -173,3 +175,28 @@ def fixed_value_error(knob: str, value: object) -> Optional[str]:
         own = [m for m in str(error).split("; ") if m.startswith(f"{knob} must be")]
         return own[0] if own else None
     return None
+
+
+def check_grid_fits(space: SearchSpace, drawn: int = 0) -> None:
+    """A grid search's num_samples fits the grid points not drawn yet (``drawn`` by an extended search's earlier
+    runs): past them, Optuna's grid sampler draws points again, trials that train a trained configuration.
+    Checked once the command line's settings apply (a file without num_samples has the default's 16)."""
+    s = space.settings
+    if s.sampler != "grid":
+        return
+    size = math.prod(len(values) for values in space.grid().values())
+    left = max(0, size - drawn)
+    if s.num_samples <= left:
+        return
+    source = space.sources.get("search.num_samples", f"{space.path}:1")
+    key = None if source.startswith("--") else "search.num_samples"
+    setting = "--num-samples" if key is None else "num_samples:"
+    if drawn:
+        points = f"the grid has {size} points and the search's earlier runs drew {drawn}: {left} left"
+        fix = f"{setting} {left}" if left else "every point has run: nothing is left to extend"
+    else:
+        points, fix = f"the grid has {size} points, a trial each", f"{setting} {size}; --repeats R runs each R times"
+    errors = Errors()
+    rule = f"{points}, but num_samples is {s.num_samples}: the other {s.num_samples - left} would train points "
+    errors.add(source, key, rule + f"already trained (fix: {fix})")
+    errors.raise_if_any()

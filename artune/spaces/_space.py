@@ -15,7 +15,7 @@ from artune.config import FIELD_NAMES, FIELDS, ConfigError, TrainConfig, coerce,
 from artune.humanize import did_you_mean
 from artune.spaces._distribution import Distribution
 from artune.spaces._errors import Errors
-from artune.spaces._rules import check_space
+from artune.spaces._rules import check_grid_fits, check_space
 from artune.spaces._settings import SETTING_NAMES, SearchSettings, check_settings
 
 if TYPE_CHECKING:
@@ -138,6 +138,10 @@ class SearchSpace:
     def check_configs(self) -> None:
         """Build a TrainConfig for every corner of the space; raise SpaceError naming the lines at fault."""
         _corners.check_configs(self)
+
+    def check_grid_fits(self, drawn: int = 0) -> None:
+        """A grid search's trials fit the points not run yet; raise SpaceError naming num_samples."""
+        check_grid_fits(self, drawn)
 
     def describe(self, run: int = 1, repeats: int = 1) -> str:
         """A readable plan of the sweep's ``run``-th run, each configuration ``repeats`` times, for ``--dry-run``."""
