@@ -140,6 +140,22 @@ def test_smoke_search_writes_a_manifest_and_loads_for_notebooks(smoke, shakespea
 
 
 @pytest.mark.slow
+def test_a_search_directory_without_its_manifest_is_not_taken_for_a_start_up_cut_short(smoke, tmp_path):
+    """With trials.parquet and the runs there and manifest.json gone, --resume said "stopped in its start-up: run
+    the same command without --resume", and that command said "already holds a search; use --resume"."""
+    _, directory = smoke
+    copy = tmp_path / "results" / "smoke"
+    shutil.copytree(directory, copy)
+    (copy / "manifest.json").unlink()
+    common = ("--results-dir", str(copy.parent), "--name", "smoke", "--dry-run")
+    for flags in (["--resume"], ["--extend", "--num-samples", "1"]):
+        line = assert_one_error_line(cli(*common, *flags), f"{copy} holds no manifest.json", "another --name")
+        assert "start-up" not in line, line
+    line = assert_one_error_line(cli(str(SMOKE), *common), f"{copy} holds files but no manifest.json")
+    assert "--resume" not in line, line
+
+
+@pytest.mark.slow
 def test_a_second_search_under_the_same_name_is_refused(smoke, shakespeare_path):
     _, directory = smoke
     before = (directory / "trials.parquet").read_bytes()

@@ -17,10 +17,14 @@ from artune import __version__
 from artune.errors import SearchError, SpaceError, StorageError
 from artune.files import file_sha256
 from artune.humanize import describe_os_error
-from artune.results import MANIFEST_FILE, TUNE_DIR, manifest_runs, write_json_atomic
+from artune.results import MANIFEST_FILE, SPACE_COPY, TUNE_DIR, manifest_runs, write_json_atomic
+from artune.search.lock import LOCK_FILE
 from artune.search.storage import sqlite_file
 from artune.spaces import OVERRIDE_FLAGS, SearchSpace, load_space
 from artune.study import STUDY_FILE, storage_url
+
+# What a search's start-up writes before its manifest: all a command killed in that window leaves
+STARTUP_FILES = {LOCK_FILE, SPACE_COPY, STUDY_FILE, f"{STUDY_FILE}-journal"}
 
 if TYPE_CHECKING:
     from artune.data import Corpus
@@ -44,6 +48,12 @@ class Manifest:
         """The manifest a ``flag`` (--resume, --extend) continues from; a missing or unreadable one is refused."""
         path = directory / MANIFEST_FILE
         if not path.exists() and directory.is_dir() and any(directory.iterdir()):
+            if not startup_files_only(directory):  # tables, runs: a search whose record went, or another folder
+                raise SearchError(
+                    f"{flag}: {directory} holds no {MANIFEST_FILE}, the search's record, beside other files (removed, "
+                    f"or not a search's directory), so it cannot be continued: restore {MANIFEST_FILE} from a copy, or "
+                    "start a new search under another --name"
+                )
             raise SearchError(
                 f"{flag}: search {directory.name!r} in {directory.parent} was stopped in its start-up, before it "
                 f"began (no {MANIFEST_FILE}): run the same command without {flag} to start it anew"
@@ -165,6 +175,13 @@ class Manifest:
             f"--resume: {original} changed since search {self.data.get('name')!r} started ({what}); "
             "restore the file, or start a new search under another --name"
         )
+
+
+def startup_files_only(directory: Path) -> bool:
+    """Whether ``directory`` holds only what a search's start-up writes before its manifest (and temporary files)."""
+    return all(
+        p.name in STARTUP_FILES or (p.name.startswith(".") and p.name.endswith(".tmp")) for p in directory.iterdir()
+    )
 
 
 def space_changes(old: SearchSpace, new: SearchSpace) -> list[str]:

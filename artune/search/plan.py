@@ -21,7 +21,7 @@ from artune.errors import SearchError
 from artune.humanize import first_line
 from artune.results import EPOCHS_FILE, MANIFEST_FILE, SPACE_COPY, TRIALS_FILE, TUNE_DIR
 from artune.search.lock import LOCK_FILE, held_elsewhere
-from artune.search.manifest import Manifest
+from artune.search.manifest import Manifest, startup_files_only
 from artune.search.runtime import check_address
 from artune.search.saved_state import check_saved_state
 from artune.search.storage import (
@@ -33,12 +33,10 @@ from artune.search.storage import (
     study_trials,
 )
 from artune.spaces import OVERRIDE_FLAGS, SearchSpace, load_space
-from artune.study import STUDY_FILE, storage_url
+from artune.study import storage_url
 
 DEFAULT_SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "default.yaml"
 NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-# What a search's start-up writes before its manifest: all a command killed in that window leaves
-STARTUP_FILES = {LOCK_FILE, SPACE_COPY, STUDY_FILE, f"{STUDY_FILE}-journal"}
 
 
 class Mode(enum.Enum):
@@ -283,6 +281,11 @@ def check_new(directory: Path, name: str, storage: Optional[str]) -> bool:
     if takeover and held_elsewhere(directory):  # running, or in its start-up, in another process
         raise SearchError(f"--name {name!r}: the search is running in another process (lock {directory / LOCK_FILE})")
     if takeover and not startup_leftover(directory, name, storage):
+        if not (directory / MANIFEST_FILE).exists() and not startup_files_only(directory):
+            raise SearchError(
+                f"--name {name!r}: {directory} holds files but no {MANIFEST_FILE} (a search whose record was removed, "
+                "or not a search's directory); choose another --name"
+            )
         raise SearchError(
             f"--name {name!r}: {directory} already holds a search; use --resume to continue it, "
             "--extend to grow it, or choose another --name"
@@ -300,8 +303,7 @@ def startup_leftover(directory: Path, name: str, storage: Optional[str]) -> bool
     manifest, only the files a start-up writes first, and a study that holds no trial."""
     if (directory / MANIFEST_FILE).exists():
         return False
-    names = {p.name for p in directory.iterdir()}
-    if not all(n in STARTUP_FILES or (n.startswith(".") and n.endswith(".tmp")) for n in names):
+    if not startup_files_only(directory):
         return False
     try:
         return study_trials(storage or storage_url(directory), name) == 0
