@@ -1088,12 +1088,23 @@ def test_cli_corpus_too_small_for_seq_len_exits_2(tmp_path):
     assert lines[0].startswith("error: the valid split of ") and "seq_len + 1 = 33" in lines[0]
 
 
-@pytest.mark.parametrize("threads", ["0", "-1"])
-def test_cli_threads_below_1_is_one_error_line_and_exit_2(threads):
+@pytest.mark.parametrize("threads", ["0", "-1", str((os.cpu_count() or 1) + 1), "99999999999"])
+def test_cli_threads_outside_1_to_the_cpus_is_one_error_line_and_exit_2(threads):
+    """Past the CPUs: 1,000 threads made a 0.2-s epoch take 100 s, 100,000 crashed torch (SIGSEGV), and
+    99999999999 was a traceback."""
     result = _cli("--threads", threads)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert lines == [f"error: --threads must be >= 1, but got {threads}"], result.stderr
+    cpus = os.cpu_count() or 1
+    assert lines == [f"error: --threads must be from 1 to {cpus} (this machine's CPUs), but got {threads}"], lines
+
+
+def test_cli_an_empty_checkpoint_dir_is_refused_not_taken_for_none():
+    """--checkpoint-dir '' trained, exited 0 and wrote no checkpoint."""
+    result = _cli("--checkpoint-dir", "")
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: --checkpoint-dir must name a directory, but got an empty string"
+    ], result.stderr
 
 
 TINY_CLI = [

@@ -160,8 +160,11 @@ def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> i
                 ) from None
         # Checked before the corpus is read or an epoch trained: a bad directory would otherwise
         # fail (or overwrite a checkpoint) only when the first epoch's checkpoint is written.
-        if args.threads is not None and args.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, but got {args.threads}")
+        cpus = os.cpu_count() or 1
+        if args.threads is not None and not 1 <= args.threads <= cpus:  # past the CPUs: torch slows, or crashes
+            raise ConfigError(f"--threads must be from 1 to {cpus} (this machine's CPUs), but got {args.threads}")
+        if args.checkpoint_dir == "":
+            raise ConfigError("--checkpoint-dir must name a directory, but got an empty string")
         if args.checkpoint_dir and config.is_save_models:
             directory = Path(args.checkpoint_dir)
             try:
