@@ -109,6 +109,11 @@ def resolve_dataset(
         root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
         if root.is_file():
             path = root  # the user's own file: read as it is, never downloaded over
+        elif root.exists() and not root.is_dir():  # /dev/null, a socket: it was taken for a directory to fill
+            raise CorpusError(
+                f"data path (--data) {root.absolute()} is neither a text file nor a directory; give a text file or "
+                f"the directory holding {TINY_SHAKESPEARE_FILE}"
+            )
         else:
             path = root / TINY_SHAKESPEARE_FILE
             if not path.is_file() or path.stat().st_size == 0:

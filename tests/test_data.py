@@ -149,6 +149,13 @@ def test_data_dir_may_name_the_file_itself(shakespeare_path):
     assert resolve_dataset("tiny_shakespeare", shakespeare_path) == shakespeare_path
 
 
+def test_a_data_path_that_is_neither_file_nor_directory_is_refused(tmp_path):
+    """/dev/null was taken for a directory: a search's dry run promised to download into /dev/null/, and train
+    said it could not write a cache directory there."""
+    with pytest.raises(CorpusError, match="data path .*/dev/null is neither a text file nor a directory"):
+        resolve_dataset("tiny_shakespeare", "/dev/null")
+
+
 def test_relative_path_is_taken_from_the_working_directory(tmp_path, monkeypatch):
     (tmp_path / "tiny.txt").write_text("abcabc")
     monkeypatch.chdir(tmp_path)
