@@ -256,11 +256,13 @@ def test_a_missing_corpus_file_given_by_set_names_the_set(refused):
     """--set dataset=FILE gave "dataset file not found: FILE" without naming the option (a review)."""
     missing = refused["data"] / "missing.txt"
     line = check(refused, "set:dataset=missing", "not found")
-    assert line.startswith(f"error: --set dataset={missing}: fixed.dataset: dataset file not found: {missing}"), line
+    assert line.startswith(f"error: --set dataset={missing}: dataset file not found: {missing}"), line
 
 
 def test_an_empty_corpus_file(refused):
-    check(refused, "data:empty.txt", "empty.txt", "is empty")
+    """The line names the option given, --data FILE (it said "--set dataset=FILE: fixed.dataset: ...")."""
+    line = check(refused, "data:empty.txt", "empty.txt", "is empty")
+    assert line.startswith(f"error: --data {refused['data'] / 'empty.txt'}: dataset file is empty"), line
     assert (refused["data"] / "empty.txt").read_bytes() == b""
 
 

@@ -34,7 +34,9 @@ def load_plan_corpus(plan: Plan, fetch: bool = True) -> Corpus:
             where = space.sources.get("fixed.dataset")  # the space file's line, or the --set, that named the corpus
             if where is None or isinstance(exc, NotFetched):
                 raise
-            raise CorpusError(f"{where}: fixed.dataset: {exc}") from None
+            raise CorpusError(
+                f"{where}: {exc}" if where.startswith("--") else f"{where}: fixed.dataset: {exc}"
+            ) from None
         # The loaders' needs grow with seq_len and with batch_size, each alone: the largest of each is the test.
         seq_len, batch_size = (int(max(space.possible_values(key))) for key in ("seq_len", "batch_size"))
         whole_batches = any(space.possible_values("compile"))  # true or 'auto'

@@ -164,11 +164,12 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
     if mode is Mode.RESUME:
         check_resumed_as_started(args, name, space, manifest, given, sets, repeats)
     repeats = args.repeats or repeats
-    sets = data_as_set(args.data, mode, name, space, started_with["set"], sets)
+    typed, sets = sets, data_as_set(args.data, mode, name, space, started_with["set"], sets)
     overrides = {"settings": {**started_with["settings"], **given}, "set": {**started_with["set"], **sets}}
     space = space.with_overrides(OVERRIDE_FLAGS, **overrides["settings"], time_budget=args.time_budget)
-    if overrides["set"]:
-        space = space.with_fixed(overrides["set"])
+    if overrides["set"]:  # an error about the corpus names --data FILE where that gave it
+        from_data = "dataset" in sets and "dataset" not in typed
+        space = space.with_fixed(overrides["set"], {"dataset": f"--data {args.data}"} if from_data else None)
     space.check_configs()
     if mode is not Mode.RESUME:  # (a resume draws what its run started to)
         space.check_grid_fits(grid_points_drawn(directory) if mode is Mode.EXTEND else 0)

@@ -62,14 +62,15 @@ class SearchSpace:
         errors.raise_if_any()
         return space
 
-    def with_fixed(self, updates: dict[str, Any]) -> SearchSpace:
-        """The space with ``--set key=value`` applied: the value is coerced, a searched knob becomes fixed."""
+    def with_fixed(self, updates: dict[str, Any], flags: Optional[dict[str, str]] = None) -> SearchSpace:
+        """The space with ``--set key=value`` applied: the value is coerced, a searched knob becomes fixed.
+        ``flags`` names the option a value came from where it is not ``--set`` (``--data FILE``)."""
         errors = Errors()
         fixed = dict(self.fixed)
         params = dict(self.params)
         sources = dict(self.sources)
         for key, value in updates.items():
-            where = f"--set {key}={value}"
+            where = (flags or {}).get(key, f"--set {key}={value}")
             if key not in FIELD_NAMES:
                 errors.add(where, None, unknown_key_message(str(key)))
                 continue
