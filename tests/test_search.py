@@ -510,6 +510,26 @@ def test_a_storage_that_cannot_hold_the_study_is_one_line_and_leaves_no_search(t
         assert "starting" not in result.stdout and not (results / "x").exists()
 
 
+def test_a_sqlite_storage_that_names_a_directory_is_one_line_before_ray_starts(tmp_path, shakespeare_path):
+    """A dry run passed it, and the search was refused only once Ray had started."""
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    results = tmp_path / "r"
+    for dry_run in (["--dry-run"], []):
+        args = ("--name", "x", "--results-dir", str(results), "--data", str(shakespeare_path), *dry_run)
+        result = cli(str(SMOKE), *args, "--storage", f"sqlite:///{folder}", timeout=300)
+        assert_one_error_line(result, f"--storage 'sqlite:///{folder}': {folder} is not a file")
+        assert "starting" not in result.stdout and not (results / "x").exists()
+
+
+def test_a_knob_set_twice_to_two_values_is_refused(tmp_path, shakespeare_path):
+    """--set lr=1e-3 --set lr=2e-3 trained at 2e-3 without a word."""
+    args = ("--dry-run", "--results-dir", str(tmp_path), "--data", str(shakespeare_path))
+    line = assert_one_error_line(cli(str(SMOKE), *args, "--set", "lr=1e-3", "--set", "lr=2e-3"))
+    assert line == "error: --set lr: given twice, as 1e-3 and 2e-3: give one"
+    assert cli(str(SMOKE), *args, "--set", "lr=1e-3", "--set", "lr=1e-3").returncode == 0
+
+
 def test_a_results_dir_that_cannot_be_looked_up_is_one_line(tmp_path, shakespeare_path):
     """Path.exists() raises where the lookup itself fails (a parent this user may not enter, EACCES; here a name
     too long, as root enters everything): a traceback before."""

@@ -463,6 +463,8 @@ def parse_sets(items: list[str]) -> dict[str, str]:
             raise SearchError(f"--set {item!r}: expected KEY=VALUE, e.g. --set seq_len=128")
         if key not in FIELD_NAMES:
             raise SearchError(f"--set {key}: {unknown_key_message(key)}")
+        if key in values and values[key] != value.strip():  # the last one silently won
+            raise SearchError(f"--set {key}: given twice, as {values[key]} and {value.strip()}: give one")
         values[key] = value.strip()
     return values
 

@@ -125,6 +125,8 @@ def check_storage(url: str) -> None:
             "give a file (sqlite:///path.db) or a database server's URL"
         )
     if database is not None:
+        if database.exists() and not database.is_file():  # a directory: refused only once Ray had started
+            raise SearchError(f"--storage {url!r}: {database.absolute()} is not a file; give the database file's path")
         folder = database.absolute().parent
         if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
             raise SearchError(f"--storage {url!r}: the database file's directory {folder} is not a writable directory")
