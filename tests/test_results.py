@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -156,6 +158,20 @@ def test_a_manifest_that_cannot_be_read_or_is_not_an_object_is_a_results_error_n
             ResultsError, match=rf"^{directory / MANIFEST_FILE}: (cannot be read|not a search's|not valid)"
         ):
             load(directory)
+
+
+def test_a_manifest_edited_to_another_mode_or_metric_is_an_error_naming_it(search: Path, tmp_path):
+    """A mode of 'sideways' ranked as 'max' without a word; an unknown metric's error did not name the manifest."""
+    manifest = json.loads((search / MANIFEST_FILE).read_text())
+    for name, edit, fragment in [
+        ("mode", {"mode": "sideways"}, "mode: must be 'min' or 'max', but got 'sideways'"),
+        ("metric", {"metric": "perplexity"}, "metric: unknown metric 'perplexity'"),
+    ]:
+        directory = tmp_path / name
+        shutil.copytree(search, directory)
+        (directory / MANIFEST_FILE).write_text(json.dumps({**manifest, **edit}))
+        with pytest.raises(ResultsError, match=rf"^{re.escape(str(directory / MANIFEST_FILE))}: {re.escape(fragment)}"):
+            load(directory).best(1)
 
 
 def test_an_os_error_is_described_with_the_files_it_names_and_none_it_does_not() -> None:

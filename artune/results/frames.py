@@ -136,6 +136,7 @@ class SearchResults:
 
     def metric_column(self, metric: Optional[str] = None) -> tuple[str, pd.Series]:
         """The column name and per-trial values (aligned with ``trials``) that ``metric`` ranks by."""
+        named = metric is not None
         metric = metric or self.metric
         if f"best_{metric}" in self.trials:
             return f"best_{metric}", self.trials[f"best_{metric}"]
@@ -149,7 +150,8 @@ class SearchResults:
             return f"best_{metric}", values.set_axis(self.trials.index)
         choices = self._metric_choices()
         hint = _metric_hint(metric, choices)
-        raise ResultsError(f"unknown metric {metric!r}{hint}: expected one of {_listed(choices)}")
+        where = "" if named else f"{self.path / MANIFEST_FILE}: metric: "  # a hand-edited manifest's
+        raise ResultsError(f"{where}unknown metric {metric!r}{hint}: expected one of {_listed(choices)}")
 
     def epoch_metric(self, metric: Optional[str] = None) -> str:
         """The epochs column behind ``metric``: ``valid_loss`` for valid_loss, best_valid_loss or last_valid_loss."""
@@ -349,6 +351,8 @@ def load(path_or_name: str | os.PathLike, results_dir: str | os.PathLike = DEFAU
         raise ResultsError(
             f"{manifest_path}: not a search's manifest (a JSON {type(manifest).__name__}, not an object)"
         )
+    if manifest.get("mode", "min") not in ("min", "max"):  # any other ranked as max
+        raise ResultsError(f"{manifest_path}: mode: must be 'min' or 'max', but got {manifest['mode']!r}")
     trials = _read_table(path / TRIALS_FILE)
     missing = [c for c in ("trial_id", "status") if c not in trials]
     if missing:
