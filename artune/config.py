@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from artune.errors import ConfigError  # noqa: F401  (re-exported)
+from artune.humanize import as_int, is_whole  # noqa: F401  (as_int re-exported)
 
 
 def _doc(text: str, **kwargs: Any) -> Any:
@@ -256,26 +257,6 @@ def unknown_key_message(key: str) -> str:
     return f"unknown key '{key}'{hint}"
 
 
-def as_int(value: Any) -> int:
-    """An integer from YAML, the CLI or Ray: 3, 3.0 and '3' are 3; True, 3.5, 1e30 (a float past 2**53, not exactly
-    an integer) and one past int64 (what torch and Optuna hold) raise ValueError."""
-    if isinstance(value, bool) or (isinstance(value, int) and not -(2**63) <= value < 2**63):
-        raise ValueError(value)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            pass
-        else:
-            if number.is_integer() and abs(number) < 2**53:
-                return int(number)
-    raise ValueError(value)
-
-
 def coerce(name: str, value: Any) -> Any:
     """Convert a value from text, YAML or Ray into the field's type; raise ConfigError if it cannot be."""
     kind, optional = field_type(name)
@@ -305,7 +286,8 @@ def coerce(name: str, value: Any) -> Any:
         try:
             return as_int(value)
         except ValueError:
-            raise ConfigError(f"{name} must be an integer, but got {value!r}") from None
+            rule = "an integer from -2**63 to 2**63 - 1" if is_whole(value) else "an integer"  # (torch's, Optuna's)
+            raise ConfigError(f"{name} must be {rule}, but got {value!r}") from None
     if kind is float:
         if isinstance(value, bool):
             raise ConfigError(f"{name} must be a number, but got {value!r}")

@@ -32,6 +32,35 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
 
+def as_int(value: Any) -> int:
+    """An integer from YAML, the CLI or Ray: 3, 3.0 and '3' are 3; True, 3.5, 1e30 (a float past 2**53, not exactly
+    an integer) and one past int64 (what torch and Optuna hold) raise ValueError."""
+    if isinstance(value, bool) or (isinstance(value, int) and not -(2**63) <= value < 2**63):
+        raise ValueError(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, str):
+        if is_whole(value):  # digits: exact, whatever their count ('1e3' is a float's)
+            return as_int(int(value))
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+        else:
+            if number.is_integer() and abs(number) < 2**53:
+                return int(number)
+    raise ValueError(value)
+
+
+def is_whole(value: Any) -> bool:
+    """An int, or text that is only an integer's digits (and a sign): whole, whatever its size."""
+    return (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value) is not None
+    )
+
+
 def parse_number(value: Any) -> float:
     """A finite float from YAML or the CLI: 3, 3e-4 and '3e-4' are numbers; True, nan and inf are not."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):

@@ -265,11 +265,20 @@ def test_from_dict_accepts_numbers_for_floats_and_integral_floats_for_ints():
         ("is_save_models", "auto", r"is_save_models must be true or false, but got 'auto'"),
         ("seq_len", "none", r"seq_len must be an int, but got None"),
         ("tokenizer", 3, r"tokenizer must be text, but got 3"),
+        # past int64 (torch's and Optuna's): it said "must be an integer" of an integer
+        ("seed", "9223372036854775808", r"seed must be an integer from -2\*\*63 to 2\*\*63 - 1, but got '9223"),
+        ("seed", 2**63, r"seed must be an integer from -2\*\*63 to 2\*\*63 - 1, but got 9223"),
     ],
 )
 def test_from_dict_refuses_what_it_cannot_coerce(key, value, pattern):
     with pytest.raises(ConfigError, match=pattern):
         TrainConfig.from_dict({key: value})
+
+
+def test_an_integer_written_in_digits_is_read_exactly_whatever_its_size():
+    """'9007199254740993' (2**53 + 1) went through a float, which cannot hold it, and was refused."""
+    assert TrainConfig.from_dict({"seed": "9007199254740993"}).seed == 2**53 + 1
+    assert TrainConfig.from_dict({"seed": " +12 "}).seed == 12 and TrainConfig.from_dict({"seed": "1e3"}).seed == 1000
 
 
 def test_coerce_unwraps_numpy_like_scalars():
