@@ -555,6 +555,19 @@ def test_a_checkpoint_that_is_no_checkpoint_is_one_line_without_torchs_advice_to
         assert "add_safe_globals" not in message and "\x1b" not in message and "(2)" not in message, message
 
 
+def test_a_plain_pickle_as_a_checkpoint_is_refused_without_torchs_protocol_warning(small_text, tmp_path, recwarn):
+    """A pickle written by pickle.dump (protocol 4 or 5): torch warned of its protocol in two lines on stderr,
+    above artune's one-line refusal."""
+    import pickle
+
+    plain = tmp_path / "plain.pt"
+    plain.write_bytes(pickle.dumps({"epoch": 1}, protocol=4))
+    trainer = Trainer(tiny(small_text, batches_per_epoch=1))
+    with pytest.raises(CheckpointError, match="not a checkpoint artune wrote"):
+        trainer.load_checkpoint(plain)
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)], [str(w.message) for w in recwarn]
+
+
 def test_missing_checkpoint_raises_naming_the_file(small_text, tmp_path):
     trainer = Trainer(tiny(small_text, batches_per_epoch=1))
     with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / CHECKPOINT_FILE}: checkpoint file not found")):

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import errno
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -165,7 +166,10 @@ def read(path: str | os.PathLike, device: torch.device) -> tuple[Path, Any]:
     if path.is_file() and path.stat().st_size == 0:  # torch's EOFError says nothing
         raise CheckpointError(f"{path}: cannot load checkpoint (an empty file: a copy or a write cut short?)")
     try:
-        return path, torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():
+            # a plain pickle (not torch.save's): torch warns of its protocol in two lines, then refuses it anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return path, torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: checkpoint file not found") from None
     except Exception as exc:  # noqa: BLE001 (torch.load's many kinds: a truncated zip, a refused unpickling, ...)
