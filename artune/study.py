@@ -177,7 +177,23 @@ def warm_start_storage(
 
 
 def add_grid_draws(study: optuna.Study, records: Iterable[TrialRecord], space: SearchSpace, metric: str) -> int:
-    """One trial per grid point the earlier runs drew; how many were added.
+    """One trial per grid point the earlier runs drew (``grid_draws``); how many were added."""
+    added = 0
+    for record in grid_draws(records, space):
+        trial = frozen_trial(record, space, metric)
+        if trial is None:
+            params, distributions = knobs(record, space)
+            trial = optuna.trial.create_trial(
+                state=TrialState.PRUNED, params=params, distributions=distributions, user_attrs=user_attrs(record)
+            )
+        study.add_trial(trial)
+        added += 1
+    return added
+
+
+def grid_draws(records: Iterable[TrialRecord], space: SearchSpace) -> list[TrialRecord]:
+    """The earlier trials that each stand for one draw of the grid sampler: the warm start's, and what an
+    --extend's num_samples is checked against (``SearchSpace.check_grid_fits``).
 
     Optuna's grid sampler gives a study's k-th trial the k-th point of the grid as its seed shuffles it (an
     extension keeps the seed: see ``make_sampler``), so the warm start must hold exactly one trial per earlier
@@ -192,23 +208,15 @@ def add_grid_draws(study: optuna.Study, records: Iterable[TrialRecord], space: S
     for record in records:
         if not (record.error or "").startswith(LOST_PREFIX):  # an older artune's lost trials too
             configs.setdefault(record.config_id or record.trial_id, []).append(record)
-    added = 0
+    draws: list[TrialRecord] = []
     for runs in configs.values():
         if "seed" not in space.params:  # (a searched seed allows no repeats: each run is a draw)
             by_seed: dict[Any, list[TrialRecord]] = {}
             for record in runs:
                 by_seed.setdefault(record.config.get("seed"), []).append(record)
             runs = max(by_seed.values(), key=len)
-        for record in runs:
-            trial = frozen_trial(record, space, metric)
-            if trial is None:
-                params, distributions = knobs(record, space)
-                trial = optuna.trial.create_trial(
-                    state=TrialState.PRUNED, params=params, distributions=distributions, user_attrs=user_attrs(record)
-                )
-            study.add_trial(trial)
-            added += 1
-    return added
+        draws += runs
+    return draws
 
 
 class LiveStudy:

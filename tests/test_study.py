@@ -10,8 +10,8 @@ import pytest
 from optuna.trial import TrialState
 
 from artune.results import TrialRecord, load
-from artune.spaces import load_space
-from artune.study import frozen_trial, sync_study, warm_start_storage
+from artune.spaces import SpaceError, load_space
+from artune.study import frozen_trial, grid_draws, sync_study, warm_start_storage
 from tests.test_search import cli
 
 # Four grid points, two at a time, ASHA over three epochs; lr=1e6 without clipping goes NaN.
@@ -106,7 +106,7 @@ def test_extend_adds_exactly_k_trials_and_keeps_every_earlier_row(tmp_path, shak
     past = cli(*common, "--extend", "--num-samples", "3")
     assert past.returncode == 2 and past.stderr.strip().splitlines() == [
         "error: --num-samples: the grid has 6 points and the search's earlier runs drew 4: 2 left, but num_samples "
-        "is 3: the other 1 would train points already trained (fix: --num-samples 2)"
+        "is 3: 1 of them would train a point already trained (fix: --num-samples 2)"
     ], past.stderr
     extended = cli(*common, "--extend", "--num-samples", "2")
     assert extended.returncode == 0, extended.stderr[-3000:]
@@ -186,6 +186,11 @@ def test_an_extended_grid_counts_each_draw_of_a_configuration_its_conditions_col
     for _ in range(2):
         space.define_by_run(extension.ask())
     assert [t.system_attrs["grid_id"] for t in extension.trials[n:]] == [6, 7]  # the two points not run yet
+    # an --extend's num_samples is checked against the same count (it counted configurations: 5 drawn, 3 left)
+    assert len(grid_draws([*records, lost], space)) == 6
+    space.with_overrides(num_samples=2).check_grid_fits(6)
+    with pytest.raises(SpaceError, match="the grid has 8 points and the search's earlier runs drew 6: 2 left"):
+        space.with_overrides(num_samples=3).check_grid_fits(6)
 
 
 def test_the_warm_started_sampler_receives_the_earlier_trials(tmp_path):

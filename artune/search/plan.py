@@ -19,7 +19,7 @@ from typing import Any, Optional
 from artune.config import FIELD_NAMES, coerce, compiler_message, missing_compiler, unknown_key_message
 from artune.errors import SearchError
 from artune.humanize import first_line
-from artune.results import EPOCHS_FILE, MANIFEST_FILE, SPACE_COPY, TRIALS_FILE, TUNE_DIR
+from artune.results import EPOCHS_FILE, MANIFEST_FILE, SPACE_COPY, TRIALS_FILE, TUNE_DIR, read_records
 from artune.search.lock import LOCK_FILE, held_elsewhere
 from artune.search.manifest import Manifest, startup_files_only
 from artune.search.runtime import check_address
@@ -33,7 +33,7 @@ from artune.search.storage import (
     study_trials,
 )
 from artune.spaces import OVERRIDE_FLAGS, SearchSpace, load_space
-from artune.study import storage_url
+from artune.study import grid_draws, storage_url
 
 DEFAULT_SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "default.yaml"
 NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -172,7 +172,8 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
         space = space.with_fixed(overrides["set"], {"dataset": f"--data {args.data}"} if from_data else None)
     space.check_configs()
     if mode is not Mode.RESUME:  # (a resume draws what its run started to)
-        space.check_grid_fits(grid_points_drawn(directory) if mode is Mode.EXTEND else 0)
+        grid = mode is Mode.EXTEND and space.settings.sampler == "grid"
+        space.check_grid_fits(len(grid_draws(read_records(directory).values(), space)) if grid else 0)
     if repeats > 1 and "seed" in space.params:
         raise SearchError(
             f"--repeats {repeats}: each repeat runs its config with the next seed, but seed is searched "
@@ -377,17 +378,6 @@ def check_tables(directory: Path, mode: Mode) -> None:
             ) from None
 
 
-def grid_points_drawn(directory: Path) -> int:
-    """How many configurations a search's trials trained: the grid points its runs drew (replicates share their
-    config_id, and a lost trial's configuration was drawn again as the same point)."""
-    import pyarrow.parquet as pq
-
-    path = directory / TRIALS_FILE
-    if not path.exists() or "config_id" not in pq.read_schema(path).names:  # (an older artune's table)
-        return 0
-    return len(set(pq.read_table(path, columns=["config_id"]).column("config_id").to_pylist()) - {None})
-
-
 def check_resumed_as_started(
     args: argparse.Namespace,
     name: str,
@@ -463,10 +453,18 @@ def parse_sets(items: list[str]) -> dict[str, str]:
             raise SearchError(f"--set {item!r}: expected KEY=VALUE, e.g. --set seq_len=128")
         if key not in FIELD_NAMES:
             raise SearchError(f"--set {key}: {unknown_key_message(key)}")
-        if key in values and values[key] != value.strip():  # the last one silently won
+        if key in values and not same_value(key, values[key], value.strip()):  # the last one silently won
             raise SearchError(f"--set {key}: given twice, as {values[key]} and {value.strip()}: give one")
         values[key] = value.strip()
     return values
+
+
+def same_value(key: str, first: str, second: str) -> bool:
+    """Whether two --set texts give a knob one value (1e-3 and 0.001); a value that does not coerce is judged later."""
+    try:
+        return first == second or coerce(key, first) == coerce(key, second)
+    except (ValueError, TypeError, OverflowError):  # ConfigError is a ValueError
+        return False
 
 
 def check_cuda_has_a_gpu(space: SearchSpace) -> None:

@@ -197,6 +197,6 @@ def check_grid_fits(space: SearchSpace, drawn: int = 0) -> None:
     else:
         points, fix = f"the grid has {size} points, a trial each", f"{setting} {size}; --repeats R runs each R times"
     errors = Errors()
-    rule = f"{points}, but num_samples is {s.num_samples}: the other {s.num_samples - left} would train points "
+    rule = f"{points}, but num_samples is {s.num_samples}: {s.num_samples - left} of them would train a point "
     errors.add(source, key, rule + f"already trained (fix: {fix})")
     errors.raise_if_any()
