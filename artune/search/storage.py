@@ -125,7 +125,11 @@ def check_storage(url: str) -> None:
             "give a file (sqlite:///path.db) or a database server's URL"
         )
     if database is not None:
-        if database.exists() and not database.is_file():  # a directory: refused only once Ray had started
+        try:
+            elsewhere = database.exists() and not database.is_file()  # a directory: refused once Ray had started
+        except OSError as exc:  # a name too long (ENAMETOOLONG), a parent this user may not enter
+            raise SearchError(f"--storage {url!r}: cannot look up {database}: {exc.strerror or exc}") from None
+        if elsewhere:
             raise SearchError(f"--storage {url!r}: {database.absolute()} is not a file; give the database file's path")
         folder = database.absolute().parent
         if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):

@@ -20,6 +20,11 @@ from artune.train.checkpoint import CHECKPOINT_FILE
 from artune.train.device import PRECISION_NAMES
 from artune.train.trainer import Metrics, Trainer
 
+# torch's thread pool: 100,000 threads crashed it (SIGSEGV) and 99999999999 overflowed it. More threads than CPUs
+# train the same steps slower (1,000 on two cores: 500 times), and are warned of, not refused: a replay of a bigger
+# node's trial needs its count (docs/models.md)
+MAX_THREADS = 1024
+
 
 def format_metrics(metrics: Metrics) -> str:
     return (
@@ -135,7 +140,9 @@ def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> i
     parser.add_argument(
         "--results-dir", help="with --from: where searches live (default: results, as for python -m artune.search)"
     )
-    parser.add_argument("--threads", type=int, help="torch CPU threads, at least 1 (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, help=f"torch CPU threads, from 1 to {MAX_THREADS} (default: torch's choice)"
+    )
     parser.add_argument(
         "--time-budget",
         metavar="DURATION",
@@ -160,9 +167,12 @@ def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> i
                 ) from None
         # Checked before the corpus is read or an epoch trained: a bad directory would otherwise
         # fail (or overwrite a checkpoint) only when the first epoch's checkpoint is written.
-        cpus = os.cpu_count() or 1
-        if args.threads is not None and not 1 <= args.threads <= cpus:  # past the CPUs: torch slows, or crashes
-            raise ConfigError(f"--threads must be from 1 to {cpus} (this machine's CPUs), but got {args.threads}")
+        if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+            raise ConfigError(f"--threads must be from 1 to {MAX_THREADS}, but got {args.threads}")
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        if args.threads is not None and args.threads > usable:  # (a trial of a bigger node, replayed bit for bit)
+            print(f"warning: --threads {args.threads} is more than the {usable} CPUs this process may use: the "
+                  "same steps, slower", file=sys.stderr, flush=True)  # fmt: skip
         if args.checkpoint_dir == "":
             raise ConfigError("--checkpoint-dir must name a directory, but got an empty string")
         if args.checkpoint_dir and config.is_save_models:
