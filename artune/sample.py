@@ -80,8 +80,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         for flag, value, low in (("--tokens", args.tokens, 0), ("--top-k", args.top_k, 1)):
             if value is not None and value < low:
                 raise UserError(f"{flag} must be >= {low}, but got {value}")
-        if args.seed is not None and not 0 <= args.seed < 2**64:  # torch's generator takes 64 bits
-            raise UserError(f"--seed must be from 0 to 2**64 - 1, but got {args.seed}")
+        if args.seed is not None and not -(2**63) <= args.seed < 2**64:  # what torch's generator takes
+            raise UserError(f"--seed must be from -2**63 to 2**64 - 1, but got {args.seed}")
         if not 0 <= args.temperature < math.inf:
             raise UserError(f"--temperature must be a finite number >= 0, but got {args.temperature}")
         drawn_only = [f for f, v in (("--top-k", args.top_k), ("--seed", args.seed)) if v is not None]

@@ -136,7 +136,6 @@ class SearchResults:
 
     def metric_column(self, metric: Optional[str] = None) -> tuple[str, pd.Series]:
         """The column name and per-trial values (aligned with ``trials``) that ``metric`` ranks by."""
-        named = metric is not None
         metric = metric or self.metric
         if f"best_{metric}" in self.trials:
             return f"best_{metric}", self.trials[f"best_{metric}"]
@@ -150,8 +149,7 @@ class SearchResults:
             return f"best_{metric}", values.set_axis(self.trials.index)
         choices = self._metric_choices()
         hint = _metric_hint(metric, choices)
-        where = "" if named else f"{self.path / MANIFEST_FILE}: metric: "  # a hand-edited manifest's
-        raise ResultsError(f"{where}unknown metric {metric!r}{hint}: expected one of {_listed(choices)}")
+        raise ResultsError(f"unknown metric {metric!r}{hint}: expected one of {_listed(choices)}")
 
     def epoch_metric(self, metric: Optional[str] = None) -> str:
         """The epochs column behind ``metric``: ``valid_loss`` for valid_loss, best_valid_loss or last_valid_loss."""
@@ -370,7 +368,14 @@ def load(path_or_name: str | os.PathLike, results_dir: str | os.PathLike = DEFAU
         epochs = _read_table(epochs_path)
     else:
         epochs = pa.schema(list(EPOCH_COLUMNS.items())).empty_table().to_pandas()
-    return SearchResults(path, trials, epochs, manifest)
+    results = SearchResults(path, trials, epochs, manifest)
+    choices = results._metric_choices()
+    if "metric" in manifest and manifest["metric"] not in choices:  # hand-edited: every ranking would fail later
+        hint = _metric_hint(str(manifest["metric"]), choices)
+        raise ResultsError(
+            f"{manifest_path}: metric: unknown metric {manifest['metric']!r}{hint}: expected one of {_listed(choices)}"
+        )
+    return results
 
 
 def _read_table(path: Path) -> pd.DataFrame:
