@@ -20,7 +20,14 @@ from artune.search.lock import SearchLock
 from artune.search.manifest import write_manifest
 from artune.search.plan import SPACE_COPY, Mode, Plan
 from artune.search.report import budget_report, describe_plan, next_steps, summarise
-from artune.search.runtime import ClusterWatch, init_ray, set_ray_environment, stop_ray, terminated
+from artune.search.runtime import (
+    ClusterWatch,
+    init_ray,
+    interrupts_kept,
+    set_ray_environment,
+    stop_ray,
+    terminated,
+)
 from artune.search.saved_state import restore_saved_state, settle_unsaved_trials
 from artune.search.storage import sqlite_write_error
 from artune.startup import resume_collector
@@ -119,27 +126,32 @@ def tune_search(plan: Plan, corpus: Corpus) -> Outcome:
     print(describe_plan(plan), flush=True)
     set_ray_environment(plan)
     try:
-        init_ray(plan)  # inside the try: a refusal after ray.init (no GPUs, say) still shuts Ray down
-        plan.stopwatch.lap("ray_init")
-        if plan.mode is Mode.RESUME:
-            settle_unsaved_trials(plan)
-        started = dt.datetime.now().isoformat(timespec="seconds")
-        from artune.search.recorder import Recorder  # Ray Tune's modules: imported once Ray is up
-        from artune.search.tuner import BUDGET_END_S, build_tuner
+        # A Ctrl-C that lands in a C extension's import (Ray's, pyarrow's) was lost there (a warning, and the search
+        # ran on): each press until Tune's own handler takes over is noted and raised (runtime.interrupts_kept); one
+        # from before the manifest records the run is raised before it does, so nothing is recorded
+        with interrupts_kept():
+            init_ray(plan)  # inside the try: a refusal after ray.init (no GPUs, say) still shuts Ray down
+            plan.stopwatch.lap("ray_init")
+            if plan.mode is Mode.RESUME:
+                settle_unsaved_trials(plan)
+            started = dt.datetime.now().isoformat(timespec="seconds")
+            from artune.search.recorder import Recorder  # Ray Tune's modules: imported once Ray is up
+            from artune.search.tuner import BUDGET_END_S, build_tuner
 
-        recorder = Recorder(plan)
-        open_study(recorder, plan)
-        # a StorageError here: nothing has trained, and a new search's directory goes (search_directory)
-        write_manifest(
-            plan,
-            corpus,
-            {{Mode.NEW: "started", Mode.RESUME: "resumed", Mode.EXTEND: "extended"}[plan.mode]: started},
-            new_command=True,
-        )
-        plan.stopwatch.lap("study")
-        tuner = build_tuner(tuner_plan(plan), corpus, recorder)
-        tuning_started = plan.stopwatch.lap("tuner")  # the searcher, the corpus into Ray's object store
-        resume_collector()  # the start-up's objects (Ray Tune's modules, say) live to the end: artune/startup.py
+            recorder = Recorder(plan)
+            open_study(recorder, plan)
+        with interrupts_kept():
+            # a StorageError here: nothing has trained, and a new search's directory goes (search_directory)
+            write_manifest(
+                plan,
+                corpus,
+                {{Mode.NEW: "started", Mode.RESUME: "resumed", Mode.EXTEND: "extended"}[plan.mode]: started},
+                new_command=True,
+            )
+            plan.stopwatch.lap("study")
+            tuner = build_tuner(tuner_plan(plan), corpus, recorder)
+            tuning_started = plan.stopwatch.lap("tuner")  # the searcher, the corpus into Ray's object store
+            resume_collector()  # the start-up's objects (Ray Tune's modules, say) live to the end: artune/startup.py
         with ClusterWatch(plan) if plan.address else contextlib.nullcontext():
             try:
                 tuner.fit()  # Ray Tune catches Ctrl-C itself: fit then returns with trials left unfinished

@@ -60,12 +60,14 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 @contextlib.contextmanager
 def interrupts_kept() -> Iterator[None]:
-    """A Ctrl-C or a SIGTERM while Ray starts is raised where the start returns, if Python lost it on the way.
+    """A Ctrl-C or a SIGTERM while the search starts is raised where the block ends, if Python lost it on the way.
 
     Python raises KeyboardInterrupt wherever the main thread is when the key comes. Inside the hook a fork runs
     in the parent (logging's lock release, as Ray's ``Popen`` of each of its processes forks), an exception is
-    printed as ignored, and the search went on as if no key had been pressed (seen in CI). Each press is also
-    noted here and raised again once the start returns, and Python's report of the one it ignored is left out.
+    printed as ignored, and the search went on as if no key had been pressed (seen in CI); inside a C extension's
+    import (Ray's, as ``import ray`` runs) Cython turned it into a warning, with the same end (seen in CI). Each
+    press is also noted here and raised again once the block ends, and Python's report of one it ignored is left
+    out.
     So is the SystemExit of Ray's own SIGTERM handler, which ``ray.init`` sets for the start (the search ran to
     its end after a SIGTERM and a traceback). Only the main thread sets handlers; a SIGINT ignored (a shell's
     background job) is left ignored."""
