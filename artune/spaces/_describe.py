@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 from artune import plural
@@ -48,7 +47,7 @@ def describe(space: SearchSpace, run: int = 1, repeats: int = 1) -> str:
             "the search ends then with the best model so far"
         )
     if s.sampler == "grid":
-        size = math.prod(d.grid_size() or 1 for d in space.params.values())
+        size = space.grid_points()
         requested = "" if size == s.num_samples else f" ({s.num_samples} trials requested)"
         lines.append(f"  grid of {size} points{requested}")
     width = max([len(n) for n in [*space.params, *space.fixed]] + [8])

@@ -3,7 +3,6 @@ trials."""
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Optional
 
 from artune.config import ConfigError, TrainConfig
@@ -184,7 +183,7 @@ def check_grid_fits(space: SearchSpace, drawn: int = 0) -> None:
     s = space.settings
     if s.sampler != "grid":
         return
-    size = math.prod(len(values) for values in space.grid().values())
+    size = space.grid_points()
     left = max(0, size - drawn)
     if s.num_samples <= left:
         return

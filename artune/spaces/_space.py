@@ -140,6 +140,10 @@ class SearchSpace:
         """Build a TrainConfig for every corner of the space; raise SpaceError naming the lines at fault."""
         _corners.check_configs(self)
 
+    def grid_points(self) -> int:
+        """How many points the grid sampler's grid holds (a knob without a finite set counts as one)."""
+        return math.prod(d.grid_size() or 1 for d in self.params.values())
+
     def check_grid_fits(self, drawn: int = 0) -> None:
         """A grid search's trials fit the points not run yet; raise SpaceError naming num_samples."""
         check_grid_fits(self, drawn)
