@@ -5,8 +5,8 @@ internal has moved, and the test that holds it. Nothing else under ``artune/`` m
 ``ray._private``, Ray Tune's or Ray Train's internals, or ``torch._*``.
 
 Ray Tune's files on disk are read (never imported) where the stage that needs them is, each site checked on Ray
-2.60.0 and saying so: its saved state and staging copies (``search/saved_state.py``; ``search/plan.py``'s
-``tune_began``: ``experiment_state-*.json``, ``tuner.pkl``), its error files (``search/recorder.py``'s
+2.60.0 and saying so: its saved state and staging copies (``search/saved_state.py``, its
+``tune_began`` too: ``experiment_state-*.json``, ``tuner.pkl``), its error files (``search/recorder.py``'s
 ``summarize_error`` and ``storage_error``: the ``Failure # N`` sections) and its checkpoint directories
 (``trainable.py``'s ``resume``: the ``checkpoint_NNNNNN`` siblings). Where their layout changes, those
 readers find nothing and the search goes on as Tune alone would; tests/test_search.py, tests/test_faults.py

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from artune.results import MANIFEST_FILE, TRIALS_FILE, TrialRecord, read_records, write_tables
+from artune.results.tables import LOST_STATE_ERROR
 from artune.search import MAX_FAILURES, SearchError, check_saved_state
 from tests._searches import (
     TINY_FIXED,
@@ -344,6 +345,43 @@ def test_a_resumed_driver_records_its_results_its_ctrl_c_and_its_time_budget(tmp
             trial_id
         )
     assert search.epochs(), "the budgeted resume trained nothing"
+
+
+@pytest.mark.slow
+def test_a_search_whose_tune_directory_is_gone_is_not_resumed_anew_and_an_extend_records_its_trial_lost(
+    tmp_path, small_corpus, ray_tmpdir
+):
+    """An interrupted search whose tune/ was deleted: --resume took the run for one stopped before Ray Tune began it
+    and ran it anew, num_samples trials more (4 in a search of 2), the interrupted trial left running for ever; an
+    --extend left it running too. The resume is refused in one line, and an extend records the trial lost."""
+    space = tmp_path / "space.yaml"
+    space.write_text(tiny_space(2, 1000, concurrency=1))  # longer than the test on any machine: Ctrl-C ends it
+    results, name = tmp_path / "results", "gone"
+    directory = results / name
+    common = ["--results-dir", str(results), "--name", name, "--data", str(small_corpus)]
+    search = Search(str(space), *common, env=CHAIN_ENV)
+    search.wait_for(lambda: sum(map(len, search.epochs().values())) >= 1, 180, "an epoch")
+    search.proc.send_signal(signal.SIGINT)
+    assert search.finish(120) == 130, search.stderr[-2000:]
+    wait_for_ray_to_end(ray_tmpdir)
+    shutil.rmtree(directory / "tune")
+    before = snapshot(directory)
+
+    resumed = cli("--resume", *common, timeout=120)
+    assert_one_error_line(resumed, "cannot be resumed", f"Ray Tune state ({directory / 'tune'}) is gone", "--extend")
+    assert snapshot(directory) == before
+
+    extended = Search("--extend", "--num-samples", "1", "--epochs", "1", *common, env=CHAIN_ENV)
+    assert extended.finish(300) == 0, extended.stderr[-2000:]
+    assert "1 unfinished trial(s) of run 'tune', whose Ray Tune state is gone, recorded lost" in extended.stdout
+    trials, _ = tables(directory)
+    assert len(trials) == 2, trials[["trial_id", "status"]]
+    lost, added = trials.iloc[0], trials.iloc[1]
+    assert (lost.status, lost.error) == ("error", LOST_STATE_ERROR) and added.status == "completed"
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{directory / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
 
 
 # --- 2. a trial that raises a real error (out of memory)

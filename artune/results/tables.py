@@ -38,6 +38,9 @@ LOST_PREFIX = "lost:"  # what every version's lost trial's error starts with (th
 LOST_ERROR = (
     f"{LOST_PREFIX} its search stopped before Ray Tune saved the trial, so --resume sampled it again under a new id"
 )
+# An unfinished trial of a run whose Ray Tune state was removed (its tune/ directory deleted, say): no --resume can run
+# it again, and an --extend records it so (search/saved_state.py's settle_lost_run)
+LOST_STATE_ERROR = f"{LOST_PREFIX} its run's Ray Tune state was gone when the search was extended, so it never ended"
 
 EPOCH_COLUMNS = {
     "trial_id": pa.string(),

@@ -28,7 +28,7 @@ from artune.search.runtime import (
     stop_ray,
     terminated,
 )
-from artune.search.saved_state import restore_saved_state, settle_unsaved_trials
+from artune.search.saved_state import restore_saved_state, settle_lost_run, settle_unsaved_trials
 from artune.search.storage import sqlite_write_error
 from artune.startup import resume_collector
 from artune.study import STUDY_FILE, storage_url
@@ -134,6 +134,8 @@ def tune_search(plan: Plan, corpus: Corpus) -> Outcome:
             plan.stopwatch.lap("ray_init")
             if plan.mode is Mode.RESUME:
                 settle_unsaved_trials(plan)
+            elif plan.mode is Mode.EXTEND:
+                settle_lost_run(plan)
             started = dt.datetime.now().isoformat(timespec="seconds")
             from artune.search.recorder import Recorder  # Ray Tune's modules: imported once Ray is up
             from artune.search.tuner import BUDGET_END_S, build_tuner

@@ -100,6 +100,12 @@ def started_in(directory: Path, run: str) -> set[str]:
     return {line["trial_id"] for line in lines(directory) if "config" in line and line.get("run") == run}
 
 
+def reported_in(directory: Path, run: str) -> bool:
+    """Whether a trial that started in ``run`` reported an epoch: Ray Tune began that run and saved its state."""
+    started = started_in(directory, run)
+    return any("epoch" in line and line["trial_id"] in started for line in lines(directory))
+
+
 def add_missing_epochs(records: dict[str, TrialRecord], replayed: dict[str, TrialRecord]) -> None:
     """Add to ``records`` the trials and epochs of ``replayed`` that they lack; what they hold stays as it is."""
     for trial_id, again in replayed.items():

@@ -20,10 +20,11 @@ from artune.config import FIELD_NAMES, coerce, compiler_message, missing_compile
 from artune.errors import SearchError
 from artune.humanize import first_line
 from artune.results import EPOCHS_FILE, MANIFEST_FILE, SPACE_COPY, TRIALS_FILE, TUNE_DIR, read_records
+from artune.search.journal import reported_in
 from artune.search.lock import LOCK_FILE, held_elsewhere
 from artune.search.manifest import Manifest, startup_files_only
 from artune.search.runtime import check_address
-from artune.search.saved_state import check_saved_state
+from artune.search.saved_state import check_saved_state, tune_began
 from artune.search.storage import (
     absolute_storage,
     check_storage,
@@ -334,6 +335,13 @@ def check_continuable(mode: Mode, manifest: Manifest, num_samples: Optional[int]
     name, last = manifest.directory.name, manifest.directory / manifest.runs[-1]
     began = tune_began(last)
     if mode is Mode.RESUME:
+        if not began and reported_in(manifest.directory, manifest.runs[-1]):
+            # its state removed after it ran (a deleted tune/, say): begun anew, it ran num_samples trials more
+            raise SearchError(
+                f"--resume: search {name!r} cannot be resumed: its last run's Ray Tune state ({last}) is gone, "
+                "though its trials reported results (the tables keep every one): add trials with --extend "
+                "--num-samples N (its unfinished trials are then recorded lost), or start a new --name"
+            )
         # a run stopped before Ray Tune began it has nothing to resume: the resume starts it anew (Plan.fresh_run)
         return check_saved_state(last) if began else None
     if num_samples is None:
@@ -344,21 +352,6 @@ def check_continuable(mode: Mode, manifest: Manifest, num_samples: Optional[int]
             f"continue it with --resume first, then extend it"
         )
     return None
-
-
-def tune_began(tune_path: Path) -> bool:
-    """Whether Ray Tune began the run, so that it can be restored: its ``tuner.pkl`` is whole and it saved its
-    state once (it does before its first trial). Tune writes the Tuner in place: a kill in the write leaves it
-    empty or cut short (a pickle ends with its STOP opcode). Restored without a saved state, Tune runs one trial.
-    (Tune's file names as Ray 2.60.0 writes them: see artune/compat.py.)"""
-    if not any(tune_path.glob("experiment_state-*.json")):
-        return False
-    try:
-        with open(tune_path / "tuner.pkl", "rb") as file:
-            file.seek(-1, os.SEEK_END)
-            return file.read(1) == b"."
-    except OSError:  # not there, or empty (the seek fails)
-        return False
 
 
 def check_tables(directory: Path, mode: Mode) -> None:

@@ -18,11 +18,26 @@ from typing import TYPE_CHECKING, Optional
 
 from artune.errors import SearchError, StorageError
 from artune.humanize import describe_os_error
-from artune.results.tables import LOST_ERROR, LOST_PREFIX
+from artune.results.tables import LOST_ERROR, LOST_PREFIX, LOST_STATE_ERROR
 from artune.search.runtime import ray_temp_dir
 
 if TYPE_CHECKING:
     from artune.search.plan import Plan
+
+
+def tune_began(tune_path: Path) -> bool:
+    """Whether Ray Tune began the run, so that it can be restored: its ``tuner.pkl`` is whole and it saved its
+    state once (it does before its first trial). Tune writes the Tuner in place: a kill in the write leaves it
+    empty or cut short (a pickle ends with its STOP opcode). Restored without a saved state, Tune runs one trial.
+    (Tune's file names as Ray 2.60.0 writes them: see artune/compat.py.)"""
+    if not any(tune_path.glob("experiment_state-*.json")):
+        return False
+    try:
+        with open(tune_path / "tuner.pkl", "rb") as file:
+            file.seek(-1, os.SEEK_END)
+            return file.read(1) == b"."
+    except OSError:  # not there, or empty (the seek fails)
+        return False
 
 
 def check_saved_state(tune_path: Path) -> Optional[Path]:
@@ -143,7 +158,7 @@ def settle_unsaved_trials(plan: Plan) -> None:
 
     Ray's import is in recorder.py: this runs once Ray is up.
     """
-    from artune.results import read_records, write_tables
+    from artune.results import read_records
     from artune.search.journal import merge_journal, started_in
     from artune.search.recorder import merge_ray_results, new_record
 
@@ -182,10 +197,40 @@ def settle_unsaved_trials(plan: Plan) -> None:
             continue
         settled += 1
     if settled:
-        try:
-            write_tables(plan.directory, records.values(), plan.space.settings.workers)
-        except OSError as exc:  # the storage still failing, say: one line and exit 4, as a failure in the search
-            raise StorageError(
-                f"the search's storage failed: {plan.directory}: the tables cannot be written "
-                f"({describe_os_error(exc)}); once that is fixed, continue with: {plan.resume_command}"
-            ) from None
+        write_settled(plan, records)
+
+
+def settle_lost_run(plan: Plan) -> None:
+    """Before an extend, the unfinished trials of a last run whose Ray Tune state is gone (its tune/ deleted after
+    an interrupt, say: ``--resume`` refuses it), recorded lost: nothing can run them again, and left running they
+    would be counted unfinished for ever."""
+    from artune.results import read_records
+    from artune.search.journal import merge_journal, started_in
+
+    last = plan.manifest.runs[-1]
+    if plan.manifest.last_run_finished() or tune_began(plan.directory / last):
+        return
+    records = read_records(plan.directory)
+    merge_journal(records, plan.directory)
+    started = started_in(plan.directory, last)
+    lost = [r for r in records.values() if r.trial_id in started and r.status in ("running", "pending")]
+    for record in lost:
+        record.status, record.error = "error", LOST_STATE_ERROR
+    if lost:
+        print(
+            f"note: {len(lost)} unfinished trial(s) of run {last!r}, whose Ray Tune state is gone, recorded lost",
+            flush=True,
+        )
+        write_settled(plan, records)
+
+
+def write_settled(plan: Plan, records: dict) -> None:
+    from artune.results import write_tables
+
+    try:
+        write_tables(plan.directory, records.values(), plan.space.settings.workers)
+    except OSError as exc:  # the storage still failing, say: one line and exit 4, as a failure in the search
+        raise StorageError(
+            f"the search's storage failed: {plan.directory}: the tables cannot be written "
+            f"({describe_os_error(exc)}); once that is fixed, continue with: {plan.resume_command}"
+        ) from None
