@@ -1375,6 +1375,24 @@ def test_extend_on_another_machine_finds_tiny_shakespeare_as_a_new_search_does(t
     assert_one_error_line(result, "is not the one search 'm' started with")
 
 
+def test_an_extend_of_a_search_whose_data_file_is_gone_says_so_and_not_a_set_it_never_had(tmp_path, small_corpus):
+    """The --data FILE a search started with, gone or a directory now: an --extend without --data said "--set
+    dataset=FILE: dataset file not found ...; give 'tiny_shakespeare' or ..." (no --set was given; another corpus
+    would be refused)."""
+    corpus = tmp_path / "corpus.txt"
+    shutil.copy(small_corpus, corpus)
+    finished_search(tmp_path, TINY, "--data", str(corpus))
+    common = ["--extend", "--num-samples", "1", "--name", "m", "--results-dir", str(tmp_path / "r"), "--dry-run"]
+    assert cli(*common).returncode == 0
+    corpus.unlink()
+    message = assert_one_error_line(cli(*common), f"search 'm' trained on the file {corpus}, which is gone now")
+    assert "--set" not in message and message.endswith("give that file (or a copy of it) with --data")
+    corpus.mkdir()
+    assert_one_error_line(cli(*common), "which is not a file now")
+    shutil.copy(small_corpus, tmp_path / "copy.txt")
+    assert cli(*common, "--data", str(tmp_path / "copy.txt")).returncode == 0
+
+
 def test_resume_from_another_directory_reads_the_corpus_file_the_space_names_relative_to_where_it_began(
     tmp_path, small_corpus
 ):

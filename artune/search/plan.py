@@ -420,6 +420,14 @@ def data_as_set(
             f"--data {data}: search {name!r} trained on the file {started_with['dataset']}; "
             "give that file (or a copy of it) with --data, or leave --data out"
         )
+    if data is None and started_on_file not in (False, None, "tiny_shakespeare") and "dataset" not in sets:
+        replayed = Path(started_on_file).expanduser()
+        if not replayed.is_file():  # (it was said as a --set the command never had)
+            what = "not a file" if replayed.exists() else "gone"
+            raise SearchError(
+                f"{mode.flag}: search {name!r} trained on the file {started_on_file}, which is {what} now; "
+                "give that file (or a copy of it) with --data"
+            )
     if data_file and "dataset" in sets:
         raise SearchError(f"--data {data} and --set dataset={sets['dataset']} both name the corpus: give one")
     dataset = sets.get("dataset", space.fixed.get("dataset", "tiny_shakespeare"))
