@@ -83,7 +83,9 @@ class Vocabulary:
     def __reduce__(self):
         return (Vocabulary, (self.itos,))
 
-    def encode(self, tokens: Iterable[str]) -> list[int]:
+    def encode(self, tokens: Iterable[str], source: str = "the corpus") -> list[int]:
+        """The ids of ``tokens``; an unknown one is an UnknownTokenError naming ``source``, what the vocabulary
+        was built from (a corpus file, say)."""
         if not isinstance(tokens, (list, tuple, str)):
             tokens = list(tokens)  # may be walked twice below
         stoi = self.stoi
@@ -96,7 +98,7 @@ class Vocabulary:
         shown = ", ".join(repr(t) for t in unknown[:5])
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         raise UnknownTokenError(
-            f"{len(unknown)} token(s) not in the vocabulary of {len(self)} built from the corpus: {shown}{more}"
+            f"{len(unknown)} token(s) not in the vocabulary of {len(self)} built from {source}: {shown}{more}"
         )
 
     def decode(self, ids: Iterable[int], separator: str = "") -> str:

@@ -276,7 +276,13 @@ def test_a_corpus_that_is_not_utf8_names_the_byte_offset(refused):
 
 
 def test_a_prompt_the_corpus_cannot_encode_is_refused_before_any_trial(refused):
-    check(refused, "data:upper.txt", "prompt 'It is'", "not in the vocabulary", "'t', 'i', 's'", "--set prompt=")
+    check(
+        refused,
+        "data:upper.txt",
+        "prompt 'It is'",
+        f"not in the vocabulary of 17 built from the corpus {refused['data'] / 'upper.txt'}: 't', 'i', 's'",
+        "--set prompt=",
+    )
 
 
 def test_a_dry_run_checks_the_corpus(refused):

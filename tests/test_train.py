@@ -1002,9 +1002,10 @@ def test_activation_hooks_are_removed_after_validation(small_text):
 # --- prompt
 
 
-def test_prompt_with_an_unknown_token_is_refused_naming_it(small_text):
-    with pytest.raises(UnknownTokenError, match=r"^prompt 'It is €' .*1 token\(s\) not in the vocabulary .*: '€'"):
+def test_prompt_with_an_unknown_token_is_refused_naming_it_and_the_corpus(small_text):
+    with pytest.raises(UnknownTokenError, match=r"^prompt 'It is €' .*1 token\(s\) not in the vocabulary .*: '€'") as e:
         Trainer(tiny(small_text, prompt="It is €"))
+    assert f"built from the corpus {small_text}: " in str(e.value)
 
 
 def test_basic_english_sample_joins_words_with_spaces(small_text):

@@ -57,7 +57,7 @@ def load_plan_corpus(plan: Plan, fetch: bool = True) -> Corpus:
     samples = max(space.possible_values("sample_tokens")) > 0
     for prompt in space.possible_values("prompt"):
         try:
-            tokens = corpus.vocabulary.encode(get_tokenizer(tokenizer)(prompt))
+            tokens = corpus.vocabulary.encode(get_tokenizer(tokenizer)(prompt), f"the corpus {corpus.source}")
         except UnknownTokenError as exc:
             raise SearchError(
                 f"prompt {prompt!r} (the greedy sample's start): {exc}; give one this corpus can "

@@ -106,7 +106,7 @@ class Trainer:
         )
         tokenize = get_tokenizer(config.tokenizer)
         try:
-            self.prompt_ids = self.corpus.vocabulary.encode(tokenize(config.prompt))
+            self.prompt_ids = self.corpus.vocabulary.encode(tokenize(config.prompt), f"the corpus {self.corpus.source}")
         except UnknownTokenError as exc:
             raise UnknownTokenError(f"prompt {config.prompt!r} (the greedy sample's start): {exc}") from None
         if config.sample_tokens > 0 and not self.prompt_ids:
