@@ -42,7 +42,19 @@ def test_search_on_a_two_node_cluster_through_address(cluster, tmp_path, shakesp
         "batches_per_epoch=10",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"on {cluster.address}" in result.stdout
+    assert f"on the Ray cluster at {cluster.address}\n" in result.stdout
+    # --address auto: the header names the cluster Ray finds (it said "search 'x' on auto")
+    planned = cli(
+        str(SMOKE),
+        "--address",
+        "auto",
+        "--data",
+        str(shakespeare_path),
+        "--dry-run",
+        env={"RAY_ADDRESS": cluster.address},
+    )
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    assert f"on the Ray cluster at {cluster.address} (--address auto)\n" in planned.stdout, planned.stdout[:300]
     # The test cluster runs without Ray's token authentication, so artune warns about it once connected.
     assert "token authentication off" in result.stderr and "private network" in result.stderr
     results = load(tmp_path / "cluster")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from artune import plural
+from artune.compat import ray_auto_address
 from artune.humanize import show_knob
 from artune.results import DEFAULT_RESULTS_DIR, EPOCHS_FILE, MANIFEST_FILE, TRIALS_FILE
 from artune.search.manifest import run_number
@@ -33,7 +34,16 @@ def describe_plan(plan: Plan, dry_run: bool = False) -> str:
     s = plan.space.settings
     run = run_number(plan.run_name)
     local = "that it would start" if dry_run else "started"
-    where = plan.address or f"a local Ray instance {local} here (127.0.0.1, dashboard off)"
+    where = f"a local Ray instance {local} here (127.0.0.1, dashboard off)"
+    if plan.address == "auto":  # RAY_ADDRESS's cluster, else the one `ray start` runs on this machine
+        given = "--address auto" if plan.address_label == "--address" else f"{plan.address_label}=auto"
+        try:
+            found = ray_auto_address()  # (the plan found it: None only where Ray's lookup has moved)
+        except LookupError:  # gone since
+            found = None
+        where = f"the Ray cluster at {found} ({given})" if found else f"the Ray cluster Ray finds ({given})"
+    elif plan.address:
+        where = f"the Ray cluster at {plan.address}"
     concurrency = plan.concurrency()  # the cluster's slots are known once Ray has started
     if concurrency is None:
         concurrency = "the cluster's trial slots"
