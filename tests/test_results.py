@@ -105,6 +105,38 @@ def test_a_retried_trials_epochs_replace_the_failed_attempts(tmp_path: Path) -> 
     assert sorted(record.epochs) == [1, 2, 3, 4] and record.epochs[4]["valid_loss"] == 34.0
 
 
+def test_a_load_between_a_running_searchs_two_table_writes_reads_one_write_of_both(tmp_path: Path, monkeypatch) -> None:
+    """A running search rewrites epochs.parquet, then trials.parquet, every 2 s: a load() that read the trials before
+    one such write and the epochs after it got epoch rows of a trial its trials lacked, and a trial's
+    epochs_completed behind its rows (the notebook's own checks failed on a live search)."""
+    import artune.results.frames as frames
+
+    record = TrialRecord("t0", {"lr": 0.001}, config_id="c0")
+    record.add_epoch({"epoch": 1, "valid_loss": 3.0, "valid_accuracy": 0.2})
+    write_tables(tmp_path, [record])
+    later = TrialRecord("t1", {"lr": 0.002}, config_id="c1")
+    record.add_epoch({"epoch": 2, "valid_loss": 2.5, "valid_accuracy": 0.3})
+    later.add_epoch({"epoch": 1, "valid_loss": 2.9, "valid_accuracy": 0.2})
+    read, writes = frames._read_table, []
+
+    def read_then_the_search_writes(path: Path):
+        table = read(path)
+        if path.name == "trials.parquet" and not writes:  # the search's next write, between the two reads
+            writes.append(write_tables(tmp_path, [record, later]))
+        return table
+
+    monkeypatch.setattr(frames, "_read_table", read_then_the_search_writes)
+    results = load(tmp_path)
+    assert list(results.trials["trial_id"]) == ["t0", "t1"] and list(results.trials["epochs_completed"]) == [2, 1]
+    assert sorted(zip(results.epochs["trial_id"], results.epochs["epoch"])) == [("t0", 1), ("t0", 2), ("t1", 1)]
+    # a pair a killed driver left between its two writes (or tables from before the stamp) loads as it is
+    monkeypatch.setattr(frames, "_read_table", read)
+    epochs = pq.read_table(tmp_path / "epochs.parquet")
+    write_tables(tmp_path, [record])
+    pq.write_table(epochs, tmp_path / "epochs.parquet")
+    assert set(load(tmp_path).epochs["trial_id"]) == {"t0", "t1"}
+
+
 def test_compile_true_false_and_auto_share_one_column_and_come_back_as_given(tmp_path: Path) -> None:
     records = [TrialRecord(f"t{i}", {"compile": value}) for i, value in enumerate((True, False, "auto"))]
     write_tables(tmp_path, records)

@@ -22,12 +22,12 @@ from artune.humanize import did_you_mean
 from artune.results.tables import (
     DEFAULT_RESULTS_DIR,
     EPOCH_COLUMNS,
-    EPOCHS_FILE,
     MANIFEST_FILE,
     STATUSES,
     TRIALS_FILE,
     knob_value,
     manifest_runs,
+    read_tables,
 )
 
 if TYPE_CHECKING:
@@ -351,7 +351,8 @@ def load(path_or_name: str | os.PathLike, results_dir: str | os.PathLike = DEFAU
         )
     if manifest.get("mode", "min") not in ("min", "max"):  # any other ranked as max
         raise ResultsError(f"{manifest_path}: mode: must be 'min' or 'max', but got {manifest['mode']!r}")
-    trials = _read_table(path / TRIALS_FILE)
+    trials_table, epochs_table = read_tables(path, _read_table)
+    trials = trials_table.to_pandas()
     missing = [c for c in ("trial_id", "status") if c not in trials]
     if missing:
         raise ResultsError(f"{path / TRIALS_FILE}: no column {missing[0]!r}; is it a table artune wrote?")
@@ -363,11 +364,9 @@ def load(path_or_name: str | os.PathLike, results_dir: str | os.PathLike = DEFAU
             # compile: True and False as the configs hold them (and as tables before 'auto' did), 'auto' as text
             values = trials[name].map(partial(knob_value, name))
             trials[name] = values if values.isna().any() or (values == "auto").any() else values.astype(bool)
-    epochs_path = path / EPOCHS_FILE
-    if epochs_path.exists():
-        epochs = _read_table(epochs_path)
-    else:
-        epochs = pa.schema(list(EPOCH_COLUMNS.items())).empty_table().to_pandas()
+    if epochs_table is None:
+        epochs_table = pa.schema(list(EPOCH_COLUMNS.items())).empty_table()
+    epochs = epochs_table.to_pandas()
     results = SearchResults(path, trials, epochs, manifest)
     choices = results._metric_choices()
     if "metric" in manifest and manifest["metric"] not in choices:  # hand-edited: every ranking would fail later
@@ -378,9 +377,9 @@ def load(path_or_name: str | os.PathLike, results_dir: str | os.PathLike = DEFAU
     return results
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _read_table(path: Path) -> pa.Table:
     try:
-        return pq.read_table(path).to_pandas()
+        return pq.read_table(path)
     except (pa.ArrowException, OSError) as error:
         raise ResultsError(f"{path}: cannot read the table ({error})") from None
 

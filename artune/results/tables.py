@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -195,12 +197,39 @@ def write_json_atomic(data: dict[str, Any], path: Path) -> None:
         tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
+# One random value in both tables' schema metadata per write_tables: a reader takes only a pair that matches
+WRITE_STAMP = b"artune.write"
+
+
 def write_tables(directory: Path, records: Iterable[TrialRecord], workers: int = 1) -> None:
     """The two tables; ``workers``: the search's data-parallel workers a trial (resources.workers)."""
     records = list(records)
+    stamp = {WRITE_STAMP: os.urandom(8).hex().encode()}
     # epochs first: a reader between the two writes sees no trial summary newer than its epochs
-    write_atomic(epochs_table(records), directory / EPOCHS_FILE)
-    write_atomic(trials_table(records, workers), directory / TRIALS_FILE)
+    write_atomic(epochs_table(records).replace_schema_metadata(stamp), directory / EPOCHS_FILE)
+    write_atomic(trials_table(records, workers).replace_schema_metadata(stamp), directory / TRIALS_FILE)
+
+
+def read_tables(
+    directory: Path, read: Callable[[Path], pa.Table], tries: int = 20
+) -> tuple[pa.Table, Optional[pa.Table]]:
+    """``trials.parquet`` and ``epochs.parquet`` (None where there is none) as one ``write_tables`` left them.
+
+    A running search rewrites both every few seconds: read around its two renames, the pair disagreed (epoch
+    rows of a trial the trials table lacked, a trial's ``epochs_completed`` behind its rows). A pair whose stamps
+    differ is read again, 50 ms later, up to ``tries`` times; one a killed driver left so, or tables written before
+    the stamp, are taken as they are.
+    """
+    for attempt in range(tries):
+        trials = read(directory / TRIALS_FILE)
+        epochs = read(directory / EPOCHS_FILE) if (directory / EPOCHS_FILE).exists() else None
+        if epochs is None or (trials.schema.metadata or {}).get(WRITE_STAMP) == (epochs.schema.metadata or {}).get(
+            WRITE_STAMP
+        ):
+            break
+        if attempt + 1 < tries:
+            time.sleep(0.05)
+    return trials, epochs
 
 
 def read_records(directory: Path) -> dict[str, TrialRecord]:
