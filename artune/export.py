@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-from artune import ArgumentParser
+from artune import ArgumentParser, stdout_closed
 from artune.errors import CheckpointError, UserError
 from artune.inference import write_export
 from artune.sample import add_source_options, describe, open_model
@@ -43,7 +43,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    print(f"wrote {out} ({describe(loaded)})")
+    try:
+        print(f"wrote {out} ({describe(loaded)})")
+    except BrokenPipeError:  # the export is written; its reader went away
+        return stdout_closed()
     return 0
 
 

@@ -387,7 +387,7 @@ def test_stop_ray_ends_every_process_of_the_private_local_instance(ray_env_resto
         process.wait(10)  # raises TimeoutExpired where one outlived stop_ray
 
 
-def test_output_into_a_closed_pipe_ends_quietly(tmp_path, shakespeare_path):
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path, shakespeare_path, smoke):
     """`artune --dry-run | head -1`: the reader leaves; the command ends as a Unix tool does, without a traceback."""
     runs = {
         "artune.search": ["--dry-run", "--results-dir", str(tmp_path), "--data", str(shakespeare_path)],
@@ -406,6 +406,7 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path, shakespeare_path):
             "2",
         ],
         "artune.results": [str(build_search(tmp_path / "results" / "s"))],  # tables written as the driver writes them
+        "artune.export": [str(smoke[1]), str(tmp_path / "export")],  # (it wrote the export, then its line failed)
     }
     for module, args in runs.items():
         proc = subprocess.Popen(
