@@ -253,7 +253,11 @@ def test_a_trial_its_epochs_and_its_config(search: Path) -> None:
     with pytest.raises(ResultsError, match="no trial 'nosuch' in .*trials.parquet \\(its trials: t0, t1"):
         results.trial("nosuch")
     with pytest.raises(ResultsError, match="trial t5 of .* finished no epoch \\(error\\)"):
-        results.config("t5")
+        results.trial("t5")  # its model is what a caller of trial() wants
+    # a trial that finished no epoch has its configuration all the same (config("t5") was refused so): a failed
+    # trial's is what one looks at, or trains again with a change (python -m artune.train --from S --trial t5)
+    failed = results.config("t5")
+    assert (failed.d_model, failed.lr, failed.optimizer, failed.seed) == (64, 3e-4, "adamw", 0)
 
 
 def test_best_honours_the_manifest_mode(tmp_path: Path) -> None:

@@ -191,13 +191,18 @@ class SearchResults:
                     f"{TRIALS_FILE}), so it has no model"
                 )
             return best.iloc[0]
-        self._check_trial(trial_id)
-        row = self.trials[self.trials["trial_id"] == trial_id].iloc[0]
+        row = self._row(trial_id)
         if not self.trial_epochs(trial_id):
             raise ResultsError(
                 f"trial {trial_id} of {self.path} finished no epoch ({row['status']}), so it has no model"
             )
         return row
+
+    def _row(self, trial_id: str) -> pd.Series:
+        if self.path is None:
+            raise ResultsError("a trial of compare()'s stack: load() its own search and ask that")
+        self._check_trial(trial_id)
+        return self.trials[self.trials["trial_id"] == trial_id].iloc[0]
 
     def _check_trial(self, trial_id: str) -> None:
         if not (self.trials["trial_id"] == trial_id).any():
@@ -216,8 +221,9 @@ class SearchResults:
         return {int(e): float(v) for e, v in zip(ranked["epoch"], ranked[column])}
 
     def config(self, trial_id: Optional[str] = None) -> TrainConfig:
-        """The TrainConfig a trial trained with (default: the best trial's), from its row of the trials table."""
-        row = self.trial(trial_id)
+        """The TrainConfig a trial trained with (default: the best trial's), from its row of the trials table: any
+        trial's, one that finished no epoch included (a diverged one, to train again with a change)."""
+        row = self.trial() if trial_id is None else self._row(trial_id)
         return TrainConfig.from_dict({name: knob_value(name, _plain(row[name])) for name in FIELD_NAMES if name in row})
 
     def best_model(self, device: str = "cpu") -> LoadedModel:
