@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -172,10 +173,20 @@ def from_search(
     results: SearchResults, trial_id: Optional[str] = None, device: str | torch.device = "cpu"
 ) -> LoadedModel:
     """The best trial's model at its best epoch (or trial ``trial_id``'s), from ``results``' checkpoints."""
-    row = results.trial(trial_id)
+    for attempt in range(TABLE_TRIES):
+        row = results.trial(trial_id)
+        epochs = results.trial_epochs(str(row["trial_id"]))  # epoch -> the metric's value, best first
+        try:
+            path, state = best_checkpoint(results.path, results.runs, str(row["trial_id"]), list(epochs))
+            break
+        except TablesBehind:  # a running search: its tables' next write lists the epochs Ray kept
+            if attempt + 1 == TABLE_TRIES:
+                raise
+            time.sleep(0.5)
+            from artune.results import load
+
+            results = load(results.path)
     trial_id = str(row["trial_id"])
-    epochs = results.trial_epochs(trial_id)  # epoch -> the metric's value, best first
-    path, state = best_checkpoint(results.path, results.runs, trial_id, list(epochs))
     loaded = from_state(state, path, device)
     epoch = int(state["epoch"])
     loaded.origin = {
@@ -226,10 +237,24 @@ def best_checkpoint(directory: Path, runs: list[str], trial_id: str, ranked: lis
     for epoch in ranked:
         if epoch in by_epoch:
             return by_epoch[epoch]
+    if ranked and max(by_epoch, default=0) > max(ranked):
+        # Ray keeps a trial's 2 best checkpoints, and a running search's tables lag its trials by a write (2 s)
+        raise TablesBehind(
+            f"trial {trial_id}: none of the epochs its tables list {sorted(ranked)} has a checkpoint, and the ones "
+            f"Ray kept are newer (epochs {sorted(by_epoch)}): its search is running and has not written them to its "
+            "tables yet (or was killed before it did: --resume writes them); try again"
+        )
     raise CheckpointError(
         f"trial {trial_id}: none of its finished epochs {sorted(ranked)} has a checkpoint "
         f"(kept: epochs {sorted(by_epoch)})"
     )
+
+
+class TablesBehind(CheckpointError):
+    """The checkpoints Ray kept of a trial are newer than every epoch its search's tables list."""
+
+
+TABLE_TRIES = 8  # 0.5 s apart: a running search rewrites its tables every 2 s
 
 
 # --- an exported model: weights, settings, vocabulary and a card, loadable without the search

@@ -24,7 +24,15 @@ from artune.inference import (
     is_export,
     write_export,
 )
-from artune.results import MANIFEST_FILE, TRIALS_FILE, TrialRecord, load, write_json_atomic, write_tables
+from artune.results import (
+    MANIFEST_FILE,
+    TRIALS_FILE,
+    TrialRecord,
+    load,
+    read_records,
+    write_json_atomic,
+    write_tables,
+)
 from artune.train import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -421,6 +429,46 @@ def test_a_corrupt_checkpoint_that_is_not_the_best_does_not_keep_the_best_from_l
     others[0].write_bytes(others[0].read_bytes()[:100])
     loaded = load(copy).best_model()
     assert (loaded.origin["checkpoint"], loaded.origin["epoch"]) == (best["checkpoint"], best["epoch"])
+
+
+def test_a_running_searchs_tables_behind_the_checkpoints_ray_kept_are_read_again(search, best, tmp_path, monkeypatch):
+    """Ray keeps a trial's 2 best checkpoints, and a running search's tables lag its trials by up to a write (2 s):
+    best_model() (and artune.sample, artune.export) refused "none of its finished epochs [1] has a checkpoint (kept:
+    epochs [2, 3])" in 7% of tries on a live search (a review). It reads the tables again, their next write holding
+    the epochs Ray kept; a search whose tables never catch up is one line saying why."""
+    import types
+
+    import artune.inference as inference
+
+    copy = tmp_path / "live"
+    shutil.copytree(search, copy, ignore=shutil.ignore_patterns(".lock"))
+    whole = load(copy).model(best["trial_id"]).origin
+    written = {name: (copy / name).read_bytes() for name in (TRIALS_FILE, "epochs.parquet")}
+    records = read_records(copy)
+    trial = records[best["trial_id"]]
+    trial.epochs, trial.status = {1: trial.epochs[1]}, "running"  # the tables as a write before epoch 2 left them
+    write_tables(copy, records.values())
+    for path in (copy / "tune" / best["trial_id"]).glob("checkpoint_*/checkpoint.pt"):
+        if checkpoint_epoch(path) == 1:  # Ray deleted it for better ones
+            shutil.rmtree(path.parent)
+
+    def the_next_write(seconds: float) -> None:
+        for name, data in written.items():
+            (copy / name).write_bytes(data)
+
+    monkeypatch.setattr(inference, "time", types.SimpleNamespace(sleep=the_next_write), raising=False)
+    loaded = load(copy).model(best["trial_id"])  # (no longer the best trial by the lagging tables)
+    assert (loaded.origin["checkpoint"], loaded.origin["epoch"]) == (whole["checkpoint"], whole["epoch"])
+    write_tables(copy, records.values())  # and never caught up (a killed driver's)
+    line = one_error_line(run("artune.sample", copy, "--trial", best["trial_id"]))
+    assert "none of the epochs its tables list [1] has a checkpoint, and the ones Ray kept are newer" in line, line
+    assert "--resume writes them" in line
+
+
+def checkpoint_epoch(path: Path) -> int:
+    from artune.train import checkpoint
+
+    return int(checkpoint.read(path, torch.device("cpu"))[1]["epoch"])
 
 
 def test_an_export_names_its_checkpoint_by_an_absolute_path(search, tmp_path):
