@@ -931,6 +931,46 @@ def test_the_recorder_pickles_without_the_study_it_was_given(tmp_path, shakespea
     assert cloudpickle.loads(pickled).records == {}
 
 
+def test_a_result_held_back_by_the_tables_refresh_is_written_once_it_has_passed_not_at_the_next_result(
+    tmp_path, shakespeare_path, monkeypatch
+):
+    """The tables are rewritten at most every 2 s: a result that came sooner waited for the next result (a whole
+    epoch, a review measured 5.6 s on a small search), so best_model() on a running search found the checkpoints
+    newer than the tables. Tune's loop ends a step every 0.1 s at most: the first step after the 2 s writes it."""
+    import types
+
+    import optuna
+    import pyarrow.parquet as pq
+
+    import artune.search.recorder as recorder_module
+    from artune.results import TrialRecord
+    from artune.search import Recorder, make_plan, parse_args
+
+    plan = make_plan(
+        parse_args([str(SMOKE), "--results-dir", str(tmp_path / "r"), "--name", "p", "--data", str(shakespeare_path)])
+    )
+    plan.directory.mkdir(parents=True)
+    recorder = Recorder(plan, optuna.create_study(storage=plan.storage, study_name=plan.name, direction="minimize"))
+    clock = types.SimpleNamespace(now=100.0)
+    monkeypatch.setattr(recorder_module, "time", types.SimpleNamespace(monotonic=lambda: clock.now))
+    record = recorder.records["t0"] = TrialRecord("t0", {"lr": 0.001})
+    record.add_epoch({"epoch": 1, "valid_loss": 3.0, "valid_accuracy": 0.2})
+    recorder.write()
+
+    def written() -> list[int]:
+        return pq.read_table(plan.directory / "epochs.parquet").column("epoch").to_pylist()
+
+    assert written() == [1]
+    clock.now += 0.5
+    record.add_epoch({"epoch": 2, "valid_loss": 2.5, "valid_accuracy": 0.3})
+    recorder.write()  # a result 0.5 s after the last write: held back
+    recorder.on_step_end(0, [])
+    assert written() == [1]
+    clock.now += 1.6
+    recorder.on_step_end(0, [])
+    assert written() == [1, 2]
+
+
 def test_ray_results_merged_into_the_tables_never_bring_back_a_failed_attempts_epochs(tmp_path):
     """Ray's result.json holds every attempt of a trial: attempt 1's epochs 1-4, then a retry from epoch 1
     (no checkpoint) that reached epoch 3. The tables, written before the driver was killed, hold the

@@ -54,7 +54,7 @@ class Recorder(tune.Callback):
         self.runs = runs if plan.run_name in runs else [*runs, plan.run_name]  # an extend's run is not recorded yet
         self.records: dict[str, TrialRecord] = read_records(plan.directory)  # a resumed search carries on its tables
         self.journal = Journal(plan.directory, plan.run_name)
-        self._written = 0.0
+        self._written, self.unwritten = 0.0, False  # unwritten: results held back by REFRESH_S
         self._study = study
         self.unfinished, self.cut_short = 0, []
         self.ended: set[str] = set()  # trials Tune reported ended (complete or error) in this run
@@ -125,14 +125,16 @@ class Recorder(tune.Callback):
         if self.storage_failure:
             return
         now = time.monotonic()
-        if force or now - self._written >= self.REFRESH_S:
+        if not force and now - self._written < self.REFRESH_S:
+            self.unwritten = True  # on_step_end writes it once REFRESH_S has passed, not at the next result
+        else:
             try:
                 write_tables(self.directory, self.records.values(), self.space.settings.workers)
             except OSError as exc:
                 return self.storage_fails(
                     f"{self.directory}: the tables cannot be written ({describe_os_error(exc)})", in_loop
                 )
-            self._written = now
+            self._written, self.unwritten = now, False
         if force:
             try:
                 self.study.sync(self.records.values())
@@ -199,6 +201,8 @@ class Recorder(tune.Callback):
         self.write()
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if getattr(self, "unwritten", False):  # (Tune's loop ends a step every 0.1 s at most)
+            self.write()
         self.progress.tick(trials)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
