@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from artune.config import AUTO_SWITCHES, FIELD_NAMES, TrainConfig, field_type
 from artune.errors import ResultsError, ResultsNotFound
@@ -27,6 +26,7 @@ from artune.results.tables import (
     TRIALS_FILE,
     knob_value,
     manifest_runs,
+    read_parquet,
     read_tables,
 )
 
@@ -385,7 +385,7 @@ def load(path_or_name: str | os.PathLike, results_dir: str | os.PathLike = DEFAU
 
 def _read_table(path: Path) -> pa.Table:
     try:
-        return pq.read_table(path)
+        return read_parquet(path)
     except (pa.ArrowException, OSError) as error:
         raise ResultsError(f"{path}: cannot read the table ({error})") from None
 

@@ -232,13 +232,20 @@ def read_tables(
     return trials, epochs
 
 
+def read_parquet(path: Path) -> pa.Table:
+    """A table read through one open file: pyarrow opens a path again for its data after its footer, and a running
+    search's rename between the two mixed two writes ("Couldn't deserialize thrift")."""
+    with open(path, "rb") as file:
+        return pq.read_table(file)
+
+
 def read_records(directory: Path) -> dict[str, TrialRecord]:
     """Trial records back from a previous run's tables (for ``--resume``)."""
     trials_path, epochs_path = directory / TRIALS_FILE, directory / EPOCHS_FILE
     if not trials_path.exists():
         return {}
     records: dict[str, TrialRecord] = {}
-    for row in pq.read_table(trials_path).to_pylist():
+    for row in read_parquet(trials_path).to_pylist():
         # a knob added since the table was written (no column): that trial ran with its default
         config = {name: knob_value(name, row.get(name, FIELDS[name].default)) for name in FIELD_NAMES}
         records[row["trial_id"]] = TrialRecord(
@@ -249,7 +256,7 @@ def read_records(directory: Path) -> dict[str, TrialRecord]:
             config_id=row.get("config_id"),  # absent in older tables
         )
     if epochs_path.exists():
-        for row in pq.read_table(epochs_path).to_pylist():
+        for row in read_parquet(epochs_path).to_pylist():
             record = records.get(row["trial_id"])
             if record is not None:
                 record.epochs[int(row["epoch"])] = {k: v for k, v in row.items() if k != "trial_id"}
