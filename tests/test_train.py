@@ -528,6 +528,28 @@ def test_truncated_checkpoint_raises_naming_the_file(small_text, tmp_path):
         assert str(refused.value).endswith(": corrupt or truncated)"), (size, str(refused.value))
 
 
+def test_a_checkpoint_with_one_bit_flipped_is_refused_naming_the_damaged_entry(small_text, tmp_path):
+    """torch.load checks no CRC: a weight's lowest bit flipped resumed without a word on wrong weights, and bytes of
+    the optimizer's state flipped ended the resumed run "training loss became nan ... (lr=...)" (a review)."""
+    import zipfile
+
+    trainer = Trainer(tiny(small_text, batches_per_epoch=1))
+    path = trainer.save_checkpoint(tmp_path / "good")
+    with zipfile.ZipFile(path) as archive:
+        weight = max(archive.infolist(), key=lambda entry: entry.file_size)  # the largest tensor's bytes
+        start = weight.header_offset + len(weight.FileHeader()) + len(weight.extra)
+    data = bytearray(path.read_bytes())
+    data[start + weight.file_size // 2] ^= 1
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(data)
+    with pytest.raises(CheckpointError) as refused:
+        trainer.load_checkpoint(broken)
+    assert str(refused.value) == (
+        f"{broken}: cannot load checkpoint (damaged: its entry {weight.filename} fails its CRC-32 check)"
+    )
+    trainer.load_checkpoint(path)  # the whole one loads
+
+
 def test_a_checkpoint_that_is_no_checkpoint_is_one_line_without_torchs_advice_to_run_its_code(small_text, tmp_path):
     """torch.load's weights-only refusal advised loading the file with weights_only=False (running its code), over
     several lines; artune never does. Its reason stays. For a class's object (a checkpoint another tool pickled
