@@ -15,7 +15,7 @@ from artune import ArgumentParser, stdout_closed
 from artune.config import FIELD_NAMES, ConfigError, TrainConfig, add_config_arguments
 from artune.data import TINY_SHAKESPEARE
 from artune.errors import CheckpointError, DivergedError, StorageError, UserError
-from artune.humanize import parse_duration
+from artune.humanize import first_line, parse_duration
 from artune.train.checkpoint import CHECKPOINT_FILE
 from artune.train.device import PRECISION_NAMES
 from artune.train.trainer import Metrics, Trainer
@@ -246,8 +246,22 @@ def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> i
     except StorageError as exc:  # a checkpoint could not be written (exit 4, as a search's storage): the last stays
         print(f"error: {exc}", file=sys.stderr)
         return 4
+    except (MemoryError, RuntimeError) as exc:  # the run failed (exit 1): one line, not torch's traceback
+        if not out_of_memory(exc):
+            raise
+        print(
+            f"error: the run ran out of memory ({first_line(exc)}); a smaller d_model, d_ff, n_layers, "
+            "batch_size or seq_len fits",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return stdout_closed()
     return 0
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation that failed: Python's, torch's on a GPU, or its CPU allocator's."""
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(exc)
