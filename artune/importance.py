@@ -15,6 +15,7 @@ import math
 from typing import TYPE_CHECKING
 
 from artune.errors import ResultsError
+from artune.humanize import first_line
 from artune.results import SearchResults
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ def open_study(results: SearchResults) -> optuna.Study:
     """The search's Optuna study: ``optuna.db`` beside its tables (it survives a move), else the storage URL
     ``manifest.json`` records; a ResultsError where there is none."""
     import optuna
+    from sqlalchemy.engine import make_url
 
     from artune.study import STUDY_FILE, sqlite_file, storage_url
 
@@ -48,7 +50,15 @@ def open_study(results: SearchResults) -> optuna.Study:
         where = beside if beside is not None else "(compared searches have no one study)"
         raise ResultsError(f"no Optuna study at {where}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name=results.manifest.get("study_name", results.name), storage=storage)
+    name = results.manifest.get("study_name", results.name)
+    shown = make_url(storage).render_as_string(hide_password=True)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # Optuna's "Record does not exist."
+        raise ResultsError(f"no Optuna study {name!r} in {shown}") from None
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's and the drivers' errors share no useful base
+        what = f"{type(exc).__name__}: {first_line(exc)}"
+        raise ResultsError(f"the Optuna study {name!r} in {shown} cannot be read ({what})") from None
 
 
 def param_importances(results_or_study: SearchResults | optuna.Study) -> pd.Series:

@@ -63,3 +63,22 @@ def test_a_search_without_a_study_says_so(tmp_path: Path) -> None:
     directory = fx.build_search(tmp_path / fx.NAME)
     with pytest.raises(ResultsError, match=f"no Optuna study at {directory / 'optuna.db'}"):
         param_importances(load(directory))
+
+
+def test_a_damaged_study_or_one_under_another_name_is_one_line(tmp_path: Path) -> None:
+    """SQLAlchemy's DatabaseError and Optuna's KeyError ('Record does not exist.') came through as tracebacks, which
+    the notebook's cell (catching ResultsError) did not catch (a review)."""
+    import json
+
+    directory = fx.build_search(tmp_path / fx.NAME, optuna_db=True)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    (directory / "manifest.json").write_text(json.dumps({**manifest, "study_name": "other"}))
+    with pytest.raises(ResultsError, match=r"^no Optuna study 'other' in sqlite:///.*optuna\.db$"):
+        param_importances(load(directory))
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    database = directory / "optuna.db"
+    data = bytearray(database.read_bytes())
+    data[100:4000] = b"x" * 3900  # past SQLite's header: its schema pages
+    database.write_bytes(data)
+    with pytest.raises(ResultsError, match=r"^the Optuna study '.*' in sqlite:///.* cannot be read \(DatabaseError: "):
+        param_importances(load(directory))
