@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -736,6 +737,32 @@ def test_cli_of_a_missing_search_is_one_error_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("error: no trials.parquet in ") and len(result.stderr.splitlines()) == 1
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("file", "edit", "fragment"),
+    [
+        ("epochs.parquet", lambda t: pa.concat_tables([t, t.slice(0, 1)]), "trial_id t0, epoch 1 has two rows"),
+        ("trials.parquet", lambda t: pa.concat_tables([t, t.slice(1, 1)]), "trial_id t1 has two rows"),
+        (
+            "trials.parquet",
+            lambda t: t.set_column(
+                t.column_names.index("best_valid_loss"),
+                "best_valid_loss",
+                pa.array([None if v is None else str(v) for v in t.column("best_valid_loss").to_pylist()]),
+            ),
+            "column 'best_valid_loss' holds string, not numbers",
+        ),
+    ],
+)
+def test_cli_of_tables_another_tool_edited_is_one_error_line(tmp_path: Path, file, edit, fragment) -> None:
+    """An epoch's row twice failed the curves' pivot, a loss as text a ranking's format (tracebacks, exit 1), and a
+    trial's row twice counted it twice (a review)."""
+    directory = fx.build_search(tmp_path / "s")
+    pq.write_table(edit(pq.read_table(directory / file)), directory / file)
+    result = run_cli(str(directory))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr == f"error: {directory / file}: {fragment}; is it a table artune wrote?\n"
 
 
 def test_cli_interrupted_while_it_writes_the_figures_exits_130_and_keeps_the_last_ones(tmp_path: Path, monkeypatch):

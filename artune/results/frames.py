@@ -21,8 +21,10 @@ from artune.humanize import did_you_mean
 from artune.results.tables import (
     DEFAULT_RESULTS_DIR,
     EPOCH_COLUMNS,
+    EPOCHS_FILE,
     MANIFEST_FILE,
     STATUSES,
+    TRIAL_SUMMARY_COLUMNS,
     TRIALS_FILE,
     knob_value,
     manifest_runs,
@@ -362,6 +364,9 @@ def load(path_or_name: str | os.PathLike, results_dir: str | os.PathLike = DEFAU
     missing = [c for c in ("trial_id", "status") if c not in trials]
     if missing:
         raise ResultsError(f"{path / TRIALS_FILE}: no column {missing[0]!r}; is it a table artune wrote?")
+    _check_table(path / TRIALS_FILE, trials_table, TRIAL_SUMMARY_COLUMNS, ["trial_id"])
+    if epochs_table is not None:
+        _check_table(path / EPOCHS_FILE, epochs_table, EPOCH_COLUMNS, ["trial_id", "epoch"])
     for name in FIELD_NAMES:
         kind, optional = field_type(name)
         if name in trials and kind is int and optional:
@@ -381,6 +386,23 @@ def load(path_or_name: str | os.PathLike, results_dir: str | os.PathLike = DEFAU
             f"{manifest_path}: metric: unknown metric {manifest['metric']!r}{hint}: expected one of {_listed(choices)}"
         )
     return results
+
+
+def _check_table(path: Path, table: pa.Table, types: dict[str, pa.DataType], key: list[str]) -> None:
+    """A table edited or written by another tool: its numbers as text, or a row twice, failed later in a traceback
+    (a ranking's format, the curves' pivot) or counted a trial twice."""
+    for name, expected in types.items():
+        actual = table.schema.field(name).type if name in table.column_names else None
+        numeric = pa.types.is_integer(expected) or pa.types.is_floating(expected)
+        if numeric and actual is not None and not (pa.types.is_integer(actual) or pa.types.is_floating(actual)):
+            if not pa.types.is_null(actual):  # a column of nulls only: none had a value yet
+                raise ResultsError(f"{path}: column {name!r} holds {actual}, not numbers; is it a table artune wrote?")
+    if set(key) <= set(table.column_names):
+        rows = table.select(key).to_pandas()
+        twice = rows[rows.duplicated(keep="first")]
+        if len(twice):
+            which = ", ".join(f"{k} {v}" for k, v in zip(key, twice.iloc[0]))
+            raise ResultsError(f"{path}: {which} has two rows; is it a table artune wrote?")
 
 
 def _read_table(path: Path) -> pa.Table:
