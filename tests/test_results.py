@@ -765,6 +765,20 @@ def test_cli_of_tables_another_tool_edited_is_one_error_line(tmp_path: Path, fil
     assert result.stderr == f"error: {directory / file}: {fragment}; is it a table artune wrote?\n"
 
 
+def test_cli_of_a_search_that_has_not_written_its_tables_yet_says_so(tmp_path: Path) -> None:
+    """Before its first epoch a running search has its manifest and no tables: "is it a finished or running
+    search?" asked that of a running one (a review)."""
+    directory = tmp_path / "s"
+    directory.mkdir()
+    (directory / "manifest.json").write_text('{"name": "s"}')
+    result = run_cli(str(directory))
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr == (
+        f"error: no trials.parquet in {directory} yet: its search has started, and writes its tables at its first "
+        "trial's first epoch (or end)\n"
+    )
+
+
 def test_cli_interrupted_while_it_writes_the_figures_exits_130_and_keeps_the_last_ones(tmp_path: Path, monkeypatch):
     """Ctrl-C halfway through a figure's write (the press raised there): no traceback, the figure as it was."""
     from matplotlib.figure import Figure

@@ -338,6 +338,13 @@ def resolve_results_path(path_or_name: str | os.PathLike, results_dir: str | os.
     if (candidate / TRIALS_FILE).exists():
         return candidate
     where = f"{path}" if candidate == path else f"{path} or {candidate}"
+    for started in (path, candidate):
+        if (started / MANIFEST_FILE).is_file():  # a search that has not written its tables yet
+            raise ResultsNotFound(
+                f"no {TRIALS_FILE} in {started} yet: its search has started, and writes its tables at its first "
+                "trial's first epoch (or end)",
+                str(started),
+            )
     raise ResultsNotFound(f"no {TRIALS_FILE} in {where}: is it a finished or running search?", where)
 
 
