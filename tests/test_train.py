@@ -1273,14 +1273,14 @@ def test_cli_trial_without_from_and_from_with_resume_are_one_error_line(tmp_path
 
 def test_cli_checkpoint_dir_where_nothing_can_be_written_is_one_error_line(small_text, capsys):
     """/proc: refused before training where permissions say so; as root (who passes every permission
-    check), the first checkpoint's write fails, and that is one line too, not a traceback."""
+    check), the directory, made before training, cannot be: one line too, not a traceback (nor an epoch first)."""
     checkpoint_dir = "/proc/artune-checkpoints"
     code = main(["--dataset", str(small_text), "--checkpoint-dir", checkpoint_dir, *TINY_CLI])
     _, err = capsys.readouterr()
     (line,) = err.strip().splitlines()
     assert line.startswith(f"error: --checkpoint-dir {checkpoint_dir}: ")
-    if os.access("/proc", os.W_OK):  # root: the write fails, a storage failure (exit 4, as a search's)
-        assert code == 4 and "cannot write the checkpoint of epoch 1 (" in line, (code, line)
+    if os.access("/proc", os.W_OK):  # root: the directory, made before training, cannot be (it failed after epoch 1)
+        assert code == 2 and "/proc/artune-checkpoints: cannot make it (" in line, (code, line)
     else:  # a bad input, refused before training
         assert code == 2 and "/proc is not writable" in line, (code, line)
 
@@ -1350,6 +1350,40 @@ def test_cli_refuses_to_overwrite_a_checkpoint_without_resume_and_continues_it_w
     out, _ = capsys.readouterr()
     assert f"resumed from {tmp_path} after epoch 1" in out and "epoch   2  train_loss" in out
     assert torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)["epoch"] == 2
+
+
+def test_cli_a_checkpoint_dir_another_run_trains_into_is_refused(small_text, tmp_path, capsys):
+    """Two runs started into one --checkpoint-dir each ended with exit 0, and it held one's model (a review): the
+    directory is locked for its run, and the lock goes with the run (this process's own next run takes it)."""
+    import signal
+    import time
+
+    directory = tmp_path / "ckpt"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "artune.train", "--threads", "1", "--dataset", str(small_text)]
+        + ["--checkpoint-dir", str(directory), "--epochs", "100000", "--d_model", "16", "--n_layers", "1"]
+        + ["--n_heads", "2", "--batches_per_epoch", "2"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        waited = time.monotonic()
+        while not (directory / CHECKPOINT_FILE).exists():  # its first epoch's: the run holds the directory
+            assert first.poll() is None and time.monotonic() - waited < 300, first.stderr.read()
+            time.sleep(0.1)
+        assert main(["--dataset", str(small_text), "--checkpoint-dir", str(directory), "--resume"]) == 2
+        assert capsys.readouterr().err == (
+            f"error: --checkpoint-dir {directory}: another run is training into it; wait for it to end, or choose "
+            "another --checkpoint-dir\n"
+        )
+    finally:
+        first.send_signal(signal.SIGINT)
+        assert first.wait(120) == 130
+    again = ["--dataset", str(small_text), "--checkpoint-dir", str(directory), "--resume", "--epochs", "1"]
+    assert main(again) == 0 and "nothing left to train" in capsys.readouterr().out
+    assert main(again) == 0  # its own lock went with its run
 
 
 @pytest.mark.parametrize("option", ["--data", "--data-dir"])

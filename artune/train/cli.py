@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 import time
@@ -154,6 +155,7 @@ def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> i
     # A time budget counts from the command's start (``started``, a time.monotonic(): python -m artune.train gives
     # artune's import, so torch's counts too, as in a search), or from this call where none is given.
     began = time.time() - (0.0 if started is None else time.monotonic() - started)
+    held = None  # the checkpoint directory's descriptor, locked for this run
     try:
         config = _config(args)
         deadline = None
@@ -200,6 +202,8 @@ def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> i
                 )
         if args.threads is not None:
             torch.set_num_threads(args.threads)
+        if args.checkpoint_dir and config.is_save_models:
+            held = hold_checkpoint_dir(Path(args.checkpoint_dir))
         trainer = Trainer(config, data_dir=args.data_dir)
         if args.resume:
             trainer.load_checkpoint(args.checkpoint_dir)
@@ -259,7 +263,33 @@ def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> i
         return 130
     except BrokenPipeError:
         return stdout_closed()
+    finally:
+        if held is not None:
+            os.close(held)
     return 0
+
+
+def hold_checkpoint_dir(directory: Path) -> Optional[int]:
+    """The checkpoint directory, made and locked for this run (flock: the kernel drops it as the process ends): two
+    runs into one directory each ended with exit 0, and it held one's model, the other's lost. None where the file
+    system has no locks."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        held = os.open(directory, os.O_RDONLY)
+    except OSError as exc:
+        raise ConfigError(f"--checkpoint-dir {directory}: cannot make it ({exc.strerror or exc})") from None
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(held)
+        raise ConfigError(
+            f"--checkpoint-dir {directory}: another run is training into it; wait for it to end, or choose another "
+            "--checkpoint-dir"
+        ) from None
+    except OSError:
+        os.close(held)
+        return None
+    return held
 
 
 def out_of_memory(exc: BaseException) -> bool:
