@@ -165,7 +165,7 @@ def make_plan(args: argparse.Namespace, started: Optional[float] = None) -> Plan
     if mode is Mode.RESUME:
         check_resumed_as_started(args, name, space, manifest, given, sets, repeats)
     repeats = args.repeats or repeats
-    typed, sets = sets, data_as_set(args.data, mode, name, space, started_with["set"], sets)
+    typed, sets = sets, data_as_set(args.data, mode, name, space, started_with["set"], sets, manifest.corpus)
     overrides = {"settings": {**started_with["settings"], **given}, "set": {**started_with["set"], **sets}}
     space = space.with_overrides(OVERRIDE_FLAGS, **overrides["settings"], time_budget=args.time_budget)
     if overrides["set"]:  # an error about the corpus names --data FILE where that gave it
@@ -407,7 +407,13 @@ def check_resumed_as_started(
 
 
 def data_as_set(
-    data: Optional[str], mode: Mode, name: str, space: SearchSpace, started_with: dict[str, Any], sets: dict[str, str]
+    data: Optional[str],
+    mode: Mode,
+    name: str,
+    space: SearchSpace,
+    started_with: dict[str, Any],
+    sets: dict[str, str],
+    corpus: Optional[dict[str, Any]] = None,
 ) -> dict[str, str]:
     """``--set`` with ``--data FILE`` as the corpus knob ``dataset``, which the trials' configs and the tables name.
 
@@ -422,7 +428,8 @@ def data_as_set(
         )
     if data is None and started_on_file not in (False, None, "tiny_shakespeare") and "dataset" not in sets:
         replayed = Path(started_on_file).expanduser()
-        if not replayed.is_file():  # (it was said as a --set the command never had)
+        read = (corpus or {}).get("source")  # the file the search read: a relative path given, resumed elsewhere
+        if not replayed.is_file() and not (read and Path(read).is_file()):  # (said as a --set never given)
             what = "not a file" if replayed.exists() else "gone"
             raise SearchError(
                 f"{mode.flag}: search {name!r} trained on the file {started_on_file}, which is {what} now; "
