@@ -971,6 +971,34 @@ def test_a_result_held_back_by_the_tables_refresh_is_written_once_it_has_passed_
     assert written() == [1, 2]
 
 
+def test_an_extend_of_a_run_whose_state_is_gone_records_its_queued_trials_lost_too(tmp_path, shakespeare_path):
+    """settle_lost_run took the trials the journal saw start: one Tune had queued and never started (the tables
+    call it pending) stayed pending for ever (a review)."""
+    from artune.results import TrialRecord, read_records, write_tables
+    from artune.results.tables import LOST_STATE_ERROR
+    from artune.search import SPACE_COPY, load_plan_corpus, make_plan, parse_args, write_manifest
+    from artune.search.journal import Journal
+    from artune.search.saved_state import settle_lost_run
+
+    space = tmp_path / "s.yaml"
+    space.write_text("search: {num_samples: 3, epochs: 5}\nfixed: {d_model: 16, n_layers: 1, n_heads: 2}\n")
+    common = ["--name", "m", "--results-dir", str(tmp_path / "r")]
+    plan = make_plan(parse_args([str(space), *common, "--data", str(shakespeare_path)]))
+    plan.directory.mkdir(parents=True)
+    shutil.copy(space, plan.directory / SPACE_COPY)
+    write_manifest(plan, load_plan_corpus(plan), {"started": "2026-01-01T00:00:00"})  # never finished
+    running, queued = TrialRecord("a_00000", {}, "running"), TrialRecord("a_00001", {}, "pending")
+    running.add_epoch({"epoch": 1, "valid_loss": 3.0, "valid_accuracy": 0.2})
+    journal = Journal(plan.directory, "tune")
+    journal.started(running)
+    journal.epoch(running.trial_id, running.epochs[1])
+    journal.close()
+    write_tables(plan.directory, [running, queued])  # and no tune/: its state gone
+    settle_lost_run(make_plan(parse_args(["--extend", "--num-samples", "1", *common])))
+    settled = {k: (r.status, r.error) for k, r in read_records(plan.directory).items()}
+    assert settled == {"a_00000": ("error", LOST_STATE_ERROR), "a_00001": ("error", LOST_STATE_ERROR)}
+
+
 def test_ray_results_merged_into_the_tables_never_bring_back_a_failed_attempts_epochs(tmp_path):
     """Ray's result.json holds every attempt of a trial: attempt 1's epochs 1-4, then a retry from epoch 1
     (no checkpoint) that reached epoch 3. The tables, written before the driver was killed, hold the

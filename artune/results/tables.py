@@ -149,7 +149,7 @@ class TrialRecord:
             "last_valid_accuracy": rows[-1]["valid_accuracy"] if rows else None,
             "best_valid_accuracy": max(valid_acc) if valid_acc else None,
             "tokens_per_sec": sum(speeds) / len(speeds) if speeds else None,
-            "seconds": sum(r.get("seconds", 0.0) for r in rows),
+            "seconds": sum(r.get("seconds") or 0.0 for r in rows),  # (null where a table had none)
             "error": self.error,
             "workers": (rows[-1].get("workers") or 1) if rows else workers,
         }

@@ -205,15 +205,16 @@ def settle_lost_run(plan: Plan) -> None:
     an interrupt, say: ``--resume`` refuses it), recorded lost: nothing can run them again, and left running they
     would be counted unfinished for ever."""
     from artune.results import read_records
-    from artune.search.journal import merge_journal, started_in
+    from artune.search.journal import merge_journal
 
     last = plan.manifest.runs[-1]
     if plan.manifest.last_run_finished() or tune_began(plan.directory / last):
         return
     records = read_records(plan.directory)
     merge_journal(records, plan.directory)
-    started = started_in(plan.directory, last)
-    lost = [r for r in records.values() if r.trial_id in started and r.status in ("running", "pending")]
+    # every unended trial is the last run's (each earlier run ended; a resume goes on in the same run), the ones
+    # Tune had queued and never started too
+    lost = [r for r in records.values() if r.status in ("running", "pending")]
     for record in lost:
         record.status, record.error = "error", LOST_STATE_ERROR
     if lost:
