@@ -225,8 +225,9 @@ def best_checkpoint(directory: Path, runs: list[str], trial_id: str, ranked: lis
         try:
             path, state = checkpoint.read(path, torch.device("cpu"))
         except CheckpointError as exc:
-            unreadable.append(exc)
-            continue
+            if path.exists():
+                unreadable.append(exc)
+            continue  # one Ray deleted since it was listed (a running search keeps a trial's 2 best): skipped
         if not isinstance(state, dict) or "epoch" not in state:
             raise CheckpointError(f"{path}: not an artune checkpoint (no epoch in it)")
         by_epoch[int(state["epoch"])] = (path, state)

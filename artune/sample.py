@@ -8,12 +8,13 @@ from __future__ import annotations
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Optional
 
 from artune import ArgumentParser, stdout_closed
 from artune.errors import CheckpointError, UserError
 from artune.inference import LoadedModel, check_device, from_export, from_search, is_export
-from artune.results import DEFAULT_RESULTS_DIR, TRIALS_FILE, load
+from artune.results import DEFAULT_RESULTS_DIR, MANIFEST_FILE, TRIALS_FILE, load
 
 
 def open_model(
@@ -31,6 +32,8 @@ def open_model(
     try:
         results = load(source, results_dir)
     except FileNotFoundError as exc:  # where: where it looked for a search
+        if (Path(getattr(exc, "where", source)) / MANIFEST_FILE).is_file():  # a search without its tables yet
+            raise UserError(str(exc)) from None
         raise UserError(
             f"{source}: neither a search (no {TRIALS_FILE} in {getattr(exc, 'where', source)}) nor an exported model "
             "(python -m artune.export writes one)"

@@ -465,6 +465,50 @@ def test_a_running_searchs_tables_behind_the_checkpoints_ray_kept_are_read_again
     assert "--resume writes them" in line
 
 
+def test_a_checkpoint_ray_deletes_as_it_is_listed_is_skipped_not_refused(search, best, tmp_path, monkeypatch):
+    """A running search's Ray deletes a trial's checkpoint once two better ones are kept: one gone between the
+    listing and its read failed the load, "checkpoint file not found", before the tables behind were read again
+    (a review)."""
+    import types
+
+    import artune.inference as inference
+    from artune.train import checkpoint
+
+    copy = tmp_path / "live"
+    shutil.copytree(search, copy, ignore=shutil.ignore_patterns(".lock"))
+    whole = load(copy).model(best["trial_id"]).origin
+    written = {name: (copy / name).read_bytes() for name in (TRIALS_FILE, "epochs.parquet")}
+    records = read_records(copy)
+    trial = records[best["trial_id"]]
+    trial.epochs, trial.status = {1: trial.epochs[1]}, "running"  # the tables a write before epoch 2 left
+    write_tables(copy, records.values())
+    first = copy / "tune" / best["trial_id"] / "checkpoint_000000" / "checkpoint.pt"  # epoch 1's, about to go
+    first.parent.mkdir(exist_ok=True)
+    first.write_bytes(b"listed, then deleted by Ray")
+    read = checkpoint.read
+
+    def deleted_as_listed(path, device):
+        if Path(path) == first:
+            first.unlink()
+        return read(path, device)
+
+    def the_next_write(seconds: float) -> None:
+        for name, data in written.items():
+            (copy / name).write_bytes(data)
+
+    monkeypatch.setattr(inference.checkpoint, "read", deleted_as_listed)
+    monkeypatch.setattr(inference, "time", types.SimpleNamespace(sleep=the_next_write), raising=False)
+    loaded = load(copy).model(best["trial_id"])
+    assert (loaded.origin["checkpoint"], loaded.origin["epoch"]) == (whole["checkpoint"], whole["epoch"])
+    # a search without its tables yet (a running one's first epoch to come): said as such, not "neither a search
+    # nor an exported model"
+    monkeypatch.undo()
+    for name in ("trials.parquet", "epochs.parquet"):
+        (copy / name).unlink()
+    line = one_error_line(run("artune.sample", copy))
+    assert line.startswith(f"error: no trials.parquet in {copy}: its search has written its manifest"), line
+
+
 def checkpoint_epoch(path: Path) -> int:
     from artune.train import checkpoint
 

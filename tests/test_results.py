@@ -766,16 +766,16 @@ def test_cli_of_tables_another_tool_edited_is_one_error_line(tmp_path: Path, fil
 
 
 def test_cli_of_a_search_that_has_not_written_its_tables_yet_says_so(tmp_path: Path) -> None:
-    """Before its first epoch a running search has its manifest and no tables: "is it a finished or running
-    search?" asked that of a running one (a review)."""
+    """Before its first epoch a running search (or one killed then) has its manifest and no tables: "is it a
+    finished or running search?" asked that of a running one (a review)."""
     directory = tmp_path / "s"
     directory.mkdir()
     (directory / "manifest.json").write_text('{"name": "s"}')
     result = run_cli(str(directory))
     assert result.returncode == 2 and result.stdout == "", result.stderr
     assert result.stderr == (
-        f"error: no trials.parquet in {directory} yet: its search has started, and writes its tables at its first "
-        "trial's first epoch (or end)\n"
+        f"error: no trials.parquet in {directory}: its search has written its manifest and no table yet (a running "
+        "search writes them at its first trial's first epoch, or end; a killed one goes on with --resume)\n"
     )
 
 

@@ -341,8 +341,8 @@ def resolve_results_path(path_or_name: str | os.PathLike, results_dir: str | os.
     for started in (path, candidate):
         if (started / MANIFEST_FILE).is_file():  # a search that has not written its tables yet
             raise ResultsNotFound(
-                f"no {TRIALS_FILE} in {started} yet: its search has started, and writes its tables at its first "
-                "trial's first epoch (or end)",
+                f"no {TRIALS_FILE} in {started}: its search has written its manifest and no table yet (a running "
+                "search writes them at its first trial's first epoch, or end; a killed one goes on with --resume)",
                 str(started),
             )
     raise ResultsNotFound(f"no {TRIALS_FILE} in {where}: is it a finished or running search?", where)

@@ -254,8 +254,8 @@ def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> i
         if not out_of_memory(exc):
             raise
         print(
-            f"error: the run ran out of memory ({first_line(exc)}); a smaller d_model, d_ff, n_layers, "
-            "batch_size or seq_len fits",
+            f"error: the run ran out of memory ({first_line(exc) or type(exc).__name__}); a smaller model or batch "
+            "(d_model, d_ff, n_layers, batch_size, seq_len) may fit",
             file=sys.stderr,
         )
         return 1
