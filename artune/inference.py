@@ -183,9 +183,7 @@ def from_search(
             if attempt + 1 == TABLE_TRIES:
                 raise
             time.sleep(0.5)
-            from artune.results import load
-
-            results = load(results.path)
+            results = results.reload()
     trial_id = str(row["trial_id"])
     loaded = from_state(state, path, device)
     epoch = int(state["epoch"])

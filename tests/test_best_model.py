@@ -440,14 +440,7 @@ def test_a_running_searchs_tables_behind_the_checkpoints_ray_kept_are_read_again
 
     import artune.inference as inference
 
-    copy = tmp_path / "live"
-    shutil.copytree(search, copy, ignore=shutil.ignore_patterns(".lock"))
-    whole = load(copy).model(best["trial_id"]).origin
-    written = {name: (copy / name).read_bytes() for name in (TRIALS_FILE, "epochs.parquet")}
-    records = read_records(copy)
-    trial = records[best["trial_id"]]
-    trial.epochs, trial.status = {1: trial.epochs[1]}, "running"  # the tables as a write before epoch 2 left them
-    write_tables(copy, records.values())
+    copy, whole, written, records = tables_behind(search, best["trial_id"], tmp_path)
     for path in (copy / "tune" / best["trial_id"]).glob("checkpoint_*/checkpoint.pt"):
         if checkpoint_epoch(path) == 1:  # Ray deleted it for better ones
             shutil.rmtree(path.parent)
@@ -474,14 +467,7 @@ def test_a_checkpoint_ray_deletes_as_it_is_listed_is_skipped_not_refused(search,
     import artune.inference as inference
     from artune.train import checkpoint
 
-    copy = tmp_path / "live"
-    shutil.copytree(search, copy, ignore=shutil.ignore_patterns(".lock"))
-    whole = load(copy).model(best["trial_id"]).origin
-    written = {name: (copy / name).read_bytes() for name in (TRIALS_FILE, "epochs.parquet")}
-    records = read_records(copy)
-    trial = records[best["trial_id"]]
-    trial.epochs, trial.status = {1: trial.epochs[1]}, "running"  # the tables a write before epoch 2 left
-    write_tables(copy, records.values())
+    copy, whole, written, _ = tables_behind(search, best["trial_id"], tmp_path)
     first = copy / "tune" / best["trial_id"] / "checkpoint_000000" / "checkpoint.pt"  # epoch 1's, about to go
     first.parent.mkdir(exist_ok=True)
     first.write_bytes(b"listed, then deleted by Ray")
@@ -507,6 +493,20 @@ def test_a_checkpoint_ray_deletes_as_it_is_listed_is_skipped_not_refused(search,
         (copy / name).unlink()
     line = one_error_line(run("artune.sample", copy))
     assert line.startswith(f"error: no trials.parquet in {copy}: its search has written its manifest"), line
+
+
+def tables_behind(search: Path, trial_id: str, tmp_path: Path) -> tuple[Path, dict, dict, dict]:
+    """A copy of ``search`` whose tables hold trial ``trial_id``'s first epoch only, running (as a write before its
+    epoch 2 left them); its model's origin, the tables as written, and the records written."""
+    copy = tmp_path / "live"
+    shutil.copytree(search, copy, ignore=shutil.ignore_patterns(".lock"))
+    whole = load(copy).model(trial_id).origin
+    written = {name: (copy / name).read_bytes() for name in (TRIALS_FILE, "epochs.parquet")}
+    records = read_records(copy)
+    trial = records[trial_id]
+    trial.epochs, trial.status = {1: trial.epochs[1]}, "running"
+    write_tables(copy, records.values())
+    return copy, whole, written, records
 
 
 def checkpoint_epoch(path: Path) -> int:

@@ -1462,38 +1462,23 @@ def test_an_extend_of_a_search_whose_data_file_is_gone_says_so_and_not_a_set_it_
     assert cli(*common, "--data", str(tmp_path / "copy.txt")).returncode == 0
 
 
-def test_an_extend_from_another_directory_of_a_search_given_a_relative_set_dataset_reads_the_file_it_read(
-    tmp_path, small_corpus
-):
-    """--set dataset=corpus.txt, relative to where the search began: the check above took the file for gone when
-    the extend ran elsewhere, though the corpus it read (manifest.json's source) is there (a review)."""
-    began = tmp_path / "began"
-    began.mkdir()
-    shutil.copy(small_corpus, began / "corpus.txt")
-    cwd = os.getcwd()
-    os.chdir(began)
-    try:
-        finished_search(tmp_path, TINY, "--set", "dataset=corpus.txt")
-    finally:
-        os.chdir(cwd)
-    common = ["--extend", "--num-samples", "1", "--name", "m", "--results-dir", str(tmp_path / "r"), "--dry-run"]
-    result = cli(*common)  # from the repository's directory
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert f"corpus: {began / 'corpus.txt'}" in result.stdout, result.stdout
-
-
+@pytest.mark.parametrize("given", ["space", "--set"])
 def test_resume_from_another_directory_reads_the_corpus_file_the_space_names_relative_to_where_it_began(
-    tmp_path, small_corpus
+    tmp_path, small_corpus, given
 ):
     """A space's dataset relative to the working directory: the printed resume command ("whatever directory it is
-    in") failed from any other with "dataset file not found"."""
+    in") failed from any other with "dataset file not found". And a relative --set dataset=FILE: the check for a
+    --data file gone took it for gone, though the corpus it read (manifest.json's source) is there (a review)."""
     began = tmp_path / "began"
     began.mkdir()
     shutil.copy(small_corpus, began / "corpus.txt")
     cwd = os.getcwd()
     os.chdir(began)
     try:
-        directory = finished_search(tmp_path, TINY.replace("n_heads: 2}", "n_heads: 2, dataset: corpus.txt}"))
+        if given == "space":
+            directory = finished_search(tmp_path, TINY.replace("n_heads: 2}", "n_heads: 2, dataset: corpus.txt}"))
+        else:
+            directory = finished_search(tmp_path, TINY, "--set", "dataset=corpus.txt")
     finally:
         os.chdir(cwd)
     common = ["--extend", "--num-samples", "1", "--name", "m", "--results-dir", str(tmp_path / "r"), "--dry-run"]

@@ -228,6 +228,12 @@ class SearchResults:
         row = self.trial() if trial_id is None else self._row(trial_id)
         return TrainConfig.from_dict({name: knob_value(name, _plain(row[name])) for name in FIELD_NAMES if name in row})
 
+    def reload(self) -> SearchResults:
+        """The search as its tables are now (a running search rewrites them every 2 s)."""
+        if self.path is None:
+            raise ResultsError("a reload of compare()'s stack: compare() the searches again")
+        return load(self.path)
+
     def best_model(self, device: str = "cpu") -> LoadedModel:
         """The best trial's model at its best epoch, ready to ``generate`` (see :mod:`artune.inference`)."""
         from artune.inference import from_search
