@@ -1382,9 +1382,14 @@ def test_cli_a_checkpoint_dir_another_run_trains_into_is_refused(small_text, tmp
     finally:
         first.send_signal(signal.SIGINT)
         assert first.wait(120) == 130
-    again = ["--dataset", str(small_text), "--checkpoint-dir", str(directory), "--resume", "--epochs", "1"]
-    assert main(again) == 0 and "nothing left to train" in capsys.readouterr().out
-    assert main(again) == 0  # its own lock went with its run
+    trained = torch.load(directory / CHECKPOINT_FILE, weights_only=True)["epoch"]
+    again = ["--dataset", str(small_text), "--checkpoint-dir", str(directory), "--resume", "--epochs"]
+    assert main([*again, str(trained + 1)]) == 0
+    assert main([*again, str(trained + 2)]) == 0  # its own lock went with its run
+    assert torch.load(directory / CHECKPOINT_FILE, weights_only=True)["epoch"] == trained + 2
+    # a run refused for its corpus makes no directory (it is made, and locked, once every input has been read)
+    assert main(["--dataset", str(tmp_path / "missing.txt"), "--checkpoint-dir", str(tmp_path / "new")]) == 2
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize("option", ["--data", "--data-dir"])

@@ -202,8 +202,6 @@ def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> i
                 )
         if args.threads is not None:
             torch.set_num_threads(args.threads)
-        if args.checkpoint_dir and config.is_save_models:
-            held = hold_checkpoint_dir(Path(args.checkpoint_dir))
         trainer = Trainer(config, data_dir=args.data_dir)
         if args.resume:
             trainer.load_checkpoint(args.checkpoint_dir)
@@ -214,6 +212,8 @@ def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> i
                     f"give --epochs N (more than {trainer.epoch}) to train on"
                 )
                 return 0
+        if args.checkpoint_dir and config.is_save_models:  # once every input has been read: none leaves it made
+            held = hold_checkpoint_dir(Path(args.checkpoint_dir))
         print(
             f"{trainer.model.num_parameters():,} parameters, vocabulary {trainer.corpus.vocab_size}, "
             f"{len(trainer.corpus.train):,} train / {len(trainer.corpus.valid):,} valid tokens, "
