@@ -311,9 +311,7 @@ def test_a_resumed_driver_records_its_results_its_ctrl_c_and_its_time_budget(tmp
     budget's end wrote the tables as they were before the resume)."""
     space = tmp_path / "long.yaml"
     space.write_text(LONG_SPACE)
-    results, name = tmp_path / "results", "long"
-    directory = results / name
-    common = ["--results-dir", str(results), "--name", name, "--data", str(small_corpus)]
+    results = tmp_path / "results"
 
     def interrupt_after_two_epochs(search: Search, what: str) -> float:
         """Ctrl-C once the search has trained two epochs; the seconds that took (this machine's pace)."""
@@ -325,26 +323,35 @@ def test_a_resumed_driver_records_its_results_its_ctrl_c_and_its_time_budget(tmp
         wait_for_ray_to_end(ray_tmpdir)
         return took
 
-    interrupt_after_two_epochs(Search(str(space), *common, env=CHAIN_ENV), "two epochs")
-    pace = interrupt_after_two_epochs(Search("--resume", *common, env=CHAIN_ENV), "two epochs after the resume")
-    assert "finished" not in json.loads((directory / MANIFEST_FILE).read_text())
+    # A budget that holds a resume's start-up and its first epochs on this machine, however fast it is: twice what
+    # the last resume took to train two. The machine's pace can change more than that between two minutes (another
+    # job's load): a budgeted resume that trained nothing is tried again, on a new search, with twice the budget.
+    least = 30
+    for attempt in range(3):
+        name = f"long{attempt}"
+        directory = results / name
+        common = ["--results-dir", str(results), "--name", name, "--data", str(small_corpus)]
+        interrupt_after_two_epochs(Search(str(space), *common, env=CHAIN_ENV), "two epochs")
+        pace = interrupt_after_two_epochs(Search("--resume", *common, env=CHAIN_ENV), "two epochs after the resume")
+        assert "finished" not in json.loads((directory / MANIFEST_FILE).read_text())
 
-    # A budget that holds a resume's start-up and its first epochs on this machine, however fast it is: twice
-    # what the last resume took to train two.
-    budget = max(30, math.ceil(2 * pace))
-    search = Search("--resume", "--time-budget", f"{budget}s", *common, env=CHAIN_ENV)
-    assert search.finish(max(600, 4 * budget)) == 0, search.stderr[-2000:]
-    # the resumed run's budget ended it: by the driver's own clock (the interpreter's imports and Ray's shutdown,
-    # outside it, move with the machine's load)
-    timings = json.loads((directory / MANIFEST_FILE).read_text())["timings"]
-    assert timings["startup_s"] + timings["tuning_s"] < budget + max(20, pace), timings
-    trials, rows = tables(directory)
-    assert len(trials) == 2 and set(trials["status"]) == {"stopped"}, trials[["trial_id", "status"]]
-    for trial_id in trials["trial_id"]:
-        assert sorted(rows.loc[rows.trial_id == trial_id, "epoch"]) == sorted(set(ray_epochs(directory, trial_id))), (
-            trial_id
-        )
-    assert search.epochs(), "the budgeted resume trained nothing"
+        budget = max(least, math.ceil(2 * pace))
+        search = Search("--resume", "--time-budget", f"{budget}s", *common, env=CHAIN_ENV)
+        assert search.finish(max(600, 4 * budget)) == 0, search.stderr[-2000:]
+        # the resumed run's budget ended it: by the driver's own clock (the interpreter's imports and Ray's
+        # shutdown, outside it, move with the machine's load)
+        timings = json.loads((directory / MANIFEST_FILE).read_text())["timings"]
+        assert timings["startup_s"] + timings["tuning_s"] < budget + max(20, pace), timings
+        trials, rows = tables(directory)
+        assert len(trials) == 2 and set(trials["status"]) == {"stopped"}, trials[["trial_id", "status"]]
+        for trial_id in trials["trial_id"]:
+            assert sorted(rows.loc[rows.trial_id == trial_id, "epoch"]) == sorted(
+                set(ray_epochs(directory, trial_id))
+            ), trial_id
+        if search.epochs():
+            break
+        least = 2 * budget
+    assert search.epochs(), f"the budgeted resume trained nothing in {attempt + 1} tries, the last budget {budget} s"
 
 
 @pytest.mark.slow
