@@ -102,8 +102,13 @@ def started_in(directory: Path, run: str) -> set[str]:
 
 def reported_in(directory: Path, run: str) -> bool:
     """Whether a trial that started in ``run`` reported an epoch: Ray Tune began that run and saved its state."""
-    started = started_in(directory, run)
-    return any("epoch" in line and line["trial_id"] in started for line in lines(directory))
+    started: set[str] = set()
+    for line in lines(directory):  # one read: a trial's start line comes before its epochs'
+        if "config" in line and line.get("run") == run:
+            started.add(line["trial_id"])
+        elif "epoch" in line and line["trial_id"] in started:
+            return True
+    return False
 
 
 def add_missing_epochs(records: dict[str, TrialRecord], replayed: dict[str, TrialRecord]) -> None:

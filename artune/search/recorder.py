@@ -201,7 +201,7 @@ class Recorder(tune.Callback):
         self.write()
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        if getattr(self, "unwritten", False):  # (Tune's loop ends a step every 0.1 s at most)
+        if self.unwritten:  # (Tune's loop ends a step every 0.1 s at most)
             self.write()
         self.progress.tick(trials)
 
