@@ -71,6 +71,10 @@ class DeadlineReached(ArtuneError, RuntimeError):
     """
 
 
+class ModelTooLarge(ArtuneError, MemoryError):
+    """Training the model would take more memory than its device has: found before any of it is allocated."""
+
+
 class CheckpointError(ArtuneError, RuntimeError):
     """A checkpoint file is missing, truncated, corrupt or from another configuration."""
 

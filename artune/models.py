@@ -50,6 +50,13 @@ class ModelConfig:
                 f"but got d_model={self.d_model}, n_heads={self.n_heads}"
             )
 
+    def num_parameters(self) -> int:
+        """``GPT(self).num_parameters()``, counted without building it (a model too large for memory, say)."""
+        d, up = self.d_model, (2 if self.activation == "swiglu" else 1) * self.d_ff
+        block = 4 * d * d + up * d + self.d_ff * d + 4 * d  # qkv and proj, the feed-forward, two LayerNorms
+        positions = self.seq_len * d if self.position_encoding == "learned" else 0
+        return self.vocab_size * d + positions + self.n_layers * block + 2 * d  # the head is tied to tok_emb
+
 
 ROPE_BASE = 10000.0
 

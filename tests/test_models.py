@@ -57,6 +57,14 @@ def test_output_layer_is_tied_to_the_embedding():
     assert model.head.weight.data_ptr() == model.tok_emb.weight.data_ptr()
 
 
+@pytest.mark.parametrize("positions", ["learned", "rope"])
+@pytest.mark.parametrize("activation", ["gelu", "swiglu", "relu2"])
+def test_the_config_counts_the_models_parameters_without_building_it(positions, activation):
+    """The memory check before a model is built (artune.train.device.fitting) counts from the config alone."""
+    model = _model(position_encoding=positions, activation=activation, n_layers=3)
+    assert model.cfg.num_parameters() == model.num_parameters()
+
+
 def test_tie_survives_a_state_dict_round_trip():
     a, b = _model(seed=0), _model(seed=1)
     b.load_state_dict(a.state_dict())

@@ -1072,14 +1072,16 @@ def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     )
 
 
-def test_cli_a_model_too_large_for_memory_is_one_line_and_exit_1(shakespeare_path):
-    """--d_model 10**12 (an embedding of 260 TB, which no machine maps): torch's allocator refused it in a 19-line
-    traceback (a review)."""
-    result = _cli("--d_model", str(10**12), "--epochs", "1", "--data", str(shakespeare_path))
+@pytest.mark.parametrize("knob", [("--d_model", str(10**12)), ("--n_layers", str(10**8))])
+def test_cli_a_model_too_large_for_memory_is_one_line_and_exit_1(shakespeare_path, knob):
+    """--d_model 10**12 (an embedding of 260 TB) was torch's allocator's 19-line traceback (a review); --n_layers
+    10**8 allocated its layers one by one until the kernel's OOM killer ended the run. Both are refused before the
+    model is built."""
+    result = _cli(*knob, "--epochs", "1", "--data", str(shakespeare_path))
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("error: the run ran out of memory (") and "can't allocate memory" in line, line
-    assert line.endswith("a smaller model or batch (d_model, d_ff, n_layers, batch_size, seq_len) may fit"), line
+    assert line.startswith("error: the model's ") and "GiB to train" in line and "GiB of this machine" in line, line
+    assert line.endswith("a smaller model (d_model, d_ff, n_layers) may fit"), line
 
 
 def test_cli_trains_and_prints_each_epoch(shakespeare_path, tmp_path):

@@ -15,7 +15,7 @@ import artune.train.checkpoint as checkpoint
 from artune import ArgumentParser, stdout_closed
 from artune.config import FIELD_NAMES, ConfigError, TrainConfig, add_config_arguments
 from artune.data import TINY_SHAKESPEARE
-from artune.errors import CheckpointError, DivergedError, StorageError, UserError
+from artune.errors import CheckpointError, DivergedError, ModelTooLarge, StorageError, UserError
 from artune.humanize import first_line, parse_duration
 from artune.train.checkpoint import CHECKPOINT_FILE
 from artune.train.device import PRECISION_NAMES
@@ -250,6 +250,9 @@ def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> i
     except StorageError as exc:  # a checkpoint could not be written (exit 4, as a search's storage): the last stays
         print(f"error: {exc}", file=sys.stderr)
         return 4
+    except ModelTooLarge as exc:  # as out of memory (exit 1), found before the model was built
+        print(f"error: {exc}; a smaller model (d_model, d_ff, n_layers) may fit", file=sys.stderr)
+        return 1
     except (MemoryError, RuntimeError) as exc:  # the run failed (exit 1): one line, not torch's traceback
         if not out_of_memory(exc):
             raise

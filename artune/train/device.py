@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import functools
+import os
 import time
+from pathlib import Path
+from typing import Optional
 
 import torch
 
 from artune.compat import cpu_has_native_bf16
 from artune.config import ConfigError
+from artune.errors import ModelTooLarge
+from artune.models import ModelConfig
 
 # What a resolved precision is called in an epoch's metrics (the precision knob's own names)
 PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
@@ -27,6 +32,40 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def fitting(model: ModelConfig, optimizer: str, device: torch.device) -> ModelConfig:
+    """``model``, where training it fits the device's memory: its weights, their gradients and the optimizer's
+    state, 4 bytes each (muon keeps one moment for most weights, the others two). A model too large failed only
+    as it was built, its layers allocated one by one until the kernel's OOM killer ended the process (``n_layers``
+    of 10**8), or at the first step's Adam state: ModelTooLarge (a MemoryError) here, before anything is allocated."""
+    total = device_memory(device)
+    need = model.num_parameters() * (12 if optimizer == "muon" else 16)
+    if total is not None and need > total:
+        raise ModelTooLarge(
+            f"the model's {model.num_parameters():,} parameters need {need / 2**30:,.1f} GiB to train (their "
+            f"gradients and the {optimizer} optimizer's state included), more than the {total / 2**30:,.1f} GiB "
+            f"of {'this machine' if device.type == 'cpu' else device}"
+        )
+    return model
+
+
+def device_memory(device: torch.device) -> Optional[int]:
+    """The bytes of memory a process may use on ``device``: a GPU's, or the machine's RAM under its cgroup's limit
+    (a container's); None where it is not known."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type != "cpu":
+        return None
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()  # cgroup v2; "max" where there is none
+    except OSError:
+        return total
+    return min(total, int(limit)) if limit.isdigit() else total
 
 
 def resolve_precision(name: str, device: torch.device, d_model: int = 512) -> torch.dtype:

@@ -1,7 +1,6 @@
 """The Trainer: epochs of training, validation and a greedy sample, resumable from its checkpoints.
 
-It never imports Ray: ``artune.trainable`` wraps it for Ray Tune, and ``python -m artune.train``
-runs one configuration on its own for debugging.
+It never imports Ray: ``artune.trainable`` wraps it for Ray Tune; ``python -m artune.train`` runs one on its own.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from artune.train.compile import (
     note_compile_did_not_pay,
     note_compile_failed,
 )
-from artune.train.device import PRECISION_NAMES, resolve_device, resolve_precision, resumed_precision
+from artune.train.device import PRECISION_NAMES, fitting, resolve_device, resolve_precision, resumed_precision
 from artune.train.diagnostics import activation_hooks, activation_stats, param_grad_stats
 from artune.train.plan import epoch_batches, epochs_that_fit, steps_per_epoch
 from artune.train.ranks import Ranks
@@ -118,7 +117,8 @@ class Trainer:
         self.device = device if device is not None else resolve_device(config.device)
         self.autocast_dtype = resolve_precision(config.precision, self.device, config.d_model)
         torch.manual_seed(config.seed)
-        self.model = GPT(model_config(config, self.corpus.vocab_size)).to(self.device)
+        self.model = GPT(fitting(model_config(config, self.corpus.vocab_size), config.optimizer, self.device))
+        self.model.to(self.device)
         self.eager = self.ranks.wrap(self.model, self.device)  # the training step's
         self.forward = self.eager  # compiled from the start, or later with compile: auto
         if config.compile is True and not self.ranks.distributed:
