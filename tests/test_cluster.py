@@ -122,7 +122,7 @@ def test_a_cluster_lost_mid_search_ends_in_one_line_with_exit_3_and_resume_goes_
     second = head_only()
     try:
         resumed = Search("--resume", "--address", second.address, *common[:4])
-        assert resumed.finish(300) == 0, resumed.stderr[-3000:]
+        assert resumed.finish(1200) == 0, resumed.stderr[-3000:]
     finally:
         second.shutdown()
         reap(private_ray_tmpdir)

@@ -61,7 +61,7 @@ def live(tmp_path_factory, shakespeare_path, ray_tmpdir):
     search.hold_at(lambda: running_with_a_value(database), 300, "a running trial with a value", ray_tmpdir)
     seen = running_with_a_value(database)
     search.release(ray_tmpdir)
-    rc = search.finish(600)
+    rc = search.finish(1200)
     return {"rc": rc, "seen": seen, "stdout": search.stdout, "stderr": search.stderr, "directory": results / "live"}
 
 
@@ -180,7 +180,7 @@ def killed(tmp_path_factory, shakespeare_path, ray_tmpdir):
             with open(checkpoint, "r+b") as handle:
                 handle.truncate(checkpoint.stat().st_size // 2)
     resumed = Search("--resume", *common, env=env)
-    facts["rc"] = resumed.finish(600)
+    facts["rc"] = resumed.finish(1200)
     facts["stdout"], facts["stderr"] = resumed.stdout, resumed.stderr
     reap(ray_tmpdir)
     return facts

@@ -814,7 +814,7 @@ def test_resume_does_not_continue_trials_the_tables_saw_end_after_tune_last_save
     Tune saved them before their first result (and without checkpoints: with nothing to restore, such a
     trial ends with no result at all, which Tune 2.60's metric check took for an error)."""
     common = ["--name", "s", "--results-dir", str(tmp_path / "r"), "--data", str(shakespeare_path)]
-    first = cli(str(SMOKE), *common, "--set", "is_save_models=false", timeout=600)
+    first = cli(str(SMOKE), *common, "--set", "is_save_models=false", timeout=1200)
     assert first.returncode == 0, first.stderr[-3000:]
     directory = tmp_path / "r" / "s"
     before = load(directory)
@@ -1566,7 +1566,7 @@ def test_a_ctrl_c_lost_in_an_import_as_the_search_starts_still_ends_it(tmp_path,
         capture_output=True,
         text=True,
         env=env,
-        timeout=600,
+        timeout=1200,
         cwd=REPO,
     )
     assert result.returncode == 130, (result.stdout[-3000:], result.stderr[-3000:])

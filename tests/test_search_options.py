@@ -88,23 +88,35 @@ def test_time_budget_ends_the_search_and_reports_the_budget_spent(tmp_path, shak
     batches = max(1500, math.ceil(1500 * 2 * slack / epoch_s))
     epoch_s *= batches / 1500
     budget = math.ceil(wall - outside_s + epoch_s * 2.5)  # a trial's start-up and first epoch, then 1.5 epochs more
-    result = cli(
-        str(SMOKE),
-        *("--results-dir", str(tmp_path), "--name", "budget", "--data", str(shakespeare_path)),
-        *("--num-samples", "50", "--epochs", "20", "--set", f"batches_per_epoch={batches}"),
-        *("--time-budget", f"{budget}s"),
-        timeout=budget + 900,  # a hang guard only: the budget follows this machine's pace
-    )
+    # The pace was one trial's alone, and the machine's can change more than 2x between two minutes (another job's
+    # load; two trials at once on one core, pinned): a budget in which no trial finished an epoch (exit 1, "no trial
+    # trained an epoch") is tried again under a new name with twice the budget.
+    for attempt in range(3):
+        name = f"budget{attempt}"
+        result = cli(
+            str(SMOKE),
+            *("--results-dir", str(tmp_path), "--name", name, "--data", str(shakespeare_path)),
+            *("--num-samples", "50", "--epochs", "20", "--set", f"batches_per_epoch={batches}"),
+            *("--time-budget", f"{budget}s"),
+            timeout=budget + 900,  # a hang guard only: the budget follows this machine's pace
+        )
+        if not (result.returncode == 1 and "no trial trained an epoch" in result.stdout):
+            break
+        budget *= 2
     assert result.returncode == 0, result.stderr[-3000:]
     # The budget holds the command's start-up and its tuning (the driver's own clock, in the manifest); the time
     # outside them (the interpreter's imports, Ray's shutdown) moves with the machine's load, so it is left out
-    # here, and so is the slack kept for it: 3 s for the noise, against epochs at least twice the slack.
-    timings = json.loads((tmp_path / "budget" / "manifest.json").read_text())["timings"]
+    # here. Past the budget: Tune's stop of the trials its deadline ended, in at most the time the command spent
+    # outside its clock in the pace run (at least 3 s); a wait for a trial's next report would cost more, as the
+    # epochs are at least twice that.
+    timings = json.loads((tmp_path / name / "manifest.json").read_text())["timings"]
     spent = timings["startup_s"] + timings["tuning_s"]
-    assert spent < budget + 3.0, f"the search spent {spent:.1f} s of a {budget} s budget (epochs of {epoch_s:.0f} s)"
+    assert spent < budget + max(3.0, outside_s), (
+        f"the search spent {spent:.1f} s of a {budget} s budget (epochs of {epoch_s:.0f} s, {outside_s:.1f} s outside)"
+    )
     assert f"time budget {budget} s: used " in result.stdout
     assert "of the budget)" in result.stdout and "best trial " in result.stdout
-    results = load(tmp_path / "budget")
+    results = load(tmp_path / name)
     assert 0 < len(results.trials) < 50
     budget_lines = {
         line.split()[0]: line for line in result.stdout.split(f"time budget {budget} s:")[1].splitlines()[1:]
