@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
-from artune.search.runtime import interrupts_kept
+from artune.search.runtime import PROBES_LOST, RAYLET, ClusterWatch, interrupts_kept
 
 
 @pytest.fixture(autouse=True)
@@ -151,3 +153,42 @@ def test_a_sigterm_in_rays_start_leaves_artunes_handler_and_one_with_sigint_igno
             assert runtime.terminated()
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+class WatchProbes(ClusterWatch):
+    """The cluster watch on real sockets of this machine, without Ray: ``lost`` records instead of ending the
+    process."""
+
+    def __init__(self, targets: dict) -> None:  # (no Ray: the targets are given)
+        self.targets, self.stopped, self.probes, self.found = targets, threading.Event(), 0, None
+
+    def lost(self, what: str, where: str, exc: OSError) -> None:
+        self.found = (what, self.probes)
+        self.stopped.set()
+
+
+def closed_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on (bound, then closed: a refused connection)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize(("what", "probes"), [(RAYLET, 1), ("the head's GCS", PROBES_LOST)])
+def test_a_refused_raylet_is_lost_at_once_and_the_gcs_after_its_probes(monkeypatch, what, probes):
+    """A raylet is never restarted on its port: its first refusal ends the search (with exit 3), before Ray's core
+    worker ends the driver with exit 1 seconds later, which raced the watch's three probes on a busy machine. The
+    head's GCS may be restarted (Ray's GCS fault tolerance): three in a row."""
+    watch = WatchProbes({what: ("127.0.0.1", closed_port())})
+    real = socket.create_connection
+
+    def counted(*args, **kwargs):
+        watch.probes += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", counted)
+    monkeypatch.setattr("artune.search.runtime.PROBE_EVERY_S", 0.01)
+    thread = threading.Thread(target=watch.watch, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert watch.found == (what, probes)

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 CONNECT_TIMEOUT_S = 5.0
 EXIT_CLUSTER_LOST = 3
-PROBE_EVERY_S, PROBES_LOST = 1.0, 3  # a cluster is lost when its GCS or this node's raylet refuses 3 probes in a row
+PROBE_EVERY_S, PROBES_LOST = 1.0, 3  # a cluster is lost when its GCS or this node's raylet fails 3 probes in a row
+RAYLET = "this node's raylet"  # lost at its first refusal: its port closed; Ray ends the driver seconds later
 _TERMINATED = threading.Event()  # a SIGTERM came: the search ends as after Ctrl-C, with an exit status of its own
 
 
@@ -336,7 +337,7 @@ class ClusterWatch:
         host, _, port = context.gcs_address.rpartition(":")  # where --address led (auto: the cluster's own)
         self.targets = {"the head's GCS": (host.strip("[]"), int(port))}
         if node.get("NodeManagerAddress") and node.get("NodeManagerPort"):
-            self.targets["this node's raylet"] = (node["NodeManagerAddress"], int(node["NodeManagerPort"]))
+            self.targets[RAYLET] = (node["NodeManagerAddress"], int(node["NodeManagerPort"]))
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self.watch, name="artune-cluster-watch", daemon=True)
 
@@ -355,7 +356,9 @@ class ClusterWatch:
                     with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
                         failures[what] = 0
                 except OSError as exc:
-                    failures[what] += 1
+                    # A raylet is never restarted on its port; the head's GCS may be (Ray's GCS fault tolerance)
+                    refused = what == RAYLET and isinstance(exc, ConnectionRefusedError)
+                    failures[what] = PROBES_LOST if refused else failures[what] + 1
                     if failures[what] >= PROBES_LOST and not self.stopped.is_set():
                         self.lost(what, f"{host}:{port}", exc)
 
