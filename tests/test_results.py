@@ -779,6 +779,16 @@ def test_cli_of_a_search_that_has_not_written_its_tables_yet_says_so(tmp_path: P
     )
 
 
+def test_cli_of_a_search_with_no_trial_yet_says_so_and_draws_nothing(tmp_path: Path, capsys) -> None:
+    """It printed "0 trials ()", pandas' "Empty DataFrame" and three empty figures (a review)."""
+    directory = tmp_path / "empty"
+    directory.mkdir()
+    write_tables(directory, [])
+    assert main([str(directory)]) == 0
+    assert capsys.readouterr().out == f"search empty: no trial yet (its tables in {directory} hold none)\n"
+    assert not list(directory.glob("*.png"))
+
+
 def test_cli_interrupted_while_it_writes_the_figures_exits_130_and_keeps_the_last_ones(tmp_path: Path, monkeypatch):
     """Ctrl-C halfway through a figure's write (the press raised there): no traceback, the figure as it was."""
     from matplotlib.figure import Figure

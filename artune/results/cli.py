@@ -17,8 +17,10 @@ from artune.results.tables import DEFAULT_RESULTS_DIR
 
 def describe(results: SearchResults, metric: Optional[str] = None, top: int = 20) -> str:
     """The summary the CLI prints: counts by status, then the trials best first."""
-    counts = results.status_counts()
     name, _ = results.metric_column(metric)
+    if not len(results.trials):  # a search stopped before its first trial began, or one running that just began
+        return f"search {results.name}: no trial yet (its tables in {results.path} hold none)"
+    counts = results.status_counts()
     table = results.summary(metric)
     statuses = ", ".join(f"{n} {s}" for s, n in counts.items())
     lines = [
@@ -62,6 +64,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         results = load(args.search, args.results_dir)
         print(describe(results, args.metric, args.top), flush=True)
+        if not len(results.trials):
+            return 0  # no figure of nothing
         from artune.plots import write_plots  # matplotlib only once the summary is out
 
         try:
