@@ -438,6 +438,19 @@ def test_a_checkpoint_of_another_format_is_refused_in_one_line(small_text, tmp_p
     )
 
 
+@pytest.mark.parametrize(("key", "value"), [("epoch", -3), ("epoch", 2.5), ("tokens_seen", -1), ("epoch", None)])
+def test_a_checkpoint_whose_counts_are_not_counts_is_refused_in_one_line(small_text, tmp_path, key, value):
+    """A hand-edited checkpoint's negative epoch resumed as if it were one (a review)."""
+    state = Trainer(tiny(small_text)).state_dict()
+    state[key] = value
+    torch.save(state, tmp_path / CHECKPOINT_FILE)
+    with pytest.raises(CheckpointError) as refused:
+        Trainer(tiny(small_text)).load_checkpoint(tmp_path)
+    assert str(refused.value) == (
+        f"{tmp_path / CHECKPOINT_FILE}: checkpoint's {key} is {value!r}, not a count (a whole number, 0 or more)"
+    )
+
+
 def test_capped_sequential_epochs_go_on_where_the_last_one_stopped(small_text):
     """Each capped epoch used to restart at the split's first batch: half of Tiny Shakespeare went unseen."""
     config = tiny(small_text, train_loader="sequential", batch_size=4, seq_len=16, batches_per_epoch=100, epochs=4)

@@ -62,6 +62,10 @@ def check_resumable(state: Any, config: TrainConfig, corpus: Corpus) -> None:
             f"checkpoint format {state.get('format')!r} is not this artune's ({CHECKPOINT_FORMAT}); resume it "
             "with the artune that wrote it, or start afresh"
         )
+    for key in ("epoch", "tokens_seen"):  # counts the run goes on from (a hand-edited checkpoint's, say)
+        value = state.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise CheckpointError(f"checkpoint's {key} is {value!r}, not a count (a whole number, 0 or more)")
     if state["vocabulary"] != list(corpus.vocabulary.itos):
         raise CheckpointError("checkpoint was trained with another vocabulary (a different corpus or tokenizer)")
     if state.get("corpus_sha256", corpus.sha256) != corpus.sha256:
