@@ -1093,8 +1093,8 @@ def test_cli_a_model_too_large_for_memory_is_one_line_and_exit_1(shakespeare_pat
     result = _cli(*knob, "--epochs", "1", "--data", str(shakespeare_path))
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("error: the model's ") and "GiB to train" in line and "GiB of this machine" in line, line
-    assert line.endswith("a smaller model (d_model, d_ff, n_layers) may fit"), line
+    assert line.startswith("error: the model (d_model=") and "GiB to train with adam" in line, line
+    assert line.endswith("GiB of this machine; a smaller d_model, d_ff or n_layers may fit"), line
 
 
 def test_cli_trains_and_prints_each_epoch(shakespeare_path, tmp_path):

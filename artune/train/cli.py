@@ -251,7 +251,7 @@ def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> i
         print(f"error: {exc}", file=sys.stderr)
         return 4
     except ModelTooLarge as exc:  # as out of memory (exit 1), found before the model was built
-        print(f"error: {exc}; a smaller model (d_model, d_ff, n_layers) may fit", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     except (MemoryError, RuntimeError) as exc:  # the run failed (exit 1): one line, not torch's traceback
         if not out_of_memory(exc):

@@ -35,37 +35,75 @@ def resolve_device(name: str) -> torch.device:
 
 
 def fitting(model: ModelConfig, optimizer: str, device: torch.device) -> ModelConfig:
-    """``model``, where training it fits the device's memory: its weights, their gradients and the optimizer's
-    state, 4 bytes each (muon keeps one moment for most weights, the others two). A model too large failed only
-    as it was built, its layers allocated one by one until the kernel's OOM killer ended the process (``n_layers``
-    of 10**8), or at the first step's Adam state: ModelTooLarge (a MemoryError) here, before anything is allocated."""
-    total = device_memory(device)
-    need = model.num_parameters() * (12 if optimizer == "muon" else 16)
-    if total is not None and need > total:
+    """``model``, where training it fits the memory of ``device``: checked before any of it is allocated, since a
+    model built layer by layer past the memory met the kernel's OOM killer, not an error (see docs/usage.md)."""
+    memory = device_memory(device)
+    need = training_bytes(model, optimizer)
+    if memory is not None and need > memory[0]:
+        m = model
         raise ModelTooLarge(
-            f"the model's {model.num_parameters():,} parameters need {need / 2**30:,.1f} GiB to train (their "
-            f"gradients and the {optimizer} optimizer's state included), more than the {total / 2**30:,.1f} GiB "
-            f"of {'this machine' if device.type == 'cpu' else device}"
+            f"the model (d_model={m.d_model}, n_layers={m.n_layers}, d_ff={m.d_ff}, vocab_size={m.vocab_size}, "
+            f"seq_len={m.seq_len}) has {m.num_parameters():,} parameters: {need / 2**30:,.1f} GiB to train with "
+            f"{optimizer} (weights, gradients, its state), more than the {memory[0] / 2**30:,.1f} GiB {memory[1]}; "
+            "a smaller d_model, d_ff or n_layers may fit"
         )
     return model
 
 
-def device_memory(device: torch.device) -> Optional[int]:
-    """The bytes of memory a process may use on ``device``: a GPU's, or the machine's RAM under its cgroup's limit
-    (a container's); None where it is not known."""
+def training_bytes(model: ModelConfig, optimizer: str) -> int:
+    """The bytes a model's training holds whatever the batch: fp32 weights and gradients, the optimizer's moments
+    (two per weight; muon keeps one for the blocks' matrices, AdamW's two for the rest) and RoPE's tables."""
+    d, up = model.d_model, (2 if model.activation == "swiglu" else 1) * model.d_ff
+    matrices = model.n_layers * (4 * d * d + up * d + model.d_ff * d)  # muon's: artune.optim.muon_matrices
+    one_moment = matrices if optimizer == "muon" else 0
+    tables = 6 * model.seq_len * (d // model.n_heads) * model.n_layers if model.position_encoding == "rope" else 0
+    return 4 * (4 * model.num_parameters() - one_moment + tables)
+
+
+def device_memory(device: torch.device) -> Optional[tuple[int, str]]:
+    """The bytes of memory a process may use on ``device`` and what they are: a GPU's, or the machine's RAM or its
+    cgroup's limit where that is less (a container's, a batch job's); None where it is not known."""
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
+        return torch.cuda.get_device_properties(device).total_memory, f"of {device}"
     if device.type != "cpu":
         return None
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         return None
+    limit = cgroup_memory_limit()
+    if limit is not None and limit < total:
+        return limit, "its cgroup allows"
+    return (total, "of this machine") if total > 0 else None
+
+
+def cgroup_memory_limit(own: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")) -> Optional[int]:
+    """The least memory limit of this process's cgroup and the cgroups above it (v2's ``memory.max``, v1's
+    ``memory.limit_in_bytes``); None where none is set or none can be read."""
     try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()  # cgroup v2; "max" where there is none
+        lines = own.read_text().splitlines()
     except OSError:
-        return total
-    return min(total, int(limit)) if limit.isdigit() else total
+        return None
+    limits = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            base, name = root, "memory.max"  # "max" where unlimited
+        elif "memory" in controllers.split(","):
+            base, name = root / "memory", "memory.limit_in_bytes"
+        else:
+            continue
+        here = base / path.strip("/")
+        for directory in (here, *here.parents):
+            if not directory.is_relative_to(base):
+                break
+            try:
+                value = (directory / name).read_text().strip()
+            except OSError:
+                continue  # not there (a namespace's view starts at its own cgroup), or not readable
+            if value.isdigit():
+                limits.append(int(value))
+    return min(limits) if limits else None
 
 
 def resolve_precision(name: str, device: torch.device, d_model: int = 512) -> torch.dtype:
