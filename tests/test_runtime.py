@@ -162,7 +162,7 @@ class WatchProbes(ClusterWatch):
     def __init__(self, targets: dict) -> None:  # (no Ray: the targets are given)
         self.targets, self.stopped, self.probes, self.found = targets, threading.Event(), 0, None
 
-    def lost(self, what: str, where: str, exc: OSError) -> None:
+    def lost(self, what: str, where: str, exc: OSError, how: str) -> None:
         self.found = (what, self.probes)
         self.stopped.set()
 

@@ -42,6 +42,7 @@ class Recorder(tune.Callback):
     Tune pickles its callbacks into ``tuner.pkl``: the study's connection stays out."""
 
     REFRESH_S = 2.0
+    unwritten = False  # results held back by REFRESH_S (here too for one unpickled from an older tuner.pkl)
 
     def __init__(self, plan: Plan, study: Optional[LiveStudy] = None) -> None:
         self.directory, self.space, self.storage, self.name = plan.directory, plan.space, plan.storage, plan.name
@@ -54,7 +55,7 @@ class Recorder(tune.Callback):
         self.runs = runs if plan.run_name in runs else [*runs, plan.run_name]  # an extend's run is not recorded yet
         self.records: dict[str, TrialRecord] = read_records(plan.directory)  # a resumed search carries on its tables
         self.journal = Journal(plan.directory, plan.run_name)
-        self._written, self.unwritten = 0.0, False  # unwritten: results held back by REFRESH_S
+        self._written, self.unwritten = 0.0, False
         self._study = study
         self.unfinished, self.cut_short = 0, []
         self.ended: set[str] = set()  # trials Tune reported ended (complete or error) in this run

@@ -360,12 +360,14 @@ class ClusterWatch:
                     refused = what == RAYLET and isinstance(exc, ConnectionRefusedError)
                     failures[what] = PROBES_LOST if refused else failures[what] + 1
                     if failures[what] >= PROBES_LOST and not self.stopped.is_set():
-                        self.lost(what, f"{host}:{port}", exc)
+                        self.lost(
+                            what, f"{host}:{port}", exc, "refused a connection" if refused else "stopped answering"
+                        )
 
-    def lost(self, what: str, where: str, exc: OSError) -> None:
+    def lost(self, what: str, where: str, exc: OSError, how: str) -> None:
         p = self.plan
         print(
-            f"error: lost the Ray cluster at {p.address}: {what} ({where}) stopped answering "
+            f"error: lost the Ray cluster at {p.address}: {what} ({where}) {how} "
             f"({exc.strerror or exc}); the tables hold every result so far; once the cluster is back, continue with: "
             f"{p.resume_command} --address HOST:PORT",
             file=sys.stderr,
