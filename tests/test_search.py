@@ -569,6 +569,16 @@ def test_the_manifest_keeps_every_runs_searched_knobs(tmp_path, shakespeare_path
         and manifest["fixed"]["lr"] == 0.002
     )
     assert manifest["conditions"] == {"warmup": {"optimizer": ["noam"]}}
+    # and the summary's best trial names it: a first run's trial, its lr searched, read as the extension's fixed lr
+    from artune.results import TrialRecord, write_tables
+    from artune.search.report import summarise
+
+    config = TrainConfig(d_model=16, n_layers=1, n_heads=2, lr=0.0042, optimizer="adam").to_dict()
+    record = TrialRecord("t0", config, "completed", config_id="c0")
+    record.add_epoch({"epoch": 1, "valid_loss": 2.5, "train_loss": 2.6, "valid_accuracy": 0.3, "seconds": 1.0})
+    write_tables(first.directory, [record])
+    best = next(line for line in summarise(extension)[0].splitlines() if line.startswith("best trial t0"))
+    assert best.endswith("(lr=0.0042, optimizer=adam, warmup=0)"), best
 
 
 def test_a_new_search_is_refused_a_study_name_its_storage_already_holds(tmp_path, shakespeare_path):

@@ -89,7 +89,8 @@ def summarise(plan: Plan) -> tuple[str, bool]:
     best = results.best(1)
     if len(best):
         row = best.iloc[0]
-        knobs = ", ".join(f"{k}={show_knob(row[k])}" for k in plan.space.params)
+        # every run's searched knobs (an --extend may fix one its first run searched): the manifest's
+        knobs = ", ".join(f"{k}={show_knob(row[k])}" for k in results.params)
         column, _ = results.metric_column()
         lines.append(
             f"best trial {row['trial_id']}: {column.replace('_', ' ', 1)} {row[column]:.4f} after "
