@@ -269,7 +269,9 @@ def write_export(loaded: LoadedModel, out: str | os.PathLike) -> Path:
     from safetensors.torch import save_model
 
     given, out = out, Path(out).absolute()  # "." has no name to stage beside
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{given}: is a file, not a directory; choose another OUT")
+    if out.exists() and any(out.iterdir()):
         raise UserError(f"{given}: exists and is not an empty directory; choose another OUT, or remove it first")
     for parent in out.parents:  # a file where a directory is to be: say which, not "File exists"
         if parent.exists() and not parent.is_dir():

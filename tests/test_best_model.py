@@ -299,6 +299,13 @@ def test_an_export_target_that_is_not_empty_is_left_alone(search, tmp_path):
     line = one_error_line(run("artune.export", search, out))
     assert str(out) in line and "not an empty directory" in line
     assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "keep me"
+    taken = tmp_path / "model.txt"  # a file: said so, as train --checkpoint-dir says it (a review)
+    taken.write_text("keep me")
+    assert (
+        one_error_line(run("artune.export", search, taken))
+        == f"error: {taken}: is a file, not a directory; choose another OUT"
+    )
+    assert taken.read_text() == "keep me"
 
 
 def test_a_corrupt_checkpoint_is_one_line_naming_it(search, tmp_path):

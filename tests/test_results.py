@@ -725,7 +725,7 @@ def test_cli_prints_the_summary_and_writes_three_pngs(tmp_path: Path) -> None:
         "search fixture: 6 trials (3 completed, 1 stopped, 1 diverged, 1 error), best first by best_valid_loss (min)"
     )
     assert lines[1].split()[:2] == ["trial_id", "status"]
-    assert lines[2].split()[:2] == ["t3", "completed"] and lines[2].split()[-1] == "1.5"
+    assert lines[2].split()[:2] == ["t3", "completed"] and lines[2].split()[-1] == "1.5000"  # as the search prints it
     for name in ("learning_curves.png", "metric_vs_knobs.png", "parallel_coordinates.png"):
         path = directory / name
         assert f"wrote {path}" in lines

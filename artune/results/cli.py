@@ -28,11 +28,20 @@ def describe(results: SearchResults, metric: Optional[str] = None, top: int = 20
             f"search {results.name}: {plural(len(results.trials), 'trial')} ({statuses}), "
             f"best first by {name} ({results.direction(name)})"
         ),
-        table.head(top).to_string(index=False, float_format=lambda x: f"{x:.4g}"),
+        table.head(top).to_string(
+            index=False,
+            float_format=lambda x: f"{x:.4g}",
+            # the metric as the search's summary prints it (2.9998, not 4 figures' 3), a rate in whole tokens
+            formatters={name: metric_text} if name in table and table[name].dtype.kind == "f" else None,
+        ),
     ]
     if len(table) > top:
         lines.append(f"... {len(table) - top} more trials (--top {len(table)} shows every one)")
     return "\n".join(lines)
+
+
+def metric_text(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4f}"  # (NaN prints as nan)
 
 
 def build_parser() -> ArgumentParser:
