@@ -1,6 +1,7 @@
 """artune: hyperparameter search for autoregressive language models on Ray Tune and Optuna."""
 
 import argparse
+import difflib
 import time
 
 __version__ = "0.1.0"
@@ -32,4 +33,10 @@ class ArgumentParser(argparse.ArgumentParser):
     of the usage block followed by the error."""
 
     def error(self, message: str):
+        given = message.removeprefix("unrecognized arguments: ").split() if "unrecognized" in message else []
+        for flag in (g.partition("=")[0] for g in given if g.startswith("-")):  # argparse suggests none before 3.14
+            close = difflib.get_close_matches(flag, [o for o in self._option_string_actions if o[1:2] == "-"], 1, 0.75)
+            if close:
+                message += f" (did you mean {close[0]}?)"
+                break
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")

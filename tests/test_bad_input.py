@@ -125,6 +125,7 @@ OPTIONS = {
     "--time-budget 0": ["argument --time-budget: expected a positive duration", "'0'", "--help"],
     "--num-samples abc": ["argument --num-samples: invalid int value: 'abc'", "--help"],
     "--bogus": ["unrecognized arguments: --bogus", "(see python -m artune.search --help)"],
+    "--num-sampels 3": ["unrecognized arguments: --num-sampels 3 (did you mean --num-samples?)", "--help"],
     # what RAY_ADDRESS holds for the jobs CLI: Ray failed on it after seconds, with a traceback
     "--address http://127.0.0.1:8265": [
         "--address http://127.0.0.1:8265: that is the dashboard's address",
