@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import torch
 
@@ -70,7 +70,6 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @torch.no_grad()
     def generate(
         self,
         prompt: Optional[str] = None,
@@ -85,6 +84,19 @@ class LoadedModel:
         the softmax of the logits over ``temperature``, among the ``top_k`` likeliest where given, with
         ``seed`` seeding the draws (none: a fresh draw each call). Runs in fp32, whatever the training's precision.
         """
+        return "".join(self.stream(prompt, tokens, temperature, top_k, seed))
+
+    def stream(
+        self,
+        prompt: Optional[str] = None,
+        tokens: int = 200,
+        temperature: float = 0.0,
+        top_k: Optional[int] = None,
+        seed: Optional[int] = None,
+    ) -> Iterator[str]:
+        """``generate``'s text as it comes: the prompt, then each token with the tokenizer's separator before it
+        (a long sample shows from its first token; one token costs a forward pass of up to seq_len of context).
+        The inputs are checked before the prompt is given."""
         prompt = self.config.prompt if prompt is None else prompt
         if tokens < 0:
             raise UserError(f"tokens >= 0 must hold, but got tokens={tokens}")
@@ -96,38 +108,37 @@ class LoadedModel:
             ids = self.tokenizer.encode(prompt)
         except UnknownTokenError as exc:
             raise UnknownTokenError(f"prompt {prompt!r}: {exc}") from None
-        if tokens == 0:
-            return prompt
-        if not ids:
+        if tokens and not ids:
             raise UserError(f"the prompt must give at least one {self.tokenizer.name} token, but got {prompt!r}")
+        return self._pieces(prompt, ids, tokens, temperature, top_k, seed)
+
+    @torch.no_grad()
+    def _pieces(
+        self, prompt: str, ids: list[int], tokens: int, temperature: float, top_k: Optional[int], seed: Optional[int]
+    ) -> Iterator[str]:
+        yield prompt
         self.model.eval()
         idx = torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, T)
-        if temperature == 0:
-            out = self.model.generate(idx, tokens)
-        else:
-            out = self._draw(idx, tokens, temperature, top_k, seed)
-        return prompt + self.tokenizer.separator + self.tokenizer.decode(out[0, len(ids) :].tolist())
-
-    def _draw(
-        self, idx: torch.Tensor, tokens: int, temperature: float, top_k: Optional[int], seed: Optional[int]
-    ) -> torch.Tensor:
-        """``idx`` ``(1, T)`` and ``tokens`` drawn tokens after it: ``(1, T + tokens)``."""
         generator = torch.Generator(self.device)
         if seed is None:
             generator.seed()
         else:
             generator.manual_seed(seed)
         for _ in range(tokens):
-            logits = self.model(idx[:, -self.config.seq_len :])[:, -1].double()  # (1, V)
-            # shifted to a top of 0 and divided in float64: a tiny temperature sends the rest towards -inf (a greedy
-            # draw), where the float32 division overflowed to inf (or took the temperature for 0): NaN probabilities
-            logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
-            if top_k is not None and top_k < logits.shape[-1]:
-                kth = torch.topk(logits, top_k).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            token = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)  # (1, 1)
+            logits = self.model(idx[:, -self.config.seq_len :])[:, -1]  # (1, V)
+            if temperature == 0:  # greedy: the trainer's sample (GPT.generate), token for token
+                token = logits.argmax(dim=-1, keepdim=True)
+            else:
+                # shifted to a top of 0 and divided in float64: a tiny temperature sends the rest towards -inf (a
+                # greedy draw), where the float32 division overflowed to inf (or took the temperature for 0)
+                logits = logits.double()
+                logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
+                if top_k is not None and top_k < logits.shape[-1]:
+                    kth = torch.topk(logits, top_k).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                token = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)  # (1, 1)
             idx = torch.cat([idx, token], dim=1)
-        return idx
+            yield self.tokenizer.separator + self.tokenizer.decode([int(token)])
 
 
 def check_device(device: str | torch.device, label: str = "device") -> torch.device:

@@ -94,10 +94,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                 "--temperature: give --temperature T > 0 too"
             )
         loaded = open_model(args.search, args.trial, args.results_dir, _device(args.device))
-        # generated before the origin line: a prompt the vocabulary cannot encode is one line on stderr
-        text = loaded.generate(args.prompt, args.tokens, args.temperature, args.top_k, args.seed)
+        # checked before the origin line: a prompt the vocabulary cannot encode is one line on stderr
+        pieces = loaded.stream(args.prompt, args.tokens, args.temperature, args.top_k, args.seed)
         print(describe(loaded), file=sys.stderr, flush=True)
-        print(text, flush=True)
+        for piece in pieces:  # as they come: a long sample shows from its first token
+            print(piece, end="", flush=True)
+        print(flush=True)
     except (UserError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
