@@ -9,7 +9,6 @@ from artune.errors import ResultsError
 from artune.results.frames import SearchResults, compare, load, resolve_results_path
 from artune.results.tables import (
     DEFAULT_RESULTS_DIR,
-    ENDED,
     EPOCH_COLUMNS,
     EPOCHS_FILE,
     MANIFEST_FILE,
@@ -34,7 +33,6 @@ from artune.results.tables import (
 
 __all__ = [
     "DEFAULT_RESULTS_DIR",
-    "ENDED",
     "EPOCH_COLUMNS",
     "EPOCHS_FILE",
     "MANIFEST_FILE",

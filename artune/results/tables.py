@@ -34,7 +34,6 @@ DEFAULT_RESULTS_DIR = "results"
 #   diverged   loss went NaN/inf        error    raised, after its retries
 #   running / pending                   the search was interrupted before the trial ended
 STATUSES = ("completed", "stopped", "diverged", "error", "running", "pending")
-ENDED = ("completed", "stopped", "diverged")  # the statuses of trials a resumed search does not train again
 # The error of a trial Ray started but Tune never saved before its search stopped: --resume's searcher, restored
 # from before it, drew the same configuration again under a new trial id (search/saved_state.py)
 LOST_PREFIX = "lost:"  # what every version's lost trial's error starts with (the text after it has changed)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 from artune import plural
 from artune.errors import SearchError, StorageError
 from artune.humanize import describe_os_error, first_line
-from artune.results import ENDED, EPOCHS_FILE, MANIFEST_FILE, TRIALS_FILE, TUNE_DIR, read_records
+from artune.results import EPOCHS_FILE, MANIFEST_FILE, TRIALS_FILE, TUNE_DIR
 from artune.search.corpus import load_plan_corpus
 from artune.search.lock import SearchLock
 from artune.search.manifest import write_manifest
@@ -56,18 +56,8 @@ def run(plan: Plan) -> int:
     corpus = load_plan_corpus(plan)
     plan.stopwatch.lap("corpus")
     with search_directory(plan):
-        # a resume of a search whose every trial had ended: said without Ray, and the manifest as it was
-        outcome = Outcome(0, 0.0, {}, {}) if nothing_to_resume(plan) else tune_search(plan, corpus)
+        outcome = tune_search(plan, corpus)
     return report(plan, outcome)
-
-
-def nothing_to_resume(plan: Plan) -> bool:
-    """Whether a resume would run nothing: the last run finished and its every trial ended (an errored one, Tune
-    runs again)."""
-    if plan.mode is not Mode.RESUME or not plan.manifest.last_run_finished():
-        return False
-    records = read_records(plan.directory)
-    return bool(records) and all(record.status in ENDED for record in records.values())
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from ray import tune
 
 from artune.config import FIELD_NAMES
 from artune.humanize import describe_os_error, root_cause
-from artune.results import ENDED, EPOCH_COLUMNS, TrialRecord, read_records, write_tables
+from artune.results import EPOCH_COLUMNS, TrialRecord, read_records, write_tables
 from artune.search.journal import Journal, add_missing_epochs, merge_journal
 from artune.search.progress import Progress
 from artune.search.storage import sqlite_write_error
@@ -28,6 +28,7 @@ from artune.trainable import TRIAL_INDEX, WARNINGS_KEY, trial_config
 if TYPE_CHECKING:
     from artune.search.plan import Plan
 
+ENDED = ("completed", "stopped", "diverged")  # table statuses of trials that a resumed search does not train again
 EPOCH_KEYS = {*EPOCH_COLUMNS, "diverged", "error"} - {"trial_id"}  # what a trial reports of an epoch, not Tune's keys
 # A disk that is full or read-only fails every trial alike: the search's failure, not a trial's. Denied access
 # and vanished paths count where they name the search's own directory (a trial may open other files).

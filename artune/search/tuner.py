@@ -16,10 +16,10 @@ from ray.tune.search import ConcurrencyLimiter, Repeater
 from ray.tune.search.optuna import OptunaSearch
 
 from artune.compat import forget_ended_running_trials, give_restored_tuner, repoint_searcher_state
-from artune.results import ENDED
 from artune.search.cutoff import BudgetCutoff, set_run_deadline
 from artune.search.manifest import run_number
 from artune.search.plan import Mode
+from artune.search.recorder import ENDED
 from artune.search.report import mlflow_tracking_uri
 from artune.search.saved_state import saved_trials
 from artune.study import warm_start_storage
