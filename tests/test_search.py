@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from artune.config import FIELD_NAMES, TrainConfig
-from artune.results import load
+from artune.results import MANIFEST_FILE, load
 from tests._results_fixture import build_search
 
 REPO = Path(__file__).resolve().parent.parent
@@ -886,13 +886,16 @@ def test_resume_keeps_the_settings_the_search_started_with_and_refuses_new_ones(
 
 
 def test_resume_of_a_finished_search_says_nothing_was_left(smoke, tmp_path):
-    """It reprinted the summary and exited 0 without a word that nothing had run (a review)."""
+    """It reprinted the summary and exited 0 without a word that nothing had run (a review); and it wrote that
+    empty run's timings over the search's (a review)."""
     directory = copy_of_smoke(smoke, tmp_path)
     before = (directory / "trials.parquet").read_bytes()
+    timings = json.loads((directory / MANIFEST_FILE).read_text())["timings"]
     resumed = cli("--resume", "--name", "smoke", "--results-dir", str(tmp_path))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "nothing was left to resume: every trial of search 'smoke' had ended" in resumed.stdout, resumed.stdout
     assert pq.read_table(directory / "trials.parquet").equals(pq.read_table(io.BytesIO(before)))
+    assert json.loads((directory / MANIFEST_FILE).read_text())["timings"] == timings
 
 
 def test_an_extends_plan_names_its_run_and_the_seed_its_sampler_draws_with(smoke, tmp_path):

@@ -171,10 +171,11 @@ def tune_search(plan: Plan, corpus: Corpus) -> Outcome:
                 "startup_s": round(tuning_started - plan.started, 3),
                 "tuning_s": round(finished - tuning_started, 3),
             }
+            finished_at = {"finished": dt.datetime.now().isoformat(timespec="seconds")}
+            # a resume that trained nothing (every trial had ended) keeps the timings of the run that did
+            trained = plan.mode is not Mode.RESUME or bool(recorder.spent)
             try:
-                write_manifest(
-                    plan, corpus, {"finished": dt.datetime.now().isoformat(timespec="seconds"), "timings": timings}
-                )
+                write_manifest(plan, corpus, {**finished_at, "timings": timings} if trained else finished_at)
             except StorageError as exc:  # the tables hold every trial: reported as the storage failing, exit 4
                 recorder.storage_fails(str(exc), in_loop=False)
     finally:
