@@ -33,10 +33,12 @@ class ArgumentParser(argparse.ArgumentParser):
     of the usage block followed by the error."""
 
     def error(self, message: str):
-        given = message.removeprefix("unrecognized arguments: ").split() if "unrecognized" in message else []
+        prefix = "unrecognized arguments: "
+        given = message.removeprefix(prefix).split() if message.startswith(prefix) else []
+        given = given[: given.index("--")] if "--" in given else given  # after a bare --, arguments are not options
         for flag in (g.partition("=")[0] for g in given if g.startswith("-")):  # argparse suggests none before 3.14
             close = difflib.get_close_matches(flag, [o for o in self._option_string_actions if o[1:2] == "-"], 1, 0.75)
-            if close:
+            if close and close[0] != flag:
                 message += f" (did you mean {close[0]}?)"
                 break
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")

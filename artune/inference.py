@@ -125,7 +125,7 @@ class LoadedModel:
         else:
             generator.manual_seed(seed)
         for _ in range(tokens):
-            logits = self.model(idx[:, -self.config.seq_len :])[:, -1]  # (1, V)
+            logits = self.model(idx[:, -self.model.cfg.seq_len :])[:, -1]  # (1, V): the context its positions hold
             if temperature == 0:  # greedy: the trainer's sample (GPT.generate), token for token
                 token = logits.argmax(dim=-1, keepdim=True)
             else:

@@ -413,3 +413,29 @@ def test_the_reference_command_answers_help_and_refuses_anything_else():
     assert helped.returncode == 0 and "--markdown" in helped.stdout, helped.stderr
     refused = subprocess.run([*run, "--bogus"], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and refused.stderr.startswith("error: "), refused.stderr
+
+
+def test_an_unknown_option_is_given_the_closest_one_and_nothing_else_is():
+    """A mistyped flag gets a did-you-mean in its one line (argparse gives none before Python 3.14); an invalid
+    choice, a flag after a bare --, or a flag like no other, none."""
+    from artune import ArgumentParser
+
+    class Told(ArgumentParser):
+        def exit(self, status: int = 0, message: str | None = None):
+            assert status == 2
+            raise SystemExit(message)  # the one line it would print, as the exit's code
+
+    parser = Told(prog="p")
+    parser.add_argument("--num-samples", type=int)
+    parser.add_argument("--sampler", choices=["tpe", "random"])
+    parser.add_argument("rest", nargs="?")
+
+    def error(*argv: str) -> str:
+        with pytest.raises(SystemExit) as told:
+            parser.parse_args(list(argv))
+        return str(told.value.code)
+
+    assert "(did you mean --num-samples?)" in error("x", "--num-sampels", "3")
+    assert "did you mean" not in error("--sampler", "unrecognized")
+    assert "did you mean" not in error("x", "y", "--", "--num-samples")
+    assert "did you mean" not in error("--bogus")

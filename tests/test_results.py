@@ -836,3 +836,15 @@ def test_cli_of_an_unknown_metric_is_one_error_line(search: Path, capsys: pytest
     assert main([str(search), "--metric", "perplexity"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unknown metric 'perplexity'") and len(err.splitlines()) == 1
+
+
+def test_the_summary_prints_a_loss_in_4_decimals_a_rate_in_whole_tokens_and_a_tiny_value_in_4_figures():
+    from artune.results.cli import metric_text
+
+    assert [metric_text(v) for v in (2.99984, 0.0, 29330.4, 0.000123456, 0.5)] == [
+        "2.9998",
+        "0.0000",
+        "29,330",
+        "0.0001235",
+        "0.5000",
+    ]

@@ -41,7 +41,10 @@ def describe(results: SearchResults, metric: Optional[str] = None, top: int = 20
 
 
 def metric_text(value: float) -> str:
-    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4f}"  # (NaN prints as nan)
+    """A loss or an accuracy with 4 decimals, a rate in whole tokens, a tiny value (an lr) in 4 figures."""
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.4f}" if abs(value) >= 0.01 or value == 0 else f"{value:.4g}"  # (NaN prints as nan)
 
 
 def build_parser() -> ArgumentParser:

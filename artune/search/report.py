@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from artune import plural
 from artune.compat import ray_auto_address
+from artune.errors import ResultsError
 from artune.humanize import show_knob
 from artune.results import DEFAULT_RESULTS_DIR, EPOCHS_FILE, MANIFEST_FILE, TRIALS_FILE
 from artune.search.manifest import run_number
@@ -90,7 +91,11 @@ def summarise(plan: Plan) -> tuple[str, bool]:
     if len(best):
         row = best.iloc[0]
         # every run's searched knobs (an --extend may fix one its first run searched): the manifest's
-        knobs = ", ".join(f"{k}={show_knob(row[k])}" for k in results.params)
+        try:
+            params = results.params
+        except ResultsError:  # a manifest edited by hand: this run's, as before
+            params = list(plan.space.params)
+        knobs = ", ".join(f"{k}={show_knob(row[k])}" for k in params if k in row)
         column, _ = results.metric_column()
         lines.append(
             f"best trial {row['trial_id']}: {column.replace('_', ' ', 1)} {row[column]:.4f} after "
