@@ -15,10 +15,13 @@ and tests/test_storage_faults.py hold them.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 # --------------------------------------------------------------------------- torch
 # Each site was checked on torch 2.13.0. torch is imported inside the functions: the search driver
@@ -64,6 +67,40 @@ def keep_local_ray_on_loopback() -> None:
         return
     if hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):
         ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+@contextlib.contextmanager
+def ctrl_c_taken_by_tune() -> Iterator[threading.Event]:
+    """Around ``Tuner.fit``: an event set where Ray Tune took a Ctrl-C (or its SIGUSR1), whether a trial ran or not.
+
+    Tune's handler ends fit's loop and says so only in a log line, and fit returns as at a search's end: a Ctrl-C
+    that fell between two trials (none running, the searcher with trials left) was taken for the search's end.
+    Tune's handler puts back the handler it found (``_setup_signal_catching`` in ray/tune/tune.py): the one set
+    here, which this block's end then finds in place; a fit that ends by itself leaves Tune's. With Tune's handler
+    off (``TUNE_DISABLE_SIGINT_HANDLER``) the key reaches the one set here, which notes it and raises
+    KeyboardInterrupt as Python's does. Fallback where Tune keeps its own handler or sets none: the event stays
+    clear, and such a Ctrl-C ends the search as Tune alone would. Test: tests/test_compat_ray.py.
+    """
+    taken = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # (only the main thread sets handlers)
+        yield taken
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def noted(signum: int, frame: Any) -> None:  # a press Tune's handler did not take (its second, or with it off)
+        taken.set()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, noted)
+    try:
+        yield taken
+    finally:
+        if signal.getsignal(signal.SIGINT) is noted and os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") == "0":
+            taken.set()  # Tune's handler ran and put this one back
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 
 
 def give_restored_tuner(tuner: Any, callbacks: list, time_budget_s: Optional[float]) -> bool:

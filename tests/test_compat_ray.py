@@ -155,3 +155,47 @@ def test_without_rays_private_node_the_shutdown_is_rays_own(monkeypatch):
 
     monkeypatch.delattr(worker, "_global_node")
     compat.kill_local_monitor_first()  # nothing to do, and nothing raised
+
+
+@pytest.fixture
+def pythons_sigint():
+    """Python's own SIGINT handler, as a search's driver has it (a Tuner earlier in this process leaves Tune's)."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    usr1 = signal.getsignal(signal.SIGUSR1)  # (Tune sets one too)
+    yield
+    signal.signal(signal.SIGINT, previous)
+    signal.signal(signal.SIGUSR1, usr1)
+
+
+def test_a_ctrl_c_tunes_handler_took_is_seen_and_one_it_never_got_is_not(pythons_sigint):
+    import signal
+
+    from ray.tune.tune import _setup_signal_catching  # what Tuner.fit runs: the handler is in force as fit runs
+
+    with compat.ctrl_c_taken_by_tune() as taken:
+        interrupted = _setup_signal_catching()
+        signal.raise_signal(signal.SIGINT)  # Tune's handler: no KeyboardInterrupt
+    assert interrupted.is_set() and taken.is_set()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    with compat.ctrl_c_taken_by_tune() as taken:
+        _setup_signal_catching()  # a fit that ends by itself leaves Tune's handler in place
+    assert not taken.is_set() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_ctrl_c_with_tunes_handler_off_is_seen_and_raised(pythons_sigint, monkeypatch):
+    import signal
+
+    from ray.tune.tune import _setup_signal_catching
+
+    monkeypatch.setenv("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    with pytest.raises(KeyboardInterrupt), compat.ctrl_c_taken_by_tune() as taken:
+        _setup_signal_catching()
+        signal.raise_signal(signal.SIGINT)
+    assert taken.is_set()
+
+    with compat.ctrl_c_taken_by_tune() as taken:
+        _setup_signal_catching()  # the handler set here stays in place: no press for all that
+    assert not taken.is_set() and signal.getsignal(signal.SIGINT) is signal.default_int_handler

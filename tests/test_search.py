@@ -1587,6 +1587,63 @@ def test_a_ctrl_c_lost_in_an_import_as_the_search_starts_still_ends_it(tmp_path,
     assert "started:" not in result.stdout and not (tmp_path / "r" / "lost").exists()
 
 
+CTRL_C_AFTER_THE_FIRST_TRIAL = """
+import importlib.abc, importlib.machinery, signal, sys
+
+class CtrlCAfterTheFirstTrial(importlib.abc.MetaPathFinder):
+    # A Ctrl-C just as the search's first trial ends, before Ray Tune starts the next: none is running
+    def find_spec(self, name, path, target=None):
+        if name != "artune.search.recorder":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            complete = module.Recorder.on_trial_complete
+
+            def on_trial_complete(self, *args, **kwargs):
+                complete(self, *args, **kwargs)
+                signal.raise_signal(signal.SIGINT)
+
+            module.Recorder.on_trial_complete = on_trial_complete
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, CtrlCAfterTheFirstTrial())
+"""
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_between_two_trials_leaves_the_search_for_resume(tmp_path, shakespeare_path):
+    """A Ctrl-C that came while no trial ran (one had ended, the next not begun) ended the search as if it had run
+    to its end: "finished" in the manifest, the summary, exit 0, with the searcher's trials never drawn."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(CTRL_C_AFTER_THE_FIRST_TRIAL)
+    space = tmp_path / "two.yaml"
+    text = (
+        SMOKE.read_text().replace("num_samples: 4", "num_samples: 2").replace("max_concurrent: 2", "max_concurrent: 1")
+    )
+    space.write_text(text.replace("epochs: 3", "epochs: 1"))
+    args = ["--results-dir", str(tmp_path / "r"), "--name", "two"]
+    hooked = {"PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    result = cli(str(space), *args, "--data", str(shakespeare_path), env=hooked)
+    assert result.returncode == 130, (result.stdout[-3000:], result.stderr[-3000:])
+    assert result.stderr.strip().splitlines()[-1].startswith("interrupted: no trial was running; the tables hold every")
+    manifest = json.loads((tmp_path / "r" / "two" / MANIFEST_FILE).read_text())
+    assert "finished" not in manifest and not manifest.get("finished_runs"), manifest
+    assert list(load(tmp_path / "r" / "two").trials["status"]) == ["completed"]
+
+    resumed = cli("--resume", "--name", "two", *args)
+    assert resumed.returncode == 0, (resumed.stdout[-3000:], resumed.stderr[-3000:])
+    results = load(tmp_path / "r" / "two")
+    assert list(results.trials["status"]) == ["completed", "completed"], results.trials
+    assert "finished" in json.loads((tmp_path / "r" / "two" / MANIFEST_FILE).read_text())
+
+
 @pytest.mark.parametrize(("file", "start"), [("my smoke.yaml", "my-smoke-"), ("_x.yaml", "x-"), ("ü.yaml", "search-")])
 def test_a_space_file_whose_name_is_no_search_name_still_names_the_search(tmp_path, file, start, shakespeare_path):
     """Without --name a search is named after its space file: one named "my smoke.yaml" was refused, the error

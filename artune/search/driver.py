@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Optional
 
 from artune import plural
+from artune.compat import ctrl_c_taken_by_tune
 from artune.errors import SearchError, StorageError
 from artune.humanize import describe_os_error, first_line
 from artune.results import EPOCHS_FILE, MANIFEST_FILE, TRIALS_FILE, TUNE_DIR
@@ -48,6 +49,7 @@ class Outcome:
     spent: dict[str, list[float]]  # the seconds of each epoch trained in this run, by trial
     records: dict[str, TrialRecord]
     storage_failure: Optional[str] = None  # what failed, where the search's storage did
+    between_trials: bool = False  # a Ctrl-C came while no trial ran: the search goes on with --resume
 
 
 def run(plan: Plan) -> int:
@@ -154,7 +156,8 @@ def tune_search(plan: Plan, corpus: Corpus) -> Outcome:
             tuner = build_tuner(tuner_plan(plan), corpus, recorder)
             tuning_started = plan.stopwatch.lap("tuner")  # the searcher, the corpus into Ray's object store
             resume_collector()  # the start-up's objects (Ray Tune's modules, say) live to the end: artune/startup.py
-        with ClusterWatch(plan) if plan.address else contextlib.nullcontext():
+        watch = ClusterWatch(plan) if plan.address else contextlib.nullcontext()
+        with watch, ctrl_c_taken_by_tune() as pressed:
             try:
                 tuner.fit()  # Ray Tune catches Ctrl-C itself: fit then returns with trials left unfinished
             except Exception:
@@ -165,7 +168,9 @@ def tune_search(plan: Plan, corpus: Corpus) -> Outcome:
         finished = time.monotonic()
         budget_spent = bool(plan.time_budget_s) and finished - plan.started >= plan.time_budget_s - BUDGET_END_S - 1.0
         interrupted = recorder.finish(budget_spent)
-        if not interrupted:
+        # a Ctrl-C between two trials left none unfinished, and the searcher's trials to come wait for --resume
+        between_trials = pressed.is_set() and not interrupted and not budget_spent
+        if not (interrupted or between_trials):
             timings = {
                 **plan.stopwatch.phases,
                 "startup_s": round(tuning_started - plan.started, 3),
@@ -183,7 +188,8 @@ def tune_search(plan: Plan, corpus: Corpus) -> Outcome:
         if cutoff is not None:
             cutoff.set_run_deadline(None)  # the searcher's cut-off is this run's: a notebook's next search has its own
         stop_ray()  # a no-op where ray.init never ran or failed
-    return Outcome(interrupted, finished - plan.started, recorder.spent, recorder.records, recorder.storage_failure)
+    elapsed = finished - plan.started
+    return Outcome(interrupted, elapsed, recorder.spent, recorder.records, recorder.storage_failure, between_trials)
 
 
 def tuner_plan(plan: Plan) -> Plan:
@@ -220,7 +226,7 @@ def report(plan: Plan, outcome: Outcome) -> int:
             file=sys.stderr,
         )
         return EXIT_STORAGE_FAILED
-    if outcome.interrupted or terminated():
+    if outcome.interrupted or outcome.between_trials or terminated():
         by = "terminated (SIGTERM)" if terminated() else "interrupted"
         left = f"{plural(outcome.interrupted, 'trial')} unfinished" if outcome.interrupted else "no trial was running"
         print(f"{by}: {left}; the tables hold every result so far; continue with: {resume}", file=sys.stderr)
