@@ -149,6 +149,28 @@ def test_a_sample_streams_the_prompt_then_one_piece_a_token(search):
     assert result.returncode == 0 and result.stdout == loaded.generate("ROMEO:", 12) + "\n", result.stdout
 
 
+def test_a_ctrl_c_in_the_middle_of_a_sample_ends_its_line(search):
+    """A Ctrl-C in the middle of a long sample exited 130 with the text's last line unended: the shell's prompt
+    came after the text's last character."""
+    import signal
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "artune.sample", str(search), "--tokens", "1000000", "--prompt", "ROMEO:"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        shown = process.stdout.read(20)  # the prompt, then the text as it comes
+        process.send_signal(signal.SIGINT)
+        rest, err = process.communicate(timeout=120)  # a hang guard
+    finally:
+        process.kill()
+    assert process.returncode == 130 and "Traceback" not in err, err
+    assert shown.startswith("ROMEO:") and rest.endswith("\n"), (shown, rest[-200:])
+
+
 def test_a_named_trial_loads_its_own_model(search, best):
     results = load(search)
     other = next(t for t in results.trials["trial_id"] if t != best["trial_id"] and results.trial_epochs(t))
