@@ -75,32 +75,28 @@ def ctrl_c_taken_by_tune() -> Iterator[threading.Event]:
 
     Tune's handler ends fit's loop and says so only in a log line, and fit returns as at a search's end: a Ctrl-C
     that fell between two trials (none running, the searcher with trials left) was taken for the search's end.
-    Tune's handler puts back the handler it found (``_setup_signal_catching`` in ray/tune/tune.py): the one set
-    here, which this block's end then finds in place; a fit that ends by itself leaves Tune's. With Tune's handler
-    off (``TUNE_DISABLE_SIGINT_HANDLER``) the key reaches the one set here, which notes it and raises
-    KeyboardInterrupt as Python's does. Fallback where Tune keeps its own handler or sets none: the event stays
-    clear, and such a Ctrl-C ends the search as Tune alone would. Test: tests/test_compat_ray.py.
+    Tune's handler puts back the SIGINT handler it found (``_setup_signal_catching`` in ray/tune/tune.py), and a
+    fit that ends by itself leaves Tune's in place: the one found before fit, in place after it, means Tune took
+    a signal. Nothing is set here in the meantime, so a Ctrl-C or a SIGTERM before Tune's handler is set is
+    handled as without this block. Both of Tune's handlers (SIGINT, SIGUSR1) go at the block's end: a notebook's
+    next search starts from the process's own. Fallback where Tune keeps its handler, sets none, or is told to
+    set none (``TUNE_DISABLE_SIGINT_HANDLER``): the event stays clear, and such a Ctrl-C ends the search as Tune
+    alone would. Test: tests/test_compat_ray.py.
     """
     taken = threading.Event()
     if threading.current_thread() is not threading.main_thread():  # (only the main thread sets handlers)
         yield taken
         return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def noted(signum: int, frame: Any) -> None:  # a press Tune's handler did not take (its second, or with it off)
-        taken.set()
-        if callable(previous):
-            previous(signum, frame)
-        elif previous != signal.SIG_IGN:
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, noted)
+    sigint, sigusr1 = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGUSR1)
     try:
         yield taken
     finally:
-        if signal.getsignal(signal.SIGINT) is noted and os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") == "0":
-            taken.set()  # Tune's handler ran and put this one back
-        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+        tune_sets_one = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0").strip() in ("", "0")
+        if tune_sets_one and sigint is not None and signal.getsignal(signal.SIGINT) is sigint:
+            taken.set()  # Tune's handler ran and put the process's back
+        for signum, handler in ((signal.SIGINT, sigint), (signal.SIGUSR1, sigusr1)):
+            if handler is not None:  # (None: set outside Python, and it cannot be put back)
+                signal.signal(signum, handler)
 
 
 def give_restored_tuner(tuner: Any, callbacks: list, time_budget_s: Optional[float]) -> bool:

@@ -174,18 +174,47 @@ def test_a_ctrl_c_tunes_handler_took_is_seen_and_one_it_never_got_is_not(pythons
 
     from ray.tune.tune import _setup_signal_catching  # what Tuner.fit runs: the handler is in force as fit runs
 
+    usr1 = signal.getsignal(signal.SIGUSR1)
     with compat.ctrl_c_taken_by_tune() as taken:
         interrupted = _setup_signal_catching()
         signal.raise_signal(signal.SIGINT)  # Tune's handler: no KeyboardInterrupt
     assert interrupted.is_set() and taken.is_set()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and signal.getsignal(signal.SIGUSR1) is usr1
 
     with compat.ctrl_c_taken_by_tune() as taken:
-        _setup_signal_catching()  # a fit that ends by itself leaves Tune's handler in place
-    assert not taken.is_set() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        _setup_signal_catching()  # a fit that ends by itself leaves Tune's handlers in place
+    assert not taken.is_set()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and signal.getsignal(signal.SIGUSR1) is usr1
 
 
-def test_a_ctrl_c_with_tunes_handler_off_is_seen_and_raised(pythons_sigint, monkeypatch):
+def test_a_ctrl_c_taken_where_sigint_is_ignored_is_seen_and_a_sigterm_before_tunes_handler_still_stops(
+    pythons_sigint,
+):
+    """A shell's background job ignores SIGINT: Tune's handler puts that back when it takes a SIGINT (artune's
+    SIGTERM handler raises one); before Tune's handler is set, a SIGTERM raises KeyboardInterrupt as without the
+    block (a first version set a handler of its own there, which swallowed it)."""
+    import signal
+
+    from ray.tune.tune import _setup_signal_catching
+
+    from artune.search import runtime
+    from artune.search.runtime import sigterm_as_interrupt, terminated
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with sigterm_as_interrupt():
+            with compat.ctrl_c_taken_by_tune() as taken:
+                _setup_signal_catching()
+                signal.raise_signal(signal.SIGTERM)
+            assert taken.is_set() and terminated() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            with pytest.raises(KeyboardInterrupt), compat.ctrl_c_taken_by_tune() as taken:
+                signal.raise_signal(signal.SIGTERM)  # fit's first instants, Tune's handler not yet set
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        runtime._TERMINATED.clear()  # the next test's search starts with no SIGTERM noted
+
+
+def test_with_tunes_handler_off_a_ctrl_c_is_pythons_own(pythons_sigint, monkeypatch):
     import signal
 
     from ray.tune.tune import _setup_signal_catching
@@ -194,8 +223,4 @@ def test_a_ctrl_c_with_tunes_handler_off_is_seen_and_raised(pythons_sigint, monk
     with pytest.raises(KeyboardInterrupt), compat.ctrl_c_taken_by_tune() as taken:
         _setup_signal_catching()
         signal.raise_signal(signal.SIGINT)
-    assert taken.is_set()
-
-    with compat.ctrl_c_taken_by_tune() as taken:
-        _setup_signal_catching()  # the handler set here stays in place: no press for all that
     assert not taken.is_set() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
