@@ -207,6 +207,38 @@ def test_load_of_a_corrupt_table_names_the_file(tmp_path: Path) -> None:
         load(tmp_path)
 
 
+def test_a_search_whose_epochs_table_is_missing_is_refused_naming_it(tmp_path: Path) -> None:
+    """A copy without epochs.parquet loaded as a search whose trials had no epoch (a review: artune.sample then
+    blamed the checkpoints, "none of its finished epochs [] has a checkpoint")."""
+    directory = fx.build_search(tmp_path / "s")
+    (directory / EPOCHS_FILE).unlink()
+    with pytest.raises(ResultsError, match=rf"^{re.escape(str(directory / EPOCHS_FILE))}: missing, though trials"):
+        load(directory)
+    result = subprocess.run(
+        [sys.executable, "-m", "artune.results", str(directory)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "epochs.parquet: missing" in result.stderr
+
+
+def test_a_search_whose_tables_are_damaged_exits_2_every_time(tmp_path: Path) -> None:
+    """A damaged epochs.parquet read after a sound trials.parquet: the one line, then, now and then, the
+    interpreter's exit aborted by the threads Arrow's read had started (exit 134; a review saw 6 of 8)."""
+    directory = fx.build_search(tmp_path / "s")
+    data = (directory / EPOCHS_FILE).read_bytes()
+    (directory / EPOCHS_FILE).write_bytes(data[: len(data) // 2])
+    threads = "len(os.listdir('/proc/self/task'))"
+    code = "import os, sys\nfrom pathlib import Path\nfrom artune.results.tables import TRIALS_FILE, read_parquet\n"
+    code += f"before = {threads}\nread_parquet(Path(sys.argv[1]) / TRIALS_FILE)\nprint(before, {threads})"
+    counts = subprocess.run([sys.executable, "-c", code, str(directory)], capture_output=True, text=True, timeout=300)
+    before, after = counts.stdout.split()
+    assert before == after, counts.stderr  # the read started no thread of Arrow's
+    for _ in range(3):
+        result = subprocess.run(
+            [sys.executable, "-m", "artune.results", str(directory)], capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 2 and "epochs.parquet: cannot read the table" in result.stderr, result.stderr
+
+
 def test_a_manifest_that_cannot_be_read_or_is_not_an_object_is_a_results_error_naming_it(search: Path, tmp_path):
     for name, make in [
         ("unreadable", lambda path: path.mkdir()),

@@ -233,12 +233,14 @@ def read_tables(
 
 
 def read_parquet(path: Path) -> pa.Table:
-    """A table read through one open file: pyarrow opens a path again for its data after its footer, and a running
-    search's rename between the two mixed two writes ("Couldn't deserialize thrift"). On one thread: Arrow's pool,
-    started by a threaded read, aborted the interpreter's exit now and then ("terminate called without an active
-    exception", exit 134: 3 of 40 refused --extend commands here, none of 60 without it; apache/arrow#34314)."""
-    with open(path, "rb") as file:
-        return pq.read_table(file, use_threads=False)
+    """A table read whole into memory, then parsed there. Read in one go: pyarrow opens a path again for its data
+    after its footer, and a running search's rename between the two mixed two writes ("Couldn't deserialize
+    thrift"). Parsed from a buffer by ``ParquetFile``, which starts no thread of Arrow's: the threads a read of a
+    file started (two for ``read_table``, one on a single thread) aborted the interpreter's exit now and then
+    ("terminate called without an active exception", exit 134; apache/arrow#34314): 3 of 40 refused --extend
+    commands, and a damaged ``epochs.parquet`` read after a good ``trials.parquet`` in a review."""
+    data = path.read_bytes()  # (the tables are small: a row a trial, a row an epoch)
+    return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
 
 
 def read_records(directory: Path) -> dict[str, TrialRecord]:

@@ -19,7 +19,15 @@ from typing import Any, Optional
 from artune.config import FIELD_NAMES, coerce, compiler_message, missing_compiler, unknown_key_message
 from artune.errors import SearchError
 from artune.humanize import first_line
-from artune.results import EPOCHS_FILE, MANIFEST_FILE, SPACE_COPY, TRIALS_FILE, TUNE_DIR, read_records
+from artune.results.tables import (
+    EPOCHS_FILE,
+    MANIFEST_FILE,
+    SPACE_COPY,
+    TRIALS_FILE,
+    TUNE_DIR,
+    read_parquet,
+    read_records,
+)
 from artune.search.journal import reported_in
 from artune.search.lock import LOCK_FILE, held_elsewhere
 from artune.search.manifest import Manifest, startup_files_only
@@ -356,13 +364,11 @@ def check_continuable(mode: Mode, manifest: Manifest, num_samples: Optional[int]
 
 def check_tables(directory: Path, mode: Mode) -> None:
     """The tables a resume or an extend carries on must read whole, before Ray starts."""
-    import pyarrow.parquet as pq
-
     for path in (directory / TRIALS_FILE, directory / EPOCHS_FILE):
         if not path.exists():
             continue
         try:
-            pq.read_table(path)
+            read_parquet(path)
         except Exception as exc:  # noqa: BLE001 - pyarrow's errors share no base narrower than Exception
             first = first_line(exc)
             raise SearchError(
