@@ -391,6 +391,14 @@ def test_summary_is_compact_and_best_first(search: Path) -> None:
     assert summary.set_index("trial_id").loc["t2", "epochs_completed"] == 2
 
 
+def test_direction_of_each_metric_and_of_an_unknown_one(search: Path) -> None:
+    """direction() of a mistyped metric answered 'min' (a review), where every other call names it."""
+    results = load(search)
+    assert [results.direction(m) for m in ("best_valid_loss", "valid_accuracy", "train_loss")] == ["min", "max", "min"]
+    with pytest.raises(ResultsError, match=r"unknown metric 'valid_acc' \(did you mean 'valid_accuracy'\?\)"):
+        results.direction("valid_acc")
+
+
 def test_status_counts_in_status_order(search: Path) -> None:
     assert load(search).status_counts().to_dict() == {"completed": 3, "stopped": 1, "diverged": 1, "error": 1}
 

@@ -134,6 +134,11 @@ class SearchResults:
         base = metric.removeprefix("best_").removeprefix("last_")
         if base == self.metric:
             return self.mode
+        choices = self._metric_choices()
+        if metric not in choices and base not in choices:  # a typo ranked as a loss
+            raise ResultsError(
+                f"unknown metric {metric!r}{_metric_hint(metric, choices)}: expected one of {_listed(choices)}"
+            )
         return "max" if base.endswith(_RISING) else "min"
 
     def metric_column(self, metric: Optional[str] = None) -> tuple[str, pd.Series]:
