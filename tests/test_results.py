@@ -118,7 +118,7 @@ def test_a_load_between_a_running_searchs_two_table_writes_reads_one_write_of_bo
     later = TrialRecord("t1", {"lr": 0.002}, config_id="c1")
     record.add_epoch({"epoch": 2, "valid_loss": 2.5, "valid_accuracy": 0.3})
     later.add_epoch({"epoch": 1, "valid_loss": 2.9, "valid_accuracy": 0.2})
-    read, writes = frames._read_table, []
+    read, writes = frames.read_table, []
 
     def read_then_the_search_writes(path: Path):
         table = read(path)
@@ -126,12 +126,12 @@ def test_a_load_between_a_running_searchs_two_table_writes_reads_one_write_of_bo
             writes.append(write_tables(tmp_path, [record, later]))
         return table
 
-    monkeypatch.setattr(frames, "_read_table", read_then_the_search_writes)
+    monkeypatch.setattr(frames, "read_table", read_then_the_search_writes)
     results = load(tmp_path)
     assert list(results.trials["trial_id"]) == ["t0", "t1"] and list(results.trials["epochs_completed"]) == [2, 1]
     assert sorted(zip(results.epochs["trial_id"], results.epochs["epoch"])) == [("t0", 1), ("t0", 2), ("t1", 1)]
     # a pair a killed driver left between its two writes (or tables from before the stamp) loads as it is
-    monkeypatch.setattr(frames, "_read_table", read)
+    monkeypatch.setattr(frames, "read_table", read)
     epochs = pq.read_table(tmp_path / "epochs.parquet")
     write_tables(tmp_path, [record])
     pq.write_table(epochs, tmp_path / "epochs.parquet")
@@ -473,6 +473,9 @@ def test_compare_stacks_searches_with_a_search_column(search: Path, tmp_path: Pa
     assert summary.columns[0] == "search" and summary.iloc[0]["trial_id"] == "t3"
     assert len(both.aggregate()) == 10  # configs are per search
     assert both.params == fx.PARAMS and both.manifest["searches"] == ["fixture", "other"]
+    # a trial id both searches hold: trial_epochs merged the two trials' epochs (a review)
+    with pytest.raises(ResultsError, match=r"trial 't0' is in searches fixture, other of compare\(\)'s stack"):
+        both.trial_epochs("t0")
 
 
 def test_compare_warns_of_searches_on_different_corpora(tmp_path: Path) -> None:

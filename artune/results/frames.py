@@ -26,9 +26,10 @@ from artune.results.tables import (
     STATUSES,
     TRIAL_SUMMARY_COLUMNS,
     TRIALS_FILE,
+    check_table,
     knob_value,
     manifest_runs,
-    read_parquet,
+    read_table,
     read_tables,
 )
 
@@ -222,6 +223,13 @@ class SearchResults:
     def trial_epochs(self, trial_id: str) -> dict[int, float]:
         """A trial's finished epochs and their value of the search's metric, best first."""
         self._check_trial(trial_id)
+        if "search" in self.trials:  # compare()'s stack: an id two searches share would merge their epochs
+            searches = self.trials.loc[self.trials["trial_id"] == trial_id, "search"].unique().tolist()
+            if len(searches) > 1:
+                raise ResultsError(
+                    f"trial {trial_id!r} is in searches {', '.join(searches)} of compare()'s stack: load() its own "
+                    "search and ask that"
+                )
         column = self.epoch_metric()
         rows = self.epochs[self.epochs["trial_id"] == trial_id].dropna(subset=[column])
         ranked = rows.sort_values([column, "epoch"], ascending=[self.mode == "min", True], kind="stable")
@@ -377,14 +385,14 @@ def load(path_or_name: str | os.PathLike, results_dir: str | os.PathLike = DEFAU
         )
     if manifest.get("mode", "min") not in ("min", "max"):  # any other ranked as max
         raise ResultsError(f"{manifest_path}: mode: must be 'min' or 'max', but got {manifest['mode']!r}")
-    trials_table, epochs_table = read_tables(path, _read_table)
+    trials_table, epochs_table = read_tables(path, read_table)
     trials = trials_table.to_pandas()
     missing = [c for c in ("trial_id", "status") if c not in trials]
     if missing:
         raise ResultsError(f"{path / TRIALS_FILE}: no column {missing[0]!r}; is it a table artune wrote?")
-    _check_table(path / TRIALS_FILE, trials_table, TRIAL_SUMMARY_COLUMNS, ["trial_id"])
+    check_table(path / TRIALS_FILE, trials_table, TRIAL_SUMMARY_COLUMNS, ["trial_id"])
     if epochs_table is not None:
-        _check_table(path / EPOCHS_FILE, epochs_table, EPOCH_COLUMNS, ["trial_id", "epoch"])
+        check_table(path / EPOCHS_FILE, epochs_table, EPOCH_COLUMNS, ["trial_id", "epoch"])
     for name in FIELD_NAMES:
         kind, optional = field_type(name)
         if name in trials and kind is int and optional:
@@ -409,30 +417,6 @@ def load(path_or_name: str | os.PathLike, results_dir: str | os.PathLike = DEFAU
             f"{manifest_path}: metric: unknown metric {manifest['metric']!r}{hint}: expected one of {_listed(choices)}"
         )
     return results
-
-
-def _check_table(path: Path, table: pa.Table, types: dict[str, pa.DataType], key: list[str]) -> None:
-    """A table edited or written by another tool: its numbers as text, or a row twice, failed later in a traceback
-    (a ranking's format, the curves' pivot) or counted a trial twice."""
-    for name, expected in types.items():
-        actual = table.schema.field(name).type if name in table.column_names else None
-        numeric = pa.types.is_integer(expected) or pa.types.is_floating(expected)
-        if numeric and actual is not None and not (pa.types.is_integer(actual) or pa.types.is_floating(actual)):
-            if not pa.types.is_null(actual):  # a column of nulls only: none had a value yet
-                raise ResultsError(f"{path}: column {name!r} holds {actual}, not numbers; is it a table artune wrote?")
-    if set(key) <= set(table.column_names):
-        rows = table.select(key).to_pandas()
-        twice = rows[rows.duplicated(keep="first")]
-        if len(twice):
-            which = ", ".join(f"{k} {v}" for k, v in zip(key, twice.iloc[0]))
-            raise ResultsError(f"{path}: {which} has two rows; is it a table artune wrote?")
-
-
-def _read_table(path: Path) -> pa.Table:
-    try:
-        return read_parquet(path)
-    except (pa.ArrowException, OSError) as error:
-        raise ResultsError(f"{path}: cannot read the table ({error})") from None
 
 
 def compare(

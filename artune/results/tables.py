@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from artune.config import AUTO_SWITCHES, FIELD_NAMES, FIELDS, field_type
+from artune.errors import ResultsError
 from artune.files import written_atomically
 
 TRIALS_FILE = "trials.parquet"
@@ -265,3 +266,28 @@ def read_records(directory: Path) -> dict[str, TrialRecord]:
             if record is not None:
                 record.epochs[int(row["epoch"])] = {k: v for k, v in row.items() if k != "trial_id"}
     return records
+
+
+def check_table(path: Path, table: pa.Table, types: dict[str, pa.DataType], key: list[str]) -> None:
+    """A table edited or written by another tool: its numbers as text, or a row twice, failed later in a traceback
+    (a ranking's format, the curves' pivot) or counted a trial twice."""
+    for name, expected in types.items():
+        actual = table.schema.field(name).type if name in table.column_names else None
+        numeric = pa.types.is_integer(expected) or pa.types.is_floating(expected)
+        if numeric and actual is not None and not (pa.types.is_integer(actual) or pa.types.is_floating(actual)):
+            if not pa.types.is_null(actual):  # a column of nulls only: none had a value yet
+                raise ResultsError(f"{path}: column {name!r} holds {actual}, not numbers; is it a table artune wrote?")
+    if set(key) <= set(table.column_names):
+        rows = table.select(key).to_pandas()
+        twice = rows[rows.duplicated(keep="first")]
+        if len(twice):
+            which = ", ".join(f"{k} {v}" for k, v in zip(key, twice.iloc[0]))
+            raise ResultsError(f"{path}: {which} has two rows; is it a table artune wrote?")
+
+
+def read_table(path: Path) -> pa.Table:
+    """A table of a search's (:func:`read_parquet`), or a ResultsError naming the file."""
+    try:
+        return read_parquet(path)
+    except (pa.ArrowException, OSError) as error:
+        raise ResultsError(f"{path}: cannot read the table ({error})") from None
