@@ -1644,6 +1644,25 @@ def test_a_ctrl_c_between_two_trials_leaves_the_search_for_resume(tmp_path, shak
     assert "finished" in json.loads((tmp_path / "r" / "two" / MANIFEST_FILE).read_text())
 
 
+@pytest.mark.slow
+def test_a_ctrl_c_once_the_last_trial_has_ended_leaves_a_finished_search(tmp_path, shakespeare_path):
+    """Tune's handler takes a Ctrl-C until its loop has wound down: one after the search's last trial had ended is
+    the search's end, not an interruption (a review)."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(CTRL_C_AFTER_THE_FIRST_TRIAL)
+    space = tmp_path / "one.yaml"
+    text = (
+        SMOKE.read_text().replace("num_samples: 4", "num_samples: 1").replace("max_concurrent: 2", "max_concurrent: 1")
+    )
+    space.write_text(text.replace("epochs: 3", "epochs: 1"))
+    hooked = {"PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    args = [str(space), "--results-dir", str(tmp_path / "r"), "--name", "one", "--data", str(shakespeare_path)]
+    result = cli(*args, env=hooked)
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    assert "finished" in json.loads((tmp_path / "r" / "one" / MANIFEST_FILE).read_text())
+
+
 @pytest.mark.parametrize(("file", "start"), [("my smoke.yaml", "my-smoke-"), ("_x.yaml", "x-"), ("ü.yaml", "search-")])
 def test_a_space_file_whose_name_is_no_search_name_still_names_the_search(tmp_path, file, start, shakespeare_path):
     """Without --name a search is named after its space file: one named "my smoke.yaml" was refused, the error

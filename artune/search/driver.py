@@ -168,8 +168,10 @@ def tune_search(plan: Plan, corpus: Corpus) -> Outcome:
         finished = time.monotonic()
         budget_spent = bool(plan.time_budget_s) and finished - plan.started >= plan.time_budget_s - BUDGET_END_S - 1.0
         interrupted = recorder.finish(budget_spent)
-        # a Ctrl-C between two trials left none unfinished, and the searcher's trials to come wait for --resume
-        between_trials = pressed.is_set() and not interrupted and not budget_spent
+        # a Ctrl-C between two trials left none unfinished, and the searcher's trials to come wait for --resume (one
+        # after the last trial had ended, as Tune's loop wound down, came after the search's end)
+        drawn, planned = len(recorder.run_trials), plan.space.settings.num_samples * plan.repeats
+        between_trials = pressed.is_set() and not interrupted and not budget_spent and drawn < planned
         if not (interrupted or between_trials):
             timings = {
                 **plan.stopwatch.phases,
