@@ -220,6 +220,7 @@ def test_a_search_whose_epochs_table_is_missing_is_refused_naming_it(tmp_path: P
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "epochs.parquet: missing" in result.stderr
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts the process's threads in Linux's /proc")
 def test_a_search_whose_tables_are_damaged_exits_2_every_time(tmp_path: Path) -> None:
     """A damaged epochs.parquet read after a sound trials.parquet: the one line, then, now and then, the
     interpreter's exit aborted by the threads Arrow's read had started (exit 134; a review saw 6 of 8)."""
@@ -237,6 +238,15 @@ def test_a_search_whose_tables_are_damaged_exits_2_every_time(tmp_path: Path) ->
             [sys.executable, "-m", "artune.results", str(directory)], capture_output=True, text=True, timeout=300
         )
         assert result.returncode == 2 and "epochs.parquet: cannot read the table" in result.stderr, result.stderr
+    # its middle damaged, the footer whole: pyarrow's message ends in a newline and holds the damaged bytes
+    (directory / EPOCHS_FILE).write_bytes(data[:100] + bytes(b ^ 0x5A for b in data[100:-200]) + data[-200:])
+    with pytest.raises(ResultsError) as refused:
+        load(directory)
+    assert str(refused.value).isprintable(), str(refused.value)
+    result = subprocess.run(
+        [sys.executable, "-m", "artune.results", str(directory)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
 
 
 def test_a_manifest_that_cannot_be_read_or_is_not_an_object_is_a_results_error_naming_it(search: Path, tmp_path):

@@ -1240,6 +1240,11 @@ def test_damaged_tables_are_refused_in_one_line_before_ray_starts(smoke, tmp_pat
     result = cli(flag, "--name", "smoke", *more, "--results-dir", str(tmp_path / "r"), timeout=120)
     assert_one_error_line(result, flag, str(directory / table), "cannot be read", "another --name")
     assert "Ray" not in result.stdout and not (directory / "tune-2").exists()
+    if table == "epochs.parquet":  # gone: the first write would have rewritten trials.parquet without its epochs
+        (directory / table).unlink()
+        result = cli(flag, "--name", "smoke", *more, "--results-dir", str(tmp_path / "r"), timeout=120)
+        assert_one_error_line(result, flag, f"{directory / table} is missing, though trials.parquet counts epochs")
+        assert "Ray" not in result.stdout
 
 
 @pytest.mark.slow

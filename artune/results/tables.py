@@ -3,7 +3,7 @@
 The driver keeps a :class:`TrialRecord` per trial and rewrites both tables from them; ``--resume``
 reads them back with :func:`read_records`. Writing is atomic (a temporary file, then ``os.replace``),
 so a reader, or a search interrupted mid-write, always sees the previous complete table.
-pyarrow only: the driver writes tables without importing pandas.
+The driver writes them with pyarrow alone, without importing pandas.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from artune.config import AUTO_SWITCHES, FIELD_NAMES, FIELDS, field_type
 from artune.errors import ResultsError
 from artune.files import written_atomically
+from artune.humanize import first_line
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
@@ -234,12 +235,11 @@ def read_tables(
 
 
 def read_parquet(path: Path) -> pa.Table:
-    """A table read whole into memory, then parsed there. Read in one go: pyarrow opens a path again for its data
-    after its footer, and a running search's rename between the two mixed two writes ("Couldn't deserialize
-    thrift"). Parsed from a buffer by ``ParquetFile``, which starts no thread of Arrow's: the threads a read of a
-    file started (two for ``read_table``, one on a single thread) aborted the interpreter's exit now and then
-    ("terminate called without an active exception", exit 134; apache/arrow#34314): 3 of 40 refused --extend
-    commands, and a damaged ``epochs.parquet`` read after a good ``trials.parquet`` in a review."""
+    """A table read whole into memory, then parsed there. In one go: pyarrow opens a path again for its data after
+    its footer, and a running search's rename between the two mixed two writes ("Couldn't deserialize thrift").
+    By ``ParquetFile`` from a buffer, which starts none of Arrow's threads: those a read of a file starts aborted
+    the interpreter's exit now and then ("terminate called without an active exception", exit 134;
+    apache/arrow#34314), after a refused command's one line."""
     data = path.read_bytes()  # (the tables are small: a row a trial, a row an epoch)
     return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
 
@@ -290,4 +290,4 @@ def read_table(path: Path) -> pa.Table:
     try:
         return read_parquet(path)
     except (pa.ArrowException, OSError) as error:
-        raise ResultsError(f"{path}: cannot read the table ({error})") from None
+        raise ResultsError(f"{path}: cannot read the table ({first_line(error)})") from None

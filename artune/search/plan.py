@@ -19,15 +19,8 @@ from typing import Any, Optional
 from artune.config import FIELD_NAMES, coerce, compiler_message, missing_compiler, unknown_key_message
 from artune.errors import SearchError
 from artune.humanize import first_line
-from artune.results.tables import (
-    EPOCHS_FILE,
-    MANIFEST_FILE,
-    SPACE_COPY,
-    TRIALS_FILE,
-    TUNE_DIR,
-    read_parquet,
-    read_records,
-)
+from artune.results import EPOCHS_FILE, MANIFEST_FILE, SPACE_COPY, TRIALS_FILE, TUNE_DIR, read_records
+from artune.results.tables import read_parquet
 from artune.search.journal import reported_in
 from artune.search.lock import LOCK_FILE, held_elsewhere
 from artune.search.manifest import Manifest, startup_files_only
@@ -363,18 +356,22 @@ def check_continuable(mode: Mode, manifest: Manifest, num_samples: Optional[int]
 
 
 def check_tables(directory: Path, mode: Mode) -> None:
-    """The tables a resume or an extend carries on must read whole, before Ray starts."""
+    """The tables a resume or an extend carries on (its first write rewrites them) must read whole, before Ray."""
+    damaged = "the search's record is damaged: restore the file from a copy, or start a new search under another --name"
+    counted = False  # trials.parquet counts finished epochs: artune writes epochs.parquet first, every time
     for path in (directory / TRIALS_FILE, directory / EPOCHS_FILE):
-        if not path.exists():
-            continue
         try:
-            read_parquet(path)
+            table = read_parquet(path)
+        except FileNotFoundError:
+            if counted:
+                raise SearchError(
+                    f"{mode.flag}: {path} is missing, though {TRIALS_FILE} counts epochs; {damaged}"
+                ) from None
+            continue
         except Exception as exc:  # noqa: BLE001 - pyarrow's errors share no base narrower than Exception
-            first = first_line(exc)
-            raise SearchError(
-                f"{mode.flag}: {path} cannot be read ({type(exc).__name__}: {first}); the search's record is "
-                "damaged: restore the file from a copy, or start a new search under another --name"
-            ) from None
+            why = f"{type(exc).__name__}: {first_line(exc)}"
+            raise SearchError(f"{mode.flag}: {path} cannot be read ({why}); {damaged}") from None
+        counted = "epochs_completed" in table.column_names and any(table.column("epochs_completed").to_pylist())
 
 
 def check_resumed_as_started(
