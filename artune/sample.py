@@ -80,7 +80,7 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    shown = False  # a piece of the text is on stdout: a Ctrl-C ends its line, and the shell's prompt starts anew
+    ended = True  # the text on stdout ends its line: a Ctrl-C ends an unended one, and the shell's prompt starts anew
     try:
         for flag, value, low in (("--tokens", args.tokens, 0), ("--top-k", args.top_k, 1)):
             if value is not None and value < low:
@@ -101,7 +101,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(describe(loaded), file=sys.stderr, flush=True)
         for piece in pieces:  # as they come: a long sample shows from its first token
             print(piece, end="", flush=True)
-            shown = True
+            ended = piece.endswith("\n") if piece else ended
         print(flush=True)
     except (UserError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -109,7 +109,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except BrokenPipeError:
         return stdout_closed()
     except KeyboardInterrupt:
-        if shown:
+        if not ended:
             with contextlib.suppress(OSError):
                 print(flush=True)
         return 130
