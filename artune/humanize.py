@@ -112,8 +112,8 @@ def describe_os_error(exc: OSError) -> str:
 
 
 def first_line(exc: BaseException) -> str:
-    """An exception's message, its first line only (a driver's or a server's message may run to pages), with any
-    control character escaped (a damaged file's bytes in pyarrow's: ``don't know what type: \\x0f``)."""
+    """An exception's message, its first line only (a driver's or a server's message may run to pages), with what
+    is not printable escaped as ``repr`` does (a damaged file's bytes in pyarrow's: ``don't know what type: \\x0f``)."""
     line = (str(exc).strip().splitlines() or [""])[0]
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
 

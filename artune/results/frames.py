@@ -403,7 +403,7 @@ def load(path_or_name: str | os.PathLike, results_dir: str | os.PathLike = DEFAU
             trials[name] = values if values.isna().any() or (values == "auto").any() else values.astype(bool)
     if epochs_table is None:
         if "epochs_completed" in trials and (trials["epochs_completed"].fillna(0) > 0).any():
-            raise ResultsError(  # artune writes it first, at every write: a partial copy, or a file removed
+            raise ResultsError(  # artune writes it before trials.parquet: a partial copy, or a file removed
                 f"{path / EPOCHS_FILE}: missing, though {TRIALS_FILE} counts finished epochs; the search's record "
                 "is incomplete: copy the whole search directory"
             )

@@ -358,7 +358,7 @@ def check_continuable(mode: Mode, manifest: Manifest, num_samples: Optional[int]
 def check_tables(directory: Path, mode: Mode) -> None:
     """The tables a resume or an extend carries on (its first write rewrites them) must read whole, before Ray."""
     damaged = "the search's record is damaged: restore the file from a copy, or start a new search under another --name"
-    counted = False  # trials.parquet counts finished epochs: artune writes epochs.parquet first, every time
+    counted = False  # trials.parquet counts finished epochs: artune writes epochs.parquet before it
     for path in (directory / TRIALS_FILE, directory / EPOCHS_FILE):
         try:
             table = read_parquet(path)
