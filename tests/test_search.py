@@ -1621,20 +1621,24 @@ sys.meta_path.insert(0, CtrlCAfterTheFirstTrial())
 """
 
 
+def ctrl_c_after_the_first_trial(tmp_path: Path, num_samples: int) -> tuple[Path, dict[str, str]]:
+    """A one-epoch smoke space of ``num_samples`` trials, one at a time, and the environment that presses Ctrl-C as
+    its first trial ends."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(CTRL_C_AFTER_THE_FIRST_TRIAL)
+    space = tmp_path / f"{num_samples}.yaml"
+    text = SMOKE.read_text().replace("num_samples: 4", f"num_samples: {num_samples}")
+    space.write_text(text.replace("max_concurrent: 2", "max_concurrent: 1").replace("epochs: 3", "epochs: 1"))
+    return space, {"PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+
+
 @pytest.mark.slow
 def test_a_ctrl_c_between_two_trials_leaves_the_search_for_resume(tmp_path, shakespeare_path):
     """A Ctrl-C that came while no trial ran (one had ended, the next not begun) ended the search as if it had run
     to its end: "finished" in the manifest, the summary, exit 0, with the searcher's trials never drawn."""
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(CTRL_C_AFTER_THE_FIRST_TRIAL)
-    space = tmp_path / "two.yaml"
-    text = (
-        SMOKE.read_text().replace("num_samples: 4", "num_samples: 2").replace("max_concurrent: 2", "max_concurrent: 1")
-    )
-    space.write_text(text.replace("epochs: 3", "epochs: 1"))
+    space, hooked = ctrl_c_after_the_first_trial(tmp_path, 2)
     args = ["--results-dir", str(tmp_path / "r"), "--name", "two"]
-    hooked = {"PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
     result = cli(str(space), *args, "--data", str(shakespeare_path), env=hooked)
     assert result.returncode == 130, (result.stdout[-3000:], result.stderr[-3000:])
     assert result.stderr.strip().splitlines()[-1].startswith("interrupted: no trial was running; the tables hold every")
@@ -1653,15 +1657,7 @@ def test_a_ctrl_c_between_two_trials_leaves_the_search_for_resume(tmp_path, shak
 def test_a_ctrl_c_once_the_last_trial_has_ended_leaves_a_finished_search(tmp_path, shakespeare_path):
     """Tune's handler takes a Ctrl-C until its loop has wound down: one after the search's last trial had ended is
     the search's end, not an interruption (a review)."""
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(CTRL_C_AFTER_THE_FIRST_TRIAL)
-    space = tmp_path / "one.yaml"
-    text = (
-        SMOKE.read_text().replace("num_samples: 4", "num_samples: 1").replace("max_concurrent: 2", "max_concurrent: 1")
-    )
-    space.write_text(text.replace("epochs: 3", "epochs: 1"))
-    hooked = {"PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    space, hooked = ctrl_c_after_the_first_trial(tmp_path, 1)
     args = [str(space), "--results-dir", str(tmp_path / "r"), "--name", "one", "--data", str(shakespeare_path)]
     result = cli(*args, env=hooked)
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
