@@ -1696,3 +1696,35 @@ def test_an_edited_copy_of_the_searchs_space_is_refused_naming_the_change(tmp_pa
     for flag in (["--extend", "--num-samples", "1"], ["--resume"]):
         result = cli(*flag, *common, timeout=60)
         assert_one_error_line(result, f"{flag[0]}: {copy} changed since search 'm' started", "d_model: 16 -> 32")
+
+
+def test_ray_tunes_sync_racing_its_own_save_is_not_shown_and_a_storage_failure_still_is(tmp_path, shakespeare_path):
+    """Ray Tune copies its staging folder in the background while its next save writes there (a temporary file,
+    then a rename): the copy fails on the renamed file, and Tune logged the failure's traceback to the terminal
+    (CI: a SIGTERM test saw it at the final save), then synced again whole."""
+    import logging
+
+    import pyarrow.fs
+
+    from artune.search import make_plan, parse_args
+    from artune.search.recorder import Recorder, StorageFailureLogs
+
+    args = [str(SMOKE), "--results-dir", str(tmp_path / "r"), "--name", "race", "--data", str(shakespeare_path)]
+    recorder = Recorder(make_plan(parse_args(args)))
+    logs = StorageFailureLogs(recorder)
+    staging = tmp_path / "driver_artifacts"
+    staging.mkdir()
+
+    def logged(level: int, message: str, source: Path) -> logging.LogRecord:
+        try:
+            pyarrow.fs.copy_files(str(source), str(tmp_path / "copy"))  # the file gone, as the copy reaches it
+        except FileNotFoundError:
+            return logging.LogRecord("ray.tune", level, __file__, 1, message, (), sys.exc_info())
+        raise AssertionError("copied a file that is not there")
+
+    renamed = staging / ".49bf49a2-tmp-searcher-state-2026-12-08_00-44-49.pkl"
+    assert not logs.filter(logged(logging.ERROR, "Saving experiment state to storage failed with exception: ", renamed))
+    assert not logs.filter(logged(logging.WARNING, "Last sync command failed with the following error:", renamed))
+    # any other file missing is shown, and a storage failure still stops the search
+    assert logs.filter(logged(logging.ERROR, "Saving experiment state failed: ", staging / "experiment_state.json"))
+    assert recorder.storage_failure is None
